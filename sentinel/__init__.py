@@ -1,0 +1,1 @@
+"""LLM-Sentinel shared package: data model, wire format, detectors, configuration, CLI."""

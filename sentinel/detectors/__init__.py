@@ -1,0 +1,1 @@
+"""Streaming detectors shared by the sidecar and the aggregator."""

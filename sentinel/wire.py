@@ -1,0 +1,206 @@
+"""The sidecar -> aggregator wire format (version 1): one msgpack map per batch.
+
+This module is the single definition of the format; ``sentinel/README.md`` describes it for
+people. The spool on disk stores exactly these bodies, so a batch replayed after a crash is
+byte-for-byte the batch that would have been sent.
+
+Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
+
+``v``
+    format version, int (this module writes :data:`WIRE_VERSION`; readers refuse newer ones).
+``sidecar``
+    stable id of the sending sidecar, str.
+``seq``
+    batch sequence number, int >= 0, unique and increasing per sidecar (a retried batch keeps it).
+``created_unix_nano``
+    when the sidecar sealed the batch, int (lets the receiver tell replayed data from live data).
+``n``
+    number of rows, int.
+``cols``
+    map column name -> encoded column, one entry per column of :data:`sentinel.model.COLUMNS`:
+
+    * numeric: ``{"dtype": "<f8", "data": <bytes>}`` -- packed little-endian values, read with
+      ``numpy.frombuffer(data, dtype)``; missing values are NaN (``time_unix_nano`` is ``<i8``,
+      ``is_error`` is ``|u1`` 0/1, both never missing);
+    * string: ``{"dict": [str, ...], "codes": {"dtype": "<i4", "data": <bytes>}}`` --
+      dictionary-encoded; code ``-1`` is a missing value.
+``anomalies``
+    list of maps, the sidecar's local detections (:meth:`sentinel.model.LocalAnomaly.to_wire`):
+    at least ``metric``, ``value``, ``baseline``, ``threshold``, ``sigma``, ``trace_id``.
+
+Unknown top-level keys are ignored, so minor additions stay compatible within a version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from sentinel.model import COLUMNS, NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
+
+__all__ = ["CONTENT_TYPE", "WIRE_VERSION", "WireBatch", "WireFormatError", "decode", "encode"]
+
+WIRE_VERSION = 1
+CONTENT_TYPE = "application/x-msgpack"
+
+_CODE_DTYPE = "<i4"
+
+
+class WireFormatError(ValueError):
+    """The body is not a valid wire batch; the message names what is wrong."""
+
+
+@dataclass
+class WireBatch:
+    """A decoded wire body."""
+
+    sidecar: str
+    seq: int
+    batch: FeatureBatch
+    anomalies: list[LocalAnomaly] = field(default_factory=list)
+    created_unix_nano: int = 0
+    version: int = WIRE_VERSION
+
+
+def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
+    index: dict[str | None, int] = {None: -1}
+    dictionary: list[str] = []
+    codes = np.empty(len(values), dtype=_CODE_DTYPE)
+    for i, v in enumerate(values):
+        c = index.get(v)
+        if c is None:
+            c = len(dictionary)
+            index[v] = c
+            dictionary.append(v)  # type: ignore[arg-type]  # None is pre-seeded, so v is a str
+        codes[i] = c
+    return {"dict": dictionary, "codes": {"dtype": _CODE_DTYPE, "data": codes.tobytes()}}
+
+
+def encode(
+    batch: FeatureBatch,
+    *,
+    sidecar: str,
+    seq: int,
+    anomalies: Sequence[LocalAnomaly] = (),
+    created_unix_nano: int | None = None,
+) -> bytes:
+    """Encode a batch as a version-1 wire body."""
+    cols: dict[str, Any] = {}
+    for name, dtype in NUMERIC_COLUMNS.items():
+        arr = np.ascontiguousarray(batch.numeric[name], dtype=np.dtype(dtype))
+        cols[name] = {"dtype": dtype, "data": arr.tobytes()}
+    for name in STRING_COLUMNS:
+        cols[name] = _encode_strings(batch.strings[name])
+    body = {
+        "v": WIRE_VERSION,
+        "sidecar": sidecar,
+        "seq": seq,
+        "created_unix_nano": time.time_ns() if created_unix_nano is None else created_unix_nano,
+        "n": batch.n,
+        "cols": cols,
+        "anomalies": [a.to_wire() for a in anomalies],
+    }
+    out: bytes = msgpack.packb(body, use_bin_type=True)
+    return out
+
+
+def _need(m: dict[Any, Any], key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    if key not in m:
+        raise WireFormatError(f"missing field {where}{key!r}")
+    v = m[key]
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise WireFormatError(f"field {where}{key!r} has type {type(v).__name__}")
+    return v
+
+
+def _decode_numeric(name: str, spec: Any, n: int) -> np.ndarray[Any, Any]:
+    if not isinstance(spec, dict):
+        raise WireFormatError(f"column {name!r} is not a map")
+    dtype = _need(spec, "dtype", str, f"cols.{name}.")
+    if dtype != NUMERIC_COLUMNS[name]:
+        raise WireFormatError(f"column {name!r} has dtype {dtype!r}, expected {NUMERIC_COLUMNS[name]!r}")
+    data = _need(spec, "data", bytes, f"cols.{name}.")
+    arr = np.frombuffer(data, dtype=np.dtype(dtype))
+    if arr.shape[0] != n or len(data) != n * arr.itemsize:
+        raise WireFormatError(f"column {name!r} holds {len(data)} bytes, expected {n} values")
+    return arr
+
+
+def _decode_strings(name: str, spec: Any, n: int) -> list[str | None]:
+    if not isinstance(spec, dict):
+        raise WireFormatError(f"column {name!r} is not a map")
+    dictionary = _need(spec, "dict", list, f"cols.{name}.")
+    if not all(isinstance(s, str) for s in dictionary):
+        raise WireFormatError(f"column {name!r} dictionary holds a non-string")
+    codes_spec = _need(spec, "codes", dict, f"cols.{name}.")
+    if _need(codes_spec, "dtype", str, f"cols.{name}.codes.") != _CODE_DTYPE:
+        raise WireFormatError(f"column {name!r} codes must have dtype {_CODE_DTYPE!r}")
+    data = _need(codes_spec, "data", bytes, f"cols.{name}.codes.")
+    if len(data) != 4 * n:
+        raise WireFormatError(f"column {name!r} codes hold {len(data)} bytes, expected {n} values")
+    codes = np.frombuffer(data, dtype=_CODE_DTYPE)
+    if n and (int(codes.min()) < -1 or int(codes.max()) >= len(dictionary)):
+        raise WireFormatError(f"column {name!r} has a code outside its dictionary")
+    table: list[str | None] = [*dictionary, None]  # index -1 -> None
+    return [table[c] for c in codes.tolist()]
+
+
+def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
+    """Decode and validate a wire body; raises :class:`WireFormatError` naming the problem."""
+    try:
+        m = msgpack.unpackb(body, raw=False, strict_map_key=False, max_bin_len=len(body))
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise WireFormatError(f"body is not valid msgpack: {e}") from None
+    if not isinstance(m, dict):
+        raise WireFormatError(f"body is a msgpack {type(m).__name__}, expected a map")
+    v = _need(m, "v", int)
+    if v != WIRE_VERSION:
+        raise WireFormatError(f"unsupported wire version {v} (this build reads {WIRE_VERSION})")
+    sidecar = _need(m, "sidecar", str)
+    if not sidecar:
+        raise WireFormatError("field 'sidecar' is empty")
+    seq = _need(m, "seq", int)
+    if seq < 0:
+        raise WireFormatError("field 'seq' is negative")
+    n = _need(m, "n", int)
+    if not 0 <= n <= max_rows:
+        raise WireFormatError(f"field 'n' is {n}, must be between 0 and {max_rows}")
+    created = m.get("created_unix_nano", 0)
+    if not isinstance(created, int):
+        raise WireFormatError("field 'created_unix_nano' is not an int")
+    cols = _need(m, "cols", dict)
+    numeric: dict[str, np.ndarray[Any, Any]] = {}
+    strings: dict[str, list[str | None]] = {}
+    for name in COLUMNS:
+        if name not in cols:
+            raise WireFormatError(f"missing column {name!r}")
+        if name in NUMERIC_COLUMNS:
+            numeric[name] = _decode_numeric(name, cols[name], n)
+        else:
+            strings[name] = _decode_strings(name, cols[name], n)
+    raw_anomalies = m.get("anomalies", [])
+    if not isinstance(raw_anomalies, list):
+        raise WireFormatError("field 'anomalies' is not a list")
+    anomalies: list[LocalAnomaly] = []
+    for i, a in enumerate(raw_anomalies):
+        if not isinstance(a, dict):
+            raise WireFormatError(f"anomalies[{i}] is not a map")
+        try:
+            anomalies.append(LocalAnomaly.from_wire(a))
+        except KeyError as e:
+            raise WireFormatError(f"anomalies[{i}] is missing field {e}") from None
+        except (TypeError, ValueError) as e:
+            raise WireFormatError(f"anomalies[{i}] is invalid: {e}") from None
+    return WireBatch(
+        sidecar=sidecar,
+        seq=seq,
+        batch=FeatureBatch(n=n, numeric=numeric, strings=strings),
+        anomalies=anomalies,
+        created_unix_nano=created,
+        version=v,
+    )

@@ -1,0 +1,1 @@
+"""The LLM-Sentinel sidecar: OTLP receiver, extraction, local detection, forwarding, spool."""

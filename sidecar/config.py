@@ -1,0 +1,143 @@
+"""The sidecar's settings: one dataclass, its defaults as named constants, and ``validate()``."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from sentinel.config import ConfigError, setting
+
+__all__ = ["MODES", "SPOOL_FSYNC_POLICIES", "SPOOL_FULL_POLICIES", "SidecarConfig"]
+
+DEFAULT_GRPC_LISTEN = "127.0.0.1:4317"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:4318"
+DEFAULT_METRICS_LISTEN = "0.0.0.0:8081"
+DEFAULT_GRPC_MAX_RECV_BYTES = 4 * 1024 * 1024
+DEFAULT_HTTP_MAX_BODY_BYTES = 20 * 1024 * 1024
+DEFAULT_BATCH_MAX_ROWS = 2048
+DEFAULT_BATCH_TIMEOUT_S = 1.0
+DEFAULT_QUEUE_MAX_BATCHES = 64
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_SPOOL_SEGMENT_BYTES = 8 * 1024 * 1024
+DEFAULT_UPSTREAM_QUEUE = 256
+
+MODES = ("sidecar", "store-and-forward")
+SPOOL_FULL_POLICIES = ("drop_oldest", "refuse")
+SPOOL_FSYNC_POLICIES = ("always", "interval", "never")
+UPSTREAM_PROTOCOLS = ("grpc", "http/protobuf")
+
+
+def _hostport(key: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
+
+
+@dataclass
+class SidecarConfig:
+    """Every setting of ``sentinel sidecar`` (see ``sidecar/README.md`` for the table)."""
+
+    mode: str = setting("sidecar", "sidecar (memory queue, spill to spool) or store-and-forward "
+                        "(spool before acknowledging)")
+    sidecar_id: str = setting("", "stable id sent with every batch [default: POD_NAMESPACE/POD_NAME, "
+                              "else the host name]")
+    grpc_listen: str = setting(DEFAULT_GRPC_LISTEN, "OTLP/gRPC listen address")
+    http_listen: str = setting(DEFAULT_HTTP_LISTEN, "OTLP/HTTP listen address")
+    metrics_listen: str = setting(DEFAULT_METRICS_LISTEN, "/metrics, /healthz and /readyz listen address")
+    grpc_max_recv_bytes: int = setting(DEFAULT_GRPC_MAX_RECV_BYTES, "largest OTLP/gRPC message accepted",
+                                       kind="size")
+    http_max_body_bytes: int = setting(DEFAULT_HTTP_MAX_BODY_BYTES, "largest OTLP/HTTP body accepted, "
+                                       "after decompression", kind="size")
+    aggregator_url: str = setting("", "base URL of the aggregator (batches go to URL/v1/ingest); empty: "
+                                  "rows are only detected locally and counted")
+    token: str = setting("", "bearer token for the aggregator (normally from SENTINEL_TOKEN)")
+    ca_file: str = setting("", "CA bundle to verify an https aggregator")
+    forward_timeout_s: float = setting(10.0, "timeout of one ingest request", kind="duration")
+    retry_max_backoff_s: float = setting(30.0, "longest wait between retries of a batch", kind="duration")
+    batch_max_rows: int = setting(DEFAULT_BATCH_MAX_ROWS, "rows per forwarded batch (sealed when reached)")
+    batch_timeout_s: float = setting(DEFAULT_BATCH_TIMEOUT_S, "a batch is sealed at most this long after "
+                                     "its first row", kind="duration")
+    queue_max_batches: int = setting(DEFAULT_QUEUE_MAX_BATCHES, "sealed batches held in memory for the "
+                                     "forwarder; beyond it they spill to the spool, or exports get UNAVAILABLE")
+    spool_dir: str = setting("", "directory of the durable spool (required in store-and-forward mode)")
+    spool_max_bytes: int = setting(DEFAULT_SPOOL_MAX_BYTES, "size bound of the spool", kind="size")
+    spool_segment_bytes: int = setting(DEFAULT_SPOOL_SEGMENT_BYTES, "size at which a spool segment file "
+                                       "is closed and a new one begun", kind="size")
+    spool_full_policy: str = setting("drop_oldest", "when the spool is full: drop_oldest (counted) or "
+                                     "refuse (exports get UNAVAILABLE)")
+    spool_fsync: str = setting("", "always (fsync every batch), interval, or never [default: always in "
+                               "store-and-forward mode, interval otherwise]")
+    spool_fsync_interval_s: float = setting(1.0, "fsync period for spool_fsync=interval", kind="duration")
+    upstream: str = setting("", "the team's own OTLP endpoint; every received request is passed on to it "
+                            "unchanged (empty: no pass-through)")
+    upstream_protocol: str = setting("grpc", "grpc or http/protobuf")
+    upstream_queue: int = setting(DEFAULT_UPSTREAM_QUEUE, "requests queued for the upstream before new "
+                                  "ones are dropped (counted)")
+    upstream_timeout_s: float = setting(10.0, "timeout of one upstream export", kind="duration")
+    shutdown_grace_s: float = setting(5.0, "on SIGTERM, how long to keep forwarding before spooling or "
+                                      "dropping what is left", kind="duration")
+    capture_user: bool = setting(True, "forward the end-user id attribute (set false to drop it)")
+    hash_user: bool = setting(False, "forward a SHA-256 hash of the user id instead of the id")
+    detection: dict[str, Any] = setting(None, "local detection settings (see sidecar/README.md)",
+                                        flag=False, factory=dict)
+    prices: dict[str, Any] = setting(None, "price overrides: model -> {input, output} USD per million "
+                                     "tokens", flag=False, factory=dict)
+    log_level: str = setting("info", "debug, info, warning or error")
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        for key in ("grpc_listen", "http_listen", "metrics_listen"):
+            value = getattr(self, key)
+            if value:
+                _hostport(key, value)
+        for key in ("grpc_max_recv_bytes", "http_max_body_bytes", "batch_max_rows", "queue_max_batches",
+                    "spool_max_bytes", "spool_segment_bytes", "upstream_queue"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        for key in ("forward_timeout_s", "retry_max_backoff_s", "batch_timeout_s", "upstream_timeout_s",
+                    "spool_fsync_interval_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("shutdown_grace_s: must not be negative")
+        if self.spool_segment_bytes > self.spool_max_bytes:
+            raise ConfigError("spool_segment_bytes: must not be greater than spool_max_bytes")
+        if self.mode == "store-and-forward" and not self.spool_dir:
+            raise ConfigError("spool_dir: required when mode is store-and-forward")
+        if self.spool_full_policy not in SPOOL_FULL_POLICIES:
+            raise ConfigError(f"spool_full_policy: {self.spool_full_policy!r} is not one of "
+                              f"{', '.join(SPOOL_FULL_POLICIES)}")
+        if self.spool_fsync and self.spool_fsync not in SPOOL_FSYNC_POLICIES:
+            raise ConfigError(f"spool_fsync: {self.spool_fsync!r} is not one of {', '.join(SPOOL_FSYNC_POLICIES)}")
+        if self.upstream_protocol not in UPSTREAM_PROTOCOLS:
+            raise ConfigError(f"upstream_protocol: {self.upstream_protocol!r} is not one of "
+                              f"{', '.join(UPSTREAM_PROTOCOLS)}")
+        for key in ("aggregator_url", "upstream"):
+            value = getattr(self, key)
+            if value and not value.startswith(("http://", "https://")):
+                raise ConfigError(f"{key}: {value!r} must start with http:// or https://")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+        if not isinstance(self.detection, dict):
+            raise ConfigError("detection: must be a map")
+        if not isinstance(self.prices, dict):
+            raise ConfigError("prices: must be a map")
+
+    @property
+    def effective_fsync(self) -> str:
+        if self.spool_fsync:
+            return self.spool_fsync
+        return "always" if self.mode == "store-and-forward" else "interval"
+
+    def effective_sidecar_id(self, env: dict[str, str] | None = None) -> str:
+        if self.sidecar_id:
+            return self.sidecar_id
+        import os
+
+        e = os.environ if env is None else env
+        pod, ns = e.get("SENTINEL_POD_NAME", ""), e.get("SENTINEL_POD_NAMESPACE", "")
+        if pod:
+            return f"{ns}/{pod}" if ns else pod
+        return socket.gethostname()
