@@ -63,10 +63,7 @@ def parse_size(value: Any) -> int:
     if not m:
         raise ValueError(f"not a size: {value!r} (use e.g. 4194304, 4MiB, 512KiB)")
     number, unit = float(m.group(1)), (m.group(2) or "").lower()
-    if "i" in unit:
-        mult = 1024 ** ("kmgt".index(unit[0]) + 1)
-    else:
-        mult = _SIZE_MULT[unit[:1]]
+    mult = 1024 ** ("kmgt".index(unit[0]) + 1) if "i" in unit else _SIZE_MULT[unit[:1]]
     return int(number * mult)
 
 
@@ -92,9 +89,8 @@ def _convert(key: str, raw: Any, tp: Any, kind: str) -> Any:
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin in (typing.Union, types.UnionType):
-            if raw is None or (isinstance(raw, str) and raw == "" and type(None) in args):
-                if type(None) in args:
-                    return None
+            if type(None) in args and (raw is None or raw == ""):
+                return None
             inner = [a for a in args if a is not type(None)]
             return _convert(key, raw, inner[0], kind)
         if tp is bool:
