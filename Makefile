@@ -1,0 +1,33 @@
+# Two commands for a fresh machine: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv and install the project (with its dev extra) on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint typecheck check bench clean
+
+$(BIN)/sentinel: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(BIN)/sentinel
+	$(BIN)/sentinel demo
+
+test: $(BIN)/sentinel
+	$(BIN)/pytest -q
+
+lint: $(BIN)/sentinel
+	$(BIN)/ruff check .
+
+typecheck: $(BIN)/sentinel
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: $(BIN)/sentinel
+	$(BIN)/python -m loadtest.bench_sidecar
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

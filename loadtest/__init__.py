@@ -1,0 +1,1 @@
+"""Load generation for LLM-Sentinel: realistic GenAI telemetry, scenarios and benchmarks."""

@@ -1,0 +1,784 @@
+"""Sidecar benchmark: parse rate, in-process pipeline, end to end over gRPC, and a steady 2,000 spans/s.
+
+    python -m loadtest.bench_sidecar [--quick] [--json PATH] [--steady-seconds 30] [--profile]
+
+One run prints four figures side by side and a summary against the design targets
+(``/work/shared/DESIGN.md``, Targets; what each figure means: ``loadtest/README.md``):
+
+1. the raw protobuf-parse rate of the prebuilt payloads (``ExportTraceServiceRequest.FromString``),
+2. the in-process pipeline on one thread: parse + ``TracePipeline.consume_traces`` (extract, local
+   detection, batching, sealing into wire bodies in the forward queue),
+3. end to end over real gRPC: the sidecar as its own process pinned to one core, this process (the
+   client, pinned to another core) keeping several ``Export`` calls in flight,
+4. a steady 2,000 spans/s against a sidecar forwarding to a recording aggregator: export-call
+   latency percentiles, the sidecar's RSS, and rows received versus spans sent.
+
+Everything listens on loopback only, every phase is bounded in time, and child processes are
+always stopped (SIGTERM, then SIGKILL) before the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import importlib
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import grpc.aio
+import httpx
+import numpy as np
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtest.spans import build_trace_payloads
+
+# psutil ships no type stubs (and types-psutil is not a dependency): use it untyped.
+psutil: Any = importlib.import_module("psutil")
+
+__all__ = ["BenchSettings", "main", "measure_parse", "measure_pipeline", "run_in_process"]
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+PAYLOAD_SEED = 20_250_615
+MIB = 1024 * 1024
+
+TARGET_SPANS_PER_S = 50_000
+TARGET_RSS_MIB = 128.0
+TARGET_P99_MS = 5.0
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    payloads: int = 200
+    spans_per_request: int = 512
+    parse_seconds: float = 3.0
+    pipeline_seconds: float = 5.0
+    pipeline_warmup_requests: int = 20
+    e2e_seconds: float = 10.0
+    e2e_warmup_seconds: float = 2.0
+    concurrency: int = 8
+    steady_seconds: float = 30.0
+    steady_rate: float = 2000.0
+    startup_timeout_s: float = 30.0
+    drain_timeout_s: float = 15.0
+
+
+QUICK = BenchSettings(payloads=20, parse_seconds=1.0, pipeline_seconds=1.5, pipeline_warmup_requests=4,
+                      e2e_seconds=3.0, e2e_warmup_seconds=0.5, steady_seconds=5.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. raw parse rate
+
+
+def count_spans(request: ExportTraceServiceRequest) -> int:
+    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def measure_parse(payloads: Sequence[bytes], seconds: float) -> dict[str, Any]:
+    """Single-threaded ``FromString`` over ``payloads``, cycled for at least ``seconds``."""
+    parse = ExportTraceServiceRequest.FromString
+    spans_per_payload = [count_spans(parse(p)) for p in payloads]  # also the warm-up pass
+    round_spans = sum(spans_per_payload)
+    rounds = 0
+    t0 = time.perf_counter()
+    while True:
+        for p in payloads:
+            parse(p)
+        rounds += 1
+        now = time.perf_counter()
+        if now - t0 >= seconds:
+            break
+    elapsed = now - t0
+    total_bytes = sum(len(p) for p in payloads)
+    return {
+        "spans_per_s": rounds * round_spans / elapsed,
+        "requests_per_s": rounds * len(payloads) / elapsed,
+        "mb_per_s": rounds * total_bytes / elapsed / 1e6,
+        "spans": rounds * round_spans,
+        "seconds": elapsed,
+        "bytes_per_span": total_bytes / round_spans,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. in-process pipeline
+
+
+async def measure_pipeline(payloads: Sequence[bytes], seconds: float, *, warmup_requests: int = 20,
+                           profile: bool = False) -> dict[str, Any]:
+    """Parse + ``consume_traces`` on one thread, until every row is sealed into the forward queue.
+
+    Built from the same components, with the same defaults, as :class:`sidecar.app.Sidecar` builds
+    them, except that the forward queue is enabled (as with an ``aggregator_url``) but has no
+    forwarder, and is unbounded, so every sealed batch stays in it to be counted afterwards.
+    """
+    from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
+    from sidecar.config import SidecarConfig
+    from sidecar.extract import ExtractConfig, Extractor
+    from sidecar.forward_queue import ForwardQueue
+    from sidecar.metrics import SidecarMetrics
+    from sidecar.pipeline import SeqSource, TracePipeline
+
+    config = SidecarConfig(grpc_listen="", http_listen="", metrics_listen="", sidecar_id="bench")
+    config.validate()
+    metrics = SidecarMetrics(CollectorRegistry())
+    queue = ForwardQueue(max_batches=10**9, spool=None, metrics=metrics, enabled=True)
+    pipeline = TracePipeline(
+        extractor=Extractor(ExtractConfig.from_settings(config)),
+        detector=LocalDetector(LocalDetectionConfig.from_mapping(config.detection)),
+        queue=queue, metrics=metrics, sidecar_id=config.sidecar_id, seq=SeqSource(), durable=False,
+        batch_max_rows=config.batch_max_rows, batch_timeout_s=config.batch_timeout_s,
+    )
+    parse = ExportTraceServiceRequest.FromString
+    reg = metrics.registry
+
+    def sample(name: str) -> float:
+        return reg.get_sample_value(name) or 0.0
+
+    async def drain() -> tuple[int, int, int]:
+        await pipeline.flush()
+        batches = rows = nbytes = 0
+        while queue.pending():
+            item = await queue.get()
+            batches += 1
+            rows += item.batch.rows
+            nbytes += len(item.batch.body)
+            await queue.ack(item)
+        return batches, rows, nbytes
+
+    # Warm-up (untimed): first calls, detector windows filling.
+    for i in range(warmup_requests):
+        await pipeline.consume_traces(parse(payloads[i % len(payloads)]))
+    await drain()
+    spans0 = sample("sentinel_sidecar_spans_received_total")
+    calls0 = sample("sentinel_sidecar_llm_calls_total")
+    anomalies0 = _sum_samples(reg, "sentinel_sidecar_local_anomalies_total")
+
+    consume = pipeline.consume_traces
+    requests = 0
+    t0 = time.perf_counter()
+    while True:
+        for p in payloads:
+            await consume(parse(p))
+        requests += len(payloads)
+        if time.perf_counter() - t0 >= seconds:
+            break
+    await pipeline.flush()  # the last rows are sealed too, inside the timed part
+    elapsed = time.perf_counter() - t0
+
+    batches, rows, nbytes = await drain()
+    spans = sample("sentinel_sidecar_spans_received_total") - spans0
+    calls = sample("sentinel_sidecar_llm_calls_total") - calls0
+    result: dict[str, Any] = {
+        "spans_per_s": spans / elapsed,
+        "spans": int(spans),
+        "requests": requests,
+        "seconds": elapsed,
+        "llm_calls": int(calls),
+        "rows_in_queue": rows,
+        "batches_sealed": batches,
+        "wire_bytes_per_row": nbytes / rows if rows else 0.0,
+        "local_anomalies": int(_sum_samples(reg, "sentinel_sidecar_local_anomalies_total") - anomalies0),
+    }
+    if profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for p in payloads:
+            await consume(parse(p))
+        await pipeline.flush()
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(20)
+        result["profile_top20"] = out.getvalue().strip("\n")
+        await drain()
+    await pipeline.shutdown()
+    await queue.close()
+    return result
+
+
+def _sum_samples(registry: CollectorRegistry, name: str) -> float:
+    return sum(s.value for fam in registry.collect() for s in fam.samples if s.name == name)
+
+
+def run_in_process(payloads: Sequence[bytes], settings: BenchSettings, *, profile: bool = False) -> dict[str, Any]:
+    """Figures 1 and 2 (no sockets, no child processes); used by the smoke test too."""
+    parse = measure_parse(payloads, settings.parse_seconds)
+    pipe = asyncio.run(measure_pipeline(payloads, settings.pipeline_seconds,
+                                        warmup_requests=settings.pipeline_warmup_requests, profile=profile))
+    pipe["ratio_to_parse"] = pipe["spans_per_s"] / parse["spans_per_s"]
+    return {"parse": parse, "pipeline": pipe}
+
+
+# ---------------------------------------------------------------------------------------------
+# child processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pinned(argv: list[str], cpu: int | None) -> list[str]:
+    """``argv`` run with its CPU affinity set to ``cpu`` before exec (so all its threads inherit it)."""
+    if cpu is None:
+        return argv
+    code = f"import os, sys; os.sched_setaffinity(0, {{{cpu}}}); os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", code, *argv]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop("SENTINEL_CONFIG", None)
+    return env
+
+
+def _stop(proc: subprocess.Popen[Any] | None, timeout_s: float = 10.0) -> int | None:
+    """SIGTERM, wait, then SIGKILL: ``proc`` is one of ours, addressed by its pid only."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+    return proc.returncode
+
+
+class SidecarProcess:
+    """``python -m sentinel.cli sidecar`` on loopback ports, optionally pinned to one CPU."""
+
+    def __init__(self, *, cpu: int | None, log: IO[bytes], aggregator_url: str = "") -> None:
+        self.cpu = cpu
+        self.grpc_port = _free_port()
+        self.metrics_port = _free_port()
+        self.aggregator_url = aggregator_url
+        self._log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: Any = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "sentinel.cli", "sidecar",
+                "--grpc-listen", f"127.0.0.1:{self.grpc_port}", "--http-listen", "",
+                "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--sidecar-id", "bench",
+                "--log-level", "warning", "--aggregator-url", self.aggregator_url]
+        self.proc = subprocess.Popen(_pinned(argv, self.cpu), cwd=ROOT, env=_child_env(),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.ps = psutil.Process(self.proc.pid)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    async def wait_ready(self, http: httpx.AsyncClient, timeout_s: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited with status {self.proc.returncode} during start-up\n"
+                                   + _tail(self._log))
+            with contextlib.suppress(httpx.HTTPError):
+                r = await http.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1.0)
+                if r.status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"sidecar not ready within {timeout_s:.0f}s\n" + _tail(self._log))
+
+    async def metrics(self, http: httpx.AsyncClient) -> dict[str, float]:
+        r = await http.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5.0)
+        r.raise_for_status()
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(r.text):
+            for s in fam.samples:
+                out[s.name] = out.get(s.name, 0.0) + s.value
+        return out
+
+    def cpu_seconds(self) -> float:
+        assert self.ps is not None
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def rss(self) -> int:
+        assert self.ps is not None
+        return int(self.ps.memory_info().rss)
+
+    def stop(self) -> int | None:
+        return _stop(self.proc)
+
+
+def _tail(log: IO[bytes], limit: int = 4000) -> str:
+    try:
+        log.flush()
+        with open(log.name, "rb") as f:
+            data = f.read()
+    except (OSError, AttributeError, TypeError):
+        return ""
+    return data[-limit:].decode(errors="replace")
+
+
+class RecorderProcess:
+    """:class:`loadtest.recorder.RecordingAggregator` in its own process (see :func:`serve_recorder`)."""
+
+    def __init__(self, *, cpu: int | None, log: IO[bytes]) -> None:
+        self.cpu = cpu
+        self._log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    async def start(self, timeout_s: float) -> None:
+        argv = [sys.executable, "-m", "loadtest.bench_sidecar", "--serve-recorder"]
+        self.proc = subprocess.Popen(_pinned(argv, self.cpu), cwd=ROOT, env=_child_env(), text=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log)
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout_s)
+        if not line.startswith("PORT "):
+            raise RuntimeError("recording aggregator did not start\n" + _tail(self._log))
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+
+    def finish(self) -> dict[str, Any]:
+        """Stop it and return what it recorded."""
+        assert self.proc is not None and self.proc.stdout is not None
+        _stop(self.proc)
+        out = self.proc.stdout.read()
+        for line in out.splitlines():
+            if line.startswith("{"):
+                result: dict[str, Any] = json.loads(line)
+                return result
+        raise RuntimeError("recording aggregator printed no result\n" + _tail(self._log))
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+async def serve_recorder() -> int:
+    """Child mode: run a RecordingAggregator, print ``PORT n``, and on SIGTERM print its counts as JSON."""
+    from loadtest.recorder import RecordingAggregator
+
+    rec = RecordingAggregator()
+    await rec.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"PORT {rec.port}", flush=True)
+    await stop.wait()
+    await rec.stop()
+    print(json.dumps({"rows": rec.rows, "batches": len(rec.batches), "requests": rec.requests,
+                      "duplicates": rec.duplicates,
+                      "anomalies": sum(len(b.anomalies) for b in rec.batches)}), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. end to end over gRPC
+
+
+def _export_call(channel: grpc.aio.Channel) -> Callable[..., Any]:
+    # No serializers: the prebuilt payload bytes go on the wire as they are, as an SDK's would.
+    return channel.unary_unary(EXPORT_METHOD, request_serializer=None, response_deserializer=None)
+
+
+async def measure_grpc(sidecar: SidecarProcess, http: httpx.AsyncClient, payloads: Sequence[bytes],
+                       spans_per_payload: Sequence[int], settings: BenchSettings) -> dict[str, Any]:
+    """Saturate the sidecar with ``concurrency`` in-flight exports; rate over the measured window."""
+    acked = [0]
+    refused = [0]
+    failed: list[str] = []
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(sidecar.target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), settings.startup_timeout_s)
+        export = _export_call(channel)
+
+        async def worker(k: int) -> None:
+            i = k
+            while not stop.is_set():
+                j = i % len(payloads)
+                i += settings.concurrency
+                try:
+                    raw = await export(payloads[j], timeout=10.0)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.UNAVAILABLE:
+                        refused[0] += 1
+                        await asyncio.sleep(0.01)
+                        continue
+                    failed.append(f"{e.code().name}: {e.details()}")
+                    if len(failed) > 20:
+                        stop.set()
+                    await asyncio.sleep(0.05)
+                    continue
+                response = ExportTraceServiceResponse.FromString(raw)
+                acked[0] += spans_per_payload[j] - response.partial_success.rejected_spans
+
+        async def snapshot() -> tuple[float, int, float, float]:
+            m = await sidecar.metrics(http)
+            return (time.perf_counter(), acked[0], m.get("sentinel_sidecar_spans_received_total", 0.0),
+                    sidecar.cpu_seconds())
+
+        workers = [asyncio.create_task(worker(k)) for k in range(settings.concurrency)]
+        try:
+            await asyncio.sleep(settings.e2e_warmup_seconds)
+            t0, a0, r0, c0 = await snapshot()
+            await asyncio.sleep(settings.e2e_seconds)
+            t1, a1, r1, c1 = await snapshot()
+        finally:
+            stop.set()
+            await asyncio.gather(*workers, return_exceptions=True)
+    if failed and a1 == a0:
+        raise RuntimeError(f"every export failed: {failed[0]}")
+    elapsed = t1 - t0
+    return {
+        "spans_per_s": (a1 - a0) / elapsed,
+        "sidecar_metric_spans_per_s": (r1 - r0) / elapsed,
+        "spans_acked": a1 - a0,
+        "seconds": elapsed,
+        "concurrency": settings.concurrency,
+        "sidecar_cpu_utilisation": (c1 - c0) / elapsed,
+        "refused_unavailable": refused[0],
+        "failed": len(failed),
+        "first_failure": failed[0] if failed else "",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. steady rate
+
+
+async def measure_steady(sidecar: SidecarProcess, recorder: RecorderProcess, http: httpx.AsyncClient,
+                         payloads: Sequence[bytes], spans_per_payload: Sequence[int],
+                         settings: BenchSettings) -> dict[str, Any]:
+    """Open-loop requests at ``steady_rate`` spans/s, one export call timed per request."""
+    mean_spans = sum(spans_per_payload) / len(spans_per_payload)
+    interval = mean_spans / settings.steady_rate
+    n_requests = max(1, math.ceil(settings.steady_seconds / interval))
+    latencies: list[float] = []
+    failures: list[str] = []
+    spans_sent = 0
+    rss: list[int] = []
+    sampling = asyncio.Event()
+
+    async def sample_rss() -> None:
+        while not sampling.is_set():
+            with contextlib.suppress(psutil.Error):
+                rss.append(sidecar.rss())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sampling.wait(), 0.2)
+
+    async with grpc.aio.insecure_channel(sidecar.target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), settings.startup_timeout_s)
+        export = _export_call(channel)
+        # One untimed request first (its spans count as sent): the app's exporter has a warm channel.
+        await export(payloads[-1], timeout=10.0)
+        spans_sent += spans_per_payload[-1]
+        rss_before = sidecar.rss()
+        sampler = asyncio.create_task(sample_rss())
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+        try:
+            for i in range(n_requests):
+                delay = start + i * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                j = i % len(payloads)
+                t = time.perf_counter()
+                try:
+                    await export(payloads[j], timeout=10.0)
+                except grpc.aio.AioRpcError as e:
+                    failures.append(f"{e.code().name}: {e.details()}")
+                    continue
+                latencies.append(time.perf_counter() - t)
+                spans_sent += spans_per_payload[j]
+            # The run lasts until the end of the last request's slot (or later, if it was late).
+            await asyncio.sleep(max(0.0, start + n_requests * interval - loop.time()))
+            elapsed = loop.time() - start
+        finally:
+            sampling.set()
+            await sampler
+    rss_final = sidecar.rss()
+    rss.append(rss_final)
+
+    # Wait for the sidecar to forward everything (batch timeout, then one POST per batch).
+    deadline = time.monotonic() + settings.drain_timeout_s
+    m: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        m = await sidecar.metrics(http)
+        if m.get("sentinel_sidecar_forwarded_rows_total", 0.0) >= m.get("sentinel_sidecar_llm_calls_total", 1.0):
+            break
+        await asyncio.sleep(0.2)
+    exit_status = sidecar.stop()
+    recorded = recorder.finish()
+    ms = np.asarray(latencies) * 1000.0
+    pct = {f"p{q}_ms": float(np.percentile(ms, q)) if ms.size else float("nan") for q in (50, 95, 99)}
+    return {
+        "target_spans_per_s": settings.steady_rate,
+        "achieved_spans_per_s": (spans_sent - spans_per_payload[-1]) / elapsed if elapsed > 0 else 0.0,
+        "seconds": elapsed,
+        "requests_timed": len(latencies),
+        **pct,
+        "max_ms": float(ms.max()) if ms.size else float("nan"),
+        "mean_ms": float(ms.mean()) if ms.size else float("nan"),
+        "failed_requests": len(failures),
+        "first_failure": failures[0] if failures else "",
+        "rss_before_mib": rss_before / MIB,
+        "rss_max_mib": max(rss) / MIB,
+        "rss_final_mib": rss_final / MIB,
+        "rss_samples": len(rss),
+        "spans_sent": spans_sent,
+        "sidecar_llm_calls": int(m.get("sentinel_sidecar_llm_calls_total", 0.0)),
+        "sidecar_forwarded_rows": int(m.get("sentinel_sidecar_forwarded_rows_total", 0.0)),
+        "sidecar_dropped_rows": int(m.get("sentinel_sidecar_dropped_rows_total", 0.0)),
+        "rows_received": int(recorded["rows"]),
+        "batches_received": int(recorded["batches"]),
+        "duplicate_batches": int(recorded["duplicates"]),
+        "sidecar_exit_status": exit_status,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# orchestration and report
+
+
+def machine_info(client_cpu: int | None, sidecar_cpu: int | None) -> dict[str, Any]:
+    from google.protobuf import __version__ as pb_version
+    from google.protobuf.internal import api_implementation
+
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "client_cpu": client_cpu,
+        "sidecar_cpu": sidecar_cpu,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "protobuf": f"{pb_version} ({api_implementation.Type()})",
+        "grpcio": grpc.__version__,
+    }
+
+
+def _pick_cpus() -> tuple[int | None, int | None]:
+    """(client, sidecar): two distinct CPUs when there are two, else no pinning."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return cpus[1], cpus[0]
+
+
+async def run_processes(payloads: Sequence[bytes], spans_per_payload: Sequence[int], settings: BenchSettings,
+                        sidecar_cpu: int | None, client_cpu: int | None, log: IO[bytes],
+                        say: Callable[[str], None], parse_rate: float, results: dict[str, Any],
+                        skip_steady: bool = False) -> None:
+    """Figures 3 and 4, stored into ``results`` as they complete (so a later failure keeps them)."""
+    children: list[SidecarProcess | RecorderProcess] = []
+    try:
+        async with httpx.AsyncClient() as http:
+            sc = SidecarProcess(cpu=sidecar_cpu, log=log)
+            children.append(sc)
+            sc.start()
+            await sc.wait_ready(http, settings.startup_timeout_s)
+            say(f"  sidecar pid {sc.proc.pid if sc.proc else '?'} on CPU {sidecar_cpu}, no aggregator "
+                f"(rows sealed, then counted dropped: no_aggregator)")
+            results["grpc"] = g = await measure_grpc(sc, http, payloads, spans_per_payload, settings)
+            g["ratio_to_parse"] = g["spans_per_s"] / parse_rate
+            g["sidecar_exit_status"] = sc.stop()
+            _print_section("", g, say)
+            if skip_steady:
+                return
+
+            say(f"4. steady {settings.steady_rate:,.0f} spans/s for {settings.steady_seconds:g}s "
+                f"(1 export in flight, open loop; the sidecar forwards to a recording aggregator)")
+            rec = RecorderProcess(cpu=client_cpu, log=log)
+            children.append(rec)
+            await rec.start(settings.startup_timeout_s)
+            sc = SidecarProcess(cpu=sidecar_cpu, log=log, aggregator_url=rec.url)
+            children.append(sc)
+            sc.start()
+            await sc.wait_ready(http, settings.startup_timeout_s)
+            say(f"  sidecar pid {sc.proc.pid if sc.proc else '?'} on CPU {sidecar_cpu} -> recording aggregator "
+                f"{rec.url} (own process, CPU {client_cpu})")
+            results["steady"] = await measure_steady(sc, rec, http, payloads, spans_per_payload, settings)
+            _print_section("", results["steady"], say)
+    finally:
+        for child in children:
+            child.stop()
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f} spans/s"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(r: dict[str, Any], say: Callable[[str], None]) -> None:
+    parse = r["parse"]["spans_per_s"]
+    rows: list[tuple[str, str, str, str]] = [
+        ("raw protobuf parse (1 thread, reference)", _fmt_rate(parse), "-", ""),
+    ]
+    pipe = r["pipeline"]
+    rows.append(("in-process pipeline, 1 thread", f"{_fmt_rate(pipe['spans_per_s'])} "
+                 f"({pipe['ratio_to_parse']:.3f} x parse)", f">= {TARGET_SPANS_PER_S:,}",
+                 _verdict(pipe["spans_per_s"] >= TARGET_SPANS_PER_S)))
+    if "grpc" in r:
+        g = r["grpc"]
+        rows.append(("end to end over gRPC, sidecar on 1 core", f"{_fmt_rate(g['spans_per_s'])} "
+                     f"({g['ratio_to_parse']:.3f} x parse)", f">= {TARGET_SPANS_PER_S:,}",
+                     _verdict(g["spans_per_s"] >= TARGET_SPANS_PER_S)))
+    if "steady" in r:
+        s = r["steady"]
+        rate = f"{s['target_spans_per_s']:,.0f} spans/s"
+        rows.append((f"sidecar RSS at {rate} (max)", f"{s['rss_max_mib']:.1f} MiB (final {s['rss_final_mib']:.1f})",
+                     f"< {TARGET_RSS_MIB:.0f} MiB", _verdict(s["rss_max_mib"] < TARGET_RSS_MIB)))
+        rows.append((f"export call p99 at {rate}", f"{s['p99_ms']:.2f} ms (n={s['requests_timed']})",
+                     f"< {TARGET_P99_MS:.0f} ms", _verdict(s["p99_ms"] < TARGET_P99_MS)))
+        rows.append(("rows at aggregator / spans sent", f"{s['rows_received']:,} / {s['spans_sent']:,}", "equal",
+                     _verdict(s["rows_received"] == s["spans_sent"] and not s["failed_requests"])))
+    headers = ("figure", "measured", "target", "")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    line = "  ".join("-" * w for w in widths)
+    say("")
+    say("Summary (targets: /work/shared/DESIGN.md, Targets)")
+    say("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    say(line)
+    for row in rows:
+        say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_section(title: str, figures: dict[str, Any], say: Callable[[str], None]) -> None:
+    if title:
+        say(title)
+    for k, v in figures.items():
+        if k == "profile_top20":
+            continue
+        if isinstance(v, float):
+            text = f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+        else:
+            text = f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+        say(f"  {k:<28} {text}")
+
+
+@contextlib.contextmanager
+def _log_file() -> Iterator[IO[bytes]]:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="bench_sidecar_", suffix=".log", delete=False) as f:
+        try:
+            yield f
+        finally:
+            f.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench_sidecar", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="short durations and fewer payloads (smoke run)")
+    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    p.add_argument("--steady-seconds", type=float, help="length of the steady phase [30; 5 with --quick]")
+    p.add_argument("--steady-rate", type=float, help="spans/s of the steady phase [2000]")
+    p.add_argument("--e2e-seconds", type=float, help="measured window of the gRPC phase [10; 3 with --quick]")
+    p.add_argument("--concurrency", type=int, help="in-flight exports in the gRPC phase [8]")
+    p.add_argument("--payloads", type=int, help="distinct prebuilt requests [200; 20 with --quick]")
+    p.add_argument("--spans-per-request", type=int, help="spans per request [512]")
+    p.add_argument("--in-process-only", action="store_true", help="figures 1 and 2 only (no child processes)")
+    p.add_argument("--profile", action="store_true", help="print a cProfile top-20 of the in-process pipeline")
+    p.add_argument("--serve-recorder", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_recorder:
+        return asyncio.run(serve_recorder())
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the children
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    settings = QUICK if args.quick else BenchSettings()
+    overrides = {k: v for k, v in (("steady_seconds", args.steady_seconds), ("steady_rate", args.steady_rate),
+                                   ("e2e_seconds", args.e2e_seconds), ("concurrency", args.concurrency),
+                                   ("payloads", args.payloads), ("spans_per_request", args.spans_per_request))
+                 if v is not None}
+    settings = replace(settings, **overrides)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    client_cpu, sidecar_cpu = _pick_cpus()
+    info = machine_info(client_cpu, sidecar_cpu)
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})  # before any thread exists, so all of ours stay there
+    say("LLM-Sentinel sidecar benchmark" + (" (--quick)" if args.quick else ""))
+    say(f"  machine: {info['cpu_model']}, {info['cpus']} CPUs ({info['cpus_usable']} usable); "
+        f"Python {info['python']} ({info['implementation']}); protobuf {info['protobuf']}; grpcio {info['grpcio']}")
+    if client_cpu is None:
+        say("  WARNING: fewer than 2 usable CPUs: client and sidecar share the CPU, nothing is pinned")
+    else:
+        say(f"  this process (parse, pipeline, gRPC client) on CPU {client_cpu}; sidecar process on CPU {sidecar_cpu}")
+    t = time.perf_counter()
+    payloads = build_trace_payloads(settings.payloads, settings.spans_per_request, PAYLOAD_SEED)
+    spans_per_payload = [count_spans(ExportTraceServiceRequest.FromString(b)) for b in payloads]
+    total_spans = sum(spans_per_payload)
+    say(f"  payloads: {len(payloads)} distinct requests x {settings.spans_per_request} spans (GenAI chat spans), "
+        f"{sum(map(len, payloads)) / total_spans:.0f} bytes/span, built in {time.perf_counter() - t:.1f}s")
+    say("")
+
+    results: dict[str, Any] = {"machine": info, "settings": asdict(settings)}
+    results.update(run_in_process(payloads, settings, profile=args.profile))
+    _print_section("1. raw protobuf parse (ExportTraceServiceRequest.FromString, 1 thread)", results["parse"], say)
+    _print_section("2. in-process pipeline (parse + consume_traces -> sealed batches in the forward queue, "
+                   "1 thread)", results["pipeline"], say)
+    if args.profile:
+        say("  cProfile of one pass over the payloads, top 20 by own time:")
+        say(results["pipeline"]["profile_top20"])
+    parse_rate = results["parse"]["spans_per_s"]
+
+    if not args.in_process_only:
+        with _log_file() as log:
+            say(f"3. end to end over gRPC ({settings.concurrency} exports in flight, "
+                f"{settings.e2e_seconds:g}s measured after {settings.e2e_warmup_seconds:g}s warm-up; "
+                f"sidecar log: {log.name})")
+            try:
+                asyncio.run(run_processes(payloads, spans_per_payload, settings, sidecar_cpu, client_cpu, log,
+                                          say, parse_rate, results))
+            except Exception as e:  # report what was measured so far, then fail
+                say(f"  FAILED: {type(e).__name__}: {e}")
+                results["error"] = f"{type(e).__name__}: {e}"
+        if "error" not in results:
+            with contextlib.suppress(OSError):
+                os.unlink(log.name)
+    report(results, say)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        say(f"\nfigures written to {args.json}")
+    return 1 if "error" in results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The sidecar process: builds the components from :class:`SidecarConfig`, starts and stops them.
+
+Start order is receivers last, so nothing is accepted before it can be handled; shutdown runs the
+other way round: stop accepting, seal what is pending, forward for up to ``shutdown_grace_s``,
+then keep the rest in the spool (or count it dropped when there is none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
+from sidecar.config import SidecarConfig
+from sidecar.extract import ExtractConfig, Extractor
+from sidecar.forward_queue import ForwardQueue
+from sidecar.forwarder import Forwarder, ForwarderConfig
+from sidecar.metrics import SidecarMetrics
+from sidecar.ops_server import OpsServer
+from sidecar.otlp_grpc import OtlpGrpcReceiver
+from sidecar.otlp_http import OtlpHttpReceiver
+from sidecar.passthrough import Passthrough, PassthroughConfig
+from sidecar.pipeline import SeqSource, TracePipeline
+from sidecar.spool import Spool, SpoolConfig
+
+__all__ = ["Sidecar", "run"]
+
+log = logging.getLogger(__name__)
+
+
+class Sidecar:
+    """All of the sidecar in one object; ``await start()``, then ``await shutdown()`` (idempotent)."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        forward_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.metrics = SidecarMetrics(registry)
+        self.sidecar_id = config.effective_sidecar_id()
+        self._forward_transport = forward_transport
+        self.spool: Spool | None = None
+        self.queue: ForwardQueue | None = None
+        self.forwarder: Forwarder | None = None
+        self.passthrough: Passthrough | None = None
+        self.pipeline: TracePipeline | None = None
+        self.grpc: OtlpGrpcReceiver | None = None
+        self.http: OtlpHttpReceiver | None = None
+        self.ops: OpsServer | None = None
+        self._ready = False
+        self._stopped = False
+
+    def _readiness(self) -> str:
+        if self._stopped:
+            return "shutting down"
+        if not self._ready:
+            return "starting"
+        return ""
+
+    async def start(self) -> None:
+        c = self.config
+        detector = LocalDetector(LocalDetectionConfig.from_mapping(c.detection))
+        extractor = Extractor(ExtractConfig.from_settings(c))
+        last_seq: int | None = None
+        if c.spool_dir:
+            self.spool = Spool(SpoolConfig(
+                directory=c.spool_dir,
+                max_bytes=c.spool_max_bytes,
+                segment_bytes=c.spool_segment_bytes,
+                full_policy=c.spool_full_policy,
+                fsync=c.effective_fsync,
+                fsync_interval_s=c.spool_fsync_interval_s,
+            ))
+            report = await asyncio.to_thread(self.spool.open)
+            if report.records_skipped:
+                self.metrics.spool_corrupt_records.inc(report.records_skipped)
+                log.warning("spool recovery skipped %d damaged records", report.records_skipped)
+            log.info("spool %s: %d batches (%d rows) waiting to be forwarded",
+                     c.spool_dir, report.pending_records, report.pending_rows)
+            last_seq = report.last_seq
+            self.metrics.spool_bytes.set(self.spool.bytes_used)
+            self.metrics.spool_records.set(self.spool.pending_records)
+        self.queue = ForwardQueue(
+            max_batches=c.queue_max_batches, spool=self.spool, metrics=self.metrics,
+            enabled=bool(c.aggregator_url),
+        )
+        if c.aggregator_url:
+            self.forwarder = Forwarder(
+                ForwarderConfig(
+                    aggregator_url=c.aggregator_url, token=c.token, ca_file=c.ca_file,
+                    timeout_s=c.forward_timeout_s, max_backoff_s=c.retry_max_backoff_s,
+                ),
+                self.queue, self.metrics, transport=self._forward_transport,
+            )
+            await self.forwarder.start()
+        else:
+            log.warning("no aggregator_url: rows are detected locally and counted, not forwarded")
+        if c.upstream:
+            self.passthrough = Passthrough(
+                PassthroughConfig(url=c.upstream, protocol=c.upstream_protocol, queue_size=c.upstream_queue,
+                                  timeout_s=c.upstream_timeout_s),
+                self.metrics,
+            )
+            await self.passthrough.start()
+        self.pipeline = TracePipeline(
+            extractor=extractor, detector=detector, queue=self.queue, metrics=self.metrics,
+            sidecar_id=self.sidecar_id, seq=SeqSource(last_seq), durable=c.mode == "store-and-forward",
+            batch_max_rows=c.batch_max_rows, batch_timeout_s=c.batch_timeout_s,
+        )
+        if c.metrics_listen:
+            self.ops = OpsServer(listen=c.metrics_listen, registry=self.metrics.registry, ready=self._readiness)
+            await self.ops.start()
+        if c.grpc_listen:
+            self.grpc = OtlpGrpcReceiver(
+                listen=c.grpc_listen, max_recv_bytes=c.grpc_max_recv_bytes, consumer=self.pipeline,
+                metrics=self.metrics, passthrough=self.passthrough,
+            )
+            await self.grpc.start()
+        if c.http_listen:
+            self.http = OtlpHttpReceiver(
+                listen=c.http_listen, max_body_bytes=c.http_max_body_bytes, consumer=self.pipeline,
+                metrics=self.metrics, passthrough=self.passthrough,
+            )
+            await self.http.start()
+        self._ready = True
+        log.info("sidecar %s started in %s mode", self.sidecar_id, c.mode)
+
+    async def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.grpc is not None:
+            await self.grpc.shutdown(grace_s=1.0)
+        if self.http is not None:
+            await self.http.shutdown()
+        if self.pipeline is not None:
+            await self.pipeline.shutdown()
+        if self.forwarder is not None:
+            drained = await self.forwarder.drain(self.config.shutdown_grace_s)
+            if not drained:
+                log.warning("shutdown: aggregator did not take everything within %.1fs; %s",
+                            self.config.shutdown_grace_s,
+                            "the rest stays in the spool" if self.spool else "the rest is dropped (no spool)")
+            await self.forwarder.shutdown()
+        if self.queue is not None:
+            await self.queue.close()
+        if self.passthrough is not None:
+            await self.passthrough.flush(timeout_s=min(2.0, self.config.shutdown_grace_s))
+            await self.passthrough.shutdown()
+        if self.ops is not None:
+            await self.ops.shutdown()
+        log.info("sidecar stopped")
+
+    def ports(self) -> dict[str, Any]:
+        return {
+            "grpc": self.grpc.port if self.grpc else None,
+            "http": self.http.port if self.http else None,
+            "metrics": self.ops.port if self.ops else None,
+        }
+
+
+async def run(config: SidecarConfig) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    sidecar = Sidecar(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await sidecar.start()
+        await stop.wait()
+        log.info("signal received: shutting down")
+    finally:
+        await sidecar.shutdown()
+    return 0

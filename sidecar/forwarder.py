@@ -1,0 +1,163 @@
+"""Sends sealed batches to the aggregator (``POST /v1/ingest``), one at a time, in order.
+
+Retries follow the OTLP exporters' habits: retryable outcomes are a ``frozenset`` of status codes
+plus transport errors; the wait is ``2**n`` seconds (from 0.1 s) with ±20 % jitter, capped by
+``retry_max_backoff_s``, raised to the server's ``Retry-After`` when it gives one, and cut short by
+shutdown. A batch is retried until it is acknowledged, so nothing is lost while the aggregator is
+away (the spool holds what memory cannot); only permanent refusals drop it, counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+
+import httpx
+
+from sentinel import wire
+from sidecar.forward_queue import ForwardQueue, QueueItem
+from sidecar.metrics import SidecarMetrics
+
+__all__ = ["PERMANENT_STATUS", "RETRYABLE_STATUS", "Forwarder", "ForwarderConfig"]
+
+log = logging.getLogger(__name__)
+
+#: Statuses after which the same batch is sent again.
+RETRYABLE_STATUS = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
+#: Statuses that mean the batch itself is refused: resending it cannot succeed.
+PERMANENT_STATUS = frozenset({400, 413, 415, 422})
+
+_BASE_BACKOFF_S = 0.1
+
+
+@dataclass(frozen=True)
+class ForwarderConfig:
+    aggregator_url: str
+    token: str = ""
+    ca_file: str = ""
+    timeout_s: float = 10.0
+    max_backoff_s: float = 30.0
+
+
+def backoff_s(attempt: int, max_backoff_s: float, retry_after_s: float | None = None) -> float:
+    """Delay before retry number ``attempt`` (0-based)."""
+    delay = min(max_backoff_s, _BASE_BACKOFF_S * 2**attempt) * random.uniform(0.8, 1.2)
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, max_backoff_s))
+    return float(delay)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+class Forwarder:
+    """Takes batches from a :class:`ForwardQueue` and delivers them; ``start``/``shutdown``."""
+
+    def __init__(
+        self,
+        config: ForwarderConfig,
+        queue: ForwardQueue,
+        metrics: SidecarMetrics,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._config = config
+        self._queue = queue
+        self._metrics = metrics
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.last_error: str = ""
+
+    async def start(self) -> None:
+        headers = {"Content-Type": wire.CONTENT_TYPE, "User-Agent": "llm-sentinel-sidecar"}
+        if self._config.token:
+            headers["Authorization"] = f"Bearer {self._config.token}"
+        verify: ssl.SSLContext | bool = True
+        if self._config.ca_file:
+            verify = ssl.create_default_context(cafile=self._config.ca_file)
+        self._client = httpx.AsyncClient(
+            base_url=self._config.aggregator_url.rstrip("/"),
+            headers=headers,
+            timeout=self._config.timeout_s,
+            verify=verify,
+            transport=self._transport,
+            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+        )
+        self._task = asyncio.create_task(self._run(), name="forwarder")
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            item = await self._queue.get()
+            await self._deliver(item)
+
+    async def _deliver(self, item: QueueItem) -> None:
+        assert self._client is not None
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                r = await self._client.post("/v1/ingest", content=item.batch.body)
+            except httpx.HTTPError as e:
+                reason = type(e).__name__
+                self.last_error = f"{reason}: {e}"
+            else:
+                if 200 <= r.status_code < 300:
+                    self.last_error = ""
+                    self._metrics.forwarded_rows.inc(item.batch.rows)
+                    self._metrics.forwarded_batches.inc()
+                    await self._queue.ack(item)
+                    return
+                if r.status_code in PERMANENT_STATUS:
+                    log.error("aggregator refused batch seq=%d (%d rows) with %d: %s; dropped",
+                              item.batch.seq, item.batch.rows, r.status_code, r.text[:200])
+                    await self._queue.drop(item, "rejected")
+                    return
+                reason = str(r.status_code)
+                self.last_error = f"HTTP {r.status_code}"
+                retry_after = _retry_after(r)
+            self._metrics.forward_retries.labels(reason).inc()
+            delay = backoff_s(attempt, self._config.max_backoff_s, retry_after)
+            if attempt == 0 or attempt % 10 == 0:
+                log.warning("forward of batch seq=%d failed (%s); retrying in %.1fs",
+                            item.batch.seq, self.last_error, delay)
+            attempt += 1
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            except TimeoutError:
+                continue
+            return  # shutting down: the batch stays queued (spilled to the spool by the queue)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until the queue is empty or ``timeout_s`` passes; True if it emptied."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._queue.pending() and loop.time() < deadline:
+            if self._task is not None and self._task.done():
+                break
+            await asyncio.sleep(0.02)
+        return self._queue.pending() == 0
+
+    async def shutdown(self) -> None:
+        """Stop sending (the current attempt is abandoned, its batch stays queued); idempotent."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -1,0 +1,56 @@
+"""Shared fixtures: a recording aggregator and an in-process sidecar on free loopback ports."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from loadtest.recorder import RecordingAggregator
+from sidecar.app import Sidecar
+from sidecar.config import SidecarConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[RecordingAggregator]:
+    rec = RecordingAggregator()
+    await rec.start()
+    yield rec
+    await rec.stop()
+
+
+SidecarFactory = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest.fixture
+async def make_sidecar() -> AsyncIterator[SidecarFactory]:
+    started: list[Sidecar] = []
+
+    async def make(**overrides: Any) -> Sidecar:
+        settings: dict[str, Any] = {
+            "grpc_listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "metrics_listen": "127.0.0.1:0",
+            "sidecar_id": "test-sidecar",
+            "batch_timeout_s": 0.05,
+            "retry_max_backoff_s": 0.2,
+            "shutdown_grace_s": 1.0,
+        }
+        settings.update(overrides)
+        sc = Sidecar(SidecarConfig(**settings), registry=CollectorRegistry())
+        await sc.start()
+        started.append(sc)
+        return sc
+
+    yield make
+    for sc in started:
+        await sc.shutdown()

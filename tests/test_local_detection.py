@@ -1,0 +1,324 @@
+"""Table-driven tests of the sidecar's local detection logic (pure numpy, no I/O)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sentinel.config import ConfigError
+from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
+from sentinel.detectors.persistence import PersistenceFilter
+from sentinel.detectors.rolling import RollingStats
+from sentinel.model import COLUMNS, FeatureBatch
+
+T0 = 1_700_000_000 * 10**9
+KEY = ("chat-api", "gpt-4o", "chat")
+
+
+def batch(rows: list[dict[str, Any]]) -> FeatureBatch:
+    """Rows given as partial dicts; the key defaults to KEY, times to one call per 100 ms."""
+    out = []
+    for i, r in enumerate(rows):
+        d: dict[str, Any] = {c: None for c in COLUMNS}
+        d.update(service=KEY[0], request_model=KEY[1], operation=KEY[2], is_error=0,
+                 time_unix_nano=T0 + i * 100_000_000, trace_id=f"t{i}", span_id=f"s{i}")
+        d.update(r)
+        out.append(tuple(d[c] for c in COLUMNS))
+    return FeatureBatch.from_rows(out)
+
+
+def normal_latencies(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return [{"latency_ms": float(v)} for v in rng.normal(1000.0, 50.0, n)]
+
+
+def rolling(d: LocalDetector) -> RollingStats:
+    stats = d._stacks[0].detector
+    assert isinstance(stats, RollingStats)
+    return stats
+
+
+def detector(**detection: Any) -> LocalDetector:
+    # Error rate off unless a test is about it, so other tests see only what they set up.
+    detection.setdefault("error_rate", {"enabled": False})
+    return LocalDetector(LocalDetectionConfig.from_mapping(detection))
+
+
+def test_warmup_suppresses_then_outlier_reported_with_fields() -> None:
+    d = detector(persistence={"k": 1})
+    assert d.process(batch([*normal_latencies(29), {"latency_ms": 9000.0}])) == []  # cold: 29 < 30
+    d = detector(persistence={"k": 1})
+    assert d.process(batch(normal_latencies(40))) == []
+    mean, std = float(rolling(d).mean_[0]), math.sqrt(float(rolling(d).var_[0]))
+    std = max(std, 0.05 * mean)  # the default floor, min_std_ratio
+    b = batch([{"latency_ms": 1010.0}, {"latency_ms": 5000.0, "trace_id": "bad", "span_id": "sp"}])
+    [a] = d.process(b)
+    assert a.to_wire() == {
+        "metric": "latency_ms", "value": 5000.0, "baseline": pytest.approx(mean), "deviation": pytest.approx(std),
+        "threshold": pytest.approx(mean + 4.0 * std), "sigma": pytest.approx((5000.0 - mean) / std),
+        "method": "zscore", "service": KEY[0], "model": KEY[1], "operation": KEY[2], "trace_id": "bad",
+        "span_id": "sp", "time_unix_nano": T0 + 100_000_000,
+    }
+    assert 900 < mean < 1100 and 20 < std < 80
+    assert d.process(batch([{"latency_ms": mean + 3.9 * std}])) == []
+
+
+def test_batch_update_equals_one_value_at_a_time() -> None:
+    x = np.random.default_rng(3).normal(10.0, 2.0, 80)
+    group = np.repeat(np.arange(2), 40)
+    whole, single = RollingStats(warmup=5, capacity=2), RollingStats(warmup=5, capacity=2)
+    whole.update(group, np.array([0, 1]), x)
+    for g, v in zip(group, x, strict=True):
+        single.update(np.zeros(1, np.int64), np.array([g]), np.array([v]))
+    np.testing.assert_allclose(whole.mean_, single.mean_, rtol=1e-12)
+    np.testing.assert_allclose(whole.var_, single.var_, rtol=1e-9)
+
+
+def test_spike_is_clipped_but_level_shift_is_learned() -> None:
+    d = detector()
+    d.process(batch(normal_latencies(200)))
+    stats = rolling(d)
+    before = float(stats.mean_[0])
+    d.process(batch([{"latency_ms": 1e6}]))
+    assert float(stats.mean_[0]) - before < 0.02 * 4 * 60  # moved by at most alpha·clip·std
+    for _ in range(10):
+        d.process(batch([{"latency_ms": 2000.0}] * 100))
+    assert float(stats.mean_[0]) > 1900
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "new", "direction", "reported"),
+    [
+        ("tokens_per_s", (50.0, 2.0), 5.0, None, True),  # default direction "low": a drop is reported
+        ("tokens_per_s", (50.0, 2.0), 500.0, None, False),  # ... a burst is not
+        ("latency_ms", (1000.0, 50.0), 100.0, None, False),  # default "high": fast is fine
+        ("latency_ms", (1000.0, 50.0), 100.0, "both", True),
+        ("output_tokens", (300.0, 20.0), 900.0, None, True),
+    ],
+)
+def test_direction(metric: str, values: tuple[float, float], new: float, direction: str | None, reported: bool) -> None:
+    metrics = {metric: {"direction": direction}} if direction else {}
+    d = detector(persistence={"k": 1}, metrics=metrics)
+    rng = np.random.default_rng(1)
+    d.process(batch([{metric: float(v)} for v in rng.normal(*values, 50)]))
+    out = d.process(batch([{metric: new}]))
+    assert [(a.metric, a.value) for a in out] == ([(metric, new)] if reported else [])
+    if reported:
+        assert (out[0].sigma < 0) == (new < values[0])
+        assert (new < out[0].threshold) == (new < values[0])
+
+
+def test_static_thresholds_apply_from_first_call() -> None:
+    d = detector(thresholds={"latency_ms": {"max": 30000}, "input_tokens": {"max": 4000, "min": 1}})
+    out = d.process(batch([{"latency_ms": 31000.0}, {"input_tokens": 5000.0}, {"input_tokens": 0.0},
+                           {"latency_ms": 29000.0, "input_tokens": 4000.0}]))
+    got = [(a.metric, a.value, a.threshold, a.method, a.trace_id) for a in out]
+    assert got == [
+        ("latency_ms", 31000.0, 30000.0, "threshold", "t0"),
+        ("input_tokens", 5000.0, 4000.0, "threshold", "t1"),
+        ("input_tokens", 0.0, 1.0, "threshold", "t2"),
+    ]
+    assert all(math.isnan(a.sigma) and math.isnan(a.baseline) for a in out)
+
+
+def test_threshold_wins_over_zscore_for_the_same_value_and_has_baseline() -> None:
+    d = detector(persistence={"k": 1}, thresholds={"latency_ms": {"max": 30000}})
+    d.process(batch(normal_latencies(50)))
+    [a] = d.process(batch([{"latency_ms": 40000.0}]))
+    assert a.method == "threshold" and 900 < a.baseline < 1100 and math.isnan(a.sigma)
+
+
+def test_mad_on_heavy_tailed_data() -> None:
+    rng = np.random.default_rng(7)
+    tail = 1000.0 * (1 + rng.pareto(2.5, 400))  # heavy right tail
+    d_mad = detector(metrics={"latency_ms": {"method": "mad"}}, persistence={"k": 1}, robust={"window": 128})
+    d_mad.process(batch([{"latency_ms": float(v)} for v in tail]))
+    window = tail[-128:]
+    med = float(np.median(window))
+    mad = float(np.median(np.abs(window - med)))
+    [a] = d_mad.process(batch([{"latency_ms": 100000.0}]))
+    assert a.method == "mad"
+    assert a.baseline == pytest.approx(med)
+    assert a.sigma == pytest.approx(0.6745 * (100000.0 - med) / mad)
+    assert a.threshold == pytest.approx(med + 4.0 * mad / 0.6745)
+    # Just inside the limit is not flagged; the mean/std of the same data would sit far higher.
+    assert d_mad.process(batch([{"latency_ms": a.threshold - a.deviation}])) == []
+    assert float(np.mean(window) + 4 * np.std(window)) > a.threshold
+
+
+def test_iqr_fence() -> None:
+    d = detector(metrics={"cost_usd": {"method": "iqr"}}, persistence={"k": 1})
+    d.process(batch([{"cost_usd": float(v)} for v in np.linspace(1.0, 2.0, 101)]))
+    # Q1 = 1.25, Q3 = 1.75: the fence is 1.75 + 3 * 0.5 = 3.25.
+    out = d.process(batch([{"cost_usd": 3.2}, {"cost_usd": 3.3}]))
+    assert [(a.value, a.method) for a in out] == [(3.3, "iqr")]
+    assert out[0].threshold == pytest.approx(3.25)
+    assert out[0].baseline == pytest.approx(1.5) and out[0].deviation == pytest.approx(0.5 / 1.349)
+
+
+def test_error_rate_emits_once_and_rearms() -> None:
+    d = detector(error_rate={"window": 60, "threshold": 0.2, "min_calls": 20})
+
+    def second(sec: int, calls: int, errors: int) -> FeatureBatch:
+        return batch([{"time_unix_nano": T0 + sec * 10**9 + i, "is_error": int(i < errors), "trace_id": f"{sec}-{i}"}
+                      for i in range(calls)])
+
+    assert d.process(second(0, 10, 5)) == []  # 50 % but only 10 calls
+    [a] = d.process(second(1, 10, 0))  # 5 / 20 = 25 %
+    assert (a.metric, a.method, a.value, a.threshold) == ("error_rate", "error_rate", 0.25, 0.2)
+    assert a.time_unix_nano == T0 + 1 * 10**9 + 9  # no error in this batch: its last call
+    assert d.process(second(2, 10, 5)) == []  # still above: no repeat
+    assert d.process(second(3, 100, 0)) == []  # 10 / 130: re-armed
+    [b] = d.process(second(4, 50, 50))  # 60 / 180
+    assert b.trace_id == "4-49"  # the last failed call
+    # Event time: 61 s later the old buckets have left the window.
+    assert d.process(second(70, 30, 3)) == []
+
+
+def test_persistence_k_of_n_and_extreme_sigma() -> None:
+    d = detector()  # k=2, n=5, extreme 6
+    d.process(batch(normal_latencies(100)))
+    stats = rolling(d)
+    mean, std = float(stats.mean_[0]), float(np.sqrt(stats.var_[0]))
+    moderate = mean + 5 * std
+    assert d.process(batch([{"latency_ms": moderate}])) == []  # alone: suppressed
+    assert d.process(batch([{"latency_ms": 1000.0}] * 2)) == []
+    [a] = d.process(batch([{"latency_ms": moderate}]))  # 2 of the last 4: reported
+    assert a.value == moderate
+    d.process(batch([{"latency_ms": 1000.0}] * 5))
+    [b] = d.process(batch([{"latency_ms": mean + 20 * std}]))  # alone but extreme
+    assert b.sigma > 6
+
+
+@pytest.mark.parametrize(
+    ("flags", "hist", "expected", "new_hist"),
+    [
+        ([1], 0b0000, [0], 0b0001),
+        ([1], 0b1000, [1], 0b0001),  # 4 values back is inside n=5
+        ([0, 1], 0b1000, [0, 0], 0b0001),  # now 5 back: outside
+        ([1, 0, 1], 0b0001, [1, 0, 1], 0b1101),
+        ([1, 0, 0, 0, 0, 1], 0, [0, 0, 0, 0, 0, 0], 0b0001),
+        ([1, 0, 0, 0, 1], 0, [0, 0, 0, 0, 1], 0b0001),  # the history keeps n - 1 = 4 flags
+    ],
+)
+def test_persistence_window_table(flags: list[int], hist: int, expected: list[int], new_hist: int) -> None:
+    p = PersistenceFilter(k=2, n=5, capacity=1)
+    p.hist_[0] = hist
+    out = p.filter(np.zeros(len(flags), np.int64), np.array([0]), np.array(flags, bool), np.zeros(len(flags)))
+    assert out.astype(int).tolist() == expected
+    assert int(p.hist_[0]) == new_hist
+
+
+def test_nan_values_are_neither_scored_nor_learned() -> None:
+    d = detector(persistence={"k": 1})
+    rows = [{"latency_ms": r["latency_ms"], "ttft_ms": None} for r in normal_latencies(40)]
+    d.process(batch(rows))
+    stack = d._stacks[0]
+    j_ttft = stack.metrics.index("ttft_ms")
+    assert int(stack.detector.count_[j_ttft]) == 0
+    assert int(stack.detector.count_[stack.metrics.index("latency_ms")]) == 40
+    assert d.process(batch([{"latency_ms": None, "ttft_ms": 1e9}])) == []  # ttft still cold
+    assert int(stack.detector.count_[stack.metrics.index("latency_ms")]) == 40
+
+
+def test_least_recently_seen_key_is_evicted() -> None:
+    d = detector(max_keys=2)
+    d.process(batch([{"service": "a"}]))
+    d.process(batch([{"service": "b"}]))
+    d.process(batch([{"service": "a"}]))
+    d.process(batch([{"service": "c"}]))  # evicts b, seen longest ago
+    assert sorted(k[0] or "" for k in d.keys) == ["a", "c"]
+    d.process(batch([{"service": s} for s in "xyz"]))  # 3 new keys, room for 2
+    assert d.n_keys == 2 and d.dropped_rows == 1
+
+
+def test_evicted_slot_starts_fresh() -> None:
+    d = detector(max_keys=1, persistence={"k": 1})
+    d.process(batch(normal_latencies(40)))
+    d.process(batch([{"service": "other", "latency_ms": 1.0}]))
+    # KEY comes back to a fresh slot: cold again, so a huge value is not reported.
+    assert d.process(batch([{"latency_ms": 1e6}])) == []
+
+
+def test_anomalies_capped_per_batch() -> None:
+    d = detector(max_anomalies_per_batch=3, thresholds={"latency_ms": {"max": 10}})
+    out = d.process(batch([{"latency_ms": float(v)} for v in range(100, 110)]))
+    assert len(out) == 3 and d.dropped_anomalies == 7
+
+
+def test_state_round_trip_gives_identical_results() -> None:
+    cfg = {"metrics": {"ttft_ms": {"method": "mad"}}, "error_rate": {"min_calls": 5}}
+    a = LocalDetector(LocalDetectionConfig.from_mapping(cfg))
+
+    def random_batch(seed: int) -> FeatureBatch:
+        r = np.random.default_rng(seed)
+        return batch([{"service": f"s{r.integers(3)}", "latency_ms": float(r.lognormal(7, 0.5)),
+                       "ttft_ms": float(r.lognormal(5, 1)) if r.random() < 0.8 else None,
+                       "is_error": int(r.random() < 0.3), "time_unix_nano": T0 + seed * 10**9 + i}
+                      for i in range(60)])
+
+    for s in range(5):
+        a.process(random_batch(s))
+    state = json.loads(json.dumps(a.to_state(), allow_nan=False))
+    b = LocalDetector.from_state(state, LocalDetectionConfig.from_mapping(cfg))
+    seen = 0
+    for s in range(5, 15):
+        rb = random_batch(s)
+        got_a, got_b = a.process(rb), b.process(rb)
+        assert [x.to_wire() for x in got_a] == [x.to_wire() for x in got_b]
+        seen += len(got_a)
+    assert seen > 0  # the comparison covered some detections
+    assert json.dumps(a.to_state()) == json.dumps(b.to_state())
+
+
+def test_state_from_other_config_is_refused() -> None:
+    a = detector()
+    a.process(batch(normal_latencies(5)))
+    state = json.loads(json.dumps(a.to_state()))
+    with pytest.raises(ValueError, match="state"):
+        mad = LocalDetectionConfig.from_mapping({"metrics": {"latency_ms": {"method": "mad"}}})
+        LocalDetector.from_state(state, mad)
+    with pytest.raises(ValueError, match="malformed"):
+        LocalDetector.from_state({**state, "stacks": [{}]})
+
+
+@pytest.mark.parametrize(
+    ("detection", "key"),
+    [
+        ({"zscore": {"threshold": -1}}, "detection.zscore.threshold"),
+        ({"zscore": {"threshold": "high"}}, "detection.zscore.threshold"),
+        ({"zscore": {"treshold": 3}}, "detection.zscore.treshold"),
+        ({"warmup": 0}, "detection.warmup"),
+        ({"max_keys": True}, "detection.max_keys"),
+        ({"metrics": {"latency_ms": {"method": "lstm"}}}, "detection.metrics.latency_ms.method"),
+        ({"metrics": {"latency": {}}}, "detection.metrics.latency"),
+        ({"thresholds": {"latency_ms": {"max": 1, "min": 2}}}, "detection.thresholds.latency_ms.min"),
+        ({"thresholds": {"latency_ms": {}}}, "detection.thresholds.latency_ms"),
+        ({"thresholds": {"input_tokens": {"max": "lots"}}}, "detection.thresholds.input_tokens.max"),
+        ({"persistence": {"k": 6}}, "detection.persistence.k"),
+        ({"error_rate": {"window": "1.5s"}}, "detection.error_rate.window"),
+        ({"error_rate": {"threshold": 1.5}}, "detection.error_rate.threshold"),
+        ({"robust": []}, "detection.robust"),
+        ({"frobnicate": 1}, "detection.frobnicate"),
+    ],
+)
+def test_config_errors_name_the_key(detection: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        LocalDetectionConfig.from_mapping(detection)
+    assert str(e.value).startswith(key + ":")
+
+
+def test_config_defaults_and_parsing() -> None:
+    c = LocalDetectionConfig.from_mapping({"error_rate": {"window": "2m"}, "zscore": {"alpha": "1e-2"},
+                                           "metrics": {"latency_ms": {"method": "mad"}}})
+    assert (c.warmup, c.zscore.threshold, c.max_keys, c.max_anomalies_per_batch) == (30, 4.0, 10_000, 100)
+    assert (c.persistence.k, c.persistence.n, c.persistence.extreme_sigma) == (2, 5, 6.0)
+    assert (c.error_rate.window, c.error_rate.threshold, c.error_rate.min_calls) == (120.0, 0.2, 20)
+    assert c.zscore.alpha == 0.01
+    assert c.metrics["tokens_per_s"].direction == "low" and c.metrics["latency_ms"].direction == "high"
+    assert c.metrics["latency_ms"].method == "mad"
+    assert LocalDetectionConfig.from_mapping(None) == LocalDetectionConfig()
