@@ -69,7 +69,7 @@ class Sidecar:
     async def start(self) -> None:
         c = self.config
         detector = LocalDetector(LocalDetectionConfig.from_mapping(c.detection))
-        extractor = Extractor(ExtractConfig.from_settings(c))
+        extractor = Extractor(ExtractConfig.from_settings(c, api_key_attributes=c.api_key_attributes))
         last_seq: int | None = None
         if c.spool_dir:
             self.spool = Spool(SpoolConfig(

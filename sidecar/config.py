@@ -79,6 +79,9 @@ class SidecarConfig:
                                       "dropping what is left", kind="duration")
     capture_user: bool = setting(True, "forward the end-user id attribute (set false to drop it)")
     hash_user: bool = setting(False, "forward a SHA-256 hash of the user id instead of the id")
+    api_key_attributes: list[str] = setting(None, "span attributes that may carry an API key; the "
+                                            "sidecar forwards only a SHA-256 prefix of their value, "
+                                            "never the key (comma-separated in env/flags)", factory=list)
     detection: dict[str, Any] = setting(None, "local detection settings (see sidecar/README.md)",
                                         flag=False, factory=dict)
     prices: dict[str, Any] = setting(None, "price overrides: model -> {input, output} USD per million "
@@ -106,6 +109,10 @@ class SidecarConfig:
             raise ConfigError("spool_segment_bytes: must not be greater than spool_max_bytes")
         if self.mode == "store-and-forward" and not self.spool_dir:
             raise ConfigError("spool_dir: required when mode is store-and-forward")
+        if self.mode == "store-and-forward" and not self.aggregator_url:
+            raise ConfigError("aggregator_url: required when mode is store-and-forward")
+        if not all(isinstance(k, str) and k for k in self.api_key_attributes):
+            raise ConfigError("api_key_attributes: must be a list of attribute names")
         if self.spool_full_policy not in SPOOL_FULL_POLICIES:
             raise ConfigError(f"spool_full_policy: {self.spool_full_policy!r} is not one of "
                               f"{', '.join(SPOOL_FULL_POLICIES)}")

@@ -15,7 +15,6 @@ DROP_REASONS = (
     "no_aggregator",    # no aggregator_url set: rows are detected locally only
     "queue_full",       # memory queue full and no spool to spill to
     "spool_full",       # spool full under drop_oldest
-    "spool_corrupt",    # records skipped while recovering a damaged spool
     "rejected",         # the aggregator refused the batch permanently (400/413/422)
     "shutdown",         # still held at shutdown with no spool to keep it
 )
