@@ -26,6 +26,7 @@ import cProfile
 import importlib
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -52,6 +53,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.spans import build_trace_payloads
+from sidecar.otlp_lite import parse_traces
+from sidecar.pipeline import Overloaded
 
 # psutil ships no type stubs (and types-psutil is not a dependency): use it untyped.
 psutil: Any = importlib.import_module("psutil")
@@ -128,67 +131,68 @@ def measure_parse(payloads: Sequence[bytes], seconds: float) -> dict[str, Any]:
 
 async def measure_pipeline(payloads: Sequence[bytes], seconds: float, *, warmup_requests: int = 20,
                            profile: bool = False) -> dict[str, Any]:
-    """Parse + ``consume_traces`` on one thread, until every row is sealed into the forward queue.
+    """Parse + ``consume_traces`` on one thread, until every row is sealed into a wire body.
 
-    Built from the same components, with the same defaults, as :class:`sidecar.app.Sidecar` builds
-    them, except that the forward queue is enabled (as with an ``aggregator_url``) but has no
-    forwarder, and is unbounded, so every sealed batch stays in it to be counted afterwards.
+    The pipeline is the one :class:`sidecar.app.Sidecar` builds from default settings, with no
+    listeners and no ``aggregator_url``: every batch is still sealed (extracted, detected,
+    batched, encoded with :func:`sentinel.wire.encode`) and handed to the forward queue, which then
+    counts its rows as dropped with reason ``no_aggregator`` instead of keeping them for a
+    forwarder. That count is checked against the LLM calls seen, so no row escapes the timing.
     """
-    from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
+    from sidecar.app import Sidecar
     from sidecar.config import SidecarConfig
-    from sidecar.extract import ExtractConfig, Extractor
-    from sidecar.forward_queue import ForwardQueue
-    from sidecar.metrics import SidecarMetrics
-    from sidecar.pipeline import SeqSource, TracePipeline
 
-    config = SidecarConfig(grpc_listen="", http_listen="", metrics_listen="", sidecar_id="bench")
-    config.validate()
-    metrics = SidecarMetrics(CollectorRegistry())
-    queue = ForwardQueue(max_batches=10**9, spool=None, metrics=metrics, enabled=True)
-    pipeline = TracePipeline(
-        extractor=Extractor(ExtractConfig.from_settings(config)),
-        detector=LocalDetector(LocalDetectionConfig.from_mapping(config.detection)),
-        queue=queue, metrics=metrics, sidecar_id=config.sidecar_id, seq=SeqSource(), durable=False,
-        batch_max_rows=config.batch_max_rows, batch_timeout_s=config.batch_timeout_s,
-    )
-    parse = ExportTraceServiceRequest.FromString
-    reg = metrics.registry
+    config = SidecarConfig(grpc_listen="", http_listen="", metrics_listen="", aggregator_url="",
+                           sidecar_id="bench")
+    sidecar = Sidecar(config, registry=CollectorRegistry())
+    app_log = logging.getLogger("sidecar.app")
+    level = app_log.level
+    app_log.setLevel(logging.ERROR)  # "no aggregator_url" is the point here, not news
+    try:
+        await sidecar.start()
+    finally:
+        app_log.setLevel(level)
+    pipeline = sidecar.pipeline
+    assert pipeline is not None
+    reg = sidecar.metrics.registry
 
-    def sample(name: str) -> float:
-        return reg.get_sample_value(name) or 0.0
+    async def consume(payload: bytes) -> None:
+        # What a receiver does: parse the lean view, hand it over; when the receive queue is
+        # full (Overloaded), wait for the worker as a retrying client would.
+        request = parse_traces(payload)
+        while True:
+            try:
+                await pipeline.consume_traces(request, len(payload))
+                return
+            except Overloaded:
+                await asyncio.sleep(0.0005)
 
-    async def drain() -> tuple[int, int, int]:
-        await pipeline.flush()
-        batches = rows = nbytes = 0
-        while queue.pending():
-            item = await queue.get()
-            batches += 1
-            rows += item.batch.rows
-            nbytes += len(item.batch.body)
-            await queue.ack(item)
-        return batches, rows, nbytes
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return reg.get_sample_value(name, labels) or 0.0
+
+    def sealed_rows() -> float:
+        return sample("sentinel_sidecar_dropped_rows_total", {"reason": "no_aggregator"})
 
     # Warm-up (untimed): first calls, detector windows filling.
     for i in range(warmup_requests):
-        await pipeline.consume_traces(parse(payloads[i % len(payloads)]))
-    await drain()
+        await consume(payloads[i % len(payloads)])
+    await pipeline.flush()
     spans0 = sample("sentinel_sidecar_spans_received_total")
     calls0 = sample("sentinel_sidecar_llm_calls_total")
+    sealed0 = sealed_rows()
     anomalies0 = _sum_samples(reg, "sentinel_sidecar_local_anomalies_total")
 
-    consume = pipeline.consume_traces
     requests = 0
     t0 = time.perf_counter()
     while True:
         for p in payloads:
-            await consume(parse(p))
+            await consume(p)
         requests += len(payloads)
         if time.perf_counter() - t0 >= seconds:
             break
     await pipeline.flush()  # the last rows are sealed too, inside the timed part
     elapsed = time.perf_counter() - t0
 
-    batches, rows, nbytes = await drain()
     spans = sample("sentinel_sidecar_spans_received_total") - spans0
     calls = sample("sentinel_sidecar_llm_calls_total") - calls0
     result: dict[str, Any] = {
@@ -197,24 +201,20 @@ async def measure_pipeline(payloads: Sequence[bytes], seconds: float, *, warmup_
         "requests": requests,
         "seconds": elapsed,
         "llm_calls": int(calls),
-        "rows_in_queue": rows,
-        "batches_sealed": batches,
-        "wire_bytes_per_row": nbytes / rows if rows else 0.0,
+        "rows_sealed": int(sealed_rows() - sealed0),
         "local_anomalies": int(_sum_samples(reg, "sentinel_sidecar_local_anomalies_total") - anomalies0),
     }
     if profile:
         prof = cProfile.Profile()
         prof.enable()
         for p in payloads:
-            await consume(parse(p))
+            await consume(p)
         await pipeline.flush()
         prof.disable()
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(20)
         result["profile_top20"] = out.getvalue().strip("\n")
-        await drain()
-    await pipeline.shutdown()
-    await queue.close()
+    await sidecar.shutdown()
     return result
 
 
@@ -583,6 +583,7 @@ def machine_info(client_cpu: int | None, sidecar_cpu: int | None) -> dict[str, A
         "platform": platform.platform(),
         "protobuf": f"{pb_version} ({api_implementation.Type()})",
         "grpcio": grpc.__version__,
+        "load_average_at_start": os.getloadavg()[0],
     }
 
 
@@ -737,6 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("LLM-Sentinel sidecar benchmark" + (" (--quick)" if args.quick else ""))
     say(f"  machine: {info['cpu_model']}, {info['cpus']} CPUs ({info['cpus_usable']} usable); "
         f"Python {info['python']} ({info['implementation']}); protobuf {info['protobuf']}; grpcio {info['grpcio']}")
+    say(f"  1-minute load average at start: {info['load_average_at_start']:.2f} (other work on these CPUs "
+        f"lowers every figure)")
     if client_cpu is None:
         say("  WARNING: fewer than 2 usable CPUs: client and sidecar share the CPU, nothing is pinned")
     else:
@@ -773,7 +776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "error" not in results:
             with contextlib.suppress(OSError):
                 os.unlink(log.name)
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     report(results, say)
+    say(f"1-minute load average: {info['load_average_at_start']:.2f} at start, "
+        f"{results['machine']['load_average_at_end']:.2f} at end (the benchmark itself adds up to ~2)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
         say(f"\nfigures written to {args.json}")

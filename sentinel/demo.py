@@ -42,6 +42,8 @@ async def run_demo(*, seconds: float = 20.0, rate: float = 2000.0) -> int:
         SidecarConfig(
             grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0", metrics_listen="127.0.0.1:0",
             aggregator_url=recorder.url, sidecar_id="demo", batch_timeout_s=0.25,
+            # A short error-rate window suits a 20-second demo; the default (60 s) suits production.
+            detection={"error_rate": {"window": "5s"}},
         ),
         registry=CollectorRegistry(),
     )
@@ -88,7 +90,8 @@ async def run_demo(*, seconds: float = 20.0, rate: float = 2000.0) -> int:
     print("\nlocal anomalies forwarded, by injected phase and metric:")
     for (phase, metric), count in sorted(by_phase.items()):
         print(f"  {phase:<14} {metric:<14} {count:>6}")
-    spike = sum(c for (p, m), c in by_phase.items() if p == "latency_spike" and m == "latency_ms")
+    # A slow provider shows as latency up and, per token, as throughput (tokens/s) down.
+    spike = sum(c for (p, m), c in by_phase.items() if p == "latency_spike" and m in ("latency_ms", "tokens_per_s"))
     burst = sum(c for (p, m), c in by_phase.items() if p == "error_burst" and m == "error_rate")
     print(f"\nlatency spike detected: {'yes' if spike else 'NO'}; error burst detected: {'yes' if burst else 'NO'}")
     print(f"rows forwarded to the recording aggregator: {recorder.rows} (duplicates refused: {recorder.duplicates})")

@@ -68,16 +68,14 @@ class WireBatch:
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
-    index: dict[str | None, int] = {None: -1}
-    dictionary: list[str] = []
-    codes = np.empty(len(values), dtype=_CODE_DTYPE)
-    for i, v in enumerate(values):
-        c = index.get(v)
-        if c is None:
-            c = len(dictionary)
-            index[v] = c
-            dictionary.append(v)  # type: ignore[arg-type]  # None is pre-seeded, so v is a str
-        codes[i] = c
+    # dict.fromkeys and map() keep the per-value work in C: this runs for every string column of
+    # every batch, so it is on the sidecar's hot path.
+    first_seen = dict.fromkeys(values)
+    first_seen.pop(None, None)
+    dictionary = list(first_seen)
+    index: dict[str | None, int] = {v: i for i, v in enumerate(dictionary)}
+    index[None] = -1
+    codes = np.fromiter(map(index.__getitem__, values), dtype=_CODE_DTYPE, count=len(values))
     return {"dict": dictionary, "codes": {"dtype": _CODE_DTYPE, "data": codes.tobytes()}}
 
 

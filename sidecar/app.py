@@ -115,7 +115,9 @@ class Sidecar:
             extractor=extractor, detector=detector, queue=self.queue, metrics=self.metrics,
             sidecar_id=self.sidecar_id, seq=SeqSource(last_seq), durable=c.mode == "store-and-forward",
             batch_max_rows=c.batch_max_rows, batch_timeout_s=c.batch_timeout_s,
+            receive_queue_max_bytes=c.receive_queue_max_bytes,
         )
+        self.pipeline.start()
         if c.metrics_listen:
             self.ops = OpsServer(listen=c.metrics_listen, registry=self.metrics.registry, ready=self._readiness)
             await self.ops.start()

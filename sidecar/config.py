@@ -55,6 +55,8 @@ class SidecarConfig:
     ca_file: str = setting("", "CA bundle to verify an https aggregator")
     forward_timeout_s: float = setting(10.0, "timeout of one ingest request", kind="duration")
     retry_max_backoff_s: float = setting(30.0, "longest wait between retries of a batch", kind="duration")
+    receive_queue_max_bytes: int = setting(16 * 1024 * 1024, "bytes of accepted export requests waiting "
+                                           "to be processed; beyond it exports get UNAVAILABLE", kind="size")
     batch_max_rows: int = setting(DEFAULT_BATCH_MAX_ROWS, "rows per forwarded batch (sealed when reached)")
     batch_timeout_s: float = setting(DEFAULT_BATCH_TIMEOUT_S, "a batch is sealed at most this long after "
                                      "its first row", kind="duration")
@@ -95,7 +97,8 @@ class SidecarConfig:
             value = getattr(self, key)
             if value:
                 _hostport(key, value)
-        for key in ("grpc_max_recv_bytes", "http_max_body_bytes", "batch_max_rows", "queue_max_batches",
+        for key in ("grpc_max_recv_bytes", "http_max_body_bytes", "receive_queue_max_bytes", "batch_max_rows",
+                    "queue_max_batches",
                     "spool_max_bytes", "spool_segment_bytes", "upstream_queue"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")

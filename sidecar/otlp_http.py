@@ -14,12 +14,14 @@ import time
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 
 from sidecar import otlp_codec
 from sidecar.forward_queue import SpoolRefused
 from sidecar.metrics import SidecarMetrics
 from sidecar.otlp_codec import Signal
+from sidecar.otlp_lite import parse_traces
 from sidecar.passthrough import Passthrough
 from sidecar.pipeline import Overloaded, TracesConsumer
 
@@ -85,14 +87,25 @@ class OtlpHttpReceiver:
             except web.HTTPRequestEntityTooLarge:
                 raise otlp_codec.BodyTooLarge(f"body larger than {self._max_body} bytes") from None
             body = otlp_codec.decompress(raw, request.headers.get("Content-Encoding"), self._max_body)
-            message = otlp_codec.decode_request(signal, body, media)
+            if signal is Signal.TRACES and media == otlp_codec.PROTOBUF:
+                # Traces in protobuf go straight to the lean view extraction reads.
+                try:
+                    lean = parse_traces(body)
+                except DecodeError as e:
+                    raise otlp_codec.MalformedRequest(f"invalid protobuf ExportTraceServiceRequest: {e}") from None
+                protobuf = body
+            else:
+                message = otlp_codec.decode_request(signal, body, media)
+                protobuf = body if media == otlp_codec.PROTOBUF else message.SerializeToString()
+                if signal is Signal.TRACES:
+                    lean = parse_traces(protobuf)
         except otlp_codec.OtlpDecodeError as e:
             outcome = "too_large" if isinstance(e, otlp_codec.BodyTooLarge) else "malformed"
             return self._error(signal, e.http_status, e.grpc_code, str(e), content_type, outcome)
         rejected, error_message = 0, ""
         if signal is Signal.TRACES:
             try:
-                result = await self._consumer.consume_traces(message)  # type: ignore[arg-type]
+                result = await self._consumer.consume_traces(lean, len(protobuf))
             except (Overloaded, SpoolRefused) as e:
                 retry = e.retry_after_s if isinstance(e, Overloaded) else 2.0
                 return self._error(signal, 503, code_pb2.UNAVAILABLE, f"sidecar overloaded: {e}", media,
@@ -100,8 +113,7 @@ class OtlpHttpReceiver:
             rejected, error_message = result.rejected_spans, result.message
         if self._passthrough is not None:
             # Protobuf passes as received; JSON is re-encoded as the same message in protobuf.
-            self._passthrough.offer(signal.value, body if media == otlp_codec.PROTOBUF
-                                    else message.SerializeToString())
+            self._passthrough.offer(signal.value, protobuf)
         self._metrics.requests.labels(signal.value, "http", "ok").inc()
         response = otlp_codec.export_response(signal, rejected, error_message)
         if signal is Signal.TRACES:

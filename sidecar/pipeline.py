@@ -11,18 +11,19 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
-
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from typing import Any, Protocol
 
 from sentinel import wire
 from sentinel.detectors.local import LocalDetector
-from sentinel.model import FeatureBatch, LocalAnomaly
+from sentinel.model import FeatureBatch, LocalAnomaly, Row
 from sidecar.extract import Extractor
 from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
 from sidecar.metrics import SidecarMetrics
 
-__all__ = ["ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
+__all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
+
+#: Spans extracted between two yields to the event loop (about a millisecond of work).
+SLICE_SPANS = 128
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,13 @@ class ConsumeResult:
 
 
 class TracesConsumer(Protocol):
-    """The one method through which trace data moves from a receiver into the pipeline."""
+    """The one method through which trace data moves from a receiver into the pipeline.
 
-    async def consume_traces(self, request: ExportTraceServiceRequest) -> ConsumeResult: ...
+    ``request`` is a lean ``ExportTraceServiceRequest`` (:func:`sidecar.otlp_lite.parse_traces`)
+    and ``size`` its serialized size in bytes (for the receive queue's bound).
+    """
+
+    async def consume_traces(self, request: Any, size: int = 0) -> ConsumeResult: ...
 
 
 class SeqSource:
@@ -77,11 +82,18 @@ class _Pending:
 
 
 class TracePipeline:
-    """Extract → detect → batch → :class:`ForwardQueue`.
+    """Receive queue → extract → detect → batch → :class:`ForwardQueue`.
 
-    In ``store-and-forward`` mode every request's rows are sealed and written to the spool before
-    :meth:`consume_traces` returns, so an acknowledged export is durable. In ``sidecar`` mode rows
-    are batched by size and time and the request is acknowledged at once.
+    :meth:`consume_traces` only queues the (already parsed) request and returns, so the app's
+    export is answered in well under a millisecond; one worker task processes requests in slices
+    of :data:`SLICE_SPANS` spans and yields to the event loop between slices, so a large request
+    never holds other exports up for long. The receive queue is bounded in bytes
+    (``receive_queue_max_bytes``); when it is full, or the forward queue is, exports are refused
+    with :class:`Overloaded`.
+
+    In ``store-and-forward`` mode the export is answered only once the batch holding its rows is
+    in the spool (one batch per request), so an acknowledged export is durable. In ``sidecar``
+    mode rows are batched by size (``batch_max_rows``) and time (``batch_timeout_s``).
     """
 
     def __init__(
@@ -96,6 +108,7 @@ class TracePipeline:
         durable: bool,
         batch_max_rows: int,
         batch_timeout_s: float,
+        receive_queue_max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._extractor = extractor
         self._detector = detector
@@ -106,55 +119,112 @@ class TracePipeline:
         self._durable = durable
         self._batch_max_rows = batch_max_rows
         self._batch_timeout_s = batch_timeout_s
+        self._max_queued_bytes = receive_queue_max_bytes
+        self._queued_bytes = 0
+        self._requests: asyncio.Queue[_Work | None] = asyncio.Queue()
         self._pending = _Pending()
         self._timer: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._closed = False
 
-    async def consume_traces(self, request: ExportTraceServiceRequest) -> ConsumeResult:
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="trace-pipeline")
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    async def consume_traces(self, request: Any, size: int = 0) -> ConsumeResult:
+        """Take a lean request (:func:`sidecar.otlp_lite.parse_traces`) of ``size`` bytes."""
         if self._closed:
             raise Overloaded("shutting down", retry_after_s=5.0)
         if not self._queue.has_capacity():
             raise Overloaded("forward queue full", retry_after_s=self._queue.retry_after_s())
-        result = self._extractor.extract(request)
-        m = self._metrics
-        m.spans_received.inc(result.spans)
-        m.llm_calls.inc(result.llm_calls)
-        if result.bad_attributes:
-            m.attribute_errors.inc(result.bad_attributes)
-        if result.unknown_cost:
-            m.unknown_cost.inc(result.unknown_cost)
-        if not result.rows:
-            return ConsumeResult()
-        batch = FeatureBatch.from_rows(result.rows)
-        anomalies = self._detector.process(batch)
-        for a in anomalies:
-            m.local_anomalies.labels(a.metric, a.method).inc()
-            log.info(
-                "local anomaly: %s %s=%.4g baseline=%.4g sigma=%.2f service=%s model=%s trace_id=%s",
-                a.method, a.metric, a.value, a.baseline, a.sigma, a.service, a.model, a.trace_id,
-            )
+        if self._queued_bytes and self._queued_bytes + size > self._max_queued_bytes:
+            raise Overloaded("receive queue full", retry_after_s=1.0)
+        done: asyncio.Future[None] | None = None
         if self._durable:
-            # Seal this request's rows on their own and wait for the spool: the export is
-            # acknowledged only once its rows are on disk.
-            sealed = self._seal([batch], anomalies)
+            done = asyncio.get_running_loop().create_future()
+        self._queued_bytes += size
+        self._requests.put_nowait(_Work(request, size, done))
+        if done is not None:
+            await done  # raises Overloaded if the spool refused the batch
+        return ConsumeResult()
+
+    async def _work(self) -> None:
+        while True:
+            work = await self._requests.get()
+            if work is None:
+                return
+            try:
+                await self._process(work)
+            except Overloaded as e:
+                if work.done is not None and not work.done.done():
+                    work.done.set_exception(e)
+            except Exception as e:  # one bad request must not stop the pipeline
+                log.exception("trace pipeline failed on a request")
+                if work.done is not None and not work.done.done():
+                    work.done.set_exception(Overloaded(f"internal error: {e}"))
+            else:
+                if work.done is not None and not work.done.done():
+                    work.done.set_result(None)
+            finally:
+                self._queued_bytes -= work.size
+
+    async def _process(self, work: _Work) -> None:
+        m = self._metrics
+        extract_spans = self._extractor.extract_spans
+        rows: list[Row] = []
+        for resource_spans in work.request.resource_spans:
+            resource = self._extractor.resource(resource_spans)
+            if resource.bad_attributes:
+                m.attribute_errors.inc(resource.bad_attributes)
+            for scope_spans in resource_spans.scope_spans:
+                spans = scope_spans.spans
+                for i in range(0, len(spans), SLICE_SPANS):
+                    result = extract_spans(resource, spans[i:i + SLICE_SPANS])
+                    m.spans_received.inc(result.spans)
+                    m.llm_calls.inc(result.llm_calls)
+                    if result.bad_attributes:
+                        m.attribute_errors.inc(result.bad_attributes)
+                    if result.unknown_cost:
+                        m.unknown_cost.inc(result.unknown_cost)
+                    rows.extend(result.rows)
+                    await asyncio.sleep(0)  # let the receivers answer other exports
+        if not rows:
+            return
+        # Detection runs once per request: its cost is mostly per call, not per row.
+        batch = FeatureBatch.from_rows(rows)
+        anomalies = self._detector.process(batch)
+        self._record(anomalies)
+        batches = [batch]
+        if self._durable:
+            sealed = self._seal(batches, anomalies)
             try:
                 await self._queue.put(sealed, durable=True)
             except SpoolRefused:
                 raise Overloaded("spool full", retry_after_s=self._queue.retry_after_s()) from None
-            return ConsumeResult()
+            return
         async with self._lock:
             p = self._pending
             if not p.batches:
                 p.since = time.monotonic()
-            p.batches.append(batch)
+            p.batches.extend(batches)
             p.anomalies.extend(anomalies)
-            p.rows += batch.n
+            p.rows += sum(b.n for b in batches)
             if p.rows >= self._batch_max_rows:
                 await self._flush_locked()
             elif self._timer is None or self._timer.done():
                 self._timer = asyncio.create_task(self._flush_later(), name="batch-timeout")
-        return ConsumeResult()
+
+    def _record(self, anomalies: list[LocalAnomaly]) -> None:
+        for a in anomalies:
+            self._metrics.local_anomalies.labels(a.metric, a.method).inc()
+            log.info(
+                "local anomaly: %s %s=%.4g baseline=%.4g sigma=%.2f service=%s model=%s trace_id=%s",
+                a.method, a.metric, a.value, a.baseline, a.sigma, a.service, a.model, a.trace_id,
+            )
 
     def _seal(self, batches: list[FeatureBatch], anomalies: list[LocalAnomaly]) -> SealedBatch:
         batch = FeatureBatch.concat(batches)
@@ -181,15 +251,31 @@ class TracePipeline:
             await self._flush_locked()
 
     async def flush(self) -> None:
-        """Seal whatever is pending now (used at shutdown and by tests)."""
+        """Process every queued request and seal whatever is pending now."""
+        while self._requests.qsize() or self._queued_bytes:
+            await asyncio.sleep(0.001)
+            if self._worker is None or self._worker.done():
+                break
         async with self._lock:
             await self._flush_locked()
 
     async def shutdown(self) -> None:
-        """Stop taking requests and seal what is pending; idempotent."""
+        """Stop taking requests, process those already taken, seal what is pending; idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self._worker is not None:
+            self._requests.put_nowait(None)
+            await self._worker
+            self._worker = None
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
-        await self.flush()
+        async with self._lock:
+            await self._flush_locked()
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    request: Any
+    size: int
+    done: asyncio.Future[None] | None

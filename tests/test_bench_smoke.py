@@ -16,11 +16,11 @@ def test_in_process_parts_report_their_figures() -> None:
     r = run_in_process(payloads, settings)
     for key in ("spans_per_s", "requests_per_s", "mb_per_s", "spans", "seconds", "bytes_per_span"):
         assert key in r["parse"], key
-    for key in ("spans_per_s", "spans", "requests", "seconds", "llm_calls", "rows_in_queue", "batches_sealed",
-                "wire_bytes_per_row", "local_anomalies", "ratio_to_parse"):
+    for key in ("spans_per_s", "spans", "requests", "seconds", "llm_calls", "rows_sealed", "local_anomalies",
+                "ratio_to_parse"):
         assert key in r["pipeline"], key
     assert r["parse"]["spans"] > 0
-    # Every span is an LLM call, and every row of the timed part was sealed into the forward queue.
+    # Every span is an LLM call, and every row of the timed part was sealed (wire-encoded).
     assert r["pipeline"]["spans"] == r["pipeline"]["requests"] * 32
-    assert r["pipeline"]["rows_in_queue"] == r["pipeline"]["llm_calls"] == r["pipeline"]["spans"]
+    assert r["pipeline"]["rows_sealed"] == r["pipeline"]["llm_calls"] == r["pipeline"]["spans"]
     assert QUICK.steady_seconds < BenchSettings().steady_seconds

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sentinel.config import ConfigError
-from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
+from sentinel.detectors.local import METRICS, LocalDetectionConfig, LocalDetector
 from sentinel.detectors.persistence import PersistenceFilter
 from sentinel.detectors.rolling import RollingStats
 from sentinel.model import COLUMNS, FeatureBatch
@@ -42,6 +42,10 @@ def rolling(d: LocalDetector) -> RollingStats:
     return stats
 
 
+#: Every metric scored on its raw scale (the default is log): tests of the z-score arithmetic.
+RAW = {m: {"transform": "none"} for m in METRICS}
+
+
 def detector(**detection: Any) -> LocalDetector:
     # Error rate off unless a test is about it, so other tests see only what they set up.
     detection.setdefault("error_rate", {"enabled": False})
@@ -49,9 +53,9 @@ def detector(**detection: Any) -> LocalDetector:
 
 
 def test_warmup_suppresses_then_outlier_reported_with_fields() -> None:
-    d = detector(persistence={"k": 1})
+    d = detector(persistence={"k": 1}, metrics=RAW)
     assert d.process(batch([*normal_latencies(29), {"latency_ms": 9000.0}])) == []  # cold: 29 < 30
-    d = detector(persistence={"k": 1})
+    d = detector(persistence={"k": 1}, metrics=RAW)
     assert d.process(batch(normal_latencies(40))) == []
     mean, std = float(rolling(d).mean_[0]), math.sqrt(float(rolling(d).var_[0]))
     std = max(std, 0.05 * mean)  # the default floor, min_std_ratio
@@ -59,12 +63,12 @@ def test_warmup_suppresses_then_outlier_reported_with_fields() -> None:
     [a] = d.process(b)
     assert a.to_wire() == {
         "metric": "latency_ms", "value": 5000.0, "baseline": pytest.approx(mean), "deviation": pytest.approx(std),
-        "threshold": pytest.approx(mean + 4.0 * std), "sigma": pytest.approx((5000.0 - mean) / std),
+        "threshold": pytest.approx(mean + 3.5 * std), "sigma": pytest.approx((5000.0 - mean) / std),
         "method": "zscore", "service": KEY[0], "model": KEY[1], "operation": KEY[2], "trace_id": "bad",
         "span_id": "sp", "time_unix_nano": T0 + 100_000_000,
     }
     assert 900 < mean < 1100 and 20 < std < 80
-    assert d.process(batch([{"latency_ms": mean + 3.9 * std}])) == []
+    assert d.process(batch([{"latency_ms": mean + 3.4 * std}])) == []
 
 
 def test_batch_update_equals_one_value_at_a_time() -> None:
@@ -79,12 +83,12 @@ def test_batch_update_equals_one_value_at_a_time() -> None:
 
 
 def test_spike_is_clipped_but_level_shift_is_learned() -> None:
-    d = detector()
+    d = detector(metrics=RAW)
     d.process(batch(normal_latencies(200)))
     stats = rolling(d)
     before = float(stats.mean_[0])
     d.process(batch([{"latency_ms": 1e6}]))
-    assert float(stats.mean_[0]) - before < 0.02 * 4 * 60  # moved by at most alpha·clip·std
+    assert float(stats.mean_[0]) - before < 0.01 * 4 * 60  # moved by at most alpha·clip·std
     for _ in range(10):
         d.process(batch([{"latency_ms": 2000.0}] * 100))
     assert float(stats.mean_[0]) > 1900
@@ -135,7 +139,8 @@ def test_threshold_wins_over_zscore_for_the_same_value_and_has_baseline() -> Non
 def test_mad_on_heavy_tailed_data() -> None:
     rng = np.random.default_rng(7)
     tail = 1000.0 * (1 + rng.pareto(2.5, 400))  # heavy right tail
-    d_mad = detector(metrics={"latency_ms": {"method": "mad"}}, persistence={"k": 1}, robust={"window": 128})
+    d_mad = detector(metrics={"latency_ms": {"method": "mad", "transform": "none"}}, persistence={"k": 1},
+                     robust={"window": 128})
     d_mad.process(batch([{"latency_ms": float(v)} for v in tail]))
     window = tail[-128:]
     med = float(np.median(window))
@@ -151,7 +156,7 @@ def test_mad_on_heavy_tailed_data() -> None:
 
 
 def test_iqr_fence() -> None:
-    d = detector(metrics={"cost_usd": {"method": "iqr"}}, persistence={"k": 1})
+    d = detector(metrics={"cost_usd": {"method": "iqr", "transform": "none"}}, persistence={"k": 1})
     d.process(batch([{"cost_usd": float(v)} for v in np.linspace(1.0, 2.0, 101)]))
     # Q1 = 1.25, Q3 = 1.75: the fence is 1.75 + 3 * 0.5 = 3.25.
     out = d.process(batch([{"cost_usd": 3.2}, {"cost_usd": 3.3}]))
@@ -180,18 +185,18 @@ def test_error_rate_emits_once_and_rearms() -> None:
 
 
 def test_persistence_k_of_n_and_extreme_sigma() -> None:
-    d = detector()  # k=2, n=5, extreme 6
+    d = detector(metrics=RAW)  # k=2, n=5, threshold 3.5, extreme 5
     d.process(batch(normal_latencies(100)))
     stats = rolling(d)
     mean, std = float(stats.mean_[0]), float(np.sqrt(stats.var_[0]))
-    moderate = mean + 5 * std
+    moderate = mean + 4.5 * std
     assert d.process(batch([{"latency_ms": moderate}])) == []  # alone: suppressed
     assert d.process(batch([{"latency_ms": 1000.0}] * 2)) == []
     [a] = d.process(batch([{"latency_ms": moderate}]))  # 2 of the last 4: reported
     assert a.value == moderate
     d.process(batch([{"latency_ms": 1000.0}] * 5))
     [b] = d.process(batch([{"latency_ms": mean + 20 * std}]))  # alone but extreme
-    assert b.sigma > 6
+    assert b.sigma > 5
 
 
 @pytest.mark.parametrize(
@@ -256,7 +261,8 @@ def test_state_round_trip_gives_identical_results() -> None:
 
     def random_batch(seed: int) -> FeatureBatch:
         r = np.random.default_rng(seed)
-        return batch([{"service": f"s{r.integers(3)}", "latency_ms": float(r.lognormal(7, 0.5)),
+        return batch([{"service": f"s{r.integers(3)}",
+                       "latency_ms": float(r.lognormal(7, 0.5)) * (50.0 if r.random() < 0.03 else 1.0),
                        "ttft_ms": float(r.lognormal(5, 1)) if r.random() < 0.8 else None,
                        "is_error": int(r.random() < 0.3), "time_unix_nano": T0 + seed * 10**9 + i}
                       for i in range(60)])
@@ -296,6 +302,9 @@ def test_state_from_other_config_is_refused() -> None:
         ({"max_keys": True}, "detection.max_keys"),
         ({"metrics": {"latency_ms": {"method": "lstm"}}}, "detection.metrics.latency_ms.method"),
         ({"metrics": {"latency": {}}}, "detection.metrics.latency"),
+        ({"metrics": {"latency_ms": {"transform": "sqrt"}}}, "detection.metrics.latency_ms.transform"),
+        ({"metrics": {"cost_usd": {"transform": 1}}}, "detection.metrics.cost_usd.transform"),
+        ({"metrics": {"cost_usd": {"tranform": "log"}}}, "detection.metrics.cost_usd.tranform"),
         ({"thresholds": {"latency_ms": {"max": 1, "min": 2}}}, "detection.thresholds.latency_ms.min"),
         ({"thresholds": {"latency_ms": {}}}, "detection.thresholds.latency_ms"),
         ({"thresholds": {"input_tokens": {"max": "lots"}}}, "detection.thresholds.input_tokens.max"),
@@ -315,10 +324,94 @@ def test_config_errors_name_the_key(detection: dict[str, Any], key: str) -> None
 def test_config_defaults_and_parsing() -> None:
     c = LocalDetectionConfig.from_mapping({"error_rate": {"window": "2m"}, "zscore": {"alpha": "1e-2"},
                                            "metrics": {"latency_ms": {"method": "mad"}}})
-    assert (c.warmup, c.zscore.threshold, c.max_keys, c.max_anomalies_per_batch) == (30, 4.0, 10_000, 100)
-    assert (c.persistence.k, c.persistence.n, c.persistence.extreme_sigma) == (2, 5, 6.0)
+    assert (c.warmup, c.zscore.threshold, c.max_keys, c.max_anomalies_per_batch) == (30, 3.5, 10_000, 100)
+    assert (c.robust.threshold, c.robust.window) == (4.0, 128)
+    assert (c.persistence.k, c.persistence.n, c.persistence.extreme_sigma) == (2, 5, 5.0)
     assert (c.error_rate.window, c.error_rate.threshold, c.error_rate.min_calls) == (120.0, 0.2, 20)
     assert c.zscore.alpha == 0.01
     assert c.metrics["tokens_per_s"].direction == "low" and c.metrics["latency_ms"].direction == "high"
     assert c.metrics["latency_ms"].method == "mad"
+    assert c.metrics["latency_ms"].transform == "log"  # merged over the defaults
+    assert all(c.metrics[m].transform == "log" for m in METRICS)
+    c = LocalDetectionConfig.from_mapping({"metrics": {"tokens_per_s": {"transform": "none"}}})
+    assert (c.metrics["tokens_per_s"].transform, c.metrics["tokens_per_s"].direction) == ("none", "low")
     assert LocalDetectionConfig.from_mapping(None) == LocalDetectionConfig()
+
+
+# -- transform: log ------------------------------------------------------------------------------
+
+
+def test_log_transform_scores_log1p_and_reports_original_units() -> None:
+    # With warmup = 40 and 40 values, the baseline is the plain mean/std of log1p(value).
+    x = np.random.default_rng(5).lognormal(np.log(700.0), 0.9, 40)
+    d = detector(warmup=40, persistence={"k": 1})
+    assert d.process(batch([{"input_tokens": float(v)} for v in x])) == []
+    lx = np.log1p(x)
+    mean, std = float(lx.mean()), float(lx.std())
+    [a] = d.process(batch([{"input_tokens": 500.0}, {"input_tokens": 200_000.0, "trace_id": "big"}]))
+    assert (a.metric, a.method, a.trace_id, a.value) == ("input_tokens", "zscore", "big", 200_000.0)
+    assert a.baseline == pytest.approx(math.expm1(mean))  # the geometric-mean-like level, in tokens
+    assert a.threshold == pytest.approx(math.expm1(mean + 3.5 * std))  # the limit crossed, in tokens
+    assert a.deviation == pytest.approx(std)  # log units
+    assert a.sigma == pytest.approx((math.log1p(200_000.0) - mean) / std)
+    assert a.baseline < a.threshold < a.value
+
+
+def test_log_transform_cost_is_scaled_to_micro_dollars() -> None:
+    # log1p(0.002) ≈ 0.002 would make log scale a no-op for dollars; cost is scored in µ$.
+    x = np.random.default_rng(6).lognormal(np.log(0.002), 0.8, 40)
+    d = detector(warmup=40, persistence={"k": 1})
+    d.process(batch([{"cost_usd": float(v)} for v in x]))
+    lx = np.log1p(x / 1e-6)
+    [a] = d.process(batch([{"cost_usd": 5.0}]))
+    assert a.baseline == pytest.approx(1e-6 * math.expm1(float(lx.mean())))
+    assert 0.001 < a.baseline < 0.004
+    assert a.threshold == pytest.approx(1e-6 * math.expm1(float(lx.mean() + 3.5 * lx.std())))
+    assert a.sigma == pytest.approx((math.log1p(5.0 / 1e-6) - lx.mean()) / lx.std())
+
+
+def test_log_transform_direction_low_reports_the_lower_limit() -> None:
+    x = np.random.default_rng(8).lognormal(np.log(60.0), 0.3, 200)
+    d = detector(persistence={"k": 1})  # tokens_per_s: direction low, log scale
+    d.process(batch([{"tokens_per_s": float(v)} for v in x]))
+    [a] = d.process(batch([{"tokens_per_s": 5.0}, {"tokens_per_s": 500.0}]))
+    assert a.value == 5.0 and a.sigma < -3.5
+    assert 5.0 < a.threshold < a.baseline < 60.0 * 1.3
+
+
+def test_log_transform_quiet_on_heavy_tails_where_raw_cries_wolf() -> None:
+    rng = np.random.default_rng(11)
+    rows = [{"input_tokens": float(v)} for v in rng.lognormal(np.log(700.0), 0.9, 5000)]
+    raw, log = detector(metrics=RAW), detector()
+    found_raw = [a for i in range(0, 5000, 500) for a in raw.process(batch(rows[i:i + 500]))]
+    found_log = [a for i in range(0, 5000, 500) for a in log.process(batch(rows[i:i + 500]))]
+    assert len(found_raw) > 5 and found_log == []
+
+
+def test_log_transform_with_mad_reports_the_median() -> None:
+    x = np.random.default_rng(9).lognormal(np.log(1000.0), 0.7, 127)
+    d = detector(metrics={"latency_ms": {"method": "mad"}}, robust={"window": 127}, persistence={"k": 1})
+    d.process(batch([{"latency_ms": float(v)} for v in x]))
+    [a] = d.process(batch([{"latency_ms": 1e6}]))
+    assert a.method == "mad"
+    assert a.baseline == pytest.approx(float(np.median(x)))  # the median commutes with log1p
+    assert a.threshold > a.baseline
+
+
+def test_log_transform_negative_and_zero_values() -> None:
+    d = detector(persistence={"k": 1}, warmup=5)
+    # Zero is log1p(0) = 0; a negative value (never extracted) is scored as zero, not NaN.
+    assert d.process(batch([{"output_tokens": 0.0}] * 5 + [{"output_tokens": -3.0}])) == []
+    [a] = d.process(batch([{"output_tokens": 100.0}]))
+    assert a.baseline == pytest.approx(0.0) and a.value == 100.0
+
+
+def test_state_from_other_transform_is_refused() -> None:
+    a = detector()
+    a.process(batch(normal_latencies(5)))
+    state = json.loads(json.dumps(a.to_state()))
+    with pytest.raises(ValueError, match="state"):
+        LocalDetector.from_state(state, LocalDetectionConfig.from_mapping({"metrics": RAW,
+                                                                           "error_rate": {"enabled": False}}))
+    b = LocalDetector.from_state(state, LocalDetectionConfig.from_mapping({"error_rate": {"enabled": False}}))
+    assert json.dumps(b.to_state()) == json.dumps(a.to_state())

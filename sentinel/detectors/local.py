@@ -13,49 +13,47 @@ into the state. Its settings are the YAML ``detection:`` map (:class:`LocalDetec
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from sentinel.config import ConfigError, parse_duration
-from sentinel.detectors.error_rate import (
-    DEFAULT_ERROR_RATE_THRESHOLD,
-    DEFAULT_ERROR_WINDOW_S,
-    DEFAULT_MIN_CALLS,
-    ErrorRateWindow,
+from sentinel.detectors.error_rate import ErrorRateWindow
+from sentinel.detectors.local_config import (
+    DEFAULT_DIRECTIONS,
+    DEFAULT_MAX_ANOMALIES_PER_BATCH,
+    DEFAULT_MAX_KEYS,
+    DEFAULT_TRANSFORMS,
+    DIRECTIONS,
+    LOG_UNITS,
+    METHODS,
+    METRICS,
+    TRANSFORMS,
+    ErrorRateConfig,
+    LocalDetectionConfig,
+    MetricConfig,
+    PersistenceConfig,
+    RobustConfig,
+    ThresholdConfig,
+    ZScoreConfig,
 )
-from sentinel.detectors.persistence import (
-    DEFAULT_EXTREME_SIGMA,
-    DEFAULT_K,
-    DEFAULT_N,
-    MAX_N,
-    PersistenceFilter,
-)
-from sentinel.detectors.robust import DEFAULT_IQR_K, DEFAULT_WINDOW, RobustWindow
-from sentinel.detectors.rolling import (
-    DEFAULT_ALPHA,
-    DEFAULT_CLIP_SIGMA,
-    DEFAULT_MIN_STD,
-    DEFAULT_MIN_STD_RATIO,
-    DEFAULT_WARMUP,
-    DEFAULT_Z_THRESHOLD,
-    FloatArray,
-    IntArray,
-    RollingStats,
-)
+from sentinel.detectors.persistence import PersistenceFilter
+from sentinel.detectors.robust import RobustWindow
+from sentinel.detectors.rolling import FloatArray, IntArray, RollingStats
 from sentinel.model import KEY_COLUMNS, FeatureBatch, LocalAnomaly
 
 __all__ = [
+    "DEFAULT_DIRECTIONS",
     "DEFAULT_MAX_ANOMALIES_PER_BATCH",
     "DEFAULT_MAX_KEYS",
+    "DEFAULT_TRANSFORMS",
     "DIRECTIONS",
+    "LOG_UNITS",
     "METHODS",
     "METRICS",
+    "TRANSFORMS",
     "ErrorRateConfig",
     "LocalDetectionConfig",
     "LocalDetector",
@@ -66,239 +64,38 @@ __all__ = [
     "ZScoreConfig",
 ]
 
-#: The per-call metrics scored, in the order anomalies of one row are listed.
-METRICS: tuple[str, ...] = ("latency_ms", "ttft_ms", "tokens_per_s", "input_tokens", "output_tokens", "cost_usd")
-METHODS: tuple[str, ...] = ("zscore", "mad", "iqr", "none")
-DIRECTIONS: tuple[str, ...] = ("high", "low", "both")
-#: A slow stream is the symptom for throughput; for everything else, too much is.
-DEFAULT_DIRECTIONS: dict[str, str] = {"tokens_per_s": "low"}
-DEFAULT_MAX_KEYS = 10_000
-DEFAULT_MAX_ANOMALIES_PER_BATCH = 100
 _INITIAL_CAPACITY = 64
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: stacks are per (method, transform)
 
 Key = tuple[str | None, str | None, str | None]
 
 
-@dataclass
-class ZScoreConfig:
-    """``detection.zscore``: the exponentially weighted mean/std baseline."""
-
-    threshold: float = DEFAULT_Z_THRESHOLD
-    alpha: float = DEFAULT_ALPHA
-    clip_sigma: float = DEFAULT_CLIP_SIGMA
-
-
-@dataclass
-class RobustConfig:
-    """``detection.robust``: the ring-buffer window behind ``mad`` and ``iqr``."""
-
-    window: int = DEFAULT_WINDOW
-    threshold: float = DEFAULT_Z_THRESHOLD
-    iqr_k: float = DEFAULT_IQR_K
-
-
-@dataclass
-class PersistenceConfig:
-    """``detection.persistence``: report when k of the last n values exceed, or one is extreme."""
-
-    k: int = DEFAULT_K
-    n: int = DEFAULT_N
-    extreme_sigma: float = DEFAULT_EXTREME_SIGMA
-
-
-@dataclass
-class ErrorRateConfig:
-    """``detection.error_rate``: the share of failed calls over a sliding window."""
-
-    enabled: bool = True
-    window: float = DEFAULT_ERROR_WINDOW_S
-    threshold: float = DEFAULT_ERROR_RATE_THRESHOLD
-    min_calls: int = DEFAULT_MIN_CALLS
-
-
-@dataclass
-class MetricConfig:
-    """``detection.metrics.<metric>``: how one metric is scored."""
-
-    method: str = "zscore"
-    direction: str = "high"
-
-
-@dataclass
-class ThresholdConfig:
-    """``detection.thresholds.<metric>``: fixed limits, applied from the first call."""
-
-    min: float | None = None
-    max: float | None = None
-
-
-def _default_metrics() -> dict[str, MetricConfig]:
-    return {m: MetricConfig(direction=DEFAULT_DIRECTIONS.get(m, "high")) for m in METRICS}
-
-
-@dataclass
-class LocalDetectionConfig:
-    """The YAML ``detection:`` map. Build with :meth:`from_mapping`; :meth:`validate` names keys."""
-
-    warmup: int = DEFAULT_WARMUP
-    max_keys: int = DEFAULT_MAX_KEYS
-    max_anomalies_per_batch: int = DEFAULT_MAX_ANOMALIES_PER_BATCH
-    min_std_ratio: float = DEFAULT_MIN_STD_RATIO
-    min_std: float = DEFAULT_MIN_STD
-    zscore: ZScoreConfig = field(default_factory=ZScoreConfig)
-    robust: RobustConfig = field(default_factory=RobustConfig)
-    persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
-    error_rate: ErrorRateConfig = field(default_factory=ErrorRateConfig)
-    metrics: dict[str, MetricConfig] = field(default_factory=_default_metrics)
-    thresholds: dict[str, ThresholdConfig] = field(default_factory=dict)
-
-    @classmethod
-    def from_mapping(cls, d: Mapping[str, Any] | None) -> LocalDetectionConfig:
-        """Parse and validate the ``detection:`` map; unknown keys and bad values raise
-        :class:`ConfigError` naming the key (``detection.zscore.threshold: ...``)."""
-        d = _as_map("detection", {} if d is None else d)
-        out = cls()
-        for key, raw in d.items():
-            name = f"detection.{key}"
-            if key in ("zscore", "robust", "persistence", "error_rate"):
-                setattr(out, key, _fill(type(getattr(out, key)), raw, name))
-            elif key == "metrics":
-                for metric, sub in _as_map(name, raw).items():
-                    _known_metric(f"{name}.{metric}", metric)
-                    out.metrics[metric] = _fill(MetricConfig, sub, f"{name}.{metric}", base=out.metrics[metric])
-            elif key == "thresholds":
-                for metric, sub in _as_map(name, raw).items():
-                    _known_metric(f"{name}.{metric}", metric)
-                    out.thresholds[metric] = _fill(ThresholdConfig, sub, f"{name}.{metric}")
-            elif key in _SCALARS:
-                setattr(out, key, _convert(name, raw, _SCALARS[key]))
-            else:
-                raise ConfigError(f"{name}: unknown setting")
-        out.validate()
-        return out
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad key."""
-        _check("detection.warmup", self.warmup >= 1, "must be at least 1")
-        _check("detection.max_keys", self.max_keys >= 1, "must be at least 1")
-        _check("detection.max_anomalies_per_batch", self.max_anomalies_per_batch >= 0, "must be 0 or more")
-        _check("detection.min_std_ratio", self.min_std_ratio >= 0, "must be 0 or more")
-        _check("detection.min_std", self.min_std > 0, "must be greater than 0")
-        _check("detection.zscore.threshold", self.zscore.threshold > 0, "must be greater than 0")
-        _check("detection.zscore.alpha", 0 < self.zscore.alpha < 1, "must be between 0 and 1 (exclusive)")
-        _check("detection.zscore.clip_sigma", self.zscore.clip_sigma > 0, "must be greater than 0")
-        _check("detection.robust.window", self.robust.window >= 3, "must be at least 3")
-        _check("detection.robust.threshold", self.robust.threshold > 0, "must be greater than 0")
-        _check("detection.robust.iqr_k", self.robust.iqr_k >= 0, "must be 0 or more")
-        _check("detection.persistence.n", 1 <= self.persistence.n <= MAX_N, f"must be between 1 and {MAX_N}")
-        _check(
-            "detection.persistence.k",
-            1 <= self.persistence.k <= self.persistence.n,
-            f"must be between 1 and persistence.n ({self.persistence.n})",
-        )
-        _check("detection.persistence.extreme_sigma", self.persistence.extreme_sigma > 0, "must be greater than 0")
-        w = self.error_rate.window
-        _check("detection.error_rate.window", w >= 1 and float(w).is_integer(), "must be whole seconds >= 1")
-        _check("detection.error_rate.threshold", 0 <= self.error_rate.threshold < 1, "must be in [0, 1)")
-        _check("detection.error_rate.min_calls", self.error_rate.min_calls >= 1, "must be at least 1")
-        for metric, mc in self.metrics.items():
-            _known_metric(f"detection.metrics.{metric}", metric)
-            _check(f"detection.metrics.{metric}.method", mc.method in METHODS, f"must be one of {', '.join(METHODS)}")
-            _check(
-                f"detection.metrics.{metric}.direction",
-                mc.direction in DIRECTIONS,
-                f"must be one of {', '.join(DIRECTIONS)}",
-            )
-        for metric, tc in self.thresholds.items():
-            key = f"detection.thresholds.{metric}"
-            _known_metric(key, metric)
-            _check(key, tc.min is not None or tc.max is not None, "needs min or max")
-            if tc.min is not None and tc.max is not None:
-                _check(f"{key}.min", tc.min <= tc.max, "must not be above max")
-
-
-_SCALARS: dict[str, type] = {
-    "warmup": int,
-    "max_keys": int,
-    "max_anomalies_per_batch": int,
-    "min_std_ratio": float,
-    "min_std": float,
-}
-
-
-def _check(key: str, ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-def _known_metric(key: str, metric: str) -> None:
-    _check(key, metric in METRICS, f"unknown metric (one of {', '.join(METRICS)})")
-
-
-def _as_map(key: str, raw: Any) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key}: expected a map, got {type(raw).__name__}")
-    return raw
-
-
-def _convert(key: str, raw: Any, tp: Any) -> Any:
-    """One YAML scalar to ``tp`` (``int``, ``float``, ``str``, ``bool``, ``float | None``)."""
-    bad = ConfigError(f"{key}: expected {getattr(tp, '__name__', str(tp))}, got {raw!r}")
-    if tp == "float | None":
-        return None if raw is None else _convert(key, raw, float)
-    if isinstance(raw, bool) != (tp is bool) or isinstance(raw, Mapping | list):
-        raise bad
-    if tp is int:
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        if not isinstance(raw, int):
-            raise bad
-        return raw
-    if tp is float:
-        try:
-            value = float(raw)  # YAML reads "1e-9" (no dot) as a string
-        except (TypeError, ValueError):
-            raise bad from None
-        if not math.isfinite(value):
-            raise bad
-        return value
-    if tp is str and not isinstance(raw, str):
-        raise bad
-    return raw
-
-
-def _fill(cls: type[Any], raw: Any, prefix: str, base: Any = None) -> Any:
-    """A ``cls`` dataclass from the map ``raw`` (over ``base`` or the defaults)."""
-    values = dataclasses.asdict(base) if base is not None else {}
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
-    for key, v in _as_map(prefix, raw).items():
-        name = f"{prefix}.{key}"
-        if key not in types:
-            raise ConfigError(f"{name}: unknown setting (one of {', '.join(types)})")
-        if cls is ErrorRateConfig and key == "window":
-            try:
-                values[key] = parse_duration(v)
-            except ValueError as e:
-                raise ConfigError(f"{name}: {e}") from None
-        else:
-            tp = {"int": int, "float": float, "str": str, "bool": bool}.get(str(types[key]), types[key])
-            values[key] = _convert(name, v, tp)
-    return cls(**values)
-
-
 class _Stack:
-    """The metrics scored by one method, held as one detector: series ``key_slot·m + j`` is
-    metric ``j`` of the key in ``key_slot``, so a batch is one pass however many metrics."""
+    """The metrics scored by one method on one scale, held as one detector: series
+    ``key_slot·m + j`` is metric ``j`` of the key in ``key_slot``, so a batch is one pass however
+    many metrics.
 
-    def __init__(self, method: str, metrics: tuple[str, ...], config: LocalDetectionConfig) -> None:
+    With ``transform == "log"`` the detector sees ``log1p(max(value, 0) / unit)`` (``unit`` from
+    :data:`LOG_UNITS`, per metric); its relative std floor
+    ``min_std_ratio`` then becomes the absolute floor ``log1p(min_std_ratio)`` in log units (the
+    same "at least that share of the level" in original units, whatever the level).
+    """
+
+    def __init__(self, method: str, transform: str, metrics: tuple[str, ...], config: LocalDetectionConfig) -> None:
         c = config
         self.method = method
+        self.transform = transform
+        self.log = transform == "log"
         self.metrics = metrics
         self.rows = np.array([METRICS.index(m) for m in metrics], dtype=np.int64)
+        self.unit = np.array([LOG_UNITS.get(m, 1.0) for m in metrics])
+        self.scaled = bool((self.unit != 1.0).any())
         directions = [c.metrics[m].direction for m in metrics]
         self.high = np.array([d != "low" for d in directions])
         self.low = np.array([d != "high" for d in directions])
+        min_std_ratio, min_std = c.min_std_ratio, c.min_std
+        if self.log:
+            min_std_ratio, min_std = 0.0, max(c.min_std, math.log1p(c.min_std_ratio))
         self.detector: RollingStats | RobustWindow
         if method == "zscore":
             self.detector = RollingStats(
@@ -306,8 +103,8 @@ class _Stack:
                 threshold=c.zscore.threshold,
                 alpha=c.zscore.alpha,
                 clip_sigma=c.zscore.clip_sigma,
-                min_std_ratio=c.min_std_ratio,
-                min_std=c.min_std,
+                min_std_ratio=min_std_ratio,
+                min_std=min_std,
             )
         else:
             self.detector = RobustWindow(
@@ -316,8 +113,8 @@ class _Stack:
                 warmup=c.warmup,
                 threshold=c.robust.threshold,
                 iqr_k=c.robust.iqr_k,
-                min_std_ratio=c.min_std_ratio,
-                min_std=c.min_std,
+                min_std_ratio=min_std_ratio,
+                min_std=min_std,
             )
         p = c.persistence
         self.persistence = PersistenceFilter(k=p.k, n=p.n, extreme_sigma=p.extreme_sigma)
@@ -362,14 +159,17 @@ class LocalDetector:
         self._keys: list[Key] = []
         self._slot_of: dict[Key, int] = {}
         self._last_seen: IntArray = np.zeros(0, dtype=np.int64)
-        self._stacks = [
-            _Stack(method, tuple(m for m in METRICS if c.metrics[m].method == method), c)
-            for method in METHODS
-            if method != "none" and any(c.metrics[m].method == method for m in METRICS)
-        ]
+        # One stack per (method, transform) in use: one vectorised pass each per batch.
+        self._stacks = []
+        for method in METHODS:
+            for transform in TRANSFORMS:
+                ms = tuple(m for m in METRICS if (c.metrics[m].method, c.metrics[m].transform) == (method, transform))
+                if method != "none" and ms:
+                    self._stacks.append(_Stack(method, transform, ms, c))
         self._labels: list[tuple[str, str]] = [("error_rate", "error_rate")]
         self._labels += [(m, "threshold") for m in METRICS]
-        self._labels += [(m, s.method) for s in self._stacks for m in s.metrics]
+        # Scored labels in METRICS order, so a row's anomalies are listed in that order.
+        self._labels += [(m, c.metrics[m].method) for m in METRICS if c.metrics[m].method != "none"]
         self._label_ids = {lab: i for i, lab in enumerate(self._labels)}
         self._lo = np.array([_limit(c.thresholds.get(m), "min") for m in METRICS])
         self._hi = np.array([_limit(c.thresholds.get(m), "max") for m in METRICS])
@@ -495,7 +295,7 @@ class LocalDetector:
     ) -> None:
         sub = x[stack.rows]
         valid = ~np.isnan(sub)
-        v = sub[valid]
+        v = sub[valid]  # original units: what anomalies report as value
         if v.size == 0:
             return
         n_groups = slots.size
@@ -505,10 +305,20 @@ class LocalDetector:
         sslots = stack.series(slots)
         rows = np.broadcast_to(order, sub.shape)[valid]
         j = sgroup // n_groups
-        sc = stack.detector.score(sgroup, sslots, v)
-        high = (v > sc.upper) & stack.high[j]
-        low = (v < sc.lower) & stack.low[j]
+        # The detector works on the stack's scale; baseline and threshold are mapped back below.
+        u = v
+        if stack.log:
+            u = np.log1p(np.maximum(v, 0.0) / stack.unit[j] if stack.scaled else np.maximum(v, 0.0))
+        sc = stack.detector.score(sgroup, sslots, u)
+        high = (u > sc.upper) & stack.high[j]
+        low = (u < sc.lower) & stack.low[j]
         report = stack.persistence.filter(sgroup, sslots, high | low, sc.sigma)
+        baseline, upper, lower = sc.baseline, sc.upper, sc.lower
+        if stack.log:
+            # Back to original units (expm1 is monotone, so the limit crossed maps to a limit);
+            # deviation and sigma stay on the log scale, where they were measured.
+            unit = stack.unit[j] if stack.scaled else 1.0
+            baseline, upper, lower = (np.expm1(a) * unit for a in (baseline, upper, lower))
         if static is not None:
             st = static[stack.rows][valid]
             if st.any():
@@ -516,13 +326,13 @@ class LocalDetector:
                 i = np.flatnonzero(st)
                 for r in np.unique(stack.rows[j[i]]).tolist():
                     ir = i[stack.rows[j[i]] == r]
-                    self._add_static(found, r, rows[ir], v[ir], sc.baseline[ir], sc.deviation[ir])
+                    self._add_static(found, r, rows[ir], v[ir], baseline[ir], sc.deviation[ir])
         if report.any():
             i = np.flatnonzero(report)
             label = np.array([self._label_ids[(mt, stack.method)] for mt in stack.metrics])[j[i]]
-            threshold = np.where(high[i], sc.upper[i], sc.lower[i])
-            found.add(2, label, rows[i], v[i], sc.baseline[i], sc.deviation[i], threshold, sc.sigma[i])
-        stack.detector.update(sgroup, sslots, v)
+            threshold = np.where(high[i], upper[i], lower[i])
+            found.add(2, label, rows[i], v[i], baseline[i], sc.deviation[i], threshold, sc.sigma[i])
+        stack.detector.update(sgroup, sslots, u)
 
     def _detect_error_rate(
         self, batch: FeatureBatch, order: IntArray, group: IntArray, slots: IntArray, found: _Found
@@ -598,6 +408,7 @@ class LocalDetector:
             "stacks": [
                 {
                     "method": s.method,
+                    "transform": s.transform,
                     "metrics": list(s.metrics),
                     "series": s.detector.to_state(n * len(s.metrics)),
                     "persistence": s.persistence.to_state(n * len(s.metrics)),
@@ -611,8 +422,8 @@ class LocalDetector:
     def from_state(cls, state: Mapping[str, Any], config: LocalDetectionConfig | None = None) -> LocalDetector:
         """A detector with ``config`` and the state :meth:`to_state` saved.
 
-        Raises ``ValueError`` if the state is malformed or was made with other methods, metrics
-        or window sizes (start afresh then: baselines re-learn within ``warmup`` calls).
+        Raises ``ValueError`` if the state is malformed or was made with other methods, metrics,
+        transforms or window sizes (start afresh then: baselines re-learn within ``warmup`` calls).
         """
         det = cls(config)
         try:
@@ -620,8 +431,8 @@ class LocalDetector:
                 raise ValueError(f"unsupported state version {state.get('version')!r}")
             keys: list[Key] = [(k[0], k[1], k[2]) for k in state["keys"]]
             n = len(keys)
-            saved = [(s["method"], tuple(s["metrics"])) for s in state["stacks"]]
-            if saved != [(s.method, s.metrics) for s in det._stacks]:
+            saved = [(s["method"], s["transform"], tuple(s["metrics"])) for s in state["stacks"]]
+            if saved != [(s.method, s.transform, s.metrics) for s in det._stacks]:
                 raise ValueError(f"state scores {saved}, the config differently")
             for stack, sub in zip(det._stacks, state["stacks"], strict=True):
                 stack.detector.load_state(sub["series"])

@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_EXTREME_SIGMA", "DEFAULT_K", "DEFAULT_N", "MAX_N", "Persiste
 
 DEFAULT_K = 2
 DEFAULT_N = 5
-DEFAULT_EXTREME_SIGMA = 6.0
+DEFAULT_EXTREME_SIGMA = 5.0
 #: The history is an int64 bit mask of the last n − 1 flags.
 MAX_N = 63
 

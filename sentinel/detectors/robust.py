@@ -21,7 +21,6 @@ from sentinel.detectors.rolling import (
     DEFAULT_MIN_STD,
     DEFAULT_MIN_STD_RATIO,
     DEFAULT_WARMUP,
-    DEFAULT_Z_THRESHOLD,
     FloatArray,
     IntArray,
     Scores,
@@ -29,9 +28,11 @@ from sentinel.detectors.rolling import (
     resize_rows,
 )
 
-__all__ = ["DEFAULT_IQR_K", "DEFAULT_WINDOW", "MAD_SCALE", "RobustWindow"]
+__all__ = ["DEFAULT_IQR_K", "DEFAULT_ROBUST_THRESHOLD", "DEFAULT_WINDOW", "MAD_SCALE", "RobustWindow"]
 
 DEFAULT_WINDOW = 128
+#: Robust |z| beyond this is anomalous (mad).
+DEFAULT_ROBUST_THRESHOLD = 4.0
 #: Tukey's "far out" fence; 1.5 flags too much of a heavy tail.
 DEFAULT_IQR_K = 3.0
 #: MAD / MAD_SCALE estimates the standard deviation of normal data (0.6745 = Φ⁻¹(0.75)).
@@ -53,7 +54,7 @@ class RobustWindow:
         method: str = "mad",
         window: int = DEFAULT_WINDOW,
         warmup: int = DEFAULT_WARMUP,
-        threshold: float = DEFAULT_Z_THRESHOLD,
+        threshold: float = DEFAULT_ROBUST_THRESHOLD,
         iqr_k: float = DEFAULT_IQR_K,
         min_std_ratio: float = DEFAULT_MIN_STD_RATIO,
         min_std: float = DEFAULT_MIN_STD,
