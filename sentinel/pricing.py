@@ -73,6 +73,7 @@ class PriceBook:
             raise ValueError("cache_size must be greater than 0")
         self._overrides = parse_overrides(overrides)
         self._cache: dict[tuple[str | None, str], PerToken | None] = {}
+        self._resolved: dict[tuple[str | None, str | None, str | None], PerToken | None] = {}
         self._cache_size = cache_size
         self.lookups = 0  # calls into genai-prices, for tests and self-metrics
 
@@ -92,6 +93,21 @@ class PriceBook:
         self._cache[key] = found
         return found
 
+    def resolve(self, provider: str | None, model: str | None, alt_model: str | None = None) -> PerToken | None:
+        """The prices :meth:`cost` would use, cached per (provider, model, alt_model) triple."""
+        key = (provider, model, alt_model)
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        prices = self.per_token(provider, model) if model else None
+        if prices is None and alt_model and alt_model != model:
+            prices = self.per_token(provider, alt_model)
+        if len(self._resolved) >= self._cache_size:
+            del self._resolved[next(iter(self._resolved))]
+        self._resolved[key] = prices
+        return prices
+
     def cost(self, provider: str | None, model: str | None, input_tokens: int | None,
              output_tokens: int | None, *, alt_model: str | None = None) -> float | None:
         """USD for one call, or ``None`` when no tokens are known or neither model has a price.
@@ -101,9 +117,7 @@ class PriceBook:
         """
         if input_tokens is None and output_tokens is None:
             return None
-        prices = self.per_token(provider, model) if model else None
-        if prices is None and alt_model and alt_model != model:
-            prices = self.per_token(provider, alt_model)
+        prices = self.resolve(provider, model, alt_model)
         if prices is None:
             return None
         return (input_tokens or 0) * prices[0] + (output_tokens or 0) * prices[1]

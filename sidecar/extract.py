@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from sentinel.model import Row
 from sentinel.pricing import PriceBook, parse_overrides
-from sidecar.attributes import ROWED, classify, normalize_operation, resource_keys, span_keys
+from sidecar.attributes import LLM_OPERATIONS, ROWED, classify, normalize_operation, resource_keys, span_keys
 from sidecar.otlp_lite import (
     KIND_DOUBLE,
     KIND_INT,
@@ -52,11 +52,15 @@ _SLOTS = ("operation", "provider", "request_model", "response_model", "ttft_ms",
           "_api_key")
 (_OP, _PROVIDER, _REQ_MODEL, _RESP_MODEL, _TTFT, _IN, _OUT, _COST, _ERR_TYPE, _FINISH, _USER,
  _REQ_TYPE, _TOTAL, _TL_KIND, _OI_KIND, _COST_IN, _COST_OUT, _API_KEY) = range(len(_SLOTS))
-_NSLOTS = len(_SLOTS)
-_NSLOTS2 = 2 * _NSLOTS
+# Per span, one list holds the values (index: slot) and, _NSLOTS further on, the rank of the
+# key each came from (lower wins). One spare slot at the end absorbs unwanted attributes.
+_NSLOTS = len(_SLOTS) + 1
+_NO_RANK = 1 << 30
+_EMPTY_VALS: list[Any] = [None] * _NSLOTS + [_NO_RANK] * _NSLOTS
 
-# Results of decoding one attribute, cached per serialized KeyValue (see Extractor.extract_spans).
-_SKIP = object()
+# What decoding one attribute gives, cached per serialized KeyValue (see Extractor.extract_spans):
+# (rank index, rank, value). _SKIP_ENTRY never wins its (spare) slot.
+_SKIP_ENTRY = (2 * _NSLOTS - 1, _NO_RANK, None)
 _BAD = object()
 #: Most distinct serialized attributes remembered (cache and doorkeeper each); ~100 bytes each.
 _ATTR_CACHE_MAX = 16_384
@@ -115,8 +119,9 @@ class Extractor:
             self._span_keys.setdefault(key.encode(), (_API_KEY, _STR, base + i, 1.0))
         self._resource_keys = {a.key: i for i, a in enumerate(resource_keys())}
         self._hash_user = settings.hash_user
-        self._attr_cache: dict[bytes, Any] = {}
+        self._attr_cache = _AttributeCache(self._miss)
         self._attr_seen_once: set[bytes] = set()
+        self._bad_attributes = 0  # bad attributes seen by _miss, all time
 
     def extract(self, request: ExportTraceServiceRequest | Any) -> ExtractResult:
         """Rows of a whole request: a generated ``ExportTraceServiceRequest`` or a lean one
@@ -163,58 +168,47 @@ class Extractor:
         if result is None:
             result = ExtractResult()
         rows = result.rows
-        cost_of = self.prices.cost
+        resolve = self.prices.resolve
+        llm_operations = LLM_OPERATIONS
         hash_user = self._hash_user
         service, namespace, pod, region, _ = resource
         spans_seen = llm_calls = unknown_cost = 0
         bad = 0
-        nslots, nslots2 = _NSLOTS, _NSLOTS2
-        cache, seen_once = self._attr_cache, self._attr_seen_once
-        cache_get, cache_max, decode = cache.get, _ATTR_CACHE_MAX, self._decode_attribute
+        nslots = _NSLOTS
+        lookup, not_skip = self._attr_cache.__getitem__, _SKIP_ENTRY.__ne__
+        empty = _EMPTY_VALS
+        bad_before = self._bad_attributes
         for span in spans:
             spans_seen += 1
             # vals[slot] is the value, vals[slot + _NSLOTS] the rank of the key it came from.
-            vals: list[Any] = [None] * nslots2
-            for kv in span.attributes:
-                # Most attributes repeat byte for byte from span to span (model, operation,
-                # provider, finish reason, unwanted ones): one dict probe on the serialized
-                # KeyValue gives what decoding it would.
-                hit = cache_get(kv)
-                if hit is None:
-                    hit = decode(kv)
-                    # Admit on the second sighting only, so one-off values (response ids, token
-                    # counts) churn the small doorkeeper set, not the cache of repeating ones.
-                    if kv in seen_once:
-                        if len(cache) >= cache_max:
-                            cache.clear()
-                        cache[kv] = hit
-                    else:
-                        if len(seen_once) >= cache_max:
-                            seen_once.clear()
-                        seen_once.add(kv)
-                if hit is _SKIP:
-                    continue
-                if hit is _BAD:
-                    bad += 1
-                    continue
-                slot, rank, val = hit
-                if vals[slot] is not None and vals[slot + nslots] <= rank:
-                    continue
-                vals[slot] = val
-                vals[slot + nslots] = rank
+            vals: list[Any] = empty[:]
+            # Most attributes repeat byte for byte from span to span (model, operation, provider,
+            # finish reason, unwanted ones): one dict probe on the serialized KeyValue gives what
+            # decoding it would (a miss decodes, via _AttributeCache.__missing__). map() and
+            # filter() run the probes and drop unwanted attributes in C; Python sees only the
+            # wanted ones.
+            for slot, rank, val in filter(not_skip, map(lookup, span.attributes)):
+                if rank < vals[slot]:
+                    vals[slot] = rank
+                    vals[slot - nslots] = val
 
             request_model = vals[_REQ_MODEL]
             response_model = vals[_RESP_MODEL]
             input_tokens = vals[_IN]
             output_tokens = vals[_OUT]
-            verdict = classify(
-                operation=vals[_OP], request_type=vals[_REQ_TYPE],
-                openinference_kind=vals[_OI_KIND], traceloop_kind=vals[_TL_KIND],
-                has_model=request_model is not None or response_model is not None,
-                has_tokens=input_tokens is not None or output_tokens is not None
-                or vals[_TOTAL] is not None)
-            if verdict != ROWED:
-                continue
+            operation = vals[_OP]
+            # The common case (a GenAI LLM operation, no other family's span kind) without the
+            # general rule's call; everything else goes through classify().
+            if not (operation in llm_operations and vals[_TL_KIND] is None and vals[_OI_KIND] is None):
+                if classify(
+                    operation=operation, request_type=vals[_REQ_TYPE],
+                    openinference_kind=vals[_OI_KIND], traceloop_kind=vals[_TL_KIND],
+                    has_model=request_model is not None or response_model is not None,
+                    has_tokens=input_tokens is not None or output_tokens is not None
+                    or vals[_TOTAL] is not None,
+                ) != ROWED:
+                    continue
+                operation = normalize_operation(operation, vals[_REQ_TYPE], vals[_OI_KIND])
             llm_calls += 1
 
             start = span.start_time_unix_nano
@@ -233,11 +227,15 @@ class Extractor:
                 cost_in, cost_out = vals[_COST_IN], vals[_COST_OUT]
                 if cost_in is not None or cost_out is not None:
                     cost = (cost_in or 0.0) + (cost_out or 0.0)
-                else:
-                    cost = cost_of(provider, response_model or request_model, input_tokens,
-                                   output_tokens, alt_model=request_model)
-                    if cost is None:
+                elif input_tokens is not None or output_tokens is not None:
+                    # PriceBook.cost, inlined: the price pair is cached per model triple.
+                    prices = resolve(provider, response_model or request_model, request_model)
+                    if prices is None:
                         unknown_cost += 1
+                    else:
+                        cost = (input_tokens or 0) * prices[0] + (output_tokens or 0) * prices[1]
+                else:
+                    unknown_cost += 1
 
             error_type = vals[_ERR_TYPE]
             is_error = error_type is not None or span.status.code == _STATUS_CODE_ERROR
@@ -250,33 +248,55 @@ class Extractor:
 
             rows.append((
                 start, service, namespace, pod, region,
-                normalize_operation(vals[_OP], vals[_REQ_TYPE], vals[_OI_KIND]),
+                operation,
                 provider, request_model, response_model, latency_ms, ttft_ms,
                 input_tokens, output_tokens, tokens_per_s, cost, is_error, error_type,
                 vals[_FINISH], user, api_key, span.trace_id.hex(), span.span_id.hex(),
             ))
         result.spans += spans_seen
         result.llm_calls += llm_calls
-        result.bad_attributes += bad
+        result.bad_attributes += bad + self._bad_attributes - bad_before
         result.unknown_cost += unknown_cost
         return result
 
 
+    def _miss(self, kv: bytes) -> tuple[int, int, Any]:
+        """Decode an attribute the cache does not hold; remember it from its second sighting on.
+
+        Admitting on the second sighting keeps one-off values (response ids, token counts) in the
+        small doorkeeper set instead of churning the cache of repeating ones. Bad attributes are
+        counted every time and never cached.
+        """
+        hit = self._decode_attribute(kv)
+        if hit is _BAD:
+            self._bad_attributes += 1
+            return _SKIP_ENTRY
+        entry: tuple[int, int, Any] = hit
+        if kv in self._attr_seen_once:
+            if len(self._attr_cache) >= _ATTR_CACHE_MAX:
+                self._attr_cache.clear()
+            self._attr_cache[kv] = entry
+        else:
+            if len(self._attr_seen_once) >= _ATTR_CACHE_MAX:
+                self._attr_seen_once.clear()
+            self._attr_seen_once.add(kv)
+        return entry
+
     def _decode_attribute(self, kv: bytes) -> Any:
-        """What one serialized span ``KeyValue`` contributes: ``_SKIP`` (not wanted), ``_BAD``
-        (wanted but wrong-typed or damaged) or ``(slot, rank, value)``."""
+        """What one serialized span ``KeyValue`` contributes: ``_SKIP_ENTRY`` (not wanted),
+        ``_BAD`` (wanted but wrong-typed or damaged) or ``(rank index, rank, value)``."""
         try:
             n = kv[1]
             if kv[0] == 0x0A and n < 0x80:
                 spec = self._span_keys.get(kv[2:2 + n])
                 if spec is None:
-                    return _SKIP
+                    return _SKIP_ENTRY
                 vkind, val = _value(kv, 2 + n)
             else:
                 key, vkind, val = attribute(kv)
                 spec = self._span_keys.get(key.encode())
                 if spec is None:
-                    return _SKIP
+                    return _SKIP_ENTRY
         except (IndexError, DecodeError, UnicodeDecodeError):
             return _BAD
         slot, kind, rank, scale = spec
@@ -297,11 +317,24 @@ class Extractor:
         else:  # _STR_ARRAY: the first element; a lone string is taken as is
             if vkind == KIND_LIST:
                 if val is None:
-                    return _SKIP
+                    return _SKIP_ENTRY
                 vkind, val = val
             if vkind != KIND_STR:
                 return _BAD
-        return (slot, rank, val)
+        return (slot + _NSLOTS, rank, val)
+
+
+class _AttributeCache(dict[bytes, tuple[int, int, Any]]):
+    """Serialized KeyValue -> decoded entry; a missing key is decoded by ``miss`` (which decides
+    whether to store it)."""
+
+    def __init__(self, miss: Any) -> None:
+        super().__init__()
+        self._miss = miss
+
+    def __missing__(self, kv: bytes) -> tuple[int, int, Any]:
+        entry: tuple[int, int, Any] = self._miss(kv)
+        return entry
 
 
 class Resource(NamedTuple):
@@ -316,6 +349,24 @@ class Resource(NamedTuple):
 
 def _value(kv: bytes, pos: int) -> tuple[int, Any]:
     """The value of a serialized ``KeyValue`` whose value field starts at ``pos``."""
+    if kv[pos] == 0x12 and kv[pos + 1] < 0x80:
+        # Inline the two common shapes, a short string and a small int (token counts).
+        q = pos + 2
+        tag = kv[q]
+        if tag == 0x0A:
+            n = kv[q + 1]
+            if n < 0x80:
+                return KIND_STR, kv[q + 2:q + 2 + n].decode()
+        elif tag == 0x18:
+            b = kv[q + 1]
+            if b < 0x80:
+                return KIND_INT, b
+            b2 = kv[q + 2]
+            if b2 < 0x80:
+                return KIND_INT, (b & 0x7F) | (b2 << 7)
+            b3 = kv[q + 3]
+            if b3 < 0x80:
+                return KIND_INT, (b & 0x7F) | ((b2 & 0x7F) << 7) | (b3 << 14)
     if kv[pos] != 0x12:
         _, kind, value = attribute(kv)
         return kind, value
