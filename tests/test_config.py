@@ -74,3 +74,11 @@ def test_cli_refuses_invalid_setting_with_exit_2() -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "invalid setting mode" in r.stderr
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    import dataclasses
+
+    readme = (Path(__file__).resolve().parents[1] / "sidecar" / "README.md").read_text()
+    missing = [f.name for f in dataclasses.fields(SidecarConfig) if f"`{f.name}`" not in readme]
+    assert missing == []
