@@ -26,7 +26,7 @@ from sidecar.otlp_grpc import OtlpGrpcReceiver
 from sidecar.otlp_http import OtlpHttpReceiver
 from sidecar.passthrough import Passthrough, PassthroughConfig
 from sidecar.pipeline import SeqSource, TracePipeline
-from sidecar.spool import Spool, SpoolConfig
+from sidecar.spool import Spool, SpoolConfig, SpoolLockedError
 
 __all__ = ["Sidecar", "run"]
 
@@ -178,7 +178,11 @@ async def run(config: SidecarConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await sidecar.start()
+        try:
+            await sidecar.start()
+        except (OSError, SpoolLockedError) as e:  # a port in use, a spool held by another sidecar
+            log.error("cannot start: %s", e)
+            return 1
         await stop.wait()
         log.info("signal received: shutting down")
     finally:

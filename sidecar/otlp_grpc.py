@@ -85,9 +85,12 @@ class OtlpGrpcReceiver:
             grpc.method_handlers_generic_handler(
                 "opentelemetry.proto.collector.logs.v1.LogsService", {"Export": unary(self._logs)}),
         ))
-        self.port = server.add_insecure_port(self._listen)
+        try:
+            self.port = server.add_insecure_port(self._listen)
+        except RuntimeError:  # grpc reports a failed bind this way
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"grpc_listen: cannot listen on {self._listen}")
+            raise OSError(f"grpc_listen: cannot listen on {self._listen} (address in use or not local)")
         await server.start()
         self._server = server
         log.info("OTLP/gRPC receiver listening on %s", self._listen.rsplit(":", 1)[0] + f":{self.port}")

@@ -41,6 +41,7 @@ is at-least-once: a cursor that was lost, or not yet fsynced, makes records be d
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -68,6 +69,7 @@ __all__ = [
     "Spool",
     "SpoolConfig",
     "SpoolFullError",
+    "SpoolLockedError",
     "SpoolPosition",
     "SpoolRecord",
 ]
@@ -86,10 +88,15 @@ _CURSOR_MAGIC = b"LSC1"
 _CURSOR = struct.Struct("<4sQQqI")
 _CURSOR_NAME = "cursor"
 _CURSOR_TMP = "cursor.tmp"
+_LOCK_FILE = "lock"
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 _SCAN_CHUNK = 64 * 1024
 _U32 = 2**32
 _U64 = 2**64
+
+
+class SpoolLockedError(RuntimeError):
+    """Another process holds the spool directory."""
 
 
 class SpoolFullError(Exception):
@@ -280,6 +287,7 @@ class Spool:
                 raise RuntimeError("spool is already open")
             self._reset_state()
             self._dir.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
             (self._dir / _CURSOR_TMP).unlink(missing_ok=True)
             segments = self._list_segments()
             cursor, cursor_last_seq, cursor_ok = self._load_cursor()
@@ -329,7 +337,25 @@ class Spool:
             finally:
                 self._close_reader()
                 self._close_writer(sync=False)
+                self._release_lock()
                 self._open = False
+
+    def _take_lock(self) -> None:
+        # Two processes appending to one spool would interleave records and fight over the
+        # cursor; an advisory lock (released by the kernel if the holder dies) refuses the second.
+        fd = os.open(self._dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolLockedError(f"spool {self._dir} is in use by another process") from None
+        self._lock_fd: int | None = fd
+
+    def _release_lock(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     def sync(self) -> None:
         """Fsync the data, the cursor and the directory now, whatever the policy."""

@@ -415,3 +415,16 @@ def test_config_validation_names_the_key(tmp_path: Path, change: dict[str, objec
     settings.update(change)
     with pytest.raises(ConfigError, match=f"^{key}:"):
         SpoolConfig(**settings).validate()  # type: ignore[arg-type]
+
+
+def test_a_second_opener_is_refused(tmp_path: Path) -> None:
+    from sidecar.spool import SpoolLockedError
+
+    first = Spool(SpoolConfig(directory=tmp_path))
+    first.open()
+    second = Spool(SpoolConfig(directory=tmp_path))
+    with pytest.raises(SpoolLockedError, match="in use by another process"):
+        second.open()
+    first.close()
+    second.open()  # released on close
+    second.close()
