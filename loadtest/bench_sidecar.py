@@ -1,8 +1,9 @@
 """Sidecar benchmark: parse rate, in-process pipeline, end to end over gRPC, and a steady 2,000 spans/s.
 
-    python -m loadtest.bench_sidecar [--quick] [--json PATH] [--steady-seconds 30] [--profile]
+    python -m loadtest.bench_sidecar [--quick] [--json PATH] [--steady-seconds 30] [--steady-spans-per-request 512]
+                                     [--profile]
 
-One run prints four figures side by side and a summary against the design targets
+One run prints these figures side by side and a summary against the design targets
 (``/work/shared/DESIGN.md``, Targets; what each figure means: ``loadtest/README.md``):
 
 1. the raw protobuf-parse rate of the prebuilt payloads (``ExportTraceServiceRequest.FromString``),
@@ -11,7 +12,13 @@ One run prints four figures side by side and a summary against the design target
 3. end to end over real gRPC: the sidecar as its own process pinned to one core, this process (the
    client, pinned to another core) keeping several ``Export`` calls in flight,
 4. a steady 2,000 spans/s against a sidecar forwarding to a recording aggregator: export-call
-   latency percentiles, the sidecar's RSS, and rows received versus spans sent.
+   latency percentiles, the sidecar's RSS, and rows received versus spans sent,
+4b. the same steady load, with the same client loop, against a null OTLP/gRPC server (answers at
+   once, parses nothing) on the sidecar's core: the Python gRPC transport's own latency, so the
+   sidecar's added latency is 4 minus 4b.
+
+4 and 4b run at ``--steady-spans-per-request`` (512), then again at 64 spans per request (the same
+spans/s in more, smaller exports, as SDKs with smaller batches send them).
 
 Everything listens on loopback only, every phase is bounded in time, and child processes are
 always stopped (SIGTERM, then SIGKILL) before the run ends.
@@ -83,6 +90,8 @@ class BenchSettings:
     concurrency: int = 8
     steady_seconds: float = 30.0
     steady_rate: float = 2000.0
+    steady_spans_per_request: int = 512
+    steady_extra_spans_per_request: int = 64  # a second steady measurement (4 and 4b) in the same run; 0: none
     startup_timeout_s: float = 30.0
     drain_timeout_s: float = 15.0
 
@@ -465,21 +474,109 @@ async def measure_grpc(sidecar: SidecarProcess, http: httpx.AsyncClient, payload
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. steady rate
+# 4. steady rate (4: the sidecar; 4b: a null OTLP/gRPC server under the same load)
+
+
+@dataclass
+class OpenLoopRun:
+    """What :func:`open_loop_exports` measured: one wall time per timed ``Export`` call."""
+
+    latencies_s: list[float]
+    failures: list[str]
+    spans_sent: int  # acknowledged, the untimed warm-up request included
+    warmup_spans: int
+    elapsed_s: float  # from the first slot to the end of the last one (or the last answer, if later)
+    steal_pct: float  # CPU time stolen by the hypervisor, % of all CPUs' time during the schedule
+
+    def figures(self, rate: float, spans_per_request: float | int) -> dict[str, Any]:
+        ms = np.asarray(self.latencies_s) * 1000.0
+        pct = {f"p{q}_ms": float(np.percentile(ms, q)) if ms.size else float("nan") for q in (50, 95, 99)}
+        return {
+            "target_spans_per_s": rate,
+            "spans_per_request": spans_per_request,
+            "requests_per_s": rate / spans_per_request,
+            "achieved_spans_per_s": (self.spans_sent - self.warmup_spans) / self.elapsed_s
+            if self.elapsed_s > 0 else 0.0,
+            "seconds": self.elapsed_s,
+            "requests_timed": len(self.latencies_s),
+            **pct,
+            "max_ms": float(ms.max()) if ms.size else float("nan"),
+            "mean_ms": float(ms.mean()) if ms.size else float("nan"),
+            "failed_requests": len(self.failures),
+            "first_failure": self.failures[0] if self.failures else "",
+            "cpu_steal_pct": self.steal_pct,
+        }
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies over all CPUs from ``/proc/stat``; (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def _mean_spans(spans_per_payload: Sequence[int]) -> float | int:
+    mean = sum(spans_per_payload) / len(spans_per_payload)
+    return int(mean) if mean == int(mean) else mean
+
+
+async def open_loop_exports(target: str, payloads: Sequence[bytes], spans_per_payload: Sequence[int], *,
+                            rate: float, seconds: float, connect_timeout_s: float,
+                            on_warm: Callable[[], None] | None = None) -> OpenLoopRun:
+    """Open-loop ``Export`` calls to ``target`` at ``rate`` spans/s for ``seconds``, each one timed.
+
+    One fresh channel; one untimed warm-up request (its spans count as sent: the app's exporter
+    has a warm channel); then request ``i`` is sent at ``start + i * interval`` (a late request does
+    not shift the schedule), one call in flight. ``on_warm`` runs after the warm-up request, just
+    before the schedule starts. Phases 4 and 4b both use exactly this loop.
+    """
+    mean_spans = sum(spans_per_payload) / len(spans_per_payload)
+    interval = mean_spans / rate
+    n_requests = max(1, math.ceil(seconds / interval))
+    latencies: list[float] = []
+    failures: list[str] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), connect_timeout_s)
+        export = _export_call(channel)
+        await export(payloads[-1], timeout=10.0)
+        warmup_spans = spans_sent = spans_per_payload[-1]
+        if on_warm is not None:
+            on_warm()
+        loop = asyncio.get_running_loop()
+        steal0, total0 = _cpu_ticks()
+        start = loop.time() + 0.05
+        for i in range(n_requests):
+            delay = start + i * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            j = i % len(payloads)
+            t = time.perf_counter()
+            try:
+                await export(payloads[j], timeout=10.0)
+            except grpc.aio.AioRpcError as e:
+                failures.append(f"{e.code().name}: {e.details()}")
+                continue
+            latencies.append(time.perf_counter() - t)
+            spans_sent += spans_per_payload[j]
+        # The run lasts until the end of the last request's slot (or later, if it was late).
+        await asyncio.sleep(max(0.0, start + n_requests * interval - loop.time()))
+        elapsed = loop.time() - start
+    steal1, total1 = _cpu_ticks()
+    steal_pct = 100.0 * (steal1 - steal0) / (total1 - total0) if total1 > total0 else 0.0
+    return OpenLoopRun(latencies, failures, spans_sent, warmup_spans, elapsed, steal_pct)
 
 
 async def measure_steady(sidecar: SidecarProcess, recorder: RecorderProcess, http: httpx.AsyncClient,
                          payloads: Sequence[bytes], spans_per_payload: Sequence[int],
                          settings: BenchSettings) -> dict[str, Any]:
-    """Open-loop requests at ``steady_rate`` spans/s, one export call timed per request."""
-    mean_spans = sum(spans_per_payload) / len(spans_per_payload)
-    interval = mean_spans / settings.steady_rate
-    n_requests = max(1, math.ceil(settings.steady_seconds / interval))
-    latencies: list[float] = []
-    failures: list[str] = []
-    spans_sent = 0
+    """Phase 4: :func:`open_loop_exports` against the sidecar, plus its RSS and the rows forwarded."""
     rss: list[int] = []
+    rss_before: list[int] = []
     sampling = asyncio.Event()
+    sampler: list[asyncio.Task[None]] = []
 
     async def sample_rss() -> None:
         while not sampling.is_set():
@@ -488,36 +585,22 @@ async def measure_steady(sidecar: SidecarProcess, recorder: RecorderProcess, htt
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sampling.wait(), 0.2)
 
-    async with grpc.aio.insecure_channel(sidecar.target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), settings.startup_timeout_s)
-        export = _export_call(channel)
-        # One untimed request first (its spans count as sent): the app's exporter has a warm channel.
-        await export(payloads[-1], timeout=10.0)
-        spans_sent += spans_per_payload[-1]
-        rss_before = sidecar.rss()
-        sampler = asyncio.create_task(sample_rss())
-        loop = asyncio.get_running_loop()
-        start = loop.time() + 0.05
-        try:
-            for i in range(n_requests):
-                delay = start + i * interval - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                j = i % len(payloads)
-                t = time.perf_counter()
-                try:
-                    await export(payloads[j], timeout=10.0)
-                except grpc.aio.AioRpcError as e:
-                    failures.append(f"{e.code().name}: {e.details()}")
-                    continue
-                latencies.append(time.perf_counter() - t)
-                spans_sent += spans_per_payload[j]
-            # The run lasts until the end of the last request's slot (or later, if it was late).
-            await asyncio.sleep(max(0.0, start + n_requests * interval - loop.time()))
-            elapsed = loop.time() - start
-        finally:
-            sampling.set()
-            await sampler
+    cpu0: list[float] = []
+
+    def on_warm() -> None:
+        cpu0.append(sidecar.cpu_seconds())
+        rss_before.append(sidecar.rss())
+        sampler.append(asyncio.create_task(sample_rss()))
+
+    try:
+        run = await open_loop_exports(sidecar.target, payloads, spans_per_payload, rate=settings.steady_rate,
+                                      seconds=settings.steady_seconds,
+                                      connect_timeout_s=settings.startup_timeout_s, on_warm=on_warm)
+    finally:
+        sampling.set()
+        if sampler:
+            await sampler[0]
+    cpu = sidecar.cpu_seconds() - cpu0[0]
     rss_final = sidecar.rss()
     rss.append(rss_final)
 
@@ -531,23 +614,14 @@ async def measure_steady(sidecar: SidecarProcess, recorder: RecorderProcess, htt
         await asyncio.sleep(0.2)
     exit_status = sidecar.stop()
     recorded = recorder.finish()
-    ms = np.asarray(latencies) * 1000.0
-    pct = {f"p{q}_ms": float(np.percentile(ms, q)) if ms.size else float("nan") for q in (50, 95, 99)}
     return {
-        "target_spans_per_s": settings.steady_rate,
-        "achieved_spans_per_s": (spans_sent - spans_per_payload[-1]) / elapsed if elapsed > 0 else 0.0,
-        "seconds": elapsed,
-        "requests_timed": len(latencies),
-        **pct,
-        "max_ms": float(ms.max()) if ms.size else float("nan"),
-        "mean_ms": float(ms.mean()) if ms.size else float("nan"),
-        "failed_requests": len(failures),
-        "first_failure": failures[0] if failures else "",
-        "rss_before_mib": rss_before / MIB,
+        **run.figures(settings.steady_rate, _mean_spans(spans_per_payload)),
+        "rss_before_mib": rss_before[0] / MIB,
         "rss_max_mib": max(rss) / MIB,
         "rss_final_mib": rss_final / MIB,
         "rss_samples": len(rss),
-        "spans_sent": spans_sent,
+        "spans_sent": run.spans_sent,
+        "sidecar_cpu_utilisation": cpu / run.elapsed_s if run.elapsed_s > 0 else 0.0,
         "sidecar_llm_calls": int(m.get("sentinel_sidecar_llm_calls_total", 0.0)),
         "sidecar_forwarded_rows": int(m.get("sentinel_sidecar_forwarded_rows_total", 0.0)),
         "sidecar_dropped_rows": int(m.get("sentinel_sidecar_dropped_rows_total", 0.0)),
@@ -558,8 +632,102 @@ async def measure_steady(sidecar: SidecarProcess, recorder: RecorderProcess, htt
     }
 
 
+class NullOtlpProcess:
+    """:func:`serve_null_otlp` in its own process: the OTLP/gRPC transport with no sidecar behind it."""
+
+    def __init__(self, *, cpu: int | None, log: IO[bytes]) -> None:
+        self.cpu = cpu
+        self._log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.ps: Any = None
+        self.port = 0
+
+    async def start(self, timeout_s: float) -> None:
+        argv = [sys.executable, "-m", "loadtest.bench_sidecar", "--serve-null-otlp", "0"]
+        self.proc = subprocess.Popen(_pinned(argv, self.cpu), cwd=ROOT, env=_child_env(), text=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log)
+        self.ps = psutil.Process(self.proc.pid)
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout_s)
+        if not line.startswith("PORT "):
+            raise RuntimeError("null OTLP/gRPC server did not start\n" + _tail(self._log))
+        self.port = int(line.split()[1])
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        assert self.ps is not None
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def stop(self) -> int | None:
+        return _stop(self.proc)
+
+
+async def serve_null_otlp(port: int) -> int:
+    """Child mode: a grpc.aio server whose ``TraceService/Export`` answers an empty response at once.
+
+    The same server options as the sidecar's receiver (``sidecar.otlp_grpc``), no serializers: the
+    request bytes are neither parsed nor looked at. Prints ``PORT n`` once listening; stops on SIGTERM.
+    """
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 * MIB), ("grpc.so_reuseport", 0)])
+    empty = ExportTraceServiceResponse().SerializeToString()
+
+    async def export(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return empty
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(export)}),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if bound == 0:
+        print(f"cannot listen on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+        return 1
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"PORT {bound}", flush=True)
+    await stop.wait()
+    await server.stop(1.0)
+    return 0
+
+
+async def measure_steady_null(server: NullOtlpProcess, payloads: Sequence[bytes], spans_per_payload: Sequence[int],
+                              settings: BenchSettings) -> dict[str, Any]:
+    """Phase 4b: :func:`open_loop_exports` against the null server, with the same settings as phase 4."""
+    cpu0: list[float] = []
+    run = await open_loop_exports(server.target, payloads, spans_per_payload, rate=settings.steady_rate,
+                                  seconds=settings.steady_seconds, connect_timeout_s=settings.startup_timeout_s,
+                                  on_warm=lambda: cpu0.append(server.cpu_seconds()))
+    cpu = server.cpu_seconds() - cpu0[0]
+    return {
+        **run.figures(settings.steady_rate, _mean_spans(spans_per_payload)),
+        "spans_sent": run.spans_sent,
+        "server_cpu_utilisation": cpu / run.elapsed_s if run.elapsed_s > 0 else 0.0,
+        "server_exit_status": server.stop(),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # orchestration and report
+
+
+def steady_sizes(settings: BenchSettings) -> list[int]:
+    """Spans per request of each steady measurement, in order: the main one, then the extra one."""
+    sizes = [settings.steady_spans_per_request]
+    if settings.steady_extra_spans_per_request > 0 and settings.steady_extra_spans_per_request not in sizes:
+        sizes.append(settings.steady_extra_spans_per_request)
+    return sizes
+
+
+def _steady_suffix(settings: BenchSettings | dict[str, Any], n: int) -> str:
+    """Result keys: ``steady``/``steady_null`` for the main size, ``steady_64``/``steady_null_64`` for another."""
+    main = settings["steady_spans_per_request"] if isinstance(settings, dict) else settings.steady_spans_per_request
+    return "" if n == main else f"_{n}"
 
 
 def machine_info(client_cpu: int | None, sidecar_cpu: int | None) -> dict[str, Any]:
@@ -598,9 +766,13 @@ def _pick_cpus() -> tuple[int | None, int | None]:
 async def run_processes(payloads: Sequence[bytes], spans_per_payload: Sequence[int], settings: BenchSettings,
                         sidecar_cpu: int | None, client_cpu: int | None, log: IO[bytes],
                         say: Callable[[str], None], parse_rate: float, results: dict[str, Any],
-                        skip_steady: bool = False) -> None:
-    """Figures 3 and 4, stored into ``results`` as they complete (so a later failure keeps them)."""
-    children: list[SidecarProcess | RecorderProcess] = []
+                        steady_sets: Sequence[tuple[int, Sequence[bytes], Sequence[int]]] = ()) -> None:
+    """Figures 3, 4 and 4b, stored into ``results`` as they complete (so a later failure keeps them).
+
+    ``steady_sets``: (spans per request, payloads, spans per payload) for each steady measurement;
+    each runs phase 4 (the sidecar) then phase 4b (the null server), with the same client loop.
+    """
+    children: list[SidecarProcess | RecorderProcess | NullOtlpProcess] = []
     try:
         async with httpx.AsyncClient() as http:
             sc = SidecarProcess(cpu=sidecar_cpu, log=log)
@@ -613,22 +785,38 @@ async def run_processes(payloads: Sequence[bytes], spans_per_payload: Sequence[i
             g["ratio_to_parse"] = g["spans_per_s"] / parse_rate
             g["sidecar_exit_status"] = sc.stop()
             _print_section("", g, say)
-            if skip_steady:
-                return
 
-            say(f"4. steady {settings.steady_rate:,.0f} spans/s for {settings.steady_seconds:g}s "
-                f"(1 export in flight, open loop; the sidecar forwards to a recording aggregator)")
-            rec = RecorderProcess(cpu=client_cpu, log=log)
-            children.append(rec)
-            await rec.start(settings.startup_timeout_s)
-            sc = SidecarProcess(cpu=sidecar_cpu, log=log, aggregator_url=rec.url)
-            children.append(sc)
-            sc.start()
-            await sc.wait_ready(http, settings.startup_timeout_s)
-            say(f"  sidecar pid {sc.proc.pid if sc.proc else '?'} on CPU {sidecar_cpu} -> recording aggregator "
-                f"{rec.url} (own process, CPU {client_cpu})")
-            results["steady"] = await measure_steady(sc, rec, http, payloads, spans_per_payload, settings)
-            _print_section("", results["steady"], say)
+            for n, steady_payloads, steady_spans in steady_sets:
+                sfx = _steady_suffix(settings, n)
+                rate = f"{settings.steady_rate:,.0f} spans/s"
+                say(f"4. steady {rate} for {settings.steady_seconds:g}s, {n} spans per request "
+                    f"({settings.steady_rate / n:.1f} requests/s, 1 export in flight, open loop; the sidecar "
+                    f"forwards to a recording aggregator)")
+                rec = RecorderProcess(cpu=client_cpu, log=log)
+                children.append(rec)
+                await rec.start(settings.startup_timeout_s)
+                sc = SidecarProcess(cpu=sidecar_cpu, log=log, aggregator_url=rec.url)
+                children.append(sc)
+                sc.start()
+                await sc.wait_ready(http, settings.startup_timeout_s)
+                say(f"  sidecar pid {sc.proc.pid if sc.proc else '?'} on CPU {sidecar_cpu} -> recording aggregator "
+                    f"{rec.url} (own process, CPU {client_cpu})")
+                results["steady" + sfx] = s = await measure_steady(sc, rec, http, steady_payloads, steady_spans,
+                                                                    settings)
+                _print_section("", s, say)
+
+                say(f"4b. null OTLP/gRPC server, same steady load ({rate}, {n} spans per request; it answers "
+                    f"every Export with an empty response without parsing it: the transport floor)")
+                null = NullOtlpProcess(cpu=sidecar_cpu, log=log)
+                children.append(null)
+                await null.start(settings.startup_timeout_s)
+                say(f"  null server pid {null.proc.pid if null.proc else '?'} on CPU {sidecar_cpu}, "
+                    f"same client code and schedule as 4")
+                results["steady_null" + sfx] = z = await measure_steady_null(null, steady_payloads, steady_spans,
+                                                                             settings)
+                _print_section("", z, say)
+                say("  sidecar's added latency (4 - 4b): " + ", ".join(
+                    f"{q} {s[f'{q}_ms'] - z[f'{q}_ms']:+.2f} ms" for q in ("p50", "p95", "p99")))
     finally:
         for child in children:
             child.stop()
@@ -656,15 +844,26 @@ def report(r: dict[str, Any], say: Callable[[str], None]) -> None:
         rows.append(("end to end over gRPC, sidecar on 1 core", f"{_fmt_rate(g['spans_per_s'])} "
                      f"({g['ratio_to_parse']:.3f} x parse)", f">= {TARGET_SPANS_PER_S:,}",
                      _verdict(g["spans_per_s"] >= TARGET_SPANS_PER_S)))
-    if "steady" in r:
-        s = r["steady"]
-        rate = f"{s['target_spans_per_s']:,.0f} spans/s"
-        rows.append((f"sidecar RSS at {rate} (max)", f"{s['rss_max_mib']:.1f} MiB (final {s['rss_final_mib']:.1f})",
-                     f"< {TARGET_RSS_MIB:.0f} MiB", _verdict(s["rss_max_mib"] < TARGET_RSS_MIB)))
-        rows.append((f"export call p99 at {rate}", f"{s['p99_ms']:.2f} ms (n={s['requests_timed']})",
-                     f"< {TARGET_P99_MS:.0f} ms", _verdict(s["p99_ms"] < TARGET_P99_MS)))
-        rows.append(("rows at aggregator / spans sent", f"{s['rows_received']:,} / {s['spans_sent']:,}", "equal",
-                     _verdict(s["rows_received"] == s["spans_sent"] and not s["failed_requests"])))
+    for n in r.get("steady_sizes", []):
+        sfx = _steady_suffix(r["settings"], n)
+        s, z = r.get("steady" + sfx), r.get("steady_null" + sfx)
+        at = f"at {r['settings']['steady_rate']:,.0f} spans/s, {n} spans/req"
+        if s is not None:
+            rows.append((f"sidecar RSS {at} (max)", f"{s['rss_max_mib']:.1f} MiB (final {s['rss_final_mib']:.1f})",
+                         f"< {TARGET_RSS_MIB:.0f} MiB", _verdict(s["rss_max_mib"] < TARGET_RSS_MIB)))
+            rows.append((f"export call p99 {at}", f"{s['p99_ms']:.2f} ms (p50 {s['p50_ms']:.2f}, "
+                         f"n={s['requests_timed']})", f"< {TARGET_P99_MS:.0f} ms",
+                         _verdict(s["p99_ms"] < TARGET_P99_MS)))
+        if z is not None:
+            rows.append((f"export call p99, null gRPC server (transport floor), {n} spans/req",
+                         f"{z['p99_ms']:.2f} ms (p50 {z['p50_ms']:.2f}, n={z['requests_timed']})", "-", ""))
+        if s is not None and z is not None:
+            rows.append((f"sidecar's added p99 (sidecar \u2212 null), {n} spans/req",
+                         f"{s['p99_ms'] - z['p99_ms']:+.2f} ms (p50 {s['p50_ms'] - z['p50_ms']:+.2f})", "-", ""))
+        if s is not None:
+            rows.append((f"rows at aggregator / spans sent, {n} spans/req",
+                         f"{s['rows_received']:,} / {s['spans_sent']:,}", "equal",
+                         _verdict(s["rows_received"] == s["spans_sent"] and not s["failed_requests"])))
     headers = ("figure", "measured", "target", "")
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     line = "  ".join("-" * w for w in widths)
@@ -709,13 +908,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--e2e-seconds", type=float, help="measured window of the gRPC phase [10; 3 with --quick]")
     p.add_argument("--concurrency", type=int, help="in-flight exports in the gRPC phase [8]")
     p.add_argument("--payloads", type=int, help="distinct prebuilt requests [200; 20 with --quick]")
-    p.add_argument("--spans-per-request", type=int, help="spans per request [512]")
+    p.add_argument("--spans-per-request", type=int, help="spans per request of figures 1-3 [512]")
+    p.add_argument("--steady-spans-per-request", type=int, metavar="N",
+                   help="spans per request of the main steady measurement (4 and 4b) [512]; a second one at "
+                        "64 spans per request, same spans/s, follows in the same run")
     p.add_argument("--in-process-only", action="store_true", help="figures 1 and 2 only (no child processes)")
     p.add_argument("--profile", action="store_true", help="print a cProfile top-20 of the in-process pipeline")
     p.add_argument("--serve-recorder", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-null-otlp", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_recorder:
         return asyncio.run(serve_recorder())
+    if args.serve_null_otlp is not None:
+        return asyncio.run(serve_null_otlp(args.serve_null_otlp))
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the children
@@ -724,7 +929,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = QUICK if args.quick else BenchSettings()
     overrides = {k: v for k, v in (("steady_seconds", args.steady_seconds), ("steady_rate", args.steady_rate),
                                    ("e2e_seconds", args.e2e_seconds), ("concurrency", args.concurrency),
-                                   ("payloads", args.payloads), ("spans_per_request", args.spans_per_request))
+                                   ("payloads", args.payloads), ("spans_per_request", args.spans_per_request),
+                                   ("steady_spans_per_request", args.steady_spans_per_request))
                  if v is not None}
     settings = replace(settings, **overrides)
 
@@ -763,13 +969,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parse_rate = results["parse"]["spans_per_s"]
 
     if not args.in_process_only:
+        results["steady_sizes"] = sizes = steady_sizes(settings)
+        steady_sets: list[tuple[int, Sequence[bytes], Sequence[int]]] = []
+        for n in sizes:
+            if n == settings.spans_per_request:
+                steady_sets.append((n, payloads, spans_per_payload))
+                continue
+            t = time.perf_counter()
+            extra = build_trace_payloads(settings.payloads, n, PAYLOAD_SEED)
+            steady_sets.append((n, extra, [count_spans(ExportTraceServiceRequest.FromString(b)) for b in extra]))
+            say(f"  steady payloads: {len(extra)} distinct requests x {n} spans, built in "
+                f"{time.perf_counter() - t:.1f}s")
         with _log_file() as log:
             say(f"3. end to end over gRPC ({settings.concurrency} exports in flight, "
                 f"{settings.e2e_seconds:g}s measured after {settings.e2e_warmup_seconds:g}s warm-up; "
                 f"sidecar log: {log.name})")
             try:
                 asyncio.run(run_processes(payloads, spans_per_payload, settings, sidecar_cpu, client_cpu, log,
-                                          say, parse_rate, results))
+                                          say, parse_rate, results, steady_sets))
             except Exception as e:  # report what was measured so far, then fail
                 say(f"  FAILED: {type(e).__name__}: {e}")
                 results["error"] = f"{type(e).__name__}: {e}"

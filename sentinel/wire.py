@@ -71,6 +71,10 @@ def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
     # dict.fromkeys and map() keep the per-value work in C: this runs for every string column of
     # every batch, so it is on the sidecar's hot path.
     first_seen = dict.fromkeys(values)
+    if len(first_seen) == len(values) and None not in first_seen:
+        # All distinct (trace and span ids): the values are the dictionary, in order.
+        codes = np.arange(len(values), dtype=_CODE_DTYPE)
+        return {"dict": list(values), "codes": {"dtype": _CODE_DTYPE, "data": codes.tobytes()}}
     first_seen.pop(None, None)
     dictionary = list(first_seen)
     index: dict[str | None, int] = {v: i for i, v in enumerate(dictionary)}

@@ -5,7 +5,7 @@ Tiny sizes and no timing assertions: the figures themselves are for ``python -m 
 
 from __future__ import annotations
 
-from loadtest.bench_sidecar import QUICK, BenchSettings, run_in_process
+from loadtest.bench_sidecar import QUICK, BenchSettings, run_in_process, steady_sizes
 from loadtest.spans import build_trace_payloads
 
 
@@ -24,3 +24,9 @@ def test_in_process_parts_report_their_figures() -> None:
     assert r["pipeline"]["spans"] == r["pipeline"]["requests"] * 32
     assert r["pipeline"]["rows_sealed"] == r["pipeline"]["llm_calls"] == r["pipeline"]["spans"]
     assert QUICK.steady_seconds < BenchSettings().steady_seconds
+
+
+def test_steady_measurements_main_size_then_64() -> None:
+    assert steady_sizes(BenchSettings()) == [512, 64]
+    assert steady_sizes(BenchSettings(steady_spans_per_request=64)) == [64]
+    assert steady_sizes(BenchSettings(steady_extra_spans_per_request=0)) == [512]

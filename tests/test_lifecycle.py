@@ -97,5 +97,7 @@ async def test_without_spool_overflow_is_refused_not_buffered(
             body = build_trace_request(10, rng=random.Random(i)).SerializeToString()
             r = await c.post(f"http://127.0.0.1:{sc.ports()['http']}/v1/traces", content=body, headers=PB)
             statuses.append(r.status_code)
+            assert sc.pipeline is not None
+            await sc.pipeline.flush()  # processing is asynchronous: let this batch reach the queue
     assert statuses == [200, 200, 503, 503, 503]
     assert sc.queue is not None and sc.queue.memory_batches == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import random
@@ -147,9 +148,15 @@ async def test_overload_gets_unavailable_with_retry_hint(
     recorder.retry_after = "5"
     sc = await make_sidecar(aggregator_url=recorder.url, queue_max_batches=1, batch_max_rows=5)
     async with httpx.AsyncClient() as c:
-        responses = [
+        first = await c.post(_http(sc) + "/v1/traces", content=_request_bytes(10, seed=0), headers=PB)
+        assert sc.queue is not None
+        for _ in range(200):  # processing is asynchronous: wait for the batch to be queued
+            if sc.queue.memory_batches == 1:
+                break
+            await asyncio.sleep(0.01)
+        responses = [first] + [
             await c.post(_http(sc) + "/v1/traces", content=_request_bytes(10, seed=i), headers=PB)
-            for i in range(3)
+            for i in (1, 2)
         ]
     assert [r.status_code for r in responses] == [200, 503, 503]
     assert responses[1].headers["Retry-After"].isdigit()
