@@ -8,14 +8,10 @@ nothing raised here is permanent, because a well-formed request is never refused
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from sentinel import wire
 from sentinel.detectors.local import LocalDetector
@@ -24,14 +20,12 @@ from sidecar.extract import Extractor
 from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
 from sidecar.metrics import SidecarMetrics
 
-__all__ = ["SWITCH_INTERVAL_S", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
+__all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
 
-#: The interpreter's thread switch interval while a pipeline runs (the default is 5 ms): how
-#: long the event loop may wait for the GIL while the pipeline thread computes.
-SWITCH_INTERVAL_S = 0.001
+#: Spans extracted between two yields to the event loop (about a millisecond of work).
+SLICE_SPANS = 128
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Overloaded(Exception):
@@ -91,9 +85,9 @@ class TracePipeline:
     """Receive queue → extract → detect → batch → :class:`ForwardQueue`.
 
     :meth:`consume_traces` only queues the (already parsed) request and returns, so the app's
-    export is answered in well under a millisecond; one worker task takes requests in order and
-    runs their CPU work (extract, detect, seal) on one dedicated thread, so a large request never
-    holds other exports up for long. The receive queue is bounded in bytes
+    export is answered in well under a millisecond; one worker task processes requests in slices
+    of :data:`SLICE_SPANS` spans and yields to the event loop between slices, so a large request
+    never holds other exports up for long. The receive queue is bounded in bytes
     (``receive_queue_max_bytes``); when it is full, or the forward queue is, exports are refused
     with :class:`Overloaded`.
 
@@ -133,10 +127,8 @@ class TracePipeline:
         self._worker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-pipeline")
 
     def start(self) -> None:
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._worker = asyncio.create_task(self._work(), name="trace-pipeline")
 
     @property
@@ -181,13 +173,34 @@ class TracePipeline:
                 self._queued_bytes -= work.size
 
     async def _process(self, work: _Work) -> None:
-        found = await self._on_cpu(self._extract_and_detect, work.request)
-        if found is None:
+        m = self._metrics
+        extract_spans = self._extractor.extract_spans
+        rows: list[Row] = []
+        for resource_spans in work.request.resource_spans:
+            resource = self._extractor.resource(resource_spans)
+            if resource.bad_attributes:
+                m.attribute_errors.inc(resource.bad_attributes)
+            for scope_spans in resource_spans.scope_spans:
+                spans = scope_spans.spans
+                for i in range(0, len(spans), SLICE_SPANS):
+                    result = extract_spans(resource, spans[i:i + SLICE_SPANS])
+                    m.spans_received.inc(result.spans)
+                    m.llm_calls.inc(result.llm_calls)
+                    if result.bad_attributes:
+                        m.attribute_errors.inc(result.bad_attributes)
+                    if result.unknown_cost:
+                        m.unknown_cost.inc(result.unknown_cost)
+                    rows.extend(result.rows)
+                    await asyncio.sleep(0)  # let the receivers answer other exports
+        if not rows:
             return
-        batch, anomalies = found
+        # Detection runs once per request: its cost is mostly per call, not per row.
+        batch = FeatureBatch.from_rows(rows)
+        anomalies = self._detector.process(batch)
+        self._record(anomalies)
         batches = [batch]
         if self._durable:
-            sealed = await self._on_cpu(self._seal, batches, anomalies)
+            sealed = self._seal(batches, anomalies)
             try:
                 await self._queue.put(sealed, durable=True)
             except SpoolRefused:
@@ -204,44 +217,6 @@ class TracePipeline:
                 await self._flush_locked()
             elif self._timer is None or self._timer.done():
                 self._timer = asyncio.create_task(self._flush_later(), name="batch-timeout")
-
-    def _extract_and_detect(self, request: Any) -> tuple[FeatureBatch, list[LocalAnomaly]] | None:
-        """The CPU-bound part of a request; runs on the pipeline's own thread (see :meth:`_on_cpu`)."""
-        m = self._metrics
-        extract_spans = self._extractor.extract_spans
-        rows: list[Row] = []
-        for resource_spans in request.resource_spans:
-            resource = self._extractor.resource(resource_spans)
-            if resource.bad_attributes:
-                m.attribute_errors.inc(resource.bad_attributes)
-            for scope_spans in resource_spans.scope_spans:
-                result = extract_spans(resource, scope_spans.spans)
-                m.spans_received.inc(result.spans)
-                m.llm_calls.inc(result.llm_calls)
-                if result.bad_attributes:
-                    m.attribute_errors.inc(result.bad_attributes)
-                if result.unknown_cost:
-                    m.unknown_cost.inc(result.unknown_cost)
-                rows.extend(result.rows)
-        if not rows:
-            return None
-        # Detection runs once per request: its cost is mostly per call, not per row.
-        batch = FeatureBatch.from_rows(rows)
-        anomalies = self._detector.process(batch)
-        self._record(anomalies)
-        return batch, anomalies
-
-    async def _on_cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the pipeline's one worker thread.
-
-        Why a thread: extraction, detection and encoding are pure CPU work of several
-        milliseconds per request or batch; on the event loop they would delay every export that
-        arrives meanwhile. On their own thread, with the interpreter's switch interval lowered
-        (:data:`SWITCH_INTERVAL_S`, set by :meth:`start`), the loop gets the GIL back within about a
-        millisecond to answer exports. One thread keeps the detector's state single-threaded.
-        """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._cpu, functools.partial(fn, *args))
 
     def _record(self, anomalies: list[LocalAnomaly]) -> None:
         for a in anomalies:
@@ -262,7 +237,7 @@ class TracePipeline:
         if not p.batches:
             return
         self._pending = _Pending()
-        sealed = await self._on_cpu(self._seal, p.batches, p.anomalies)
+        sealed = self._seal(p.batches, p.anomalies)
         try:
             await self._queue.put(sealed, durable=False)
         except SpoolRefused:
@@ -297,7 +272,6 @@ class TracePipeline:
             self._timer.cancel()
         async with self._lock:
             await self._flush_locked()
-        self._cpu.shutdown(wait=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The LLM-Sentinel aggregator: ingest, baselines, detectors, alerting."""
