@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -32,23 +33,25 @@ class RecordingAggregator:
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
+    _scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     @property
     def rows(self) -> int:
         return sum(b.batch.n for b in self.batches)
 
-    async def start(self, port: int = 0) -> None:
+    async def start(self, port: int = 0, *, ssl_context: ssl.SSLContext | None = None) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/ingest", self._ingest)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        self._scheme = "https" if ssl_context is not None else "http"
 
     async def _ingest(self, request: web.Request) -> web.Response:
         self.requests += 1

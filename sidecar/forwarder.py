@@ -45,7 +45,8 @@ class ForwarderConfig:
 
 def backoff_s(attempt: int, max_backoff_s: float, retry_after_s: float | None = None) -> float:
     """Delay before retry number ``attempt`` (0-based)."""
-    delay = min(max_backoff_s, _BASE_BACKOFF_S * 2**attempt) * random.uniform(0.8, 1.2)
+    # Jitter first, then the cap: the cap is a promise to the operator.
+    delay = min(max_backoff_s, _BASE_BACKOFF_S * 2 ** min(attempt, 32) * random.uniform(0.8, 1.2))
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, max_backoff_s))
     return float(delay)
