@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test lint typecheck check bench bench-iforest bench-detectors clean
 
 $(BIN)/sentinel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,9 @@ bench: $(BIN)/sentinel
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+bench-iforest: $(BIN)/sentinel
+	$(BIN)/python -m loadtest.bench_iforest
+
+bench-detectors: $(BIN)/sentinel
+	$(BIN)/python -m loadtest.detector_quality
