@@ -1,6 +1,7 @@
 """The ``sentinel`` command: one entry point, a subcommand per component.
 
     sentinel sidecar [--config FILE] [--grpc-listen 127.0.0.1:4317] ...
+    sentinel aggregator [--config FILE] [--listen 0.0.0.0:9090] [--data-dir ./data] ...
     sentinel demo [--seconds 20]
 
 Invalid settings stop start-up with exit status 2 and a message naming the setting.
@@ -28,12 +29,15 @@ def _setup_logging(level: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from aggregator.config import AggregatorConfig
     from sidecar.config import SidecarConfig
 
     p = argparse.ArgumentParser(prog="sentinel", description="LLM-Sentinel: anomaly detection for LLM apps")
     sub = p.add_subparsers(dest="command", required=True)
     sc = sub.add_parser("sidecar", help="run the sidecar (OTLP receiver, local detection, forwarder)")
     add_arguments(sc, SidecarConfig)
+    agg = sub.add_parser("aggregator", help="run the aggregator (ingest from sidecars, journal, metrics)")
+    add_arguments(agg, AggregatorConfig)
     demo = sub.add_parser("demo", help="run a sidecar and a traffic generator with injected incidents")
     demo.add_argument("--seconds", type=float, default=20.0, help="how long to generate traffic [20]")
     demo.add_argument("--rate", type=float, default=2000.0, help="spans per second [2000]")
@@ -53,6 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         _setup_logging(config.log_level)
         return asyncio.run(run(config))
+    if args.command == "aggregator":
+        from aggregator.app import run as run_aggregator
+        from aggregator.config import AggregatorConfig
+
+        try:
+            agg_config = load(AggregatorConfig, args=args, section="aggregator")
+        except ConfigError as e:
+            print(f"sentinel aggregator: invalid setting {e}", file=sys.stderr)
+            return 2
+        _setup_logging(agg_config.log_level)
+        return asyncio.run(run_aggregator(agg_config))
     if args.command == "demo":
         from sentinel.demo import run_demo
 

@@ -1,0 +1,120 @@
+"""The aggregator process: builds its components from :class:`AggregatorConfig`, starts and stops them.
+
+One HTTP listener (``listen``, default ``0.0.0.0:9090``) serves ``POST /v1/ingest``, ``/metrics``,
+``/healthz`` and ``/readyz``. Start opens the journal before the listener, so nothing is accepted
+before it can be stored; shutdown stops the listener first (in-flight requests get up to
+``shutdown_grace_s`` to finish), then commits what is queued and closes the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sqlite3
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from aggregator.config import AggregatorConfig
+from aggregator.ingest import IngestService
+from aggregator.metrics import AggregatorMetrics
+
+__all__ = ["Aggregator", "run"]
+
+log = logging.getLogger(__name__)
+
+
+class Aggregator:
+    """All of the aggregator in one object; ``await start()``, then ``await shutdown()`` (idempotent)."""
+
+    def __init__(self, config: AggregatorConfig, *, registry: CollectorRegistry | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.metrics = AggregatorMetrics(registry)
+        self.ingest = IngestService(config, self.metrics)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self._ready = False
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        host = self.config.listen.rpartition(":")[0]
+        if host in ("0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    def _readiness(self) -> str:
+        if self._stopped:
+            return "shutting down"
+        if not self._ready:
+            return "starting"
+        return ""
+
+    async def start(self) -> None:
+        c = self.config
+        if not c.tokens:
+            log.warning("no tokens configured: /v1/ingest accepts batches from anyone who can reach it")
+        await self.ingest.start()
+        # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
+        app = web.Application(client_max_size=c.max_body_bytes)
+        app.router.add_post("/v1/ingest", self.ingest.handle)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=c.shutdown_grace_s)
+        await runner.setup()
+        host, _, port = c.listen.rpartition(":")
+        site = web.TCPSite(runner, host, int(port))
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        self._ready = True
+        log.info("aggregator listening on %s:%d", host, self.port)
+
+    async def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.ingest.shutdown()
+        log.info("aggregator stopped")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        reason = self._readiness()
+        if reason:
+            return web.Response(status=503, text=reason + "\n")
+        return web.Response(text="ready\n")
+
+
+async def run(config: AggregatorConfig) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    aggregator = Aggregator(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await aggregator.start()
+        except (OSError, sqlite3.Error) as e:  # a port in use, an unwritable data_dir
+            log.error("cannot start: %s", e)
+            return 1
+        await stop.wait()
+        log.info("signal received: shutting down")
+    finally:
+        await aggregator.shutdown()
+    return 0

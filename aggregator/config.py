@@ -1,0 +1,85 @@
+"""The aggregator's settings: one dataclass, its defaults as named constants, and ``validate()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sentinel.config import ConfigError, setting
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_DEDUP_WINDOW",
+    "DEFAULT_INGEST_QUEUE_MAX_BATCHES",
+    "DEFAULT_JOURNAL_PRUNE_INTERVAL_S",
+    "DEFAULT_JOURNAL_RETENTION_S",
+    "DEFAULT_LATE_AFTER_S",
+    "DEFAULT_LISTEN",
+    "DEFAULT_MAX_BODY_BYTES",
+    "AggregatorConfig",
+]
+
+DEFAULT_LISTEN = "0.0.0.0:9090"
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_INGEST_QUEUE_MAX_BATCHES = 256
+DEFAULT_LATE_AFTER_S = 300.0
+DEFAULT_DEDUP_WINDOW = 100_000
+DEFAULT_JOURNAL_RETENTION_S = 24 * 3600.0
+DEFAULT_JOURNAL_PRUNE_INTERVAL_S = 60.0
+DEFAULT_RETRY_AFTER_S = 1
+DEFAULT_SHUTDOWN_GRACE_S = 5.0
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _hostport(key: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
+
+
+@dataclass
+class AggregatorConfig:
+    """Every setting of ``sentinel aggregator`` (see ``aggregator/README.md`` for the table)."""
+
+    listen: str = setting(DEFAULT_LISTEN, "HTTP listen address: /v1/ingest, /metrics, /healthz, /readyz")
+    data_dir: str = setting(DEFAULT_DATA_DIR, "directory of the aggregator's state (the SQLite ingest "
+                            "journal and de-duplication table)")
+    # Tokens stay out of flags so they never show in a process listing.
+    tokens: list[str] = setting(None, "bearer tokens accepted on /v1/ingest (comma-separated in "
+                                "SENTINEL_TOKENS); empty: no authentication (a warning is logged)",
+                                flag=False, factory=list)
+    max_body_bytes: int = setting(DEFAULT_MAX_BODY_BYTES, "largest ingest body accepted (413 beyond)",
+                                  kind="size")
+    ingest_queue_max_batches: int = setting(DEFAULT_INGEST_QUEUE_MAX_BATCHES, "decoded batches waiting "
+                                            "to be committed; beyond it ingest answers 503 with Retry-After")
+    retry_after_s: int = setting(DEFAULT_RETRY_AFTER_S, "Retry-After (seconds) sent with 503")
+    late_after_s: float = setting(DEFAULT_LATE_AFTER_S, "a row whose event time is older than arrival "
+                                  "minus this is late (flagged; it must not page as if it were now)",
+                                  kind="duration")
+    dedup_window: int = setting(DEFAULT_DEDUP_WINDOW, "(sidecar, seq) pairs remembered per sidecar for "
+                                "de-duplication; older ones are pruned")
+    journal_retention_s: float = setting(DEFAULT_JOURNAL_RETENTION_S, "how long accepted batches stay in "
+                                         "the ingest journal", kind="duration")
+    journal_prune_interval_s: float = setting(DEFAULT_JOURNAL_PRUNE_INTERVAL_S, "period of the journal "
+                                              "retention pass", kind="duration")
+    shutdown_grace_s: float = setting(DEFAULT_SHUTDOWN_GRACE_S, "on SIGTERM, how long in-flight ingest "
+                                      "requests may take to finish", kind="duration")
+    log_level: str = setting("info", "debug, info, warning or error")
+
+    def validate(self) -> None:
+        _hostport("listen", self.listen)
+        if not self.data_dir:
+            raise ConfigError("data_dir: must not be empty")
+        if not isinstance(self.tokens, list) or not all(isinstance(t, str) and t for t in self.tokens):
+            raise ConfigError("tokens: must be a list of non-empty strings")
+        for key in ("max_body_bytes", "ingest_queue_max_batches", "retry_after_s", "dedup_window"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        for key in ("late_after_s", "journal_retention_s", "journal_prune_interval_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be greater than 0")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("shutdown_grace_s: must not be negative")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"log_level: {self.log_level!r} is not debug, info, warning or error")

@@ -1,0 +1,276 @@
+"""``POST /v1/ingest``: check, decode and measure a wire batch, then commit it to the journal.
+
+The handler is thin: authenticate, check the media type and size, decode with
+:func:`sentinel.wire.decode`, count late rows, and hand the batch to one bounded queue. A single
+worker takes batches off the queue in arrival order and commits them, a group at a time, on one
+dedicated thread (SQLite stays off the event loop and writes stay ordered). The handler answers
+only once its batch is committed, so a 2xx always means "durably stored".
+
+Errors are classified once: bad input is permanent (401, 413, 415, 400: the sidecar drops the
+batch and counts it); overload and storage failures are retryable (503 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+
+from aggregator.config import AggregatorConfig
+from aggregator.journal import IngestJournal, JournalEntry
+from aggregator.metrics import AggregatorMetrics
+from sentinel import wire
+
+__all__ = ["IngestService", "late_rows"]
+
+log = logging.getLogger(__name__)
+
+#: Most batches committed in one transaction (group commit when batches queue up).
+GROUP_MAX = 64
+
+
+def late_rows(time_unix_nano: npt.NDArray[np.int64], *, arrival_ns: int, late_after_ns: int) -> int:
+    """Rows whose event time is older than ``arrival_ns - late_after_ns``.
+
+    >>> late_rows(np.array([0, 10, 20], dtype=np.int64), arrival_ns=25, late_after_ns=10)
+    2
+    """
+    return int(np.count_nonzero(time_unix_nano < arrival_ns - late_after_ns))
+
+
+@dataclass
+class _Pending:
+    entry: JournalEntry
+    done: asyncio.Future[bool]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"status": "error", "error": message}, status=status, headers=headers)
+
+
+class IngestService:
+    """The ingest handler, its bounded queue, the journal worker and the journal retention timer.
+
+    ``await start()`` opens the journal; ``await shutdown()`` (idempotent) stops the worker once
+    the queue is empty and closes it. :meth:`handle` is the aiohttp handler for ``/v1/ingest``.
+    """
+
+    def __init__(
+        self,
+        config: AggregatorConfig,
+        metrics: AggregatorMetrics,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.journal = IngestJournal(config.data_dir, dedup_window=config.dedup_window)
+        self._clock = clock
+        self._tokens = [t.encode() for t in config.tokens]
+        self._late_after_ns = int(config.late_after_s * 1e9)
+        self._retry_after = {"Retry-After": str(config.retry_after_s)}
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.ingest_queue_max_batches)
+        # One thread: SQLite work is serialised and runs in the order it was submitted.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-journal")
+        self._commit_gate = asyncio.Lock()
+        self._worker: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self._held = 0
+        self._opened = False
+        self._stopped = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._in_thread(self.journal.open)
+        self._opened = True
+        self._worker = asyncio.create_task(self._work(), name="aggregator-ingest-worker")
+        self._pruner = asyncio.create_task(self._prune_periodically(), name="aggregator-journal-prune")
+        log.info("ingest journal %s", self.journal.path)
+
+    async def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._commit_gate.locked():
+            self._commit_gate.release()
+        if self._worker is not None:
+            # Whatever is still queued gets committed (its handler may be gone, the sidecar then
+            # retries and is answered "duplicate"), bounded by the queue's size.
+            await self._queue.join()
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+        if self._opened:
+            await self._in_thread(self.journal.close)
+        self._executor.shutdown(wait=True)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- test seam -------------------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        """Hold the worker before its next commit, so the queue fills (tests use it to see 503)."""
+        await self._commit_gate.acquire()
+
+    def resume(self) -> None:
+        if self._commit_gate.locked():
+            self._commit_gate.release()
+
+    @property
+    def queued(self) -> int:
+        """Batches in the queue, not yet taken by the worker."""
+        return self._queue.qsize()
+
+    @property
+    def held(self) -> int:
+        """Batches taken by the worker and not yet committed."""
+        return self._held
+
+    # -- the handler -----------------------------------------------------------------------------
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        given = token.strip().encode()
+        # Compare with every token, so the time taken does not tell which one nearly matched.
+        matches = [hmac.compare_digest(given, t) for t in self._tokens]
+        return any(matches)
+
+    def _refuse(self, outcome: str, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        self.metrics.batches_received.labels(outcome).inc()
+        return _error(status, message, headers)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        arrival = self._clock()
+        if self._tokens and not self._authorized(request.headers.get("Authorization", "")):
+            return self._refuse("unauthorized", 401, "missing or wrong bearer token",
+                                {"WWW-Authenticate": 'Bearer realm="sentinel"'})
+        if request.content_type != wire.CONTENT_TYPE:
+            return self._refuse("unsupported", 415, f"Content-Type must be {wire.CONTENT_TYPE}, "
+                                f"got {request.content_type!r}")
+        limit = self.config.max_body_bytes
+        too_large = f"body is larger than max_body_bytes ({limit})"
+        if request.content_length is not None and request.content_length > limit:
+            return self._refuse("too_large", 413, too_large)
+        if self._stopped:
+            return self._refuse("overloaded", 503, "aggregator is shutting down, retry later", self._retry_after)
+        if self._queue.full():
+            return self._refuse("overloaded", 503, "ingest queue is full, retry later", self._retry_after)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse("too_large", 413, too_large)
+        if len(body) > limit:
+            return self._refuse("too_large", 413, too_large)
+        try:
+            batch = wire.decode(body)
+        except wire.WireFormatError as e:
+            return self._refuse("invalid", 400, str(e))
+        entry = JournalEntry(
+            sidecar=batch.sidecar,
+            seq=batch.seq,
+            received_at=arrival,
+            created_unix_nano=batch.created_unix_nano,
+            rows=batch.batch.n,
+            late_rows=late_rows(batch.batch.numeric["time_unix_nano"], arrival_ns=arrival,
+                                late_after_ns=self._late_after_ns),
+            body=body,
+        )
+        pending = _Pending(entry, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            return self._refuse("overloaded", 503, "ingest queue is full, retry later", self._retry_after)
+        self._update_gauge()
+        try:
+            stored = await asyncio.shield(pending.done)
+        except Exception as e:  # set by the worker: the commit failed, nothing was stored
+            return self._refuse("error", 503, f"journal commit failed: {e}", self._retry_after)
+        if not stored:
+            return web.json_response({"status": "duplicate"})
+        return web.json_response({"status": "accepted", "rows": entry.rows, "late_rows": entry.late_rows})
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _update_gauge(self) -> None:
+        self.metrics.ingest_queue_batches.set(self._queue.qsize() + self._held)
+
+    async def _work(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < GROUP_MAX and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            self._held = len(group)
+            self._update_gauge()
+            try:
+                async with self._commit_gate:
+                    await self._commit(group)
+            finally:
+                self._held = 0
+                self._update_gauge()
+                for _ in group:
+                    self._queue.task_done()
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            stored: list[bool] = await self._in_thread(self.journal.append_many, [p.entry for p in group])
+        except Exception as e:  # any storage failure is retryable for the sidecar: 503, never lost silently
+            log.error("journal commit of %d batches failed: %s", len(group), e)
+            for p in group:
+                if not p.done.done():
+                    p.done.set_exception(e)
+            return
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        m = self.metrics
+        for p, ok in zip(group, stored, strict=True):
+            entry = p.entry
+            if ok:
+                m.batches_received.labels("accepted").inc()
+                m.rows_ingested.inc(entry.rows)
+                m.rows_late.inc(entry.late_rows)
+                sealed = entry.created_unix_nano
+                if sealed and sealed < entry.received_at - self._late_after_ns:
+                    m.batches_replayed.inc()
+            else:
+                m.batches_received.labels("duplicate").inc()
+                m.duplicate_batches.inc()
+            if not p.done.done():
+                p.done.set_result(ok)
+
+    # -- retention -------------------------------------------------------------------------------
+
+    async def prune_journal(self) -> int:
+        """Delete journal batches older than ``journal_retention_s``; returns how many."""
+        older_than = self._clock() - int(self.config.journal_retention_s * 1e9)
+        deleted: int = await self._in_thread(lambda: self.journal.prune(older_than=older_than))
+        self.metrics.journal_pruned_batches.inc(deleted)
+        return deleted
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            try:
+                deleted = await self.prune_journal()
+                if deleted:
+                    log.info("journal retention: deleted %d batches", deleted)
+            except sqlite3.Error as e:
+                log.error("journal retention pass failed: %s", e)
+            await asyncio.sleep(self.config.journal_prune_interval_s)
