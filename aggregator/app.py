@@ -1,9 +1,10 @@
 """The aggregator process: builds its components from :class:`AggregatorConfig`, starts and stops them.
 
-One HTTP listener (``listen``, default ``0.0.0.0:9090``) serves ``POST /v1/ingest``, ``/metrics``,
-``/healthz`` and ``/readyz``. Start opens the journal before the listener, so nothing is accepted
-before it can be stored; shutdown stops the listener first (in-flight requests get up to
-``shutdown_grace_s`` to finish), then commits what is queued and closes the journal.
+One HTTP listener (``listen``, default ``0.0.0.0:9090``) serves ``POST /v1/ingest``,
+``GET /api/v1/baselines``, ``/metrics``, ``/healthz`` and ``/readyz``. Start opens the journal and
+restores the baselines before the listener, so nothing is accepted before it can be stored;
+shutdown stops the listener first (in-flight requests get up to ``shutdown_grace_s`` to finish),
+commits what is queued, lets analysis finish and saves its state, and closes the journal.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sqlite3
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from aggregator.analysis import Analysis
+from aggregator.baseline_service import BaselineService
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import IngestService
 from aggregator.metrics import AggregatorMetrics
@@ -32,7 +35,9 @@ class Aggregator:
         config.validate()
         self.config = config
         self.metrics = AggregatorMetrics(registry)
-        self.ingest = IngestService(config, self.metrics)
+        self.baselines = BaselineService(config.baseline_config(), config.data_dir)
+        self.analysis = Analysis([self.baselines], save_interval_s=config.save_interval_s)
+        self.ingest = IngestService(config, self.metrics, analysis=self.analysis)
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._ready = False
@@ -56,10 +61,13 @@ class Aggregator:
         c = self.config
         if not c.tokens:
             log.warning("no tokens configured: /v1/ingest accepts batches from anyone who can reach it")
-        await self.ingest.start()
+        await self.ingest.start()  # creates data_dir
+        await asyncio.to_thread(self.baselines.restore)
+        await self.analysis.start()
         # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
         app = web.Application(client_max_size=c.max_body_bytes)
         app.router.add_post("/v1/ingest", self.ingest.handle)
+        app.router.add_get("/api/v1/baselines", self.baselines.handle)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -85,6 +93,7 @@ class Aggregator:
             await self._runner.cleanup()
             self._runner = None
         await self.ingest.shutdown()
+        await self.analysis.shutdown()  # after ingest: every committed batch is analysed and saved
         log.info("aggregator stopped")
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
 from sentinel.config import ConfigError, setting
 
 __all__ = [
@@ -65,7 +66,21 @@ class AggregatorConfig:
                                               "retention pass", kind="duration")
     shutdown_grace_s: float = setting(DEFAULT_SHUTDOWN_GRACE_S, "on SIGTERM, how long in-flight ingest "
                                       "requests may take to finish", kind="duration")
+    baseline_metrics: list[str] = setting(None, "metrics with global baselines (comma-separated in env)",
+                                          factory=lambda: list(DEFAULT_METRICS))
+    baseline_seasonality: bool = setting(False, "also keep one baseline per hour of week (UTC) per key")
+    baseline_max_keys: int = setting(2000, "baselines kept (global, regional and seasonal each count); the "
+                                     "least recently updated are evicted beyond it (~55 KiB each)")
+    baseline_relative_accuracy: float = setting(DEFAULT_RELATIVE_ACCURACY, "relative error bound of the "
+                                                "baseline quantiles (DDSketch)")
+    save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
+                                     kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
+
+    def baseline_config(self) -> BaselineConfig:
+        return BaselineConfig(metrics=tuple(self.baseline_metrics), seasonality=self.baseline_seasonality,
+                              max_keys=self.baseline_max_keys,
+                              relative_accuracy=self.baseline_relative_accuracy)
 
     def validate(self) -> None:
         _hostport("listen", self.listen)
@@ -79,6 +94,9 @@ class AggregatorConfig:
         for key in ("late_after_s", "journal_retention_s", "journal_prune_interval_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
+        if self.save_interval_s <= 0:
+            raise ConfigError("save_interval_s: must be greater than 0")
+        self.baseline_config().validate()
         if self.shutdown_grace_s < 0:
             raise ConfigError("shutdown_grace_s: must not be negative")
         if self.log_level.lower() not in LOG_LEVELS:

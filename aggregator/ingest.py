@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
+from aggregator.analysis import Analysis
 from aggregator.config import AggregatorConfig
 from aggregator.journal import IngestJournal, JournalEntry
 from aggregator.metrics import AggregatorMetrics
@@ -52,6 +53,7 @@ def late_rows(time_unix_nano: npt.NDArray[np.int64], *, arrival_ns: int, late_af
 @dataclass
 class _Pending:
     entry: JournalEntry
+    batch: wire.WireBatch
     done: asyncio.Future[bool]
 
 
@@ -72,8 +74,10 @@ class IngestService:
         metrics: AggregatorMetrics,
         *,
         clock: Callable[[], int] = time.time_ns,
+        analysis: Analysis | None = None,
     ) -> None:
         self.config = config
+        self.analysis = analysis
         self.metrics = metrics
         self.journal = IngestJournal(config.data_dir, dedup_window=config.dedup_window)
         self._clock = clock
@@ -194,7 +198,7 @@ class IngestService:
                                 late_after_ns=self._late_after_ns),
             body=body,
         )
-        pending = _Pending(entry, asyncio.get_running_loop().create_future())
+        pending = _Pending(entry, batch, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -244,6 +248,8 @@ class IngestService:
         for p, ok in zip(group, stored, strict=True):
             entry = p.entry
             if ok:
+                if self.analysis is not None:
+                    self.analysis.submit(p.batch, entry.received_at)
                 m.batches_received.labels("accepted").inc()
                 m.rows_ingested.inc(entry.rows)
                 m.rows_late.inc(entry.late_rows)

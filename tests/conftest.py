@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aggregator.app import Aggregator
+from aggregator.config import AggregatorConfig
 from loadtest.recorder import RecordingAggregator
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
@@ -54,3 +57,24 @@ async def make_sidecar() -> AsyncIterator[SidecarFactory]:
     yield make
     for sc in started:
         await sc.shutdown()
+
+
+AggregatorFactory = Callable[..., Awaitable[Aggregator]]
+
+
+@pytest.fixture
+async def make_aggregator(tmp_path: Path) -> AsyncIterator[AggregatorFactory]:
+    started: list[Aggregator] = []
+
+    async def make(**overrides: Any) -> Aggregator:
+        settings: dict[str, Any] = {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "aggregator"),
+                                    "shutdown_grace_s": 1.0}
+        settings.update(overrides)
+        agg = Aggregator(AggregatorConfig(**settings), registry=CollectorRegistry())
+        await agg.start()
+        started.append(agg)
+        return agg
+
+    yield make
+    for agg in started:
+        await agg.shutdown()

@@ -7,7 +7,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
@@ -25,32 +24,11 @@ from loadtest.spans import build_trace_request
 from sentinel import wire
 from sentinel.config import ConfigError
 from sentinel.model import COLUMNS, FeatureBatch, Row
-from tests.conftest import SidecarFactory
+from tests.conftest import AggregatorFactory, SidecarFactory
 
 MSGPACK = {"Content-Type": wire.CONTENT_TYPE}
 TOKEN = "s3cret-token"
 HOUR_NS = 3600 * 10**9
-
-AggregatorFactory = Callable[..., Awaitable[Aggregator]]
-
-
-@pytest.fixture
-async def make_aggregator(tmp_path: Path) -> AsyncIterator[AggregatorFactory]:
-    started: list[Aggregator] = []
-
-    async def make(**overrides: Any) -> Aggregator:
-        settings: dict[str, Any] = {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "aggregator"),
-                                    "shutdown_grace_s": 1.0}
-        settings.update(overrides)
-        agg = Aggregator(AggregatorConfig(**settings), registry=CollectorRegistry())
-        await agg.start()
-        started.append(agg)
-        return agg
-
-    yield make
-    for agg in started:
-        await agg.shutdown()
-
 
 def _row(time_unix_nano: int, i: int = 0) -> Row:
     values: dict[str, Any] = {name: None for name in COLUMNS}
