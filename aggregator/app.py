@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sqlite3
 
 from aiohttp import web
@@ -22,6 +23,8 @@ from aggregator.baseline_service import BaselineService
 from aggregator.config import AggregatorConfig
 from aggregator.ingest import IngestService
 from aggregator.metrics import AggregatorMetrics
+from sidecar.app import Sidecar
+from sidecar.config import SidecarConfig
 
 __all__ = ["Aggregator", "run"]
 
@@ -39,6 +42,7 @@ class Aggregator:
         self.analysis = Analysis([self.baselines], save_interval_s=config.save_interval_s)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis)
         self._runner: web.AppRunner | None = None
+        self.otlp: Sidecar | None = None
         self.port = 0
         self._ready = False
         self._stopped = False
@@ -82,6 +86,19 @@ class Aggregator:
             raise
         self._runner = runner
         self.port = runner.addresses[0][1]
+        if c.otlp_grpc_listen or c.otlp_http_listen:
+            # Standalone topology: an embedded sidecar (its receivers, extraction and local detection)
+            # forwarding over loopback to this aggregator's own ingest, so de-duplication, the
+            # journal and every detector see OTLP-fed rows exactly as they see a sidecar's.
+            self.otlp = Sidecar(
+                SidecarConfig(
+                    grpc_listen=c.otlp_grpc_listen, http_listen=c.otlp_http_listen, metrics_listen="",
+                    aggregator_url=self.url, token=c.tokens[0] if c.tokens else "",
+                    sidecar_id=f"{socket.gethostname()}/aggregator-otlp", shutdown_grace_s=c.shutdown_grace_s,
+                ),
+                registry=self.metrics.registry,
+            )
+            await self.otlp.start()
         self._ready = True
         log.info("aggregator listening on %s:%d", host, self.port)
 
@@ -89,6 +106,8 @@ class Aggregator:
         if self._stopped:
             return
         self._stopped = True
+        if self.otlp is not None:
+            await self.otlp.shutdown()  # first: it forwards what it holds to the listener below
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -66,6 +66,10 @@ class AggregatorConfig:
                                               "retention pass", kind="duration")
     shutdown_grace_s: float = setting(DEFAULT_SHUTDOWN_GRACE_S, "on SIGTERM, how long in-flight ingest "
                                       "requests may take to finish", kind="duration")
+    otlp_grpc_listen: str = setting("", "standalone topology: also receive OTLP/gRPC here (e.g. "
+                                    "0.0.0.0:4317) through the sidecar's receiver and extraction; empty: off")
+    otlp_http_listen: str = setting("", "standalone topology: also receive OTLP/HTTP here (e.g. 0.0.0.0:4318); "
+                                    "empty: off")
     baseline_metrics: list[str] = setting(None, "metrics with global baselines (comma-separated in env)",
                                           factory=lambda: list(DEFAULT_METRICS))
     baseline_seasonality: bool = setting(False, "also keep one baseline per hour of week (UTC) per key")
@@ -84,6 +88,9 @@ class AggregatorConfig:
 
     def validate(self) -> None:
         _hostport("listen", self.listen)
+        for key in ("otlp_grpc_listen", "otlp_http_listen"):
+            if getattr(self, key):
+                _hostport(key, getattr(self, key))
         if not self.data_dir:
             raise ConfigError("data_dir: must not be empty")
         if not isinstance(self.tokens, list) or not all(isinstance(t, str) and t for t in self.tokens):
