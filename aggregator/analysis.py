@@ -89,5 +89,10 @@ class Analysis:
             self._saver.cancel()
             await asyncio.gather(self._saver, return_exceptions=True)
         await self.drain()
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._save)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._save)
+        for consumer in self._consumers:
+            close = getattr(consumer, "shutdown", None)  # consumers with threads of their own
+            if callable(close):
+                await loop.run_in_executor(self._executor, close)
         self._executor.shutdown(wait=True)

@@ -1,8 +1,9 @@
 """The aggregator process: builds its components from :class:`AggregatorConfig`, starts and stops them.
 
 One HTTP listener (``listen``, default ``0.0.0.0:9090``) serves ``POST /v1/ingest``,
-``GET /api/v1/baselines``, ``/metrics``, ``/healthz`` and ``/readyz``. Start opens the journal and
-restores the baselines before the listener, so nothing is accepted before it can be stored;
+``GET /api/v1/baselines``, ``GET /api/v1/candidates``, ``/metrics``, ``/healthz`` and ``/readyz``.
+Start opens the journal and restores baselines and detector state before the listener, so
+nothing is accepted before it can be stored;
 shutdown stops the listener first (in-flight requests get up to ``shutdown_grace_s`` to finish),
 commits what is queued, lets analysis finish and saves its state, and closes the journal.
 """
@@ -18,9 +19,12 @@ import sqlite3
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from aggregator.analysis import Analysis
+from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.baseline_service import BaselineService
+from aggregator.candidates import CandidateLog
 from aggregator.config import AggregatorConfig
+from aggregator.detector_service import DetectorService
+from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
 from aggregator.metrics import AggregatorMetrics
 from sidecar.app import Sidecar
@@ -39,7 +43,14 @@ class Aggregator:
         self.config = config
         self.metrics = AggregatorMetrics(registry)
         self.baselines = BaselineService(config.baseline_config(), config.data_dir)
-        self.analysis = Analysis([self.baselines], save_interval_s=config.save_interval_s)
+        self.candidates = CandidateLog(registry=self.metrics.registry)
+        self.detectors = DetectorService(config.detectors, config.data_dir, self.candidates.emit)
+        consumers: list[BatchConsumer] = [self.baselines, self.detectors]
+        forest = config.forest_config()
+        self.forest = ForestService(forest, config.data_dir, self.candidates.emit) if forest else None
+        if self.forest is not None:
+            consumers.append(self.forest)
+        self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis)
         self._runner: web.AppRunner | None = None
         self.otlp: Sidecar | None = None
@@ -67,11 +78,13 @@ class Aggregator:
             log.warning("no tokens configured: /v1/ingest accepts batches from anyone who can reach it")
         await self.ingest.start()  # creates data_dir
         await asyncio.to_thread(self.baselines.restore)
+        await asyncio.to_thread(self.detectors.restore)
         await self.analysis.start()
         # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
         app = web.Application(client_max_size=c.max_body_bytes)
         app.router.add_post("/v1/ingest", self.ingest.handle)
         app.router.add_get("/api/v1/baselines", self.baselines.handle)
+        app.router.add_get("/api/v1/candidates", self.candidates.handle)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
 from sentinel.config import ConfigError, setting
+
+if TYPE_CHECKING:
+    from aggregator.forest_service import ForestConfig
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -37,6 +41,32 @@ def _hostport(key: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
+
+
+def forest_config(settings: dict[str, Any]) -> ForestConfig | None:
+    """The Isolation Forest's settings from the ``forest:`` map, or ``None`` when disabled."""
+    import dataclasses
+
+    from aggregator.forest_service import ForestConfig
+
+    if not isinstance(settings, dict):
+        raise ConfigError("forest: must be a map")
+    raw = dict(settings)
+    if raw.pop("enabled", True) is False:
+        return None
+    known = {f.name for f in dataclasses.fields(ForestConfig)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"forest.{key}: unknown setting")
+    for key in ("features", "log_features"):
+        if key in raw and isinstance(raw[key], list):
+            raw[key] = tuple(raw[key])
+    try:
+        config = ForestConfig(**raw)
+    except TypeError as e:
+        raise ConfigError(f"forest: {e}") from None
+    config.validate()
+    return config
 
 
 @dataclass
@@ -77,9 +107,18 @@ class AggregatorConfig:
                                      "least recently updated are evicted beyond it (~55 KiB each)")
     baseline_relative_accuracy: float = setting(DEFAULT_RELATIVE_ACCURACY, "relative error bound of the "
                                                 "baseline quantiles (DDSketch)")
+    detectors: dict[str, Any] = setting(None, "detector settings, one map per detector (see "
+                                        "aggregator/detectors/README.md); `enabled: false` turns one off",
+                                        flag=False, factory=dict)
+    forest: dict[str, Any] = setting(None, "Isolation Forest settings (aggregator/README.md, 'Isolation "
+                                     "Forest in the pipeline'); `enabled: false` turns it off",
+                                     flag=False, factory=dict)
     save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
                                      kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
+
+    def forest_config(self) -> ForestConfig | None:
+        return forest_config(self.forest)
 
     def baseline_config(self) -> BaselineConfig:
         return BaselineConfig(metrics=tuple(self.baseline_metrics), seasonality=self.baseline_seasonality,
@@ -104,6 +143,10 @@ class AggregatorConfig:
         if self.save_interval_s <= 0:
             raise ConfigError("save_interval_s: must be greater than 0")
         self.baseline_config().validate()
+        from aggregator.detector_service import parse_detector_settings  # imports every detector
+
+        parse_detector_settings(self.detectors)
+        forest_config(self.forest)
         if self.shutdown_grace_s < 0:
             raise ConfigError("shutdown_grace_s: must not be negative")
         if self.log_level.lower() not in LOG_LEVELS:

@@ -1,0 +1,30 @@
+"""The aggregator's detectors: windowed, event-time, per key; each emits :class:`Candidate` s.
+
+Every detector has a config dataclass (named defaults, ``validate()``), ``update(batch)`` returning
+the candidates the batch completed, and ``to_state()`` / ``from_state()`` with JSON-able state.
+"""
+
+from aggregator.detectors.budget import BudgetConfig, BudgetDetector
+from aggregator.detectors.candidate import ANOMALY_TYPES, Candidate
+from aggregator.detectors.cost_cusum import CostCusumConfig, CostCusumDetector
+from aggregator.detectors.drift import DriftConfig, DriftDetector
+from aggregator.detectors.error_burst import ErrorBurstConfig, ErrorBurstDetector
+from aggregator.detectors.model_swap import ModelSwapConfig, ModelSwapDetector
+from aggregator.detectors.throughput_drop import ThroughputDropConfig, ThroughputDropDetector
+
+__all__ = [
+    "ANOMALY_TYPES",
+    "BudgetConfig",
+    "BudgetDetector",
+    "Candidate",
+    "CostCusumConfig",
+    "CostCusumDetector",
+    "DriftConfig",
+    "DriftDetector",
+    "ErrorBurstConfig",
+    "ErrorBurstDetector",
+    "ModelSwapConfig",
+    "ModelSwapDetector",
+    "ThroughputDropConfig",
+    "ThroughputDropDetector",
+]

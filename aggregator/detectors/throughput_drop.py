@@ -1,0 +1,148 @@
+"""Throughput drops: calls per event-time bucket of a key against its recent rate.
+
+Calls are counted per (service, request model) in tumbling buckets of ``bucket_s`` (closed by the
+watermark, so a key that goes silent gets zero buckets, see :mod:`aggregator.detectors.buckets`).
+The first ``warmup_buckets`` give the key's mean rate; after that it is an EWMA (weight ``alpha``).
+A bucket is *low* when the baseline is at least ``min_baseline_calls``, the count is below
+``drop_ratio`` × baseline, and the drop is significant for Poisson counts:
+``(baseline − calls)/sqrt(baseline) >= z_threshold``. After ``min_buckets`` low buckets in a row
+the key fires once; it re-arms after a bucket that is not low. Low buckets do not update the
+baseline (the drop is measured against the rate before it); after ``relearn_buckets`` low buckets in
+a row the lower rate is taken as the new normal (the key warms up afresh).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aggregator.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.detectors.candidate import Candidate
+from aggregator.detectors.validation import check_fraction, check_min, check_positive
+from sentinel.model import FeatureBatch
+
+__all__ = ["ThroughputDropConfig", "ThroughputDropDetector"]
+
+NAME = "throughput_drop"
+DEFAULT_BUCKET_S = 60.0
+DEFAULT_LATENESS_S = 30.0
+DEFAULT_WARMUP_BUCKETS = 10
+DEFAULT_DROP_RATIO = 0.5
+DEFAULT_Z_THRESHOLD = 4.0
+DEFAULT_MIN_BASELINE_CALLS = 20.0
+DEFAULT_MIN_BUCKETS = 1
+DEFAULT_ALPHA = 0.1
+DEFAULT_RELEARN_BUCKETS = 60
+DEFAULT_MAX_KEYS = 10_000
+KEY_COLUMNS = ("service", "request_model")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThroughputDropConfig:
+    """Settings of ``detectors.throughput_drop``."""
+
+    bucket_s: float = DEFAULT_BUCKET_S
+    lateness_s: float = DEFAULT_LATENESS_S
+    warmup_buckets: int = DEFAULT_WARMUP_BUCKETS
+    drop_ratio: float = DEFAULT_DROP_RATIO
+    z_threshold: float = DEFAULT_Z_THRESHOLD
+    min_baseline_calls: float = DEFAULT_MIN_BASELINE_CALLS
+    min_buckets: int = DEFAULT_MIN_BUCKETS
+    alpha: float = DEFAULT_ALPHA
+    relearn_buckets: int = DEFAULT_RELEARN_BUCKETS
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def validate(self) -> ThroughputDropConfig:
+        check_positive(NAME, "bucket_s", self.bucket_s)
+        check_min(NAME, "lateness_s", self.lateness_s, 0)
+        check_min(NAME, "warmup_buckets", self.warmup_buckets, 1)
+        check_fraction(NAME, "drop_ratio", self.drop_ratio, open_high=True)
+        check_min(NAME, "z_threshold", self.z_threshold, 0)
+        check_positive(NAME, "min_baseline_calls", self.min_baseline_calls)
+        check_min(NAME, "min_buckets", self.min_buckets, 1)
+        check_fraction(NAME, "alpha", self.alpha)
+        check_min(NAME, "relearn_buckets", self.relearn_buckets, self.min_buckets)
+        check_min(NAME, "max_keys", self.max_keys, 1)
+        return self
+
+
+class _KeyState:
+    __slots__ = ("armed", "buckets", "mean", "n", "run")
+
+    def __init__(self) -> None:
+        self.buckets = BucketSeries()
+        self.n = 0
+        self.mean = 0.0
+        self.run = 0
+        self.armed = True
+
+    def to_state(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
+        st = cls()
+        st.n, st.mean, st.run, st.armed = int(d["n"]), float(d["mean"]), int(d["run"]), bool(d["armed"])
+        return st
+
+
+class ThroughputDropDetector:
+    """Calls per bucket vs the key's recent rate, per (service, request_model)."""
+
+    def __init__(self, config: ThroughputDropConfig | None = None) -> None:
+        self.config = (config or ThroughputDropConfig()).validate()
+        c = self.config
+        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
+            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=1, factory=_KeyState)
+
+    @property
+    def late_rows(self) -> int:
+        return self._keys.late_rows
+
+    def update(self, batch: FeatureBatch) -> list[Candidate]:
+        if batch.n:
+            self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n)], np.zeros(batch.n))
+        out: list[Candidate] = []
+        c = self.config
+        for key, st, idx, (calls,), examples in self._keys.close():
+            if st.n < c.warmup_buckets:
+                st.n += 1
+                st.mean += (calls - st.mean) / st.n
+                continue
+            base = st.mean
+            z = (base - calls) / math.sqrt(base) if base > 0 else 0.0
+            low = base >= c.min_baseline_calls and calls < c.drop_ratio * base and z >= c.z_threshold
+            st.run = st.run + 1 if low else 0
+            if not low:
+                st.armed = True
+            if st.run >= c.min_buckets and st.armed:
+                st.armed = False
+                start, end = self._keys.window(idx - st.run + 1)
+                _, end = self._keys.window(idx)
+                out.append(Candidate(
+                    anomaly_type="throughput_drop", service=key[0], model=key[1], detection_method="rate_ratio",
+                    confidence=min(1.0, 1.0 - calls / base), metric="calls_per_bucket", value=calls, baseline=base,
+                    threshold=c.drop_ratio * base, deviation_sigma=-z, window_start=start, window_end=end,
+                    context={"trace_ids": examples, "bucket_s": c.bucket_s, "low_buckets": st.run}))
+            if not low:
+                st.mean += c.alpha * (calls - st.mean)
+            elif st.run >= c.relearn_buckets:
+                st.n, st.mean, st.run, st.armed = 0, 0.0, 0, True
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, Any], config: ThroughputDropConfig | None = None
+    ) -> ThroughputDropDetector:
+        if state.get("detector") != NAME or state.get("version") != 1:
+            raise ValueError(f"not a {NAME} state (version 1)")
+        det = cls(config)
+        det._keys.load_state(dict(state), _KeyState.from_state)
+        return det

@@ -1,0 +1,571 @@
+"""Isolation Forest as an aggregator component: a forest per model, retrained in the background.
+
+Each *model group* (the row's ``request_model``) keeps a ring buffer of its most recent
+``window_rows`` rows (the :data:`DEFAULT_FEATURES`, transformed). Once a group holds
+``min_train_rows`` rows a forest is fitted on its window, and refitted after every
+``retrain_every_rows`` new rows or ``retrain_interval_s`` seconds, whichever comes first. Fits run
+on a single worker thread owned by the service: the analysis thread only copies the window and
+submits it, keeps scoring with the previous forest, and the new one is swapped in (one reference
+assignment under a lock) when its fit completes. At most one fit per group is in flight.
+
+Every row of an accepted batch is scored with its group's current forest (one vectorised call per
+group and batch) *before* it joins the window; rows the forest predicts as outliers become
+``multivariate_outlier`` candidates, with the features that drove their isolation.
+
+Transforms (applied to training and scored rows alike):
+
+* **log1p** on the heavy-tailed, non-negative features (:data:`DEFAULT_LOG_FEATURES`: latency,
+  TTFT, tokens, tokens/s, cost), after clipping at 0; ``cost_usd`` is first scaled to micro-USD
+  so that the log compresses its tail as it does for milliseconds and tokens. An isolation
+  forest splits uniformly between a node's min and max, so on raw values one huge latency would
+  squeeze all ordinary rows into one split.
+* **NaN** (missing, and any ±inf) is replaced by the median of that column in the forest's
+  training window; the medians are saved with the forest. A column that is missing in the whole
+  window becomes 0, i.e. constant, and the forest never splits on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from aggregator.detectors.candidate import Candidate
+from aggregator.isolation_forest import IsolationForest
+from sentinel.config import ConfigError
+from sentinel.model import FeatureBatch
+from sentinel.wire import WireBatch
+
+__all__ = [
+    "ANOMALY_TYPE",
+    "DEFAULT_FEATURES",
+    "DEFAULT_LOG_FEATURES",
+    "DETECTION_METHOD",
+    "DIR_NAME",
+    "FORMAT_VERSION",
+    "INDEX_NAME",
+    "ForestConfig",
+    "ForestService",
+    "GroupKey",
+    "TrainedForest",
+    "confidence_from_score",
+]
+
+log = logging.getLogger(__name__)
+
+ANOMALY_TYPE = "multivariate_outlier"
+DETECTION_METHOD = "isolation_forest"
+#: Sub-directory of ``data_dir`` holding one ``.npz`` per trained group and :data:`INDEX_NAME`.
+DIR_NAME = "forests"
+INDEX_NAME = "index.json"
+#: Version of the saved index and forests; others are ignored on restore.
+FORMAT_VERSION = 1
+
+#: The columns a forest is trained on, in this order.
+DEFAULT_FEATURES: tuple[str, ...] = (
+    "latency_ms", "ttft_ms", "input_tokens", "output_tokens", "tokens_per_s", "cost_usd", "is_error")
+#: The features taken as ``log1p(max(x, 0) * scale)`` before training and scoring.
+DEFAULT_LOG_FEATURES: tuple[str, ...] = (
+    "latency_ms", "ttft_ms", "input_tokens", "output_tokens", "tokens_per_s", "cost_usd")
+#: Multiplier applied before log1p (cost in micro-USD); other features are taken as they are.
+_LOG_SCALE: dict[str, float] = {"cost_usd": 1e6}
+_FEATURE_COLUMNS = frozenset(DEFAULT_FEATURES)
+#: Features named in an explanation, most important first.
+EXPLAIN_TOP = 3
+#: Trace ids kept in a candidate's context.
+_MAX_TRACE_IDS = 5
+
+#: A model group: the rows' ``request_model`` (``None`` when the request named none).
+GroupKey = str | None
+
+
+@dataclass
+class ForestConfig:
+    """Settings of the forest service; :meth:`validate` names the aggregator setting at fault.
+
+    >>> ForestConfig(window_rows=20_000, n_estimators=50).validate()
+    """
+
+    window_rows: int = 10_000
+    min_train_rows: int = 1_000
+    retrain_every_rows: int = 5_000
+    retrain_interval_s: float = 300.0
+    n_estimators: int = 100
+    max_samples: int = 256
+    contamination: float = 0.005
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    log_features: tuple[str, ...] = DEFAULT_LOG_FEATURES
+    max_groups: int = 100  # ~2.6 MB each when trained
+    max_candidates_per_batch: int = 50
+    #: Seconds ``shutdown`` waits for fits in flight.
+    shutdown_timeout_s: float = 10.0
+    #: Seed of every fit (``None``: fresh randomness); tests set it for reproducibility.
+    random_state: int | None = None
+
+    def validate(self) -> None:
+        if self.window_rows < 2:
+            raise ConfigError("forest_window_rows: must be at least 2")
+        if not 2 <= self.min_train_rows <= self.window_rows:
+            raise ConfigError("forest_min_train_rows: must be between 2 and forest_window_rows")
+        if self.retrain_every_rows < 1:
+            raise ConfigError("forest_retrain_every_rows: must be greater than 0")
+        if not (self.retrain_interval_s > 0 and math.isfinite(self.retrain_interval_s)):
+            raise ConfigError("forest_retrain_interval_s: must be a positive number of seconds")
+        if self.n_estimators < 1:
+            raise ConfigError("forest_n_estimators: must be greater than 0")
+        if self.max_samples < 2:
+            raise ConfigError("forest_max_samples: must be at least 2")
+        if not 0.0 < self.contamination <= 0.5:
+            raise ConfigError("forest_contamination: must be in (0, 0.5]")
+        if not self.features:
+            raise ConfigError("forest_features: must name at least one feature")
+        for name in self.features:
+            if name not in _FEATURE_COLUMNS:
+                raise ConfigError(f"forest_features: {name!r} is not one of {', '.join(sorted(_FEATURE_COLUMNS))}")
+        if len(set(self.features)) != len(self.features):
+            raise ConfigError("forest_features: names a feature twice")
+        for name in self.log_features:
+            if name not in self.features or name == "is_error":
+                raise ConfigError(f"forest_log_features: {name!r} is not a numeric feature in forest_features")
+        if self.max_groups < 1:
+            raise ConfigError("forest_max_groups: must be greater than 0")
+        if self.max_candidates_per_batch < 0:
+            raise ConfigError("forest_max_candidates_per_batch: must not be negative")
+        if not self.shutdown_timeout_s >= 0:
+            raise ConfigError("forest_shutdown_timeout_s: must not be negative")
+
+
+def confidence_from_score(score: float, offset: float) -> float:
+    """Map an outlier's ``score_samples`` value to a confidence in [0.5, 1].
+
+    In the paper's terms the anomaly score is ``a = -score`` in (0, 1] and the decision threshold
+    ``t = -offset``: ``0.5`` at the threshold, rising linearly to ``1.0`` for a row isolated at
+    the root (``a = 1``).
+
+    >>> confidence_from_score(-0.6, -0.6), confidence_from_score(-1.0, -0.6)
+    (0.5, 1.0)
+    """
+    a, t = -score, -offset
+    if t >= 1.0:
+        return 1.0
+    return float(min(1.0, max(0.5, 0.5 + 0.5 * (a - t) / (1.0 - t))))
+
+
+@dataclass(frozen=True)
+class TrainedForest:
+    """A fitted forest with what scoring needs besides it: imputation medians and a baseline."""
+
+    forest: IsolationForest
+    #: Median of each (transformed) feature in the training window: fills NaN.
+    medians: npt.NDArray[np.float64]
+    #: Median anomaly score ``-score_samples`` of the training rows (a candidate's ``baseline``).
+    baseline: float
+    trained_rows: int
+    fitted_unix: float
+
+    @property
+    def offset(self) -> float:
+        return float(self.forest.offset_)
+
+    def prepare(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """``X`` with every NaN replaced by the training median of its column."""
+        return np.where(np.isnan(X), self.medians, X)
+
+    def to_arrays(self, features: Sequence[str], log_features: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
+        meta = {"version": FORMAT_VERSION, "features": list(features), "log_features": list(log_features),
+                "baseline": self.baseline, "trained_rows": self.trained_rows, "fitted_unix": self.fitted_unix}
+        return {**self.forest.to_arrays(), "medians": self.medians, "meta": np.array(json.dumps(meta))}
+
+    @classmethod
+    def from_arrays(cls, arrays: Any, features: Sequence[str], log_features: Sequence[str]) -> TrainedForest:
+        meta = json.loads(str(np.asarray(arrays["meta"])))
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"forest format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
+        if meta["features"] != list(features) or meta["log_features"] != list(log_features):
+            raise ValueError("forest was trained on other features or transforms than configured")
+        forest = IsolationForest.from_arrays(arrays)
+        medians = np.asarray(arrays["medians"], dtype=np.float64)
+        if medians.shape != (len(features),) or forest.n_features_in_ != len(features):
+            raise ValueError("forest has the wrong number of features")
+        return cls(forest=forest, medians=medians, baseline=float(meta["baseline"]),
+                   trained_rows=int(meta["trained_rows"]), fitted_unix=float(meta["fitted_unix"]))
+
+
+def fit_forest(window: npt.NDArray[np.float64], config: ForestConfig) -> TrainedForest:
+    """Fit a forest on ``window`` (transformed rows, NaN = missing); runs on the fit thread."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # A feature the window never saw (all NaN, e.g. no time to first token) has no median:
+        # it becomes 0 below, on purpose, so numpy's warning about it is noise.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        medians = np.nanmedian(window, axis=0) if window.size else np.zeros(window.shape[1])
+    medians = np.where(np.isnan(medians), 0.0, medians)
+    X = np.where(np.isnan(window), medians, window)
+    forest = IsolationForest(n_estimators=config.n_estimators, max_samples=min(config.max_samples, X.shape[0]),
+                             contamination=config.contamination, random_state=config.random_state).fit(X)
+    baseline = float(np.median(-forest.score_samples(X)))
+    return TrainedForest(forest=forest, medians=medians, baseline=baseline, trained_rows=int(X.shape[0]),
+                         fitted_unix=time.time())
+
+
+class _Group:
+    """One model group's window (a ring buffer) and forests; touched by the analysis thread only,
+    except ``model``/``fitting``, which the fit thread sets under the service's lock."""
+
+    __slots__ = ("buffer", "dirty", "filled", "fitting", "last_fit", "model", "rows_since_fit", "write")
+
+    def __init__(self, n_features: int) -> None:
+        self.buffer = np.empty((0, n_features), dtype=np.float64)
+        self.write = 0  # next slot to overwrite once the buffer is full
+        self.filled = 0
+        self.rows_since_fit = 0
+        self.last_fit = 0.0  # monotonic time the last fit was submitted
+        self.model: TrainedForest | None = None
+        self.fitting: Future[TrainedForest] | None = None
+        self.dirty = False  # model not saved yet
+
+    def append(self, rows: npt.NDArray[np.float64], capacity: int) -> None:
+        rows = rows[-capacity:]
+        n = rows.shape[0]
+        if self.filled < capacity:  # still growing: keep rows in arrival order
+            need = self.filled + n
+            if need > self.buffer.shape[0]:
+                grown = np.empty((min(capacity, max(need, 2 * self.buffer.shape[0])), rows.shape[1]))
+                grown[: self.filled] = self.buffer[: self.filled]
+                self.buffer = grown
+            take = min(n, capacity - self.filled)
+            self.buffer[self.filled : self.filled + take] = rows[:take]
+            self.filled += take
+            self.write = self.filled % capacity
+            rows = rows[take:]
+            n = rows.shape[0]
+        if n:
+            end = self.write + n
+            if end <= capacity:
+                self.buffer[self.write : end] = rows
+            else:
+                first = capacity - self.write
+                self.buffer[self.write :] = rows[:first]
+                self.buffer[: n - first] = rows[first:]
+            self.write = end % capacity
+
+    def window(self) -> npt.NDArray[np.float64]:
+        return self.buffer[: self.filled].copy()
+
+
+class ForestService:
+    """A :class:`~aggregator.analysis.BatchConsumer` that scores rows with per-model forests.
+
+    ``emit`` receives each batch's candidates (at most ``max_candidates_per_batch``, the most
+    anomalous first) on the analysis thread. ``restore`` (also called by the constructor) loads
+    saved forests; ``shutdown`` waits for fits in flight and stops the fit thread.
+    """
+
+    def __init__(self, config: ForestConfig, data_dir: str | Path,
+                 emit: Callable[[list[Candidate]], None], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        config.validate()
+        self.config = config
+        self.dir = Path(data_dir) / DIR_NAME
+        self._emit = emit
+        self._clock = clock
+        self._features = tuple(config.features)
+        self._log_mask = np.array([f in config.log_features for f in self._features])
+        self._log_scale = np.array([_LOG_SCALE.get(f, 1.0) for f in self._features])
+        self._groups: OrderedDict[GroupKey, _Group] = OrderedDict()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forest-fit")
+        self._closed = False
+        self._saved_files: dict[GroupKey, str] = {}
+        #: Outliers not emitted because of ``max_candidates_per_batch``, since start.
+        self.suppressed = 0
+        self.restore()
+
+    # -- introspection ----------------------------------------------------------------------------
+
+    def groups(self) -> list[GroupKey]:
+        """The groups held, least recently fed first."""
+        return list(self._groups)
+
+    def model(self, group: GroupKey) -> TrainedForest | None:
+        """The forest currently scoring ``group`` (``None``: not trained yet)."""
+        g = self._groups.get(group)
+        if g is None:
+            return None
+        with self._lock:
+            return g.model
+
+    def fits_in_flight(self) -> int:
+        with self._lock:
+            return sum(1 for g in self._groups.values() if g.fitting is not None)
+
+    # -- the consumer -----------------------------------------------------------------------------
+
+    def transform(self, batch: FeatureBatch) -> npt.NDArray[np.float64]:
+        """The batch's feature matrix (n, features): log1p where configured, NaN where missing."""
+        X = np.empty((batch.n, len(self._features)), dtype=np.float64)
+        for j, name in enumerate(self._features):
+            X[:, j] = batch.numeric[name]
+        X[~np.isfinite(X)] = np.nan
+        if self._log_mask.any():
+            cols = X[:, self._log_mask]
+            X[:, self._log_mask] = np.log1p(np.maximum(cols, 0.0) * self._log_scale[self._log_mask])
+        return X
+
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+        fb = batch.batch
+        if fb.n == 0 or self._closed:
+            return
+        X = self.transform(fb)
+        members: dict[GroupKey, list[int]] = {}
+        for i, key in enumerate(fb.strings["request_model"]):
+            members.setdefault(key, []).append(i)
+        found: list[tuple[float, Candidate]] = []
+        for key, index in members.items():
+            rows = np.asarray(index, dtype=np.intp)
+            g = self._group(key)
+            with self._lock:
+                model = g.model
+            if model is not None:
+                found.extend(self._score(key, model, fb, rows, X[rows]))
+            g.append(X[rows], self.config.window_rows)
+            g.rows_since_fit += rows.size
+            self._maybe_fit(key, g)
+        if not found:
+            return
+        found.sort(key=lambda sc: sc[0])
+        cap = self.config.max_candidates_per_batch
+        self.suppressed += max(0, len(found) - cap)
+        if cap == 0:
+            return
+        try:
+            self._emit([c for _, c in found[:cap]])
+        except Exception:
+            log.exception("forest candidates could not be emitted")
+
+    def _group(self, key: GroupKey) -> _Group:
+        g = self._groups.get(key)
+        if g is None:
+            g = self._groups[key] = _Group(len(self._features))
+            while len(self._groups) > self.config.max_groups:
+                old_key, old = self._groups.popitem(last=False)
+                with self._lock:
+                    fitting = old.fitting
+                if fitting is not None:
+                    fitting.cancel()  # outside the lock: a cancel runs _fitted at once
+                log.info("forest group %r evicted (max_groups=%d)", old_key, self.config.max_groups)
+        else:
+            self._groups.move_to_end(key)
+        return g
+
+    def _score(self, key: GroupKey, model: TrainedForest, fb: FeatureBatch, rows: npt.NDArray[np.intp],
+               X: npt.NDArray[np.float64]) -> list[tuple[float, Candidate]]:
+        prepared = model.prepare(X)
+        scores = model.forest.score_samples(prepared)
+        offset = model.offset
+        out = np.flatnonzero(scores < offset)
+        if out.size == 0:
+            return []
+        shares = model.forest.feature_contributions(prepared[out])
+        order = np.argsort(-shares, axis=1, kind="stable")[:, :EXPLAIN_TOP]
+        times = fb.numeric["time_unix_nano"]
+        s = fb.strings
+        found: list[tuple[float, Candidate]] = []
+        for k, j in enumerate(out):
+            i = int(rows[j])
+            explanation = [(self._features[f], round(float(shares[k, f]), 4)) for f in order[k] if shares[k, f] > 0]
+            metric = explanation[0][0] if explanation else self._features[0]
+            trace_id = s["trace_id"][i]
+            score = float(scores[j])
+            context: dict[str, Any] = {
+                "trace_ids": [trace_id][:_MAX_TRACE_IDS] if trace_id is not None else [],
+                "span_id": s["span_id"][i],
+                "explanation": explanation,
+                "values": {name: _num(fb.numeric[name][i]) for name, _ in explanation},
+                "medians": {self._features[f]: _untransform(self._features[f], float(model.medians[f]),
+                                                            bool(self._log_mask[f]))
+                            for f in order[k] if shares[k, f] > 0},
+                "region": s["region"][i],
+                "operation": s["operation"][i],
+                "user": s["user"][i],
+                "api_key_hash": s["api_key_hash"][i],
+                "score": score,
+                "offset": offset,
+                "trained_rows": model.trained_rows,
+            }
+            t = int(times[i])
+            found.append((score, Candidate(
+                anomaly_type=ANOMALY_TYPE, service=s["service"][i], model=key, detection_method=DETECTION_METHOD,
+                confidence=confidence_from_score(score, offset), metric=metric,
+                value=-score, baseline=model.baseline, threshold=-offset, deviation_sigma=float("nan"),
+                window_start=t, window_end=t + 1, context=context)))
+        return found
+
+    # -- background fits --------------------------------------------------------------------------
+
+    def _maybe_fit(self, key: GroupKey, g: _Group) -> None:
+        c = self.config
+        if g.filled < c.min_train_rows or g.rows_since_fit == 0:
+            return
+        with self._lock:
+            if g.fitting is not None or self._closed:
+                return
+            due = (g.model is None
+                   or g.rows_since_fit >= c.retrain_every_rows
+                   or self._clock() - g.last_fit >= c.retrain_interval_s)
+            if not due:
+                return
+            g.rows_since_fit = 0
+            g.last_fit = self._clock()
+            future = self._executor.submit(fit_forest, g.window(), c)
+            g.fitting = future
+        future.add_done_callback(lambda f: self._fitted(key, g, f))
+
+    def _fitted(self, key: GroupKey, g: _Group, future: Future[TrainedForest]) -> None:
+        # Runs on the fit thread (or at once, if the fit is already done): swap the model in.
+        with self._lock:
+            g.fitting = None
+            if future.cancelled():
+                return
+            error = future.exception()
+            if error is None:
+                g.model = future.result()
+                g.dirty = True
+        if error is not None:
+            log.error("forest fit for model group %r failed: %s", key, error, exc_info=error)
+
+    def wait_for_fits(self, timeout: float | None = None) -> bool:
+        """Wait until no fit is in flight (or ``timeout`` seconds pass); True when none is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = [g.fitting for g in self._groups.values() if g.fitting is not None]
+            if not pending:
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            with contextlib.suppress(Exception):  # cancelled, failed (logged) or timed out: loop decides
+                pending[0].result(timeout=remaining)
+            time.sleep(0.001)  # let the done callback clear ``fitting``
+
+    def shutdown(self) -> None:
+        """Wait (at most ``shutdown_timeout_s``) for fits in flight, then stop the fit thread."""
+        if self._closed:
+            return
+        if not self.wait_for_fits(self.config.shutdown_timeout_s):
+            log.warning("forest fits still running after %.1f s; not waiting for them", self.config.shutdown_timeout_s)
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write every newly fitted forest (``np.savez``, no pickle) and the index, atomically."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            models = {key: (g.model, g.dirty) for key, g in self._groups.items() if g.model is not None}
+            for g in self._groups.values():
+                g.dirty = False
+        changed = False
+        files: dict[GroupKey, str] = {}  # in LRU order, as restore expects
+        for key, (model, dirty) in models.items():
+            assert model is not None
+            name = files[key] = _file_name(key)
+            if dirty or key not in self._saved_files:
+                arrays = model.to_arrays(self._features, self.config.log_features)
+                _atomic_write(self.dir / name, functools.partial(_savez, arrays=arrays))
+                changed = True
+        gone = [name for key, name in self._saved_files.items() if key not in files]
+        for name in gone:
+            (self.dir / name).unlink(missing_ok=True)
+        changed = changed or bool(gone) or list(files) != list(self._saved_files)
+        self._saved_files = files
+        if not changed and (self.dir / INDEX_NAME).exists():
+            return
+        index = {"version": FORMAT_VERSION, "features": list(self._features),
+                 "log_features": list(self.config.log_features),
+                 "groups": [{"group": key, "file": name} for key, name in self._saved_files.items()]}
+        _atomic_write(self.dir / INDEX_NAME, lambda f: f.write(json.dumps(index, indent=1).encode()))
+
+    def restore(self) -> None:
+        """Load the saved forests (a damaged or mismatched one is logged and skipped, not fatal)."""
+        path = self.dir / INDEX_NAME
+        if not path.exists():
+            return
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            if index.get("version") != FORMAT_VERSION:
+                raise ValueError(f"index version {index.get('version')!r}, expected {FORMAT_VERSION}")
+            entries = [(e["group"], str(e["file"])) for e in index["groups"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("forest index %s could not be read (%s); starting without forests", path, e)
+            return
+        restored = 0
+        for key, name in entries[-self.config.max_groups:]:
+            if not (key is None or isinstance(key, str)) or name != _file_name(key):
+                log.error("forest index %s: bad entry %r", path, name)
+                continue
+            try:
+                with np.load(self.dir / name, allow_pickle=False) as arrays:
+                    model = TrainedForest.from_arrays(arrays, self._features, self.config.log_features)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.error("forest for model group %r in %s could not be restored (%s)", key, name, e)
+                continue
+            g = self._group(key)
+            g.model = model
+            g.last_fit = self._clock()
+            self._saved_files[key] = name
+            restored += 1
+        log.info("restored %d forests from %s", restored, self.dir)
+
+
+def _num(x: Any) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v
+
+
+def _untransform(name: str, value: float, logged: bool) -> float:
+    """A transformed median back in the column's units."""
+    if not logged:
+        return value
+    return float(np.expm1(value) / _LOG_SCALE.get(name, 1.0))
+
+
+def _savez(f: Any, *, arrays: dict[str, Any]) -> None:
+    np.savez(f, **arrays)
+
+
+def _file_name(key: GroupKey) -> str:
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+    return f"group-{digest}.npz"
+
+
+def _atomic_write(target: Path, write: Callable[[Any], object]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
