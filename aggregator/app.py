@@ -23,6 +23,7 @@ from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.baseline_service import BaselineService
 from aggregator.candidates import CandidateLog
 from aggregator.config import AggregatorConfig
+from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
@@ -44,12 +45,19 @@ class Aggregator:
         self.metrics = AggregatorMetrics(registry)
         self.baselines = BaselineService(config.baseline_config(), config.data_dir)
         self.candidates = CandidateLog(registry=self.metrics.registry)
-        self.detectors = DetectorService(config.detectors, config.data_dir, self.candidates.emit)
-        consumers: list[BatchConsumer] = [self.baselines, self.detectors]
+        emit = self.metrics.observing(self.candidates.emit)  # + detection latency of every candidate
+        # Before the baselines: forwarded anomalies are judged against the baselines as they were
+        # before their own batch, so a spike does not raise the p99 it is compared with.
+        self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store, emit,
+                                               outcome=self.metrics.count_local_anomaly)
+        self.detectors = DetectorService(config.detectors, config.data_dir, emit)
+        consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
         forest = config.forest_config()
-        self.forest = ForestService(forest, config.data_dir, self.candidates.emit) if forest else None
+        self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)
+                       if forest else None)
         if self.forest is not None:
             consumers.append(self.forest)
+            self.metrics.watch_forest(self.forest)
         self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis)
         self._runner: web.AppRunner | None = None

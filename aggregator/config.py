@@ -6,6 +6,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
+from aggregator.confirm import (
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_MIN_GLOBAL_COUNT,
+    DEFAULT_QUANTILE,
+    DEFAULT_UNCHECKED_MIN_SIGMA,
+    ConfirmConfig,
+)
 from sentinel.config import ConfigError, setting
 
 if TYPE_CHECKING:
@@ -113,9 +121,27 @@ class AggregatorConfig:
     forest: dict[str, Any] = setting(None, "Isolation Forest settings (aggregator/README.md, 'Isolation "
                                      "Forest in the pipeline'); `enabled: false` turns it off",
                                      flag=False, factory=dict)
+    confirm_enabled: bool = setting(True, "confirm or dismiss sidecars' local anomalies against the global "
+                                    "baselines (confirmed ones become candidates)")
+    confirm_min_global_count: int = setting(DEFAULT_MIN_GLOBAL_COUNT, "global values a key needs before the "
+                                            "check applies; below it the sidecar is trusted for |sigma| >= "
+                                            "confirm_unchecked_min_sigma")
+    confirm_quantile: float = setting(DEFAULT_QUANTILE, "global quantile a value must pass (p99 high, p1 low)")
+    confirm_margin: float = setting(DEFAULT_MARGIN, "log-scale distance past the quantile, in units of "
+                                    "quantile-to-median; 0 = the plain quantile")
+    confirm_min_confidence: float = setting(DEFAULT_MIN_CONFIDENCE, "statistical confirmations below this "
+                                            "confidence are dismissed")
+    confirm_unchecked_min_sigma: float = setting(DEFAULT_UNCHECKED_MIN_SIGMA, "local |sigma| needed while the "
+                                                 "global history is too short")
     save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
                                      kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
+
+    def confirm_config(self) -> ConfirmConfig:
+        return ConfirmConfig(enabled=self.confirm_enabled, min_global_count=self.confirm_min_global_count,
+                             quantile=self.confirm_quantile, margin=self.confirm_margin,
+                             unchecked_min_sigma=self.confirm_unchecked_min_sigma,
+                             min_confidence=self.confirm_min_confidence)
 
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)
@@ -143,6 +169,7 @@ class AggregatorConfig:
         if self.save_interval_s <= 0:
             raise ConfigError("save_interval_s: must be greater than 0")
         self.baseline_config().validate()
+        self.confirm_config().validate()
         from aggregator.detector_service import parse_detector_settings  # imports every detector
 
         parse_detector_settings(self.detectors)

@@ -26,10 +26,14 @@ from aggregator.detectors import (
     DriftDetector,
     ErrorBurstConfig,
     ErrorBurstDetector,
+    ExpensivePromptConfig,
+    ExpensivePromptDetector,
     ModelSwapConfig,
     ModelSwapDetector,
     ThroughputDropConfig,
     ThroughputDropDetector,
+    TokenAbuseConfig,
+    TokenAbuseDetector,
 )
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
@@ -56,6 +60,8 @@ DETECTORS: dict[str, tuple[Any, Any]] = {
     "throughput_drop": (ThroughputDropConfig, ThroughputDropDetector),
     "drift": (DriftConfig, DriftDetector),
     "model_swap": (ModelSwapConfig, ModelSwapDetector),
+    "expensive_prompt": (ExpensivePromptConfig, ExpensivePromptDetector),
+    "token_abuse": (TokenAbuseConfig, TokenAbuseDetector),
 }
 
 

@@ -279,8 +279,10 @@ class ForestService:
 
     def __init__(self, config: ForestConfig, data_dir: str | Path,
                  emit: Callable[[list[Candidate]], None], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_fit: Callable[[float], None] | None = None) -> None:
         config.validate()
+        self._on_fit = on_fit  # called with each fit's duration in seconds (on the fit thread)
         self.config = config
         self.dir = Path(data_dir) / DIR_NAME
         self._emit = emit
@@ -433,9 +435,16 @@ class ForestService:
                 return
             g.rows_since_fit = 0
             g.last_fit = self._clock()
-            future = self._executor.submit(fit_forest, g.window(), c)
+            future = self._executor.submit(self._timed_fit, g.window(), c)
             g.fitting = future
         future.add_done_callback(lambda f: self._fitted(key, g, f))
+
+    def _timed_fit(self, window: npt.NDArray[np.float64], config: ForestConfig) -> TrainedForest:
+        started = time.perf_counter()
+        model = fit_forest(window, config)
+        if self._on_fit is not None:
+            self._on_fit(time.perf_counter() - started)
+        return model
 
     def _fitted(self, key: GroupKey, g: _Group, future: Future[TrainedForest]) -> None:
         # Runs on the fit thread (or at once, if the fit is already done): swap the model in.

@@ -6,9 +6,18 @@ served at ``/metrics`` on the aggregator's listener.
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["INGEST_OUTCOMES", "AggregatorMetrics"]
+if TYPE_CHECKING:
+    from aggregator.detectors.candidate import Candidate
+    from aggregator.forest_service import ForestService
+
+__all__ = ["CONFIRM_OUTCOMES", "DETECTION_LATENCY_BUCKETS", "INGEST_OUTCOMES", "AggregatorMetrics"]
 
 #: Values of the ``outcome`` label of ``sentinel_aggregator_batches_received_total``.
 INGEST_OUTCOMES = (
@@ -21,6 +30,13 @@ INGEST_OUTCOMES = (
     "overloaded",      # ingest queue full (503, Retry-After)
     "error",           # the journal could not commit (503, Retry-After)
 )
+
+#: Values of the ``outcome`` label of ``sentinel_aggregator_local_anomalies_total``.
+CONFIRM_OUTCOMES = ("confirmed", "dismissed")
+
+#: Event time to candidate: a bucket-closing detector waits for its window to close, plus the
+#: sidecar's batching and forwarding; beyond an hour is replay or catch-up.
+DETECTION_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 class AggregatorMetrics:
@@ -52,3 +68,43 @@ class AggregatorMetrics:
         self.journal_pruned_batches = Counter(
             "sentinel_aggregator_journal_pruned_batches", "Batches deleted from the journal by retention",
             registry=r)
+        self.local_anomalies = Counter(
+            "sentinel_aggregator_local_anomalies", "Anomalies forwarded by sidecars, by outcome of the check "
+            "against the global baselines", ["outcome"], registry=r)
+        for outcome in CONFIRM_OUTCOMES:
+            self.local_anomalies.labels(outcome)
+        self.detection_latency = Histogram(
+            "sentinel_aggregator_detection_latency_seconds", "Seconds from the end of a candidate's event-time "
+            "window to its emission", buckets=DETECTION_LATENCY_BUCKETS, registry=r)
+        self.model_train_seconds = Histogram(
+            "sentinel_aggregator_model_train_seconds", "Time to fit one Isolation Forest",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r)
+        self.model_age = Gauge(
+            "sentinel_aggregator_model_age_seconds", "Seconds since the newest Isolation Forest fit completed "
+            "(NaN: no forest trained)", registry=r)
+        self.model_age.set(math.nan)
+        self._clock: Callable[[], float] = time.time
+
+    def count_local_anomaly(self, outcome: str) -> None:
+        """Count one forwarded anomaly as ``confirmed`` or ``dismissed``."""
+        self.local_anomalies.labels(outcome).inc()
+
+    def observing(self, emit: Callable[[Iterable[Candidate]], None]) -> Callable[[Iterable[Candidate]], None]:
+        """``emit`` that also observes each candidate's detection latency (never negative)."""
+        def observed(candidates: Iterable[Candidate]) -> None:
+            items = list(candidates)
+            emit(items)
+            now_ns = time.time_ns()
+            for c in items:
+                self.detection_latency.observe(max(0.0, (now_ns - c.window_end) / 1e9))
+        return observed
+
+    def watch_forest(self, forest: ForestService) -> None:
+        """Compute ``model_age_seconds`` from ``forest``'s fitted models at every scrape."""
+        def age() -> float:
+            try:
+                fitted = [m.fitted_unix for m in map(forest.model, forest.groups()) if m is not None]
+            except RuntimeError:  # groups changed while listed (analysis thread): no figure this time
+                return math.nan
+            return max(0.0, self._clock() - max(fitted)) if fitted else math.nan
+        self.model_age.set_function(age)

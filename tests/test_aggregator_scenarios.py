@@ -57,6 +57,7 @@ KEYS = (
 
 #: The candidate each incident must produce: (anomaly_type, service).
 EXPECTED = {
+    "latency_spike": "latency_spike",
     "cost_runaway": "cost_anomaly",
     "error_burst": "error_burst",
     "throughput_drop": "throughput_drop",

@@ -9,8 +9,10 @@ from aggregator.detectors.candidate import ANOMALY_TYPES, Candidate
 from aggregator.detectors.cost_cusum import CostCusumConfig, CostCusumDetector
 from aggregator.detectors.drift import DriftConfig, DriftDetector
 from aggregator.detectors.error_burst import ErrorBurstConfig, ErrorBurstDetector
+from aggregator.detectors.expensive_prompt import ExpensivePromptConfig, ExpensivePromptDetector
 from aggregator.detectors.model_swap import ModelSwapConfig, ModelSwapDetector
 from aggregator.detectors.throughput_drop import ThroughputDropConfig, ThroughputDropDetector
+from aggregator.detectors.token_abuse import TokenAbuseConfig, TokenAbuseDetector
 
 __all__ = [
     "ANOMALY_TYPES",
@@ -23,8 +25,12 @@ __all__ = [
     "DriftDetector",
     "ErrorBurstConfig",
     "ErrorBurstDetector",
+    "ExpensivePromptConfig",
+    "ExpensivePromptDetector",
     "ModelSwapConfig",
     "ModelSwapDetector",
     "ThroughputDropConfig",
     "ThroughputDropDetector",
+    "TokenAbuseConfig",
+    "TokenAbuseDetector",
 ]

@@ -9,6 +9,13 @@ A bucket is *low* when the baseline is at least ``min_baseline_calls``, the coun
 the key fires once; it re-arms after a bucket that is not low. Low buckets do not update the
 baseline (the drop is measured against the rate before it); after ``relearn_buckets`` low buckets in
 a row the lower rate is taken as the new normal (the key warms up afresh).
+
+Tokens per second, the same way in the same buckets: the mean ``tokens_per_s`` of a bucket's calls
+(buckets with fewer than ``tps_min_calls`` such calls are skipped) against the key's baseline (mean of
+the first ``warmup_buckets`` such buckets, then EWMA ``alpha``). A bucket is low below
+``tps_drop_ratio`` × baseline; ``ceil(sustain_s / bucket_s)`` low buckets in a row (the whole first
+minute with the defaults) emit one ``throughput_drop`` candidate with metric ``tokens_per_s``.
+Re-arming, baseline freeze and relearning as for calls.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import numpy as np
 
 from aggregator.detectors.buckets import BucketedKeys, BucketSeries
 from aggregator.detectors.candidate import Candidate
+from aggregator.detectors.keys import Key
 from aggregator.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
@@ -37,6 +45,9 @@ DEFAULT_MIN_BASELINE_CALLS = 20.0
 DEFAULT_MIN_BUCKETS = 1
 DEFAULT_ALPHA = 0.1
 DEFAULT_RELEARN_BUCKETS = 60
+DEFAULT_TPS_DROP_RATIO = 0.5
+DEFAULT_SUSTAIN_S = 60.0
+DEFAULT_TPS_MIN_CALLS = 10
 DEFAULT_MAX_KEYS = 10_000
 KEY_COLUMNS = ("service", "request_model")
 
@@ -54,6 +65,9 @@ class ThroughputDropConfig:
     min_buckets: int = DEFAULT_MIN_BUCKETS
     alpha: float = DEFAULT_ALPHA
     relearn_buckets: int = DEFAULT_RELEARN_BUCKETS
+    tps_drop_ratio: float = DEFAULT_TPS_DROP_RATIO
+    sustain_s: float = DEFAULT_SUSTAIN_S
+    tps_min_calls: int = DEFAULT_TPS_MIN_CALLS
     max_keys: int = DEFAULT_MAX_KEYS
 
     def validate(self) -> ThroughputDropConfig:
@@ -66,12 +80,21 @@ class ThroughputDropConfig:
         check_min(NAME, "min_buckets", self.min_buckets, 1)
         check_fraction(NAME, "alpha", self.alpha)
         check_min(NAME, "relearn_buckets", self.relearn_buckets, self.min_buckets)
+        check_fraction(NAME, "tps_drop_ratio", self.tps_drop_ratio, open_high=True)
+        check_positive(NAME, "sustain_s", self.sustain_s)
+        check_min(NAME, "relearn_buckets", self.relearn_buckets, self.tps_buckets)
+        check_min(NAME, "tps_min_calls", self.tps_min_calls, 1)
         check_min(NAME, "max_keys", self.max_keys, 1)
         return self
 
+    @property
+    def tps_buckets(self) -> int:
+        """Low tokens/s buckets in a row needed to cover ``sustain_s``."""
+        return max(1, math.ceil(self.sustain_s / self.bucket_s - 1e-9))
+
 
 class _KeyState:
-    __slots__ = ("armed", "buckets", "mean", "n", "run")
+    __slots__ = ("armed", "buckets", "mean", "n", "run", "tps")
 
     def __init__(self) -> None:
         self.buckets = BucketSeries()
@@ -79,14 +102,18 @@ class _KeyState:
         self.mean = 0.0
         self.run = 0
         self.armed = True
+        # tokens/s: [buckets learned, mean, low run, armed (0/1)]
+        self.tps: list[float] = [0, 0.0, 0, 1]
 
     def to_state(self) -> dict[str, Any]:
-        return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed}
+        return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
         st = cls()
         st.n, st.mean, st.run, st.armed = int(d["n"]), float(d["mean"]), int(d["run"]), bool(d["armed"])
+        if "tps" in d:  # version 1 had calls only
+            st.tps = [float(v) for v in d["tps"]]
         return st
 
 
@@ -97,7 +124,7 @@ class ThroughputDropDetector:
         self.config = (config or ThroughputDropConfig()).validate()
         c = self.config
         self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=1, factory=_KeyState)
+            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=3, factory=_KeyState)
 
     @property
     def late_rows(self) -> int:
@@ -105,10 +132,15 @@ class ThroughputDropDetector:
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:
-            self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n)], np.zeros(batch.n))
+            tps = np.asarray(batch.numeric["tokens_per_s"], dtype=np.float64)
+            has = ~np.isnan(tps)
+            self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), np.where(has, tps, 0.0), has.astype(np.float64)],
+                           np.zeros(batch.n))
         out: list[Candidate] = []
         c = self.config
-        for key, st, idx, (calls,), examples in self._keys.close():
+        for key, st, idx, (calls, tps_sum, tps_calls), examples in self._keys.close():
+            if tps_calls >= c.tps_min_calls:
+                out.extend(self._tps(key, st, idx, tps_sum / tps_calls, int(tps_calls), examples))
             if st.n < c.warmup_buckets:
                 st.n += 1
                 st.mean += (calls - st.mean) / st.n
@@ -134,15 +166,47 @@ class ThroughputDropDetector:
                 st.n, st.mean, st.run, st.armed = 0, 0.0, 0, True
         return out
 
+    def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, n: int, examples: list[str]) -> list[Candidate]:
+        c = self.config
+        learned, base, run, armed = int(st.tps[0]), st.tps[1], int(st.tps[2]), st.tps[3] > 0
+        out: list[Candidate] = []
+        if learned < c.warmup_buckets:
+            learned += 1
+            base += (tps - base) / learned
+            st.tps = [learned, base, 0, 1]
+            return out
+        low = tps < c.tps_drop_ratio * base
+        run = run + 1 if low else 0
+        armed = armed or not low
+        if run >= c.tps_buckets and armed:
+            armed = False
+            start, _ = self._keys.window(idx - run + 1)
+            _, end = self._keys.window(idx)
+            out.append(Candidate(
+                anomaly_type="throughput_drop", service=key[0], model=key[1], detection_method="mean_ratio",
+                confidence=min(1.0, max(0.0, 1.0 - tps / base)), metric="tokens_per_s", value=tps, baseline=base,
+                threshold=c.tps_drop_ratio * base, deviation_sigma=float("nan"), window_start=start,
+                window_end=end, context={"trace_ids": examples, "bucket_s": c.bucket_s, "low_buckets": run,
+                                         "calls": n, "sustain_s": c.sustain_s}))
+        if not low:
+            base += c.alpha * (tps - base)
+        elif run >= c.relearn_buckets:
+            learned, base, run, armed = 0, 0.0, 0, True
+        st.tps = [learned, base, run, 1 if armed else 0]
+        return out
+
     def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
+        return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state())}
 
     @classmethod
     def from_state(
         cls, state: Mapping[str, Any], config: ThroughputDropConfig | None = None
     ) -> ThroughputDropDetector:
-        if state.get("detector") != NAME or state.get("version") != 1:
-            raise ValueError(f"not a {NAME} state (version 1)")
+        if state.get("detector") != NAME or state.get("version") not in (1, 2):
+            raise ValueError(f"not a {NAME} state (version 1 or 2)")
         det = cls(config)
         det._keys.load_state(dict(state), _KeyState.from_state)
+        if state["version"] == 1:  # calls only: no tokens/s sums in the open buckets
+            for _, st in det._keys.keys:
+                st.buckets.open = {i: [*s, 0.0, 0.0] for i, s in st.buckets.open.items()}
         return det
