@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 import sqlite3
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.baseline_service import BaselineService
@@ -28,6 +27,7 @@ from aggregator.detector_service import DetectorService
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
 from aggregator.metrics import AggregatorMetrics
+from sentinel.service import add_ops_routes, run_until_signalled
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 
@@ -93,9 +93,7 @@ class Aggregator:
         app.router.add_post("/v1/ingest", self.ingest.handle)
         app.router.add_get("/api/v1/baselines", self.baselines.handle)
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
+        add_ops_routes(app, self.metrics.registry, self._readiness)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=c.shutdown_grace_s)
         await runner.setup()
         host, _, port = c.listen.rpartition(":")
@@ -136,34 +134,8 @@ class Aggregator:
         await self.analysis.shutdown()  # after ingest: every committed batch is analysed and saved
         log.info("aggregator stopped")
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        reason = self._readiness()
-        if reason:
-            return web.Response(status=503, text=reason + "\n")
-        return web.Response(text="ready\n")
-
 
 async def run(config: AggregatorConfig) -> int:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    aggregator = Aggregator(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        try:
-            await aggregator.start()
-        except (OSError, sqlite3.Error) as e:  # a port in use, an unwritable data_dir
-            log.error("cannot start: %s", e)
-            return 1
-        await stop.wait()
-        log.info("signal received: shutting down")
-    finally:
-        await aggregator.shutdown()
-    return 0
+    # A port in use, an unwritable data_dir: exit status 1 with the reason.
+    return await run_until_signalled(Aggregator(config), (OSError, sqlite3.Error))

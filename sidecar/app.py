@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
 
 from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
+from sentinel.service import run_until_signalled
 from sidecar.config import SidecarConfig
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.forward_queue import ForwardQueue
@@ -172,19 +172,5 @@ class Sidecar:
 
 async def run(config: SidecarConfig) -> int:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    sidecar = Sidecar(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        try:
-            await sidecar.start()
-        except (OSError, SpoolLockedError) as e:  # a port in use, a spool held by another sidecar
-            log.error("cannot start: %s", e)
-            return 1
-        await stop.wait()
-        log.info("signal received: shutting down")
-    finally:
-        await sidecar.shutdown()
-    return 0
+    # A port in use, a spool held by another sidecar: exit status 1 with the reason.
+    return await run_until_signalled(Sidecar(config), (OSError, SpoolLockedError))

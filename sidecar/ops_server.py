@@ -6,7 +6,9 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+
+from sentinel.service import add_ops_routes
 
 __all__ = ["OpsServer"]
 
@@ -26,9 +28,7 @@ class OpsServer:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
+        add_ops_routes(app, self._registry, self._ready)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
@@ -36,19 +36,6 @@ class OpsServer:
         self._runner = runner
         self.port = runner.addresses[0][1]
         log.info("metrics and health on %s:%d", self._host, self.port)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        reason = self._ready()
-        if reason:
-            return web.Response(status=503, text=reason + "\n")
-        return web.Response(text="ready\n")
 
     async def shutdown(self) -> None:
         if self._runner is not None:

@@ -1,0 +1,68 @@
+"""What every LLM-Sentinel process shares: the ops endpoints and running until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = ["Service", "add_ops_routes", "run_until_signalled"]
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """A component with ``start()`` and an idempotent ``shutdown()``."""
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Callable[[], str]) -> None:
+    """``/metrics`` (Prometheus), ``/healthz`` (alive) and ``/readyz``: 200 when ``ready()`` returns
+    ``""``, else 503 with the reason it returns."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        reason = ready()
+        if reason:
+            return web.Response(status=503, text=reason + "\n")
+        return web.Response(text="ready\n")
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+async def run_until_signalled(service: Service, start_errors: tuple[type[BaseException], ...]) -> int:
+    """Start ``service``, run until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Returns the exit status: 0 after a graceful stop, 1 when start-up failed with one of
+    ``start_errors`` (a port in use, a locked or unwritable directory), logged without a traceback.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            await service.start()
+        except start_errors as e:
+            log.error("cannot start: %s", e)
+            return 1
+        await stop.wait()
+        log.info("signal received: shutting down")
+    finally:
+        await service.shutdown()
+    return 0
