@@ -2,6 +2,7 @@
 
     sentinel sidecar [--config FILE] [--grpc-listen 127.0.0.1:4317] ...
     sentinel aggregator [--config FILE] [--listen 0.0.0.0:9090] [--data-dir ./data] ...
+    sentinel webhook [--config FILE] [--listen 0.0.0.0:8443] [--tls-cert FILE --tls-key FILE] ...
     sentinel demo [--seconds 20]
 
 Invalid settings stop start-up with exit status 2 and a message naming the setting.
@@ -31,6 +32,7 @@ def _setup_logging(level: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     from aggregator.config import AggregatorConfig
     from sidecar.config import SidecarConfig
+    from webhook_injector.settings import InjectorSettings
 
     p = argparse.ArgumentParser(prog="sentinel", description="LLM-Sentinel: anomaly detection for LLM apps")
     sub = p.add_subparsers(dest="command", required=True)
@@ -38,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(sc, SidecarConfig)
     agg = sub.add_parser("aggregator", help="run the aggregator (ingest from sidecars, journal, metrics)")
     add_arguments(agg, AggregatorConfig)
+    wh = sub.add_parser("webhook", help="run the mutating admission webhook that injects the sidecar")
+    add_arguments(wh, InjectorSettings)
     demo = sub.add_parser("demo", help="run a sidecar and a traffic generator with injected incidents")
     demo.add_argument("--seconds", type=float, default=20.0, help="how long to generate traffic [20]")
     demo.add_argument("--rate", type=float, default=2000.0, help="spans per second [2000]")
@@ -68,6 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         _setup_logging(agg_config.log_level)
         return asyncio.run(run_aggregator(agg_config))
+    if args.command == "webhook":
+        from webhook_injector.server import run as run_webhook
+        from webhook_injector.settings import InjectorSettings
+
+        try:
+            wh_settings = load(InjectorSettings, args=args, section="webhook")
+        except ConfigError as e:
+            print(f"sentinel webhook: invalid setting {e}", file=sys.stderr)
+            return 2
+        _setup_logging(wh_settings.log_level)
+        return asyncio.run(run_webhook(wh_settings))
     if args.command == "demo":
         from sentinel.demo import run_demo
 

@@ -1,0 +1,490 @@
+"""Offline checks of the kustomize manifests in deploy/ (Kubernetes schemas, Istio CRD schemas, policy).
+
+- Plain Kubernetes kinds are validated with ``kubernetes-validate`` (strict: unknown fields fail)
+  against the schemas of one Kubernetes version it ships.
+- Istio kinds are validated with ``jsonschema`` against the CRDs' OpenAPI v3 schemas in
+  ``../shared/data/k8s/istio-crd-all.gen.yaml`` (skipped when that directory is missing), plus a
+  walk that rejects fields the schema does not declare (the API server would prune them silently).
+  CEL rules (``x-kubernetes-validations``) are not evaluated.
+- cert-manager kinds have no schema here; they get a structural check.
+- Policy: restricted pod security on every container, the webhook fails open and skips
+  kube-system, RBAC has no wildcards, every kustomization lists every manifest beside it, and the
+  aggregator's own settings loader accepts its ConfigMap, environment and arguments.
+- If ``kubectl`` is on PATH, ``kubectl kustomize`` builds every entry point.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+jsonschema = pytest.importorskip("jsonschema")
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+ISTIO_CRDS = REPO.parent / "shared" / "data" / "k8s" / "istio-crd-all.gen.yaml"
+K8S_VERSION = "1.30.0"
+NAMESPACE = "llm-sentinel"
+IMAGE = "ghcr.io/llm-devops/llm-sentinel:0.1.0"
+ISTIO_GROUPS = ("istio.io",)          # networking.istio.io, security.istio.io, ...
+CERT_MANAGER_GROUP = "cert-manager.io"
+POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+RBAC_KINDS = {"Role", "ClusterRole"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+                  "ValidatingWebhookConfiguration", "CustomResourceDefinition"}
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def _kustomizations() -> list[Path]:
+    return sorted(DEPLOY.rglob("kustomization.yaml"))
+
+
+def _load(path: Path) -> dict[str, Any]:
+    with path.open() as f:
+        data = yaml.safe_load(f)
+    assert isinstance(data, dict), path
+    return data
+
+
+def _patch_files() -> set[Path]:
+    """Files used as kustomize patches: partial objects, not validated as whole manifests."""
+    out = set()
+    for kpath in _kustomizations():
+        for p in _load(kpath).get("patches") or []:
+            if "path" in p:
+                out.add((kpath.parent / p["path"]).resolve())
+    return out
+
+
+def _manifest_files() -> list[Path]:
+    patches = _patch_files()
+    return sorted(p for p in DEPLOY.rglob("*.yaml")
+                  if p.name != "kustomization.yaml" and p.resolve() not in patches)
+
+
+MANIFESTS = _manifest_files()
+
+
+@cache
+def _docs(path: Path) -> tuple[dict[str, Any], ...]:
+    with path.open() as f:
+        docs = [d for d in yaml.safe_load_all(f) if d is not None]
+    for d in docs:
+        assert isinstance(d, dict) and "apiVersion" in d and "kind" in d, f"{path}: not an object"
+    return tuple(docs)
+
+
+def _all_docs() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in MANIFESTS:
+        for doc in _docs(path):
+            yield path, doc
+
+
+def _group(doc: dict[str, Any]) -> str:
+    api = str(doc["apiVersion"])
+    return api.split("/")[0] if "/" in api else ""
+
+
+def _is_istio(doc: dict[str, Any]) -> bool:
+    return _group(doc).endswith(ISTIO_GROUPS)
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(DEPLOY))
+
+
+def _by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for _, d in _all_docs() if d["kind"] == kind]
+
+
+def _one(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in _by_kind(kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for _, d in _all_docs():
+        if d["kind"] in POD_TEMPLATE_KINDS:
+            yield f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
+        elif d["kind"] == "CronJob":
+            yield f"CronJob/{d['metadata']['name']}", d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        elif d["kind"] == "Pod":
+            yield f"Pod/{d['metadata']['name']}", d["spec"]
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(pod.get("initContainers") or []) + list(pod.get("containers") or [])
+
+
+# --- schema validation -----------------------------------------------------------------------
+
+def test_manifests_found() -> None:
+    assert len(MANIFESTS) >= 10
+    assert any(p.parent.name == "istio" for p in MANIFESTS)
+    kinds = {d["kind"] for _, d in _all_docs()}
+    for kind in ("Namespace", "StatefulSet", "Deployment", "Service", "ConfigMap", "Secret",
+                 "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount", "MutatingWebhookConfiguration",
+                 "Issuer", "Certificate", "PeerAuthentication", "AuthorizationPolicy", "DestinationRule"):
+        assert kind in kinds, kind
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=_rel)
+def test_kubernetes_schema(path: Path) -> None:
+    """Every non-CRD object validates (strictly) against the Kubernetes OpenAPI schema."""
+    for doc in _docs(path):
+        if _is_istio(doc):
+            continue                                     # test_istio_schema
+        if _group(doc) == CERT_MANAGER_GROUP:
+            _check_cert_manager(doc)
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{_rel(path)} {doc['kind']}/{doc['metadata'].get('name')}: "
+                        f"{'.'.join(map(str, e.path))}: {e.message}")
+
+
+def _check_cert_manager(doc: dict[str, Any]) -> None:
+    """No cert-manager schemas offline: the fields the webhook set-up relies on, by hand."""
+    assert doc["apiVersion"] == "cert-manager.io/v1"
+    spec = doc["spec"]
+    if doc["kind"] == "Issuer":
+        kinds = {"selfSigned", "ca", "acme", "vault", "venafi"} & set(spec)
+        assert len(kinds) == 1, f"Issuer {doc['metadata']['name']}: exactly one issuer type"
+        if "ca" in spec:
+            assert spec["ca"]["secretName"]
+    elif doc["kind"] == "Certificate":
+        assert spec["secretName"] and spec["issuerRef"]["name"]
+        assert spec.get("dnsNames") or spec.get("commonName")
+        assert set(spec) <= {"secretName", "issuerRef", "dnsNames", "commonName", "isCA", "duration",
+                             "renewBefore", "usages", "privateKey", "subject", "ipAddresses",
+                             "secretTemplate", "uris", "emailAddresses", "keystores",
+                             "revisionHistoryLimit"}, set(spec)
+        issuers = {d["metadata"]["name"] for d in _by_kind("Issuer")}
+        assert spec["issuerRef"]["name"] in issuers
+    else:
+        pytest.fail(f"unexpected cert-manager kind {doc['kind']}")
+
+
+@cache
+def _istio_schemas() -> dict[tuple[str, str, str], dict[str, Any]]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)      # the CRD file is large: libyaml if present
+    with ISTIO_CRDS.open() as f:
+        crds = [d for d in yaml.load_all(f, Loader=loader) if d and d.get("kind") == "CustomResourceDefinition"]
+    out = {}
+    for crd in crds:
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for v in crd["spec"]["versions"]:
+            if v.get("served", True) and "schema" in v:
+                out[(group, v["name"], kind)] = v["schema"]["openAPIV3Schema"]
+    return out
+
+
+def _undeclared(obj: Any, schema: dict[str, Any], where: str) -> list[str]:
+    """Fields present in ``obj`` that ``schema`` does not declare (structural pruning would drop them)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    out: list[str] = []
+    if isinstance(obj, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, value in obj.items():
+            if props is not None and key in props:
+                out += _undeclared(value, props[key], f"{where}.{key}")
+            elif isinstance(extra, dict):
+                out += _undeclared(value, extra, f"{where}.{key}")
+            elif props is not None and not (where == "" and key in ("apiVersion", "kind", "metadata")):
+                out.append(f"{where}.{key}")
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(obj):
+            out += _undeclared(item, schema["items"], f"{where}[{i}]")
+    return out
+
+
+ISTIO_MANIFESTS = [p for p in MANIFESTS if any(_is_istio(d) for d in _docs(p))]
+
+
+@pytest.mark.parametrize("path", ISTIO_MANIFESTS, ids=_rel)
+def test_istio_schema(path: Path) -> None:
+    if not ISTIO_CRDS.exists():
+        pytest.skip(f"{ISTIO_CRDS} not present (../shared/data is missing)")
+    schemas = _istio_schemas()
+    for doc in _docs(path):
+        if not _is_istio(doc):
+            continue
+        group, version = doc["apiVersion"].split("/")
+        key = (group, version, doc["kind"])
+        assert key in schemas, f"no Istio CRD schema for {key}"
+        schema = schemas[key]
+        errors = [f"{'.'.join(map(str, e.path))}: {e.message}"
+                  for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+        errors += [f"{f}: not declared by the CRD" for f in _undeclared(doc, schema, "")]
+        assert not errors, f"{_rel(path)} {doc['kind']}/{doc['metadata']['name']}: {errors}"
+
+
+def test_istio_check_catches_mistakes() -> None:
+    """The Istio validation is not vacuous: a wrong enum and a misspelt field are both caught."""
+    if not ISTIO_CRDS.exists():
+        pytest.skip(f"{ISTIO_CRDS} not present (../shared/data is missing)")
+    schema = _istio_schemas()[("security.istio.io", "v1", "PeerAuthentication")]
+    bad_enum = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"name": "x"}, "spec": {"mtls": {"mode": "STRICTER"}}}
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(bad_enum))
+    misspelt = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"name": "x"}, "spec": {"mTLS": {"mode": "STRICT"}}}
+    assert _undeclared(misspelt, schema, "") == [".spec.mTLS"]
+
+
+# --- pod security ----------------------------------------------------------------------------
+
+def test_every_container_is_restricted() -> None:
+    pods = list(_pod_specs())
+    assert len(pods) >= 2
+    for name, pod in pods:
+        psc = pod.get("securityContext") or {}
+        assert not (pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC")), name
+        assert not any("hostPath" in v for v in pod.get("volumes") or []), name
+        for c in _containers(pod):
+            where = f"{name} container {c['name']}"
+            sc = c.get("securityContext") or {}
+            assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, where
+            assert sc.get("runAsUser", psc.get("runAsUser", 1)) != 0, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert not sc.get("privileged"), where
+            assert "ALL" in (sc.get("capabilities") or {}).get("drop", []), where
+            assert not (sc.get("capabilities") or {}).get("add"), where
+            seccomp = sc.get("seccompProfile", psc.get("seccompProfile")) or {}
+            assert seccomp.get("type") == "RuntimeDefault", where
+            res = c.get("resources") or {}
+            assert {"cpu", "memory"} <= set(res.get("requests", {})), where
+            assert {"cpu", "memory"} <= set(res.get("limits", {})), where
+            assert c["image"] == IMAGE, where
+
+
+def test_namespace_enforces_restricted() -> None:
+    ns = _one("Namespace", NAMESPACE)
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for path, d in _all_docs():
+        if d["kind"] not in CLUSTER_SCOPED:
+            assert d["metadata"].get("namespace") == NAMESPACE, f"{_rel(path)} {d['kind']}"
+
+
+# --- aggregator --------------------------------------------------------------------------------
+
+def _aggregator() -> dict[str, Any]:
+    return _one("StatefulSet", "sentinel-aggregator")
+
+
+def test_aggregator_statefulset() -> None:
+    sts = _aggregator()
+    assert sts["spec"]["replicas"] == 1
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["sentinel"] and c["args"][0] == "aggregator"
+    args = c["args"]
+    data_dir = args[args.index("--data-dir") + 1]
+    assert data_dir == "/var/lib/sentinel"
+    claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts[data_dir] in claims
+    assert [p["containerPort"] for p in c["ports"]] == [9090]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # references resolve
+    for ref in c.get("envFrom", []):
+        _one("ConfigMap", ref["configMapRef"]["name"])
+    tokens = next(e for e in c["env"] if e["name"] == "SENTINEL_TOKENS")["valueFrom"]["secretKeyRef"]
+    secret = _one("Secret", tokens["name"])
+    assert tokens["key"] in secret.get("stringData", {}) | secret.get("data", {})
+    for vol in pod["volumes"]:
+        if "configMap" in vol:
+            _one("ConfigMap", vol["configMap"]["name"])
+    _one("Service", sts["spec"]["serviceName"])
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    for kind in ("Service", "PodDisruptionBudget"):
+        for d in _by_kind(kind):
+            sel = d["spec"]["selector"]
+            sel = sel.get("matchLabels", sel)
+            if sel.get("app.kubernetes.io/name") == "sentinel-aggregator":
+                assert sel.items() <= labels.items()
+
+
+def test_aggregator_settings_load(tmp_path: Path) -> None:
+    """The aggregator's own loader accepts the ConfigMap's YAML, the environment and the arguments."""
+    from aggregator.config import AggregatorConfig
+    from sentinel.cli import _parser
+    from sentinel.config import load
+
+    c = _aggregator()["spec"]["template"]["spec"]["containers"][0]
+    args = _parser().parse_args(c["args"])
+    cfg_path = args.config
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == str(Path(cfg_path).parent)]
+    (vol,) = [v for v in _aggregator()["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    cm = _one("ConfigMap", vol["configMap"]["name"])
+    local = tmp_path / Path(cfg_path).name
+    local.write_text(cm["data"][Path(cfg_path).name])
+    env: dict[str, str] = {}
+    for ref in c.get("envFrom", []):
+        env.update(_one("ConfigMap", ref["configMapRef"]["name"])["data"])
+    env["SENTINEL_TOKENS"] = _one("Secret", "sentinel-aggregator-tokens")["stringData"]["SENTINEL_TOKENS"]
+    args.config = str(local)
+    cfg = load(AggregatorConfig, args=args, env=env, config_file=local, section="aggregator")
+    assert cfg.data_dir == "/var/lib/sentinel"
+    assert cfg.listen.endswith(":9090")
+    assert len(cfg.tokens) == 2
+
+
+def test_aggregator_networkpolicy_only_9090() -> None:
+    (np,) = [d for d in _by_kind("NetworkPolicy")
+             if d["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/name") == "sentinel-aggregator"]
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    for rule in np["spec"]["ingress"]:
+        assert rule["from"], "an ingress rule without 'from' admits everyone"
+        assert [p["port"] for p in rule["ports"]] == [9090]
+
+
+# --- webhook -----------------------------------------------------------------------------------
+
+def test_webhook_configuration() -> None:
+    (mwc,) = _by_kind("MutatingWebhookConfiguration")
+    for hook in mwc["webhooks"]:
+        assert hook["failurePolicy"] == "Ignore"
+        assert hook["sideEffects"] == "None"
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["timeoutSeconds"] <= 5
+        assert hook["admissionReviewVersions"] == ["v1"]
+        excluded = {v for e in hook["namespaceSelector"]["matchExpressions"]
+                    if e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "NotIn"
+                    for v in e["values"]}
+        assert {"kube-system", NAMESPACE} <= excluded
+        svc_ref = hook["clientConfig"]["service"]
+        assert svc_ref["path"] == "/mutate" and svc_ref["namespace"] == NAMESPACE
+        svc = _one("Service", svc_ref["name"])
+        (port,) = [p for p in svc["spec"]["ports"] if p["port"] == svc_ref.get("port", 443)]
+        dep = _one("Deployment", "sentinel-webhook")
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        named = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert named.get(port["targetPort"], port["targetPort"]) == 8443
+    ns, name = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    cert = _one("Certificate", name)
+    assert ns == NAMESPACE
+    assert f"{svc_ref['name']}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+
+
+def test_webhook_deployment() -> None:
+    dep = _one("Deployment", "sentinel-webhook")
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "sentinel-webhook"
+    assert pod["automountServiceAccountToken"] is False       # cert-manager mode: no API access
+    (c,) = pod["containers"]
+    assert c["args"] == ["webhook", "--listen", "0.0.0.0:8443", "--tls-cert", "/tls/tls.crt",
+                         "--tls-key", "/tls/tls.key"]
+    (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == _one("Certificate", "sentinel-webhook")["spec"]["secretName"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["SENTINEL_IMAGE"] == IMAGE                      # kustomize `images:` does not touch env
+    assert dep["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    settings = pytest.importorskip("webhook_injector.settings")
+    fields = set(settings.InjectorSettings.__dataclass_fields__)
+    for key in env:
+        assert key.removeprefix("SENTINEL_").lower() in fields, key
+    # The webhook's own loader accepts the arguments and the environment.
+    from sentinel.cli import _parser
+    from sentinel.config import load
+
+    try:
+        args = _parser().parse_args(c["args"])
+    except SystemExit:
+        pytest.skip("`sentinel webhook` does not accept these arguments yet")
+    loaded = load(settings.InjectorSettings, args=args, env={k: v for k, v in env.items() if v is not None},
+                  section="webhook")
+    assert loaded.listen == "0.0.0.0:8443" and loaded.image == IMAGE
+
+
+# --- RBAC --------------------------------------------------------------------------------------
+
+def test_rbac_least_privilege() -> None:
+    roles = [(p, d) for p, d in _all_docs() if d["kind"] in RBAC_KINDS]
+    for path, role in roles:
+        for rule in role.get("rules", []):
+            for field in ("verbs", "resources", "apiGroups", "resourceNames"):
+                assert "*" not in rule.get(field, []), f"{_rel(path)}: wildcard {field}"
+            assert not any("*" in r for r in rule.get("resources", [])), _rel(path)
+            assert set(rule["verbs"]) <= {"get", "patch"}, _rel(path)
+            assert rule.get("resourceNames"), f"{_rel(path)}: not limited to named objects"
+        if role["kind"] == "ClusterRole":
+            assert path.parent.name == "self-signed", "cluster-wide RBAC only in --self-signed mode"
+    top = [d for p, d in _all_docs() if p.parent == DEPLOY / "k8s"]
+    assert not [d for d in top if d["kind"] in RBAC_KINDS | {"RoleBinding", "ClusterRoleBinding"}], \
+        "cert-manager mode needs no RBAC"
+
+
+# --- kustomize ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kpath", _kustomizations(), ids=lambda p: _rel(p.parent))
+def test_kustomization_lists_every_manifest(kpath: Path) -> None:
+    k = _load(kpath)
+    listed: set[Path] = set()
+    for entry in k.get("resources", []) + [p["path"] for p in k.get("patches", []) if "path" in p]:
+        target = (kpath.parent / entry).resolve()
+        assert target.exists(), f"{_rel(kpath)}: {entry} does not exist"
+        if target.is_dir():
+            assert (target / "kustomization.yaml").exists(), entry
+        else:
+            listed.add(target)
+    present = {p.resolve() for p in kpath.parent.glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert present - listed == set(), f"{_rel(kpath)} does not list {sorted(present - listed)}"
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+def _kustomize(path: Path) -> list[dict[str, Any]]:
+    assert KUBECTL
+    out = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
+def test_kustomize_builds(tmp_path: Path) -> None:
+    base = {(d["kind"], d["metadata"]["name"]) for d in _kustomize(DEPLOY / "k8s")}
+    assert ("MutatingWebhookConfiguration", "sentinel-webhook") in base
+    assert ("Certificate", "sentinel-webhook") in base
+    mesh = _kustomize(DEPLOY / "istio")
+    assert base <= {(d["kind"], d["metadata"]["name"]) for d in mesh}
+    (ns,) = [d for d in mesh if d["kind"] == "Namespace"]
+    assert ns["metadata"]["labels"]["istio-injection"] == "enabled"
+    # The --self-signed component (commented out in deploy/k8s/kustomization.yaml), switched on.
+    copy = tmp_path / "k8s"
+    shutil.copytree(DEPLOY / "k8s", copy)
+    kfile = copy / "kustomization.yaml"
+    text = kfile.read_text()
+    assert "# components:\n#   - self-signed\n" in text
+    kfile.write_text(text.replace("# components:\n#   - self-signed\n", "components:\n  - self-signed\n"))
+    built = _kustomize(copy)
+    kinds = {d["kind"] for d in built}
+    assert not kinds & {"Issuer", "Certificate"}
+    assert {"ClusterRole", "ClusterRoleBinding"} <= kinds
+    (mwc,) = [d for d in built if d["kind"] == "MutatingWebhookConfiguration"]
+    assert "cert-manager.io/inject-ca-from" not in (mwc["metadata"].get("annotations") or {})
+    (dep,) = [d for d in built if d["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert "--self-signed" in pod["containers"][0]["args"]
+    assert pod["automountServiceAccountToken"] is True
+    assert "tls" not in {v["name"] for v in pod["volumes"]}
+    for d in built:
+        if d["kind"] not in {"Issuer", "Certificate"}:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)

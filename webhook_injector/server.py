@@ -1,0 +1,133 @@
+"""The HTTPS shell: ``POST /mutate`` plus ``/metrics``, ``/healthz`` and ``/readyz``, with the serving
+certificate reloaded from its files when they change (cert-manager renews them in place)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+
+from aiohttp import web
+
+from sentinel.service import add_ops_routes
+from webhook_injector.admission import NamespaceLabels, review
+from webhook_injector.metrics import WebhookMetrics
+from webhook_injector.settings import InjectorSettings
+
+__all__ = ["CertificateReloader", "WebhookServer"]
+
+log = logging.getLogger(__name__)
+
+#: An AdmissionReview carries the pod (and for updates the old one); etcd caps objects at 1.5 MiB.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class CertificateReloader:
+    """An ``SSLContext`` that loads ``cert``/``key`` again when either file's mtime or size changes.
+
+    Reloading into the same context is enough: each new TLS connection takes the context's current
+    certificate, connections already open keep theirs.
+    """
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.cert, self.key = cert, key
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp = self._current()
+        self.context.load_cert_chain(cert, key)
+        self.reloads = 0
+
+    def _current(self) -> tuple[tuple[int, int], ...]:
+        return tuple((st.st_mtime_ns, st.st_size) for st in (os.stat(self.cert), os.stat(self.key)))
+
+    def maybe_reload(self) -> bool:
+        """Reload when the files changed; a half-written or mismatched pair keeps the old certificate."""
+        try:
+            stamp = self._current()
+            if stamp == self._stamp:
+                return False
+            # Try the pair on a scratch context first: a failed load_cert_chain can leave the live
+            # context holding the new certificate with the old key.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert, self.key)
+            self.context.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as e:
+            log.warning("cannot reload the serving certificate, keeping the old one: %s", e)
+            return False
+        self._stamp = stamp
+        self.reloads += 1
+        log.info("serving certificate reloaded from %s", self.cert)
+        return True
+
+
+class WebhookServer:
+    """``start()`` binds ``settings.listen`` (HTTPS when ``tls_cert`` is set); ``shutdown()`` is idempotent."""
+
+    def __init__(self, settings: InjectorSettings, *, metrics: WebhookMetrics | None = None,
+                 namespace_labels: NamespaceLabels | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else WebhookMetrics()
+        self._namespace_labels = namespace_labels
+        self._runner: web.AppRunner | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self.certificates: CertificateReloader | None = None
+        self.port = 0
+
+    async def _mutate(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json(loads=json.loads)
+        except ValueError:
+            body = None  # review() answers a body it cannot read by allowing it (fail open)
+        return web.json_response(review(body, self._namespace_labels, self.settings, self.metrics))
+
+    def _ready(self) -> str:
+        return "" if self._runner is not None else "not started"
+
+    async def _reload_loop(self) -> None:
+        assert self.certificates is not None
+        while True:
+            await asyncio.sleep(self.settings.tls_reload_s)
+            self.certificates.maybe_reload()
+
+    async def start(self) -> None:
+        ssl_context = None
+        if self.settings.tls_cert:
+            self.certificates = CertificateReloader(self.settings.tls_cert, self.settings.tls_key)
+            ssl_context = self.certificates.context
+        else:
+            log.warning("no tls_cert: serving plain HTTP (the Kubernetes API server requires HTTPS)")
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/mutate", self._mutate)
+        add_ops_routes(app, self.metrics.registry, self._ready)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, _, port = self.settings.listen.rpartition(":")
+        try:
+            await web.TCPSite(runner, host, int(port), ssl_context=ssl_context).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        if self.certificates is not None:
+            self._reload_task = asyncio.create_task(self._reload_loop())
+        log.info("webhook on %s://%s:%d/mutate", "https" if ssl_context else "http", host, self.port)
+
+    async def shutdown(self) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
+            self._reload_task = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def run(settings: InjectorSettings) -> int:
+    """``sentinel webhook``: serve until SIGTERM or SIGINT."""
+    from sentinel.service import run_until_signalled
+
+    return await run_until_signalled(WebhookServer(settings), (OSError, ssl.SSLError))
