@@ -296,3 +296,15 @@ def test_settings_defaults() -> None:
     s = load(InjectorSettings, args={}, env={"SENTINEL_NATIVE_SIDECAR": "true"})
     assert (s.listen, s.native_sidecar, s.cpu_request, s.memory_request, s.cpu_limit, s.memory_limit) == (
         "0.0.0.0:8443", True, "100m", "128Mi", "200m", "256Mi")
+
+
+def test_injected_pods_carry_the_label_the_network_policy_selects() -> None:
+    from webhook_injector.mutate import LABEL_INJECTED, mutate
+    from webhook_injector.settings import InjectorSettings
+
+    pod = {"metadata": {"name": "app", "labels": {"app": "chat"},
+                        "annotations": {"sentinel.llm-devops.io/inject": "true"}},
+           "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+    out = mutate(pod, {}, InjectorSettings())
+    assert out["metadata"]["labels"] == {"app": "chat", LABEL_INJECTED: "true"}
+    assert mutate(out, {}, InjectorSettings()) == out

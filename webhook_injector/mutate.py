@@ -25,6 +25,7 @@ __all__ = [
     "ANNOTATION_SPOOL_PVC",
     "ANNOTATION_STATUS",
     "INJECT_REASONS",
+    "LABEL_INJECTED",
     "NAMESPACE_LABEL",
     "SIDECAR_NAME",
     "SKIP_REASONS",
@@ -51,6 +52,8 @@ ANNOTATION_MEMORY_LIMIT = PREFIX + "memory-limit"
 NAMESPACE_LABEL = PREFIX + "inject"
 NAMESPACE_ENABLED = "enabled"
 STATUS_INJECTED = "injected"
+#: Label on injected pods, so the aggregator's NetworkPolicy can admit them.
+LABEL_INJECTED = PREFIX + "injected"
 
 SIDECAR_NAME = "sentinel-sidecar"
 SPOOL_VOLUME = "sentinel-spool"
@@ -325,6 +328,8 @@ def inject(pod: Pod, settings: InjectorSettings) -> Pod:
     _put(spec.setdefault("volumes", []), _spool_volume(annotations, mode, settings), first=False)
     meta = pod.setdefault("metadata", {})
     meta["annotations"] = {**annotations, ANNOTATION_STATUS: STATUS_INJECTED}
+    # A label as well: NetworkPolicies (deploy/k8s) can select labels, not annotations.
+    meta["labels"] = {**(meta.get("labels") or {}), LABEL_INJECTED: "true"}
     return pod
 
 
