@@ -144,17 +144,20 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one ``--flag`` per flaggable field of ``cls``; defaults stay ``None`` (= not given)."""
     parser.add_argument("--config", metavar="FILE", help="YAML file with settings (keys: the flag names "
                         "with underscores)")
-    for f, _tp in _fields(cls):
+    for f, tp in _fields(cls):
         if not f.metadata.get("flag", True):
             continue
         default = f.default if f.default is not dataclasses.MISSING else "(see docs)"
         env = ENV_PREFIX + f.name.upper()
+        # A bare boolean flag (--self-signed) means true; --flag false still works.
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if tp is bool else {}
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
             metavar="VALUE",
             help=f"{f.metadata.get('help', '')} [default: {default}; env {env}]",
+            **extra,
         )
 
 

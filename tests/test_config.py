@@ -82,3 +82,15 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[1] / "sidecar" / "README.md").read_text()
     missing = [f.name for f in dataclasses.fields(SidecarConfig) if f"`{f.name}`" not in readme]
     assert missing == []
+
+
+def test_bare_boolean_flag_means_true() -> None:
+    import argparse
+
+    from sentinel.config import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, SidecarConfig)
+    assert load(SidecarConfig, args=parser.parse_args(["--hash-user"]), env={}).hash_user is True
+    assert load(SidecarConfig, args=parser.parse_args(["--hash-user", "false"]), env={}).hash_user is False
+    assert load(SidecarConfig, args=parser.parse_args([]), env={}).hash_user is False

@@ -1,5 +1,6 @@
 """The HTTPS shell: ``POST /mutate`` plus ``/metrics``, ``/healthz`` and ``/readyz``, with the serving
-certificate reloaded from its files when they change (cert-manager renews them in place)."""
+certificate reloaded from its files when they change (cert-manager renews them in place), or, with
+``self_signed``, made at start-up (:mod:`webhook_injector.self_signed`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import json
 import logging
 import os
 import ssl
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from sentinel.service import add_ops_routes
+from webhook_injector import self_signed
 from webhook_injector.admission import NamespaceLabels, review
 from webhook_injector.metrics import WebhookMetrics
 from webhook_injector.settings import InjectorSettings
@@ -63,11 +69,22 @@ class CertificateReloader:
 
 
 class WebhookServer:
-    """``start()`` binds ``settings.listen`` (HTTPS when ``tls_cert`` is set); ``shutdown()`` is idempotent."""
+    """``start()`` binds ``settings.listen`` (HTTPS when ``tls_cert`` or ``self_signed`` is set); ``shutdown()``
+    is idempotent."""
 
     def __init__(self, settings: InjectorSettings, *, metrics: WebhookMetrics | None = None,
-                 namespace_labels: NamespaceLabels | None = None) -> None:
+                 namespace_labels: NamespaceLabels | None = None,
+                 kubernetes_api: Callable[[], Any] | None = None, patch_backoff_s: float = 1.0) -> None:
+        """``kubernetes_api`` (``self_signed`` only) makes the ``AdmissionregistrationV1Api`` that patches
+        the caBundle; default: in-cluster config from the pod's service-account token."""
         self.settings = settings
+        self._kubernetes_api = kubernetes_api if kubernetes_api is not None else self_signed.in_cluster_api
+        self._patch_backoff_s = patch_backoff_s
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._patch_task: asyncio.Task[bool] | None = None
+        #: ``self_signed``: the generated CA certificate (PEM), and whether the caBundle patch succeeded.
+        self.ca_pem = b""
+        self.ca_bundle_patched: bool | None = None
         self.metrics = metrics if metrics is not None else WebhookMetrics()
         self._namespace_labels = namespace_labels
         self._runner: web.AppRunner | None = None
@@ -91,9 +108,31 @@ class WebhookServer:
             await asyncio.sleep(self.settings.tls_reload_s)
             self.certificates.maybe_reload()
 
+    def _self_signed_files(self) -> tuple[str, str]:
+        """Generate the CA and serving certificate; write the pair to a private temp dir."""
+        namespace = self.settings.namespace()
+        self.ca_pem, cert_pem, key_pem = self_signed.generate(self.settings.service_name, namespace)
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="sentinel-webhook-tls-")
+        cert, key = Path(self._tls_dir.name, "tls.crt"), Path(self._tls_dir.name, "tls.key")
+        cert.write_bytes(cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(key_pem)
+        log.info("self-signed: serving certificate for %s", ", ".join(
+            self_signed.dns_names(self.settings.service_name, namespace)))
+        return str(cert), str(key)
+
+    async def _patch_ca_bundle(self) -> bool:
+        self.ca_bundle_patched = await self_signed.patch_ca_bundle_with_retry(
+            self._kubernetes_api, self.settings.webhook_config_name, self.ca_pem, backoff_s=self._patch_backoff_s)
+        return self.ca_bundle_patched
+
     async def start(self) -> None:
         ssl_context = None
-        if self.settings.tls_cert:
+        if self.settings.self_signed:
+            cert, key = self._self_signed_files()
+            self.certificates = CertificateReloader(cert, key)
+            ssl_context = self.certificates.context
+        elif self.settings.tls_cert:
             self.certificates = CertificateReloader(self.settings.tls_cert, self.settings.tls_key)
             ssl_context = self.certificates.context
         else:
@@ -108,14 +147,35 @@ class WebhookServer:
             await web.TCPSite(runner, host, int(port), ssl_context=ssl_context).start()
         except BaseException:
             await runner.cleanup()
+            self._cleanup_tls_dir()
             raise
         self._runner = runner
         self.port = runner.addresses[0][1]
-        if self.certificates is not None:
+        if self.settings.self_signed:
+            # In the background: serving starts at once (probes pass) while the patch is retried; if it
+            # never succeeds the webhook keeps serving, but the API server cannot verify it.
+            self._patch_task = asyncio.create_task(self._patch_ca_bundle())
+        elif self.certificates is not None:
             self._reload_task = asyncio.create_task(self._reload_loop())
         log.info("webhook on %s://%s:%d/mutate", "https" if ssl_context else "http", host, self.port)
 
+    async def wait_ca_bundle(self) -> bool | None:
+        """Wait for the background caBundle patch (``self_signed``); ``None`` when there is none."""
+        if self._patch_task is None:
+            return None
+        return await asyncio.shield(self._patch_task)
+
+    def _cleanup_tls_dir(self) -> None:
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+            self._tls_dir = None
+
     async def shutdown(self) -> None:
+        if self._patch_task is not None:
+            self._patch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._patch_task
+            self._patch_task = None
         if self._reload_task is not None:
             self._reload_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,6 +184,7 @@ class WebhookServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._cleanup_tls_dir()
 
 
 async def run(settings: InjectorSettings) -> int:

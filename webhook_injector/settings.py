@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ DEFAULT_TOKEN_SECRET_NAME = "sentinel-token"
 DEFAULT_TOKEN_SECRET_KEY = "token"
 DEFAULT_RUN_AS_USER = 65532
 DEFAULT_TLS_RELOAD_S = 10.0
+DEFAULT_WEBHOOK_CONFIG_NAME = "sentinel-webhook"
+DEFAULT_SERVICE_NAME = "sentinel-webhook"
+DEFAULT_SERVICE_NAMESPACE = "llm-sentinel"
 
 MODES = ("sidecar", "store-and-forward")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -61,6 +65,14 @@ class InjectorSettings:
     tls_key: str = setting("", "PEM private key of the serving certificate; reloaded when the file changes")
     tls_reload_s: float = setting(DEFAULT_TLS_RELOAD_S, "how often to check the certificate files for a "
                                   "change", kind="duration")
+    self_signed: bool = setting(False, "generate a CA and serving certificate at start-up and patch the "
+                                "MutatingWebhookConfiguration's caBundle (no cert-manager; excludes tls_cert)")
+    webhook_config_name: str = setting(DEFAULT_WEBHOOK_CONFIG_NAME, "self_signed: the "
+                                       "MutatingWebhookConfiguration whose caBundle is patched")
+    service_name: str = setting(DEFAULT_SERVICE_NAME, "self_signed: the webhook's Service (the certificate's "
+                                "DNS names)")
+    service_namespace: str = setting("", "self_signed: the Service's namespace; empty: env POD_NAMESPACE "
+                                     f"(downward API), else {DEFAULT_SERVICE_NAMESPACE}")
     image: str = setting(DEFAULT_IMAGE, "image of the injected sidecar container")
     image_pull_policy: str = setting("IfNotPresent", "imagePullPolicy of the sidecar: Always, IfNotPresent "
                                      "or Never")
@@ -88,6 +100,12 @@ class InjectorSettings:
         _hostport("listen", self.listen)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert: tls_cert and tls_key must be given together")
+        if self.self_signed and self.tls_cert:
+            raise ConfigError("self_signed: excludes tls_cert/tls_key (give one or the other)")
+        if self.self_signed:
+            for key in ("webhook_config_name", "service_name"):
+                if not getattr(self, key):
+                    raise ConfigError(f"{key}: required with self_signed")
         if self.tls_reload_s <= 0:
             raise ConfigError("tls_reload_s: must be greater than 0")
         if not self.image:
@@ -110,3 +128,7 @@ class InjectorSettings:
             raise ConfigError("run_as_user: must be a non-root UID (greater than 0)")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+
+    def namespace(self) -> str:
+        """``service_namespace``, else env ``POD_NAMESPACE`` (the downward API), else ``llm-sentinel``."""
+        return self.service_namespace or os.environ.get("POD_NAMESPACE") or DEFAULT_SERVICE_NAMESPACE

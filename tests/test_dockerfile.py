@@ -1,0 +1,58 @@
+"""The Dockerfile (Docker cannot build here): runtime-only install, non-root UID, entrypoint, ports."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def instructions() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` in order, with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last_from:]
+
+
+def test_base_image_user_and_entrypoint() -> None:
+    steps = instructions()
+    assert {args.split()[0] for word, args in steps if word == "FROM"} == {"python:3.11-slim"}
+    final = final_stage()
+    users = [args for word, args in final if word == "USER"]
+    assert users and users[-1].split(":")[0] == "65532"
+    [entrypoint] = [args for word, args in final if word == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["sentinel"]
+    exposed = {int(p) for word, args in final if word == "EXPOSE" for p in args.split()}
+    assert exposed == {4317, 4318, 8081, 9090, 8443}
+
+
+def test_installs_the_project_without_the_dev_extra() -> None:
+    runs = " ".join(args for word, args in instructions() if word == "RUN")
+    assert re.search(r"pip install (\S+ )*\.(\s|$)", runs)
+    assert "[dev]" not in runs and "requirements" not in runs
+
+
+def test_every_package_is_copied_and_not_ignored() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {src for word, args in instructions() if word == "COPY" and "--from" not in args
+              for src in args.split()[:-1]}
+    assert packages <= copied
+    assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    assert packages | {"pyproject.toml", pyproject["project"]["readme"]} <= allowed
