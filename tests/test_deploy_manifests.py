@@ -362,6 +362,8 @@ def test_aggregator_networkpolicy_only_9090() -> None:
 
 def test_webhook_configuration() -> None:
     (mwc,) = _by_kind("MutatingWebhookConfiguration")
+    assert sorted(h["clientConfig"]["service"]["path"] for h in mwc["webhooks"]) == [
+        "/mutate", "/mutate/namespace-enabled"]
     for hook in mwc["webhooks"]:
         assert hook["failurePolicy"] == "Ignore"
         assert hook["sideEffects"] == "None"
@@ -373,7 +375,12 @@ def test_webhook_configuration() -> None:
                     for v in e["values"]}
         assert {"kube-system", NAMESPACE} <= excluded
         svc_ref = hook["clientConfig"]["service"]
-        assert svc_ref["path"] == "/mutate" and svc_ref["namespace"] == NAMESPACE
+        labelled = [e for e in hook["namespaceSelector"]["matchExpressions"]
+                    if e["key"] == "sentinel.llm-devops.io/inject"]
+        # Labelled namespaces go to the path that means "the namespace opted in"; the rest to /mutate.
+        assert len(labelled) == 1 and labelled[0]["values"] == ["enabled"]
+        expected_path = "/mutate/namespace-enabled" if labelled[0]["operator"] == "In" else "/mutate"
+        assert svc_ref["path"] == expected_path and svc_ref["namespace"] == NAMESPACE
         svc = _one("Service", svc_ref["name"])
         (port,) = [p for p in svc["spec"]["ports"] if p["port"] == svc_ref.get("port", 443)]
         dep = _one("Deployment", "sentinel-webhook")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import jsonpatch
 import kubernetes_validate
 import pytest
@@ -184,3 +185,24 @@ async def test_renewed_certificate_is_served(tmp_path: Path) -> None:
             assert resp.status == 200
     finally:
         await srv.shutdown()
+
+
+async def test_namespace_enabled_path_injects_unannotated_pods(tmp_path: Path) -> None:
+    from webhook_injector.server import ENABLED_NAMESPACE_PATH, WebhookServer
+    from webhook_injector.settings import InjectorSettings
+
+    server = WebhookServer(InjectorSettings(listen="127.0.0.1:0"))
+    await server.start()
+    try:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team-a"},
+               "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+        review_body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                       "request": {"uid": "u1", "namespace": "team-a", "object": pod}}
+        async with httpx.AsyncClient() as c:
+            plain = (await c.post(f"http://127.0.0.1:{server.port}/mutate", json=review_body)).json()
+            enabled = (await c.post(f"http://127.0.0.1:{server.port}{ENABLED_NAMESPACE_PATH}",
+                                    json=review_body)).json()
+        assert "patch" not in plain["response"]  # not annotated, namespace not opted in
+        assert enabled["response"]["allowed"] and enabled["response"]["patchType"] == "JSONPatch"
+    finally:
+        await server.shutdown()

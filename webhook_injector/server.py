@@ -11,7 +11,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,13 @@ from sentinel.service import add_ops_routes
 from webhook_injector import self_signed
 from webhook_injector.admission import NamespaceLabels, review
 from webhook_injector.metrics import WebhookMetrics
+from webhook_injector.mutate import NAMESPACE_ENABLED, NAMESPACE_LABEL
 from webhook_injector.settings import InjectorSettings
 
-__all__ = ["CertificateReloader", "WebhookServer"]
+__all__ = ["ENABLED_NAMESPACE_PATH", "CertificateReloader", "WebhookServer"]
+
+#: Where the MutatingWebhookConfiguration sends pods of namespaces labelled for injection.
+ENABLED_NAMESPACE_PATH = "/mutate/namespace-enabled"
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,20 @@ class WebhookServer:
             body = None  # review() answers a body it cannot read by allowing it (fail open)
         return web.json_response(review(body, self._namespace_labels, self.settings, self.metrics))
 
+    async def _mutate_enabled_namespace(self, request: web.Request) -> web.Response:
+        # AdmissionReview carries no namespace labels. The MutatingWebhookConfiguration routes pods of
+        # namespaces labelled sentinel.llm-devops.io/inject=enabled here (its namespaceSelector does
+        # the selection), so this path means "the namespace opted in" — no RBAC to read namespaces.
+        try:
+            body = await request.json(loads=json.loads)
+        except ValueError:
+            body = None
+
+        def enabled(_namespace: str) -> Mapping[str, str]:
+            return {NAMESPACE_LABEL: NAMESPACE_ENABLED}
+
+        return web.json_response(review(body, enabled, self.settings, self.metrics))
+
     def _ready(self) -> str:
         return "" if self._runner is not None else "not started"
 
@@ -139,6 +157,7 @@ class WebhookServer:
             log.warning("no tls_cert: serving plain HTTP (the Kubernetes API server requires HTTPS)")
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/mutate", self._mutate)
+        app.router.add_post(ENABLED_NAMESPACE_PATH, self._mutate_enabled_namespace)
         add_ops_routes(app, self.metrics.registry, self._ready)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
