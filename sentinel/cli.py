@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from sentinel.config import ConfigError, add_arguments, load
 
@@ -29,19 +31,28 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _services() -> dict[str, tuple[str, type, str]]:
+    """Each long-running subcommand: (help, settings class, module whose ``run(settings)`` runs it).
+    The settings' YAML section is the command's name; the module is imported only when chosen, so
+    a sidecar does not load the aggregator's or the webhook's dependencies."""
     from aggregator.config import AggregatorConfig
     from sidecar.config import SidecarConfig
     from webhook_injector.settings import InjectorSettings
 
+    return {
+        "sidecar": ("run the sidecar (OTLP receiver, local detection, forwarder)", SidecarConfig, "sidecar.app"),
+        "aggregator": ("run the aggregator (ingest, baselines, detectors, candidates)", AggregatorConfig,
+                       "aggregator.app"),
+        "webhook": ("run the mutating admission webhook that injects the sidecar", InjectorSettings,
+                    "webhook_injector.server"),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sentinel", description="LLM-Sentinel: anomaly detection for LLM apps")
     sub = p.add_subparsers(dest="command", required=True)
-    sc = sub.add_parser("sidecar", help="run the sidecar (OTLP receiver, local detection, forwarder)")
-    add_arguments(sc, SidecarConfig)
-    agg = sub.add_parser("aggregator", help="run the aggregator (ingest from sidecars, journal, metrics)")
-    add_arguments(agg, AggregatorConfig)
-    wh = sub.add_parser("webhook", help="run the mutating admission webhook that injects the sidecar")
-    add_arguments(wh, InjectorSettings)
+    for name, (help_text, settings_cls, _) in _services().items():
+        add_arguments(sub.add_parser(name, help=help_text), settings_cls)
     demo = sub.add_parser("demo", help="run a sidecar and a traffic generator with injected incidents")
     demo.add_argument("--seconds", type=float, default=20.0, help="how long to generate traffic [20]")
     demo.add_argument("--rate", type=float, default=2000.0, help="spans per second [2000]")
@@ -50,45 +61,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "sidecar":
-        from sidecar.app import run
-        from sidecar.config import SidecarConfig
-
-        try:
-            config = load(SidecarConfig, args=args, section="sidecar")
-        except ConfigError as e:
-            print(f"sentinel sidecar: invalid setting {e}", file=sys.stderr)
-            return 2
-        _setup_logging(config.log_level)
-        return asyncio.run(run(config))
-    if args.command == "aggregator":
-        from aggregator.app import run as run_aggregator
-        from aggregator.config import AggregatorConfig
-
-        try:
-            agg_config = load(AggregatorConfig, args=args, section="aggregator")
-        except ConfigError as e:
-            print(f"sentinel aggregator: invalid setting {e}", file=sys.stderr)
-            return 2
-        _setup_logging(agg_config.log_level)
-        return asyncio.run(run_aggregator(agg_config))
-    if args.command == "webhook":
-        from webhook_injector.server import run as run_webhook
-        from webhook_injector.settings import InjectorSettings
-
-        try:
-            wh_settings = load(InjectorSettings, args=args, section="webhook")
-        except ConfigError as e:
-            print(f"sentinel webhook: invalid setting {e}", file=sys.stderr)
-            return 2
-        _setup_logging(wh_settings.log_level)
-        return asyncio.run(run_webhook(wh_settings))
     if args.command == "demo":
         from sentinel.demo import run_demo
 
         _setup_logging("warning")
         return asyncio.run(run_demo(seconds=args.seconds, rate=args.rate))
-    return 2
+    _, settings_cls, module = _services()[args.command]
+    try:
+        settings: Any = load(settings_cls, args=args, section=args.command)
+    except ConfigError as e:
+        print(f"sentinel {args.command}: invalid setting {e}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    run: Callable[[Any], Coroutine[Any, Any, int]] = importlib.import_module(module).run
+    return asyncio.run(run(settings))
 
 
 if __name__ == "__main__":
