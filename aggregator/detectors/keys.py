@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from sentinel.detectors.grouping import Key, group_by_key
+
 __all__ = ["Key", "KeyedState", "group_by_key", "top_rows_per_group"]
 
-Key = tuple[str | None, ...]
 IntArray = npt.NDArray[np.int64]
 S = TypeVar("S")
-
-
-def group_by_key(columns: Sequence[Sequence[str | None]]) -> tuple[IntArray, list[Key]]:
-    """Code per row (0..K-1) and the K distinct keys (in first-seen order of codes).
-
-    Each column is encoded on its own (one dict pass per column, no tuple per row); a column with
-    one value throughout is skipped, as a sidecar's batch usually holds one service.
-    """
-    n = len(columns[0]) if columns else 0
-    code = np.zeros(n, dtype=np.int64)
-    values: list[list[str | None]] = []
-    for col in columns:
-        if n == 0 or list(col).count(col[0]) == n:
-            values.append([col[0]] if n else [None])
-            continue
-        seen: dict[str | None, int] = {}
-        first = np.fromiter(map(seen.setdefault, col, range(n)), dtype=np.int64, count=n)
-        uniq, inverse = np.unique(first, return_inverse=True)
-        values.append([col[i] for i in uniq.tolist()])
-        code = code * uniq.size + inverse
-    uniq, inverse = np.unique(code, return_inverse=True)
-    keys: list[Key] = []
-    for c in uniq.tolist():
-        parts: list[str | None] = []
-        for vals in reversed(values):
-            c, i = divmod(c, len(vals))
-            parts.append(vals[i])
-        keys.append(tuple(reversed(parts)))
-    return inverse.astype(np.int64).reshape(n), keys
 
 
 def top_rows_per_group(group: IntArray, weight: npt.NDArray[np.float64], k: int) -> list[list[int]]:

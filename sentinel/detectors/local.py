@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from sentinel.detectors.error_rate import ErrorRateWindow
+from sentinel.detectors.grouping import group_by_key
 from sentinel.detectors.local_config import (
     DEFAULT_DIRECTIONS,
     DEFAULT_MAX_ANOMALIES_PER_BATCH,
@@ -242,8 +243,9 @@ class LocalDetector:
         """Score ``batch`` against the state before it, update the state, return the detections."""
         if batch.n == 0:
             return []
-        codes, batch_keys = _key_codes([batch.strings[c] for c in KEY_COLUMNS])
-        slots = self._assign_slots(batch_keys)
+        codes, batch_keys = group_by_key([batch.strings[c] for c in KEY_COLUMNS])
+        # Three key columns in, so every key is a (service, model, operation) triple.
+        slots = self._assign_slots(cast("list[Key]", batch_keys))
         if (slots < 0).any():
             # More new keys in one batch than max_keys allows: their rows are not scored.
             ok = slots >= 0
@@ -463,36 +465,6 @@ def _limit(tc: ThresholdConfig | None, which: str) -> float:
     if value is None:
         return -math.inf if which == "min" else math.inf
     return float(value)
-
-
-def _key_codes(columns: list[list[str | None]]) -> tuple[IntArray, list[Key]]:
-    """Compact key code per row (0..K-1) and the K distinct keys, from the key columns.
-
-    Hashing a tuple per row is the slowest step of a batch, so each column is encoded on its own
-    and a column holding one value throughout (a sidecar usually sees one service) is skipped.
-    """
-    n = len(columns[0])
-    positions = range(n)
-    code = np.zeros(n, dtype=np.int64)
-    values: list[list[str | None]] = []
-    for col in columns:
-        if col.count(col[0]) == n:
-            values.append([col[0]])
-            continue
-        seen: dict[str | None, int] = {}
-        first = np.fromiter(map(seen.setdefault, col, positions), dtype=np.int64, count=n)
-        uniq, inverse = np.unique(first, return_inverse=True)
-        values.append([col[i] for i in uniq.tolist()])
-        code = code * uniq.size + inverse
-    uniq, inverse = np.unique(code, return_inverse=True)
-    keys: list[Key] = []
-    for c in uniq.tolist():
-        parts: list[str | None] = []
-        for vals in reversed(values):
-            c, i = divmod(c, len(vals))
-            parts.append(vals[i])
-        keys.append((parts[2], parts[1], parts[0]))
-    return inverse.astype(np.int64), keys
 
 
 class _Found:
