@@ -31,7 +31,8 @@ RUN mkdir -p /var/lib/sentinel \
 WORKDIR /var/lib/sentinel
 USER 65532:65532
 # 4317 OTLP/gRPC, 4318 OTLP/HTTP, 8081 sidecar ops (/metrics, /healthz, /readyz),
-# 9090 aggregator, 8443 webhook (HTTPS).
-EXPOSE 4317 4318 8081 9090 8443
+# 9090 aggregator (ingest, REST API + SSE, web page, ops), 9091 aggregator gRPC AlertService,
+# 8443 webhook (HTTPS).
+EXPOSE 4317 4318 8081 9090 9091 8443
 ENTRYPOINT ["sentinel"]
 CMD ["--help"]

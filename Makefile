@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck check bench bench-iforest bench-detectors clean
+.PHONY: demo test lint typecheck check bench bench-iforest bench-detectors clean proto
 
 $(BIN)/sentinel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,6 @@ bench-iforest: $(BIN)/sentinel
 
 bench-detectors: $(BIN)/sentinel
 	$(BIN)/python -m loadtest.detector_quality
+
+proto: $(BIN)/sentinel
+	PYTHON=$(BIN)/python scripts/gen_proto.sh

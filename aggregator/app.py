@@ -1,32 +1,51 @@
 """The aggregator process: builds its components from :class:`AggregatorConfig`, starts and stops them.
 
-One HTTP listener (``listen``, default ``0.0.0.0:9090``) serves ``POST /v1/ingest``,
-``GET /api/v1/baselines``, ``GET /api/v1/candidates``, ``/metrics``, ``/healthz`` and ``/readyz``.
-Start opens the journal and restores baselines and detector state before the listener, so
-nothing is accepted before it can be stored;
-shutdown stops the listener first (in-flight requests get up to ``shutdown_grace_s`` to finish),
-commits what is queued, lets analysis finish and saves its state, and closes the journal.
+One HTTP listener (``listen``, default ``0.0.0.0:9090``) serves ``POST /v1/ingest``, the API v1
+(alerts, silences, services, statistics, the SSE stream, baselines, candidates, OpenAPI), the web
+page at ``/``, ``/metrics``, ``/healthz`` and ``/readyz``; a gRPC listener (``grpc_listen``, default
+``0.0.0.0:9091``) serves ``sentinel.v1.AlertService``. Both bind to 127.0.0.1 when no token is
+configured. Start opens the journal, restores baselines, detector state, series and open alerts
+before the listeners, so nothing is accepted before it can be stored; sinks start after (a broker
+that is down is retried in the background while alerts wait in the outbox). Shutdown ends the live
+streams, stops the listeners (in-flight requests get up to ``shutdown_grace_s``), commits what is
+queued, lets analysis finish and saves its state, stops the sinks (what is undelivered stays in
+the outbox) and closes the stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import sqlite3
+from collections.abc import Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig, SinkMetrics
+from aggregator.alerting.grpc_service import AlertGrpcServer
+from aggregator.alerting.hub import AlertHub
+from aggregator.alerting.manager import AlertManager
+from aggregator.alerting.sink import Sink
+from aggregator.alerting.store import SQLiteAlertStore, StoreError
+from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
 from aggregator.analysis import Analysis, BatchConsumer
+from aggregator.api.auth import Roles
+from aggregator.api.routes import Api, add_api_routes
 from aggregator.baseline_service import BaselineService
 from aggregator.candidates import CandidateLog
 from aggregator.config import AggregatorConfig
 from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
+from aggregator.detectors.candidate import Candidate
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
 from aggregator.metrics import AggregatorMetrics
+from aggregator.series import SeriesService
+from aggregator.web import add_web_routes
 from sentinel.service import add_ops_routes, run_until_signalled
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
@@ -45,7 +64,20 @@ class Aggregator:
         self.metrics = AggregatorMetrics(registry)
         self.baselines = BaselineService(config.baseline_config(), config.data_dir)
         self.candidates = CandidateLog(registry=self.metrics.registry)
-        emit = self.metrics.observing(self.candidates.emit)  # + detection latency of every candidate
+        self.hub = AlertHub()
+        self.alert_store = SQLiteAlertStore(os.path.join(config.data_dir, "alerts.db"))
+        self.sinks: list[Sink] = []
+        sink_metrics = SinkMetrics(self.metrics.registry)
+        if config.amqp_url:
+            self.sinks.append(AmqpSink(AmqpSinkConfig(url=config.amqp_url, exchange=config.amqp_exchange,
+                                                      queue=config.amqp_queue, min_severity=config.amqp_min_severity),
+                                       self.alert_store, metrics=sink_metrics))
+        self.sinks += [WebhookSink(w, self.alert_store, metrics=sink_metrics) for w in parse_webhooks(config.webhooks)]
+        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, config.tokens)
+        self.series = SeriesService(config.data_dir)
+        self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
+                                   registry=self.metrics.registry)
+        emit = self.metrics.observing(self._emit)  # + detection latency of every candidate
         # Before the baselines: forwarded anomalies are judged against the baselines as they were
         # before their own batch, so a spike does not raise the p99 it is compared with.
         self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store, emit,
@@ -58,6 +90,8 @@ class Aggregator:
         if self.forest is not None:
             consumers.append(self.forest)
             self.metrics.watch_forest(self.forest)
+        # Last: a batch's own detections are folded in before its rows can resolve an alert.
+        consumers += [self.series, self.alerts]
         self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis)
         self._runner: web.AppRunner | None = None
@@ -65,6 +99,22 @@ class Aggregator:
         self.port = 0
         self._ready = False
         self._stopped = False
+        self._ticker: asyncio.Task[None] | None = None
+        self.api: Api | None = None
+        self.grpc: AlertGrpcServer | None = None
+
+    def _emit(self, candidates: Iterable[Candidate]) -> None:
+        batch = list(candidates)
+        self.candidates.emit(batch)
+        self.alerts.emit(batch)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(self.alerts.tick)
+            except Exception:  # a store error must not end the storm clock for good
+                log.exception("alert manager tick failed")
 
     @property
     def url(self) -> str:
@@ -80,23 +130,42 @@ class Aggregator:
             return "starting"
         return ""
 
+    def _bind(self, address: str) -> str:
+        """``address``, or the same port on 127.0.0.1 when nothing authenticates callers."""
+        if self.config.auth_enabled or self.config.allow_unauthenticated or not address:
+            return address
+        return "127.0.0.1:" + address.rpartition(":")[2]
+
     async def start(self) -> None:
         c = self.config
-        if not c.tokens:
-            log.warning("no tokens configured: /v1/ingest accepts batches from anyone who can reach it")
+        if not c.auth_enabled and not c.allow_unauthenticated:
+            log.warning("no tokens configured: listening on 127.0.0.1 only (set tokens, viewer_tokens, "
+                        "operator_tokens or admin_tokens to serve other hosts)")
+        elif not c.auth_enabled:
+            log.warning("no tokens configured and allow_unauthenticated set: anyone who can reach %s may "
+                        "ingest, read and act on alerts", c.listen)
         await self.ingest.start()  # creates data_dir
         await asyncio.to_thread(self.baselines.restore)
         await asyncio.to_thread(self.detectors.restore)
+        try:
+            await asyncio.to_thread(self.alerts.restore)
+        except StoreError as e:
+            raise OSError(str(e)) from e
+        await asyncio.to_thread(self.series.restore)
+        self.hub.bind(asyncio.get_running_loop())
         await self.analysis.start()
         # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
         app = web.Application(client_max_size=c.max_body_bytes)
         app.router.add_post("/v1/ingest", self.ingest.handle)
         app.router.add_get("/api/v1/baselines", self.baselines.handle)
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
+        self.api = add_api_routes(app, actions=self.alerts, series=self.series, baselines=self.baselines,
+                                  roles=self.roles)
+        add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=c.shutdown_grace_s)
         await runner.setup()
-        host, _, port = c.listen.rpartition(":")
+        host, _, port = self._bind(c.listen).rpartition(":")
         site = web.TCPSite(runner, host, int(port))
         try:
             await site.start()
@@ -105,21 +174,31 @@ class Aggregator:
             raise
         self._runner = runner
         self.port = runner.addresses[0][1]
+        if not c.public_url:
+            self.alerts.config.public_url = self.url
+        if c.grpc_listen:
+            self.grpc = AlertGrpcServer(self._bind(c.grpc_listen), self.hub, self.alert_store,
+                                        tokens=self.roles.role_of if self.roles.enabled else None)
+            await self.grpc.start()
+        for sink in self.sinks:
+            await sink.start()  # a broker that is down is retried in the background; alerts wait in the outbox
+        self._ticker = asyncio.create_task(self._tick(), name="alert-tick")
         if c.otlp_grpc_listen or c.otlp_http_listen:
             # Standalone topology: an embedded sidecar (its receivers, extraction and local detection)
             # forwarding over loopback to this aggregator's own ingest, so de-duplication, the
             # journal and every detector see OTLP-fed rows exactly as they see a sidecar's.
             self.otlp = Sidecar(
                 SidecarConfig(
-                    grpc_listen=c.otlp_grpc_listen, http_listen=c.otlp_http_listen, metrics_listen="",
-                    aggregator_url=self.url, token=c.tokens[0] if c.tokens else "",
+                    grpc_listen=self._bind(c.otlp_grpc_listen), http_listen=self._bind(c.otlp_http_listen),
+                    metrics_listen="", aggregator_url=self.url, token=c.tokens[0] if c.tokens else "",
                     sidecar_id=f"{socket.gethostname()}/aggregator-otlp", shutdown_grace_s=c.shutdown_grace_s,
                 ),
                 registry=self.metrics.registry,
             )
             await self.otlp.start()
         self._ready = True
-        log.info("aggregator listening on %s:%d", host, self.port)
+        log.info("aggregator listening on %s:%d%s", host, self.port,
+                 f", gRPC AlertService on port {self.grpc.port}" if self.grpc else "")
 
     async def shutdown(self) -> None:
         if self._stopped:
@@ -127,11 +206,23 @@ class Aggregator:
         self._stopped = True
         if self.otlp is not None:
             await self.otlp.shutdown()  # first: it forwards what it holds to the listener below
+        self.hub.close()  # live streams (SSE, gRPC Watch) end, so the listeners' shutdown does not wait for them
+        if self.api is not None:
+            self.api.streams.stop()
+        if self.grpc is not None:
+            await self.grpc.shutdown()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self.ingest.shutdown()
         await self.analysis.shutdown()  # after ingest: every committed batch is analysed and saved
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for sink in self.sinks:
+            await sink.shutdown()  # what is not yet delivered stays in the outbox for the next start
+        self.alert_store.close()
         log.info("aggregator stopped")
 
 

@@ -5,6 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from aggregator.alerting.manager import (
+    DEFAULT_ALERT_MIN_CONFIDENCE,
+    DEFAULT_CORRELATION_WINDOW_S,
+    DEFAULT_DEDUP_WINDOW_S,
+    DEFAULT_MIN_CONFIDENCE_BY_TYPE,
+    DEFAULT_PERSISTENCE,
+    DEFAULT_PERSISTENCE_WINDOW_S,
+    DEFAULT_RESOLVE_AFTER_S,
+    DEFAULT_RETENTION_S,
+    DEFAULT_ROW_PERSISTENCE,
+    DEFAULT_RUNBOOK_URL_TEMPLATE,
+    DEFAULT_STORM_MAX_ALERTS,
+    DEFAULT_STORM_WINDOW_S,
+    AlertManagerConfig,
+)
+from aggregator.alerting.model import SEVERITIES
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
 from aggregator.confirm import (
     DEFAULT_MARGIN,
@@ -32,6 +48,7 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN = "0.0.0.0:9090"
+DEFAULT_GRPC_LISTEN = "0.0.0.0:9091"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_INGEST_QUEUE_MAX_BATCHES = 256
@@ -81,7 +98,8 @@ def forest_config(settings: dict[str, Any]) -> ForestConfig | None:
 class AggregatorConfig:
     """Every setting of ``sentinel aggregator`` (see ``aggregator/README.md`` for the table)."""
 
-    listen: str = setting(DEFAULT_LISTEN, "HTTP listen address: /v1/ingest, /metrics, /healthz, /readyz")
+    listen: str = setting(DEFAULT_LISTEN, "HTTP listen address: /v1/ingest, the API, the page, /metrics, /healthz, "
+                          "/readyz (127.0.0.1 when no token is configured, see allow_unauthenticated)")
     data_dir: str = setting(DEFAULT_DATA_DIR, "directory of the aggregator's state (the SQLite ingest "
                             "journal and de-duplication table)")
     # Tokens stay out of flags so they never show in a process listing.
@@ -133,6 +151,54 @@ class AggregatorConfig:
                                             "confidence are dismissed")
     confirm_unchecked_min_sigma: float = setting(DEFAULT_UNCHECKED_MIN_SIGMA, "local |sigma| needed while the "
                                                  "global history is too short")
+    viewer_tokens: list[str] = setting(None, "bearer tokens that may read the API, the stream and gRPC Watch "
+                                       "(comma-separated in SENTINEL_VIEWER_TOKENS)", flag=False, factory=list)
+    operator_tokens: list[str] = setting(None, "bearer tokens that may also acknowledge alerts and manage "
+                                         "silences", flag=False, factory=list)
+    admin_tokens: list[str] = setting(None, "bearer tokens with every permission", flag=False, factory=list)
+    allow_unauthenticated: bool = setting(False, "with no token of any kind configured, keep the configured "
+                                          "listen addresses (default: bind to 127.0.0.1 and say so); only "
+                                          "behind something that authenticates, e.g. an Istio "
+                                          "AuthorizationPolicy")
+    grpc_listen: str = setting(DEFAULT_GRPC_LISTEN, "gRPC listen address of sentinel.v1.AlertService (Watch, "
+                               "GetAlert, ListAlerts); empty: off")
+    public_url: str = setting("", "the URL people reach the aggregator's page at (runbook and page links in "
+                              "alerts); empty: derived from listen")
+    amqp_url: str = setting("", "RabbitMQ sink: amqp:// URL (prefer SENTINEL_AMQP_URL: it holds the password); "
+                            "empty: no broker, alerts stay in the store, API and page")
+    amqp_exchange: str = setting("incidents", "RabbitMQ topic exchange alerts are published to")
+    amqp_queue: str = setting("incidents.all", "queue declared and bound to incidents.# (24 h TTL, dead letters "
+                              "to incidents.dlq); empty: declare none")
+    amqp_min_severity: str = setting("low", "least severe alert published to RabbitMQ")
+    webhooks: list[Any] = setting(None, "webhook sinks, a list of maps (aggregator/alerting/SINKS.md)",
+                                  flag=False, factory=list)
+    alert_dedup_window_s: float = setting(DEFAULT_DEDUP_WINDOW_S, "a detection with the fingerprint of an "
+                                          "unresolved alert seen within this window updates it", kind="duration")
+    alert_min_confidence: float = setting(DEFAULT_ALERT_MIN_CONFIDENCE, "detections below this confidence "
+                                          "raise no alert")
+    alert_min_confidence_by_type: dict[str, Any] = setting(None, "a higher confidence floor per anomaly type",
+                                                           flag=False,
+                                                           factory=lambda: dict(DEFAULT_MIN_CONFIDENCE_BY_TYPE))
+    alert_persistence: dict[str, Any] = setting(None, "detections of one series needed within "
+                                                "alert_persistence_window_s before an alert, per anomaly type",
+                                                flag=False, factory=lambda: dict(DEFAULT_PERSISTENCE))
+    alert_row_persistence: int = setting(DEFAULT_ROW_PERSISTENCE, "detections of one series needed within "
+                                         "alert_persistence_window_s when each is about a single call (confirmed "
+                                         "local anomalies, forest outliers)")
+    alert_persistence_window_s: float = setting(DEFAULT_PERSISTENCE_WINDOW_S, "window of alert_persistence",
+                                                kind="duration")
+    alert_correlation_window_s: float = setting(DEFAULT_CORRELATION_WINDOW_S, "unresolved alerts of one service "
+                                                "seen within this window are linked as related", kind="duration")
+    alert_resolve_after_s: float = setting(DEFAULT_RESOLVE_AFTER_S, "an alert resolves after this much event "
+                                           "time of its service's traffic without a detection", kind="duration")
+    alert_storm_max_alerts: int = setting(DEFAULT_STORM_MAX_ALERTS, "alerts sent within alert_storm_window_s "
+                                          "before the rest are summarised into one alert_storm alert")
+    alert_storm_window_s: float = setting(DEFAULT_STORM_WINDOW_S, "window of the storm rate limit", kind="duration")
+    alert_retention_s: float = setting(DEFAULT_RETENTION_S, "how long resolved alerts are kept", kind="duration")
+    alert_severity: dict[str, Any] = setting(None, "base severity per anomaly type, overriding the rules' table",
+                                             flag=False, factory=dict)
+    alert_runbook_url_template: str = setting(DEFAULT_RUNBOOK_URL_TEMPLATE, "runbook_url of alerts; "
+                                              "placeholders {public_url}, {anomaly_type}, {service}, {model}")
     save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
                                      kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
@@ -146,6 +212,21 @@ class AggregatorConfig:
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)
 
+    def alert_manager_config(self) -> AlertManagerConfig:
+        return AlertManagerConfig(
+            dedup_window_s=self.alert_dedup_window_s, min_confidence=self.alert_min_confidence,
+            min_confidence_by_type=dict(self.alert_min_confidence_by_type),
+            persistence=dict(self.alert_persistence), row_persistence=self.alert_row_persistence,
+            persistence_window_s=self.alert_persistence_window_s,
+            correlation_window_s=self.alert_correlation_window_s, resolve_after_s=self.alert_resolve_after_s,
+            storm_max_alerts=self.alert_storm_max_alerts, storm_window_s=self.alert_storm_window_s,
+            retention_s=self.alert_retention_s, severity=dict(self.alert_severity),
+            runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.tokens or self.viewer_tokens or self.operator_tokens or self.admin_tokens)
+
     def baseline_config(self) -> BaselineConfig:
         return BaselineConfig(metrics=tuple(self.baseline_metrics), seasonality=self.baseline_seasonality,
                               max_keys=self.baseline_max_keys,
@@ -158,8 +239,21 @@ class AggregatorConfig:
                 _hostport(key, getattr(self, key))
         if not self.data_dir:
             raise ConfigError("data_dir: must not be empty")
-        if not isinstance(self.tokens, list) or not all(isinstance(t, str) and t for t in self.tokens):
-            raise ConfigError("tokens: must be a list of non-empty strings")
+        for key in ("tokens", "viewer_tokens", "operator_tokens", "admin_tokens"):
+            tokens = getattr(self, key)
+            if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+                raise ConfigError(f"{key}: must be a list of non-empty strings")
+        if self.grpc_listen:
+            _hostport("grpc_listen", self.grpc_listen)
+        if self.amqp_url and not self.amqp_url.startswith(("amqp://", "amqps://")):
+            raise ConfigError("amqp_url: must start with amqp:// or amqps://")
+        if self.amqp_min_severity not in SEVERITIES:
+            raise ConfigError(f"amqp_min_severity: {self.amqp_min_severity!r} is not one of {', '.join(SEVERITIES)}")
+        if not self.amqp_exchange:
+            raise ConfigError("amqp_exchange: must not be empty")
+        if not isinstance(self.webhooks, list):
+            raise ConfigError("webhooks: must be a list of maps")
+        self.alert_manager_config().validate()
         for key in ("max_body_bytes", "ingest_queue_max_batches", "retry_after_s", "dedup_window"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")

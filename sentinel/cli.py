@@ -3,7 +3,8 @@
     sentinel sidecar [--config FILE] [--grpc-listen 127.0.0.1:4317] ...
     sentinel aggregator [--config FILE] [--listen 0.0.0.0:9090] [--data-dir ./data] ...
     sentinel webhook [--config FILE] [--listen 0.0.0.0:8443] [--tls-cert FILE --tls-key FILE] ...
-    sentinel demo [--seconds 20]
+    sentinel alerts [--follow] [--severity high,critical] [--service NAME] ...
+    sentinel demo [--seconds 35] [--keep-running]
 
 Invalid settings stop start-up with exit status 2 and a message naming the setting.
 """
@@ -53,19 +54,33 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, (help_text, settings_cls, _) in _services().items():
         add_arguments(sub.add_parser(name, help=help_text), settings_cls)
-    demo = sub.add_parser("demo", help="run a sidecar and a traffic generator with injected incidents")
-    demo.add_argument("--seconds", type=float, default=20.0, help="how long to generate traffic [20]")
-    demo.add_argument("--rate", type=float, default=2000.0, help="spans per second [2000]")
+    sub.add_parser("alerts", help="list the aggregator's alerts (--follow for live ones); "
+                   "`sentinel alerts --help` for its options", add_help=False)
+    demo = sub.add_parser("demo", help="run an aggregator, a sidecar and traffic with injected incidents; "
+                          "print the alerts")
+    demo.add_argument("--seconds", type=float, default=40.0, help="how long to generate traffic [40]")
+    demo.add_argument("--rate", type=float, default=1000.0, help="spans per second [1000]")
+    demo.add_argument("--listen", default="127.0.0.1:9090", help="the aggregator's API and page [127.0.0.1:9090]")
+    demo.add_argument("--keep-running", action="store_true", help="keep the page up after the traffic, until Ctrl-C")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["alerts"]:  # a client, not a service: its own parser takes every option after it
+        from sentinel.alerts_cli import main as alerts_main
+
+        return alerts_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from sentinel.demo import run_demo
 
         _setup_logging("warning")
-        return asyncio.run(run_demo(seconds=args.seconds, rate=args.rate))
+        try:
+            return asyncio.run(run_demo(seconds=args.seconds, rate=args.rate, listen=args.listen,
+                                        keep_running=args.keep_running))
+        except KeyboardInterrupt:
+            return 130
     _, settings_cls, module = _services()[args.command]
     try:
         settings: Any = load(settings_cls, args=args, section=args.command)

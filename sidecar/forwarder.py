@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from dataclasses import dataclass
 
 import httpx
 
 from sentinel import wire
+from sentinel.retry import backoff_s
+from sentinel.retry import retry_after as retry_after_of
 from sidecar.forward_queue import ForwardQueue, QueueItem
 from sidecar.metrics import SidecarMetrics
 
@@ -31,7 +32,6 @@ RETRYABLE_STATUS = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
 #: Statuses that mean the batch itself is refused: resending it cannot succeed.
 PERMANENT_STATUS = frozenset({400, 413, 415, 422})
 
-_BASE_BACKOFF_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -41,25 +41,6 @@ class ForwarderConfig:
     ca_file: str = ""
     timeout_s: float = 10.0
     max_backoff_s: float = 30.0
-
-
-def backoff_s(attempt: int, max_backoff_s: float, retry_after_s: float | None = None) -> float:
-    """Delay before retry number ``attempt`` (0-based)."""
-    # Jitter first, then the cap: the cap is a promise to the operator.
-    delay = min(max_backoff_s, _BASE_BACKOFF_S * 2 ** min(attempt, 32) * random.uniform(0.8, 1.2))
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, max_backoff_s))
-    return float(delay)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
 
 
 class Forwarder:
@@ -128,9 +109,9 @@ class Forwarder:
                     return
                 reason = str(r.status_code)
                 self.last_error = f"HTTP {r.status_code}"
-                retry_after = _retry_after(r)
+                retry_after = retry_after_of(r)
             self._metrics.forward_retries.labels(reason).inc()
-            delay = backoff_s(attempt, self._config.max_backoff_s, retry_after)
+            delay = backoff_s(attempt, self._config.max_backoff_s, retry_after_s=retry_after)
             if attempt == 0 or attempt % 10 == 0:
                 log.warning("forward of batch seq=%d failed (%s); retrying in %.1fs",
                             item.batch.seq, self.last_error, delay)

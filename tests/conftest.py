@@ -1,15 +1,19 @@
-"""Shared fixtures: a recording aggregator and an in-process sidecar on free loopback ports."""
+"""Shared fixtures: a recording aggregator, in-process sidecars and aggregators on free loopback
+ports, an alert store; and ``wait_for``."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
 from loadtest.recorder import RecordingAggregator
@@ -67,7 +71,8 @@ async def make_aggregator(tmp_path: Path) -> AsyncIterator[AggregatorFactory]:
     started: list[Aggregator] = []
 
     async def make(**overrides: Any) -> Aggregator:
-        settings: dict[str, Any] = {"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "aggregator"),
+        settings: dict[str, Any] = {"listen": "127.0.0.1:0", "grpc_listen": "127.0.0.1:0",
+                                    "data_dir": str(tmp_path / "aggregator"),
                                     "shutdown_grace_s": 1.0}
         settings.update(overrides)
         agg = Aggregator(AggregatorConfig(**settings), registry=CollectorRegistry())
@@ -78,3 +83,21 @@ async def make_aggregator(tmp_path: Path) -> AsyncIterator[AggregatorFactory]:
     yield make
     for agg in started:
         await agg.shutdown()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteAlertStore]:
+    """An open alert store in ``tmp_path``."""
+    s = SQLiteAlertStore(str(tmp_path / "alerts.db"))
+    s.open()
+    yield s
+    s.close()
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll ``cond`` until it holds; ``AssertionError`` naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -10,6 +10,11 @@
 - Policy: restricted pod security on every container, the webhook fails open and skips
   kube-system, RBAC has no wildcards, every kustomization lists every manifest beside it, and the
   aggregator's own settings loader accepts its ConfigMap, environment and arguments.
+- The aggregator's alerting: every SENTINEL_* variable it gets is an AggregatorConfig setting, the
+  Secret holds ingest and viewer/operator/admin tokens (so it serves beyond 127.0.0.1 and its API
+  has readers), the RabbitMQ URL is an optional Secret reference, the Services expose 9090
+  (``http-``) and 9091 (``grpc-``), and the NetworkPolicy and Istio AuthorizationPolicy admit both
+  ports, the API, the page and the gRPC AlertService, and nothing else.
 - If ``kubectl`` is on PATH, ``kubectl kustomize`` builds every entry point.
 """
 
@@ -286,8 +291,42 @@ def test_namespace_enforces_restricted() -> None:
 
 # --- aggregator --------------------------------------------------------------------------------
 
+ROLE_TOKEN_KEYS = ("SENTINEL_VIEWER_TOKENS", "SENTINEL_OPERATOR_TOKENS", "SENTINEL_ADMIN_TOKENS")
+
+
 def _aggregator() -> dict[str, Any]:
     return _one("StatefulSet", "sentinel-aggregator")
+
+
+def _aggregator_container() -> dict[str, Any]:
+    containers: list[dict[str, Any]] = _aggregator()["spec"]["template"]["spec"]["containers"]
+    (c,) = containers
+    return c
+
+
+def _secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    import base64
+
+    data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    return data | (secret.get("stringData") or {})
+
+
+def _secret_refs(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Env var name -> its secretKeyRef, for the container's env entries taken from Secrets."""
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c.get("env", [])
+            if "secretKeyRef" in (e.get("valueFrom") or {})}
+
+
+def _aggregator_env_names(c: dict[str, Any]) -> set[str]:
+    """Every environment variable the container gets: env entries and the keys of envFrom sources."""
+    names = {e["name"] for e in c.get("env", [])}
+    for ref in c.get("envFrom", []):
+        prefix = ref.get("prefix", "")
+        if "configMapRef" in ref:
+            names |= {prefix + k for k in _one("ConfigMap", ref["configMapRef"]["name"])["data"]}
+        if "secretRef" in ref:
+            names |= {prefix + k for k in _secret_data(_one("Secret", ref["secretRef"]["name"]))}
+    return names
 
 
 def test_aggregator_statefulset() -> None:
@@ -302,15 +341,28 @@ def test_aggregator_statefulset() -> None:
     claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert mounts[data_dir] in claims
-    assert [p["containerPort"] for p in c["ports"]] == [9090]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert sorted(ports.values()) == [9090, 9091]
+    assert ports["http"] == 9090
+    (grpc_name,) = [n for n, p in ports.items() if p == 9091]
+    assert grpc_name.startswith("grpc")
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["readinessProbe"]["httpGet"]["port"] in ("http", 9090)
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     # references resolve
     for ref in c.get("envFrom", []):
         _one("ConfigMap", ref["configMapRef"]["name"])
-    tokens = next(e for e in c["env"] if e["name"] == "SENTINEL_TOKENS")["valueFrom"]["secretKeyRef"]
-    secret = _one("Secret", tokens["name"])
-    assert tokens["key"] in secret.get("stringData", {}) | secret.get("data", {})
+    refs = _secret_refs(c)
+    assert set(refs) >= {"SENTINEL_TOKENS", *ROLE_TOKEN_KEYS, "SENTINEL_AMQP_URL"}
+    for name, ref in refs.items():
+        if ref.get("optional"):
+            continue                     # may be absent (the RabbitMQ URL is created out of band)
+        assert ref["key"] in _secret_data(_one("Secret", ref["name"])), name
+    # No broker by default: the RabbitMQ URL is optional and not shipped, so the pod starts without it.
+    amqp = refs["SENTINEL_AMQP_URL"]
+    assert amqp["optional"] is True
+    assert not [d for d in _by_kind("Secret") if d["metadata"]["name"] == amqp["name"]
+                and amqp["key"] in _secret_data(d)]
     for vol in pod["volumes"]:
         if "configMap" in vol:
             _one("ConfigMap", vol["configMap"]["name"])
@@ -341,21 +393,130 @@ def test_aggregator_settings_load(tmp_path: Path) -> None:
     env: dict[str, str] = {}
     for ref in c.get("envFrom", []):
         env.update(_one("ConfigMap", ref["configMapRef"]["name"])["data"])
-    env["SENTINEL_TOKENS"] = _one("Secret", "sentinel-aggregator-tokens")["stringData"]["SENTINEL_TOKENS"]
+    for name, ref in _secret_refs(c).items():
+        if not ref.get("optional"):
+            env[name] = _secret_data(_one("Secret", ref["name"]))[ref["key"]]
     args.config = str(local)
     cfg = load(AggregatorConfig, args=args, env=env, config_file=local, section="aggregator")
+    cfg.validate()
     assert cfg.data_dir == "/var/lib/sentinel"
-    assert cfg.listen.endswith(":9090")
+    ports = {p["containerPort"] for p in c["ports"]}
+    assert cfg.listen.endswith(":9090") and cfg.listen.startswith("0.0.0.0:")
+    assert cfg.grpc_listen.startswith("0.0.0.0:") and int(cfg.grpc_listen.rpartition(":")[2]) in ports
     assert len(cfg.tokens) == 2
+    # Tokens of every kind: with any configured the aggregator keeps 0.0.0.0 (with none it would bind
+    # 127.0.0.1 only), and the API, the stream and gRPC have tokens that may read them.
+    assert cfg.auth_enabled and not cfg.allow_unauthenticated
+    assert cfg.viewer_tokens and cfg.operator_tokens and cfg.admin_tokens
+    everything = cfg.tokens + cfg.viewer_tokens + cfg.operator_tokens + cfg.admin_tokens
+    assert len(set(everything)) == len(everything), "a token in two roles"
+    assert cfg.amqp_url == ""                           # no broker unless the optional Secret exists
+    assert cfg.amqp_exchange == "incidents" and cfg.amqp_queue == "incidents.all"
+    # With the optional Secret, its URL is accepted (the aggregator builds its RabbitMQ sink).
+    env["SENTINEL_AMQP_URL"] = "amqps://sentinel:pw@rabbitmq.messaging.svc.cluster.local:5671/%2F"
+    with_broker = load(AggregatorConfig, args=args, env=env, config_file=local, section="aggregator")
+    with_broker.validate()
+    assert with_broker.amqp_url.startswith("amqps://")
 
 
-def test_aggregator_networkpolicy_only_9090() -> None:
+def test_aggregator_env_names_are_settings() -> None:
+    """Every SENTINEL_* variable the aggregator container gets names a real AggregatorConfig setting."""
+    import dataclasses
+
+    from aggregator.config import AggregatorConfig
+    from sentinel.config import ENV_PREFIX
+
+    settings = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(AggregatorConfig)}
+    names = _aggregator_env_names(_aggregator_container())
+    assert {"SENTINEL_TOKENS", *ROLE_TOKEN_KEYS, "SENTINEL_AMQP_URL"} <= names
+    sentinel = {n for n in names if n.startswith(ENV_PREFIX)}
+    assert sentinel - settings == set(), "not aggregator settings"
+    # The Secret's keys are env names too (someone may switch to envFrom: secretRef).
+    for key in _secret_data(_one("Secret", "sentinel-aggregator-tokens")):
+        assert key in settings, key
+
+
+def test_aggregator_secret_has_role_tokens() -> None:
+    secret = _one("Secret", "sentinel-aggregator-tokens")
+    data = _secret_data(secret)
+    for key in ("SENTINEL_TOKENS", *ROLE_TOKEN_KEYS):
+        assert [t for t in data.get(key, "").split(",") if t.strip()], f"{key}: missing or empty"
+    # The generation command in the file's header covers every key.
+    header = (DEPLOY / "k8s" / "aggregator-secret.yaml").read_text().split("apiVersion:")[0]
+    for key in ("SENTINEL_TOKENS", *ROLE_TOKEN_KEYS):
+        assert f"--from-literal={key}=" in header, key
+
+
+def test_aggregator_service_ports() -> None:
+    """9090 (HTTP) and 9091 (gRPC) with protocol-prefixed names, as Istio's protocol selection wants."""
+    c = _aggregator_container()
+    named = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for name in ("sentinel-aggregator", "sentinel-aggregator-headless"):
+        svc = _one("Service", name)
+        ports = {p["port"]: p for p in svc["spec"]["ports"]}
+        assert set(ports) == {9090, 9091}, name
+        assert ports[9090]["name"].split("-")[0] == "http", name
+        assert ports[9091]["name"].startswith("grpc-"), name
+        assert ports[9091].get("appProtocol", "grpc") == "grpc", name
+        for port, p in ports.items():
+            target = p.get("targetPort", port)
+            assert named.get(target, target) == port, f"{name}: {p['name']} targets {target}"
+
+
+def test_dockerfile_exposes_aggregator_ports() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    exposed = {int(p) for line in text.splitlines() if line.startswith("EXPOSE") for p in line.split()[1:]}
+    assert {p["containerPort"] for p in _aggregator_container()["ports"]} <= exposed
+
+
+def test_aggregator_networkpolicy_only_its_ports() -> None:
     (np,) = [d for d in _by_kind("NetworkPolicy")
              if d["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/name") == "sentinel-aggregator"]
     assert np["spec"]["policyTypes"] == ["Ingress"]
+    allowed: set[int] = set()
     for rule in np["spec"]["ingress"]:
         assert rule["from"], "an ingress rule without 'from' admits everyone"
-        assert [p["port"] for p in rule["ports"]] == [9090]
+        assert rule.get("ports"), "an ingress rule without 'ports' admits every port"
+        ports = {p["port"] for p in rule["ports"]}
+        assert ports <= {9090, 9091}
+        allowed |= ports
+        if 9091 in ports:                # gRPC clients can use the REST API too, never only gRPC
+            assert 9090 in ports
+    assert allowed == {9090, 9091}
+
+
+def _aggregator_authz() -> dict[str, Any]:
+    (ap,) = [d for d in _by_kind("AuthorizationPolicy")
+             if d["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/name") == "sentinel-aggregator"]
+    return ap
+
+
+def test_istio_authorization_policy() -> None:
+    """Every rule names its callers and ports; ingest, the API, the page and gRPC are each allowed."""
+    ap = _aggregator_authz()
+    assert ap["spec"]["action"] == "ALLOW"
+    allowed: set[tuple[str, str, str]] = set()
+    for rule in ap["spec"]["rules"]:
+        assert rule.get("from"), "a rule without 'from' allows every caller"
+        for to in rule["to"]:
+            op = to["operation"]
+            assert op.get("ports") and op.get("methods") and op.get("paths"), op
+            allowed |= {(port, m, path) for port in op["ports"] for m in op["methods"] for path in op["paths"]}
+    assert {port for port, _, _ in allowed} == {"9090", "9091"}
+    assert ("9090", "POST", "/v1/ingest") in allowed
+    for needed in (("9090", "GET", "/api/*"), ("9090", "GET", "/"), ("9090", "GET", "/static/*"),
+                   ("9090", "GET", "/metrics"), ("9090", "POST", "/api/v1/alerts/*"),
+                   ("9090", "POST", "/api/v1/silences"), ("9090", "DELETE", "/api/v1/silences/*"),
+                   ("9091", "POST", "/sentinel.v1.AlertService/*")):
+        assert needed in allowed, needed
+    # Port 9091 serves only the AlertService (gRPC: HTTP/2 POST /<package>.<Service>/<Method>).
+    assert {(m, p) for port, m, p in allowed if port == "9091"} == {("POST", "/sentinel.v1.AlertService/*")}
+    from aggregator.alerting.grpc_service import SERVICE
+
+    assert SERVICE == "sentinel.v1.AlertService"
+    # Ports are the workload's: the aggregator container's.
+    container = {str(p["containerPort"]) for p in _aggregator_container()["ports"]}
+    assert {port for port, _, _ in allowed} <= container
 
 
 # --- webhook -----------------------------------------------------------------------------------

@@ -36,8 +36,44 @@ def test_base_image_user_and_entrypoint() -> None:
     assert users and users[-1].split(":")[0] == "65532"
     [entrypoint] = [args for word, args in final if word == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["sentinel"]
-    exposed = {int(p) for word, args in final if word == "EXPOSE" for p in args.split()}
-    assert exposed == {4317, 4318, 8081, 9090, 8443}
+    assert _exposed() == {4317, 4318, 8081, 9090, 9091, 8443}
+
+
+def _exposed() -> set[int]:
+    return {int(p) for word, args in final_stage() if word == "EXPOSE" for p in args.split()}
+
+
+def test_exposes_every_default_listen_port() -> None:
+    """Each component's default listen addresses (the aggregator's HTTP and gRPC ones included) are exposed."""
+    import dataclasses
+
+    from aggregator.config import AggregatorConfig
+    from sidecar.config import SidecarConfig
+    from webhook_injector.settings import InjectorSettings
+
+    ports = set()
+    for cls in (AggregatorConfig, SidecarConfig, InjectorSettings):
+        for f in dataclasses.fields(cls):
+            if f.name.endswith("listen") and isinstance(f.default, str) and f.default:
+                ports.add(int(f.default.rpartition(":")[2]))
+    assert {9090, 9091} <= ports
+    assert ports <= _exposed()
+
+
+def test_environment_names_real_settings() -> None:
+    """A SENTINEL_* variable set in the image is a setting of some component (no silently ignored names)."""
+    import dataclasses
+
+    from aggregator.config import AggregatorConfig
+    from sidecar.config import SidecarConfig
+    from webhook_injector.settings import InjectorSettings
+
+    known = {"SENTINEL_" + f.name.upper() for cls in (AggregatorConfig, SidecarConfig, InjectorSettings)
+             for f in dataclasses.fields(cls)}
+    for word, args in instructions():
+        if word == "ENV":
+            for name in re.findall(r"(?:^|\s)(SENTINEL_\w+)=", args):
+                assert name in known, name
 
 
 def test_installs_the_project_without_the_dev_extra() -> None:

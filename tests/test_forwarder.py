@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from loadtest.recorder import RecordingAggregator
-from sidecar.forwarder import backoff_s
+from sentinel.retry import backoff_s
 from tests.conftest import SidecarFactory
 from tests.test_lifecycle import _send
 
@@ -25,7 +25,7 @@ from tests.test_lifecycle import _send
 ])
 def test_backoff(attempt: int, retry_after: float | None, low: float, high: float) -> None:
     for _ in range(50):
-        assert low <= backoff_s(attempt, 30.0, retry_after) <= high
+        assert low <= backoff_s(attempt, 30.0, retry_after_s=retry_after) <= high
 
 
 async def test_bearer_token_and_https_with_ca_file(tmp_path: Path, make_sidecar: SidecarFactory) -> None:
@@ -69,7 +69,7 @@ async def test_wrong_token_is_retried_not_dropped(recorder: RecordingAggregator,
 
 
 def test_retry_after_header_parsing() -> None:
-    from sidecar.forwarder import _retry_after
+    from sentinel.retry import retry_after as _retry_after
 
     assert _retry_after(httpx.Response(503, headers={"Retry-After": "7"})) == 7.0
     assert _retry_after(httpx.Response(503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None

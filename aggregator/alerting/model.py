@@ -1,0 +1,184 @@
+"""The alert: what the central team and the incident manager receive (DESIGN.md, 'Alert').
+
+An :class:`Alert` is a plain dataclass; :meth:`Alert.to_dict` is the JSON document that is stored,
+served by the API, streamed live and published to RabbitMQ and webhooks. The schema's fields
+come first (``alert_id`` … ``runbook_url``); the lifecycle fields after them (``status``,
+``count``, ``first_seen``, ``last_seen``, ``peak_value``, ``fingerprint``, …) are what the
+alert manager keeps up to date while the alert is open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SEVERITIES",
+    "SEVERITY_RANK",
+    "STATUSES",
+    "Alert",
+    "AlertDetails",
+    "fingerprint",
+    "iso_time",
+    "parse_time",
+]
+
+#: Most severe first. ``incidents.<severity>`` is the RabbitMQ routing key.
+SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low")
+SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}  # lower = more severe
+#: ``open`` until acknowledged or resolved; ``acknowledged`` alerts still de-duplicate and resolve.
+STATUSES: tuple[str, ...] = ("open", "acknowledged", "resolved")
+
+#: Context keys that tell one series from another (beyond type, service, model and metric).
+_SCOPE_KEYS = ("user", "api_key_hash", "region", "scope", "scope_value")
+
+
+def iso_time(ns: int) -> str:
+    """Unix nanoseconds as RFC 3339 UTC with milliseconds: ``2025-11-06T12:35:01.234Z``."""
+    t = dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> int:
+    """RFC 3339 (``Z`` or an offset) or unix seconds as text, to unix nanoseconds.
+
+    Raises ``ValueError`` naming the text when it is neither.
+    """
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an RFC 3339 time or unix seconds") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1e9)
+
+
+def fingerprint(anomaly_type: str, service: str | None, model: str | None, metric: str,
+                context: dict[str, Any]) -> str:
+    """A stable id of the series an alert is about: the same anomaly on the same series de-duplicates.
+
+    The detection window is left out on purpose, so a spike that lasts several windows stays one
+    alert whose ``count`` grows.
+    """
+    parts = [anomaly_type, service or "", model or "", metric]
+    parts += [f"{k}={context[k]}" for k in _SCOPE_KEYS if context.get(k) not in (None, "")]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def _num(x: float | None) -> float | None:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return None
+    return float(x)
+
+
+@dataclass(slots=True)
+class AlertDetails:
+    """The measured value against what was expected, in the units of ``metric``."""
+
+    metric: str
+    value: float | None
+    baseline: float | None
+    threshold: float | None
+    deviation_sigma: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": _num(self.value), "baseline": _num(self.baseline),
+                "threshold": _num(self.threshold), "deviation_sigma": _num(self.deviation_sigma)}
+
+
+@dataclass(slots=True)
+class Alert:
+    """One alert. Times are unix nanoseconds here and RFC 3339 strings in :meth:`to_dict`."""
+
+    alert_id: str
+    timestamp: int  # when the alert was raised (wall clock)
+    severity: str
+    anomaly_type: str
+    service_name: str | None
+    model: str | None
+    detection_method: str
+    confidence: float
+    details: AlertDetails
+    context: dict[str, Any] = field(default_factory=dict)
+    root_cause: str | None = None
+    remediation: list[str] = field(default_factory=list)
+    related_alerts: list[str] = field(default_factory=list)
+    runbook_url: str | None = None
+    # Lifecycle, kept up to date by the alert manager.
+    summary: str = ""
+    fingerprint: str = ""
+    status: str = "open"
+    count: int = 1
+    first_seen: int = 0
+    last_seen: int = 0
+    peak_value: float | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: int | None = None
+    resolved_at: int | None = None
+    resolved_reason: str | None = None
+    silenced_by: str | None = None  # the silence that matched when it was raised: not sent to sinks
+    storm_id: str | None = None  # raised during an alert storm: sent only inside the storm's summary
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def notify(self) -> bool:
+        """Whether sinks are to be sent this alert (not silenced, not folded into a storm summary)."""
+        return self.silenced_by is None and self.storm_id is None
+
+    def to_dict(self) -> dict[str, Any]:
+        def t(ns: int | None) -> str | None:
+            return iso_time(ns) if ns else None
+
+        return {
+            "alert_id": self.alert_id,
+            "timestamp": iso_time(self.timestamp),
+            "severity": self.severity,
+            "anomaly_type": self.anomaly_type,
+            "service_name": self.service_name,
+            "model": self.model,
+            "detection_method": self.detection_method,
+            "confidence": round(float(self.confidence), 4),
+            "details": self.details.to_dict(),
+            "context": dict(self.context),
+            "root_cause": self.root_cause,
+            "remediation": list(self.remediation),
+            "related_alerts": list(self.related_alerts),
+            "runbook_url": self.runbook_url,
+            "summary": self.summary,
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "count": self.count,
+            "first_seen": t(self.first_seen),
+            "last_seen": t(self.last_seen),
+            "peak_value": _num(self.peak_value),
+            "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": t(self.acknowledged_at),
+            "resolved_at": t(self.resolved_at),
+            "resolved_reason": self.resolved_reason,
+            "silenced_by": self.silenced_by,
+            "storm_id": self.storm_id,
+            "labels": dict(self.labels),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Alert:
+        """The inverse of :meth:`to_dict` (how the store reads alerts back)."""
+        def ns(text: str | None) -> int | None:
+            return parse_time(text) if text else None
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["details"] = AlertDetails(**d["details"])
+        for key in ("timestamp", "first_seen", "last_seen"):
+            kw[key] = ns(d.get(key)) or 0
+        for key in ("acknowledged_at", "resolved_at"):
+            kw[key] = ns(d.get(key))
+        return cls(**kw)

@@ -1,0 +1,173 @@
+"""The alert manager's documented rules as pure functions: severity, remediation, root-cause hints.
+
+Severity (``classify``), in this order:
+
+1. the base severity of the anomaly type (:data:`BASE_SEVERITY`, overridable per type with the
+   ``alert_severity`` setting);
+2. one step up when the deviation is extreme: ``|deviation_sigma| >= 6``, or the value is at least
+   5x its baseline (for ``throughput_drop``: at most a fifth of it);
+3. ``error_burst`` with an error rate of 50 % or more is ``critical``;
+4. one step down when ``confidence < 0.7`` (never below ``low``).
+
+Remediation suggestions and single-type root-cause hints come from :data:`REMEDIATION` and
+:data:`CAUSE`; :func:`correlated_cause` gives one hint for a set of related alerts on one service
+(e.g. a latency spike with an error burst points at the provider).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Set
+
+from aggregator.alerting.model import SEVERITIES, SEVERITY_RANK
+
+__all__ = ["BASE_SEVERITY", "CAUSE", "REMEDIATION", "classify", "correlated_cause"]
+
+BASE_SEVERITY: dict[str, str] = {
+    "budget_exceeded": "critical",
+    "error_burst": "high",
+    "throughput_drop": "high",
+    "cost_anomaly": "high",
+    "token_abuse": "high",
+    "alert_storm": "high",
+    "latency_spike": "medium",
+    "token_spike": "medium",
+    "drift": "medium",
+    "model_swap": "medium",
+    "budget_warning": "medium",
+    "expensive_prompt": "low",
+    "multivariate_outlier": "low",
+}
+DEFAULT_SEVERITY = "medium"
+EXTREME_SIGMA = 6.0
+EXTREME_RATIO = 5.0
+CRITICAL_ERROR_RATE = 0.5
+LOW_CONFIDENCE = 0.7
+
+
+def _step(severity: str, by: int) -> str:
+    return SEVERITIES[min(max(SEVERITY_RANK[severity] - by, 0), len(SEVERITIES) - 1)]
+
+
+def classify(anomaly_type: str, *, value: float, baseline: float, deviation_sigma: float, confidence: float,
+             overrides: Mapping[str, str] | None = None) -> str:
+    """The severity of one detection (rules in the module docstring)."""
+    severity = (overrides or {}).get(anomaly_type) or BASE_SEVERITY.get(anomaly_type, DEFAULT_SEVERITY)
+    extreme = math.isfinite(deviation_sigma) and abs(deviation_sigma) >= EXTREME_SIGMA
+    if math.isfinite(value) and math.isfinite(baseline) and baseline > 0:
+        if anomaly_type == "throughput_drop":
+            extreme = extreme or value <= baseline / EXTREME_RATIO
+        else:
+            extreme = extreme or value >= baseline * EXTREME_RATIO
+    if extreme:
+        severity = _step(severity, 1)
+    if anomaly_type == "error_burst" and math.isfinite(value) and value >= CRITICAL_ERROR_RATE:
+        severity = "critical"
+    if confidence < LOW_CONFIDENCE:
+        severity = _step(severity, -1)
+    return severity
+
+
+REMEDIATION: dict[str, list[str]] = {
+    "latency_spike": [
+        "Check the provider's status page and the region's latency",
+        "Compare output token counts: longer completions take longer",
+        "Review client timeouts and retries, and consider a fallback model",
+    ],
+    "token_spike": [
+        "Look for prompt or context-window growth in the latest release",
+        "Check for loops in agents or tools that resend history",
+        "Set max_tokens on the calls that grew",
+    ],
+    "cost_anomaly": [
+        "Break the cost down by user, model and operation for the window",
+        "Check whether a more expensive model is being called",
+        "Set or lower a budget for the service",
+    ],
+    "error_burst": [
+        "Group the errors by error_type: rate limits (429), timeouts, or provider 5xx",
+        "Check the provider's status page and your quota",
+        "Enable retries with backoff or fail over to another region or model",
+    ],
+    "throughput_drop": [
+        "Check whether the service and its sidecar are running and exporting",
+        "Look for upstream rate limiting or an outage turning calls away",
+        "Check recent deploys of the calling service",
+    ],
+    "drift": [
+        "Compare the distribution before and after the window (see details)",
+        "Check for a provider-side model update or a prompt change",
+        "Re-run your evaluation set against the current model",
+    ],
+    "model_swap": [
+        "Confirm whether the response model change was intended",
+        "Pin the model version in the request",
+        "Re-run your evaluation set against the new model",
+    ],
+    "budget_exceeded": [
+        "Decide whether to raise the budget or throttle the service",
+        "Find the top users and operations by cost in the period",
+    ],
+    "budget_warning": [
+        "Review the spend forecast for the rest of the period",
+        "Find the top users and operations by cost in the period",
+    ],
+    "token_abuse": [
+        "Review the user's recent calls (see context.user)",
+        "Apply a per-user rate or token limit",
+        "Rotate the API key if the use is not legitimate",
+    ],
+    "expensive_prompt": [
+        "Inspect the trace of the expensive call",
+        "Truncate or summarise long contexts; set max_tokens",
+    ],
+    "multivariate_outlier": [
+        "Inspect the example traces: the explanation names the unusual features",
+        "Check whether the combination is a new but legitimate workload",
+    ],
+    "alert_storm": [
+        "Look at the summarised alerts by service and type: one cause usually explains most",
+        "Silence the noisy matcher while you work on it",
+    ],
+}
+
+CAUSE: dict[str, str] = {
+    "latency_spike": "Latency is above the global baseline for this service and model",
+    "token_spike": "Calls use many more tokens than usual",
+    "cost_anomaly": "Spend per minute rose above its running baseline (CUSUM)",
+    "error_burst": "The error rate rose well above its baseline",
+    "throughput_drop": "Fewer calls or tokens per second than the baseline",
+    "drift": "The distribution of a metric shifted from its reference window",
+    "model_swap": "The provider answered with a different model than before",
+    "budget_exceeded": "The budget for the period is spent",
+    "budget_warning": "Spend passed the warning share of the budget",
+    "token_abuse": "One user or key consumes far more tokens than its peers",
+    "expensive_prompt": "A single call cost far more than usual",
+    "multivariate_outlier": "An unusual combination of latency, tokens and cost",
+}
+
+# Pairs of related anomaly types on one service and the cause they point to together; checked in order.
+_COMBINED: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"latency_spike", "error_burst"}),
+     "Latency and errors rose together: the provider (or the network path to it) is most likely degraded"),
+    (frozenset({"throughput_drop", "error_burst"}),
+     "Calls dropped while errors rose: an outage or rate limiting upstream is turning calls away"),
+    (frozenset({"model_swap", "drift"}),
+     "The response model changed and the output distribution shifted with it"),
+    (frozenset({"cost_anomaly", "token_abuse"}), "One user's token use drives the cost rise"),
+    (frozenset({"cost_anomaly", "model_swap"}), "Cost moved with a change of model"),
+    (frozenset({"cost_anomaly", "token_spike"}),
+     "Cost rose with tokens per call: longer prompts or outputs, not more calls"),
+    (frozenset({"latency_spike", "token_spike"}),
+     "Latency rose with output length: longer completions rather than a slower provider"),
+    (frozenset({"latency_spike", "throughput_drop"}),
+     "Calls slowed down and fewer completed: the provider is saturated or throttling"),
+)
+
+
+def correlated_cause(types: Set[str]) -> str | None:
+    """One root-cause hint for a group of related alerts, or ``None`` when no rule covers it."""
+    for pair, cause in _COMBINED:
+        if pair <= types:
+            return cause
+    return None

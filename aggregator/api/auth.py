@@ -1,0 +1,164 @@
+"""Bearer-token roles of the aggregator's HTTP API (aggregator/api/API_SPEC.md, "Auth").
+
+Four kinds of token, from the aggregator's settings: ``viewer_tokens`` read (every GET and the
+stream), ``operator_tokens`` also acknowledge alerts and manage silences, ``admin_tokens`` may do
+everything, and the ingest ``tokens`` only ever allow ``POST /v1/ingest`` (which checks them itself:
+this middleware leaves that route alone). With no token of any kind configured there is no auth.
+
+Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every configured
+token of every kind without stopping at a match, so neither the time taken nor the length of a
+near miss tells which token (or which kind) was close. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from aggregator.api.params import error_response
+
+__all__ = [
+    "PUBLIC_PATHS",
+    "ROLES",
+    "Roles",
+    "auth_middleware",
+    "request_role",
+    "request_who",
+    "required_role",
+]
+
+#: Least to most privileged; a role may do everything a role before it may. ``ingest`` reads nothing.
+ROLES: tuple[str, ...] = ("ingest", "viewer", "operator", "admin")
+_RANK = {r: i for i, r in enumerate(ROLES)}
+
+#: No token needed: probes, metrics, the page itself (its API calls carry the token) and the API's description.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/api/v1/openapi.json"})
+PUBLIC_PREFIXES = ("/static/",)
+#: The page's static files: aiohttp names the whole static resource by its prefix.
+STATIC_ROUTE = "/static"
+#: Checked by the ingest handler against the ingest ``tokens``, not here.
+INGEST_PATH = "/v1/ingest"
+
+#: Changes that operators may make; every other non-read route needs admin (so a new one is closed by default).
+OPERATOR_ROUTES = frozenset({
+    ("POST", "/api/v1/alerts/{alert_id}/ack"),
+    ("POST", "/api/v1/silences"),
+    ("DELETE", "/api/v1/silences/{silence_id}"),
+    ("POST", "/api/v1/silences/{silence_id}/expire"),
+})
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# Where the middleware leaves the caller's role for the handlers: typed keys where aiohttp has them (3.14 warns
+# about plain string keys), plain keys before.
+_ROLE_KEY: Any
+_WHO_KEY: Any
+if hasattr(web, "RequestKey"):
+    _ROLE_KEY, _WHO_KEY = web.RequestKey("sentinel_api_role", str), web.RequestKey("sentinel_api_who", str)
+else:  # pragma: no cover - aiohttp < 3.14
+    _ROLE_KEY, _WHO_KEY = "sentinel_api_role", "sentinel_api_who"
+
+
+def request_role(request: web.Request) -> str | None:
+    """The caller's role as the auth middleware found it (``admin`` with auth disabled; ``None`` on public paths)."""
+    role: str | None = request.get(_ROLE_KEY)
+    return role
+
+
+def request_who(request: web.Request) -> str:
+    """Who the caller is, for ``acknowledged_by`` and ``created_by``: the role's name, or ``anonymous`` without auth."""
+    who: str = request.get(_WHO_KEY, "")
+    return who
+
+
+def required_role(method: str, route: str) -> str | None:
+    """The least role a request needs (``None``: public). ``route`` is the route's path template."""
+    if route in PUBLIC_PATHS or route == STATIC_ROUTE or route.startswith(PUBLIC_PREFIXES):
+        return None
+    if method in _READ_METHODS:
+        return "viewer"
+    if (method, route) in OPERATOR_ROUTES:
+        return "operator"
+    return "admin"
+
+
+def _digest(token: str) -> bytes:
+    # Same-length digests: compare_digest's time then depends on neither token's length.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+class Roles:
+    """The configured tokens and the role each one grants."""
+
+    def __init__(self, viewer_tokens: Iterable[str] = (), operator_tokens: Iterable[str] = (),
+                 admin_tokens: Iterable[str] = (), ingest_tokens: Iterable[str] = ()) -> None:
+        self._tokens: list[tuple[bytes, int]] = []
+        for role, tokens in (("ingest", ingest_tokens), ("viewer", viewer_tokens),
+                             ("operator", operator_tokens), ("admin", admin_tokens)):
+            self._tokens += [(_digest(t), _RANK[role]) for t in tokens if t]
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any token of any kind is configured (if not, the API is open)."""
+        return bool(self._tokens)
+
+    def role_of(self, token: str) -> str | None:
+        """The most privileged role ``token`` grants, or ``None`` for an unknown token."""
+        given = _digest(token)
+        best = -1
+        for digest, rank in self._tokens:  # every one, no early exit
+            hit = hmac.compare_digest(given, digest)
+            best = max(best, rank if hit else -1)
+        return ROLES[best] if best >= 0 else None
+
+
+def _route_of(request: web.Request) -> str | None:
+    """The matched route's path template (``/api/v1/alerts/{alert_id}``), or ``None`` when nothing matched."""
+    info = request.match_info
+    if info.http_exception is not None:
+        return None
+    resource = info.route.resource
+    return resource.canonical if resource is not None else None
+
+
+def bearer_token(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def auth_middleware(roles: Roles) -> Middleware:
+    """Apply the role table per route; :func:`request_role` and :func:`request_who` then tell the handlers the caller.
+
+    Unmatched paths pass through to aiohttp's 404/405 (the route list is public in the OpenAPI document anyway).
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path == INGEST_PATH:
+            return await handler(request)
+        route = _route_of(request)
+        if route is None:
+            return await handler(request)
+        need = required_role(request.method, route)
+        if need is None:
+            return await handler(request)
+        if not roles.enabled:
+            request[_ROLE_KEY], request[_WHO_KEY] = "admin", "anonymous"
+            return await handler(request)
+        token = bearer_token(request)
+        role = roles.role_of(token) if token is not None else None
+        if role is None:
+            return error_response(401, "missing or unknown bearer token",
+                                  headers={"WWW-Authenticate": 'Bearer realm="sentinel"'})
+        if _RANK[role] < _RANK[need]:
+            return error_response(403, f"this needs the {need} role; the token has the {role} role")
+        request[_ROLE_KEY] = request[_WHO_KEY] = role
+        return await handler(request)
+
+    return middleware
