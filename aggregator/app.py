@@ -20,8 +20,10 @@ import logging
 import os
 import socket
 import sqlite3
+import ssl
 from collections.abc import Iterable
 
+import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -121,7 +123,8 @@ class Aggregator:
         host = self.config.listen.rpartition(":")[0]
         if host in ("0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.config.tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def _readiness(self) -> str:
         if self._stopped:
@@ -129,6 +132,30 @@ class Aggregator:
         if not self._ready:
             return "starting"
         return ""
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        c = self.config
+        if not c.tls_cert_file:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(c.tls_cert_file, c.tls_key_file)
+        if c.tls_client_ca_file:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=c.tls_client_ca_file)
+        return ctx
+
+    def _grpc_credentials(self) -> grpc.ServerCredentials | None:
+        c = self.config
+        if not c.tls_cert_file:
+            return None
+        with open(c.tls_key_file, "rb") as k, open(c.tls_cert_file, "rb") as crt:
+            pair = (k.read(), crt.read())
+        ca = None
+        if c.tls_client_ca_file:
+            with open(c.tls_client_ca_file, "rb") as f:
+                ca = f.read()
+        return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
     def _bind(self, address: str) -> str:
         """``address``, or the same port on 127.0.0.1 when nothing authenticates callers."""
@@ -163,10 +190,15 @@ class Aggregator:
                                   roles=self.roles)
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness)
+        try:
+            ssl_context = self._ssl_context()
+            credentials = self._grpc_credentials()
+        except (OSError, ssl.SSLError) as e:  # unreadable or mismatched files: exit 1 naming them
+            raise OSError(f"tls_cert_file/tls_key_file/tls_client_ca_file: {e}") from e
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=c.shutdown_grace_s)
         await runner.setup()
         host, _, port = self._bind(c.listen).rpartition(":")
-        site = web.TCPSite(runner, host, int(port))
+        site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context)
         try:
             await site.start()
         except OSError:
@@ -178,7 +210,8 @@ class Aggregator:
             self.alerts.config.public_url = self.url
         if c.grpc_listen:
             self.grpc = AlertGrpcServer(self._bind(c.grpc_listen), self.hub, self.alert_store,
-                                        tokens=self.roles.role_of if self.roles.enabled else None)
+                                        tokens=self.roles.role_of if self.roles.enabled else None,
+                                        credentials=credentials)
             await self.grpc.start()
         for sink in self.sinks:
             await sink.start()  # a broker that is down is retried in the background; alerts wait in the outbox

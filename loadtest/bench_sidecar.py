@@ -39,7 +39,6 @@ import os
 import platform
 import pstats
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -59,6 +58,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.procs import ROOT
+from loadtest.procs import child_env as _child_env
+from loadtest.procs import free_port as _free_port
+from loadtest.procs import log_tail as _tail
+from loadtest.procs import pinned as _pinned
+from loadtest.procs import stop_process as _stop
 from loadtest.spans import build_trace_payloads
 from sidecar.otlp_lite import parse_traces
 from sidecar.pipeline import Overloaded
@@ -68,7 +73,6 @@ psutil: Any = importlib.import_module("psutil")
 
 __all__ = ["BenchSettings", "main", "measure_parse", "measure_pipeline", "run_in_process"]
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 PAYLOAD_SEED = 20_250_615
 MIB = 1024 * 1024
@@ -244,41 +248,6 @@ def run_in_process(payloads: Sequence[bytes], settings: BenchSettings, *, profil
 # child processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pinned(argv: list[str], cpu: int | None) -> list[str]:
-    """``argv`` run with its CPU affinity set to ``cpu`` before exec (so all its threads inherit it)."""
-    if cpu is None:
-        return argv
-    code = f"import os, sys; os.sched_setaffinity(0, {{{cpu}}}); os.execv(sys.argv[1], sys.argv[1:])"
-    return [sys.executable, "-c", code, *argv]
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.pop("SENTINEL_CONFIG", None)
-    return env
-
-
-def _stop(proc: subprocess.Popen[Any] | None, timeout_s: float = 10.0) -> int | None:
-    """SIGTERM, wait, then SIGKILL: ``proc`` is one of ours, addressed by its pid only."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5.0)
-    return proc.returncode
-
-
 class SidecarProcess:
     """``python -m sentinel.cli sidecar`` on loopback ports, optionally pinned to one CPU."""
 
@@ -338,16 +307,6 @@ class SidecarProcess:
 
     def stop(self) -> int | None:
         return _stop(self.proc)
-
-
-def _tail(log: IO[bytes], limit: int = 4000) -> str:
-    try:
-        log.flush()
-        with open(log.name, "rb") as f:
-            data = f.read()
-    except (OSError, AttributeError, TypeError):
-        return ""
-    return data[-limit:].decode(errors="replace")
 
 
 class RecorderProcess:

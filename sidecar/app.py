@@ -97,6 +97,7 @@ class Sidecar:
             self.forwarder = Forwarder(
                 ForwarderConfig(
                     aggregator_url=c.aggregator_url, token=c.token, ca_file=c.ca_file,
+                    client_cert_file=c.client_cert_file, client_key_file=c.client_key_file,
                     timeout_s=c.forward_timeout_s, max_backoff_s=c.retry_max_backoff_s,
                 ),
                 self.queue, self.metrics, transport=self._forward_transport,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,9 @@ class SidecarConfig:
                                   "rows are only detected locally and counted")
     token: str = setting("", "bearer token for the aggregator (normally from SENTINEL_TOKEN)")
     ca_file: str = setting("", "CA bundle to verify an https aggregator")
+    client_cert_file: str = setting("", "PEM client certificate presented to the aggregator (mTLS, with "
+                                    "client_key_file); empty: none")
+    client_key_file: str = setting("", "PEM private key of client_cert_file")
     forward_timeout_s: float = setting(10.0, "timeout of one ingest request", kind="duration")
     retry_max_backoff_s: float = setting(30.0, "longest wait between retries of a batch", kind="duration")
     receive_queue_max_bytes: int = setting(16 * 1024 * 1024, "bytes of accepted export requests waiting "
@@ -93,6 +97,12 @@ class SidecarConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.client_key_file and not self.client_cert_file:
+            raise ConfigError("client_key_file: needs client_cert_file")
+        for key in ("ca_file", "client_cert_file", "client_key_file"):
+            path = getattr(self, key)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{key}: {path!r} is not a readable file")
         for key in ("grpc_listen", "http_listen", "metrics_listen"):
             value = getattr(self, key)
             if value:

@@ -39,6 +39,8 @@ class ForwarderConfig:
     aggregator_url: str
     token: str = ""
     ca_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
     timeout_s: float = 10.0
     max_backoff_s: float = 30.0
 
@@ -68,8 +70,11 @@ class Forwarder:
         if self._config.token:
             headers["Authorization"] = f"Bearer {self._config.token}"
         verify: ssl.SSLContext | bool = True
-        if self._config.ca_file:
-            verify = ssl.create_default_context(cafile=self._config.ca_file)
+        c = self._config
+        if c.ca_file or c.client_cert_file:
+            verify = ssl.create_default_context(cafile=c.ca_file or None)
+            if c.client_cert_file:  # mTLS: the aggregator asks for a certificate signed by its client CA
+                verify.load_cert_chain(c.client_cert_file, c.client_key_file or None)
         self._client = httpx.AsyncClient(
             base_url=self._config.aggregator_url.rstrip("/"),
             headers=headers,

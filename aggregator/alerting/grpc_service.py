@@ -154,7 +154,9 @@ class AlertGrpcServer:
     """
 
     def __init__(self, listen: str, hub: AlertHub, store: AlertStore,
-                 tokens: Callable[[str], str | None] | None = None, *, grace_s: float = 1.0) -> None:
+                 tokens: Callable[[str], str | None] | None = None, *, grace_s: float = 1.0,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
+        self._credentials = credentials  # TLS (and client certificates) when given; plaintext otherwise
         self._listen = listen
         self._hub = hub
         self._store = store
@@ -183,7 +185,8 @@ class AlertGrpcServer:
                 response_serializer=alerts_pb2.ListAlertsResponse.SerializeToString),
         }),))
         try:
-            self.port = server.add_insecure_port(self._listen)
+            self.port = (server.add_secure_port(self._listen, self._credentials) if self._credentials is not None
+                         else server.add_insecure_port(self._listen))
         except RuntimeError:  # grpc reports a failed bind this way
             self.port = 0
         if self.port == 0:
