@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck check bench bench-iforest bench-detectors clean proto
+.PHONY: demo test lint typecheck check bench bench-iforest bench-detectors clean proto audit
 
 $(BIN)/sentinel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,6 @@ bench-detectors: $(BIN)/sentinel
 
 proto: $(BIN)/sentinel
 	PYTHON=$(BIN)/python scripts/gen_proto.sh
+
+audit: $(BIN)/sentinel
+	PYTHON=$(BIN)/python scripts/audit.sh
