@@ -42,6 +42,9 @@ class Analysis:
         self._saver: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self._stopped = False
+        #: Rows submitted and not yet consumed: ingest refuses new batches beyond its limit, so a
+        #: fleet faster than analysis is slowed at the door instead of growing this queue without bound.
+        self.backlog_rows = 0
 
     async def start(self) -> None:
         self._saver = asyncio.create_task(self._save_periodically(), name="aggregator-save")
@@ -53,7 +56,14 @@ class Analysis:
         future = asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(self._consume, batch, arrival_ns))
         self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        rows = batch.batch.n
+        self.backlog_rows += rows
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._pending.discard(f)
+            self.backlog_rows -= rows
+
+        future.add_done_callback(done)
 
     def _consume(self, batch: WireBatch, arrival_ns: int) -> None:
         for consumer in self._consumers:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import grpc
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig, SinkMetrics
 from aggregator.alerting.grpc_service import AlertGrpcServer
@@ -48,6 +48,7 @@ from aggregator.ingest import IngestService
 from aggregator.metrics import AggregatorMetrics
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
+from sentinel import service
 from sentinel.service import add_ops_routes, run_until_signalled
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
@@ -84,7 +85,7 @@ class Aggregator:
         # before their own batch, so a spike does not raise the p99 it is compared with.
         self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store, emit,
                                                outcome=self.metrics.count_local_anomaly)
-        self.detectors = DetectorService(config.detectors, config.data_dir, emit)
+        self.detectors = DetectorService(config.detectors, config.data_dir, emit, late_after_s=config.late_after_s)
         consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
         forest = config.forest_config()
         self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)
@@ -96,6 +97,9 @@ class Aggregator:
         consumers += [self.series, self.alerts]
         self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis)
+        Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
+              "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
+            lambda: self.analysis.backlog_rows)
         self._runner: web.AppRunner | None = None
         self.otlp: Sidecar | None = None
         self.port = 0
@@ -195,7 +199,10 @@ class Aggregator:
             credentials = self._grpc_credentials()
         except (OSError, ssl.SSLError) as e:  # unreadable or mismatched files: exit 1 naming them
             raise OSError(f"tls_cert_file/tls_key_file/tls_client_ca_file: {e}") from e
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=c.shutdown_grace_s)
+        # auto_decompress=False: nobody sends compressed bodies (sidecars do not), and aiohttp's own
+        # inflation buffers about ten times client_max_size before it refuses a decompression bomb.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=c.shutdown_grace_s,
+                               keepalive_timeout=service.IDLE_TIMEOUT_S, auto_decompress=False)
         await runner.setup()
         host, _, port = self._bind(c.listen).rpartition(":")
         site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context)

@@ -52,6 +52,7 @@ DEFAULT_GRPC_LISTEN = "0.0.0.0:9091"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_INGEST_QUEUE_MAX_BATCHES = 256
+DEFAULT_ANALYSIS_QUEUE_MAX_ROWS = 100_000
 DEFAULT_LATE_AFTER_S = 300.0
 DEFAULT_DEDUP_WINDOW = 100_000
 DEFAULT_JOURNAL_RETENTION_S = 24 * 3600.0
@@ -110,6 +111,9 @@ class AggregatorConfig:
                                   kind="size")
     ingest_queue_max_batches: int = setting(DEFAULT_INGEST_QUEUE_MAX_BATCHES, "decoded batches waiting "
                                             "to be committed; beyond it ingest answers 503 with Retry-After")
+    analysis_queue_max_rows: int = setting(DEFAULT_ANALYSIS_QUEUE_MAX_ROWS, "rows accepted but not yet analysed; "
+                                           "beyond it ingest answers 503 with Retry-After (bounds memory and "
+                                           "detection latency when sidecars send faster than analysis runs)")
     retry_after_s: int = setting(DEFAULT_RETRY_AFTER_S, "Retry-After (seconds) sent with 503")
     late_after_s: float = setting(DEFAULT_LATE_AFTER_S, "a row whose event time is older than arrival "
                                   "minus this is late (flagged; it must not page as if it were now)",
@@ -212,7 +216,7 @@ class AggregatorConfig:
         return ConfirmConfig(enabled=self.confirm_enabled, min_global_count=self.confirm_min_global_count,
                              quantile=self.confirm_quantile, margin=self.confirm_margin,
                              unchecked_min_sigma=self.confirm_unchecked_min_sigma,
-                             min_confidence=self.confirm_min_confidence)
+                             min_confidence=self.confirm_min_confidence, late_after_s=self.late_after_s)
 
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)
@@ -268,7 +272,8 @@ class AggregatorConfig:
         if not isinstance(self.webhooks, list):
             raise ConfigError("webhooks: must be a list of maps")
         self.alert_manager_config().validate()
-        for key in ("max_body_bytes", "ingest_queue_max_batches", "retry_after_s", "dedup_window"):
+        for key in ("max_body_bytes", "ingest_queue_max_batches", "analysis_queue_max_rows", "retry_after_s",
+                    "dedup_window"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         for key in ("late_after_s", "journal_retention_s", "journal_prune_interval_s"):

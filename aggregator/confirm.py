@@ -130,6 +130,9 @@ class ConfirmConfig:
     margin: float = DEFAULT_MARGIN
     unchecked_min_sigma: float = DEFAULT_UNCHECKED_MIN_SIGMA
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    #: Anomalies of calls older than arrival minus this are late (a replayed spool, a clock hours
+    #: behind): counted as ``late`` and not confirmed, so old incidents do not page as if they were now.
+    late_after_s: float = 300.0
 
     def validate(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -171,8 +174,13 @@ class LocalAnomalyConfirmer:
         if not self.config.enabled or not batch.anomalies:
             return
         found: list[Candidate] = []
+        oldest = arrival_ns - int(self.config.late_after_s * 1e9)
         with self._lock:
             for anomaly in batch.anomalies:
+                if anomaly.time_unix_nano < oldest:
+                    if self._outcome is not None:
+                        self._outcome("late")
+                    continue
                 candidate = self.judge(anomaly, sidecar=batch.sidecar)
                 outcome = "dismissed" if candidate is None else "confirmed"
                 if candidate is None:

@@ -93,8 +93,11 @@ def parse_detector_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 class DetectorService:
     def __init__(self, settings: Mapping[str, Any], data_dir: str | Path,
-                 emit: Callable[[list[Candidate]], None]) -> None:
+                 emit: Callable[[list[Candidate]], None], *, late_after_s: float | None = None) -> None:
         self._configs = parse_detector_settings(settings)
+        # Rows older than arrival minus this (a replayed spool, a clock hours behind) are not shown
+        # to the detectors: late data must not page as if it were happening now. None: all rows.
+        self._late_after_ns = None if late_after_s is None else int(late_after_s * 1e9)
         self.detectors: dict[str, _Detector] = {
             name: DETECTORS[name][1](config) for name, config in self._configs.items()}
         self.path = Path(data_dir) / FILE_NAME
@@ -118,9 +121,14 @@ class DetectorService:
 
     def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
         found: list[Candidate] = []
+        rows = batch.batch
+        if self._late_after_ns is not None and rows.n:
+            fresh = rows.numeric["time_unix_nano"] >= arrival_ns - self._late_after_ns
+            if not fresh.all():
+                rows = rows.take(fresh)
         for name, detector in self.detectors.items():
             try:
-                found.extend(detector.update(batch.batch))
+                found.extend(detector.update(rows))
             except Exception:  # one detector's bug must not silence the others
                 log.exception("detector %s failed on batch %s/%d", name, batch.sidecar, batch.seq)
         self._dirty = True

@@ -31,7 +31,7 @@ from aggregator.analysis import Analysis
 from aggregator.config import AggregatorConfig
 from aggregator.journal import IngestJournal, JournalEntry
 from aggregator.metrics import AggregatorMetrics
-from sentinel import wire
+from sentinel import service, wire
 
 __all__ = ["IngestService", "late_rows"]
 
@@ -170,6 +170,9 @@ class IngestService:
         if request.content_type != wire.CONTENT_TYPE:
             return self._refuse("unsupported", 415, f"Content-Type must be {wire.CONTENT_TYPE}, "
                                 f"got {request.content_type!r}")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            return self._refuse("unsupported", 415, f"Content-Encoding must be identity, got {encoding!r}")
         limit = self.config.max_body_bytes
         too_large = f"body is larger than max_body_bytes ({limit})"
         if request.content_length is not None and request.content_length > limit:
@@ -178,10 +181,17 @@ class IngestService:
             return self._refuse("overloaded", 503, "aggregator is shutting down, retry later", self._retry_after)
         if self._queue.full():
             return self._refuse("overloaded", 503, "ingest queue is full, retry later", self._retry_after)
+        if self.analysis is not None and self.analysis.backlog_rows >= self.config.analysis_queue_max_rows:
+            return self._refuse("overloaded", 503, "analysis is behind (analysis_queue_max_rows), retry later",
+                                self._retry_after)
         try:
-            body = await request.read()
+            async with asyncio.timeout(service.BODY_TIMEOUT_S):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._refuse("too_large", 413, too_large)
+        except TimeoutError:
+            return self._refuse("timeout", 408, f"body not received within {service.BODY_TIMEOUT_S:g} s",
+                                {"Connection": "close"})
         if len(body) > limit:
             return self._refuse("too_large", 413, too_large)
         try:

@@ -26,13 +26,14 @@ INGEST_OUTCOMES = (
     "unauthorized",    # missing or wrong bearer token (401)
     "unsupported",     # Content-Type is not application/x-msgpack (415)
     "too_large",       # body over max_body_bytes (413)
+    "timeout",         # body not received within sentinel.service.BODY_TIMEOUT_S (408)
     "invalid",         # not a valid wire batch (400)
     "overloaded",      # ingest queue full (503, Retry-After)
     "error",           # the journal could not commit (503, Retry-After)
 )
 
 #: Values of the ``outcome`` label of ``sentinel_aggregator_local_anomalies_total``.
-CONFIRM_OUTCOMES = ("confirmed", "dismissed")
+CONFIRM_OUTCOMES = ("confirmed", "dismissed", "late")
 
 #: Event time to candidate: a bucket-closing detector waits for its window to close, plus the
 #: sidecar's batching and forwarding; beyond an hour is replay or catch-up.

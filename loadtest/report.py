@@ -50,6 +50,7 @@ __all__ = [
     "suite_summary",
     "write_charts",
     "write_report",
+    "write_suite_chart",
 ]
 
 NS = 1_000_000_000
@@ -142,7 +143,8 @@ def sim_time_of(wall_ns: Sequence[int] | np.ndarray, anchors: Sequence[tuple[int
     ys = np.array([p[1] for p in pts], dtype=float)
     out = np.interp(x, xs, ys)
     out = np.where(x < xs[0], ys[0] + (x - xs[0]) / NS * speedup, out)
-    return np.where(x > xs[-1], ys[-1] + (x - xs[-1]) / NS * speedup, out)
+    out = np.where(x > xs[-1], ys[-1] + (x - xs[-1]) / NS * speedup, out)
+    return np.asarray(out, dtype=float)
 
 
 def _anchors(record: Mapping[str, Any]) -> list[tuple[int, float]]:
@@ -157,7 +159,7 @@ def _anchors(record: Mapping[str, Any]) -> list[tuple[int, float]]:
             anchors.append((int(w["start_ns"]), float(d["start_s"])))
         if w.get("end_ns"):
             anchors.append((int(w["end_ns"]), float(d["end_s"])))
-    sim_end = record.get("play", {}).get("sim_end_s")
+    sim_end = record.get("play", {}).get("sim_s")
     if wall.get("play_end_ns") and sim_end is not None:
         anchors.append((int(wall["play_end_ns"]), float(sim_end)))
     return anchors
@@ -196,7 +198,7 @@ def build_report(record: Mapping[str, Any]) -> dict[str, Any]:
     matching = match_alerts(windows, alerts)
     sim_of = sim_time_of([int(a["arrival_ns"]) for a in alerts], _anchors(record), speedup)
 
-    inc_rows = []
+    inc_rows: list[dict[str, Any]] = []
     for w in windows:
         inc = w.incident
         hits = matching.by_incident[inc.id]
@@ -269,13 +271,16 @@ def build_report(record: Mapping[str, Any]) -> dict[str, Any]:
         "alert_list": alert_rows,
         "throughput": {
             "spans_sent": spans_sent, "spans_per_s": _rate(spans_sent, play_s),
-            "export_failures": play.get("failed_requests"),
+            "export_failures": play.get("failures"), "failed_spans": play.get("failed_spans"),
+            "sdk_dropped_spans": play.get("dropped_spans"), "player_max_lag_s": play.get("max_lag_s"),
+            "player_warnings": list(play.get("warnings") or []),
             "sidecar_spans_received": received, "sidecar_rows_forwarded": forwarded,
             "rows_ingested": ingested, "rows_ingested_per_s": _rate(ingested, play_s),
             "dropped_rows": dropped, "dropped_rows_total": sum(dropped.values()),
         },
         "processes": processes,
         "errors": list(record.get("errors", [])),
+        "warnings": list(record.get("warnings", [])),
     }
 
 
@@ -325,6 +330,8 @@ def render_markdown(rep: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
               + (" **Clean control: every alert is a false alert.**" if sc.get("clean") else ""), ""]
     if rep["errors"]:
         lines += ["**Errors:**", ""] + [f"- {e}" for e in rep["errors"]] + [""]
+    if rep.get("warnings"):
+        lines += ["Warnings:", ""] + [f"- {w.splitlines()[0]}" for w in rep["warnings"]] + [""]
     if rep["incidents"]:
         lines += ["## Incidents", ""]
         lines += _table(("incident", "type", "target", "simulated s", "detected", "latency s", "first alert",
@@ -343,8 +350,8 @@ def render_markdown(rep: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
                       f"p95 {_f(lat['p95'])} s, max {_f(lat['max'])} s.", ""]
     lines += ["## Alerts", ""]
     lines += _table(("alerts", "matched", "false", "precision", "false / wall hour", "false / simulated hour"),
-                    [(al["total"], al["matched"], al["false"], _f(al["precision"]), _f(al["false_per_wall_hour"], ".1f"),
-                      _f(al["false_per_sim_hour"], ".1f"))])
+                    [(al["total"], al["matched"], al["false"], _f(al["precision"]),
+                      _f(al["false_per_wall_hour"], ".1f"), _f(al["false_per_sim_hour"], ".1f"))])
     lines += ["", f"Wall hours: {al['wall_hours']:.4f} (play + drain); simulated hours: {al['sim_hours']:.3f}.", ""]
     if rep["alert_list"]:
         lines += _table(("arrival s", "simulated s", "type", "severity", "service / model", "method", "incident"),
@@ -363,7 +370,10 @@ def render_markdown(rep: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
                       _f(th["dropped_rows_total"], ",.0f") + (" (" + ", ".join(
                           f"{k}: {v:,.0f}" for k, v in th["dropped_rows"].items() if v) + ")"
                           if th["dropped_rows_total"] else ""))])
-    lines += ["", "Rates are over the wall-clock play time.", "", "## Processes", ""]
+    lines += ["", f"Rates are over the wall-clock play time. The player was at most "
+                  f"{_f(th['player_max_lag_s'])} s behind its schedule.", ""]
+    lines += [f"- player: {w}" for w in th["player_warnings"]] + ([""] if th["player_warnings"] else [])
+    lines += ["## Processes", ""]
     lines += _table(("process", "kind", "CPU % mean", "CPU % max", "RSS MiB mean", "RSS MiB max", "samples"),
                     ((name, p["kind"], _f(p["cpu_pct_mean"], ".0f"), _f(p["cpu_pct_max"], ".0f"),
                       _f(p["rss_mib_mean"], ".0f"), _f(p["rss_mib_max"], ".0f"), p["samples"])
@@ -395,9 +405,9 @@ def write_charts(record: Mapping[str, Any], rep: Mapping[str, Any], out_dir: str
     if not services or origin is None:
         return []
     types = sorted({a["anomaly_type"] for a in rep["alert_list"]})
-    cmap = plt.get_cmap("tab10")
-    colour = {t: cmap(i % 10) for i, t in enumerate(types)}
-    fig, axes = plt.subplots(len(services), 1, figsize=(11, 2.3 * len(services) + 1.2), sharex=True, squeeze=False)
+    palette = [plt.get_cmap("tab10")(i) for i in (1, 2, 3, 4, 5, 6, 8, 9, 0)]  # no grey (the latency line)
+    colour = {t: palette[i % len(palette)] for i, t in enumerate(types)}
+    fig, axes = plt.subplots(len(services), 1, figsize=(11, 1.9 * len(services) + 1.6), sharex=True, squeeze=False)
     duration_min = float(sc["duration_s"]) / 60
     for ax, svc in zip(axes[:, 0], services, strict=True):
         pts = series[svc].get("points", [])
@@ -406,41 +416,46 @@ def write_charts(record: Mapping[str, Any], rep: Mapping[str, Any], out_dir: str
         calls = np.array([p["calls"] / 60 for p in pts], dtype=float)
         lat = np.array([p["latency_ms_mean"] if p["latency_ms_mean"] is not None else math.nan for p in pts],
                        dtype=float)
-        ax.step(x[keep] + 0.5, calls[keep], where="mid", color="black", lw=1.2)
+        ax.step(x[keep], calls[keep], where="post", color="black", lw=1.2)
         ax.set_ylabel("calls/s", fontsize=8)
-        ax.set_ylim(bottom=0)
-        ax.set_title(svc, fontsize=9, loc="left")
+        ax.set_ylim(bottom=0, top=max(1.0, float(np.nanmax(calls[keep], initial=0)) * 1.25))
+        ax.set_title(svc, fontsize=9, loc="left", pad=2)
         ax2 = ax.twinx()
-        ax2.plot(x[keep] + 0.5, lat[keep], color="tab:blue", lw=1, ls="--")
-        ax2.set_ylabel("latency ms (mean)", fontsize=8, color="tab:blue")
-        ax2.tick_params(labelsize=7, colors="tab:blue")
-        if np.isfinite(lat[keep]).any() and np.nanmin(lat[keep]) > 0:
+        ax2.step(x[keep], lat[keep], where="post", color="grey", lw=1, ls="--")
+        ax2.set_ylabel("latency ms", fontsize=8, color="dimgrey")
+        ax2.tick_params(labelsize=7, colors="dimgrey")
+        finite = lat[keep][np.isfinite(lat[keep])]
+        if finite.size and finite.min() > 0 and finite.max() / finite.min() > 20:
             ax2.set_yscale("log")
+        else:
+            ax2.set_ylim(bottom=0, top=float(finite.max()) * 1.25 if finite.size else 1.0)
         ax.tick_params(labelsize=7)
         for inc in rep["incidents"]:
-            target = inc["target"].get("service")
-            if target not in (None, svc):
+            if inc["target"].get("service") not in (None, svc):
                 continue
-            ax.axvspan(inc["start_s"] / 60, inc["end_s"] / 60, color="tab:red" if not inc["detected"] else "orange",
-                       alpha=0.18, lw=0)
-            ax.text(inc["start_s"] / 60, 1.0, f" {inc['id']}", transform=ax.get_xaxis_transform(), fontsize=7,
-                    va="top", ha="left", color="dimgray")
-        for a in rep["alert_list"]:
+            ax.axvspan(inc["start_s"] / 60, inc["end_s"] / 60, color="#6baed6" if inc["detected"] else "tab:red",
+                       alpha=0.2, lw=0)
+            ax.text(inc["start_s"] / 60, 0.97, f" {inc['id']}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    va="top", ha="left", color="dimgrey")
+        for a in rep["alert_list"]:  # a line, and a marker at a height of its type's own (coincident alerts)
             if a["service_name"] in (None, "", svc):
-                ax.axvline(a["sim_s"] / 60, color=colour[a["anomaly_type"]], lw=1.6,
-                           ls="-" if a["incidents"] else ":")
-    axes[-1, 0].set_xlabel("simulated minutes since the scenario's start")
+                c, x_min = colour[a["anomaly_type"]], a["sim_s"] / 60
+                ax.axvline(x_min, color=c, lw=1.3, alpha=0.9, ls="-" if a["incidents"] else ":")
+                ax.plot([x_min], [0.9 - 0.1 * (types.index(a["anomaly_type"]) % 8)], marker="v", ms=6, color=c,
+                        transform=ax.get_xaxis_transform(), clip_on=False)
+    axes[-1, 0].set_xlabel("simulated minutes since the scenario's start (one-minute event-time buckets)", fontsize=8)
     axes[-1, 0].set_xlim(0, duration_min)
     handles: list[Any] = [Line2D([], [], color="black", lw=1.2, label="calls/s (per simulated s)"),
-                          Line2D([], [], color="tab:blue", lw=1, ls="--", label="mean latency per simulated minute"),
-                          Patch(color="orange", alpha=0.3, label="incident (detected)"),
-                          Patch(color="tab:red", alpha=0.3, label="incident (missed)")]
-    handles += [Line2D([], [], color=colour[t], lw=1.6, label=f"alert: {t}") for t in types]
+                          Line2D([], [], color="grey", lw=1, ls="--", label="mean latency (ms)"),
+                          Patch(color="#6baed6", alpha=0.3, label="incident, detected"),
+                          Patch(color="tab:red", alpha=0.3, label="incident, missed")]
+    handles += [Line2D([], [], color=colour[t], lw=1.3, marker="v", label=f"alert: {t}") for t in types]
     if any(not a["incidents"] for a in rep["alert_list"]):
-        handles.append(Line2D([], [], color="gray", lw=1.6, ls=":", label="dotted: false alert"))
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=7, frameon=False)
-    fig.suptitle(f"{sc['name']}: traffic, incidents and alerts", fontsize=10, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))
+        handles.append(Line2D([], [], color="dimgrey", lw=1.6, ls=":", label="dotted: false alert"))
+    fig.suptitle(f"{sc['name']}: traffic, incidents and alerts per service", fontsize=10)
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    legend_rows = -(-len(handles) // 4)
+    fig.tight_layout(rect=(0, (0.2 + 0.17 * legend_rows) / fig.get_figheight(), 1, 1))
     path = Path(out_dir) / "traffic.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -512,6 +527,37 @@ def suite_summary(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                        "rows_ingested_per_s": rows / play_s if play_s else None},
         "processes_by_kind": kinds,
     }
+
+
+def write_suite_chart(reports: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> str | None:
+    """``latency.png``: detection latency of every incident of the suite (missed ones marked); its path."""
+    rows = [(f"{name} / {inc['id']} ({inc['type']})", inc["latency_s"])
+            for name, rep in reports.items() for inc in rep["incidents"]]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.3))
+    y = np.arange(len(rows))[::-1]
+    values = [v if v is not None else 0.0 for _, v in rows]
+    ax.barh(y, values, color=["tab:blue" if v is not None else "tab:red" for _, v in rows], height=0.6)
+    top = max(values, default=0.0) or 1.0
+    for yi, (_, v) in zip(y, rows, strict=True):
+        ax.text((v or 0.0) + top * 0.01, yi, "missed" if v is None else f"{v:.2f} s", va="center", fontsize=7,
+                color="tab:red" if v is None else "black")
+    ax.set_yticks(y, [label for label, _ in rows], fontsize=7)
+    ax.set_xlim(0, top * 1.15)
+    ax.set_xlabel("detection latency, s (incident injected → alert on RabbitMQ, wall clock)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title("Detection latency per incident", fontsize=10)
+    fig.tight_layout()
+    path = Path(out_dir) / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 def render_suite_markdown(summary: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]],

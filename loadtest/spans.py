@@ -33,6 +33,9 @@ __all__ = [
     "anomalous_span",
     "build_trace_payloads",
     "build_trace_request",
+    "call_attributes",
+    "set_attribute",
+    "span_name",
 ]
 
 Family = Literal["genai", "genai_deprecated", "openllmetry", "openinference"]
@@ -165,6 +168,24 @@ def build_trace_payloads(count: int, spans_per_request: int, seed: int,
         payloads.append(request.SerializeToString())
         start += spans_per_request * 20_000_000
     return payloads
+
+
+def call_attributes(family: Family, model: ModelProfile, input_tokens: int, output_tokens: int, finish_reason: str,
+                    error: tuple[str, int] | None, response_id: str) -> list[tuple[str, Any]]:
+    """The span attributes of one LLM call in ``family``'s names (as :func:`build_trace_request` writes
+    them): request, response and usage attributes (the latter two only when ``error`` is None), server
+    address, HTTP status, and ``error.type`` (``error`` = (error type, HTTP status))."""
+    return _attributes(family, _Call(model, input_tokens, output_tokens, finish_reason, error, response_id))
+
+
+def span_name(family: Family, model: ModelProfile) -> str:
+    """The span name an instrumentation of ``family`` gives a chat call to ``model``."""
+    return _span_name(family, model)
+
+
+def set_attribute(kv: KeyValue, key: str, value: Any) -> None:
+    """Fill an OTLP ``KeyValue`` (str, bool, int, float or a list of str)."""
+    _set(kv, key, value)
 
 
 class _Call(NamedTuple):

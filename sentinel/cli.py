@@ -24,12 +24,19 @@ from sentinel.config import ConfigError, add_arguments, load
 __all__ = ["main"]
 
 
+#: Loggers kept at WARNING whatever ``log_level`` says: httpx logs every request's full URL at INFO (a
+#: webhook URL may hold a token, e.g. Slack's), and one line per forwarded batch besides.
+QUIET_LOGGERS = ("httpx", "httpcore")
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _services() -> dict[str, tuple[str, type, str]]:

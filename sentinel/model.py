@@ -173,6 +173,15 @@ class FeatureBatch:
                 out[name] = self.strings[name][i]
         return out
 
+    def take(self, keep: npt.NDArray[np.bool_]) -> FeatureBatch:
+        """The rows where ``keep`` is true, in order."""
+        idx = np.flatnonzero(keep).tolist()
+        return FeatureBatch(
+            n=len(idx),
+            numeric={k: v[keep] for k, v in self.numeric.items()},
+            strings={k: [v[i] for i in idx] for k, v in self.strings.items()},
+        )
+
     def rows(self) -> list[dict[str, Any]]:
         return [self.row(i) for i in range(self.n)]
 

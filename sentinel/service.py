@@ -11,9 +11,17 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["Service", "add_ops_routes", "run_until_signalled"]
+__all__ = ["BODY_TIMEOUT_S", "IDLE_TIMEOUT_S", "Service", "add_ops_routes", "run_until_signalled"]
 
 log = logging.getLogger(__name__)
+
+#: The HTTP listeners (``web.AppRunner(keepalive_timeout=IDLE_TIMEOUT_S)``) close a connection that has
+#: not sent a complete request line and headers for this long: an idle keep-alive connection, or a
+#: client that dribbles its headers (aiohttp's own default is an hour).
+IDLE_TIMEOUT_S = 75.0
+#: Once a request's headers are in, its body must arrive within this long; a client that dribbles it
+#: is answered 408 and the connection closed (aiohttp itself waits forever).
+BODY_TIMEOUT_S = 30.0
 
 
 class Service(Protocol):

@@ -11,17 +11,18 @@ Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
 ``sidecar``
     stable id of the sending sidecar, str.
 ``seq``
-    batch sequence number, int >= 0, unique and increasing per sidecar (a retried batch keeps it).
+    batch sequence number, int, 0 <= seq < 2**63, unique and increasing per sidecar (a retried batch keeps it).
 ``created_unix_nano``
-    when the sidecar sealed the batch, int (lets the receiver tell replayed data from live data).
+    when the sidecar sealed the batch, int64 (lets the receiver tell replayed data from live data).
 ``n``
     number of rows, int.
 ``cols``
     map column name -> encoded column, one entry per column of :data:`sentinel.model.COLUMNS`:
 
     * numeric: ``{"dtype": "<f8", "data": <bytes>}`` -- packed little-endian values, read with
-      ``numpy.frombuffer(data, dtype)``; missing values are NaN (``time_unix_nano`` is ``<i8``,
-      ``is_error`` is ``|u1`` 0/1, both never missing);
+      ``numpy.frombuffer(data, dtype)``; missing values are NaN, and a reader takes ±inf and values
+      beyond ±:data:`MAX_ABS_VALUE` as missing too (``time_unix_nano`` is ``<i8``, ``is_error`` is
+      ``|u1`` 0/1, both never missing);
     * string: ``{"dict": [str, ...], "codes": {"dtype": "<i4", "data": <bytes>}}`` --
       dictionary-encoded; code ``-1`` is a missing value.
 ``anomalies``
@@ -43,12 +44,15 @@ import numpy as np
 
 from sentinel.model import COLUMNS, NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
 
-__all__ = ["CONTENT_TYPE", "WIRE_VERSION", "WireBatch", "WireFormatError", "decode", "encode"]
+__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "WIRE_VERSION", "WireBatch", "WireFormatError", "decode", "encode"]
 
 WIRE_VERSION = 1
 CONTENT_TYPE = "application/x-msgpack"
 
 _CODE_DTYPE = "<i4"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Float column values beyond ±this (and ±inf) are decoded as missing (NaN).
+MAX_ABS_VALUE = 1e15
 
 
 class WireFormatError(ValueError):
@@ -130,6 +134,12 @@ def _decode_numeric(name: str, spec: Any, n: int) -> np.ndarray[Any, Any]:
     arr = np.frombuffer(data, dtype=np.dtype(dtype))
     if arr.shape[0] != n or len(data) != n * arr.itemsize:
         raise WireFormatError(f"column {name!r} holds {len(data)} bytes, expected {n} values")
+    if arr.dtype.kind == "f":
+        # ±inf and absurd magnitudes would overflow the aggregator's sums, sketches and JSON; they are
+        # read as missing, like NaN (comparisons with NaN are False, so NaN stays as it is).
+        out_of_range = np.abs(arr) > MAX_ABS_VALUE
+        if out_of_range.any():
+            arr = np.where(out_of_range, np.nan, arr)
     return arr
 
 
@@ -169,12 +179,16 @@ def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
     seq = _need(m, "seq", int)
     if seq < 0:
         raise WireFormatError("field 'seq' is negative")
+    if seq > _INT64_MAX:  # msgpack carries up to 2**64 - 1; the journal stores a signed 64-bit integer
+        raise WireFormatError(f"field 'seq' is {seq}, larger than {_INT64_MAX}")
     n = _need(m, "n", int)
     if not 0 <= n <= max_rows:
         raise WireFormatError(f"field 'n' is {n}, must be between 0 and {max_rows}")
     created = m.get("created_unix_nano", 0)
-    if not isinstance(created, int):
+    if not isinstance(created, int) or isinstance(created, bool):
         raise WireFormatError("field 'created_unix_nano' is not an int")
+    if not _INT64_MIN <= created <= _INT64_MAX:
+        raise WireFormatError(f"field 'created_unix_nano' is {created}, outside the signed 64-bit range")
     cols = _need(m, "cols", dict)
     numeric: dict[str, np.ndarray[Any, Any]] = {}
     strings: dict[str, list[str | None]] = {}
@@ -193,7 +207,10 @@ def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
         if not isinstance(a, dict):
             raise WireFormatError(f"anomalies[{i}] is not a map")
         try:
-            anomalies.append(LocalAnomaly.from_wire(a))
+            anomaly = LocalAnomaly.from_wire(a)
+            if not _INT64_MIN <= anomaly.time_unix_nano <= _INT64_MAX:
+                raise ValueError("time_unix_nano is outside the signed 64-bit range")
+            anomalies.append(anomaly)
         except KeyError as e:
             raise WireFormatError(f"anomalies[{i}] is missing field {e}") from None
         except (TypeError, ValueError) as e:

@@ -81,9 +81,12 @@ class Sidecar:
                 fsync_interval_s=c.spool_fsync_interval_s,
             ))
             report = await asyncio.to_thread(self.spool.open)
-            if report.records_skipped:
-                self.metrics.spool_corrupt_records.inc(report.records_skipped)
-                log.warning("spool recovery skipped %d damaged records", report.records_skipped)
+            # A torn tail (a write cut by a crash) is one damaged record too.
+            damaged = report.records_skipped + (1 if report.bytes_truncated else 0)
+            if damaged:
+                self.metrics.spool_corrupt_records.inc(damaged)
+                log.warning("spool recovery skipped %d damaged records (torn tail: %d bytes)", damaged,
+                            report.bytes_truncated)
             log.info("spool %s: %d batches (%d rows) waiting to be forwarded",
                      c.spool_dir, report.pending_records, report.pending_rows)
             last_seq = report.last_seq

@@ -65,7 +65,8 @@ class SidecarConfig:
     batch_timeout_s: float = setting(DEFAULT_BATCH_TIMEOUT_S, "a batch is sealed at most this long after "
                                      "its first row", kind="duration")
     queue_max_batches: int = setting(DEFAULT_QUEUE_MAX_BATCHES, "sealed batches held in memory for the "
-                                     "forwarder; beyond it they spill to the spool, or exports get UNAVAILABLE")
+                                     "forwarder; beyond it they spill to the spool, or new exports get UNAVAILABLE "
+                                     "(batches of exports already acknowledged are kept)")
     spool_dir: str = setting("", "directory of the durable spool (required in store-and-forward mode)")
     spool_max_bytes: int = setting(DEFAULT_SPOOL_MAX_BYTES, "size bound of the spool", kind="size")
     spool_segment_bytes: int = setting(DEFAULT_SPOOL_SEGMENT_BYTES, "size at which a spool segment file "
@@ -99,10 +100,7 @@ class SidecarConfig:
             raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
         if self.client_key_file and not self.client_cert_file:
             raise ConfigError("client_key_file: needs client_cert_file")
-        for key in ("ca_file", "client_cert_file", "client_key_file"):
-            path = getattr(self, key)
-            if path and not os.path.isfile(path):
-                raise ConfigError(f"{key}: {path!r} is not a readable file")
+
         for key in ("grpc_listen", "http_listen", "metrics_listen"):
             value = getattr(self, key)
             if value:
@@ -154,7 +152,6 @@ class SidecarConfig:
     def effective_sidecar_id(self, env: dict[str, str] | None = None) -> str:
         if self.sidecar_id:
             return self.sidecar_id
-        import os
 
         e = os.environ if env is None else env
         pod, ns = e.get("SENTINEL_POD_NAME", ""), e.get("SENTINEL_POD_NAMESPACE", "")

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from sentinel.model import Row
 from sentinel.pricing import PriceBook, parse_overrides
+from sentinel.wire import MAX_ABS_VALUE
 from sidecar.attributes import LLM_OPERATIONS, ROWED, classify, normalize_operation, resource_keys, span_keys
 from sidecar.otlp_lite import (
     KIND_DOUBLE,
@@ -62,6 +63,8 @@ _EMPTY_VALS: list[Any] = [None] * _NSLOTS + [_NO_RANK] * _NSLOTS
 # (rank index, rank, value). _SKIP_ENTRY never wins its (spare) slot.
 _SKIP_ENTRY = (2 * _NSLOTS - 1, _NO_RANK, None)
 _BAD = object()
+#: Largest span start time a row can hold (its time_unix_nano column is int64); later ones are skipped.
+_MAX_TIME = 2**63 - 1
 #: Most distinct serialized attributes remembered (cache and doorkeeper each); ~100 bytes each.
 _ATTR_CACHE_MAX = 16_384
 
@@ -209,9 +212,12 @@ class Extractor:
                 ) != ROWED:
                     continue
                 operation = normalize_operation(operation, vals[_REQ_TYPE], vals[_OI_KIND])
+            start = span.start_time_unix_nano
+            if start > _MAX_TIME:  # fixed64 on the wire; a row's time is int64
+                bad += 1  # counted with the bad attributes, and not rowed
+                continue
             llm_calls += 1
 
-            start = span.start_time_unix_nano
             end = span.end_time_unix_nano
             latency_ms = (end - start) / 1e6 if start and end and end >= start else None
             ttft_ms = vals[_TTFT]
@@ -311,9 +317,9 @@ class Extractor:
                 val = float(val)
             elif vkind != KIND_DOUBLE:
                 return _BAD
-            if not val >= 0.0:  # negative or NaN
-                return _BAD
             val *= scale
+            if not 0.0 <= val <= MAX_ABS_VALUE:  # negative, NaN, infinite or absurd (the aggregator drops those)
+                return _BAD
         else:  # _STR_ARRAY: the first element; a lone string is taken as is
             if vkind == KIND_LIST:
                 if val is None:

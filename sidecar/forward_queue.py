@@ -69,6 +69,10 @@ class ForwardQueue:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool") if spool else None
         self._spool_refusing = False
         self._closed = False
+        # The spool record the forwarder holds (it keeps its own copy of the body): dropping it to
+        # make room does not lose it unless its delivery then fails, so it is counted only then.
+        self._inflight: SpoolRecord | None = None
+        self._inflight_dropped = False
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         assert self._executor is not None
@@ -94,12 +98,15 @@ class ForwardQueue:
         if not self._enabled:
             self._metrics.dropped_rows.labels("no_aggregator").inc(batch.rows)
             return
-        if durable or len(self._mem) >= self._max:
-            if self._spool is None:
-                self._metrics.dropped_rows.labels("queue_full").inc(batch.rows)
-                log.warning("forward queue full and no spool: dropped batch seq=%d (%d rows)", batch.seq, batch.rows)
-                return
+        if durable or (len(self._mem) >= self._max and self._spool is not None):
             await self._append_to_spool(batch)
+        elif len(self._mem) >= self._max:
+            # Admission (has_capacity) was checked when the export arrived; the rows were
+            # acknowledged, so they are kept beyond queue_max_batches rather than dropped. New
+            # exports are refused until the queue is below it again; the excess is bounded by the
+            # receive queue's bytes.
+            self._mem.append(batch)
+            self._metrics.queue_batches.set(len(self._mem))
         else:
             self._mem.append(batch)
             self._metrics.queue_batches.set(len(self._mem))
@@ -113,6 +120,9 @@ class ForwardQueue:
             self._spool_refusing = True
             raise SpoolRefused("spool full") from None
         for d in dropped:
+            if self._inflight is not None and d.seq == self._inflight.seq:
+                self._inflight_dropped = True  # the forwarder still delivers it: counted only if that fails
+                continue
             self._metrics.dropped_rows.labels("spool_full").inc(d.rows)
         if dropped:
             log.warning("spool full: dropped the %d oldest batches", len(dropped))
@@ -131,6 +141,8 @@ class ForwardQueue:
             if self._spool is not None and self._spool.pending_records:
                 rec: SpoolRecord | None = await self._run(self._spool.peek)
                 if rec is not None:
+                    if self._inflight is None or self._inflight.seq != rec.seq:
+                        self._inflight, self._inflight_dropped = rec, False
                     return QueueItem(SealedBatch(seq=rec.seq, rows=rec.rows, body=rec.body), rec)
             self._changed.clear()
             await self._changed.wait()
@@ -140,6 +152,8 @@ class ForwardQueue:
 
     async def drop(self, item: QueueItem, reason: str) -> None:
         self._metrics.dropped_rows.labels(reason).inc(item.batch.rows)
+        if item.record is not None and self._inflight_dropped and self._inflight is item.record:
+            self._inflight_dropped = False  # counted once, under this reason
         await self._remove(item)
 
     async def _remove(self, item: QueueItem) -> None:
@@ -149,6 +163,8 @@ class ForwardQueue:
                 self._metrics.queue_batches.set(len(self._mem))
         else:
             await self._run(self._spool.ack, item.record)  # type: ignore[union-attr]
+            if self._inflight is item.record:
+                self._inflight, self._inflight_dropped = None, False
             self._spool_refusing = False
             self._update_spool_gauges()
 
@@ -161,6 +177,9 @@ class ForwardQueue:
         if self._closed:
             return
         self._closed = True
+        if self._inflight is not None and self._inflight_dropped:  # dropped for room and never delivered
+            self._metrics.dropped_rows.labels("spool_full").inc(self._inflight.rows)
+            self._inflight, self._inflight_dropped = None, False
         while self._mem:
             batch = self._mem.popleft()
             if self._spool is None:

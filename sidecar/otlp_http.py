@@ -8,6 +8,7 @@ decode, hand traces to the consumer, queue pass-through, and answer as the speci
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -17,6 +18,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 
+from sentinel import service
 from sidecar import otlp_codec
 from sidecar.forward_queue import SpoolRefused
 from sidecar.metrics import SidecarMetrics
@@ -56,7 +58,7 @@ class OtlpHttpReceiver:
             app.router.add_post(signal.path, self._handler(signal))
         # auto_decompress=False: aiohttp would otherwise inflate gzip itself and accept a truncated
         # stream silently; we inflate with our own bound and a strict end-of-stream check.
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False, keepalive_timeout=service.IDLE_TIMEOUT_S)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         await site.start()
@@ -83,9 +85,14 @@ class OtlpHttpReceiver:
         try:
             media = otlp_codec.media_type(content_type)
             try:
-                raw = await request.read()
+                async with asyncio.timeout(service.BODY_TIMEOUT_S):
+                    raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise otlp_codec.BodyTooLarge(f"body larger than {self._max_body} bytes") from None
+            except TimeoutError:
+                return self._error(signal, 408, code_pb2.DEADLINE_EXCEEDED,
+                                   f"body not received within {service.BODY_TIMEOUT_S:g} s", content_type,
+                                   "timeout", {"Connection": "close"})
             body = otlp_codec.decompress(raw, request.headers.get("Content-Encoding"), self._max_body)
             if signal is Signal.TRACES and media == otlp_codec.PROTOBUF:
                 # Traces in protobuf go straight to the lean view extraction reads.

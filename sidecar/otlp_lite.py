@@ -86,7 +86,13 @@ def _varint(b: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def any_value(b: bytes, pos: int, end: int) -> tuple[int, Any]:
+#: Arrays nested deeper than this (an array whose first value is an array, …) are refused with
+#: ``DecodeError``: extraction needs one level, and without a bound a few KiB of nesting would
+#: exhaust the interpreter's recursion limit (the full parser refuses past depth 100 the same way).
+MAX_ARRAY_DEPTH = 16
+
+
+def any_value(b: bytes, pos: int, end: int, depth: int = 0) -> tuple[int, Any]:
     """Decode the first field of the ``AnyValue`` in ``b[pos:end]``."""
     if pos >= end:
         return KIND_NONE, None
@@ -117,7 +123,9 @@ def any_value(b: bytes, pos: int, end: int) -> tuple[int, Any]:
         if tag != 0x0A:
             raise DecodeError("bad array value")
         n, pos = _varint(b, pos)
-        return KIND_LIST, any_value(b, pos, min(stop, pos + n))
+        if depth >= MAX_ARRAY_DEPTH:
+            raise DecodeError("array value nested too deeply")
+        return KIND_LIST, any_value(b, pos, min(stop, pos + n), depth + 1)
     return KIND_BYTES, None  # kvlist or bytes: never a wanted kind
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 from collections.abc import Iterable
@@ -266,7 +267,8 @@ def test_model_age_from_the_newest_fit() -> None:
 async def test_sidecar_spike_becomes_a_confirmed_candidate(
     make_aggregator: AggregatorFactory, make_sidecar: SidecarFactory
 ) -> None:
-    agg = await make_aggregator()
+    # The generator's fixed historic event times are not "late" for this test.
+    agg = await make_aggregator(late_after_s=10 * 365 * 86400.0)
     sc = await make_sidecar(aggregator_url=agg.url)
     assert sc.pipeline is not None
     url = f"http://127.0.0.1:{sc.ports()['http']}/v1/traces"
@@ -313,3 +315,17 @@ async def test_sidecar_spike_becomes_a_confirmed_candidate(
         metrics = (await client.get(f"{agg.url}/metrics")).text
     assert 'sentinel_aggregator_local_anomalies_total{outcome="confirmed"}' in metrics
     assert "sentinel_aggregator_detection_latency_seconds_count" in metrics
+
+
+def test_late_anomalies_are_counted_not_confirmed() -> None:
+    """A replayed spool or a clock hours behind must not page now (aggregator/README.md, 'Event time')."""
+    store = BaselineStore(BaselineConfig())
+    found: list[Candidate] = []
+    outcomes: list[str] = []
+    confirmer = LocalAnomalyConfirmer(ConfirmConfig(late_after_s=300.0), store, found.extend, outcome=outcomes.append)
+    now = T0 + 3 * 3600 * 10**9
+    old = dataclasses.replace(anomaly("error_rate", 0.9, method="error_rate"), time_unix_nano=T0)
+    fresh = dataclasses.replace(old, time_unix_nano=now - 10**9)
+    confirmer.consume(WireBatch(sidecar="s", seq=1, batch=FeatureBatch.empty(), anomalies=[old, fresh]),
+                      arrival_ns=now)
+    assert outcomes == ["late", "confirmed"] and len(found) == 1

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sentinel import service
 from sentinel.service import add_ops_routes
 from webhook_injector import self_signed
 from webhook_injector.admission import NamespaceLabels, review
@@ -33,6 +34,16 @@ log = logging.getLogger(__name__)
 
 #: An AdmissionReview carries the pod (and for updates the old one); etcd caps objects at 1.5 MiB.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+async def _read_review(request: web.Request) -> Any:
+    """The JSON body, or ``None`` when it cannot be read: not JSON, nested too deeply (RecursionError), or
+    not received within ``BODY_TIMEOUT_S``. ``review()`` answers ``None`` by allowing the pod (fail open)."""
+    try:
+        async with asyncio.timeout(service.BODY_TIMEOUT_S):
+            return await request.json(loads=json.loads)
+    except (ValueError, RecursionError, TimeoutError):
+        return None
 
 
 class CertificateReloader:
@@ -97,20 +108,14 @@ class WebhookServer:
         self.port = 0
 
     async def _mutate(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json(loads=json.loads)
-        except ValueError:
-            body = None  # review() answers a body it cannot read by allowing it (fail open)
+        body = await _read_review(request)
         return web.json_response(review(body, self._namespace_labels, self.settings, self.metrics))
 
     async def _mutate_enabled_namespace(self, request: web.Request) -> web.Response:
         # AdmissionReview carries no namespace labels. The MutatingWebhookConfiguration routes pods of
         # namespaces labelled sentinel.llm-devops.io/inject=enabled here (its namespaceSelector does
         # the selection), so this path means "the namespace opted in" — no RBAC to read namespaces.
-        try:
-            body = await request.json(loads=json.loads)
-        except ValueError:
-            body = None
+        body = await _read_review(request)
 
         def enabled(_namespace: str) -> Mapping[str, str]:
             return {NAMESPACE_LABEL: NAMESPACE_ENABLED}
@@ -159,7 +164,9 @@ class WebhookServer:
         app.router.add_post("/mutate", self._mutate)
         app.router.add_post(ENABLED_NAMESPACE_PATH, self._mutate_enabled_namespace)
         add_ops_routes(app, self.metrics.registry, self._ready)
-        runner = web.AppRunner(app, access_log=None)
+        # auto_decompress=False: the API server never compresses AdmissionReviews, and aiohttp's own inflation
+        # buffers about ten times client_max_size before it refuses a decompression bomb.
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=service.IDLE_TIMEOUT_S, auto_decompress=False)
         await runner.setup()
         host, _, port = self.settings.listen.rpartition(":")
         try:

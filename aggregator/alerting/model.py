@@ -43,22 +43,31 @@ def iso_time(ns: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+# Unix ns that fit a signed 64-bit integer (SQLite, numpy), with room for a window end of + 1.
+_MIN_NS, _MAX_NS = -(2**63) + 1, 2**63 - 2
+
+
 def parse_time(text: str) -> int:
     """RFC 3339 (``Z`` or an offset) or unix seconds as text, to unix nanoseconds.
 
-    Raises ``ValueError`` naming the text when it is neither.
+    Raises ``ValueError`` naming the text when it is neither, or when it is outside what a signed
+    64-bit count of nanoseconds holds (years 1678 to 2262).
     """
     try:
-        return int(float(text) * 1e9)
+        ns = int(float(text) * 1e9)
+    except OverflowError:  # inf
+        raise ValueError(f"{text!r} is out of range") from None
     except ValueError:
-        pass
-    try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an RFC 3339 time or unix seconds") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1e9)
+        try:
+            t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an RFC 3339 time or unix seconds") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.UTC)
+        ns = int(t.timestamp() * 1e9)
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise ValueError(f"{text!r} is out of range")
+    return ns
 
 
 def fingerprint(anomaly_type: str, service: str | None, model: str | None, metric: str,

@@ -106,13 +106,18 @@ class Silence:
             if body.get("ends_at"):
                 ends = parse_time(str(body["ends_at"]))
             elif body.get("duration") is not None:
-                ends = starts + int(float(body["duration"]) * 1e9)
+                duration = body["duration"]
+                if isinstance(duration, bool) or not isinstance(duration, int | float | str):
+                    raise SilenceError("duration: must be a number of seconds")
+                ends = starts + int(float(duration) * 1e9)
             else:
                 raise SilenceError("ends_at: required (or duration in seconds)")
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
             if isinstance(e, SilenceError):
                 raise
             raise SilenceError(f"starts_at/ends_at: {e}") from None
+        if ends > 2**63 - 1:
+            raise SilenceError("ends_at: out of range")
         if ends <= starts:
             raise SilenceError("ends_at: must be after starts_at")
         comment = body.get("comment", "")

@@ -1,0 +1,1 @@
+"""Fault suite (issue 8): real sidecar and aggregator processes, real RabbitMQ, injected faults."""

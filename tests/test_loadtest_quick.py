@@ -1,0 +1,62 @@
+"""The quick load-test suite end to end: real aggregator and sidecars, the real RabbitMQ, the real player.
+
+Every incident of ``loadtest/scenarios/quick.yaml`` must be detected (an alert of a matching type,
+service and time window on the run's RabbitMQ exchange), and ``quick-clean.yaml``, the control,
+must raise no alert at all. Reports must be written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest import suite
+from loadtest.scenario import load_scenario
+
+
+@pytest.mark.timeout(300)
+def test_quick_suite_detects_every_incident_and_stays_quiet_on_clean_traffic(tmp_path: Path) -> None:
+    status = suite.main(["--quick", "--out", str(tmp_path)])
+
+    data = json.loads((tmp_path / "suite.json").read_text())
+    reports = data["reports"]
+    quick, clean = load_scenario(suite.SCENARIO_DIR / "quick.yaml"), load_scenario(
+        suite.SCENARIO_DIR / "quick-clean.yaml")
+    assert set(reports) == {quick.name, clean.name}
+    for name, rep in reports.items():
+        assert rep["errors"] == [], f"{name}: {rep['errors']}"
+        for f in ("report.md", "report.json", "run.json", "traffic.png"):
+            assert (tmp_path / name / f).stat().st_size > 0, f"{name}/{f}"
+        assert rep["throughput"]["spans_sent"] > 0
+        assert rep["throughput"]["rows_ingested"] == rep["throughput"]["spans_sent"]  # every LLM call became a row
+
+    detected = {i["id"]: i["detected"] for i in reports[quick.name]["incidents"]}
+    assert detected == {i.id: True for i in quick.incidents}, reports[quick.name]["incidents"]
+    assert reports[clean.name]["alerts"]["total"] == 0, reports[clean.name]["alert_list"]
+
+    assert (tmp_path / "README.md").read_text().startswith("# LLM-Sentinel load-test suite")
+    assert data["summary"]["quick_failures"] == []
+    assert status == 0
+
+
+def test_quick_failures_name_missed_incidents_false_alarms_and_run_errors() -> None:
+    ok = {"scenario": {"clean": False}, "errors": [], "alerts": {"total": 2, "by_type": {"latency_spike": 2}},
+          "incidents": [{"id": "spike", "type": "latency_spike", "detected": True}]}
+    missed = {**ok, "incidents": [{"id": "drop", "type": "throughput_drop", "detected": False}]}
+    noisy = {"scenario": {"clean": True}, "errors": ["RuntimeError: sidecar-0 exited"], "incidents": [],
+             "alerts": {"total": 3, "by_type": {"expensive_prompt": 3}}}
+    assert suite.quick_failures({"quick": ok}) == []
+    assert suite.quick_failures({"quick": missed, "quick-clean": noisy}) == [
+        "quick: incident drop (throughput_drop) not detected",
+        "quick-clean: run failed: RuntimeError: sidecar-0 exited",
+        "quick-clean: clean control raised 3 alert(s): expensive_prompt x3",
+    ]
+
+
+def test_the_standard_suite_is_every_scenario_but_the_quick_ones() -> None:
+    names = [p.name for p in suite.standard_scenarios()]
+    assert names == sorted(names) and names
+    assert not any(n.startswith("quick") for n in names)
+    assert all((suite.SCENARIO_DIR / n).exists() for n in suite.QUICK_SCENARIOS)
