@@ -17,19 +17,13 @@ since the last tick, ``[sim_done, min(duration_s, speedup · wall elapsed))`` �
 :data:`MAX_STEP_S` wall seconds' worth at once, so a sender that cannot keep up falls behind
 (measured as lag) instead of sending ever larger bursts. A call at simulated offset ``t`` has the
 event time ``start_unix_nano + t · 1e9`` (span start; its end is ``latency_ms`` later).
-``start_unix_nano`` defaults to ``now − duration_s · (1 − 1/speedup)`` (in ns, taken when play
-starts): then the last call's event time is about the wall-clock time it is sent at, and every
-earlier call is sent *after* its event time (by ``(duration_s − t) · (1 − 1/speedup)`` seconds),
-so event times never run ahead of the wall clock. Pass ``start_unix_nano=time.time_ns()`` instead
-to make event time start at the wall clock and then run ahead of it (``--event-time start-now``).
-
-Which to use: the aggregator treats a call whose event time is more than ``late_after_s`` (300 s)
-older than its arrival as *late* — counted, and its sidecar-local anomalies are not confirmed
-(``aggregator/confirm.py``: old incidents must not page as if they were now). With the default,
-every call more than ~300 s of event time before the end (at 30x: all but the last ~10 wall
-seconds) is late, so only the aggregator's windowed detectors see incidents; with start-now no
-call is late, but event times run up to ``duration_s · (1 − 1/speedup)`` ahead of the wall clock.
-``loadtest.run`` passes ``time.time_ns()``.
+``start_unix_nano`` defaults to the wall clock when play starts: event time starts now and then
+runs ahead of the wall clock (by up to ``duration_s · (1 − 1/speedup)`` at the end). The other
+choice, ``--event-time end-now`` (``start_unix_nano=default_start_unix_nano(scenario)``, i.e.
+``now − duration_s · (1 − 1/speedup)``), keeps event times behind the wall clock, but then every
+call more than ``late_after_s`` (300 s) of event time before the end is *late* at the aggregator:
+counted, not shown to the windowed detectors, its sidecar-local anomalies not confirmed — old data
+must not page as if it were now — so incidents in it are not detected by design.
 
 **Incidents.** ``on_incident(incident, "start", wall_ns)`` is called (with ``time.time_ns()``)
 just before the first tick whose interval contains the incident's ``start_s`` hands its calls to
@@ -357,7 +351,7 @@ async def play(
     model = TrafficModel(scenario)
     t_start = time.monotonic()
     if start_unix_nano is None:
-        start_unix_nano = default_start_unix_nano(scenario)
+        start_unix_nano = time.time_ns()
     stats = PlayStats(mode=mode, sidecars=names, services=route, start_unix_nano=start_unix_nano,
                       spans_per_sidecar=dict.fromkeys(order, 0))
     sender: _Sender
@@ -453,9 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode", choices=MODES, default="raw")
     p.add_argument("--speedup", type=float, help="override the scenario's speedup")
     p.add_argument("--rate", type=float, help="override the scenario's rate (calls per simulated second)")
-    p.add_argument("--event-time", choices=("end-now", "start-now"), default="end-now",
-                   help="end-now (default): the last call's event time is about when play ends, earlier calls "
-                        "are in the past; start-now: event time starts at the wall clock and runs ahead of it")
+    p.add_argument("--event-time", choices=("start-now", "end-now"), default="start-now",
+                   help="start-now (default): event time starts at the wall clock and runs ahead of it; end-now: "
+                        "the last call's event time is about when play ends and earlier calls are in the past "
+                        "(late at the aggregator: not detected, by design)")
     p.add_argument("--dry-run", action="store_true", help="print the schedule and exit")
     args = p.parse_args(argv)
     try:
@@ -485,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def incident(inc: Incident, edge: str, wall_ns: int) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] incident {inc.id} ({inc.type}) {edge}", flush=True)
 
-    start = time.time_ns() if args.event_time == "start-now" else None
+    start = time.time_ns() if args.event_time == "start-now" else default_start_unix_nano(scenario)
     stats = asyncio.run(play(scenario, args.endpoint, mode=args.mode, start_unix_nano=start, on_incident=incident,
                              on_progress=progress))
     per = ", ".join(f"{k}: {v:,}" for k, v in stats.spans_per_sidecar.items())
