@@ -57,7 +57,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.loadgen import MODES, default_start_unix_nano, play
+from loadtest.loadgen import MODES, play
 from loadtest.procs import ROOT, Child, free_port, psutil
 from loadtest.report import write_report
 from loadtest.scenario import Incident, Scenario, load_scenario
@@ -367,10 +367,12 @@ async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "
                     f"{incident.id} ({incident.type}) {edge}")
 
             stop = asyncio.Event()
-            # Event time of simulated second 0: the player's default (event times never run ahead of the
-            # wall clock) moved back to a whole minute, so the aggregator's one-minute series buckets
-            # are whole simulated minutes.
-            start_unix_nano = default_start_unix_nano(scenario) // (60 * NS) * (60 * NS)
+            # Event time of simulated second 0: the start of the current minute (so the aggregator's
+            # one-minute series buckets are whole simulated minutes). Event time then runs ahead of the
+            # wall clock, never behind it by more than a minute: rows older than the aggregator's
+            # late_after_s (300 s) are "late", and late local anomalies never page — with the player's
+            # default origin (the last call at the wall clock) all but the last minutes would be late.
+            start_unix_nano = time.time_ns() // (60 * NS) * (60 * NS)
             record["start_unix_nano"] = start_unix_nano
             record["wall"]["play_start_ns"] = time.time_ns()
             try:
