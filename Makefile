@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck check bench bench-iforest bench-detectors clean proto audit
+.PHONY: demo test lint typecheck check bench bench-iforest bench-detectors clean proto audit loadtest loadtest-quick bench-all faults
 
 $(BIN)/sentinel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,15 @@ proto: $(BIN)/sentinel
 
 audit: $(BIN)/sentinel
 	PYTHON=$(BIN)/python scripts/audit.sh
+
+loadtest: $(BIN)/sentinel
+	$(BIN)/python -m loadtest.suite --jobs 3 --out loadtest/reports
+
+loadtest-quick: $(BIN)/sentinel
+	$(BIN)/python -m loadtest.suite --quick --out loadtest/reports/quick
+
+bench-all: $(BIN)/sentinel
+	$(BIN)/python -m loadtest.bench_all
+
+faults: $(BIN)/sentinel
+	$(BIN)/pytest -q tests/faults
