@@ -27,11 +27,11 @@ import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
-from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig, SinkMetrics
+from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig
 from aggregator.alerting.grpc_service import AlertGrpcServer
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager
-from aggregator.alerting.sink import Sink
+from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
 from aggregator.analysis import Analysis, BatchConsumer

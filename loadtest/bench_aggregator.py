@@ -50,6 +50,7 @@ from prometheus_client import CollectorRegistry
 
 from loadtest.procs import Child, free_port, psutil
 from loadtest.spans import build_trace_payloads
+from loadtest.text import say_figures, say_table
 from sentinel import wire
 from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
 from sentinel.model import COLUMNS, FeatureBatch, LocalAnomaly
@@ -574,14 +575,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def report(r: dict[str, Any], say: Callable[[str], None]) -> None:
     rows = summary_rows(r)
-    headers = ("figure", "rows/s", "ratio to (a)", "design target")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    say("")
-    say("Summary")
-    say("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    say("  ".join("-" * w for w in widths))
-    for row in rows:
-        say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    say_table("Summary", ("figure", "rows/s", "ratio to (a)", "design target"), rows, say)
     a = r["analysis"]
     say("  (b) time per consumer: " + ", ".join(
         f"{name} {v['share'] * 100:.0f}%" + (f" ({v['rows_per_s']:,.0f} rows/s)" if v["share"] >= 0.05 else "")
@@ -597,15 +591,7 @@ def report(r: dict[str, Any], say: Callable[[str], None]) -> None:
 
 
 def _print_section(title: str, figures: dict[str, Any], say: Callable[[str], None]) -> None:
-    say(title)
-    for k, v in figures.items():
-        if isinstance(v, dict):
-            continue
-        if isinstance(v, float):
-            text = f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
-        else:
-            text = f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
-        say(f"  {k:<36} {text}")
+    say_figures(title, figures, say, key_width=36)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,6 +68,7 @@ import numpy.typing as npt
 from loadtest.bench_aggregator import machine_info, marker_body, wait_marker
 from loadtest.procs import ROOT, Child, child_env, free_port, log_tail, psutil, stop_process
 from loadtest.spans import DEFAULT_MODELS, DEFAULT_SERVICES, build_trace_payloads, build_trace_request
+from loadtest.text import say_table
 
 __all__ = ["QUICK", "FleetSettings", "Retimer", "carried", "highest_carried", "main", "percentile", "run_fleet"]
 
@@ -757,14 +758,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def report(r: dict[str, Any], say: Callable[[str], None]) -> None:
     rows = summary_rows(r)
-    headers = ("figure", "measured", "target")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    say("")
-    say("Summary")
-    say("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    say("  ".join("-" * w for w in widths))
-    for row in rows:
-        say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    say_table("Summary", ("figure", "measured", "target"), rows, say)
     d = r["detection"]
     say(f"  alerts received: {d['alerts_received']} ({d['other_alerts']} not from an injection"
         + (f": {', '.join(d['other_alert_types'])}" if d["other_alert_types"] else "") + "); "

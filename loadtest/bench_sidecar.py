@@ -65,6 +65,7 @@ from loadtest.procs import log_tail as _tail
 from loadtest.procs import pinned as _pinned
 from loadtest.procs import stop_process as _stop
 from loadtest.spans import build_trace_payloads
+from loadtest.text import say_figures, say_table
 from sidecar.otlp_lite import parse_traces
 from sidecar.pipeline import Overloaded
 
@@ -823,28 +824,11 @@ def report(r: dict[str, Any], say: Callable[[str], None]) -> None:
             rows.append((f"rows at aggregator / spans sent, {n} spans/req",
                          f"{s['rows_received']:,} / {s['spans_sent']:,}", "equal",
                          _verdict(s["rows_received"] == s["spans_sent"] and not s["failed_requests"])))
-    headers = ("figure", "measured", "target", "")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = "  ".join("-" * w for w in widths)
-    say("")
-    say("Summary (targets: /work/shared/DESIGN.md, Targets)")
-    say("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    say(line)
-    for row in rows:
-        say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    say_table("Summary (targets: /work/shared/DESIGN.md, Targets)", ("figure", "measured", "target", ""), rows, say)
 
 
 def _print_section(title: str, figures: dict[str, Any], say: Callable[[str], None]) -> None:
-    if title:
-        say(title)
-    for k, v in figures.items():
-        if k == "profile_top20":
-            continue
-        if isinstance(v, float):
-            text = f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
-        else:
-            text = f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
-        say(f"  {k:<28} {text}")
+    say_figures(title, figures, say, skip=("profile_top20",))
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from aggregator.alerting.amqp_sink import SinkMetrics
 from aggregator.alerting.model import SEVERITIES, Alert, AlertDetails
+from aggregator.alerting.sink import SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink, parse_webhooks, slack_body
 from sentinel.config import ConfigError

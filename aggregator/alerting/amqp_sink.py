@@ -21,7 +21,8 @@ We run our own reconnect loop on a plain connection rather than aio-pika's robus
 after a reconnect the outbox must be drained again anyway, and owning the loop makes the outage
 visible (backoff, ``sink_connected``, ``sink_failures_total{reason="connect"}``).
 
-:class:`SinkMetrics` and :class:`WakeSignal` are shared with the webhook sink (backoff: :mod:`sentinel.retry`).
+What every sink shares (metrics, wake signal, task lifecycle) is :class:`aggregator.alerting.sink.OutboxSink`;
+backoff is :mod:`sentinel.retry`.
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import DeliveryError, PublishError
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from aggregator.alerting.model import SEVERITIES, Alert, parse_time
-from aggregator.alerting.sink import severity_at_least
+from aggregator.alerting.model import SEVERITIES, parse_time
+from aggregator.alerting.sink import OutboxSink, SinkMetrics
 from aggregator.alerting.store import AlertStore, OutboxItem, StoreError
 from sentinel.config import ConfigError
 from sentinel.retry import backoff_s
@@ -62,8 +62,6 @@ __all__ = [
     "ROUTING_KEY_PREFIX",
     "AmqpSink",
     "AmqpSinkConfig",
-    "SinkMetrics",
-    "WakeSignal",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,71 +88,6 @@ BASE_BACKOFF_S = 0.2
 LOG_EVERY = 10
 
 _NAME_RE = re.compile(r"^[\w.:\-]{1,255}$")  # AMQP short strings; no spaces keeps the topology readable
-
-
-# --- shared by every sink ---------------------------------------------------------------------
-
-
-class SinkMetrics:
-    """The sinks' metrics; build one per registry and pass it to every sink (labels tell them apart)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.sent = Counter(
-            "sentinel_aggregator_sink_sent", "Alerts delivered and confirmed by the far end, by sink", ["sink"],
-            registry=r)
-        self.failures = Counter(
-            "sentinel_aggregator_sink_failures", "Failed connection or delivery attempts, by sink and reason "
-            "(the row stays in the outbox unless the sink gives up on it)", ["sink", "reason"], registry=r)
-        self.dead = Counter(
-            "sentinel_aggregator_sink_dead", "Outbox rows given up on (kept in the store, never retried), by sink",
-            ["sink"], registry=r)
-        self.outbox_depth = Gauge(
-            "sentinel_aggregator_sink_outbox_depth", "Alerts waiting in the outbox for the sink", ["sink"],
-            registry=r)
-        self.connected = Gauge(
-            "sentinel_aggregator_sink_connected", "1 while the sink reaches its far end (AMQP: connection and "
-            "topology up; webhook: the last request got an HTTP answer)", ["sink"], registry=r)
-
-    def register(self, sink: str, store: AlertStore) -> None:
-        """Create the sink's series (so they read 0, not absent) and read its outbox depth at scrape time."""
-        self.sent.labels(sink)
-        self.dead.labels(sink)
-        self.connected.labels(sink).set(0)
-
-        def depth() -> float:
-            try:
-                return float(store.outbox_depth(sink))
-            except Exception:  # a closed or broken store must not break the whole scrape
-                return math.nan
-
-        self.outbox_depth.labels(sink).set_function(depth)
-
-
-class WakeSignal:
-    """An :class:`asyncio.Event` that any thread may set (the analysis thread commits the outbox rows)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self) -> None:
-        """Attach to the running loop (called by the sink's ``start``)."""
-        self._loop = asyncio.get_running_loop()
-
-    def set(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return  # not started: start() drains the outbox anyway
-        with contextlib.suppress(RuntimeError):  # the loop is closed: shut down, the rows wait for a restart
-            loop.call_soon_threadsafe(self._event.set)
-
-    def clear(self) -> None:
-        self._event.clear()
-
-    async def wait(self) -> None:
-        await self._event.wait()
 
 
 def redact_url(url: str) -> str:
@@ -252,24 +185,16 @@ def _timestamp(doc: dict[str, Any]) -> dt.datetime:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
 
 
-class AmqpSink:
+class AmqpSink(OutboxSink):
     """Publishes the ``amqp`` outbox to RabbitMQ; one asyncio task, ``start``/``wake``/``shutdown``."""
 
     def __init__(self, config: AmqpSinkConfig, store: AlertStore, *, metrics: SinkMetrics | None = None) -> None:
         config.validate()
-        self.name = "amqp"
+        super().__init__("amqp", store, config.min_severity, metrics)
         self._config = config
-        self._store = store
-        self._metrics = metrics if metrics is not None else SinkMetrics()
-        self._metrics.register(self.name, store)
-        self._wake = WakeSignal()
-        self._task: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._stopped = False
-        #: The last failure (``""`` while delivering), for health endpoints and logs.
-        self.last_error = ""
 
     @property
     def config(self) -> AmqpSinkConfig:
@@ -279,27 +204,14 @@ class AmqpSink:
     def connected(self) -> bool:
         return self._exchange is not None and self._is_open()
 
-    def wants(self, alert: Alert) -> bool:
-        return severity_at_least(alert.severity, self._config.min_severity)
-
-    def wake(self) -> None:
-        self._wake.set()
-
     async def start(self) -> None:
         """Start the delivery task; it connects in the background, so a broker that is down fails nothing."""
-        if self._task is not None or self._stopped:
-            return
-        self._wake.bind()
-        self._task = asyncio.create_task(self._run(), name="alert-sink-amqp")
+        if self._startable:
+            self._spawn(self._run())
 
     async def shutdown(self) -> None:
         """Stop publishing and close the connection; undelivered rows stay in the outbox. Idempotent."""
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._cancel()
         await self._disconnect()
 
     # --- the delivery loop ------------------------------------------------------------------------

@@ -17,7 +17,6 @@ A webhook's outbox name is ``webhook:<name>``; see ``SINKS.md``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -30,9 +29,9 @@ from typing import Any
 
 import httpx
 
-from aggregator.alerting.amqp_sink import BASE_BACKOFF_S, SinkMetrics, WakeSignal
-from aggregator.alerting.model import SEVERITIES, Alert
-from aggregator.alerting.sink import severity_at_least
+from aggregator.alerting.amqp_sink import BASE_BACKOFF_S
+from aggregator.alerting.model import SEVERITIES
+from aggregator.alerting.sink import OutboxSink, SinkMetrics
 from aggregator.alerting.store import AlertStore, OutboxItem, StoreError
 from sentinel.config import ConfigError, parse_duration
 from sentinel.retry import backoff_s, retry_after
@@ -228,54 +227,34 @@ def slack_body(doc: Mapping[str, Any]) -> dict[str, Any]:
 # --- the sink ---------------------------------------------------------------------------------
 
 
-class WebhookSink:
+class WebhookSink(OutboxSink):
     """Posts the ``webhook:<name>`` outbox to one URL; one asyncio task, ``start``/``wake``/``shutdown``."""
 
     def __init__(self, config: WebhookConfig, store: AlertStore, *, metrics: SinkMetrics | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         config.validate()
-        self.name = config.sink_name
+        super().__init__(config.sink_name, store, config.min_severity, metrics)
         self._config = config
-        self._store = store
-        self._metrics = metrics if metrics is not None else SinkMetrics()
-        self._metrics.register(self.name, store)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
-        self._wake = WakeSignal()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-        #: The last failure (``""`` after a delivery), for health endpoints and logs.
-        self.last_error = ""
 
     @property
     def config(self) -> WebhookConfig:
         return self._config
 
-    def wants(self, alert: Alert) -> bool:
-        return severity_at_least(alert.severity, self._config.min_severity)
-
-    def wake(self) -> None:
-        self._wake.set()
-
     async def start(self) -> None:
-        if self._task is not None or self._stopped:
+        if not self._startable:
             return
-        self._wake.bind()
         headers = {"User-Agent": USER_AGENT, **self._config.headers, "Content-Type": "application/json"}
         self._client = httpx.AsyncClient(
             headers=headers, timeout=self._config.timeout_s, transport=self._transport,
             follow_redirects=False,  # a redirect is a misconfigured URL: permanent, like other 3xx/4xx
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
-        self._task = asyncio.create_task(self._run(), name=f"alert-sink-{self.name}")
+        self._spawn(self._run())
 
     async def shutdown(self) -> None:
         """Stop (an attempt in flight is abandoned, its row stays in the outbox); idempotent."""
-        self._stopped = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._cancel()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
