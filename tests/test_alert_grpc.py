@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -30,14 +29,6 @@ def make_alert(alert_id: str = "a-1", *, severity: str = "critical", service: st
         remediation=["scale out"], runbook_url="https://runbooks/latency", summary="p95 latency 3.4x baseline",
         fingerprint="fp1", first_seen=ts, last_seen=ts + 60_000_000_000, peak_value=900.0,
         labels={"team": "ml"}, **kw)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteAlertStore]:
-    s = SQLiteAlertStore(str(tmp_path / "alerts.db"))
-    s.open()
-    yield s
-    s.close()
 
 
 Factory = Callable[..., Any]
