@@ -199,7 +199,8 @@ class AggregatorConfig:
     alert_correlation_window_s: float = setting(DEFAULT_CORRELATION_WINDOW_S, "unresolved alerts of one service "
                                                 "seen within this window are linked as related", kind="duration")
     alert_resolve_after_s: float = setting(DEFAULT_RESOLVE_AFTER_S, "an alert resolves after this long (wall "
-                                           "clock) without a detection while its service keeps sending", kind="duration")
+                                           "clock) without a detection while its service keeps sending",
+                                           kind="duration")
     alert_storm_max_alerts: int = setting(DEFAULT_STORM_MAX_ALERTS, "alerts sent within alert_storm_window_s "
                                           "before the rest are summarised into one alert_storm alert")
     alert_storm_window_s: float = setting(DEFAULT_STORM_WINDOW_S, "window of the storm rate limit", kind="duration")
