@@ -65,6 +65,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from loadtest import targets
 from loadtest.bench_aggregator import machine_info, marker_body, wait_marker
 from loadtest.procs import ROOT, Child, child_env, free_port, log_tail, psutil, stop_process
 from loadtest.spans import DEFAULT_MODELS, DEFAULT_SERVICES, build_trace_payloads, build_trace_request
@@ -75,7 +76,7 @@ __all__ = ["QUICK", "FleetSettings", "Retimer", "carried", "highest_carried", "m
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PAYLOAD_SEED = 20_251_124
-TARGET_LATENCY_P95_S = 2.0
+TARGET_LATENCY_P95_S = targets.DETECTION_LATENCY_P95_S
 MIB = 1024 * 1024
 NS = 1_000_000_000
 _START_TAG, _END_TAG = 0x39, 0x41  # Span fields 7 and 8 (fixed64): start_time_unix_nano, end_time_unix_nano

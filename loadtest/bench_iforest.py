@@ -34,14 +34,15 @@ from sklearn.ensemble import IsolationForest as SklearnIsolationForest  # type: 
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
 from aggregator.isolation_forest import IsolationForest
+from loadtest import targets
 
-TABULAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tabular"
+TABULAR = Path(__file__).resolve().parents[1] / "testdata" / "tabular"
 DATASETS = ("16_http", "32_shuttle", "30_satellite", "23_mammography")
 BATCH_SIZES = (500, 50_000)
 HTTP_SUBSAMPLE = 50_000
 N_ESTIMATORS = 100
 MAX_SAMPLES = 256
-TARGET_RATIO_500 = 3.0
+TARGET_RATIO_500 = targets.IFOREST_RATIO_500
 
 Matrix = npt.NDArray[np.float64]
 

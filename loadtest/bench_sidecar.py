@@ -4,7 +4,7 @@
                                      [--profile]
 
 One run prints these figures side by side and a summary against the design targets
-(``/work/shared/DESIGN.md``, Targets; what each figure means: ``loadtest/README.md``):
+(``docs/targets.md``, constants in ``loadtest/targets.py``; what each figure means: ``loadtest/README.md``):
 
 1. the raw protobuf-parse rate of the prebuilt payloads (``ExportTraceServiceRequest.FromString``),
 2. the in-process pipeline on one thread: parse + ``TracePipeline.consume_traces`` (extract, local
@@ -58,6 +58,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest import targets
 from loadtest.procs import ROOT
 from loadtest.procs import child_env as _child_env
 from loadtest.procs import free_port as _free_port
@@ -78,9 +79,9 @@ EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 PAYLOAD_SEED = 20_250_615
 MIB = 1024 * 1024
 
-TARGET_SPANS_PER_S = 50_000
-TARGET_RSS_MIB = 128.0
-TARGET_P99_MS = 5.0
+TARGET_SPANS_PER_S = targets.SIDECAR_SPANS_PER_S
+TARGET_RSS_MIB = targets.SIDECAR_RSS_MIB
+TARGET_P99_MS = targets.SIDECAR_EXPORT_P99_MS
 
 
 @dataclass(frozen=True)
@@ -824,7 +825,7 @@ def report(r: dict[str, Any], say: Callable[[str], None]) -> None:
             rows.append((f"rows at aggregator / spans sent, {n} spans/req",
                          f"{s['rows_received']:,} / {s['spans_sent']:,}", "equal",
                          _verdict(s["rows_received"] == s["spans_sent"] and not s["failed_requests"])))
-    say_table("Summary (targets: /work/shared/DESIGN.md, Targets)", ("figure", "measured", "target", ""), rows, say)
+    say_table("Summary (targets: docs/targets.md)", ("figure", "measured", "target", ""), rows, say)
 
 
 def _print_section(title: str, figures: dict[str, Any], say: Callable[[str], None]) -> None:

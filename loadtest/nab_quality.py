@@ -1,4 +1,4 @@
-"""Detection quality on the Numenta Anomaly Benchmark (subset in ``../shared/data/nab/``).
+"""Detection quality on the Numenta Anomaly Benchmark (subset in ``testdata/nab/``).
 
 A benchmark, not a unit test. Each NAB file (``timestamp,value``, 5-minute steps, ~4,000 rows) is
 turned into feature rows of **one key** (``service="nab"``, ``request_model=<file>``,
@@ -80,7 +80,7 @@ __all__ = [
     "zscore_window",
 ]
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "testdata" / "nab"
 PROBATIONARY = 0.15
 DEFAULT_MERGE_GAP = 12
 #: Rows per batch for the aggregator detectors (one day); with lateness 0 their output does not depend on it.

@@ -3,7 +3,7 @@
 - Plain Kubernetes kinds are validated with ``kubernetes-validate`` (strict: unknown fields fail)
   against the schemas of one Kubernetes version it ships.
 - Istio kinds are validated with ``jsonschema`` against the CRDs' OpenAPI v3 schemas in
-  ``../shared/data/k8s/istio-crd-all.gen.yaml`` (skipped when that directory is missing), plus a
+  ``testdata/k8s/istio-crds-used.yaml`` (the CRDs of the kinds deploy/istio uses), plus a
   walk that rejects fields the schema does not declare (the API server would prune them silently).
   CEL rules (``x-kubernetes-validations``) are not evaluated.
 - cert-manager kinds have no schema here; they get a structural check.
@@ -35,7 +35,7 @@ jsonschema = pytest.importorskip("jsonschema")
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
-ISTIO_CRDS = REPO.parent / "shared" / "data" / "k8s" / "istio-crd-all.gen.yaml"
+ISTIO_CRDS = REPO / "testdata" / "k8s" / "istio-crds-used.yaml"
 K8S_VERSION = "1.30.0"
 NAMESPACE = "llm-sentinel"
 IMAGE = "ghcr.io/llm-devops/llm-sentinel:0.1.0"
@@ -221,8 +221,6 @@ ISTIO_MANIFESTS = [p for p in MANIFESTS if any(_is_istio(d) for d in _docs(p))]
 
 @pytest.mark.parametrize("path", ISTIO_MANIFESTS, ids=_rel)
 def test_istio_schema(path: Path) -> None:
-    if not ISTIO_CRDS.exists():
-        pytest.skip(f"{ISTIO_CRDS} not present (../shared/data is missing)")
     schemas = _istio_schemas()
     for doc in _docs(path):
         if not _is_istio(doc):
@@ -239,8 +237,6 @@ def test_istio_schema(path: Path) -> None:
 
 def test_istio_check_catches_mistakes() -> None:
     """The Istio validation is not vacuous: a wrong enum and a misspelt field are both caught."""
-    if not ISTIO_CRDS.exists():
-        pytest.skip(f"{ISTIO_CRDS} not present (../shared/data is missing)")
     schema = _istio_schemas()[("security.istio.io", "v1", "PeerAuthentication")]
     bad_enum = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
                 "metadata": {"name": "x"}, "spec": {"mtls": {"mode": "STRICTER"}}}

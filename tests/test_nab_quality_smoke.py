@@ -103,7 +103,6 @@ def test_every_method_runs_on_a_synthetic_series() -> None:
         assert (again[m].detections, again[m].alarms) == (by[m].detections, by[m].alarms)
 
 
-@pytest.mark.skipif(not (DEFAULT_DATA / "labels" / "combined_windows.json").exists(), reason="no NAB data")
 def test_one_real_file_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     series = load_series(DEFAULT_DATA, ["art_daily_jumpsup"])
     assert len(series) == 1 and series[0].times.size > 1000 and len(series[0].windows) == 1

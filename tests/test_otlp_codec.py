@@ -32,7 +32,7 @@ from sidecar.otlp_codec import (
     status_body,
 )
 
-EXAMPLES = Path("/work/shared/data/otlp")
+EXAMPLES = Path(__file__).resolve().parents[1] / "testdata" / "otlp"
 MiB = 1024 * 1024
 
 

@@ -17,7 +17,7 @@ from loadtest.spans import build_trace_request
 from sidecar.passthrough import GRPC_METHODS
 from tests.conftest import SidecarFactory
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "otlp"
+DATA = Path(__file__).resolve().parents[1] / "testdata" / "otlp"
 
 
 class GrpcCollector:

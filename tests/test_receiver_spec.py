@@ -21,7 +21,7 @@ from loadtest.spans import build_trace_request
 from sidecar.app import Sidecar
 from tests.conftest import SidecarFactory
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "otlp"
+DATA = Path(__file__).resolve().parents[1] / "testdata" / "otlp"
 TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 PB = {"Content-Type": "application/x-protobuf"}
 
