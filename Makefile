@@ -1,10 +1,12 @@
 # Two commands for a fresh machine: `make demo` runs the main job, `make test` runs the tests.
 # Both create .venv and install the project (with its dev extra) on first use.
+# Tests come in two tiers: `make test` (unit and component tests, in-process servers, < 3 min) and
+# `make test-system` (the real-process suites: pytest marker `system`); `make test-all` runs both.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck check bench bench-iforest bench-detectors clean proto audit loadtest loadtest-quick bench-all faults
+.PHONY: demo test test-system test-all lint typecheck check bench bench-iforest bench-detectors clean proto audit loadtest loadtest-quick bench-all faults
 
 $(BIN)/sentinel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +18,12 @@ demo: $(BIN)/sentinel
 	$(BIN)/sentinel demo
 
 test: $(BIN)/sentinel
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not system"
+
+test-system: $(BIN)/sentinel
+	$(BIN)/pytest -q -m system
+
+test-all: test test-system
 
 lint: $(BIN)/sentinel
 	$(BIN)/ruff check .
@@ -24,7 +31,7 @@ lint: $(BIN)/sentinel
 typecheck: $(BIN)/sentinel
 	$(BIN)/mypy
 
-check: lint typecheck test
+check: lint typecheck test-all
 
 bench: $(BIN)/sentinel
 	$(BIN)/python -m loadtest.bench_sidecar

@@ -1,10 +1,11 @@
-"""Where detection candidates go until the alert manager exists: a bounded log, metrics and an API.
+"""Where detection candidates go: the alert manager, a bounded log, metrics and an API.
 
-Every detector and the Isolation Forest emit :class:`aggregator.detectors.Candidate` s through
-:meth:`CandidateLog.emit` (thread-safe: they run on the analysis thread). The newest
-``max_items`` are kept in memory and served at ``GET /api/v1/candidates``; each is counted in
-``sentinel_aggregator_candidates_total{anomaly_type, detection_method}``. The alert manager (a
-later issue) takes its input from the same ``emit``.
+Every detector and the Isolation Forest emit :class:`aggregator.detectors.Candidate` s through the
+aggregator's one emit (``Aggregator._emit`` in ``aggregator/app.py``), which gives each batch of
+them to :meth:`CandidateLog.emit` (thread-safe: they run on the analysis thread) and to the alert
+manager (``aggregator/alerting/manager.py``). The log keeps the newest ``max_items`` in memory,
+serves them at ``GET /api/v1/candidates`` and counts each in
+``sentinel_aggregator_candidates_total{anomaly_type, detection_method}``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     sentinel aggregator [--config FILE] [--listen 0.0.0.0:9090] [--data-dir ./data] ...
     sentinel webhook [--config FILE] [--listen 0.0.0.0:8443] [--tls-cert FILE --tls-key FILE] ...
     sentinel alerts [--follow] [--severity high,critical] [--service NAME] ...
-    sentinel demo [--seconds 35] [--keep-running]
+    sentinel demo [--seconds 40] [--keep-running]
 
 Invalid settings stop start-up with exit status 2 and a message naming the setting.
 """
@@ -49,7 +49,7 @@ def _services() -> dict[str, tuple[str, type, str]]:
 
     return {
         "sidecar": ("run the sidecar (OTLP receiver, local detection, forwarder)", SidecarConfig, "sidecar.app"),
-        "aggregator": ("run the aggregator (ingest, baselines, detectors, candidates)", AggregatorConfig,
+        "aggregator": ("run the aggregator (ingest, baselines, detectors, Isolation Forest, alerts, API and page)", AggregatorConfig,
                        "aggregator.app"),
         "webhook": ("run the mutating admission webhook that injects the sidecar", InjectorSettings,
                     "webhook_injector.server"),

@@ -20,6 +20,18 @@ from loadtest.recorder import RecordingAggregator
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 
+TESTS = Path(__file__).resolve().parent
+#: Folders whose every test is a real-process suite: marked ``system`` (``make test-system``). Single
+#: modules elsewhere say so themselves with ``pytestmark = pytest.mark.system``.
+SYSTEM_DIRS = ("faults", "interop")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        if len(parts) > 1 and parts[0] in SYSTEM_DIRS:
+            item.add_marker(pytest.mark.system)
+
 
 def free_port() -> int:
     with socket.socket() as s:

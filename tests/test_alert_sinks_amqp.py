@@ -141,6 +141,23 @@ async def consume(topo: Topology, queue_name: str) -> Collector:
     return collector
 
 
+MARKER = "test-barrier"
+
+
+async def drained(topo: Topology, collector: Collector, store: SQLiteAlertStore) -> None:
+    """Return once every message the sink will ever publish for the outbox so far has been consumed.
+
+    An empty outbox means every publish was confirmed, so each is already in the queue; a marker
+    published after that lands behind them. Once the marker arrives, a duplicate would have arrived
+    before it: "nothing more comes" without sleeping and hoping.
+    """
+    await wait_for(lambda: store.outbox_depth("amqp") == 0, what="an empty outbox")
+    assert topo.channel is not None
+    await topo.channel.default_exchange.publish(aio_pika.Message(b"", message_id=MARKER), routing_key=topo.queue)
+    await wait_for(lambda: MARKER in collector.ids, what="the barrier message")
+    collector.messages = [m for m in collector.messages if m.message_id != MARKER]
+
+
 def sample(metrics: SinkMetrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, {"sink": "amqp", **labels})
     return 0.0 if value is None else float(value)
@@ -203,7 +220,7 @@ async def test_publishes_persistent_json_with_routing_key_and_ids(topo: Topology
             store.insert(a, ["amqp"])
         sink.wake()
         await wait_for(lambda: len(collector.messages) >= len(alerts), what="all alerts")
-        await asyncio.sleep(0.2)  # nothing more arrives: exactly once
+        await drained(topo, collector, store)  # nothing more arrives: exactly once
         assert collector.ids == [a.alert_id for a in alerts]
         for a, m in zip(alerts, collector.messages, strict=True):
             assert m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
@@ -290,9 +307,8 @@ async def test_unroutable_alerts_wait_in_the_outbox_until_a_queue_is_bound(
         await queue.bind(topo.exchange, "incidents.#")
         collector = await consume(topo, topo.queue)
         await wait_for(lambda: len(collector.messages) >= 3, what="the alerts after binding")
-        await asyncio.sleep(0.2)
+        await drained(topo, collector, store)
         assert collector.ids == [a.alert_id for a in alerts]
-        await wait_for(lambda: store.outbox_depth("amqp") == 0, what="an empty outbox")
     finally:
         await sink.shutdown()
 
@@ -319,7 +335,7 @@ async def test_nacked_alerts_are_kept_and_retried(topo: Topology, store: SQLiteA
         collector = await consume(topo, topo.queue)  # room again
         await wait_for(lambda: store.outbox_depth("amqp") == 0, what="an empty outbox")
         await wait_for(lambda: len(collector.messages) >= 3, what="every alert")
-        await asyncio.sleep(0.2)
+        await drained(topo, collector, store)
         # Nacked messages were never enqueued: no duplicates. (A nacked alert may land after one that
         # followed it, when the queue frees up between the two: order holds only for confirmed publishes.)
         assert sorted(collector.ids) == sorted(a.alert_id for a in alerts)
@@ -361,7 +377,7 @@ async def test_broker_down_then_restart_delivers_everything_exactly_once(
             await wait_for(lambda: up.connected, what="the sink to connect")
             collector = await consume(topo, topo.queue)
             await wait_for(lambda: len(collector.messages) >= len(alerts), what="all alerts")
-            await asyncio.sleep(0.3)
+            await drained(topo, collector, store)
             assert collector.ids == [a.alert_id for a in alerts]
             assert [m.routing_key for m in collector.messages] == [f"incidents.{a.severity}" for a in alerts]
             assert store.outbox_depth("amqp") == 0
@@ -398,7 +414,7 @@ async def test_connection_lost_and_back_loses_nothing(
             store.insert(a, ["amqp"])
         sink.wake()
         await wait_for(lambda: len(collector.messages) >= len(first), what="the first alerts")
-        await asyncio.sleep(0.2)
+        await drained(topo, collector, store)
         assert collector.ids == [a.alert_id for a in first]
 
         # 2. The broker goes away: alerts wait in the outbox, the sink notices and says so.
@@ -416,7 +432,7 @@ async def test_connection_lost_and_back_loses_nothing(
         # 3. Back: everything pending is published, in order, once (none of it reached the broker).
         await proxy.start()
         await wait_for(lambda: len(collector.messages) >= len(first) + len(second), what="the second alerts")
-        await asyncio.sleep(0.3)
+        await drained(topo, collector, store)
         assert collector.ids == [a.alert_id for a in first + second]
         assert store.outbox_depth("amqp") == 0
         failures = sum(sample(metrics, "sentinel_aggregator_sink_failures_total", reason=r)
@@ -445,8 +461,7 @@ async def test_connection_killed_mid_stream_loses_nothing(
         await proxy.start()
         want = [a.alert_id for a in alerts]
         await wait_for(lambda: set(collector.ids) >= set(want), timeout=30, what="every alert")
-        await wait_for(lambda: store.outbox_depth("amqp") == 0, what="an empty outbox")
-        await asyncio.sleep(0.2)
+        await drained(topo, collector, store)
         ids = collector.ids
         assert set(ids) == set(want)
         # Only alerts unconfirmed when the connection died can come twice: at most one batch.

@@ -57,7 +57,8 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float = 0.2) -> AsyncIterator[Harness]:
+async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float = 0.2,
+                    shutdown_timeout_s: float = 2.0) -> AsyncIterator[Harness]:
     store = SQLiteAlertStore(str(tmp_path / "alerts.db"))
     hub = AlertHub()
     manager = AlertManager(AlertManagerConfig(), store, hub, registry=CollectorRegistry())
@@ -76,7 +77,7 @@ async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float =
     add_ops_routes(app, CollectorRegistry(), lambda: "")
     api = add_api_routes(app, actions=manager, series=series, baselines=baselines, roles=roles,
                          keepalive_s=keepalive_s)
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
