@@ -36,8 +36,8 @@ from sentinel.config import settings_table  # noqa: E402
 
 READMES = ["sidecar/README.md", "aggregator/README.md", "webhook_injector/README.md",
            "aggregator/detectors/README.md", "sentinel/detectors/README.md", "aggregator/alerting/README.md"]
-BLOCK = re.compile(r"(<!-- settings-table (\w+) ([\w.]+):(\w+)(?: fields=([\w,]+))? -->\n)(.*?)(<!-- /settings-table -->)",
-                   re.S)
+BLOCK = re.compile(r"(<!-- settings-table (\w+) ([\w.]+):(\w+)(?: fields=([\w,]+))? -->\n)"
+                   r"(.*?)(<!-- /settings-table -->)", re.S)
 
 
 def _cls(module: str, name: str) -> type:

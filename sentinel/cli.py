@@ -49,8 +49,8 @@ def _services() -> dict[str, tuple[str, type, str]]:
 
     return {
         "sidecar": ("run the sidecar (OTLP receiver, local detection, forwarder)", SidecarConfig, "sidecar.app"),
-        "aggregator": ("run the aggregator (ingest, baselines, detectors, Isolation Forest, alerts, API and page)", AggregatorConfig,
-                       "aggregator.app"),
+        "aggregator": ("run the aggregator (ingest, baselines, detectors, Isolation Forest, alerts, API, page)",
+                       AggregatorConfig, "aggregator.app"),
         "webhook": ("run the mutating admission webhook that injects the sidecar", InjectorSettings,
                     "webhook_injector.server"),
     }
