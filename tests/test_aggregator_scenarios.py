@@ -22,6 +22,9 @@ from aggregator.app import Aggregator
 from sidecar.app import Sidecar
 from tests.conftest import AggregatorFactory, SidecarFactory
 
+# Minutes of event time through three sidecars and an aggregator (the system tier, `make test-system`).
+pytestmark = pytest.mark.system
+
 S = 10**9
 T0 = 1_780_000_000 * S
 MINUTES = 18

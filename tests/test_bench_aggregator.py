@@ -85,6 +85,7 @@ def test_retimer_rewrites_only_span_times() -> None:
     assert out == original
 
 
+@pytest.mark.system
 @pytest.mark.timeout(120)
 def test_tiny_fleet_drops_nothing_and_reports(tmp_path: Path) -> None:
     settings = FleetSettings(sidecars=2, rate=400.0, seconds=5.0, spans_per_request=20, payloads=4, warmup_s=1.5,

@@ -8,6 +8,9 @@ import time
 
 import pytest
 
+# Real processes: `sentinel demo` as a subprocess (the system tier, `make test-system`).
+pytestmark = pytest.mark.system
+
 
 @pytest.mark.timeout(150)
 def test_demo_shows_alerts_within_30_seconds() -> None:

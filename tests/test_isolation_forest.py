@@ -43,6 +43,7 @@ def gaussian() -> np.ndarray[Any, Any]:
     return np.random.default_rng(7).normal(size=(2000, 4))
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(("name", "seeds"), PARITY_CASES)
 def test_auc_within_001_of_sklearn(name: str, seeds: int) -> None:
     X, y = load_tabular(name)

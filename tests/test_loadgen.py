@@ -70,9 +70,15 @@ async def test_play_into_two_sidecars(mode: Any, recorder: RecordingAggregator, 
     assert stats.services == {"support-chat": "car-0", "search-rag": "car-1", "doc-summarizer": "car-0",
                               "code-review-bot": "car-1"}
     assert stats.sim_s == TINY.duration_s and not stats.stopped_early and stats.requests > 0
-    # incidents announced in simulated-time order, with non-decreasing wall times
-    assert [(i, e) for i, e, _ in events] == [("spike", "start"), ("burst", "start"), ("spike", "end"),
-                                              ("burst", "end"), ("drop", "start"), ("drop", "end")]
+    # Incidents announced in simulated-time order, with non-decreasing wall times: starts in start
+    # order, ends in end order, each start before its end. (A start and an earlier incident's end can
+    # fall in one tick when the machine is slow and a tick covers more simulated time: the start is
+    # announced before the tick is sent, the end after it.)
+    starts = [i for i, e, _ in events if e == "start"]
+    ends = [i for i, e, _ in events if e == "end"]
+    assert starts == ["spike", "burst", "drop"] and ends == ["spike", "burst", "drop"]
+    assert all(events.index((i, "start", t)) < [x[:2] for x in events].index((i, "end"))
+               for i, e, t in events if e == "start")
     assert all(a[2] <= b[2] for a, b in itertools.pairwise(events))
 
     await wait_for(lambda: recorder.rows >= stats.calls, timeout=20, what="every span as a row")

@@ -16,6 +16,7 @@ from loadtest import suite
 from loadtest.scenario import load_scenario
 
 
+@pytest.mark.system
 @pytest.mark.timeout(300)
 def test_quick_suite_detects_every_incident_and_stays_quiet_on_clean_traffic(tmp_path: Path) -> None:
     status = suite.main(["--quick", "--out", str(tmp_path)])

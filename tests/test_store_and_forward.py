@@ -16,10 +16,14 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 
 from loadtest.recorder import RecordingAggregator
 from loadtest.spans import build_trace_request
 from tests.conftest import free_port
+
+# Real processes killed with SIGKILL (the system tier, `make test-system`).
+pytestmark = pytest.mark.system
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 

@@ -28,6 +28,9 @@ from sentinel import wire
 from sentinel.model import COLUMNS, FeatureBatch
 from tests.conftest import AggregatorFactory
 
+# A real browser (the system tier, `make test-system`).
+pytestmark = pytest.mark.system
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 # Headless, and nothing that calls home: without these chromium floods a closed network with retries.
