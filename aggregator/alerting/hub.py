@@ -41,8 +41,9 @@ class AlertFilter:
             return False
         if self.service and alert.get("service_name") != self.service:
             return False
-        if self.model and alert.get("model") != self.model:
-            return False
+        if self.model and alert.get("model") != self.model and not any(
+                (m.get("labels") or {}).get("model") == self.model for m in alert.get("members") or ()):
+            return False  # neither the alert's model nor one of its members' (as the store's query)
         return not (self.anomaly_type and alert.get("anomaly_type") != self.anomaly_type)
 
 
