@@ -209,9 +209,9 @@ class AggregatorConfig:
     alert_storm_max_alerts: int = setting(DEFAULT_STORM_MAX_ALERTS, "alerts sent within alert_storm_window_s "
                                           "before the rest are summarised into one alert_storm alert")
     alert_storm_window_s: float = setting(DEFAULT_STORM_WINDOW_S, "window of the storm rate limit", kind="duration")
-    alert_group_by: list[Any] = setting(None, "labels whose values make one alert (one notification) of several "
-                                        "series: service_name, anomaly_type, model, region, user, detection_method, "
-                                        "severity; [\"...\"]: one alert per series", flag=False,
+    alert_group_by: list[str] = setting(None, "labels whose values make one alert (one notification) of several "
+                                        "series, comma-separated in env: service_name, anomaly_type, model, region, "
+                                        "user, detection_method, severity; '...' alone: one alert per series",
                                         factory=lambda: list(DEFAULT_GROUP_BY))
     alert_group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long "
                                         "to collect the other series of its group", kind="duration")
