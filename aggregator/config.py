@@ -11,6 +11,7 @@ from aggregator.alerting.manager import (
     DEFAULT_CORRELATION_WINDOW_S,
     DEFAULT_DEDUP_WINDOW_S,
     DEFAULT_GROUP_INTERVAL_S,
+    DEFAULT_GROUP_MAX_MEMBERS,
     DEFAULT_GROUP_WAIT_S,
     DEFAULT_MIN_CONFIDENCE_BY_TYPE,
     DEFAULT_PERSISTENCE,
@@ -219,6 +220,8 @@ class AggregatorConfig:
                                             "sent at most this often", kind="duration")
     alert_repeat_interval_s: float = setting(DEFAULT_REPEAT_INTERVAL_S, "a firing alert is sent again after this "
                                              "long", kind="duration")
+    alert_group_max_members: int = setting(DEFAULT_GROUP_MAX_MEMBERS, "series listed in one alert; more firing "
+                                           "ones are counted in context.series_left_out")
     alert_time_scale: float = setting(DEFAULT_TIME_SCALE, "every alert window (de-duplication, persistence, "
                                       "correlation, resolution, grouping, storm) is divided by this: event time "
                                       "replayed N times faster sets N")
@@ -252,7 +255,7 @@ class AggregatorConfig:
             runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url,
             group_by=self.alert_group_by, group_wait_s=self.alert_group_wait_s,
             group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
-            time_scale=self.alert_time_scale)
+            group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale)
 
     @property
     def auth_enabled(self) -> bool:

@@ -204,3 +204,21 @@ def test_an_alert_stored_before_grouping_is_restored_as_one_member(store: SQLite
     m.consume(_rows("chat", T0), arrival_ns=clock.now)
     restored = store.get("old-1")
     assert restored is not None and restored.status == "resolved" and len(restored.members) == 1
+
+
+def test_a_full_group_counts_the_series_it_cannot_list(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, group_max_members=2, resolve_after_s=60)
+    m.emit([cand(user="u-1"), cand(user="u-2"), cand(user="u-3")])
+    [a] = all_alerts(store)
+    assert [x.labels["user"] for x in a.members] == ["u-1", "u-2"] and a.context["series_left_out"] == 1
+    assert "user" not in a.labels and "users (u-1, u-2)" in a.summary
+    clock.advance(30)
+    m.emit([cand(user="u-2")])
+    clock.advance(31)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)  # u-1 resolves: its place goes to the next new series
+    m.emit([cand(user="u-4")])
+    [a] = all_alerts(store)
+    assert [x.labels["user"] for x in a.members] == ["u-2", "u-4"]
+    with pytest.raises(ConfigError, match="alert_group_max_members"):
+        make(store, clock, group_max_members=0)

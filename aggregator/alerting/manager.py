@@ -90,6 +90,9 @@ DEFAULT_GROUP_WAIT_S = 10.0
 DEFAULT_GROUP_INTERVAL_S = 60.0
 DEFAULT_REPEAT_INTERVAL_S = 4 * 3600.0
 DEFAULT_TIME_SCALE = 1.0
+# Members listed in one alert: a group by service and type of a per-user detector could otherwise
+# grow one entry per user without bound.
+DEFAULT_GROUP_MAX_MEMBERS = 100
 DEFAULT_RUNBOOK_URL_TEMPLATE = "{public_url}/static/runbooks.html#{anomaly_type}"
 MAX_TRACE_IDS = 5
 MAX_STORM_RELATED = 100
@@ -120,6 +123,7 @@ class AlertManagerConfig:
     group_interval_s: float = DEFAULT_GROUP_INTERVAL_S
     repeat_interval_s: float = DEFAULT_REPEAT_INTERVAL_S
     time_scale: float = DEFAULT_TIME_SCALE
+    group_max_members: int = DEFAULT_GROUP_MAX_MEMBERS
 
     def validate(self) -> None:
         for key in ("dedup_window_s", "persistence_window_s", "correlation_window_s", "resolve_after_s",
@@ -138,6 +142,8 @@ class AlertManagerConfig:
                 raise ConfigError(f"alert_min_confidence_by_type.{k}: must be a number between 0 and 1")
         if self.row_persistence < 1:
             raise ConfigError("alert_row_persistence: must be at least 1")
+        if self.group_max_members < 1:
+            raise ConfigError("alert_group_max_members: must be at least 1")
         if self.storm_max_alerts < 1:
             raise ConfigError("alert_storm_max_alerts: must be at least 1")
         if not isinstance(self.persistence, dict):
@@ -176,7 +182,7 @@ class _Metrics:
                                     "Detections folded into an open alert with the same fingerprint", registry=registry)
         self.suppressed = Counter("sentinel_aggregator_alerts_suppressed",
                                   "Detections or notifications not sent, by reason (low_confidence, persistence, "
-                                  "silenced, storm)", ["reason"], registry=registry)
+                                  "silenced, storm, group_full)", ["reason"], registry=registry)
         self.grouped = Counter("sentinel_aggregator_alerts_grouped",
                                "New series that joined an open alert of their group instead of raising one",
                                registry=registry)
@@ -296,7 +302,16 @@ class AlertManager:
         if new.silenced_by:
             self.metrics.suppressed.labels("silenced").inc()
         if group is not None:  # a new series of an open group (or one that fired again): a member
-            group.members = [m for m in group.members if m.key != fp] + [new]
+            members = [m for m in group.members if m.key != fp]
+            while len(members) >= cfg.group_max_members and any(m.status == "resolved" for m in members):
+                members.remove(next(m for m in members if m.status == "resolved"))  # the oldest resolved
+            if len(members) >= cfg.group_max_members:  # full of firing members: counted, not listed
+                group.context["series_left_out"] = int(group.context.get("series_left_out") or 0) + 1
+                group.last_seen = max(group.last_seen, now)
+                updated[group.alert_id] = group
+                self.metrics.suppressed.labels("group_full").inc()
+                return
+            group.members = [*members, new]
             self._add_trace_ids(group, new.trace_ids)
             refresh(group)
             self._schedule(group)
@@ -435,7 +450,8 @@ class AlertManager:
             log.warning("alert storm: more than %d notifications in %.0f s; summarising until the window ends",
                         self.config.storm_max_alerts, self.config.storm_window_s / self.config.time_scale)
         alert.storm_id = self._storm.id
-        self._storm.alerts.append(alert)
+        if alert not in self._storm.alerts:
+            self._storm.alerts.append(alert)
         self.metrics.suppressed.labels("storm").inc()
         return True
 
