@@ -6,8 +6,8 @@ loses the oldest ones and is told so (``lagged`` in its next event) rather than 
 for a client that does not read: the store and ``GET /api/v1/alerts`` have everything.
 
 Events: ``{"event": "alert" | "update" | "resolved", "alert": {...}}``: ``alert`` when raised,
-``update`` when de-duplication, acknowledgement or correlation changed it, ``resolved`` when it
-resolved.
+``update`` when de-duplication, a member joining or resolving, a notification, acknowledgement or
+correlation changed it, ``resolved`` when it (its last member) resolved.
 """
 
 from __future__ import annotations

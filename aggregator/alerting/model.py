@@ -4,7 +4,9 @@ An :class:`Alert` is a plain dataclass; :meth:`Alert.to_dict` is the JSON docume
 served by the API, streamed live and published to RabbitMQ and webhooks. The schema's fields
 come first (``alert_id`` … ``runbook_url``); the lifecycle fields after them (``status``,
 ``count``, ``first_seen``, ``last_seen``, ``peak_value``, ``fingerprint``, …) are what the
-alert manager keeps up to date while the alert is open.
+alert manager keeps up to date while the alert is open. One alert stands for a group of series
+(aggregator/alerting/grouping.py): ``members`` (:class:`AlertMember`) is the per-model, per-region or
+per-user breakdown, and ``notifications`` / ``notified_at`` / ``notify_due`` its notifications.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ class Alert:
     acknowledged_at: int | None = None
     resolved_at: int | None = None
     resolved_reason: str | None = None
-    silenced_by: str | None = None  # the silence that matched when it was raised: not sent to sinks
+    silenced_by: str | None = None  # the silence that matched every member: not sent to sinks
     storm_id: str | None = None  # its last notification fell in an alert storm: sent only inside its summary
     labels: dict[str, str] = field(default_factory=dict)
     # Grouping (one alert per group of series: aggregator/alerting/grouping.py).
