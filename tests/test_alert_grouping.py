@@ -161,6 +161,8 @@ def test_group_by_choices(store: SQLiteAlertStore) -> None:
         make(store, clock, group_by="service_name")
     with pytest.raises(ConfigError, match="alert_group_wait_s"):
         make(store, clock, group_wait_s=-1)
+    with pytest.raises(ConfigError, match="alert_group_wait_s: must be shorter than alert_dedup_window_s"):
+        make(store, clock, group_wait_s=600)
     with pytest.raises(ConfigError, match="alert_time_scale"):
         make(store, clock, time_scale=0)
     # ["..."]: the series' own fingerprint, as without grouping.

@@ -132,6 +132,10 @@ class AlertManagerConfig:
                 raise ConfigError(f"alert_{key}: must be greater than 0")
         if not self.group_wait_s >= 0:
             raise ConfigError("alert_group_wait_s: must not be negative")
+        if not self.group_wait_s < min(self.dedup_window_s, self.resolve_after_s):
+            # An alert that resolves before its group_wait is over would never be sent.
+            raise ConfigError("alert_group_wait_s: must be shorter than alert_dedup_window_s and "
+                              "alert_resolve_after_s")
         validate_group_by(self.group_by)
         if not 0 <= self.min_confidence <= 1:
             raise ConfigError("alert_min_confidence: must be between 0 and 1")
