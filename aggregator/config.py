@@ -5,19 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from aggregator.alerting.grouping import DEFAULT_GROUP_BY
 from aggregator.alerting.manager import (
     DEFAULT_ALERT_MIN_CONFIDENCE,
     DEFAULT_CORRELATION_WINDOW_S,
     DEFAULT_DEDUP_WINDOW_S,
+    DEFAULT_GROUP_INTERVAL_S,
+    DEFAULT_GROUP_MAX_MEMBERS,
+    DEFAULT_GROUP_WAIT_S,
     DEFAULT_MIN_CONFIDENCE_BY_TYPE,
     DEFAULT_PERSISTENCE,
     DEFAULT_PERSISTENCE_WINDOW_S,
+    DEFAULT_REPEAT_INTERVAL_S,
     DEFAULT_RESOLVE_AFTER_S,
     DEFAULT_RETENTION_S,
     DEFAULT_ROW_PERSISTENCE,
     DEFAULT_RUNBOOK_URL_TEMPLATE,
     DEFAULT_STORM_MAX_ALERTS,
     DEFAULT_STORM_WINDOW_S,
+    DEFAULT_TIME_SCALE,
     AlertManagerConfig,
 )
 from aggregator.alerting.model import SEVERITIES
@@ -204,6 +210,21 @@ class AggregatorConfig:
     alert_storm_max_alerts: int = setting(DEFAULT_STORM_MAX_ALERTS, "alerts sent within alert_storm_window_s "
                                           "before the rest are summarised into one alert_storm alert")
     alert_storm_window_s: float = setting(DEFAULT_STORM_WINDOW_S, "window of the storm rate limit", kind="duration")
+    alert_group_by: list[str] = setting(None, "labels whose values make one alert (one notification) of several "
+                                        "series, comma-separated in env: service_name, anomaly_type, model, region, "
+                                        "user, detection_method, severity; '...' alone: one alert per series",
+                                        factory=lambda: list(DEFAULT_GROUP_BY))
+    alert_group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long "
+                                        "to collect the other series of its group", kind="duration")
+    alert_group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are "
+                                            "sent at most this often", kind="duration")
+    alert_repeat_interval_s: float = setting(DEFAULT_REPEAT_INTERVAL_S, "a firing alert is sent again after this "
+                                             "long", kind="duration")
+    alert_group_max_members: int = setting(DEFAULT_GROUP_MAX_MEMBERS, "series listed in one alert; more firing "
+                                           "ones are counted in context.series_left_out")
+    alert_time_scale: float = setting(DEFAULT_TIME_SCALE, "every alert window (de-duplication, persistence, "
+                                      "correlation, resolution, grouping, storm) is divided by this: event time "
+                                      "replayed N times faster sets N")
     alert_retention_s: float = setting(DEFAULT_RETENTION_S, "how long resolved alerts are kept", kind="duration")
     alert_severity: dict[str, Any] = setting(None, "base severity per anomaly type, overriding the rules' table",
                                              flag=False, factory=dict)
@@ -231,7 +252,10 @@ class AggregatorConfig:
             correlation_window_s=self.alert_correlation_window_s, resolve_after_s=self.alert_resolve_after_s,
             storm_max_alerts=self.alert_storm_max_alerts, storm_window_s=self.alert_storm_window_s,
             retention_s=self.alert_retention_s, severity=dict(self.alert_severity),
-            runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url)
+            runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url,
+            group_by=self.alert_group_by, group_wait_s=self.alert_group_wait_s,
+            group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
+            group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale)
 
     @property
     def auth_enabled(self) -> bool:

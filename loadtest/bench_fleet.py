@@ -33,7 +33,8 @@ type ``error_burst``, the first to arrive after the injection). De-duplication: 
 alert with that fingerprint only updates it (not published again). The key rotation gives each of
 16 consecutive injections its own fingerprint, and the window (30 s here; the default is 300 s)
 is shorter than the rotation's period (16 x ``--inject-every-s`` = 80 s), so a repeated key raises
-a new alert too, while the burst's own follow-up detections still fold into its alert.
+a new alert too, while the burst's own follow-up detections still fold into its alert. Grouping is
+off (``alert_group_by: ["..."]``, ``alert_group_wait_s: 0``): one alert per series, sent as raised.
 
 **Nothing dropped**: every sidecar's ``sentinel_sidecar_dropped_rows_total`` is 0, the rows the
 aggregator ingested equal the spans the sidecars acknowledged to the sender (every span is an LLM
@@ -484,6 +485,9 @@ async def run_fleet(settings: FleetSettings, say: Callable[[str], None], *, log_
     agg_args = [sys.executable, "-m", "sentinel.cli", "aggregator", "--listen", f"127.0.0.1:{agg_port}",
                 "--data-dir", os.path.join(log_dir, "aggregator-data"), "--grpc-listen", "", "--log-level", "warning",
                 "--alert-dedup-window-s", str(s.alert_dedup_window_s), "--alert-storm-max-alerts", "100000",
+                # One alert per series, sent as raised: each injection is its own key, and what is measured
+                # is the pipeline's latency, not the grouping timers (group_wait would add 10 s to each).
+                "--alert-group-by", "...", "--alert-group-wait-s", "0",
                 "--amqp-exchange", exchange, "--amqp-queue", queue]
     agg_env = {"SENTINEL_AMQP_URL": s.broker_url} if use_amqp else {}
     agg = Child("aggregator", agg_args, log_dir=log_dir, env=agg_env)

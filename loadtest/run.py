@@ -10,7 +10,8 @@ What one run does (everything on loopback; every child is stopped, SIGTERM then 
    its own exclusive queue to it with ``incidents.#`` **before** any traffic, in a thread of its own
    (so an alert's arrival time is taken when it arrives, not when the load generator yields);
 2. starts the aggregator (``python -m sentinel.cli aggregator``: a temporary ``data_dir``, a free
-   loopback port, no gRPC listener, the scenario's ``aggregator:`` settings as its ``--config``,
+   loopback port, no gRPC listener, the scenario's ``aggregator:`` settings as its ``--config``, with
+   ``alert_time_scale`` set to the scenario's speedup unless given (every alert window scaled alike),
    publishing to that exchange with no queue of its own) and ``N`` sidecars (``--sidecars``, default
    the scenario's ``sidecars``; each with free gRPC/HTTP/metrics ports, ``--sidecar-id lt-<i>`` and
    the scenario's ``sidecar:`` settings), and waits for every ``/readyz``;
@@ -256,15 +257,30 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
     return out
 
 
+def aggregator_settings(scenario: Scenario, alert_time_scale: float | None = None) -> dict[str, Any]:
+    """The scenario's ``aggregator:`` settings, every alert window scaled to its compressed time.
+
+    The alert manager's windows (de-duplication, persistence, correlation, resolution, grouping, the
+    storm window) are wall clock; divided by ``alert_time_scale`` they span the simulated time they
+    would in production. ``alert_time_scale`` (``--alert-time-scale``; 1 keeps real wall-clock
+    windows) wins over the scenario's own setting, which wins over the scenario's ``speedup``.
+    """
+    settings = dict(scenario.aggregator)
+    if alert_time_scale is not None:
+        settings["alert_time_scale"] = alert_time_scale
+    settings.setdefault("alert_time_scale", scenario.speedup)
+    return settings
+
+
 class Fleet:
     """The aggregator and the sidecars of one run, on free loopback ports, with the scenario's settings."""
 
     def __init__(self, scenario: Scenario, n_sidecars: int, mode: str, tmp: Path, logs: Path, amqp_url: str,
-                 exchange: str) -> None:
+                 exchange: str, alert_time_scale: float | None = None) -> None:
         agg_port = free_port()
         self.aggregator_url = f"http://127.0.0.1:{agg_port}"
         agg_cfg = tmp / "aggregator.yaml"
-        agg_cfg.write_text(yaml.safe_dump(dict(scenario.aggregator)))
+        agg_cfg.write_text(yaml.safe_dump(aggregator_settings(scenario, alert_time_scale)))
         self.aggregator = Child("aggregator", [
             sys.executable, "-m", "sentinel.cli", "aggregator", "--config", str(agg_cfg),
             "--listen", f"127.0.0.1:{agg_port}", "--grpc-listen", "", "--data-dir", str(tmp / "aggregator"),
@@ -306,6 +322,7 @@ class Fleet:
 
 async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "raw", sidecars: int | None = None,
                        quick: bool = False, amqp_url: str | None = None, charts: bool = True,
+                       alert_time_scale: float | None = None,
                        say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run ``scenario`` end to end (module docstring); write ``run.json`` and the report into ``out_dir``;
     return the report (:func:`loadtest.report.build_report`; its ``errors`` say what failed, if anything)."""
@@ -321,6 +338,7 @@ async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "
     record: dict[str, Any] = {
         "scenario": _scenario_dict(scenario), "mode": mode, "sidecars": n_sidecars, "exchange": exchange,
         "drain_s": drain_s, "incident_wall": {}, "alerts": [], "late_alerts": [], "errors": [],
+        "alert_time_scale": aggregator_settings(scenario, alert_time_scale)["alert_time_scale"],
         "wall": {"play_start_ns": time.time_ns(), "play_end_ns": time.time_ns()},
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
     }
@@ -338,7 +356,7 @@ async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "
 
         async with httpx.AsyncClient(trust_env=False) as http:
             for attempt in range(1, START_ATTEMPTS + 1):
-                fleet = Fleet(scenario, n_sidecars, mode, tmp, logs, amqp_url, exchange)
+                fleet = Fleet(scenario, n_sidecars, mode, tmp, logs, amqp_url, exchange, alert_time_scale)
                 try:
                     await fleet.start(http)
                     break
@@ -470,6 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                         f"{DRAIN_MIN_S:g} s)")
     p.add_argument("--amqp-url", help=f"RabbitMQ [SENTINEL_AMQP_URL or {DEFAULT_AMQP_URL}]")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument("--alert-time-scale", type=float, help="divide every alert window by this [the scenario's "
+                   "alert_time_scale, else its speedup]; 1: real wall-clock windows")
     args = p.parse_args(argv)
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -480,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else ROOT / "loadtest" / "reports" / "scratch" / scenario.name
     rep = asyncio.run(run_scenario(scenario, out, mode=args.mode, sidecars=args.sidecars, quick=args.quick,
                                    amqp_url=args.amqp_url, charts=not args.no_charts,
+                                   alert_time_scale=args.alert_time_scale,
                                    say=lambda s: print(s, flush=True)))
     print(f"[{scenario.name}] {summary_line(rep)}")
     print(f"[{scenario.name}] report: {out / 'report.md'}")

@@ -76,8 +76,10 @@ def _time(text: Any) -> str:
 def _cells(alert: Mapping[str, Any]) -> list[str]:
     details = alert.get("details") or {}
     value = f"{_num(details.get('value'))} vs {_num(details.get('baseline'))}"
+    members = alert.get("members") or []
+    model = alert.get("model") or (f"{len(members)} series" if len(members) > 1 else "-")  # a group of models
     return [_time(alert.get("timestamp")), str(alert.get("severity") or "-"), str(alert.get("anomaly_type") or "-"),
-            str(alert.get("service_name") or "-"), str(alert.get("model") or "-"), str(details.get("metric") or "-"),
+            str(alert.get("service_name") or "-"), str(model), str(details.get("metric") or "-"),
             value, str(alert.get("status") or "-"), str(alert.get("count", "-")), str(alert.get("alert_id") or "-")[:8]]
 
 

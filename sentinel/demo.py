@@ -55,11 +55,17 @@ def format_alert(event: dict[str, Any], t: float) -> str:
             f"{a.get('summary') or ''}")
 
 
-async def _print_alerts(sub: Subscription, start: float, seen: Counter[tuple[str, str]]) -> None:
+async def _print_alerts(sub: Subscription, start: float, seen: Counter[tuple[str, str]],
+                        notified: dict[str, int]) -> None:
     async for event in sub:
+        a = event["alert"]
         if event["event"] == "alert":
-            seen[(event["alert"]["anomaly_type"], event["alert"]["service_name"] or "")] += 1
-        if event["event"] != "update":  # updates (repeat detections) would flood the terminal
+            seen[(a["anomaly_type"], a["service_name"] or "")] += 1
+        sent = int(a.get("notifications") or 0)
+        if sent > notified.get(a["alert_id"], 0):  # what a pager would get: one per group (group_wait)
+            notified[a["alert_id"]] = sent
+            print(format_alert({"event": "notify", "alert": a}, time.monotonic() - start), flush=True)
+        elif event["event"] != "update":  # updates (repeat detections) would flood the terminal
             print(format_alert(event, time.monotonic() - start), flush=True)
 
 
@@ -109,7 +115,8 @@ async def run_demo(*, seconds: float = 35.0, rate: float = 1000.0, listen: str =
     start = time.monotonic()
     seen: Counter[tuple[str, str]] = Counter()
     sub = agg.hub.subscribe()
-    printer = asyncio.create_task(_print_alerts(sub, start, seen))
+    notified: dict[str, int] = {}  # alert id -> notifications sent
+    printer = asyncio.create_task(_print_alerts(sub, start, seen, notified))
     rng = random.Random(42)
     others = tuple(s for s in DEFAULT_SERVICES if s not in (SPIKE_SERVICE, BURST_SERVICE))
     sent = 0
@@ -158,7 +165,8 @@ async def run_demo(*, seconds: float = 35.0, rate: float = 1000.0, listen: str =
                if svc == SPIKE_SERVICE and kind in ("latency_spike", "throughput_drop"))
     bursts = seen[("error_burst", BURST_SERVICE)]
     by_type = Counter(kind for (kind, _svc) in seen.elements())
-    print(f"\nalerts raised: {dict(by_type) or 'none'}")
+    print(f"\nalerts raised: {dict(by_type) or 'none'}; notifications sent: {sum(notified.values())} "
+          f"(one per alert group after alert_group_wait_s; its members are the models, regions, users)")
     print(f"slow provider on {SPIKE_SERVICE} alerted: {'yes' if slow else 'NO'}; "
           f"error burst on {BURST_SERVICE} alerted: {'yes' if bursts else 'NO'}")
     return 0 if slow and bursts else 1

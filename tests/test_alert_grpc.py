@@ -12,7 +12,7 @@ import pytest
 
 from aggregator.alerting.grpc_service import AlertGrpcServer, alert_from_proto, alert_to_proto
 from aggregator.alerting.hub import AlertHub
-from aggregator.alerting.model import Alert, AlertDetails
+from aggregator.alerting.model import Alert, AlertDetails, AlertMember
 from aggregator.alerting.store import SQLiteAlertStore
 from sentinel.v1 import alerts_pb2, alerts_pb2_grpc
 
@@ -75,6 +75,21 @@ def test_conversion_round_trip() -> None:
     assert msg.timestamp.seconds == T0 // 10**9 and msg.timestamp.nanos == 234_000_000
     assert msg.context["trace_ids"][1] == "t2"
     assert msg.labels["team"] == "ml" and list(msg.remediation) == ["scale out"]
+    assert alert_from_proto(alerts_pb2.Alert.FromString(msg.SerializeToString())) == d
+
+
+def test_conversion_of_a_grouped_alert() -> None:
+    members = [AlertMember(key=f"fp-{m}", labels={"model": m, "metric": "latency_ms_p95"}, severity=sev,
+                           confidence=0.9, details=AlertDetails("latency_ms_p95", 812.5, 240.25, None, None),
+                           count=2, first_seen=T0, last_seen=T0 + 1_000_000_000, peak_value=None, status=status,
+                           resolved_at=T0 + 2_000_000_000 if status == "resolved" else None,
+                           silenced_by="s-1" if m == "claude" else None, notified=m != "claude",
+                           trace_ids=["t1"])
+               for m, sev, status in (("gpt-4o", "critical", "firing"), ("claude", "high", "resolved"))]
+    d = make_alert(members=members, notifications=2, notified_at=T0 + 10_000_000_000,
+                   notify_due=T0 + 70_000_000_000).to_dict()
+    msg = alert_to_proto(d)
+    assert len(msg.members) == 2 and msg.members[1].silenced_by == "s-1" and not msg.members[0].HasField("peak_value")
     assert alert_from_proto(alerts_pb2.Alert.FromString(msg.SerializeToString())) == d
 
 

@@ -79,7 +79,8 @@ def all_alerts(store: SQLiteAlertStore) -> list[Alert]:
 
 def test_candidate_becomes_an_enriched_alert(store: SQLiteAlertStore) -> None:
     sink = RecordingSink()
-    m = make(store, Clock(), [sink])
+    clock = Clock()
+    m = make(store, clock, [sink])
     m.emit([cand(region="eu-west-1", user="u-1")])
     [a] = all_alerts(store)
     d = a.to_dict()
@@ -95,8 +96,16 @@ def test_candidate_becomes_an_enriched_alert(store: SQLiteAlertStore) -> None:
     assert d["timestamp"].endswith("Z") and d["status"] == "open"
     assert "latency spike on chat / gpt-4o" in d["summary"]
     assert a.labels["region"] == "eu-west-1" and a.labels["user"] == "u-1"
+    [member] = a.members
+    assert member.labels["model"] == "gpt-4o" and member.details.value == 4500.0 and member.status == "firing"
+    # Stored and streamed at once; sent when group_wait (10 s) is over.
+    assert store.outbox_pending("rec", 10) == [] and sink.wakes == 0
+    clock.advance(10)
+    m.tick()
     assert [i.alert_id for i in store.outbox_pending("rec", 10)] == [a.alert_id]
     assert sink.wakes == 1
+    sent = store.get(a.alert_id)
+    assert sent is not None and sent.notifications == 1 and sent.notified_at == clock.now
 
 
 def test_duplicates_within_the_window_update_the_open_alert(store: SQLiteAlertStore) -> None:
@@ -121,7 +130,8 @@ def test_duplicates_within_the_window_update_the_open_alert(store: SQLiteAlertSt
 
 
 def test_other_series_do_not_deduplicate(store: SQLiteAlertStore) -> None:
-    m = make(store, Clock())
+    # group_by ["..."]: one alert per series (no grouping); the default groups them (test_grouping_*).
+    m = make(store, Clock(), group_by=["..."])
     m.emit([cand(), cand(model="claude"), cand(user="u-1"), cand(anomaly_type="token_spike", metric="output_tokens")])
     assert len(all_alerts(store)) == 4
 
@@ -169,7 +179,7 @@ def test_latency_spike_and_error_burst_are_correlated(store: SQLiteAlertStore) -
 def test_silences_mute_sinks_but_keep_the_alert(store: SQLiteAlertStore) -> None:
     clock = Clock()
     sink = RecordingSink()
-    m = make(store, clock, [sink])
+    m = make(store, clock, [sink], group_wait_s=0)  # sent as raised
     s = m.add_silence(Silence([Matcher("service_name", "chat"), Matcher("model", "gpt-.*", "=~")],
                               starts_at=T0, ends_at=T0 + 600 * S))
     m.emit([cand()])
@@ -190,7 +200,13 @@ def test_silences_survive_a_restart(store: SQLiteAlertStore) -> None:
     m.add_silence(Silence([Matcher("anomaly_type", "latency_spike")], starts_at=T0, ends_at=T0 + 600 * S))
     m2 = make(store, clock, [RecordingSink()])
     m2.emit([cand()])
-    assert store.outbox_depth("rec") == 0
+    clock.advance(10)
+    m2.tick()
+    m2.emit([cand(anomaly_type="error_burst", metric="error_rate", value=0.3, baseline=0.01)])
+    clock.advance(10)
+    m2.tick()
+    assert [i.alert_id for i in store.outbox_pending("rec", 10)] == [
+        a.alert_id for a in all_alerts(store) if a.anomaly_type == "error_burst"]
 
 
 def test_silence_requests_are_validated() -> None:
@@ -228,7 +244,7 @@ def test_acknowledgement(store: SQLiteAlertStore) -> None:
 def test_storm_is_summarised_into_one_alert(store: SQLiteAlertStore) -> None:
     clock = Clock()
     sink = RecordingSink()
-    m = make(store, clock, [sink], storm_max_alerts=3, storm_window_s=60)
+    m = make(store, clock, [sink], storm_max_alerts=3, storm_window_s=60, group_wait_s=0)
     m.emit([cand(service=f"svc-{i}", anomaly_type="error_burst", metric="error_rate", value=0.2, baseline=0.1)
             for i in range(10)])
     assert store.outbox_depth("rec") == 3
@@ -334,7 +350,7 @@ def test_severity_override_and_config_errors(store: SQLiteAlertStore) -> None:
 
 def test_store_filters_pagination_and_retention(store: SQLiteAlertStore) -> None:
     clock = Clock()
-    m = make(store, clock, storm_max_alerts=1000)
+    m = make(store, clock, storm_max_alerts=1000, group_by=["..."])  # 25 alerts, one per series
     for i in range(25):
         clock.advance(1)
         m.emit([cand(service=f"s{i % 5}", model=f"m{i}", sigma=7.0 if i % 2 else 1.0)])

@@ -36,7 +36,8 @@ async def start(data_dir: Path, port: int, exchange: str, suffix: str) -> Aggreg
     agg = Aggregator(AggregatorConfig(
         listen="127.0.0.1:0", data_dir=str(data_dir), grpc_listen="", shutdown_grace_s=1.0,
         amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/", amqp_exchange=exchange,
-        amqp_queue=f"incidents.all-{suffix}"), registry=CollectorRegistry())
+        amqp_queue=f"incidents.all-{suffix}",
+        alert_group_wait_s=0), registry=CollectorRegistry())  # outbox rows as raised: the outage is the subject
     await agg.start()
     return agg
 

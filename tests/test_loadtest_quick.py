@@ -61,3 +61,12 @@ def test_the_standard_suite_is_every_scenario_but_the_quick_ones() -> None:
     assert names == sorted(names) and names
     assert not any(n.startswith("quick") for n in names)
     assert all((suite.SCENARIO_DIR / n).exists() for n in suite.QUICK_SCENARIOS)
+
+
+def test_the_runner_scales_every_alert_window_by_the_speedup() -> None:
+    from loadtest.run import aggregator_settings
+
+    quick = load_scenario(suite.SCENARIO_DIR / "quick.yaml")
+    assert aggregator_settings(quick)["alert_time_scale"] == quick.speedup == 30
+    assert "alert_resolve_after_s" not in quick.aggregator  # the scaled 300 s default, not a wall override
+    assert aggregator_settings(quick, 1.0)["alert_time_scale"] == 1.0  # --alert-time-scale 1: wall-clock windows

@@ -15,7 +15,8 @@ A nack or a return (no queue bound) keeps the row and backs off; a lost connecti
 reconnects (``2**n`` with ±20 % jitter, capped by ``reconnect_max_backoff_s``) while alerts wait
 in the outbox. A message the broker received but whose ack was lost with the connection (or the
 process) is published again: at-least-once across failures, exactly once otherwise, and
-``message_id`` = ``alert_id`` lets consumers de-duplicate.
+``message_id`` = the outbox key (``alert_id``, ``<alert_id>#<n>`` for an alert's later notifications)
+lets consumers de-duplicate.
 
 We run our own reconnect loop on a plain connection rather than aio-pika's robust connection:
 after a reconnect the outbox must be drained again anyway, and owning the loop makes the outage

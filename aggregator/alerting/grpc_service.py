@@ -42,7 +42,8 @@ DEFAULT_LIMIT = 100  # as GET /api/v1/alerts
 _OPTIONAL_STR = ("service_name", "model", "root_cause", "runbook_url", "acknowledged_by", "resolved_reason",
                  "silenced_by", "storm_id")
 _PLAIN_STR = ("alert_id", "severity", "anomaly_type", "detection_method", "summary", "fingerprint", "status")
-_TIMES = ("timestamp", "first_seen", "last_seen", "acknowledged_at", "resolved_at")
+_TIMES = ("timestamp", "first_seen", "last_seen", "acknowledged_at", "resolved_at", "notified_at", "notify_due")
+_MEMBER_TIMES = ("first_seen", "last_seen", "resolved_at")
 _DETAIL_NUMS = ("value", "baseline", "threshold", "deviation_sigma")
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -74,6 +75,21 @@ def alert_to_proto(d: dict[str, Any]) -> alerts_pb2.Alert:
         ts = _timestamp(d.get(key))
         if ts is not None:
             getattr(msg, key).CopyFrom(ts)
+    _common_to_proto(msg, d)
+    # A JSON round trip turns what the dict may hold in memory (tuples, numpy scalars) into what a
+    # Struct takes; the store keeps the same JSON, so nothing is lost that the REST API would show.
+    msg.context.update(json.loads(json.dumps(d.get("context") or {}, default=str)))
+    msg.remediation.extend(str(x) for x in d.get("remediation") or ())
+    msg.related_alerts.extend(str(x) for x in d.get("related_alerts") or ())
+    msg.labels.update({str(k): str(v) for k, v in (d.get("labels") or {}).items()})
+    for m in d.get("members") or ():
+        msg.members.append(_member_to_proto(m))
+    msg.notifications = max(int(d.get("notifications") or 0), 0)
+    return msg
+
+
+def _common_to_proto(msg: alerts_pb2.Alert | alerts_pb2.AlertMember, d: dict[str, Any]) -> None:
+    """What an alert and a member share: confidence, count, peak value, details."""
     msg.confidence = float(d.get("confidence") or 0.0)
     msg.count = max(int(d.get("count") or 0), 0)
     if d.get("peak_value") is not None:
@@ -83,13 +99,41 @@ def alert_to_proto(d: dict[str, Any]) -> alerts_pb2.Alert:
     for key in _DETAIL_NUMS:
         if details.get(key) is not None:
             setattr(msg.details, key, float(details[key]))
-    # A JSON round trip turns what the dict may hold in memory (tuples, numpy scalars) into what a
-    # Struct takes; the store keeps the same JSON, so nothing is lost that the REST API would show.
-    msg.context.update(json.loads(json.dumps(d.get("context") or {}, default=str)))
-    msg.remediation.extend(str(x) for x in d.get("remediation") or ())
-    msg.related_alerts.extend(str(x) for x in d.get("related_alerts") or ())
-    msg.labels.update({str(k): str(v) for k, v in (d.get("labels") or {}).items()})
+
+
+def _member_to_proto(m: dict[str, Any]) -> alerts_pb2.AlertMember:
+    msg = alerts_pb2.AlertMember(key=str(m.get("key") or ""), severity=str(m.get("severity") or ""),
+                                 status=str(m.get("status") or ""), notified=bool(m.get("notified")))
+    msg.labels.update({str(k): str(v) for k, v in (m.get("labels") or {}).items()})
+    _common_to_proto(msg, m)
+    for key in _MEMBER_TIMES:
+        ts = _timestamp(m.get(key))
+        if ts is not None:
+            getattr(msg, key).CopyFrom(ts)
+    if m.get("silenced_by") is not None:
+        msg.silenced_by = str(m["silenced_by"])
+    msg.trace_ids.extend(str(t) for t in m.get("trace_ids") or ())
     return msg
+
+
+def _common_from_proto(msg: alerts_pb2.Alert | alerts_pb2.AlertMember, d: dict[str, Any]) -> None:
+    d["confidence"] = msg.confidence
+    d["count"] = msg.count
+    d["peak_value"] = msg.peak_value if msg.HasField("peak_value") else None
+    det = msg.details
+    d["details"] = {"metric": det.metric, **{k: getattr(det, k) if det.HasField(k) else None for k in _DETAIL_NUMS}}
+
+
+def _member_from_proto(msg: alerts_pb2.AlertMember) -> dict[str, Any]:
+    d: dict[str, Any] = {"key": msg.key, "labels": dict(msg.labels), "severity": msg.severity}
+    _common_from_proto(msg, d)
+    for key in _MEMBER_TIMES:
+        d[key] = iso_time(getattr(msg, key).ToNanoseconds()) if msg.HasField(key) else None
+    d["status"] = msg.status
+    d["silenced_by"] = msg.silenced_by if msg.HasField("silenced_by") else None
+    d["notified"] = msg.notified
+    d["trace_ids"] = list(msg.trace_ids)
+    return d
 
 
 def _struct_to_dict(s: Struct) -> dict[str, Any]:
@@ -113,15 +157,13 @@ def alert_from_proto(msg: alerts_pb2.Alert) -> dict[str, Any]:
         d[key] = getattr(msg, key) if msg.HasField(key) else None
     for key in _TIMES:
         d[key] = iso_time(getattr(msg, key).ToNanoseconds()) if msg.HasField(key) else None
-    d["confidence"] = msg.confidence
-    d["count"] = msg.count
-    d["peak_value"] = msg.peak_value if msg.HasField("peak_value") else None
-    det = msg.details
-    d["details"] = {"metric": det.metric, **{k: getattr(det, k) if det.HasField(k) else None for k in _DETAIL_NUMS}}
+    _common_from_proto(msg, d)
     d["context"] = _struct_to_dict(msg.context)
     d["remediation"] = list(msg.remediation)
     d["related_alerts"] = list(msg.related_alerts)
     d["labels"] = dict(msg.labels)
+    d["members"] = [_member_from_proto(m) for m in msg.members]
+    d["notifications"] = msg.notifications
     return d
 
 

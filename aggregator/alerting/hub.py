@@ -6,8 +6,8 @@ loses the oldest ones and is told so (``lagged`` in its next event) rather than 
 for a client that does not read: the store and ``GET /api/v1/alerts`` have everything.
 
 Events: ``{"event": "alert" | "update" | "resolved", "alert": {...}}``: ``alert`` when raised,
-``update`` when de-duplication, acknowledgement or correlation changed it, ``resolved`` when it
-resolved.
+``update`` when de-duplication, a member joining or resolving, a notification, acknowledgement or
+correlation changed it, ``resolved`` when it (its last member) resolved.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ class AlertFilter:
             return False
         if self.service and alert.get("service_name") != self.service:
             return False
-        if self.model and alert.get("model") != self.model:
-            return False
+        if self.model and alert.get("model") != self.model and not any(
+                (m.get("labels") or {}).get("model") == self.model for m in alert.get("members") or ()):
+            return False  # neither the alert's model nor one of its members' (as the store's query)
         return not (self.anomaly_type and alert.get("anomaly_type") != self.anomaly_type)
 
 

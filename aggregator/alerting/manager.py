@@ -7,23 +7,34 @@ anomalies — goes through these stages, in order (aggregator/alerting/README.md
 2. **persistence**: a detection about a single call (a confirmed local anomaly, a forest outlier)
    needs ``row_persistence`` detections of the same series within ``persistence_window_s`` before it
    becomes an alert; ``persistence`` sets the count per anomaly type instead;
-3. **de-duplication**: a detection whose fingerprint (type, service, model, metric, scope — for the
-   per-row ``multivariate_outlier`` only type, service and model) matches
-   an unresolved alert seen within ``dedup_window_s`` updates it (``count``, ``last_seen``,
-   ``peak_value``, example trace ids) instead of raising a new one;
+3. **de-duplication and grouping**: a detection whose series fingerprint (type, service, model, metric,
+   scope — for the per-row ``multivariate_outlier`` only type, service and model) matches a firing
+   member of an unresolved alert seen within ``dedup_window_s`` updates it (``count``, ``last_seen``,
+   ``peak_value``, example trace ids); a new series whose ``group_by`` labels (default service and
+   anomaly type) match an unresolved alert joins it as a member (:mod:`aggregator.alerting.grouping`);
+   anything else raises a new alert;
 4. **enrichment**: severity by the rules of :mod:`aggregator.alerting.rules`, root-cause hint,
    remediation, runbook URL from ``runbook_url_template``, a one-line summary;
 5. **correlation and grouping**: other unresolved alerts of the same service seen within
    ``correlation_window_s`` are linked both ways in ``related_alerts``, share ``labels.group``
    (the first alert's id), and get one combined root-cause hint;
-6. **silences**: an alert matching an active silence is stored with ``silenced_by`` and sent to no sink;
-7. **storm rate limit**: beyond ``storm_max_alerts`` alerts sent within ``storm_window_s``, further
-   alerts are stored with ``storm_id`` and, when the window ends, one ``alert_storm`` summary is sent.
+6. **silences**: a member matching an active silence is kept with ``silenced_by`` and left out of
+   notifications; an alert whose members are all silenced is sent to no sink;
+7. **notification timers**: a new alert is sent ``group_wait_s`` after it was raised (members that
+   join meanwhile are in that one notification); members joining later are sent at most every
+   ``group_interval_s``; a firing alert is sent again every ``repeat_interval_s``;
+8. **storm rate limit**: beyond ``storm_max_alerts`` notifications within ``storm_window_s``, further
+   ones are held back (``storm_id``) and, when the window ends, one ``alert_storm`` summary is sent.
 
-The alert is written to the store (with its sinks' outbox rows) before any sink or watcher sees
-it. Resolution: an unresolved alert resolves once rows of its service have kept arriving for
-``resolve_after_s`` past its last detection without another one (the detectors only fire while
-the metric is outside its threshold, so that is the metric back at its baseline).
+The alert is written to the store before any watcher sees it, and a notification's outbox rows
+are written in the same transaction as the alert's new notification state, so a restart during
+``group_wait`` neither loses nor repeats it (``notify_due`` is stored). Resolution: a member
+resolves once rows of its service have kept arriving for ``resolve_after_s`` past its last
+detection without another one (the detectors only fire while the metric is outside its threshold,
+so that is the metric back at its baseline); the alert resolves with its last member.
+
+Every window is wall clock, divided by ``time_scale`` (a load test replaying event time 30x faster
+sets 30, so de-duplication, persistence, resolution, grouping and the storm window shrink alike).
 """
 
 from __future__ import annotations
@@ -39,8 +50,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from aggregator.alerting.grouping import DEFAULT_GROUP_BY, group_key, member_labels, refresh, validate_group_by
 from aggregator.alerting.hub import AlertHub
-from aggregator.alerting.model import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails, fingerprint
+from aggregator.alerting.model import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails, AlertMember, fingerprint
 from aggregator.alerting.rules import CAUSE, REMEDIATION, classify, correlated_cause
 from aggregator.alerting.silences import Silence
 from aggregator.alerting.sink import Sink
@@ -72,6 +84,15 @@ DEFAULT_RESOLVE_AFTER_S = 300.0
 DEFAULT_STORM_MAX_ALERTS = 20
 DEFAULT_STORM_WINDOW_S = 60.0
 DEFAULT_RETENTION_S = 365 * 86400.0
+# Alertmanager's timers, shorter: detectors here already wait for windows or persistence, so 10 s
+# is enough to collect the other models of one provider incident into the first notification.
+DEFAULT_GROUP_WAIT_S = 10.0
+DEFAULT_GROUP_INTERVAL_S = 60.0
+DEFAULT_REPEAT_INTERVAL_S = 4 * 3600.0
+DEFAULT_TIME_SCALE = 1.0
+# Members listed in one alert: a group by service and type of a per-user detector could otherwise
+# grow one entry per user without bound.
+DEFAULT_GROUP_MAX_MEMBERS = 100
 DEFAULT_RUNBOOK_URL_TEMPLATE = "{public_url}/static/runbooks.html#{anomaly_type}"
 MAX_TRACE_IDS = 5
 MAX_STORM_RELATED = 100
@@ -97,12 +118,25 @@ class AlertManagerConfig:
     severity: dict[str, str] = field(default_factory=dict)
     runbook_url_template: str = DEFAULT_RUNBOOK_URL_TEMPLATE
     public_url: str = ""
+    group_by: list[str] = field(default_factory=lambda: list(DEFAULT_GROUP_BY))
+    group_wait_s: float = DEFAULT_GROUP_WAIT_S
+    group_interval_s: float = DEFAULT_GROUP_INTERVAL_S
+    repeat_interval_s: float = DEFAULT_REPEAT_INTERVAL_S
+    time_scale: float = DEFAULT_TIME_SCALE
+    group_max_members: int = DEFAULT_GROUP_MAX_MEMBERS
 
     def validate(self) -> None:
         for key in ("dedup_window_s", "persistence_window_s", "correlation_window_s", "resolve_after_s",
-                    "storm_window_s", "retention_s"):
+                    "storm_window_s", "retention_s", "group_interval_s", "repeat_interval_s", "time_scale"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"alert_{key}: must be greater than 0")
+        if not self.group_wait_s >= 0:
+            raise ConfigError("alert_group_wait_s: must not be negative")
+        if not self.group_wait_s < min(self.dedup_window_s, self.resolve_after_s):
+            # An alert that resolves before its group_wait is over would never be sent.
+            raise ConfigError("alert_group_wait_s: must be shorter than alert_dedup_window_s and "
+                              "alert_resolve_after_s")
+        validate_group_by(self.group_by)
         if not 0 <= self.min_confidence <= 1:
             raise ConfigError("alert_min_confidence: must be between 0 and 1")
         if not isinstance(self.min_confidence_by_type, dict):
@@ -112,6 +146,8 @@ class AlertManagerConfig:
                 raise ConfigError(f"alert_min_confidence_by_type.{k}: must be a number between 0 and 1")
         if self.row_persistence < 1:
             raise ConfigError("alert_row_persistence: must be at least 1")
+        if self.group_max_members < 1:
+            raise ConfigError("alert_group_max_members: must be at least 1")
         if self.storm_max_alerts < 1:
             raise ConfigError("alert_storm_max_alerts: must be at least 1")
         if not isinstance(self.persistence, dict):
@@ -130,6 +166,10 @@ class AlertManagerConfig:
             raise ConfigError(f"alert_runbook_url_template: {e!r}: placeholders are {{public_url}}, "
                               "{anomaly_type}, {service} and {model}") from None
 
+    def window_ns(self, key: str) -> int:
+        """A window setting (``dedup_window_s``, ...) in wall nanoseconds, divided by ``time_scale``."""
+        return int(float(getattr(self, key)) / self.time_scale * 1e9)
+
 
 @dataclass
 class _Storm:
@@ -145,8 +185,14 @@ class _Metrics:
         self.deduplicated = Counter("sentinel_aggregator_alerts_deduplicated",
                                     "Detections folded into an open alert with the same fingerprint", registry=registry)
         self.suppressed = Counter("sentinel_aggregator_alerts_suppressed",
-                                  "Detections or alerts not sent, by reason (low_confidence, persistence, "
-                                  "silenced, storm)", ["reason"], registry=registry)
+                                  "Detections or notifications not sent, by reason (low_confidence, persistence, "
+                                  "silenced, storm, group_full)", ["reason"], registry=registry)
+        self.grouped = Counter("sentinel_aggregator_alerts_grouped",
+                               "New series that joined an open alert of their group instead of raising one",
+                               registry=registry)
+        self.notifications = Counter("sentinel_aggregator_alert_notifications",
+                                     "Notifications written to the sinks' outbox (one per alert group and "
+                                     "timer: group_wait, group_interval, repeat_interval)", registry=registry)
         self.resolved = Counter("sentinel_aggregator_alerts_resolved", "Alerts resolved", registry=registry)
         self.open = Gauge("sentinel_aggregator_alerts_open", "Unresolved alerts", registry=registry)
 
@@ -168,7 +214,7 @@ class AlertManager:
         self.sinks = list(sinks)
         self._clock = clock
         self._lock = threading.RLock()
-        self._open: dict[str, Alert] = {}  # fingerprint -> unresolved alert
+        self._open: dict[str, Alert] = {}  # group fingerprint -> unresolved alert
         self._service_arrival: dict[str | None, int] = {}  # service -> when its rows last arrived
         self._pending: dict[str, collections.deque[int]] = {}  # fingerprint -> wall times (persistence)
         self._sent: collections.deque[int] = collections.deque()  # wall times of alerts sent (storm limit)
@@ -183,6 +229,8 @@ class AlertManager:
         self.store.open()
         with self._lock:
             for alert in self.store.unresolved():
+                if not alert.members and alert.anomaly_type != "alert_storm":
+                    alert.members = [_legacy_member(alert)]  # stored before grouping: already sent
                 self._open[alert.fingerprint] = alert
             self._silences = self.store.silences()
             self.metrics.open.set(len(self._open))
@@ -194,7 +242,7 @@ class AlertManager:
     # --- input --------------------------------------------------------------------------------
 
     def emit(self, candidates: Iterable[Candidate]) -> None:
-        """Turn a batch of candidates into new or updated alerts; one store transaction per alert raised."""
+        """Turn a batch of candidates into new or updated alerts; send the notifications that are due."""
         now = self._clock()
         raised: list[Alert] = []
         updated: dict[str, Alert] = {}
@@ -202,15 +250,15 @@ class AlertManager:
             self._expire(now)
             for c in candidates:
                 self._one(c, now, raised, updated)
-            for a in raised:
-                updated.pop(a.alert_id, None)
-            self.store.update(updated.values())
+            sent = self._flush(now, updated)
+            self.store.update(updated.values())  # raised ones too: members may have joined after the insert
             self.metrics.open.set(len(self._open))
         for a in raised:
             self.hub.publish("alert", a.to_dict())
+            updated.pop(a.alert_id, None)
         for a in updated.values():
             self.hub.publish("update", a.to_dict())
-        self._wake_sinks(raised)
+        self._wake_sinks(sent)
 
     def _one(self, c: Candidate, now: int, raised: list[Alert], updated: dict[str, Alert]) -> None:
         cfg = self.config
@@ -221,88 +269,115 @@ class AlertManager:
             fp = fingerprint(c.anomaly_type, c.service, c.model, "", {})
         else:
             fp = fingerprint(c.anomaly_type, c.service, c.model, c.metric, c.context)
-        open_alert = self._open.get(fp)
-        if open_alert is not None and now - open_alert.last_seen <= cfg.dedup_window_s * 1e9:
-            self._fold(open_alert, c, now)
-            updated[open_alert.alert_id] = open_alert
+        severity = classify(c.anomaly_type, value=c.value, baseline=c.baseline, deviation_sigma=c.deviation_sigma,
+                            confidence=c.confidence, overrides=cfg.severity)
+        labels = _labels(c, severity)
+        gk = group_key(cfg.group_by, labels, fp)
+        group = self._open.get(gk)
+        member = group.member(fp) if group is not None else None
+        dedup = cfg.window_ns("dedup_window_s")
+        if group is not None and member is not None and member.status == "firing" and now - member.last_seen <= dedup:
+            self._fold(group, member, c, now)
+            updated[group.alert_id] = group
             self.metrics.deduplicated.inc()
             return
-        if open_alert is not None:  # open but silent for longer than the window: a new incident
-            self._resolve(open_alert, now, "no detection within the de-duplication window")
-            updated[open_alert.alert_id] = open_alert
+        if group is not None and now - group.last_seen > dedup:  # silent for longer than the window: a new incident
+            self._resolve(group, now, "no detection within the de-duplication window")
+            updated[group.alert_id] = group
+            group = None
         # A sidecar's error rate is over its own window although the candidate carries the call's time.
         single_row = c.window_end - c.window_start <= _ROW_WINDOW_NS and c.metric != "error_rate"
         needed = cfg.persistence.get(c.anomaly_type, cfg.row_persistence if single_row else 1)
         if needed > 1:
             seen = self._pending.setdefault(fp, collections.deque())
             seen.append(now)
-            while seen and now - seen[0] > cfg.persistence_window_s * 1e9:
+            while seen and now - seen[0] > cfg.window_ns("persistence_window_s"):
                 seen.popleft()
             if len(seen) < needed:
                 self.metrics.suppressed.labels("persistence").inc()
                 return
             del self._pending[fp]
-        alert = self._new_alert(c, fp, now)
-        if needed > 1:
-            alert.count = needed  # the detections that made it persist
-            alert.summary = _summary(alert)
+        new = AlertMember(key=fp, labels=member_labels(labels, c.context, c.metric), severity=severity,
+                          confidence=float(c.confidence),
+                          details=AlertDetails(c.metric, c.value, c.baseline, c.threshold, c.deviation_sigma),
+                          count=needed, first_seen=now, last_seen=now, peak_value=_finite(c.value),
+                          silenced_by=self._silenced(labels, now),
+                          trace_ids=list(c.context.get("trace_ids") or [])[:MAX_TRACE_IDS])
+        if new.silenced_by:
+            self.metrics.suppressed.labels("silenced").inc()
+        if group is not None:  # a new series of an open group (or one that fired again): a member
+            members = [m for m in group.members if m.key != fp]
+            while len(members) >= cfg.group_max_members and any(m.status == "resolved" for m in members):
+                members.remove(next(m for m in members if m.status == "resolved"))  # the oldest resolved
+            if len(members) >= cfg.group_max_members:  # full of firing members: counted, not listed
+                group.context["series_left_out"] = int(group.context.get("series_left_out") or 0) + 1
+                group.last_seen = max(group.last_seen, now)
+                updated[group.alert_id] = group
+                self.metrics.suppressed.labels("group_full").inc()
+                return
+            group.members = [*members, new]
+            self._add_trace_ids(group, new.trace_ids)
+            refresh(group)
+            self._schedule(group)
+            updated[group.alert_id] = group
+            self.metrics.grouped.inc()
+            return
+        alert = self._new_alert(c, gk, new, now)
         self._correlate(alert, now, updated)
-        self._route(alert, now)
-        self.store.insert(alert, self._sink_names(alert))
-        self._open[fp] = alert
+        self.store.insert(alert, ())  # its notification follows group_wait later (_flush)
+        self._open[gk] = alert
         raised.append(alert)
         self.metrics.raised.labels(alert.severity, alert.anomaly_type).inc()
 
-    def _new_alert(self, c: Candidate, fp: str, now: int) -> Alert:
+    def _new_alert(self, c: Candidate, gk: str, member: AlertMember, now: int) -> Alert:
         cfg = self.config
-        severity = classify(c.anomaly_type, value=c.value, baseline=c.baseline, deviation_sigma=c.deviation_sigma,
-                            confidence=c.confidence, overrides=cfg.severity)
         context = dict(c.context)
         context["window_start"] = int(c.window_start)
         context["window_end"] = int(c.window_end)
-        context["trace_ids"] = list(context.get("trace_ids") or [])[:MAX_TRACE_IDS]
-        labels = {"service_name": c.service or "", "model": c.model or "", "anomaly_type": c.anomaly_type,
-                  "severity": severity, "detection_method": c.detection_method}
-        for key in ("region", "user"):
-            if context.get(key):
-                labels[key] = str(context[key])
+        context["trace_ids"] = list(member.trace_ids)
         alert = Alert(
-            alert_id=str(uuid.uuid4()), timestamp=now, severity=severity, anomaly_type=c.anomaly_type,
+            alert_id=str(uuid.uuid4()), timestamp=now, severity=member.severity, anomaly_type=c.anomaly_type,
             service_name=c.service, model=c.model, detection_method=c.detection_method,
-            confidence=float(c.confidence),
-            details=AlertDetails(c.metric, c.value, c.baseline, c.threshold, c.deviation_sigma),
-            context=context, root_cause=CAUSE.get(c.anomaly_type),
-            remediation=list(REMEDIATION.get(c.anomaly_type, [])),
+            confidence=float(c.confidence), details=member.details, context=context,
+            root_cause=CAUSE.get(c.anomaly_type), remediation=list(REMEDIATION.get(c.anomaly_type, [])),
             runbook_url=cfg.runbook_url_template.format(public_url=cfg.public_url, anomaly_type=c.anomaly_type,
                                                         service=c.service or "", model=c.model or "") or None,
-            fingerprint=fp, first_seen=now, last_seen=now, peak_value=_finite(c.value), labels=labels,
+            fingerprint=gk, first_seen=now, last_seen=now, members=[member],
+            notify_due=now + cfg.window_ns("group_wait_s"),
         )
-        alert.summary = _summary(alert)
+        refresh(alert)
         return alert
 
-    def _fold(self, alert: Alert, c: Candidate, now: int) -> None:
-        """A repeat detection of an open alert: count, last seen, peak, a few more example traces."""
-        alert.count += 1
-        alert.last_seen = now
-        alert.confidence = max(alert.confidence, float(c.confidence))
+    def _fold(self, alert: Alert, member: AlertMember, c: Candidate, now: int) -> None:
+        """A repeat detection of a firing member: count, last seen, peak, a few more example traces."""
+        member.count += 1
+        member.last_seen = now
+        member.confidence = max(member.confidence, float(c.confidence))
         value = _finite(c.value)
         if value is not None:
-            alert.details.value = value
-            if alert.peak_value is None or _worse(alert.anomaly_type, value, alert.peak_value):
-                alert.peak_value = value
-        ids = alert.context.setdefault("trace_ids", [])
+            member.details.value = value
+            if member.peak_value is None or _worse(alert.anomaly_type, value, member.peak_value):
+                member.peak_value = value
         for t in c.context.get("trace_ids") or []:
+            if len(member.trace_ids) < MAX_TRACE_IDS and t not in member.trace_ids:
+                member.trace_ids.append(t)
+        self._add_trace_ids(alert, c.context.get("trace_ids") or [])
+        alert.context["window_end"] = max(int(alert.context.get("window_end") or 0), int(c.window_end))
+        refresh(alert)
+
+    @staticmethod
+    def _add_trace_ids(alert: Alert, trace_ids: Iterable[str]) -> None:
+        ids = alert.context.setdefault("trace_ids", [])
+        for t in trace_ids:
             if len(ids) >= MAX_TRACE_IDS:
                 break
             if t not in ids:
                 ids.append(t)
-        alert.context["window_end"] = max(int(alert.context.get("window_end") or 0), int(c.window_end))
-        alert.summary = _summary(alert)
 
     def _correlate(self, alert: Alert, now: int, updated: dict[str, Alert]) -> None:
         if not alert.service_name:
             return
-        window = self.config.correlation_window_s * 1e9
+        window = self.config.window_ns("correlation_window_s")
         related = [a for a in self._open.values()
                    if a.service_name == alert.service_name and now - a.last_seen <= window]
         if not related:
@@ -322,53 +397,100 @@ class AlertManager:
                 other.root_cause = cause
             updated[other.alert_id] = other
 
-    def _route(self, alert: Alert, now: int) -> None:
-        """Silences, then the storm limit: decide whether sinks are sent this alert."""
-        for s in self._silences:
-            if s.active(now) and s.matches(alert.labels):
-                alert.silenced_by = s.id
-                self.metrics.suppressed.labels("silenced").inc()
-                return
-        window = self.config.storm_window_s * 1e9
+    def _silenced(self, labels: dict[str, str], now: int) -> str | None:
+        return next((s.id for s in self._silences if s.active(now) and s.matches(labels)), None)
+
+    # --- notifications ----------------------------------------------------------------------------
+
+    def _schedule(self, alert: Alert) -> None:
+        """A member joined: notify at the end of group_wait (never sent yet) or group_interval after the last."""
+        cfg = self.config
+        if alert.notified_at is None:
+            due = alert.timestamp + cfg.window_ns("group_wait_s")
+        else:
+            due = alert.notified_at + cfg.window_ns("group_interval_s")
+        alert.notify_due = due if alert.notify_due is None else min(alert.notify_due, due)
+
+    def _flush(self, now: int, updated: dict[str, Alert]) -> bool:
+        """Send every notification that is due; whether any was written to an outbox."""
+        sent = False
+        for alert in list(self._open.values()):
+            if alert.notify_due is not None and alert.notify_due <= now and alert.anomaly_type != "alert_storm":
+                sent = self._notify(alert, now) or sent
+                updated[alert.alert_id] = alert
+        return sent
+
+    def _notify(self, alert: Alert, now: int) -> bool:
+        """One notification of the group: its outbox rows and its new state in one store transaction."""
+        fresh = [m for m in alert.members if m.status == "firing" and m.silenced_by is None]
+        if not fresh:  # all silenced (or resolved): nothing to send until a member joins
+            alert.notify_due = None
+            return False
+        for m in fresh:
+            m.notified = True
+        alert.notify_due = now + self.config.window_ns("repeat_interval_s")
+        if self._storm_holds(alert, now):
+            return False
+        alert.storm_id = None
+        alert.notifications += 1
+        alert.notified_at = now
+        # The first notification's outbox key is the alert id (what consumers de-duplicate on); later
+        # ones (new members, repeats) are new messages: <alert_id>#<n>.
+        key = alert.alert_id if alert.notifications == 1 else f"{alert.alert_id}#{alert.notifications}"
+        self.store.notify(alert, self._sink_names(alert), key)
+        self.metrics.notifications.inc()
+        return alert.notify
+
+    def _storm_holds(self, alert: Alert, now: int) -> bool:
+        """The storm limit over notifications: whether this one is held back for the storm's summary."""
+        window = self.config.window_ns("storm_window_s")
         while self._sent and now - self._sent[0] > window:
             self._sent.popleft()
         if self._storm is None and len(self._sent) < self.config.storm_max_alerts:
             self._sent.append(now)
-            return
+            return False
         if self._storm is None:
             self._storm = _Storm(id=str(uuid.uuid4()), started=now)
-            log.warning("alert storm: more than %d alerts in %.0f s; summarising until the window ends",
-                        self.config.storm_max_alerts, self.config.storm_window_s)
+            log.warning("alert storm: more than %d notifications in %.0f s; summarising until the window ends",
+                        self.config.storm_max_alerts, self.config.storm_window_s / self.config.time_scale)
         alert.storm_id = self._storm.id
-        self._storm.alerts.append(alert)
+        if alert not in self._storm.alerts:
+            self._storm.alerts.append(alert)
         self.metrics.suppressed.labels("storm").inc()
+        return True
 
     def _sink_names(self, alert: Alert) -> list[str]:
         return [s.name for s in self.sinks if alert.notify and s.wants(alert)]
 
-    def _wake_sinks(self, raised: Sequence[Alert]) -> None:
-        if any(a.notify for a in raised):
+    def _wake_sinks(self, sent: bool) -> None:
+        if sent:
             for s in self.sinks:
                 s.wake()
 
     # --- time passing ---------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Close an alert storm whose window ended (called about once a second)."""
+        """Send the notifications that are due, close an alert storm whose window ended (about once a second)."""
         now = self._clock()
         summary: Alert | None = None
+        updated: dict[str, Alert] = {}
         with self._lock:
+            sent = self._flush(now, updated)
+            self.store.update(updated.values())
             storm = self._storm
-            if storm is not None and now - storm.started >= self.config.storm_window_s * 1e9:
+            if storm is not None and now - storm.started >= self.config.window_ns("storm_window_s"):
                 self._storm = None
                 summary = self._storm_summary(storm, now)
                 self.store.insert(summary, self._sink_names(summary))
                 self._open[summary.fingerprint] = summary
                 self.metrics.raised.labels(summary.severity, summary.anomaly_type).inc()
+                self.metrics.notifications.inc()
                 self.metrics.open.set(len(self._open))
+        for a in updated.values():
+            self.hub.publish("update", a.to_dict())
         if summary is not None:
             self.hub.publish("alert", summary.to_dict())
-            self._wake_sinks([summary])
+        self._wake_sinks(sent or (summary is not None and summary.notify))
         self._resolve_quiet(now)
 
     def _storm_summary(self, storm: _Storm, now: int) -> Alert:
@@ -377,13 +499,14 @@ class AlertManager:
         severity = min((a.severity for a in storm.alerts), key=SEVERITY_RANK.__getitem__)
         n = len(storm.alerts)
         top = ", ".join(f"{t} x{k}" for t, k in by_type.most_common(3))
+        window_s = self.config.storm_window_s / self.config.time_scale
         alert = Alert(
             alert_id=storm.id, timestamp=now, severity=severity, anomaly_type="alert_storm", service_name=None,
             model=None, detection_method="rate_limit", confidence=1.0,
             details=AlertDetails("alerts", float(n), None, float(self.config.storm_max_alerts), None),
             context={"window_start": storm.started, "window_end": now, "by_type": dict(by_type),
                      "by_service": dict(by_service), "suppressed": n},
-            root_cause=f"{n} alerts within {self.config.storm_window_s:.0f} s beyond the limit of "
+            root_cause=f"{n} alerts within {window_s:.0f} s beyond the limit of "
                        f"{self.config.storm_max_alerts}; most common: {top}",
             remediation=list(REMEDIATION["alert_storm"]),
             related_alerts=[a.alert_id for a in storm.alerts[:MAX_STORM_RELATED]],
@@ -391,12 +514,13 @@ class AlertManager:
                 public_url=self.config.public_url, anomaly_type="alert_storm", service="", model="") or None,
             fingerprint=f"storm-{storm.id}", first_seen=storm.started, last_seen=now, count=n,
             labels={"anomaly_type": "alert_storm", "severity": severity, "detection_method": "rate_limit"},
+            notifications=1, notified_at=now,
         )
         alert.summary = f"Alert storm: {n} alerts summarised ({top})"
         return alert
 
     def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
-        """Note which services are sending; resolve alerts whose metric stayed quiet for ``resolve_after_s``."""
+        """Note which services are sending; resolve members whose metric stayed quiet for ``resolve_after_s``."""
         services = batch.batch.strings.get("service")
         if not batch.batch.n or services is None:
             return
@@ -407,39 +531,57 @@ class AlertManager:
         self._resolve_quiet(now)
 
     def _resolve_quiet(self, now: int) -> None:
-        """Resolve alerts with no detection for ``resolve_after_s`` while their service kept sending.
+        """Resolve members with no detection for ``resolve_after_s`` while their service kept sending;
+        an alert resolves with its last firing member.
 
         Wall clock, not event time: rows of one batch span their calls' latencies (a slow call's
         row lies far ahead of a fast one's) and replayed history would resolve everything at once.
         """
-        after = int(self.config.resolve_after_s * 1e9)
-        resolved: list[Alert] = []
+        after = self.config.window_ns("resolve_after_s")
+        reason = (f"metric back within its threshold: no detection in "
+                  f"{self.config.resolve_after_s / self.config.time_scale:.0f} s of traffic")
+        events: list[tuple[str, Alert]] = []
         with self._lock:
             for alert in list(self._open.values()):
                 if alert.anomaly_type == "alert_storm":
                     continue
-                arrived = self._service_arrival.get(alert.service_name)
-                if arrived is not None and now - alert.last_seen >= after and arrived - alert.last_seen >= after:
-                    self._resolve(alert, now, f"metric back within its threshold: no detection in "
-                                              f"{self.config.resolve_after_s:.0f} s of traffic")
-                    resolved.append(alert)
-            if resolved:
-                self.store.update(resolved)
+                quiet = [m for m in alert.members if m.status == "firing" and self._quiet(m, now, after)]
+                if not quiet:
+                    continue
+                for m in quiet:
+                    m.status, m.resolved_at = "resolved", now
+                if all(m.status == "resolved" for m in alert.members):
+                    self._resolve(alert, now, reason)
+                    events.append(("resolved", alert))
+                else:
+                    refresh(alert)
+                    events.append(("update", alert))
+            if events:
+                self.store.update(a for _, a in events)
                 self.metrics.open.set(len(self._open))
-        for a in resolved:
-            self.hub.publish("resolved", a.to_dict())
+        for event, a in events:
+            self.hub.publish(event, a.to_dict())
+
+    def _quiet(self, m: AlertMember, now: int, after: int) -> bool:
+        arrived = self._service_arrival.get(m.labels.get("service_name") or None)
+        return arrived is not None and now - m.last_seen >= after and arrived - m.last_seen >= after
 
     def _resolve(self, alert: Alert, now: int, reason: str) -> None:
         alert.status = "resolved"
         alert.resolved_at = now
         alert.resolved_reason = reason
+        alert.notify_due = None
+        for m in alert.members:
+            if m.status == "firing":
+                m.status, m.resolved_at = "resolved", now
         self._open.pop(alert.fingerprint, None)
         self.metrics.resolved.inc()
 
     def _expire(self, now: int) -> None:
         """Storm summaries resolve once their window has passed twice over (nothing else resolves them)."""
         for alert in list(self._open.values()):
-            if alert.anomaly_type == "alert_storm" and now - alert.last_seen > 2 * self.config.storm_window_s * 1e9:
+            if alert.anomaly_type == "alert_storm" and now - alert.last_seen > 2 * self.config.window_ns(
+                    "storm_window_s"):
                 self._resolve(alert, now, "storm over")
                 self.store.update([alert])
 
@@ -495,18 +637,22 @@ def _worse(anomaly_type: str, value: float, peak: float) -> bool:
     return value < peak if anomaly_type == "throughput_drop" else value > peak
 
 
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+def _labels(c: Candidate, severity: str) -> dict[str, str]:
+    """The labels of a detection's series (what silences match and ``group_by`` names)."""
+    labels = {"service_name": c.service or "", "model": c.model or "", "anomaly_type": c.anomaly_type,
+              "severity": severity, "detection_method": c.detection_method}
+    for key in ("region", "user"):
+        if c.context.get(key):
+            labels[key] = str(c.context[key])
+    return labels
 
 
-def _summary(a: Alert) -> str:
-    where = " / ".join(p for p in (a.service_name, a.model) if p) or "all services"
-    d = a.details
-    text = f"{a.anomaly_type.replace('_', ' ')} on {where}: {d.metric} {_fmt(d.value)} vs baseline {_fmt(d.baseline)}"
-    if d.deviation_sigma is not None and math.isfinite(d.deviation_sigma):
-        text += f" ({d.deviation_sigma:+.1f} sigma)"
-    if a.count > 1:
-        text += f", seen {a.count} times"
-    return text
+def _legacy_member(alert: Alert) -> AlertMember:
+    """An alert stored before grouping, as the one member it stands for (it was sent when raised)."""
+    labels = {k: v for k, v in alert.labels.items() if k != "group"}
+    labels["metric"] = alert.details.metric
+    return AlertMember(key=alert.fingerprint, labels=labels, severity=alert.severity, confidence=alert.confidence,
+                       details=AlertDetails(**alert.details.to_dict()), count=alert.count,
+                       first_seen=alert.first_seen, last_seen=alert.last_seen, peak_value=alert.peak_value,
+                       silenced_by=alert.silenced_by, notified=True,
+                       trace_ids=list(alert.context.get("trace_ids") or [])[:MAX_TRACE_IDS])

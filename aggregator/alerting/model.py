@@ -4,7 +4,9 @@ An :class:`Alert` is a plain dataclass; :meth:`Alert.to_dict` is the JSON docume
 served by the API, streamed live and published to RabbitMQ and webhooks. The schema's fields
 come first (``alert_id`` … ``runbook_url``); the lifecycle fields after them (``status``,
 ``count``, ``first_seen``, ``last_seen``, ``peak_value``, ``fingerprint``, …) are what the
-alert manager keeps up to date while the alert is open.
+alert manager keeps up to date while the alert is open. One alert stands for a group of series
+(aggregator/alerting/grouping.py): ``members`` (:class:`AlertMember`) is the per-model, per-region or
+per-user breakdown, and ``notifications`` / ``notified_at`` / ``notify_due`` its notifications.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "MEMBER_STATUSES",
     "SEVERITIES",
     "SEVERITY_RANK",
     "STATUSES",
     "Alert",
     "AlertDetails",
+    "AlertMember",
     "fingerprint",
     "iso_time",
     "parse_time",
@@ -103,6 +107,54 @@ class AlertDetails:
                 "threshold": _num(self.threshold), "deviation_sigma": _num(self.deviation_sigma)}
 
 
+#: A member is ``firing`` while detections keep coming and ``resolved`` once its metric is back.
+MEMBER_STATUSES: tuple[str, ...] = ("firing", "resolved")
+
+
+@dataclass(slots=True)
+class AlertMember:
+    """One series of a grouped alert (one model, region or user): the breakdown inside the notification.
+
+    ``key`` is the series' :func:`fingerprint`; de-duplication works on it, grouping on the group's.
+    """
+
+    key: str
+    labels: dict[str, str]  # service_name, model, anomaly_type, severity, detection_method, region, user
+    severity: str
+    confidence: float
+    details: AlertDetails
+    count: int = 1
+    first_seen: int = 0
+    last_seen: int = 0
+    peak_value: float | None = None
+    status: str = "firing"
+    resolved_at: int | None = None
+    silenced_by: str | None = None  # the silence that matched when the member joined: left out of notifications
+    notified: bool = False  # part of a notification already sent (or held back by a storm)
+    trace_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "labels": dict(self.labels), "severity": self.severity,
+                "confidence": round(float(self.confidence), 4), "details": self.details.to_dict(),
+                "count": self.count, "first_seen": iso_time(self.first_seen) if self.first_seen else None,
+                "last_seen": iso_time(self.last_seen) if self.last_seen else None,
+                "peak_value": _num(self.peak_value), "status": self.status,
+                "resolved_at": iso_time(self.resolved_at) if self.resolved_at else None,
+                "silenced_by": self.silenced_by, "notified": self.notified, "trace_ids": list(self.trace_ids)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AlertMember:
+        return cls(key=str(d["key"]), labels={str(k): str(v) for k, v in (d.get("labels") or {}).items()},
+                   severity=str(d["severity"]), confidence=float(d.get("confidence") or 0.0),
+                   details=AlertDetails(**d["details"]), count=int(d.get("count") or 1),
+                   first_seen=parse_time(d["first_seen"]) if d.get("first_seen") else 0,
+                   last_seen=parse_time(d["last_seen"]) if d.get("last_seen") else 0,
+                   peak_value=d.get("peak_value"), status=str(d.get("status") or "firing"),
+                   resolved_at=parse_time(d["resolved_at"]) if d.get("resolved_at") else None,
+                   silenced_by=d.get("silenced_by"), notified=bool(d.get("notified")),
+                   trace_ids=[str(t) for t in d.get("trace_ids") or ()])
+
+
 @dataclass(slots=True)
 class Alert:
     """One alert. Times are unix nanoseconds here and RFC 3339 strings in :meth:`to_dict`."""
@@ -133,14 +185,22 @@ class Alert:
     acknowledged_at: int | None = None
     resolved_at: int | None = None
     resolved_reason: str | None = None
-    silenced_by: str | None = None  # the silence that matched when it was raised: not sent to sinks
-    storm_id: str | None = None  # raised during an alert storm: sent only inside the storm's summary
+    silenced_by: str | None = None  # the silence that matched every member: not sent to sinks
+    storm_id: str | None = None  # its last notification fell in an alert storm: sent only inside its summary
     labels: dict[str, str] = field(default_factory=dict)
+    # Grouping (one alert per group of series: aggregator/alerting/grouping.py).
+    members: list[AlertMember] = field(default_factory=list)
+    notifications: int = 0  # notifications sent to the sinks so far
+    notified_at: int | None = None  # when the last one was
+    notify_due: int | None = None  # when the next one is due (group_wait, group_interval, repeat_interval)
 
     @property
     def notify(self) -> bool:
         """Whether sinks are to be sent this alert (not silenced, not folded into a storm summary)."""
         return self.silenced_by is None and self.storm_id is None
+
+    def member(self, key: str) -> AlertMember | None:
+        return next((m for m in self.members if m.key == key), None)
 
     def to_dict(self) -> dict[str, Any]:
         def t(ns: int | None) -> str | None:
@@ -175,6 +235,10 @@ class Alert:
             "silenced_by": self.silenced_by,
             "storm_id": self.storm_id,
             "labels": dict(self.labels),
+            "members": [m.to_dict() for m in self.members],
+            "notifications": self.notifications,
+            "notified_at": t(self.notified_at),
+            "notify_due": t(self.notify_due),
         }
 
     @classmethod
@@ -186,8 +250,9 @@ class Alert:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["details"] = AlertDetails(**d["details"])
+        kw["members"] = [AlertMember.from_dict(m) for m in d.get("members") or ()]
         for key in ("timestamp", "first_seen", "last_seen"):
             kw[key] = ns(d.get(key)) or 0
-        for key in ("acknowledged_at", "resolved_at"):
+        for key in ("acknowledged_at", "resolved_at", "notified_at", "notify_due"):
             kw[key] = ns(d.get(key))
         return cls(**kw)

@@ -4,10 +4,11 @@
 default is :class:`SQLiteAlertStore` (one file, ``alerts.db`` in ``data_dir``, WAL,
 ``synchronous=FULL``). Another SQL database (PostgreSQL) can implement the same protocol.
 
-The outbox is what makes the sinks durable: :meth:`AlertStore.insert` writes the alert and one
-outbox row per sink that is to be sent it in **one transaction**, so no sink can see an alert that
-is not stored, and an alert that is stored is sent once its sink can take it — after a broker
-outage or an aggregator restart too. A sink deletes its row only once delivery is confirmed.
+The outbox is what makes the sinks durable: :meth:`AlertStore.insert` writes the alert (and
+:meth:`AlertStore.notify` each later notification of it: its new state) and one outbox row per sink
+that is to be sent it in **one transaction**, so no sink can see an alert that is not stored, and
+an alert that is stored is sent once its sink can take it — after a broker outage or an aggregator
+restart too. A sink deletes its row only once delivery is confirmed.
 
 Thread-safe: one connection guarded by a lock (the analysis thread writes, the API and sinks read
 through ``asyncio.to_thread``).
@@ -113,6 +114,7 @@ class AlertStore(Protocol):
     def open(self) -> None: ...
     def close(self) -> None: ...
     def insert(self, alert: Alert, sinks: Sequence[str]) -> None: ...
+    def notify(self, alert: Alert, sinks: Sequence[str], key: str) -> None: ...
     def update(self, alerts: Iterable[Alert]) -> None: ...
     def get(self, alert_id: str) -> Alert | None: ...
     def query(self, q: AlertQuery) -> tuple[list[Alert], int]: ...
@@ -131,6 +133,15 @@ class AlertStore(Protocol):
 
 def _doc(alert: Alert) -> str:
     return json.dumps(alert.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+# A group's model (and service, type) change as members join: the columns follow the document.
+_UPDATE = ("UPDATE alerts SET last_seen=?, severity=?, status=?, service_name=?, model=?, anomaly_type=?, doc=? "
+           "WHERE alert_id=?")
+
+
+def _update_row(a: Alert, doc: str) -> tuple[Any, ...]:
+    return (a.last_seen, a.severity, a.status, a.service_name, a.model, a.anomaly_type, doc, a.alert_id)
 
 
 class SQLiteAlertStore:
@@ -184,24 +195,42 @@ class SQLiteAlertStore:
                     "service_name, model, status, doc) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (alert.alert_id, alert.fingerprint, alert.timestamp, alert.last_seen, alert.severity,
                      alert.anomaly_type, alert.service_name, alert.model, alert.status, doc))
-                for sink in sinks:
-                    self._seq += 1
-                    db.execute("INSERT INTO outbox (sink, alert_id, seq, payload) VALUES (?,?,?,?)",
-                               (sink, alert.alert_id, self._seq, doc.encode()))
+                self._outbox_rows(sinks, alert.alert_id, doc)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
+    def notify(self, alert: Alert, sinks: Sequence[str], key: str) -> None:
+        """One notification of a stored alert: its new state and the outbox rows (keyed ``key``), in one
+        transaction — a restart before it leaves the notification due, after it leaves it sent."""
+        doc = _doc(alert)
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(_UPDATE, _update_row(alert, doc))
+                self._outbox_rows(sinks, key, doc)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _outbox_rows(self, sinks: Sequence[str], key: str, doc: str) -> None:
+        for sink in sinks:  # inside the caller's transaction
+            self._seq += 1
+            self.db.execute("INSERT INTO outbox (sink, alert_id, seq, payload) VALUES (?,?,?,?)",
+                            (sink, key, self._seq, doc.encode()))
+
     def update(self, alerts: Iterable[Alert]) -> None:
-        rows = [(a.last_seen, a.severity, a.status, _doc(a), a.alert_id) for a in alerts]
+        rows = [_update_row(a, _doc(a)) for a in alerts]
         if not rows:
             return
         with self._lock:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany("UPDATE alerts SET last_seen=?, severity=?, status=?, doc=? WHERE alert_id=?", rows)
+                db.executemany(_UPDATE, rows)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -222,7 +251,11 @@ class SQLiteAlertStore:
         if q.end is not None:
             clauses.append("ts < ?")
             args.append(q.end)
-        for col, value in (("service_name", q.service), ("model", q.model), ("anomaly_type", q.anomaly_type)):
+        if q.model:  # the alert's model, or one of its members' (a group of several models has none)
+            clauses.append("(model = ? OR EXISTS (SELECT 1 FROM json_each(doc, '$.members') "
+                           "WHERE json_extract(value, '$.labels.model') = ?))")
+            args += [q.model, q.model]
+        for col, value in (("service_name", q.service), ("anomaly_type", q.anomaly_type)):
             if value:
                 clauses.append(f"{col} = ?")
                 args.append(value)
@@ -262,8 +295,10 @@ class SQLiteAlertStore:
     def prune(self, before_ns: int) -> int:
         """Delete resolved alerts raised before ``before_ns`` (retention); open ones are kept."""
         with self._lock:
-            cur = self.db.execute("DELETE FROM alerts WHERE ts < ? AND status = 'resolved' AND alert_id NOT IN "
-                                  "(SELECT alert_id FROM outbox)", (before_ns,))
+            # Outbox keys are the alert id, or <alert_id>#<n> for its later notifications.
+            cur = self.db.execute("DELETE FROM alerts WHERE ts < ? AND status = 'resolved' AND NOT EXISTS "
+                                  "(SELECT 1 FROM outbox o WHERE o.alert_id = alerts.alert_id OR "
+                                  "o.alert_id LIKE alerts.alert_id || '#%')", (before_ns,))
             return int(cur.rowcount)
 
     # --- outbox -------------------------------------------------------------------------------

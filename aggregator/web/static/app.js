@@ -289,6 +289,9 @@ function rowFor(a) {
     el("span", { class: `status st-${a.status}`, text: a.status }),
     a.count > 1 ? el("span", { class: "times", title: "detections folded into this alert", text: `×${a.count}` }) : null,
     a.silenced_by ? el("span", { class: "tag", title: `silence ${a.silenced_by}`, text: "silenced" }) : null,
+    (a.members || []).length > 1
+      ? el("span", { class: "tag", title: "series grouped into this alert", text: `${a.members.length} series` })
+      : null,
     timeEl(a.timestamp)));
   li.append(button);
   return li;
@@ -579,6 +582,36 @@ function renderGauge(d) {
   }
 }
 
+// The series of a grouped alert (one per model, region or user): the breakdown of the one notification.
+function memberName(m, members) {
+  const keys = ["model", "region", "user", "service_name", "anomaly_type", "metric"];
+  const varying = keys.filter((k) => members.some((o) => (o.labels || {})[k] !== (members[0].labels || {})[k]));
+  const labels = m.labels || {};
+  return (varying.length ? varying : ["model"]).map((k) => labels[k] || "–").join(" / ");
+}
+
+function renderMembers(a) {
+  const members = a.members || [];
+  const box = $("d-members-box");
+  box.hidden = members.length < 2;
+  const body = $("d-members");
+  body.replaceChildren();
+  if (box.hidden) return;
+  const firing = members.filter((m) => m.status === "firing").length;
+  $("d-members-note").textContent = `${members.length} series, ${firing} firing · ` +
+    `${a.notifications || 0} notification${a.notifications === 1 ? "" : "s"} sent`;
+  for (const m of members) {
+    const d = m.details || {};
+    body.append(el("tr", { class: `st-${m.status}`, "data-testid": "member-row" },
+      el("td", {}, memberName(m, members), m.silenced_by ? el("span", { class: "tag", text: "silenced" }) : null),
+      el("td", {}, el("span", { class: `sev sev-${m.severity}`, text: m.severity })),
+      el("td", { text: fmtMetric(d.value, d.metric) }),
+      el("td", { text: fmtMetric(d.baseline, d.metric) }),
+      el("td", { text: String(m.count) }),
+      el("td", { text: m.status })));
+  }
+}
+
 function renderDetail(a) {
   state.detailAlert = a;
   $("detail-empty").hidden = true;
@@ -608,6 +641,8 @@ function renderDetail(a) {
   }
   $("d-sigma").textContent = deviation;
   $("d-peak").textContent = fmtMetric(a.peak_value, d.metric);
+
+  renderMembers(a);
 
   const serviceBtn = el("button", {
     type: "button", class: "linklike", text: a.service_name || "",

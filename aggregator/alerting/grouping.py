@@ -1,0 +1,155 @@
+"""Notification grouping, as in Prometheus Alertmanager: one alert per group of series.
+
+One provider incident moves every model of a service at once; an alert per (service, type, model)
+would page once per model. Series whose labels agree on ``group_by`` (default: ``service_name`` and
+``anomaly_type``) are one alert — one notification — whose ``members`` carry the per-model,
+per-region or per-user breakdown with each member's value. ``["..."]`` groups by every label (one
+alert per series, as without grouping); ``[]`` puts everything in one group.
+
+Pure logic here (the group key, the alert's aggregate fields from its members, the summary); the
+timers (``group_wait``, ``group_interval``, ``repeat_interval``) are the alert manager's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aggregator.alerting.model import SEVERITY_RANK, Alert, AlertDetails, AlertMember
+from sentinel.config import ConfigError
+
+__all__ = [
+    "ALL_LABELS",
+    "DEFAULT_GROUP_BY",
+    "GROUP_LABELS",
+    "group_key",
+    "lead",
+    "member_labels",
+    "refresh",
+    "summary",
+    "validate_group_by",
+]
+
+#: The labels a group may be keyed on (those of a member; the silences' labels).
+GROUP_LABELS: tuple[str, ...] = ("service_name", "anomaly_type", "model", "region", "user", "detection_method",
+                                 "severity")
+#: ``group_by: ["..."]``: every label, i.e. one alert per series (Alertmanager's spelling).
+ALL_LABELS = "..."
+DEFAULT_GROUP_BY: tuple[str, ...] = ("service_name", "anomaly_type")
+# Labels that tell members apart in a summary, most telling first.
+_BREAKDOWN = (("model", "models"), ("region", "regions"), ("user", "users"), ("service_name", "services"),
+              ("anomaly_type", "types"), ("metric", "metrics"))
+_SUMMARY_MEMBERS = 5
+# Context keys that name one series (aggregator/alerting/model.py _SCOPE_KEYS): kept on the group
+# only while every member shares them.
+_SCOPE_KEYS = ("user", "api_key_hash", "region", "scope", "scope_value")
+
+
+def validate_group_by(group_by: object) -> None:
+    if not isinstance(group_by, list | tuple) or not all(isinstance(x, str) for x in group_by):
+        raise ConfigError("alert_group_by: must be a list of label names")
+    if ALL_LABELS in group_by and len(group_by) > 1:
+        raise ConfigError(f"alert_group_by: {ALL_LABELS!r} must be the only entry")
+    for name in group_by:
+        if name != ALL_LABELS and name not in GROUP_LABELS:
+            raise ConfigError(f"alert_group_by: unknown label {name!r} (one of {', '.join(GROUP_LABELS)}, "
+                              f"or {ALL_LABELS!r} alone)")
+
+
+def group_key(group_by: Sequence[str], labels: Mapping[str, str], series_key: str) -> str:
+    """The group's fingerprint: the series' own under ``["..."]``, else a hash of the ``group_by`` values."""
+    if ALL_LABELS in group_by:
+        return series_key
+    parts = ["group", *(f"{k}={labels.get(k, '')}" for k in group_by)]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def _common(members: Sequence[AlertMember]) -> dict[str, str]:
+    first = members[0].labels
+    return {k: v for k, v in first.items() if all(m.labels.get(k) == v for m in members[1:])}
+
+
+def lead(alert: Alert) -> AlertMember:
+    """The member the alert's top-level ``details`` show: the most severe firing one, the first on ties."""
+    live = [m for m in alert.members if m.status == "firing"] or alert.members
+    return min(live, key=lambda m: (SEVERITY_RANK[m.severity], m.first_seen))
+
+
+def refresh(alert: Alert) -> None:
+    """Recompute the alert's aggregate fields from its members (after a member joined, folded or resolved)."""
+    members = alert.members
+    if not members:
+        return
+    top = lead(alert)
+    common = _common(members)
+    alert.severity = top.severity
+    alert.details = AlertDetails(**top.details.to_dict())
+    alert.peak_value = top.peak_value
+    alert.confidence = max(m.confidence for m in members)
+    alert.count = sum(m.count for m in members)
+    alert.first_seen = min(m.first_seen for m in members)
+    alert.last_seen = max(m.last_seen for m in members)
+    alert.service_name = common.get("service_name") or None
+    alert.model = common.get("model") or None
+    alert.anomaly_type = common.get("anomaly_type") or top.labels.get("anomaly_type") or alert.anomaly_type
+    methods = sorted({m.labels.get("detection_method", "") for m in members} - {""})
+    alert.detection_method = ",".join(methods) or alert.detection_method
+    group = alert.labels.get("group")
+    alert.labels = {k: v for k, v in common.items() if k != "metric" and k not in ("api_key_hash", "scope",
+                                                                                   "scope_value")}
+    alert.labels["severity"] = alert.severity
+    if group:
+        alert.labels["group"] = group
+    for key in _SCOPE_KEYS:
+        if key in alert.context and common.get(key) != str(alert.context[key]):
+            del alert.context[key]
+    alert.silenced_by = members[0].silenced_by if all(m.silenced_by for m in members) else None
+    alert.summary = summary(alert)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def _measured(d: AlertDetails) -> str:
+    text = f"{d.metric} {_fmt(d.value)} vs baseline {_fmt(d.baseline)}"
+    if d.deviation_sigma is not None and math.isfinite(d.deviation_sigma):
+        text += f" ({d.deviation_sigma:+.1f} sigma)"
+    return text
+
+
+def _name(m: AlertMember, varying: Sequence[str]) -> str:
+    return "/".join(m.labels.get(k, "") or "-" for k in varying) or m.key
+
+
+def summary(a: Alert) -> str:
+    """One line: what, where, how far off; for several members how many and which, and the worst."""
+    where = " / ".join(p for p in (a.service_name, a.model) if p) or "all services"
+    head = f"{a.anomaly_type.replace('_', ' ')} on {where}"
+    if len(a.members) <= 1:
+        text = f"{head}: {_measured(a.details)}"
+    else:
+        common = _common(a.members)
+        varying = [k for k, _ in _BREAKDOWN if k not in common and any(k in m.labels for m in a.members)]
+        noun = next((n for k, n in _BREAKDOWN if k in varying), "series")
+        names = [_name(m, varying) for m in a.members[:_SUMMARY_MEMBERS]]
+        more = len(a.members) - len(names)
+        listed = ", ".join(names) + (f" and {more} more" if more > 0 else "")
+        text = f"{head}: {len(a.members)} {noun} ({listed}); worst {_name(lead(a), varying)}: {_measured(a.details)}"
+    if a.count > 1:
+        text += f", seen {a.count} times"
+    return text
+
+
+def member_labels(labels: Mapping[str, str], context: Mapping[str, Any], metric: str) -> dict[str, str]:
+    """A member's labels: the alert labels of its series plus its metric and the other scope keys."""
+    out = dict(labels)
+    out["metric"] = metric
+    for key in _SCOPE_KEYS:
+        if context.get(key) not in (None, ""):
+            out[key] = str(context[key])
+    return out

@@ -1,0 +1,226 @@
+"""Notification grouping (group_by, group_wait, group_interval, repeat_interval) on a real SQLite store
+with a fake clock: one alert and one notification per group, the breakdown in its members, pending
+notifications that survive a restart exactly once, the time scale."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aggregator.alerting.grouping import group_key
+from aggregator.alerting.hub import AlertFilter
+from aggregator.alerting.model import Alert, AlertDetails
+from aggregator.alerting.silences import Matcher, Silence
+from aggregator.alerting.store import AlertQuery, SQLiteAlertStore
+from aggregator.detectors.candidate import Candidate
+from sentinel.config import ConfigError
+from tests.test_alert_manager import T0, Clock, RecordingSink, _rows, all_alerts, cand, make
+
+S = 1_000_000_000
+MODELS = ("gpt-4o", "gpt-4o-mini", "claude")
+
+
+def drop(model: str, value: float = 3.0) -> Candidate:
+    return cand(anomaly_type="throughput_drop", model=model, metric="tokens_per_s", value=value, baseline=40.0,
+                threshold=20.0, sigma=-5.0)
+
+
+def payloads(store: SQLiteAlertStore, sink: str = "rec") -> list[dict[str, object]]:
+    return [json.loads(i.payload) for i in store.outbox_pending(sink, 100)]
+
+
+def test_one_incident_across_models_is_one_alert_and_one_notification(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    sink = RecordingSink()
+    m = make(store, clock, [sink])
+    m.emit([drop("gpt-4o", 2.0)])
+    clock.advance(3)
+    m.emit([drop("gpt-4o-mini", 5.0), drop("claude", 8.0)])
+    [a] = all_alerts(store)
+    assert [x.labels["model"] for x in a.members] == list(MODELS)
+    assert a.model is None and a.service_name == "chat" and "model" not in a.labels
+    assert a.count == 3 and a.details.value == 2.0  # the worst member (critical: a fifth of the baseline) leads
+    assert "3 models (gpt-4o, gpt-4o-mini, claude)" in a.summary and "worst gpt-4o" in a.summary
+    assert store.outbox_depth("rec") == 0  # group_wait is not over
+    clock.advance(7)
+    m.tick()
+    [p] = payloads(store)
+    members = p["members"]
+    assert isinstance(members, list) and len(members) == 3 and all(x["notified"] for x in members)
+    assert p["alert_id"] == a.alert_id and p["notifications"] == 1 and sink.wakes == 1
+    m.tick()  # nothing new: nothing sent
+    assert store.outbox_depth("rec") == 1
+    # A repeat detection of a member updates it in place: no new member, no new notification.
+    clock.advance(5)
+    m.emit([drop("claude", 1.0)])
+    m.tick()
+    [a] = all_alerts(store)
+    assert len(a.members) == 3 and a.members[2].count == 2 and a.members[2].peak_value == 1.0
+    assert store.outbox_depth("rec") == 1
+
+
+def test_a_member_joining_later_is_sent_after_group_interval(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    m.emit([drop("gpt-4o")])
+    clock.advance(10)
+    m.tick()
+    [first] = store.outbox_pending("rec", 10)
+    clock.advance(20)
+    m.emit([drop("claude")])  # joins the open alert: no new alert
+    m.tick()
+    assert len(all_alerts(store)) == 1 and store.outbox_depth("rec") == 1  # group_interval (60 s) not over
+    clock.advance(40)
+    m.tick()
+    rows = store.outbox_pending("rec", 10)
+    assert [r.alert_id for r in rows] == [first.alert_id, f"{first.alert_id}#2"]
+    second = json.loads(rows[1].payload)
+    assert second["notifications"] == 2 and [x["labels"]["model"] for x in second["members"]] == ["gpt-4o", "claude"]
+
+
+def test_a_firing_alert_is_sent_again_after_repeat_interval(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()], repeat_interval_s=3600, dedup_window_s=7200)
+    m.emit([drop("gpt-4o")])
+    clock.advance(10)
+    m.tick()
+    clock.advance(3599)
+    m.tick()
+    assert store.outbox_depth("rec") == 1
+    clock.advance(1)
+    m.tick()
+    assert store.outbox_depth("rec") == 2
+
+
+def test_a_restart_during_group_wait_sends_the_notification_once(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    m.emit([drop("gpt-4o"), drop("claude")])
+    del m  # the process dies during group_wait: the pending notification is in the store
+    clock.advance(60)
+    m2 = make(store, clock, [RecordingSink()])
+    m2.emit([drop("gpt-4o-mini")])  # joins the restored alert
+    m2.tick()
+    [p] = payloads(store)
+    assert len(p["members"]) == 3  # type: ignore[arg-type]
+    m3 = make(store, clock, [RecordingSink()])  # a restart after the notification: not sent again
+    clock.advance(30)
+    m3.tick()
+    assert store.outbox_depth("rec") == 1
+
+
+def test_silenced_members_are_left_out_and_an_all_silenced_alert_is_not_sent(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    s = m.add_silence(Silence([Matcher("model", "claude")], starts_at=T0, ends_at=T0 + 3600 * S))
+    m.emit([drop("claude")])
+    clock.advance(10)
+    m.tick()
+    [a] = all_alerts(store)
+    assert a.silenced_by == s.id and store.outbox_depth("rec") == 0
+    m.emit([drop("gpt-4o")])  # an unsilenced member: the alert is sent, with the silenced one marked
+    clock.advance(60)
+    m.tick()
+    [p] = payloads(store)
+    assert p["silenced_by"] is None
+    by_model = {x["labels"]["model"]: x for x in p["members"]}  # type: ignore[attr-defined]
+    assert by_model["claude"]["silenced_by"] == s.id and not by_model["claude"]["notified"]
+    assert by_model["gpt-4o"]["notified"]
+
+
+def test_members_resolve_one_by_one_and_the_alert_with_the_last(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, resolve_after_s=120)
+    m.emit([drop("gpt-4o"), drop("claude")])
+    clock.advance(100)
+    m.emit([drop("claude")])
+    clock.advance(30)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)
+    [a] = all_alerts(store)
+    assert a.status == "open" and [x.status for x in a.members] == ["resolved", "firing"]
+    assert a.details.metric == "tokens_per_s" and a.members[1].labels["model"] == "claude"
+    clock.advance(100)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)
+    [a] = all_alerts(store)
+    assert a.status == "resolved" and all(x.status == "resolved" for x in a.members)
+
+
+def test_group_by_choices(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, group_by=[])  # everything in one group
+    m.emit([drop("gpt-4o"), cand(service="billing"), cand(anomaly_type="error_burst", metric="error_rate")])
+    [a] = all_alerts(store)
+    assert len(a.members) == 3 and a.service_name is None and "3 services (chat/throughput_drop" in a.summary
+    by_region = make(SQLiteAlertStore(store.path + "-2"), clock, group_by=["service_name", "region"])
+    by_region.emit([cand(region="eu"), cand(model="claude", region="eu"), cand(region="us")])
+    assert sorted(len(x.members) for x in all_alerts(by_region.store)) == [1, 2]
+    with pytest.raises(ConfigError, match="alert_group_by: unknown label 'pod'"):
+        make(store, clock, group_by=["pod"])
+    with pytest.raises(ConfigError, match="alert_group_by"):
+        make(store, clock, group_by="service_name")
+    with pytest.raises(ConfigError, match="alert_group_wait_s"):
+        make(store, clock, group_wait_s=-1)
+    with pytest.raises(ConfigError, match="alert_group_wait_s: must be shorter than alert_dedup_window_s"):
+        make(store, clock, group_wait_s=600)
+    with pytest.raises(ConfigError, match="alert_time_scale"):
+        make(store, clock, time_scale=0)
+    # ["..."]: the series' own fingerprint, as without grouping.
+    assert group_key(["..."], {"service_name": "x"}, "fp") == "fp"
+
+
+def test_time_scale_divides_every_window(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()], time_scale=10)  # group_wait 1 s, dedup 30 s
+    m.emit([drop("gpt-4o")])
+    clock.advance(1)
+    m.tick()
+    assert store.outbox_depth("rec") == 1
+    clock.advance(31)
+    m.emit([drop("gpt-4o")])  # past the scaled de-duplication window: a new incident
+    alerts = all_alerts(store)
+    assert sorted(x.status for x in alerts) == ["open", "resolved"]
+
+
+def test_the_api_filters_find_a_member_model(store: SQLiteAlertStore) -> None:
+    m = make(store, Clock())
+    m.emit([drop("gpt-4o"), drop("claude")])
+    [a] = all_alerts(store)
+    assert store.query(AlertQuery(model="claude"))[1] == 1
+    assert store.query(AlertQuery(model="gemini"))[1] == 0
+    assert AlertFilter(model="claude").matches(a.to_dict()) and not AlertFilter(model="gemini").matches(a.to_dict())
+
+
+def test_an_alert_stored_before_grouping_is_restored_as_one_member(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    store.open()
+    old = Alert(alert_id="old-1", timestamp=T0, severity="medium", anomaly_type="latency_spike", service_name="chat",
+                model="gpt-4o", detection_method="z_score", confidence=0.9,
+                details=AlertDetails("latency_ms", 4000.0, 1500.0, 3000.0, 4.0), fingerprint="series-fp",
+                first_seen=T0, last_seen=T0, labels={"service_name": "chat", "model": "gpt-4o", "group": "old-1"})
+    store.insert(old, ())
+    m = make(store, clock, [RecordingSink()], resolve_after_s=60)
+    clock.advance(61)
+    m.tick()
+    assert store.outbox_depth("rec") == 0  # it was sent when raised
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)
+    restored = store.get("old-1")
+    assert restored is not None and restored.status == "resolved" and len(restored.members) == 1
+
+
+def test_a_full_group_counts_the_series_it_cannot_list(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, group_max_members=2, resolve_after_s=60)
+    m.emit([cand(user="u-1"), cand(user="u-2"), cand(user="u-3")])
+    [a] = all_alerts(store)
+    assert [x.labels["user"] for x in a.members] == ["u-1", "u-2"] and a.context["series_left_out"] == 1
+    assert "user" not in a.labels and "users (u-1, u-2)" in a.summary
+    clock.advance(30)
+    m.emit([cand(user="u-2")])
+    clock.advance(31)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)  # u-1 resolves: its place goes to the next new series
+    m.emit([cand(user="u-4")])
+    [a] = all_alerts(store)
+    assert [x.labels["user"] for x in a.members] == ["u-2", "u-4"]
+    with pytest.raises(ConfigError, match="alert_group_max_members"):
+        make(store, clock, group_max_members=0)
