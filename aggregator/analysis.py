@@ -42,8 +42,9 @@ class Analysis:
         self._saver: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self._stopped = False
-        #: Rows submitted and not yet consumed: ingest refuses new batches beyond its limit, so a
-        #: fleet faster than analysis is slowed at the door instead of growing this queue without bound.
+        #: Rows (and local anomalies, one each) submitted and not yet consumed: ingest refuses new
+        #: batches beyond its limit, so a fleet faster than analysis is slowed at the door instead of
+        #: growing this queue without bound.
         self.backlog_rows = 0
 
     async def start(self) -> None:
@@ -56,7 +57,7 @@ class Analysis:
         future = asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(self._consume, batch, arrival_ns))
         self._pending.add(future)
-        rows = batch.batch.n
+        rows = batch.batch.n + len(batch.anomalies)  # an anomaly costs analysis about what a row does
         self.backlog_rows += rows
 
         def done(f: asyncio.Future[None]) -> None:

@@ -30,6 +30,7 @@ from aggregator.confirm import (
     DEFAULT_UNCHECKED_MIN_SIGMA,
     ConfirmConfig,
 )
+from aggregator.event_time import DEFAULT_MAX_FUTURE_SKEW_S
 from sentinel.config import ConfigError, setting
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ DEFAULT_DATA_DIR = "./data"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_INGEST_QUEUE_MAX_BATCHES = 256
 DEFAULT_ANALYSIS_QUEUE_MAX_ROWS = 100_000
+#: Ten times what a sidecar sends per detection pass (sentinel/detectors: max_anomalies_per_batch 100).
+DEFAULT_MAX_ANOMALIES_PER_BATCH = 1_000
 DEFAULT_LATE_AFTER_S = 300.0
 DEFAULT_DEDUP_WINDOW = 100_000
 DEFAULT_JOURNAL_RETENTION_S = 24 * 3600.0
@@ -114,10 +117,18 @@ class AggregatorConfig:
     analysis_queue_max_rows: int = setting(DEFAULT_ANALYSIS_QUEUE_MAX_ROWS, "rows accepted but not yet analysed; "
                                            "beyond it ingest answers 503 with Retry-After (bounds memory and "
                                            "detection latency when sidecars send faster than analysis runs)")
+    max_anomalies_per_batch: int = setting(DEFAULT_MAX_ANOMALIES_PER_BATCH, "local anomalies of one batch that "
+                                           "are checked; the rest are not decoded, only counted (outcome "
+                                           "over_limit of local_anomalies_total); each counts as a row against "
+                                           "analysis_queue_max_rows")
     retry_after_s: int = setting(DEFAULT_RETRY_AFTER_S, "Retry-After (seconds) sent with 503")
     late_after_s: float = setting(DEFAULT_LATE_AFTER_S, "a row whose event time is older than arrival "
                                   "minus this is late (flagged; it must not page as if it were now)",
                                   kind="duration")
+    max_future_skew_s: float = setting(DEFAULT_MAX_FUTURE_SKEW_S, "a row or local anomaly stamped more than "
+                                       "this after its arrival is counted (rows_future_total) and analysed at "
+                                       "its arrival time, so a clock ahead cannot move the detectors' windows; "
+                                       "keep it below the detectors' lateness_s", kind="duration")
     dedup_window: int = setting(DEFAULT_DEDUP_WINDOW, "(sidecar, seq) pairs remembered per sidecar for "
                                 "de-duplication; older ones are pruned")
     journal_retention_s: float = setting(DEFAULT_JOURNAL_RETENTION_S, "how long accepted batches stay in "
@@ -274,12 +285,14 @@ class AggregatorConfig:
             raise ConfigError("webhooks: must be a list of maps")
         self.alert_manager_config().validate()
         for key in ("max_body_bytes", "ingest_queue_max_batches", "analysis_queue_max_rows", "retry_after_s",
-                    "dedup_window"):
+                    "dedup_window", "max_anomalies_per_batch"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         for key in ("late_after_s", "journal_retention_s", "journal_prune_interval_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
+        if self.max_future_skew_s < 0:
+            raise ConfigError("max_future_skew_s: must not be negative")
         if self.save_interval_s <= 0:
             raise ConfigError("save_interval_s: must be greater than 0")
         self.baseline_config().validate()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from aiohttp import web
 
 from aggregator.analysis import Analysis
 from aggregator.config import AggregatorConfig
+from aggregator.event_time import clamp_future
 from aggregator.journal import IngestJournal, JournalEntry
 from aggregator.metrics import AggregatorMetrics
 from sentinel import service, wire
@@ -55,6 +57,9 @@ class _Pending:
     entry: JournalEntry
     batch: wire.WireBatch
     done: asyncio.Future[bool]
+    future_rows: int = 0
+    #: Rows plus anomalies reserved against analysis_queue_max_rows until analysis owns them.
+    reserved: int = 0
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -83,6 +88,8 @@ class IngestService:
         self._clock = clock
         self._tokens = [t.encode() for t in config.tokens]
         self._late_after_ns = int(config.late_after_s * 1e9)
+        self._max_skew_ns = int(config.max_future_skew_s * 1e9)
+        self._future_warned_at = -math.inf
         self._retry_after = {"Retry-After": str(config.retry_after_s)}
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.ingest_queue_max_batches)
         # One thread: SQLite work is serialised and runs in the order it was submitted.
@@ -91,6 +98,7 @@ class IngestService:
         self._worker: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._held = 0
+        self._reserved = 0  # rows + anomalies of batches decoded and not yet handed to analysis
         self._opened = False
         self._stopped = False
 
@@ -181,9 +189,8 @@ class IngestService:
             return self._refuse("overloaded", 503, "aggregator is shutting down, retry later", self._retry_after)
         if self._queue.full():
             return self._refuse("overloaded", 503, "ingest queue is full, retry later", self._retry_after)
-        if self.analysis is not None and self.analysis.backlog_rows >= self.config.analysis_queue_max_rows:
-            return self._refuse("overloaded", 503, "analysis is behind (analysis_queue_max_rows), retry later",
-                                self._retry_after)
+        if self._analysis_behind():
+            return self._analysis_refusal()
         try:
             async with asyncio.timeout(service.BODY_TIMEOUT_S):
                 body = await request.read()
@@ -195,9 +202,10 @@ class IngestService:
         if len(body) > limit:
             return self._refuse("too_large", 413, too_large)
         try:
-            batch = wire.decode(body)
+            batch = wire.decode(body, max_anomalies=self.config.max_anomalies_per_batch)
         except wire.WireFormatError as e:
             return self._refuse("invalid", 400, str(e))
+        future = clamp_future(batch, arrival_ns=arrival, max_skew_ns=self._max_skew_ns)
         entry = JournalEntry(
             sidecar=batch.sidecar,
             seq=batch.seq,
@@ -208,10 +216,16 @@ class IngestService:
                                 late_after_ns=self._late_after_ns),
             body=body,
         )
-        pending = _Pending(entry, batch, asyncio.get_running_loop().create_future())
+        # Checked again now that the batch's size is known, and reserved in the same step (no await
+        # in between): concurrent requests that all passed the first check cannot together overshoot.
+        if self._analysis_behind():
+            return self._analysis_refusal()
+        pending = _Pending(entry, batch, asyncio.get_running_loop().create_future(), future)
+        self._reserve(pending, batch.batch.n + len(batch.anomalies))
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
+            self._release(pending)
             return self._refuse("overloaded", 503, "ingest queue is full, retry later", self._retry_after)
         self._update_gauge()
         try:
@@ -220,7 +234,31 @@ class IngestService:
             return self._refuse("error", 503, f"journal commit failed: {e}", self._retry_after)
         if not stored:
             return web.json_response({"status": "duplicate"})
-        return web.json_response({"status": "accepted", "rows": entry.rows, "late_rows": entry.late_rows})
+        return web.json_response({"status": "accepted", "rows": entry.rows, "late_rows": entry.late_rows,
+                                  "future_rows": pending.future_rows})
+
+    def _analysis_behind(self) -> bool:
+        """Whether analysis is ``analysis_queue_max_rows`` behind, counting batches reserved for it.
+
+        A batch taken below the bound may end above it, by at most one batch: a bound of rows must
+        not refuse for ever a batch larger than itself.
+        """
+        if self.analysis is None:
+            return False
+        return self.analysis.backlog_rows + self._reserved >= self.config.analysis_queue_max_rows
+
+    def _analysis_refusal(self) -> web.Response:
+        return self._refuse("overloaded", 503, "analysis is behind (analysis_queue_max_rows), retry later",
+                            self._retry_after)
+
+    def _reserve(self, p: _Pending, cost: int) -> None:
+        if self.analysis is not None:
+            p.reserved = cost
+            self._reserved += cost
+
+    def _release(self, p: _Pending) -> None:
+        self._reserved -= p.reserved
+        p.reserved = 0
 
     # -- the worker ------------------------------------------------------------------------------
 
@@ -250,6 +288,7 @@ class IngestService:
         except Exception as e:  # any storage failure is retryable for the sidecar: 503, never lost silently
             log.error("journal commit of %d batches failed: %s", len(group), e)
             for p in group:
+                self._release(p)
                 if not p.done.done():
                     p.done.set_exception(e)
             return
@@ -257,12 +296,18 @@ class IngestService:
         m = self.metrics
         for p, ok in zip(group, stored, strict=True):
             entry = p.entry
+            if ok and self.analysis is not None:
+                self.analysis.submit(p.batch, entry.received_at)  # the backlog takes over the reservation
+            self._release(p)
             if ok:
-                if self.analysis is not None:
-                    self.analysis.submit(p.batch, entry.received_at)
                 m.batches_received.labels("accepted").inc()
                 m.rows_ingested.inc(entry.rows)
                 m.rows_late.inc(entry.late_rows)
+                if p.batch.anomalies_dropped:
+                    m.local_anomalies.labels("over_limit").inc(p.batch.anomalies_dropped)
+                if p.future_rows:
+                    m.rows_future.inc(p.future_rows)
+                    self._warn_future(entry.sidecar, p.future_rows)
                 sealed = entry.created_unix_nano
                 if sealed and sealed < entry.received_at - self._late_after_ns:
                     m.batches_replayed.inc()
@@ -271,6 +316,14 @@ class IngestService:
                 m.duplicate_batches.inc()
             if not p.done.done():
                 p.done.set_result(ok)
+
+    def _warn_future(self, sidecar: str, rows: int) -> None:
+        # A sidecar whose clock is ahead sends such rows in every batch: one line a minute is enough.
+        now = time.monotonic()
+        if now - self._future_warned_at >= 60.0:
+            self._future_warned_at = now
+            log.warning("sidecar %s: %d rows stamped more than max_future_skew_s after arrival (is its clock "
+                        "ahead?); analysed at arrival time (sentinel_aggregator_rows_future_total)", sidecar, rows)
 
     # -- retention -------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ INGEST_OUTCOMES = (
 )
 
 #: Values of the ``outcome`` label of ``sentinel_aggregator_local_anomalies_total``.
-CONFIRM_OUTCOMES = ("confirmed", "dismissed", "late")
+CONFIRM_OUTCOMES = ("confirmed", "dismissed", "late", "over_limit")
 
 #: Event time to candidate: a bucket-closing detector waits for its window to close, plus the
 #: sidecar's batching and forwarding; beyond an hour is replay or catch-up.
@@ -55,6 +55,9 @@ class AggregatorMetrics:
         self.rows_late = Counter(
             "sentinel_aggregator_rows_late", "Accepted rows whose event time was older than arrival minus "
             "late_after_s", registry=r)
+        self.rows_future = Counter(
+            "sentinel_aggregator_rows_future", "Accepted rows stamped more than max_future_skew_s after their "
+            "arrival (a sidecar clock ahead); analysed at their arrival time", registry=r)
         self.batches_replayed = Counter(
             "sentinel_aggregator_batches_replayed", "Accepted batches sealed more than late_after_s before "
             "they arrived (spool replay, outage catch-up)", registry=r)
@@ -71,7 +74,8 @@ class AggregatorMetrics:
             registry=r)
         self.local_anomalies = Counter(
             "sentinel_aggregator_local_anomalies", "Anomalies forwarded by sidecars, by outcome of the check "
-            "against the global baselines", ["outcome"], registry=r)
+            "against the global baselines (over_limit: beyond max_anomalies_per_batch, not checked)", ["outcome"],
+            registry=r)
         for outcome in CONFIRM_OUTCOMES:
             self.local_anomalies.labels(outcome)
         self.detection_latency = Histogram(

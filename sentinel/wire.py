@@ -69,6 +69,8 @@ class WireBatch:
     anomalies: list[LocalAnomaly] = field(default_factory=list)
     created_unix_nano: int = 0
     version: int = WIRE_VERSION
+    #: Anomalies the body carried beyond ``decode``'s ``max_anomalies`` (not decoded, to be counted).
+    anomalies_dropped: int = 0
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
@@ -162,8 +164,12 @@ def _decode_strings(name: str, spec: Any, n: int) -> list[str | None]:
     return [table[c] for c in codes.tolist()]
 
 
-def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
-    """Decode and validate a wire body; raises :class:`WireFormatError` naming the problem."""
+def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None = None) -> WireBatch:
+    """Decode and validate a wire body; raises :class:`WireFormatError` naming the problem.
+
+    Only the first ``max_anomalies`` local anomalies are decoded (``None``: all); how many more the
+    body carried is :attr:`WireBatch.anomalies_dropped`.
+    """
     try:
         m = msgpack.unpackb(body, raw=False, strict_map_key=False, max_bin_len=len(body))
     except Exception as e:  # msgpack raises several unrelated types for bad input
@@ -202,6 +208,10 @@ def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
     raw_anomalies = m.get("anomalies", [])
     if not isinstance(raw_anomalies, list):
         raise WireFormatError("field 'anomalies' is not a list")
+    dropped = 0
+    if max_anomalies is not None and len(raw_anomalies) > max_anomalies:
+        dropped = len(raw_anomalies) - max_anomalies
+        raw_anomalies = raw_anomalies[:max_anomalies]
     anomalies: list[LocalAnomaly] = []
     for i, a in enumerate(raw_anomalies):
         if not isinstance(a, dict):
@@ -222,4 +232,5 @@ def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
         anomalies=anomalies,
         created_unix_nano=created,
         version=v,
+        anomalies_dropped=dropped,
     )
