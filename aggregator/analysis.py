@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from sentinel.tasks import TaskSupervisor
 from sentinel.wire import WireBatch
 
 __all__ = ["Analysis", "BatchConsumer"]
@@ -35,8 +36,10 @@ class BatchConsumer(Protocol):
 class Analysis:
     """Runs consumers on accepted batches, in order, off the event loop; ``start``/``shutdown``."""
 
-    def __init__(self, consumers: Sequence[BatchConsumer], *, save_interval_s: float = 60.0) -> None:
+    def __init__(self, consumers: Sequence[BatchConsumer], *, save_interval_s: float = 60.0,
+                 tasks: TaskSupervisor | None = None) -> None:
         self._consumers = list(consumers)
+        self._tasks = tasks if tasks is not None else TaskSupervisor(None, "sentinel_aggregator")
         self._save_interval_s = save_interval_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-analysis")
         self._saver: asyncio.Task[None] | None = None
@@ -48,7 +51,7 @@ class Analysis:
         self.backlog_rows = 0
 
     async def start(self) -> None:
-        self._saver = asyncio.create_task(self._save_periodically(), name="aggregator-save")
+        self._saver = self._tasks.spawn("analysis-save", self._save_periodically)
 
     def submit(self, batch: WireBatch, arrival_ns: int) -> None:
         """Queue ``batch`` for every consumer; returns at once (work runs on the analysis thread)."""

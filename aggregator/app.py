@@ -50,6 +50,7 @@ from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
 from sentinel.service import add_ops_routes, run_until_signalled
+from sentinel.tasks import TaskSupervisor
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 
@@ -65,6 +66,7 @@ class Aggregator:
         config.validate()
         self.config = config
         self.metrics = AggregatorMetrics(registry)
+        self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_aggregator")
         self.baselines = BaselineService(config.baseline_config(), config.data_dir)
         self.candidates = CandidateLog(registry=self.metrics.registry)
         self.hub = AlertHub()
@@ -95,8 +97,8 @@ class Aggregator:
             self.metrics.watch_forest(self.forest)
         # Last: a batch's own detections are folded in before its rows can resolve an alert.
         consumers += [self.series, self.alerts]
-        self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s)
-        self.ingest = IngestService(config, self.metrics, analysis=self.analysis)
+        self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s, tasks=self.tasks)
+        self.ingest = IngestService(config, self.metrics, analysis=self.analysis, tasks=self.tasks)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
             lambda: self.analysis.backlog_rows)
@@ -135,7 +137,7 @@ class Aggregator:
             return "shutting down"
         if not self._ready:
             return "starting"
-        return ""
+        return self.tasks.problem()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         c = self.config
@@ -222,7 +224,7 @@ class Aggregator:
             await self.grpc.start()
         for sink in self.sinks:
             await sink.start()  # a broker that is down is retried in the background; alerts wait in the outbox
-        self._ticker = asyncio.create_task(self._tick(), name="alert-tick")
+        self._ticker = self.tasks.spawn("alert-tick", self._tick)
         if c.otlp_grpc_listen or c.otlp_http_listen:
             # Standalone topology: an embedded sidecar (its receivers, extraction and local detection)
             # forwarding over loopback to this aggregator's own ingest, so de-duplication, the

@@ -34,6 +34,7 @@ from aggregator.event_time import clamp_future
 from aggregator.journal import IngestJournal, JournalEntry
 from aggregator.metrics import AggregatorMetrics
 from sentinel import service, wire
+from sentinel.tasks import TaskSupervisor
 
 __all__ = ["IngestService", "late_rows"]
 
@@ -80,8 +81,10 @@ class IngestService:
         *,
         clock: Callable[[], int] = time.time_ns,
         analysis: Analysis | None = None,
+        tasks: TaskSupervisor | None = None,
     ) -> None:
         self.config = config
+        self._tasks = tasks if tasks is not None else TaskSupervisor(None, "sentinel_aggregator")
         self.analysis = analysis
         self.metrics = metrics
         self.journal = IngestJournal(config.data_dir, dedup_window=config.dedup_window)
@@ -107,8 +110,8 @@ class IngestService:
     async def start(self) -> None:
         await self._in_thread(self.journal.open)
         self._opened = True
-        self._worker = asyncio.create_task(self._work(), name="aggregator-ingest-worker")
-        self._pruner = asyncio.create_task(self._prune_periodically(), name="aggregator-journal-prune")
+        self._worker = self._tasks.spawn("ingest-worker", self._work)
+        self._pruner = self._tasks.spawn("journal-prune", self._prune_periodically)
         log.info("ingest journal %s", self.journal.path)
 
     async def shutdown(self) -> None:
@@ -278,8 +281,11 @@ class IngestService:
             finally:
                 self._held = 0
                 self._update_gauge()
-                for _ in group:
+                for p in group:
                     self._queue.task_done()
+                    if not p.done.done():  # the commit raised: its handler answers 503 instead of waiting for ever
+                        self._release(p)
+                        p.done.set_exception(RuntimeError("ingest worker failed before the commit ended"))
 
     async def _commit(self, group: list[_Pending]) -> None:
         started = time.perf_counter()

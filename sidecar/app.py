@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
 from sentinel.service import run_until_signalled
+from sentinel.tasks import TaskSupervisor
 from sidecar.config import SidecarConfig
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.forward_queue import ForwardQueue
@@ -46,6 +47,7 @@ class Sidecar:
         config.validate()
         self.config = config
         self.metrics = SidecarMetrics(registry)
+        self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_sidecar")
         self.sidecar_id = config.effective_sidecar_id()
         self._forward_transport = forward_transport
         self.spool: Spool | None = None
@@ -64,7 +66,7 @@ class Sidecar:
             return "shutting down"
         if not self._ready:
             return "starting"
-        return ""
+        return self.tasks.problem()
 
     async def start(self) -> None:
         c = self.config
@@ -103,7 +105,7 @@ class Sidecar:
                     client_cert_file=c.client_cert_file, client_key_file=c.client_key_file,
                     timeout_s=c.forward_timeout_s, max_backoff_s=c.retry_max_backoff_s,
                 ),
-                self.queue, self.metrics, transport=self._forward_transport,
+                self.queue, self.metrics, transport=self._forward_transport, tasks=self.tasks,
             )
             await self.forwarder.start()
         else:
