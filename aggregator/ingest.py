@@ -31,7 +31,7 @@ from aiohttp import web
 from aggregator.analysis import Analysis
 from aggregator.config import AggregatorConfig
 from aggregator.event_time import clamp_future
-from aggregator.journal import IngestJournal, JournalEntry
+from aggregator.journal import IngestJournal, JournalEntry, is_full
 from aggregator.metrics import AggregatorMetrics
 from sentinel import service, wire
 from sentinel.tasks import TaskSupervisor
@@ -292,6 +292,10 @@ class IngestService:
         try:
             stored: list[bool] = await self._in_thread(self.journal.append_many, [p.entry for p in group])
         except Exception as e:  # any storage failure is retryable for the sidecar: 503, never lost silently
+            if is_full(e):
+                self.metrics.journal_full.inc()
+                e = sqlite3.OperationalError(f"{e}: the volume of data_dir ({self.config.data_dir}) is full; free "
+                                             "space or lower journal_retention_s (commits resume by themselves)")
             log.error("journal commit of %d batches failed: %s", len(group), e)
             for p in group:
                 self._release(p)

@@ -69,6 +69,9 @@ class AggregatorMetrics:
         self.commit_seconds = Histogram(
             "sentinel_aggregator_ingest_commit_seconds", "Time of one journal transaction (a group of batches)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
+        self.journal_full = Counter(
+            "sentinel_aggregator_journal_full", "Journal commits that failed because the database or disk was "
+            "full (answered 503; the WAL is then checkpointed and truncated)", registry=r)
         self.journal_pruned_batches = Counter(
             "sentinel_aggregator_journal_pruned_batches", "Batches deleted from the journal by retention",
             registry=r)
