@@ -36,6 +36,7 @@ from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
 from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.api.auth import Roles
+from aggregator.api.guard import allowed_host_names
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.baseline_service import BaselineService
 from aggregator.candidates import CandidateLog
@@ -193,7 +194,8 @@ class Aggregator:
         app.router.add_get("/api/v1/baselines", self.baselines.handle)
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
         self.api = add_api_routes(app, actions=self.alerts, series=self.series, baselines=self.baselines,
-                                  roles=self.roles)
+                                  roles=self.roles,
+                                  allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts))
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness)
         try:

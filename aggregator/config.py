@@ -175,6 +175,10 @@ class AggregatorConfig:
                                           "listen addresses (default: bind to 127.0.0.1 and say so); only "
                                           "behind something that authenticates, e.g. an Istio "
                                           "AuthorizationPolicy")
+    allowed_hosts: list[str] = setting(None, "names the API, the stream and the page may be reached by (Host "
+                                       "header), besides IP literals, localhost and the hosts of listen and "
+                                       "public_url; '*': any. Refuses DNS rebinding (comma-separated in env)",
+                                       factory=list)
     tls_cert_file: str = setting("", "PEM certificate chain: serve HTTPS and gRPC over TLS (with tls_key_file); "
                                  "empty: plaintext (e.g. behind Istio mTLS)")
     tls_key_file: str = setting("", "PEM private key of tls_cert_file")
