@@ -46,6 +46,7 @@ from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
+from aggregator.ingest_auth import parse_sidecar_tokens
 from aggregator.metrics import AggregatorMetrics
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
@@ -79,7 +80,9 @@ class Aggregator:
                                                       queue=config.amqp_queue, min_severity=config.amqp_min_severity),
                                        self.alert_store, metrics=sink_metrics))
         self.sinks += [WebhookSink(w, self.alert_store, metrics=sink_metrics) for w in parse_webhooks(config.webhooks)]
-        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, config.tokens)
+        bound = parse_sidecar_tokens(config.sidecar_tokens)
+        ingest_tokens = [*config.tokens, *(t for tokens in bound.values() for t in tokens)]
+        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, ingest_tokens)
         self.series = SeriesService(config.data_dir)
         self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)

@@ -31,6 +31,7 @@ from aggregator.confirm import (
     ConfirmConfig,
 )
 from aggregator.event_time import DEFAULT_MAX_FUTURE_SKEW_S
+from aggregator.ingest_auth import parse_sidecar_tokens
 from sentinel.config import ConfigError, setting
 
 if TYPE_CHECKING:
@@ -110,6 +111,10 @@ class AggregatorConfig:
     tokens: list[str] = setting(None, "bearer tokens accepted on /v1/ingest (comma-separated in "
                                 "SENTINEL_TOKENS); empty: no authentication (a warning is logged)",
                                 flag=False, factory=list)
+    sidecar_tokens: dict[str, Any] = setting(None, "ingest tokens bound to sidecar ids: a map of sidecar-id "
+                                             "pattern (glob, e.g. payments/*) to its tokens; a batch sent as "
+                                             "another sidecar id is refused (403). tokens cover every id",
+                                             flag=False, factory=dict)
     max_body_bytes: int = setting(DEFAULT_MAX_BODY_BYTES, "largest ingest body accepted (413 beyond)",
                                   kind="size")
     ingest_queue_max_batches: int = setting(DEFAULT_INGEST_QUEUE_MAX_BATCHES, "decoded batches waiting "
@@ -250,7 +255,8 @@ class AggregatorConfig:
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.tokens or self.viewer_tokens or self.operator_tokens or self.admin_tokens)
+        return bool(self.tokens or self.sidecar_tokens or self.viewer_tokens or self.operator_tokens
+                    or self.admin_tokens)
 
     def baseline_config(self) -> BaselineConfig:
         return BaselineConfig(metrics=tuple(self.baseline_metrics), seasonality=self.baseline_seasonality,
@@ -268,6 +274,7 @@ class AggregatorConfig:
             tokens = getattr(self, key)
             if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
                 raise ConfigError(f"{key}: must be a list of non-empty strings")
+        parse_sidecar_tokens(self.sidecar_tokens)
         if self.grpc_listen:
             _hostport("grpc_listen", self.grpc_listen)
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

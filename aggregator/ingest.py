@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import sqlite3
@@ -31,6 +30,7 @@ from aiohttp import web
 from aggregator.analysis import Analysis
 from aggregator.config import AggregatorConfig
 from aggregator.event_time import clamp_future
+from aggregator.ingest_auth import ANY_SIDECAR, IngestTokens, parse_sidecar_tokens
 from aggregator.journal import IngestJournal, JournalEntry, is_full
 from aggregator.metrics import AggregatorMetrics
 from sentinel import service, wire
@@ -89,7 +89,7 @@ class IngestService:
         self.metrics = metrics
         self.journal = IngestJournal(config.data_dir, dedup_window=config.dedup_window)
         self._clock = clock
-        self._tokens = [t.encode() for t in config.tokens]
+        self._tokens = IngestTokens(config.tokens, parse_sidecar_tokens(config.sidecar_tokens))
         self._late_after_ns = int(config.late_after_s * 1e9)
         self._max_skew_ns = int(config.max_future_skew_s * 1e9)
         self._future_warned_at = -math.inf
@@ -160,24 +160,19 @@ class IngestService:
 
     # -- the handler -----------------------------------------------------------------------------
 
-    def _authorized(self, header: str) -> bool:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        given = token.strip().encode()
-        # Compare with every token, so the time taken does not tell which one nearly matched.
-        matches = [hmac.compare_digest(given, t) for t in self._tokens]
-        return any(matches)
-
     def _refuse(self, outcome: str, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
         self.metrics.batches_received.labels(outcome).inc()
         return _error(status, message, headers)
 
     async def handle(self, request: web.Request) -> web.Response:
         arrival = self._clock()
-        if self._tokens and not self._authorized(request.headers.get("Authorization", "")):
-            return self._refuse("unauthorized", 401, "missing or wrong bearer token",
-                                {"WWW-Authenticate": 'Bearer realm="sentinel"'})
+        scope = ANY_SIDECAR
+        if self._tokens.enabled:
+            found = self._tokens.scope(request.headers.get("Authorization", ""))
+            if found is None:
+                return self._refuse("unauthorized", 401, "missing or wrong bearer token",
+                                    {"WWW-Authenticate": 'Bearer realm="sentinel"'})
+            scope = found
         if request.content_type != wire.CONTENT_TYPE:
             return self._refuse("unsupported", 415, f"Content-Type must be {wire.CONTENT_TYPE}, "
                                 f"got {request.content_type!r}")
@@ -208,6 +203,9 @@ class IngestService:
             batch = wire.decode(body, max_anomalies=self.config.max_anomalies_per_batch)
         except wire.WireFormatError as e:
             return self._refuse("invalid", 400, str(e))
+        if not IngestTokens.covers(scope, batch.sidecar):
+            return self._refuse("forbidden", 403, f"this token may not send batches as sidecar {batch.sidecar!r} "
+                                f"(sidecar_tokens binds it to {', '.join(scope)})")
         future = clamp_future(batch, arrival_ns=arrival, max_skew_ns=self._max_skew_ns)
         entry = JournalEntry(
             sidecar=batch.sidecar,

@@ -24,6 +24,7 @@ INGEST_OUTCOMES = (
     "accepted",        # stored in the journal (200)
     "duplicate",       # (sidecar, seq) already stored (200, not counted again)
     "unauthorized",    # missing or wrong bearer token (401)
+    "forbidden",       # the token is bound to other sidecar ids (403, sidecar_tokens)
     "unsupported",     # Content-Type is not application/x-msgpack (415)
     "too_large",       # body over max_body_bytes (413)
     "timeout",         # body not received within sentinel.service.BODY_TIMEOUT_S (408)
