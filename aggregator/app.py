@@ -225,7 +225,7 @@ class Aggregator:
         if c.grpc_listen:
             self.grpc = AlertGrpcServer(self._bind(c.grpc_listen), self.hub, self.alert_store,
                                         tokens=self.roles.role_of if self.roles.enabled else None,
-                                        credentials=credentials)
+                                        credentials=credentials, registry=self.metrics.registry)
             await self.grpc.start()
         for sink in self.sinks:
             await sink.start()  # a broker that is down is retried in the background; alerts wait in the outbox
