@@ -21,6 +21,7 @@ from sidecar.config import SidecarConfig
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.forward_queue import ForwardQueue
 from sidecar.forwarder import Forwarder, ForwarderConfig
+from sidecar.inflight import InFlightBudget
 from sidecar.metrics import SidecarMetrics
 from sidecar.ops_server import OpsServer
 from sidecar.otlp_grpc import OtlpGrpcReceiver
@@ -127,16 +128,18 @@ class Sidecar:
         if c.metrics_listen:
             self.ops = OpsServer(listen=c.metrics_listen, registry=self.metrics.registry, ready=self._readiness)
             await self.ops.start()
+        budget = InFlightBudget(c.receive_max_bytes_in_flight)  # shared: the bound is over both receivers
+        self.metrics.receive_bytes_in_flight.set_function(lambda: budget.used)
         if c.grpc_listen:
             self.grpc = OtlpGrpcReceiver(
                 listen=c.grpc_listen, max_recv_bytes=c.grpc_max_recv_bytes, consumer=self.pipeline,
-                metrics=self.metrics, passthrough=self.passthrough,
+                metrics=self.metrics, passthrough=self.passthrough, budget=budget,
             )
             await self.grpc.start()
         if c.http_listen:
             self.http = OtlpHttpReceiver(
                 listen=c.http_listen, max_body_bytes=c.http_max_body_bytes, consumer=self.pipeline,
-                metrics=self.metrics, passthrough=self.passthrough,
+                metrics=self.metrics, passthrough=self.passthrough, budget=budget,
             )
             await self.http.start()
         self._ready = True
