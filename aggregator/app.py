@@ -106,6 +106,9 @@ class Aggregator:
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
             lambda: self.analysis.backlog_rows)
+        Gauge("sentinel_aggregator_clock_offset_seconds", "Median over recently heard sidecars of arrival minus "
+              "seal time: forwarding delay plus how far this aggregator's clock is ahead (NaN: no batch yet)",
+              registry=self.metrics.registry).set_function(self.ingest.clock_check.offset_s)
         self._runner: web.AppRunner | None = None
         self.otlp: Sidecar | None = None
         self.port = 0
@@ -200,7 +203,7 @@ class Aggregator:
                                   roles=self.roles,
                                   allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts))
         add_web_routes(app)
-        add_ops_routes(app, self.metrics.registry, self._readiness)
+        add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)
         try:
             ssl_context = self._ssl_context()
             credentials = self._grpc_credentials()

@@ -22,6 +22,7 @@ from aggregator.alerting.manager import (
 )
 from aggregator.alerting.model import SEVERITIES
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
+from aggregator.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.confirm import (
     DEFAULT_MARGIN,
     DEFAULT_MIN_CONFIDENCE,
@@ -134,6 +135,10 @@ class AggregatorConfig:
                                        "this after its arrival is counted (rows_future_total) and analysed at "
                                        "its arrival time, so a clock ahead cannot move the detectors' windows; "
                                        "keep it below the detectors' lateness_s", kind="duration")
+    clock_offset_warn_s: float = setting(DEFAULT_CLOCK_OFFSET_WARN_S, "when the median over sidecars of arrival "
+                                         "minus seal time is beyond this, the aggregator's clock looks wrong: "
+                                         "said in /readyz (still 200) and the log (clock_offset_seconds)",
+                                         kind="duration")
     dedup_window: int = setting(DEFAULT_DEDUP_WINDOW, "(sidecar, seq) pairs remembered per sidecar for "
                                 "de-duplication; older ones are pruned")
     journal_retention_s: float = setting(DEFAULT_JOURNAL_RETENTION_S, "how long accepted batches stay in "
@@ -302,6 +307,8 @@ class AggregatorConfig:
         for key in ("late_after_s", "journal_retention_s", "journal_prune_interval_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
+        if self.clock_offset_warn_s <= 0:
+            raise ConfigError("clock_offset_warn_s: must be greater than 0")
         if self.max_future_skew_s < 0:
             raise ConfigError("max_future_skew_s: must not be negative")
         if self.save_interval_s <= 0:

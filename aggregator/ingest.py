@@ -28,6 +28,7 @@ import numpy.typing as npt
 from aiohttp import web
 
 from aggregator.analysis import Analysis
+from aggregator.clock_check import ClockCheck
 from aggregator.config import AggregatorConfig
 from aggregator.event_time import clamp_future
 from aggregator.ingest_auth import ANY_SIDECAR, IngestTokens, parse_sidecar_tokens
@@ -93,6 +94,8 @@ class IngestService:
         self._late_after_ns = int(config.late_after_s * 1e9)
         self._max_skew_ns = int(config.max_future_skew_s * 1e9)
         self._future_warned_at = -math.inf
+        #: The fleet's view of this aggregator's clock (arrival minus seal time, median over sidecars).
+        self.clock_check = ClockCheck(config.clock_offset_warn_s)
         self._retry_after = {"Retry-After": str(config.retry_after_s)}
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.ingest_queue_max_batches)
         # One thread: SQLite work is serialised and runs in the order it was submitted.
@@ -311,6 +314,7 @@ class IngestService:
                 m.batches_received.labels("accepted").inc()
                 m.rows_ingested.inc(entry.rows)
                 m.rows_late.inc(entry.late_rows)
+                self.clock_check.observe(entry.sidecar, entry.created_unix_nano, entry.received_at)
                 if p.batch.anomalies_dropped:
                     m.local_anomalies.labels("over_limit").inc(p.batch.anomalies_dropped)
                 if p.future_rows:
