@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from sentinel.tasks import TaskSupervisor
 from sentinel.wire import WireBatch
 
 __all__ = ["Analysis", "BatchConsumer"]
@@ -35,19 +36,22 @@ class BatchConsumer(Protocol):
 class Analysis:
     """Runs consumers on accepted batches, in order, off the event loop; ``start``/``shutdown``."""
 
-    def __init__(self, consumers: Sequence[BatchConsumer], *, save_interval_s: float = 60.0) -> None:
+    def __init__(self, consumers: Sequence[BatchConsumer], *, save_interval_s: float = 60.0,
+                 tasks: TaskSupervisor | None = None) -> None:
         self._consumers = list(consumers)
+        self._tasks = tasks if tasks is not None else TaskSupervisor(None, "sentinel_aggregator")
         self._save_interval_s = save_interval_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-analysis")
         self._saver: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[None]] = set()
         self._stopped = False
-        #: Rows submitted and not yet consumed: ingest refuses new batches beyond its limit, so a
-        #: fleet faster than analysis is slowed at the door instead of growing this queue without bound.
+        #: Rows (and local anomalies, one each) submitted and not yet consumed: ingest refuses new
+        #: batches beyond its limit, so a fleet faster than analysis is slowed at the door instead of
+        #: growing this queue without bound.
         self.backlog_rows = 0
 
     async def start(self) -> None:
-        self._saver = asyncio.create_task(self._save_periodically(), name="aggregator-save")
+        self._saver = self._tasks.spawn("analysis-save", self._save_periodically)
 
     def submit(self, batch: WireBatch, arrival_ns: int) -> None:
         """Queue ``batch`` for every consumer; returns at once (work runs on the analysis thread)."""
@@ -56,7 +60,7 @@ class Analysis:
         future = asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(self._consume, batch, arrival_ns))
         self._pending.add(future)
-        rows = batch.batch.n
+        rows = batch.batch.n + len(batch.anomalies)  # an anomaly costs analysis about what a row does
         self.backlog_rows += rows
 
         def done(f: asyncio.Future[None]) -> None:

@@ -36,6 +36,7 @@ from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
 from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.api.auth import Roles
+from aggregator.api.guard import allowed_host_names
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.baseline_service import BaselineService
 from aggregator.candidates import CandidateLog
@@ -45,11 +46,13 @@ from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
+from aggregator.ingest_auth import parse_sidecar_tokens
 from aggregator.metrics import AggregatorMetrics
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
 from sentinel.service import add_ops_routes, run_until_signalled
+from sentinel.tasks import TaskSupervisor
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 
@@ -65,6 +68,7 @@ class Aggregator:
         config.validate()
         self.config = config
         self.metrics = AggregatorMetrics(registry)
+        self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_aggregator")
         self.baselines = BaselineService(config.baseline_config(), config.data_dir)
         self.candidates = CandidateLog(registry=self.metrics.registry)
         self.hub = AlertHub()
@@ -76,7 +80,9 @@ class Aggregator:
                                                       queue=config.amqp_queue, min_severity=config.amqp_min_severity),
                                        self.alert_store, metrics=sink_metrics))
         self.sinks += [WebhookSink(w, self.alert_store, metrics=sink_metrics) for w in parse_webhooks(config.webhooks)]
-        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, config.tokens)
+        bound = parse_sidecar_tokens(config.sidecar_tokens)
+        ingest_tokens = [*config.tokens, *(t for tokens in bound.values() for t in tokens)]
+        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, ingest_tokens)
         self.series = SeriesService(config.data_dir)
         self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)
@@ -95,11 +101,14 @@ class Aggregator:
             self.metrics.watch_forest(self.forest)
         # Last: a batch's own detections are folded in before its rows can resolve an alert.
         consumers += [self.series, self.alerts]
-        self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s)
-        self.ingest = IngestService(config, self.metrics, analysis=self.analysis)
+        self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s, tasks=self.tasks)
+        self.ingest = IngestService(config, self.metrics, analysis=self.analysis, tasks=self.tasks)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
             lambda: self.analysis.backlog_rows)
+        Gauge("sentinel_aggregator_clock_offset_seconds", "Median over recently heard sidecars of arrival minus "
+              "seal time: forwarding delay plus how far this aggregator's clock is ahead (NaN: no batch yet)",
+              registry=self.metrics.registry).set_function(self.ingest.clock_check.offset_s)
         self._runner: web.AppRunner | None = None
         self.otlp: Sidecar | None = None
         self.port = 0
@@ -135,7 +144,7 @@ class Aggregator:
             return "shutting down"
         if not self._ready:
             return "starting"
-        return ""
+        return self.tasks.problem()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         c = self.config
@@ -191,9 +200,10 @@ class Aggregator:
         app.router.add_get("/api/v1/baselines", self.baselines.handle)
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
         self.api = add_api_routes(app, actions=self.alerts, series=self.series, baselines=self.baselines,
-                                  roles=self.roles)
+                                  roles=self.roles,
+                                  allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts))
         add_web_routes(app)
-        add_ops_routes(app, self.metrics.registry, self._readiness)
+        add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)
         try:
             ssl_context = self._ssl_context()
             credentials = self._grpc_credentials()
@@ -218,11 +228,11 @@ class Aggregator:
         if c.grpc_listen:
             self.grpc = AlertGrpcServer(self._bind(c.grpc_listen), self.hub, self.alert_store,
                                         tokens=self.roles.role_of if self.roles.enabled else None,
-                                        credentials=credentials)
+                                        credentials=credentials, registry=self.metrics.registry)
             await self.grpc.start()
         for sink in self.sinks:
             await sink.start()  # a broker that is down is retried in the background; alerts wait in the outbox
-        self._ticker = asyncio.create_task(self._tick(), name="alert-tick")
+        self._ticker = self.tasks.spawn("alert-tick", self._tick)
         if c.otlp_grpc_listen or c.otlp_http_listen:
             # Standalone topology: an embedded sidecar (its receivers, extraction and local detection)
             # forwarding over loopback to this aggregator's own ingest, so de-duplication, the

@@ -28,6 +28,7 @@ from aggregator.alerting.manager import (
 )
 from aggregator.alerting.model import SEVERITIES
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
+from aggregator.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.confirm import (
     DEFAULT_MARGIN,
     DEFAULT_MIN_CONFIDENCE,
@@ -36,6 +37,8 @@ from aggregator.confirm import (
     DEFAULT_UNCHECKED_MIN_SIGMA,
     ConfirmConfig,
 )
+from aggregator.event_time import DEFAULT_MAX_FUTURE_SKEW_S
+from aggregator.ingest_auth import parse_sidecar_tokens
 from sentinel.config import ConfigError, setting
 
 if TYPE_CHECKING:
@@ -59,6 +62,8 @@ DEFAULT_DATA_DIR = "./data"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_INGEST_QUEUE_MAX_BATCHES = 256
 DEFAULT_ANALYSIS_QUEUE_MAX_ROWS = 100_000
+#: Ten times what a sidecar sends per detection pass (sentinel/detectors: max_anomalies_per_batch 100).
+DEFAULT_MAX_ANOMALIES_PER_BATCH = 1_000
 DEFAULT_LATE_AFTER_S = 300.0
 DEFAULT_DEDUP_WINDOW = 100_000
 DEFAULT_JOURNAL_RETENTION_S = 24 * 3600.0
@@ -113,6 +118,10 @@ class AggregatorConfig:
     tokens: list[str] = setting(None, "bearer tokens accepted on /v1/ingest (comma-separated in "
                                 "SENTINEL_TOKENS); empty: no authentication (a warning is logged)",
                                 flag=False, factory=list)
+    sidecar_tokens: dict[str, Any] = setting(None, "ingest tokens bound to sidecar ids: a map of sidecar-id "
+                                             "pattern (glob, e.g. payments/*) to its tokens; a batch sent as "
+                                             "another sidecar id is refused (403). tokens cover every id",
+                                             flag=False, factory=dict)
     max_body_bytes: int = setting(DEFAULT_MAX_BODY_BYTES, "largest ingest body accepted (413 beyond)",
                                   kind="size")
     ingest_queue_max_batches: int = setting(DEFAULT_INGEST_QUEUE_MAX_BATCHES, "decoded batches waiting "
@@ -120,10 +129,22 @@ class AggregatorConfig:
     analysis_queue_max_rows: int = setting(DEFAULT_ANALYSIS_QUEUE_MAX_ROWS, "rows accepted but not yet analysed; "
                                            "beyond it ingest answers 503 with Retry-After (bounds memory and "
                                            "detection latency when sidecars send faster than analysis runs)")
+    max_anomalies_per_batch: int = setting(DEFAULT_MAX_ANOMALIES_PER_BATCH, "local anomalies of one batch that "
+                                           "are checked; the rest are not decoded, only counted (outcome "
+                                           "over_limit of local_anomalies_total); each counts as a row against "
+                                           "analysis_queue_max_rows")
     retry_after_s: int = setting(DEFAULT_RETRY_AFTER_S, "Retry-After (seconds) sent with 503")
     late_after_s: float = setting(DEFAULT_LATE_AFTER_S, "a row whose event time is older than arrival "
                                   "minus this is late (flagged; it must not page as if it were now)",
                                   kind="duration")
+    max_future_skew_s: float = setting(DEFAULT_MAX_FUTURE_SKEW_S, "a row or local anomaly stamped more than "
+                                       "this after its arrival is counted (rows_future_total) and analysed at "
+                                       "its arrival time, so a clock ahead cannot move the detectors' windows; "
+                                       "keep it below the detectors' lateness_s", kind="duration")
+    clock_offset_warn_s: float = setting(DEFAULT_CLOCK_OFFSET_WARN_S, "when the median over sidecars of arrival "
+                                         "minus seal time is beyond this, the aggregator's clock looks wrong: "
+                                         "said in /readyz (still 200) and the log (clock_offset_seconds)",
+                                         kind="duration")
     dedup_window: int = setting(DEFAULT_DEDUP_WINDOW, "(sidecar, seq) pairs remembered per sidecar for "
                                 "de-duplication; older ones are pruned")
     journal_retention_s: float = setting(DEFAULT_JOURNAL_RETENTION_S, "how long accepted batches stay in "
@@ -170,6 +191,10 @@ class AggregatorConfig:
                                           "listen addresses (default: bind to 127.0.0.1 and say so); only "
                                           "behind something that authenticates, e.g. an Istio "
                                           "AuthorizationPolicy")
+    allowed_hosts: list[str] = setting(None, "names the API, the stream and the page may be reached by (Host "
+                                       "header), besides IP literals, localhost and the hosts of listen and "
+                                       "public_url; '*': any. Refuses DNS rebinding (comma-separated in env)",
+                                       factory=list)
     tls_cert_file: str = setting("", "PEM certificate chain: serve HTTPS and gRPC over TLS (with tls_key_file); "
                                  "empty: plaintext (e.g. behind Istio mTLS)")
     tls_key_file: str = setting("", "PEM private key of tls_cert_file")
@@ -259,7 +284,8 @@ class AggregatorConfig:
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.tokens or self.viewer_tokens or self.operator_tokens or self.admin_tokens)
+        return bool(self.tokens or self.sidecar_tokens or self.viewer_tokens or self.operator_tokens
+                    or self.admin_tokens)
 
     def baseline_config(self) -> BaselineConfig:
         return BaselineConfig(metrics=tuple(self.baseline_metrics), seasonality=self.baseline_seasonality,
@@ -277,6 +303,7 @@ class AggregatorConfig:
             tokens = getattr(self, key)
             if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
                 raise ConfigError(f"{key}: must be a list of non-empty strings")
+        parse_sidecar_tokens(self.sidecar_tokens)
         if self.grpc_listen:
             _hostport("grpc_listen", self.grpc_listen)
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -298,12 +325,16 @@ class AggregatorConfig:
             raise ConfigError("webhooks: must be a list of maps")
         self.alert_manager_config().validate()
         for key in ("max_body_bytes", "ingest_queue_max_batches", "analysis_queue_max_rows", "retry_after_s",
-                    "dedup_window"):
+                    "dedup_window", "max_anomalies_per_batch"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         for key in ("late_after_s", "journal_retention_s", "journal_prune_interval_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
+        if self.clock_offset_warn_s <= 0:
+            raise ConfigError("clock_offset_warn_s: must be greater than 0")
+        if self.max_future_skew_s < 0:
+            raise ConfigError("max_future_skew_s: must not be negative")
         if self.save_interval_s <= 0:
             raise ConfigError("save_interval_s: must be greater than 0")
         self.baseline_config().validate()

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -28,10 +28,14 @@ import numpy.typing as npt
 from aiohttp import web
 
 from aggregator.analysis import Analysis
+from aggregator.clock_check import ClockCheck
 from aggregator.config import AggregatorConfig
-from aggregator.journal import IngestJournal, JournalEntry
+from aggregator.event_time import clamp_future
+from aggregator.ingest_auth import ANY_SIDECAR, IngestTokens, parse_sidecar_tokens
+from aggregator.journal import IngestJournal, JournalEntry, is_full
 from aggregator.metrics import AggregatorMetrics
 from sentinel import service, wire
+from sentinel.tasks import TaskSupervisor
 
 __all__ = ["IngestService", "late_rows"]
 
@@ -55,6 +59,9 @@ class _Pending:
     entry: JournalEntry
     batch: wire.WireBatch
     done: asyncio.Future[bool]
+    future_rows: int = 0
+    #: Rows plus anomalies reserved against analysis_queue_max_rows until analysis owns them.
+    reserved: int = 0
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -75,14 +82,20 @@ class IngestService:
         *,
         clock: Callable[[], int] = time.time_ns,
         analysis: Analysis | None = None,
+        tasks: TaskSupervisor | None = None,
     ) -> None:
         self.config = config
+        self._tasks = tasks if tasks is not None else TaskSupervisor(None, "sentinel_aggregator")
         self.analysis = analysis
         self.metrics = metrics
         self.journal = IngestJournal(config.data_dir, dedup_window=config.dedup_window)
         self._clock = clock
-        self._tokens = [t.encode() for t in config.tokens]
+        self._tokens = IngestTokens(config.tokens, parse_sidecar_tokens(config.sidecar_tokens))
         self._late_after_ns = int(config.late_after_s * 1e9)
+        self._max_skew_ns = int(config.max_future_skew_s * 1e9)
+        self._future_warned_at = -math.inf
+        #: The fleet's view of this aggregator's clock (arrival minus seal time, median over sidecars).
+        self.clock_check = ClockCheck(config.clock_offset_warn_s)
         self._retry_after = {"Retry-After": str(config.retry_after_s)}
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=config.ingest_queue_max_batches)
         # One thread: SQLite work is serialised and runs in the order it was submitted.
@@ -91,6 +104,7 @@ class IngestService:
         self._worker: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._held = 0
+        self._reserved = 0  # rows + anomalies of batches decoded and not yet handed to analysis
         self._opened = False
         self._stopped = False
 
@@ -99,8 +113,8 @@ class IngestService:
     async def start(self) -> None:
         await self._in_thread(self.journal.open)
         self._opened = True
-        self._worker = asyncio.create_task(self._work(), name="aggregator-ingest-worker")
-        self._pruner = asyncio.create_task(self._prune_periodically(), name="aggregator-journal-prune")
+        self._worker = self._tasks.spawn("ingest-worker", self._work)
+        self._pruner = self._tasks.spawn("journal-prune", self._prune_periodically)
         log.info("ingest journal %s", self.journal.path)
 
     async def shutdown(self) -> None:
@@ -149,24 +163,19 @@ class IngestService:
 
     # -- the handler -----------------------------------------------------------------------------
 
-    def _authorized(self, header: str) -> bool:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        given = token.strip().encode()
-        # Compare with every token, so the time taken does not tell which one nearly matched.
-        matches = [hmac.compare_digest(given, t) for t in self._tokens]
-        return any(matches)
-
     def _refuse(self, outcome: str, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
         self.metrics.batches_received.labels(outcome).inc()
         return _error(status, message, headers)
 
     async def handle(self, request: web.Request) -> web.Response:
         arrival = self._clock()
-        if self._tokens and not self._authorized(request.headers.get("Authorization", "")):
-            return self._refuse("unauthorized", 401, "missing or wrong bearer token",
-                                {"WWW-Authenticate": 'Bearer realm="sentinel"'})
+        scope = ANY_SIDECAR
+        if self._tokens.enabled:
+            found = self._tokens.scope(request.headers.get("Authorization", ""))
+            if found is None:
+                return self._refuse("unauthorized", 401, "missing or wrong bearer token",
+                                    {"WWW-Authenticate": 'Bearer realm="sentinel"'})
+            scope = found
         if request.content_type != wire.CONTENT_TYPE:
             return self._refuse("unsupported", 415, f"Content-Type must be {wire.CONTENT_TYPE}, "
                                 f"got {request.content_type!r}")
@@ -181,9 +190,8 @@ class IngestService:
             return self._refuse("overloaded", 503, "aggregator is shutting down, retry later", self._retry_after)
         if self._queue.full():
             return self._refuse("overloaded", 503, "ingest queue is full, retry later", self._retry_after)
-        if self.analysis is not None and self.analysis.backlog_rows >= self.config.analysis_queue_max_rows:
-            return self._refuse("overloaded", 503, "analysis is behind (analysis_queue_max_rows), retry later",
-                                self._retry_after)
+        if self._analysis_behind():
+            return self._analysis_refusal()
         try:
             async with asyncio.timeout(service.BODY_TIMEOUT_S):
                 body = await request.read()
@@ -195,9 +203,13 @@ class IngestService:
         if len(body) > limit:
             return self._refuse("too_large", 413, too_large)
         try:
-            batch = wire.decode(body)
+            batch = wire.decode(body, max_anomalies=self.config.max_anomalies_per_batch)
         except wire.WireFormatError as e:
             return self._refuse("invalid", 400, str(e))
+        if not IngestTokens.covers(scope, batch.sidecar):
+            return self._refuse("forbidden", 403, f"this token may not send batches as sidecar {batch.sidecar!r} "
+                                f"(sidecar_tokens binds it to {', '.join(scope)})")
+        future = clamp_future(batch, arrival_ns=arrival, max_skew_ns=self._max_skew_ns)
         entry = JournalEntry(
             sidecar=batch.sidecar,
             seq=batch.seq,
@@ -208,10 +220,16 @@ class IngestService:
                                 late_after_ns=self._late_after_ns),
             body=body,
         )
-        pending = _Pending(entry, batch, asyncio.get_running_loop().create_future())
+        # Checked again now that the batch's size is known, and reserved in the same step (no await
+        # in between): concurrent requests that all passed the first check cannot together overshoot.
+        if self._analysis_behind():
+            return self._analysis_refusal()
+        pending = _Pending(entry, batch, asyncio.get_running_loop().create_future(), future)
+        self._reserve(pending, batch.batch.n + len(batch.anomalies))
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
+            self._release(pending)
             return self._refuse("overloaded", 503, "ingest queue is full, retry later", self._retry_after)
         self._update_gauge()
         try:
@@ -220,7 +238,31 @@ class IngestService:
             return self._refuse("error", 503, f"journal commit failed: {e}", self._retry_after)
         if not stored:
             return web.json_response({"status": "duplicate"})
-        return web.json_response({"status": "accepted", "rows": entry.rows, "late_rows": entry.late_rows})
+        return web.json_response({"status": "accepted", "rows": entry.rows, "late_rows": entry.late_rows,
+                                  "future_rows": pending.future_rows})
+
+    def _analysis_behind(self) -> bool:
+        """Whether analysis is ``analysis_queue_max_rows`` behind, counting batches reserved for it.
+
+        A batch taken below the bound may end above it, by at most one batch: a bound of rows must
+        not refuse for ever a batch larger than itself.
+        """
+        if self.analysis is None:
+            return False
+        return self.analysis.backlog_rows + self._reserved >= self.config.analysis_queue_max_rows
+
+    def _analysis_refusal(self) -> web.Response:
+        return self._refuse("overloaded", 503, "analysis is behind (analysis_queue_max_rows), retry later",
+                            self._retry_after)
+
+    def _reserve(self, p: _Pending, cost: int) -> None:
+        if self.analysis is not None:
+            p.reserved = cost
+            self._reserved += cost
+
+    def _release(self, p: _Pending) -> None:
+        self._reserved -= p.reserved
+        p.reserved = 0
 
     # -- the worker ------------------------------------------------------------------------------
 
@@ -240,16 +282,24 @@ class IngestService:
             finally:
                 self._held = 0
                 self._update_gauge()
-                for _ in group:
+                for p in group:
                     self._queue.task_done()
+                    if not p.done.done():  # the commit raised: its handler answers 503 instead of waiting for ever
+                        self._release(p)
+                        p.done.set_exception(RuntimeError("ingest worker failed before the commit ended"))
 
     async def _commit(self, group: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
             stored: list[bool] = await self._in_thread(self.journal.append_many, [p.entry for p in group])
         except Exception as e:  # any storage failure is retryable for the sidecar: 503, never lost silently
+            if is_full(e):
+                self.metrics.journal_full.inc()
+                e = sqlite3.OperationalError(f"{e}: the volume of data_dir ({self.config.data_dir}) is full; free "
+                                             "space or lower journal_retention_s (commits resume by themselves)")
             log.error("journal commit of %d batches failed: %s", len(group), e)
             for p in group:
+                self._release(p)
                 if not p.done.done():
                     p.done.set_exception(e)
             return
@@ -257,12 +307,19 @@ class IngestService:
         m = self.metrics
         for p, ok in zip(group, stored, strict=True):
             entry = p.entry
+            if ok and self.analysis is not None:
+                self.analysis.submit(p.batch, entry.received_at)  # the backlog takes over the reservation
+            self._release(p)
             if ok:
-                if self.analysis is not None:
-                    self.analysis.submit(p.batch, entry.received_at)
                 m.batches_received.labels("accepted").inc()
                 m.rows_ingested.inc(entry.rows)
                 m.rows_late.inc(entry.late_rows)
+                self.clock_check.observe(entry.sidecar, entry.created_unix_nano, entry.received_at)
+                if p.batch.anomalies_dropped:
+                    m.local_anomalies.labels("over_limit").inc(p.batch.anomalies_dropped)
+                if p.future_rows:
+                    m.rows_future.inc(p.future_rows)
+                    self._warn_future(entry.sidecar, p.future_rows)
                 sealed = entry.created_unix_nano
                 if sealed and sealed < entry.received_at - self._late_after_ns:
                     m.batches_replayed.inc()
@@ -271,6 +328,14 @@ class IngestService:
                 m.duplicate_batches.inc()
             if not p.done.done():
                 p.done.set_result(ok)
+
+    def _warn_future(self, sidecar: str, rows: int) -> None:
+        # A sidecar whose clock is ahead sends such rows in every batch: one line a minute is enough.
+        now = time.monotonic()
+        if now - self._future_warned_at >= 60.0:
+            self._future_warned_at = now
+            log.warning("sidecar %s: %d rows stamped more than max_future_skew_s after arrival (is its clock "
+                        "ahead?); analysed at arrival time (sentinel_aggregator_rows_future_total)", sidecar, rows)
 
     # -- retention -------------------------------------------------------------------------------
 

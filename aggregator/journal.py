@@ -15,15 +15,22 @@ Not thread-safe: the aggregator calls it from one dedicated thread, in order.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from aggregator.dedup import Dedup
 
-__all__ = ["DB_NAME", "IngestJournal", "JournalEntry"]
+__all__ = ["DB_NAME", "IngestJournal", "JournalEntry", "is_full"]
 
 DB_NAME = "ingest.sqlite3"
+_SQLITE_FULL = 13
+
+
+def is_full(e: BaseException) -> bool:
+    """Whether ``e`` is SQLite's "database or disk is full" (SQLITE_FULL)."""
+    return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingest (
@@ -110,15 +117,34 @@ class IngestJournal:
                 dedup.record(e.sidecar, e.seq, received_at=e.received_at)
                 outcomes.append(True)
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as e:
+            # SQLite rolls back by itself on some errors (SQLITE_FULL among them): a ROLLBACK then
+            # fails with "no transaction is active" and would hide the real cause.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if is_full(e):
+                self._release_wal()
             raise
         return outcomes
+
+    def _release_wal(self) -> None:
+        """After "database or disk is full": checkpoint and truncate the WAL, giving its space back.
+
+        On a nearly full volume the WAL alone can hold the room the next commit needs; without this
+        the journal stayed full after space was freed elsewhere (issue 15, case 8). Best effort.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def prune(self, *, older_than: int) -> int:
         """Delete journal rows received before ``older_than`` (unix ns); returns how many."""
         conn = self._connection()
-        cur = conn.execute("DELETE FROM ingest WHERE received_at < ?", (older_than,))
+        try:
+            cur = conn.execute("DELETE FROM ingest WHERE received_at < ?", (older_than,))
+        except sqlite3.Error as e:
+            if is_full(e):
+                self._release_wal()
+            raise
         return cur.rowcount
 
     def entries(self, *, after_id: int = 0, limit: int = 1000) -> list[tuple[int, str, int, int, int, bytes]]:

@@ -24,6 +24,7 @@ INGEST_OUTCOMES = (
     "accepted",        # stored in the journal (200)
     "duplicate",       # (sidecar, seq) already stored (200, not counted again)
     "unauthorized",    # missing or wrong bearer token (401)
+    "forbidden",       # the token is bound to other sidecar ids (403, sidecar_tokens)
     "unsupported",     # Content-Type is not application/x-msgpack (415)
     "too_large",       # body over max_body_bytes (413)
     "timeout",         # body not received within sentinel.service.BODY_TIMEOUT_S (408)
@@ -33,7 +34,7 @@ INGEST_OUTCOMES = (
 )
 
 #: Values of the ``outcome`` label of ``sentinel_aggregator_local_anomalies_total``.
-CONFIRM_OUTCOMES = ("confirmed", "dismissed", "late")
+CONFIRM_OUTCOMES = ("confirmed", "dismissed", "late", "over_limit")
 
 #: Event time to candidate: a bucket-closing detector waits for its window to close, plus the
 #: sidecar's batching and forwarding; beyond an hour is replay or catch-up.
@@ -55,6 +56,9 @@ class AggregatorMetrics:
         self.rows_late = Counter(
             "sentinel_aggregator_rows_late", "Accepted rows whose event time was older than arrival minus "
             "late_after_s", registry=r)
+        self.rows_future = Counter(
+            "sentinel_aggregator_rows_future", "Accepted rows stamped more than max_future_skew_s after their "
+            "arrival (a sidecar clock ahead); analysed at their arrival time", registry=r)
         self.batches_replayed = Counter(
             "sentinel_aggregator_batches_replayed", "Accepted batches sealed more than late_after_s before "
             "they arrived (spool replay, outage catch-up)", registry=r)
@@ -66,12 +70,16 @@ class AggregatorMetrics:
         self.commit_seconds = Histogram(
             "sentinel_aggregator_ingest_commit_seconds", "Time of one journal transaction (a group of batches)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r)
+        self.journal_full = Counter(
+            "sentinel_aggregator_journal_full", "Journal commits that failed because the database or disk was "
+            "full (answered 503; the WAL is then checkpointed and truncated)", registry=r)
         self.journal_pruned_batches = Counter(
             "sentinel_aggregator_journal_pruned_batches", "Batches deleted from the journal by retention",
             registry=r)
         self.local_anomalies = Counter(
             "sentinel_aggregator_local_anomalies", "Anomalies forwarded by sidecars, by outcome of the check "
-            "against the global baselines", ["outcome"], registry=r)
+            "against the global baselines (over_limit: beyond max_anomalies_per_batch, not checked)", ["outcome"],
+            registry=r)
         for outcome in CONFIRM_OUTCOMES:
             self.local_anomalies.labels(outcome)
         self.detection_latency = Histogram(

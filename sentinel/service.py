@@ -32,9 +32,10 @@ class Service(Protocol):
     async def shutdown(self) -> None: ...
 
 
-def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Callable[[], str]) -> None:
+def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Callable[[], str],
+                   warnings: Callable[[], str] | None = None) -> None:
     """``/metrics`` (Prometheus), ``/healthz`` (alive) and ``/readyz``: 200 when ``ready()`` returns
-    ``""``, else 503 with the reason it returns."""
+    ``""``, else 503 with the reason it returns; a 200 also carries what ``warnings()`` returns."""
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -46,7 +47,8 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Cal
         reason = ready()
         if reason:
             return web.Response(status=503, text=reason + "\n")
-        return web.Response(text="ready\n")
+        warning = warnings() if warnings is not None else ""
+        return web.Response(text="ready\n" + (warning + "\n" if warning else ""))
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

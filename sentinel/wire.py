@@ -20,9 +20,9 @@ Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
     map column name -> encoded column, one entry per column of :data:`sentinel.model.COLUMNS`:
 
     * numeric: ``{"dtype": "<f8", "data": <bytes>}`` -- packed little-endian values, read with
-      ``numpy.frombuffer(data, dtype)``; missing values are NaN, and a reader takes ±inf and values
-      beyond ±:data:`MAX_ABS_VALUE` as missing too (``time_unix_nano`` is ``<i8``, ``is_error`` is
-      ``|u1`` 0/1, both never missing);
+      ``numpy.frombuffer(data, dtype)``; missing values are NaN, and a reader takes ±inf, negative
+      values and values beyond :data:`MAX_ABS_VALUE` as missing too (``time_unix_nano`` is ``<i8``,
+      ``is_error`` is ``|u1`` 0 or 1 -- anything else is refused --, both never missing);
     * string: ``{"dict": [str, ...], "codes": {"dtype": "<i4", "data": <bytes>}}`` --
       dictionary-encoded; code ``-1`` is a missing value.
 ``anomalies``
@@ -69,6 +69,8 @@ class WireBatch:
     anomalies: list[LocalAnomaly] = field(default_factory=list)
     created_unix_nano: int = 0
     version: int = WIRE_VERSION
+    #: Anomalies the body carried beyond ``decode``'s ``max_anomalies`` (not decoded, to be counted).
+    anomalies_dropped: int = 0
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
@@ -134,10 +136,14 @@ def _decode_numeric(name: str, spec: Any, n: int) -> np.ndarray[Any, Any]:
     arr = np.frombuffer(data, dtype=np.dtype(dtype))
     if arr.shape[0] != n or len(data) != n * arr.itemsize:
         raise WireFormatError(f"column {name!r} holds {len(data)} bytes, expected {n} values")
+    if name == "is_error" and n and int(arr.max()) > 1:
+        row = int(np.argmax(arr > 1))
+        raise WireFormatError(f"column 'is_error' holds {int(arr[row])} at row {row}, must be 0 or 1")
     if arr.dtype.kind == "f":
         # ±inf and absurd magnitudes would overflow the aggregator's sums, sketches and JSON; they are
-        # read as missing, like NaN (comparisons with NaN are False, so NaN stays as it is).
-        out_of_range = np.abs(arr) > MAX_ABS_VALUE
+        # read as missing, like NaN (comparisons with NaN are False, so NaN stays as it is). Every
+        # float column is a count, a duration, a rate or a cost: a negative value is missing too.
+        out_of_range = (np.abs(arr) > MAX_ABS_VALUE) | (arr < 0)
         if out_of_range.any():
             arr = np.where(out_of_range, np.nan, arr)
     return arr
@@ -162,12 +168,25 @@ def _decode_strings(name: str, spec: Any, n: int) -> list[str | None]:
     return [table[c] for c in codes.tolist()]
 
 
-def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
-    """Decode and validate a wire body; raises :class:`WireFormatError` naming the problem."""
+def _msgpack_problem(e: Exception) -> str:
+    """What is wrong, in words: several of msgpack's errors carry no message at all."""
+    if isinstance(e, msgpack.StackError):
+        return "nested too deeply (msgpack's stack limit)"
+    if isinstance(e, msgpack.FormatError):
+        return "a byte that starts no msgpack value (reserved type 0xc1, or a broken header)"
+    return str(e) or type(e).__name__
+
+
+def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None = None) -> WireBatch:
+    """Decode and validate a wire body; raises :class:`WireFormatError` naming the problem.
+
+    Only the first ``max_anomalies`` local anomalies are decoded (``None``: all); how many more the
+    body carried is :attr:`WireBatch.anomalies_dropped`.
+    """
     try:
         m = msgpack.unpackb(body, raw=False, strict_map_key=False, max_bin_len=len(body))
     except Exception as e:  # msgpack raises several unrelated types for bad input
-        raise WireFormatError(f"body is not valid msgpack: {e}") from None
+        raise WireFormatError(f"body is not valid msgpack: {_msgpack_problem(e)}") from None
     if not isinstance(m, dict):
         raise WireFormatError(f"body is a msgpack {type(m).__name__}, expected a map")
     v = _need(m, "v", int)
@@ -202,6 +221,10 @@ def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
     raw_anomalies = m.get("anomalies", [])
     if not isinstance(raw_anomalies, list):
         raise WireFormatError("field 'anomalies' is not a list")
+    dropped = 0
+    if max_anomalies is not None and len(raw_anomalies) > max_anomalies:
+        dropped = len(raw_anomalies) - max_anomalies
+        raw_anomalies = raw_anomalies[:max_anomalies]
     anomalies: list[LocalAnomaly] = []
     for i, a in enumerate(raw_anomalies):
         if not isinstance(a, dict):
@@ -222,4 +245,5 @@ def decode(body: bytes, *, max_rows: int = 1_000_000) -> WireBatch:
         anomalies=anomalies,
         created_unix_nano=created,
         version=v,
+        anomalies_dropped=dropped,
     )

@@ -16,10 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
 from sentinel.service import run_until_signalled
+from sentinel.tasks import TaskSupervisor
 from sidecar.config import SidecarConfig
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.forward_queue import ForwardQueue
 from sidecar.forwarder import Forwarder, ForwarderConfig
+from sidecar.inflight import InFlightBudget
 from sidecar.metrics import SidecarMetrics
 from sidecar.ops_server import OpsServer
 from sidecar.otlp_grpc import OtlpGrpcReceiver
@@ -46,6 +48,7 @@ class Sidecar:
         config.validate()
         self.config = config
         self.metrics = SidecarMetrics(registry)
+        self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_sidecar")
         self.sidecar_id = config.effective_sidecar_id()
         self._forward_transport = forward_transport
         self.spool: Spool | None = None
@@ -64,7 +67,7 @@ class Sidecar:
             return "shutting down"
         if not self._ready:
             return "starting"
-        return ""
+        return self.tasks.problem()
 
     async def start(self) -> None:
         c = self.config
@@ -103,7 +106,7 @@ class Sidecar:
                     client_cert_file=c.client_cert_file, client_key_file=c.client_key_file,
                     timeout_s=c.forward_timeout_s, max_backoff_s=c.retry_max_backoff_s,
                 ),
-                self.queue, self.metrics, transport=self._forward_transport,
+                self.queue, self.metrics, transport=self._forward_transport, tasks=self.tasks,
             )
             await self.forwarder.start()
         else:
@@ -125,16 +128,18 @@ class Sidecar:
         if c.metrics_listen:
             self.ops = OpsServer(listen=c.metrics_listen, registry=self.metrics.registry, ready=self._readiness)
             await self.ops.start()
+        budget = InFlightBudget(c.receive_max_bytes_in_flight)  # shared: the bound is over both receivers
+        self.metrics.receive_bytes_in_flight.set_function(lambda: budget.used)
         if c.grpc_listen:
             self.grpc = OtlpGrpcReceiver(
                 listen=c.grpc_listen, max_recv_bytes=c.grpc_max_recv_bytes, consumer=self.pipeline,
-                metrics=self.metrics, passthrough=self.passthrough,
+                metrics=self.metrics, passthrough=self.passthrough, budget=budget,
             )
             await self.grpc.start()
         if c.http_listen:
             self.http = OtlpHttpReceiver(
                 listen=c.http_listen, max_body_bytes=c.http_max_body_bytes, consumer=self.pipeline,
-                metrics=self.metrics, passthrough=self.passthrough,
+                metrics=self.metrics, passthrough=self.passthrough, budget=budget,
             )
             await self.http.start()
         self._ready = True

@@ -16,6 +16,9 @@ DEFAULT_HTTP_LISTEN = "127.0.0.1:4318"
 DEFAULT_METRICS_LISTEN = "0.0.0.0:8081"
 DEFAULT_GRPC_MAX_RECV_BYTES = 4 * 1024 * 1024
 DEFAULT_HTTP_MAX_BODY_BYTES = 20 * 1024 * 1024
+#: Three of the largest HTTP bodies, or sixteen of the largest gRPC messages: far below the 256 Mi
+#: memory limit the webhook gives the sidecar.
+DEFAULT_RECEIVE_MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 DEFAULT_BATCH_MAX_ROWS = 2048
 DEFAULT_BATCH_TIMEOUT_S = 1.0
 DEFAULT_QUEUE_MAX_BATCHES = 64
@@ -59,6 +62,11 @@ class SidecarConfig:
     client_key_file: str = setting("", "PEM private key of client_cert_file")
     forward_timeout_s: float = setting(10.0, "timeout of one ingest request", kind="duration")
     retry_max_backoff_s: float = setting(30.0, "longest wait between retries of a batch", kind="duration")
+    receive_max_bytes_in_flight: int = setting(DEFAULT_RECEIVE_MAX_BYTES_IN_FLIGHT, "bytes of export requests "
+                                               "being received and decoded at once, over both receivers (an "
+                                               "HTTP body reserves its Content-Length, or http_max_body_bytes, "
+                                               "then its decompressed size, 8x for JSON); beyond it exports get "
+                                               "UNAVAILABLE / 503", kind="size")
     receive_queue_max_bytes: int = setting(16 * 1024 * 1024, "bytes of accepted export requests waiting "
                                            "to be processed; beyond it exports get UNAVAILABLE", kind="size")
     batch_max_rows: int = setting(DEFAULT_BATCH_MAX_ROWS, "rows per forwarded batch (sealed when reached)")
@@ -106,6 +114,7 @@ class SidecarConfig:
             if value:
                 _hostport(key, value)
         for key in ("grpc_max_recv_bytes", "http_max_body_bytes", "receive_queue_max_bytes", "batch_max_rows",
+                    "receive_max_bytes_in_flight",
                     "queue_max_batches",
                     "spool_max_bytes", "spool_segment_bytes", "upstream_queue"):
             if getattr(self, key) <= 0:

@@ -67,6 +67,13 @@ _BAD = object()
 _MAX_TIME = 2**63 - 1
 #: Most distinct serialized attributes remembered (cache and doorkeeper each); ~100 bytes each.
 _ATTR_CACHE_MAX = 16_384
+#: Longest serialized attribute remembered: the cache and the doorkeeper then hold at most
+#: 2 × 16,384 × 256 bytes (8 MiB) whatever the spans carry (distinct 32 KiB values took 65 MB).
+_ATTR_CACHE_MAX_KV_BYTES = 256
+#: Key fragments of content attributes (prompts, completions, messages, tool input/output): their
+#: values are never kept, not even short ones, and not even as a key of the skip cache.
+_CONTENT_KEY_MARKERS = (b"prompt", b"completion", b"message", b"content", b"input", b"output", b"query",
+                        b"document", b"tool_call", b"arguments", b"value")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +110,13 @@ class ExtractResult:
     llm_calls: int = 0  # spans that became rows
     bad_attributes: int = 0  # wanted attributes of the wrong type (their column left None)
     unknown_cost: int = 0  # rows whose cost could not be determined
+
+
+def _is_content(kv: bytes) -> bool:
+    """Whether the serialized KeyValue's key looks like a content attribute (its value is never kept)."""
+    n = kv[1] if len(kv) > 1 and kv[0] == 0x0A else 0
+    key = kv[2:2 + n].lower() if n < 0x80 else kv[2:]
+    return any(m in key for m in _CONTENT_KEY_MARKERS)
 
 
 class Extractor:
@@ -278,6 +292,8 @@ class Extractor:
             self._bad_attributes += 1
             return _SKIP_ENTRY
         entry: tuple[int, int, Any] = hit
+        if len(kv) > _ATTR_CACHE_MAX_KV_BYTES or (entry is _SKIP_ENTRY and _is_content(kv)):
+            return entry  # decoded again next time: never kept
         if kv in self._attr_seen_once:
             if len(self._attr_cache) >= _ATTR_CACHE_MAX:
                 self._attr_cache.clear()

@@ -20,6 +20,7 @@ import httpx
 from sentinel import wire
 from sentinel.retry import backoff_s
 from sentinel.retry import retry_after as retry_after_of
+from sentinel.tasks import TaskSupervisor
 from sidecar.forward_queue import ForwardQueue, QueueItem
 from sidecar.metrics import SidecarMetrics
 
@@ -55,8 +56,10 @@ class Forwarder:
         metrics: SidecarMetrics,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        tasks: TaskSupervisor | None = None,
     ) -> None:
         self._config = config
+        self._tasks = tasks if tasks is not None else TaskSupervisor(None, "sentinel_sidecar")
         self._queue = queue
         self._metrics = metrics
         self._transport = transport
@@ -83,7 +86,10 @@ class Forwarder:
             transport=self._transport,
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
         )
-        self._task = asyncio.create_task(self._run(), name="forwarder")
+        # Supervised: an error the loop does not expect (a read-only spool failing its ack) restarts
+        # it and shows in /readyz; the batch whose ack failed was delivered and is not sent again
+        # by this process (after a restart of the sidecar it is, and answered "duplicate").
+        self._task = self._tasks.spawn("forwarder", self._run)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

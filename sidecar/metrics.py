@@ -51,6 +51,9 @@ class SidecarMetrics:
             "sentinel_sidecar_dropped_rows", "Rows lost, by reason", ["reason"], registry=r)
         for reason in DROP_REASONS:
             self.dropped_rows.labels(reason)
+        self.receive_bytes_in_flight = Gauge(
+            "sentinel_sidecar_receive_bytes_in_flight", "Bytes reserved by export requests being received and "
+            "decoded (bounded by receive_max_bytes_in_flight)", registry=r)
         self.queue_batches = Gauge(
             "sentinel_sidecar_queue_batches", "Sealed batches waiting in memory for the forwarder", registry=r)
         self.spool_bytes = Gauge(

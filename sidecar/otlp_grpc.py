@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from sidecar.forward_queue import SpoolRefused
+from sidecar.inflight import InFlightBudget, NoRoom
 from sidecar.metrics import SidecarMetrics
 from sidecar.otlp_lite import parse_traces
 from sidecar.passthrough import Passthrough
@@ -59,7 +60,9 @@ class OtlpGrpcReceiver:
         consumer: TracesConsumer,
         metrics: SidecarMetrics,
         passthrough: Passthrough | None = None,
+        budget: InFlightBudget | None = None,
     ) -> None:
+        self._budget = budget if budget is not None else InFlightBudget(2**62)
         self._listen = listen
         self._max_recv = max_recv_bytes
         self._consumer = consumer
@@ -69,10 +72,13 @@ class OtlpGrpcReceiver:
         self.port: int = 0
 
     async def start(self) -> None:
+        # gRPC receives a whole message before the handler runs: the number of calls at once bounds
+        # what its buffers hold (RESOURCE_EXHAUSTED beyond, which OTLP exporters retry); the budget
+        # then bounds what decoding holds.
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self._max_recv),
             ("grpc.so_reuseport", 0),
-        ])
+        ], maximum_concurrent_rpcs=max(4, min(self._budget.max_bytes // self._max_recv, 1 << 20)))
 
         def unary(fn: Handler) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.unary_unary_rpc_method_handler(fn)
@@ -103,6 +109,19 @@ class OtlpGrpcReceiver:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {cls.__name__}: {e}")
 
     async def _traces(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        try:
+            reserved = self._budget.reserve(len(raw))
+        except NoRoom as e:
+            self._metrics.requests.labels("traces", "grpc", "refused").inc()
+            message = f"sidecar overloaded: {e}"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message,
+                                trailing_metadata=_unavailable_metadata(message, 1.0))
+        try:
+            return await self._traces_within(raw, context)
+        finally:
+            self._budget.release(reserved)
+
+    async def _traces_within(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         t0 = time.perf_counter()
         try:
             # The lean view (sidecar.otlp_lite) is what extraction reads; parsing it validates

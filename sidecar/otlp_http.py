@@ -21,6 +21,7 @@ from google.rpc import code_pb2
 from sentinel import service
 from sidecar import otlp_codec
 from sidecar.forward_queue import SpoolRefused
+from sidecar.inflight import JSON_EXPANSION, InFlightBudget, NoRoom
 from sidecar.metrics import SidecarMetrics
 from sidecar.otlp_codec import Signal
 from sidecar.otlp_lite import parse_traces
@@ -41,7 +42,9 @@ class OtlpHttpReceiver:
         consumer: TracesConsumer,
         metrics: SidecarMetrics,
         passthrough: Passthrough | None = None,
+        budget: InFlightBudget | None = None,
     ) -> None:
+        self._budget = budget if budget is not None else InFlightBudget(2**62)
         self._host, _, port = listen.rpartition(":")
         self._port = int(port)
         self._max_body = max_body_bytes
@@ -80,10 +83,29 @@ class OtlpHttpReceiver:
         return web.Response(status=status, body=body, headers={"Content-Type": ct, **(headers or {})})
 
     async def _handle(self, signal: Signal, request: web.Request) -> web.Response:
+        reserved = [0]
+        try:
+            return await self._handle_within(signal, request, reserved)
+        except NoRoom as e:
+            content_type = request.headers.get("Content-Type")
+            if e.permanent:
+                return self._error(signal, 413, code_pb2.RESOURCE_EXHAUSTED, str(e), content_type, "too_large")
+            return self._error(signal, 503, code_pb2.UNAVAILABLE, f"sidecar overloaded: {e}", content_type,
+                               "refused", {"Retry-After": "1"})
+        finally:
+            self._budget.release(reserved[0])
+
+    def _reserve_up_to(self, reserved: list[int], cost: int) -> None:
+        if cost > reserved[0]:
+            reserved[0] += self._budget.reserve(cost - reserved[0])
+
+    async def _handle_within(self, signal: Signal, request: web.Request, reserved: list[int]) -> web.Response:
         t0 = time.perf_counter()
         content_type = request.headers.get("Content-Type")
         try:
             media = otlp_codec.media_type(content_type)
+            # Before reading: what the body will take (a chunked one may take the largest).
+            self._reserve_up_to(reserved, min(request.content_length or self._max_body, self._max_body))
             try:
                 async with asyncio.timeout(service.BODY_TIMEOUT_S):
                     raw = await request.read()
@@ -94,6 +116,8 @@ class OtlpHttpReceiver:
                                    f"body not received within {service.BODY_TIMEOUT_S:g} s", content_type,
                                    "timeout", {"Connection": "close"})
             body = otlp_codec.decompress(raw, request.headers.get("Content-Encoding"), self._max_body)
+            del raw  # the compressed copy is not needed past here
+            self._reserve_up_to(reserved, len(body) * (JSON_EXPANSION if media == otlp_codec.JSON else 1))
             if signal is Signal.TRACES and media == otlp_codec.PROTOBUF:
                 # Traces in protobuf go straight to the lean view extraction reads.
                 try:

@@ -104,7 +104,7 @@ async def test_missing_or_wrong_token_is_401_and_nothing_is_stored(
     assert _stored(agg) == 0
     assert _value(agg, "sentinel_aggregator_batches_received_total", {"outcome": "unauthorized"}) == 1
     ok = await _post(agg, _body(1), {**MSGPACK, "Authorization": f"Bearer {TOKEN}"})
-    assert ok.json() == {"status": "accepted", "rows": 5, "late_rows": 0}
+    assert ok.json() == {"status": "accepted", "rows": 5, "late_rows": 0, "future_rows": 0}
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -162,7 +162,7 @@ async def test_duplicate_batch_is_acknowledged_once_counted_also_after_restart(
     agg = await make_aggregator()
     first, again = await _post(agg, body), await _post(agg, body)
     assert first.status_code == again.status_code == 200
-    assert first.json() == {"status": "accepted", "rows": 7, "late_rows": 0}
+    assert first.json() == {"status": "accepted", "rows": 7, "late_rows": 0, "future_rows": 0}
     assert again.json() == {"status": "duplicate"}
     assert _value(agg, "sentinel_aggregator_rows_ingested_total") == 7
     assert _value(agg, "sentinel_aggregator_duplicate_batches_total") == 1
@@ -203,9 +203,9 @@ def test_dedup_window_prunes_old_seqs_per_sidecar() -> None:
 async def test_rows_two_hours_old_are_flagged_late(make_aggregator: AggregatorFactory) -> None:
     agg = await make_aggregator()
     r = await _post(agg, _body(1, n=4, age_ns=2 * HOUR_NS))  # old rows in a fresh batch (clock skew)
-    assert r.json() == {"status": "accepted", "rows": 4, "late_rows": 4}
+    assert r.json() == {"status": "accepted", "rows": 4, "late_rows": 4, "future_rows": 0}
     r = await _post(agg, _body(2, n=3, age_ns=2 * HOUR_NS, created_age_ns=2 * HOUR_NS))  # a spool replay
-    assert r.json() == {"status": "accepted", "rows": 3, "late_rows": 3}
+    assert r.json() == {"status": "accepted", "rows": 3, "late_rows": 3, "future_rows": 0}
     r = await _post(agg, _body(3, n=2))
     assert r.json()["late_rows"] == 0
     assert _value(agg, "sentinel_aggregator_rows_late_total") == 7

@@ -104,7 +104,8 @@ async def test_ack(h: Harness) -> None:
         assert r.status_code == 409
         assert "resolved" in r.json()["error"]
         assert (await c.post("/api/v1/alerts/nope/ack")).status_code == 404
-        r = await c.post(f"/api/v1/alerts/{a.alert_id}/ack", content=b"{not json")
+        r = await c.post(f"/api/v1/alerts/{a.alert_id}/ack", content=b"{not json",
+                         headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and r.json()["error"].startswith("body:")
         r = await c.post(f"/api/v1/alerts/{a.alert_id}/ack", json={"by": 7})
         assert r.status_code == 400 and r.json()["error"].startswith("by:")

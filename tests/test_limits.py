@@ -279,7 +279,7 @@ async def _dribble_body(port: int, path: str, headers: dict[str, str]) -> tuple[
     answer's status line, seconds to the connection's close)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {MiB}\r\n\r\n".encode())
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {MiB}\r\n\r\n".encode())
     started = time.monotonic()
 
     async def dribble() -> None:

@@ -69,7 +69,7 @@ INJECTED = {ANNOTATION_STATUS: "injected", ANNOTATION_INJECT: "true"}
     (make_pod({ANNOTATION_INJECT: "false"}), ENABLED, (False, "pod_opt_out")),
     (make_pod({ANNOTATION_INJECT: "yes"}), ENABLED, (False, "invalid_annotation")),
     (make_pod(INJECTED), {}, (False, "already_injected")),
-    (inject(make_pod(), SETTINGS), ENABLED, (False, "already_injected")),
+    (inject(make_pod(), SETTINGS), ENABLED, (False, "reinvoked")),  # our own pod again: not a skip
     (make_pod({ANNOTATION_INJECT: "true"}, hostNetwork=True), {}, (False, "host_network")),
     (make_pod({ANNOTATION_INJECT: "false"}, hostNetwork=True), {}, (False, "pod_opt_out")),
     ({"metadata": {}}, {}, (False, "not_requested")),
@@ -81,7 +81,7 @@ def test_should_inject(pod: dict[str, Any], ns_labels: dict[str, str], expected:
 
 def test_every_skip_reason_is_reachable() -> None:
     assert set(SKIP_REASONS) == {"not_requested", "pod_opt_out", "invalid_annotation", "already_injected",
-                                 "host_network"}
+                                 "host_network", "port_conflict"}
 
 
 CASES: list[tuple[str, dict[str, Any], InjectorSettings]] = [
@@ -174,7 +174,9 @@ def test_sidecar_container() -> None:
     assert e["SENTINEL_METRICS_LISTEN"] == "0.0.0.0:8081"
     assert e["SENTINEL_SPOOL_DIR"] == "/var/lib/sentinel/spool"
     assert "SENTINEL_UPSTREAM" not in e
-    assert sidecar["volumeMounts"] == [{"name": "sentinel-spool", "mountPath": "/var/lib/sentinel/spool"}]
+    assert sidecar["volumeMounts"] == [{"name": "sentinel-spool", "mountPath": "/var/lib/sentinel/spool"},
+                                       {"name": "sentinel-no-sa-token", "readOnly": True,
+                                        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
 
 
 def test_no_token_secret_and_no_aggregator() -> None:
@@ -258,7 +260,8 @@ def test_spool_volume_and_mode(annotations: dict[str, str], settings: InjectorSe
                                mode: str) -> None:
     pod = make_pod({ANNOTATION_INJECT: "true", **annotations}, volumes=[{"name": "data", "emptyDir": {}}])
     out = mutate(pod, {}, settings)
-    assert out["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}, {"name": "sentinel-spool", **volume}]
+    assert out["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}, {"name": "sentinel-spool", **volume},
+                                      {"name": "sentinel-no-sa-token", "emptyDir": {"sizeLimit": "1Ki"}}]
     assert env(container(out, SIDECAR_NAME))["SENTINEL_MODE"] == mode
 
 

@@ -59,6 +59,8 @@ def _body(**changes: object) -> bytes:
     (_body(cols={"time_unix_nano": {"dtype": "<i8", "data": b"\0" * 8}}), "missing column"),
     (_body(anomalies=[{"metric": "x"}]), "anomalies[0] is missing field"),
     (_body(seq="1"), "'seq' has type str"),
+    (b"\x91" * 5000 + b"\xc0", "not valid msgpack: nested too deeply"),  # issue 15, case 17: was empty
+    (b"\x81\xa1a" * 5000 + b"\xc0", "not valid msgpack: nested too deeply"),
 ])
 def test_bad_bodies_are_refused_with_a_reason(body: bytes, needle: str) -> None:
     with pytest.raises(wire.WireFormatError) as e:
@@ -76,3 +78,25 @@ def test_code_outside_dictionary() -> None:
 def test_nan_survives() -> None:
     out = wire.decode(wire.encode(FeatureBatch.from_rows([ROW]), sidecar="s", seq=1))
     assert math.isnan(out.batch.numeric["ttft_ms"][0])
+
+
+def _is_error(value: int) -> bytes:
+    m = msgpack.unpackb(wire.encode(FeatureBatch.from_rows([ROW, ROW]), sidecar="s", seq=1), raw=False)
+    m["cols"]["is_error"]["data"] = np.array([0, value], dtype="|u1").tobytes()
+    return bytes(msgpack.packb(m, use_bin_type=True))
+
+
+def test_is_error_other_than_0_or_1_is_refused_naming_the_row() -> None:
+    """Issue 15, case 15: is_error=255 was accepted and health showed error_rate 255.0."""
+    with pytest.raises(wire.WireFormatError, match=r"column 'is_error' holds 255 at row 1, must be 0 or 1"):
+        wire.decode(_is_error(255))
+    assert wire.decode(_is_error(1)).batch.numeric["is_error"].tolist() == [0, 1]
+
+
+def test_negative_counts_durations_and_costs_are_read_as_missing() -> None:
+    m = msgpack.unpackb(wire.encode(FeatureBatch.from_rows([ROW]), sidecar="s", seq=1), raw=False)
+    for name in ("latency_ms", "ttft_ms", "input_tokens", "output_tokens", "tokens_per_s", "cost_usd"):
+        m["cols"][name]["data"] = np.array([-1.0], dtype="<f8").tobytes()
+    got = wire.decode(bytes(msgpack.packb(m, use_bin_type=True))).batch.numeric
+    assert all(np.isnan(got[name][0]) for name in ("latency_ms", "ttft_ms", "input_tokens", "output_tokens",
+                                                   "tokens_per_s", "cost_usd"))

@@ -11,7 +11,7 @@ from typing import Any
 import jsonpatch
 
 from webhook_injector.metrics import WebhookMetrics
-from webhook_injector.mutate import annotation_warnings, mutate, should_inject
+from webhook_injector.mutate import REINVOKED, annotation_warnings, mutate, should_inject
 from webhook_injector.settings import InjectorSettings
 
 __all__ = ["NamespaceLabels", "no_namespace_labels", "review"]
@@ -52,6 +52,12 @@ def review(admission_review: Any, namespace_labels: NamespaceLabels | None, sett
         decision, reason = should_inject(pod, labels, settings)
         warnings = annotation_warnings(pod, settings)
         extra: dict[str, Any] = {"warnings": warnings} if warnings else {}
+        if reason == REINVOKED:
+            # reinvocationPolicy: IfNeeded — another admission plugin changed our pod after us; the
+            # pod was counted as injected the first time, and injecting is idempotent.
+            if metrics is not None:
+                metrics.requests.labels(REINVOKED).inc()
+            return _response(uid)
         if not decision:
             log.debug("pod %s/%s not injected: %s", namespace, _name(pod), reason)
             if metrics is not None:

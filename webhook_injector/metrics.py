@@ -9,7 +9,7 @@ from webhook_injector.mutate import SKIP_REASONS
 __all__ = ["OUTCOMES", "WebhookMetrics"]
 
 #: Values of the ``outcome`` label of ``sentinel_webhook_requests_total``.
-OUTCOMES = ("injected", "skipped", "error")
+OUTCOMES = ("injected", "skipped", "reinvoked", "error")
 
 
 class WebhookMetrics:
@@ -24,7 +24,7 @@ class WebhookMetrics:
             self.requests.labels(outcome)
         self.skipped = Counter(
             "sentinel_webhook_skipped", "Pods left without a sidecar, by reason", ["reason"], registry=r)
-        for reason in SKIP_REASONS:
+        for reason in SKIP_REASONS:  # a reinvocation (our own pod again) is not a skip
             self.skipped.labels(reason)
         self.injected = Counter("sentinel_webhook_injected", "Pods given the sidecar", registry=r)
         self.errors = Counter(

@@ -11,7 +11,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from webhook_injector.settings import MODES, InjectorSettings, is_quantity
+from webhook_injector.settings import MODES, InjectorSettings, is_quantity, quantity
 
 __all__ = [
     "ANNOTATION_CPU_LIMIT",
@@ -71,7 +71,13 @@ OTEL_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
 #: Reasons ``should_inject`` gives for injecting (not counted as skips).
 INJECT_REASONS = ("pod_annotation", "namespace_label")
 #: Reasons ``should_inject`` gives for skipping: the ``reason`` label of ``sentinel_webhook_skipped_total``.
-SKIP_REASONS = ("not_requested", "pod_opt_out", "invalid_annotation", "already_injected", "host_network")
+SKIP_REASONS = ("not_requested", "pod_opt_out", "invalid_annotation", "already_injected", "host_network",
+                "port_conflict")
+#: Not a skip: the API server calling again (``reinvocationPolicy: IfNeeded``) a pod we injected.
+REINVOKED = "reinvoked"
+#: Where Kubernetes mounts the pod's service-account token; the sidecar gets an empty directory there.
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+NO_TOKEN_VOLUME = "sentinel-no-sa-token"
 
 
 def _annotations(pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,6 +113,8 @@ def should_inject(pod: Mapping[str, Any], namespace_labels: Mapping[str, str],
         reason = "namespace_label"
     else:
         return False, "not_requested"
+    if _annotations(pod).get(ANNOTATION_STATUS) == STATUS_INJECTED and _has_sidecar(pod):
+        return False, REINVOKED  # our own earlier pass: the API server called again
     if _annotations(pod).get(ANNOTATION_STATUS) == STATUS_INJECTED or _has_sidecar(pod):
         return False, "already_injected"
     if (pod.get("spec") or {}).get("hostNetwork"):
@@ -115,7 +123,19 @@ def should_inject(pod: Mapping[str, Any], namespace_labels: Mapping[str, str],
         # app's "localhost" exporter could reach another pod's sidecar. Such workloads run the
         # sidecar as a DaemonSet or plain process instead (deploy/k8s edge overlay).
         return False, "host_network"
+    if _taken_ports(pod):
+        # The app already declares one of the sidecar's ports: both would bind it in the pod's one
+        # network namespace (the API server only warns "duplicate port definition").
+        return False, "port_conflict"
     return True, reason
+
+
+def _taken_ports(pod: Mapping[str, Any]) -> list[int]:
+    """The sidecar's ports that an app container or init container already declares."""
+    ours = {GRPC_PORT, HTTP_PORT, OPS_PORT}
+    return sorted({int(p.get("containerPort", 0)) for kind in ("containers", "initContainers")
+                   for c in _containers(pod, kind) if c.get("name") != SIDECAR_NAME
+                   for p in c.get("ports") or [] if p.get("containerPort") in ours})
 
 
 def _bool_annotation(annotations: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -138,12 +158,36 @@ _RESOURCE_ANNOTATIONS = (
 )
 
 
-def _resources(annotations: Mapping[str, Any], settings: InjectorSettings) -> dict[str, dict[str, str]]:
+def _requested_resources(annotations: Mapping[str, Any], settings: InjectorSettings) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
     for section, resource, key, attr in _RESOURCE_ANNOTATIONS:
         value = str(annotations.get(key, "")).strip()
         out[section][resource] = value if value and is_quantity(value) else getattr(settings, attr)
     return out
+
+
+def _resources(annotations: Mapping[str, Any], settings: InjectorSettings) -> tuple[dict[str, dict[str, str]],
+                                                                                     list[str]]:
+    """The sidecar's requests and limits with every request ≤ its limit, and what was raised to get there.
+
+    A request above its limit makes the API server reject the *team's* pod; so the side the
+    annotation did not set follows the one it did (a request raised to the annotated limit, or a
+    limit raised to the annotated request), and the change is said in a warning.
+    """
+    out = _requested_resources(annotations, settings)
+    notes: list[str] = []
+    for resource in ("cpu", "memory"):
+        request, limit = out["requests"][resource], out["limits"][resource]
+        if quantity(request) <= quantity(limit):
+            continue
+        limit_key = ANNOTATION_CPU_LIMIT if resource == "cpu" else ANNOTATION_MEMORY_LIMIT
+        if str(annotations.get(limit_key, "")).strip() == limit:  # the limit was asked for: lower the request
+            out["requests"][resource] = limit
+            notes.append(f"sidecar {resource} request {request} is above its limit {limit}; using {limit} for both")
+        else:
+            out["limits"][resource] = request
+            notes.append(f"sidecar {resource} request {request} is above its limit {limit}; using {request} for both")
+    return out, notes
 
 
 def annotation_warnings(pod: Mapping[str, Any], settings: InjectorSettings) -> list[str]:
@@ -165,6 +209,14 @@ def annotation_warnings(pod: Mapping[str, Any], settings: InjectorSettings) -> l
         value = str(annotations.get(key, "")).strip()
         if value and not is_quantity(value):
             warnings.append(f"{key}: {value!r} is not a Kubernetes quantity; using {getattr(settings, attr)}")
+    warnings += _resources(annotations, settings)[1]
+    if str(annotations.get(ANNOTATION_SPOOL_HOST_PATH, "")).strip():
+        warnings.append(f"{ANNOTATION_SPOOL_HOST_PATH}: hostPath volumes are forbidden by PodSecurity baseline "
+                        f"and restricted; in such a namespace the pod is rejected (use {ANNOTATION_SPOOL_PVC})")
+    taken = _taken_ports(pod)
+    if taken:
+        warnings.append(f"port {', '.join(map(str, taken))} of the sentinel sidecar is already declared by a "
+                        f"container of this pod; sidecar not injected")
     return warnings
 
 
@@ -275,7 +327,11 @@ def _sidecar(mode: str, native: bool, resources: dict[str, dict[str, str]], upst
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": SPOOL_VOLUME, "mountPath": settings.spool_mount_path}],
+        # An empty directory where Kubernetes would mount the pod's service-account token: the
+        # sidecar talks to no Kubernetes API, so it gets no credential (the ServiceAccount admission
+        # plugin leaves a container that already mounts this path alone).
+        "volumeMounts": [{"name": SPOOL_VOLUME, "mountPath": settings.spool_mount_path},
+                         {"name": NO_TOKEN_VOLUME, "mountPath": SERVICE_ACCOUNT_PATH, "readOnly": True}],
     }
     if native:
         # Started (listening) before the next init container and the app: the kubelet waits for it.
@@ -320,12 +376,13 @@ def inject(pod: Pod, settings: InjectorSettings) -> Pod:
     upstream = _point_apps_at_sidecar(pod)
     if not upstream[0]:
         upstream = previous  # already rewritten on an earlier pass: keep what the sidecar was given
-    sidecar = _sidecar(mode, native, _resources(annotations, settings), upstream, settings)
+    sidecar = _sidecar(mode, native, _resources(annotations, settings)[0], upstream, settings)
     target, other = ("initContainers", "containers") if native else ("containers", "initContainers")
     if spec.get(other):
         spec[other] = [c for c in spec[other] if c.get("name") != SIDECAR_NAME]
     _put(spec.setdefault(target, []), sidecar, first=native)
     _put(spec.setdefault("volumes", []), _spool_volume(annotations, mode, settings), first=False)
+    _put(spec["volumes"], {"name": NO_TOKEN_VOLUME, "emptyDir": {"sizeLimit": "1Ki"}}, first=False)
     meta = pod.setdefault("metadata", {})
     meta["annotations"] = {**annotations, ANNOTATION_STATUS: STATUS_INJECTED}
     # A label as well: NetworkPolicies (deploy/k8s) can select labels, not annotations.

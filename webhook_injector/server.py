@@ -19,6 +19,7 @@ from aiohttp import web
 
 from sentinel import service
 from sentinel.service import add_ops_routes
+from sentinel.tasks import TaskSupervisor
 from webhook_injector import self_signed
 from webhook_injector.admission import NamespaceLabels, review
 from webhook_injector.metrics import WebhookMetrics
@@ -101,6 +102,7 @@ class WebhookServer:
         self.ca_pem = b""
         self.ca_bundle_patched: bool | None = None
         self.metrics = metrics if metrics is not None else WebhookMetrics()
+        self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_webhook")
         self._namespace_labels = namespace_labels
         self._runner: web.AppRunner | None = None
         self._reload_task: asyncio.Task[None] | None = None
@@ -123,7 +125,7 @@ class WebhookServer:
         return web.json_response(review(body, enabled, self.settings, self.metrics))
 
     def _ready(self) -> str:
-        return "" if self._runner is not None else "not started"
+        return self.tasks.problem() if self._runner is not None else "not started"
 
     async def _reload_loop(self) -> None:
         assert self.certificates is not None
@@ -182,7 +184,7 @@ class WebhookServer:
             # never succeeds the webhook keeps serving, but the API server cannot verify it.
             self._patch_task = asyncio.create_task(self._patch_ca_bundle())
         elif self.certificates is not None:
-            self._reload_task = asyncio.create_task(self._reload_loop())
+            self._reload_task = self.tasks.spawn("tls-reload", self._reload_loop)
         log.info("webhook on %s://%s:%d/mutate", "https" if ssl_context else "http", host, self.port)
 
     async def wait_ca_bundle(self) -> bool | None:

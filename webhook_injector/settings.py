@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 from sentinel.config import ConfigError, setting
 
@@ -46,6 +47,26 @@ _QUANTITY_RE = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[kMGTPE]i?|m|)
 def is_quantity(value: str) -> bool:
     """Whether ``value`` parses as a Kubernetes resource quantity."""
     return bool(_QUANTITY_RE.match(value))
+
+
+_SUFFIX: dict[str, Decimal | int] = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9,
+                                     "T": 10**12, "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20,
+                                     "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity(value: str) -> Decimal:
+    """The amount a Kubernetes quantity stands for (cores, bytes); ``value`` must pass :func:`is_quantity`.
+
+    >>> [str(quantity(q)) for q in ("500m", "64Mi", "1e3", "0.5")]
+    ['0.500', '67108864', '1000', '0.5']
+    """
+    m = _QUANTITY_RE.match(value)
+    if m is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    number, suffix = Decimal(m.group(1)), m.group(3) or ""
+    if suffix[:1] in ("e", "E") and suffix not in _SUFFIX:
+        return number * Decimal(10) ** int(suffix[1:])
+    return number * _SUFFIX[suffix]
 
 
 def _hostport(key: str, value: str) -> None:

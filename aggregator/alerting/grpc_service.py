@@ -24,6 +24,7 @@ import grpc
 import grpc.aio
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import CollectorRegistry, Counter
 
 from aggregator.alerting.hub import AlertFilter, AlertHub
 from aggregator.alerting.model import iso_time, parse_time
@@ -47,6 +48,28 @@ _MEMBER_TIMES = ("first_seen", "last_seen", "resolved_at")
 _DETAIL_NUMS = ("value", "baseline", "threshold", "deviation_sigma")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class _Undecodable:
+    """What a request that is not a valid message decodes to; the handler answers INVALID_ARGUMENT.
+
+    grpc's own deserializer failure is an UNKNOWN status and an ERROR traceback per call, logged
+    before the call is authenticated: a flood of garbage would flood the log.
+    """
+
+    __slots__ = ("error", "message")
+
+    def __init__(self, message: str, error: Exception) -> None:
+        self.message, self.error = message, error
+
+
+def _lenient(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as e:  # DecodeError, and RecursionError on deep nesting
+            return _Undecodable(cls.DESCRIPTOR.full_name, e)
+    return parse
 
 
 # --- conversion ---------------------------------------------------------------------------------
@@ -197,7 +220,10 @@ class AlertGrpcServer:
 
     def __init__(self, listen: str, hub: AlertHub, store: AlertStore,
                  tokens: Callable[[str], str | None] | None = None, *, grace_s: float = 1.0,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None, registry: CollectorRegistry | None = None) -> None:
+        self._invalid = Counter("sentinel_aggregator_grpc_invalid_requests", "AlertService calls whose request "
+                                "bytes were not a valid message (answered INVALID_ARGUMENT)", ["method"],
+                                registry=registry)
         self._credentials = credentials  # TLS (and client certificates) when given; plaintext otherwise
         self._listen = listen
         self._hub = hub
@@ -217,13 +243,13 @@ class AlertGrpcServer:
         ])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
             "Watch": grpc.unary_stream_rpc_method_handler(
-                self._watch, request_deserializer=alerts_pb2.WatchRequest.FromString,
+                self._watch, request_deserializer=_lenient(alerts_pb2.WatchRequest),
                 response_serializer=alerts_pb2.AlertEvent.SerializeToString),
             "GetAlert": grpc.unary_unary_rpc_method_handler(
-                self._get_alert, request_deserializer=alerts_pb2.GetAlertRequest.FromString,
+                self._get_alert, request_deserializer=_lenient(alerts_pb2.GetAlertRequest),
                 response_serializer=alerts_pb2.Alert.SerializeToString),
             "ListAlerts": grpc.unary_unary_rpc_method_handler(
-                self._list_alerts, request_deserializer=alerts_pb2.ListAlertsRequest.FromString,
+                self._list_alerts, request_deserializer=_lenient(alerts_pb2.ListAlertsRequest),
                 response_serializer=alerts_pb2.ListAlertsResponse.SerializeToString),
         }),))
         try:
@@ -262,16 +288,25 @@ class AlertGrpcServer:
         if role not in READ_ROLES:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"role {role!r} may not read alerts")
 
-    async def _checked(self, req: alerts_pb2.WatchRequest | alerts_pb2.ListAlertsRequest,
-                       context: Context) -> AlertQuery:
+    async def _decoded(self, req: Any, method: str, context: Context) -> None:
+        """Authenticate, then refuse a request that did not decode (counted, one warning line)."""
         await self._authorize(context)
+        if isinstance(req, _Undecodable):
+            self._invalid.labels(method).inc()
+            log.warning("AlertService/%s: request is not a valid %s (%s: %s)", method, req.message,
+                        type(req.error).__name__, req.error)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {req.message} message")
+
+    async def _checked(self, req: alerts_pb2.WatchRequest | alerts_pb2.ListAlertsRequest,
+                       context: Context, method: str) -> AlertQuery:
+        await self._decoded(req, method, context)
         try:
             return _query(req)
         except ValueError as e:  # the message starts with the field's name
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
     async def _watch(self, req: alerts_pb2.WatchRequest, context: Context) -> AsyncIterator[alerts_pb2.AlertEvent]:
-        q = await self._checked(req, context)
+        q = await self._checked(req, context, "Watch")
         sub = self._hub.subscribe(AlertFilter(severity=q.severity, service=q.service, model=q.model,
                                               anomaly_type=q.anomaly_type, status=q.status))
         try:
@@ -282,7 +317,7 @@ class AlertGrpcServer:
             sub.unsubscribe()
 
     async def _get_alert(self, req: alerts_pb2.GetAlertRequest, context: Context) -> alerts_pb2.Alert:
-        await self._authorize(context)
+        await self._decoded(req, "GetAlert", context)
         if not req.alert_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "alert_id: required")
         try:
@@ -294,7 +329,7 @@ class AlertGrpcServer:
         return alert_to_proto(alert.to_dict())
 
     async def _list_alerts(self, req: alerts_pb2.ListAlertsRequest, context: Context) -> alerts_pb2.ListAlertsResponse:
-        q = await self._checked(req, context)
+        q = await self._checked(req, context, "ListAlerts")
         try:
             alerts, total = await asyncio.to_thread(self._store.query, q)
         except StoreError as e:

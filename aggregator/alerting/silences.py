@@ -4,17 +4,18 @@ A silence mutes new alerts whose labels match all of its matchers while ``starts
 ends_at``: they are stored and shown (with ``silenced_by``) but no sink is sent them. Labels are
 ``service_name``, ``model``, ``anomaly_type``, ``severity``, ``detection_method`` and, where the
 detection has them, ``region`` and ``user``. Operators: ``=``, ``!=``, ``=~`` and ``!~`` (a
-regular expression that must match the whole value).
+regular expression that must match the whole value, in RE2 syntax, matched in linear time:
+:mod:`aggregator.alerting.safe_regex`).
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from aggregator.alerting.model import iso_time, parse_time
+from aggregator.alerting.safe_regex import RegexError, compile_pattern, fullmatch
 
 __all__ = ["MATCH_OPS", "Matcher", "Silence", "SilenceError"]
 
@@ -39,8 +40,8 @@ class Matcher:
             raise SilenceError(f"matchers: unknown operator {self.op!r} (one of {', '.join(MATCH_OPS)})")
         if self.op in ("=~", "!~"):
             try:
-                re.compile(self.value)
-            except re.error as e:
+                compile_pattern(self.value)
+            except RegexError as e:
                 raise SilenceError(f"matchers: {self.name}{self.op}{self.value!r} is not a valid regex: {e}") from None
 
     def matches(self, labels: dict[str, str]) -> bool:
@@ -49,7 +50,7 @@ class Matcher:
             return actual == self.value
         if self.op == "!=":
             return actual != self.value
-        hit = re.fullmatch(self.value, actual) is not None
+        hit = fullmatch(self.value, actual)
         return hit if self.op == "=~" else not hit
 
     def to_dict(self) -> dict[str, str]:

@@ -179,6 +179,17 @@ def _esc(text: object) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _link_url(url: str) -> str:
+    """``url`` safe inside Slack's ``<url|label>``: ``|``, ``<``, ``>``, spaces percent-encoded, ``&`` escaped.
+
+    A service name in the runbook template must not end the link early or open another one.
+
+    >>> _link_url("https://x/runbooks#a|<!channel> b&c")
+    'https://x/runbooks#a%7C%3C!channel%3E%20b&amp;c'
+    """
+    return _esc(urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~"))
+
+
 def _fmt(x: object) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
@@ -200,7 +211,9 @@ def slack_body(doc: Mapping[str, Any]) -> dict[str, Any]:
     where = f"{service} / {model}" if model else str(service)
     title = f"[{severity.upper()}] {anomaly} on {where}"
     summary = str(doc.get("summary") or "")
-    text = f"{title}: {summary or measured}"
+    # The fallback text is mrkdwn too: <!channel>, <!here> or <https://…|…> in a service or model name
+    # would notify or link, so every field is escaped.
+    text = _esc(f"{title}: {summary or measured}")
     runbook = doc.get("runbook_url")
 
     blocks: list[dict[str, Any]] = [
@@ -217,8 +230,8 @@ def slack_body(doc: Mapping[str, Any]) -> dict[str, Any]:
     blocks.append({"type": "section", "fields": [
         {"type": "mrkdwn", "text": f"*{name}*\n{_esc(value)}"[:2000]} for name, value in fields]})
     if runbook:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{runbook}|Runbook>"}})
-        text += f" (runbook: {runbook})"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{_link_url(str(runbook))}|Runbook>"}})
+        text += f" (runbook: {_esc(runbook)})"
     blocks.append({"type": "context", "elements": [
         {"type": "mrkdwn", "text": _esc(f"alert {doc.get('alert_id')} · {doc.get('timestamp')}")}]})
     return {"text": text, "blocks": blocks}

@@ -41,14 +41,21 @@ def opt_time(query: Mapping[str, str], name: str) -> int | None:
         raise ParamError(f"{name}: {e}") from None
 
 
+#: Integers the store can hold (SQLite's signed 64 bits): beyond them a query would overflow (500).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def opt_int(query: Mapping[str, str], name: str, default: int) -> int:
     text = query.get(name, "")
     if not text:
         return default
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ParamError(f"{name}: {text!r} is not an integer") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ParamError(f"{name}: {text} is out of range (at most {INT64_MAX})")
+    return value
 
 
 def split_list(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

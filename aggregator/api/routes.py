@@ -11,6 +11,7 @@ from aiohttp import web
 from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import AlertsApi
 from aggregator.api.auth import Roles, auth_middleware
+from aggregator.api.guard import guard_middleware
 from aggregator.api.openapi import handle_openapi
 from aggregator.api.services_api import HEALTH_WINDOW_S, ServicesApi
 from aggregator.api.silences_api import SilencesApi
@@ -33,12 +34,16 @@ class Api:
 
 def add_api_routes(app: web.Application, *, actions: AlertActions, series: SeriesService,
                    baselines: BaselineService | None, roles: Roles, keepalive_s: float = DEFAULT_KEEPALIVE_S,
-                   health_window_s: float = HEALTH_WINDOW_S, clock: Callable[[], int] = time.time_ns) -> Api:
+                   health_window_s: float = HEALTH_WINDOW_S, clock: Callable[[], int] = time.time_ns,
+                   allowed_hosts: frozenset[str] = frozenset()) -> Api:
     """Register every API v1 route except baselines and candidates, and the auth middleware (for the whole app).
 
     Call before the application starts (routes and middlewares freeze then). The middleware leaves
     ``/v1/ingest`` to the ingest handler and lets the public paths through (:mod:`aggregator.api.auth`).
+    Before it, the browser guard (:mod:`aggregator.api.guard`) refuses foreign ``Host``s (other than
+    IP literals, ``localhost`` and ``allowed_hosts``) and cross-origin or non-JSON writes.
     """
+    app.middlewares.append(guard_middleware(allowed_hosts))
     app.middlewares.append(auth_middleware(roles))
     api = Api(alerts=AlertsApi(actions, clock), silences=SilencesApi(actions, clock),
               services=ServicesApi(actions, series, baselines, clock, window_s=health_window_s),

@@ -28,6 +28,7 @@ from tests.faults.conftest import (
 )
 
 HOURS_3 = 3 * 3600 * S
+YEAR_2200_S = 7_258_118_400
 
 
 def _bursts(ex: Exporter, prefix: str, n: int, at_ns: int) -> None:
@@ -100,20 +101,33 @@ def test_hours_old_data_does_not_page(faults: FaultEnv) -> None:
     assert paged == [], f"alerts raised now from 3 h old rows: {paged}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "documented limitation (aggregator/detectors/README.md: 'a clock far in the future on one sidecar moves the "
-    "watermark for all; its rows are not clamped (left to do)'): after one batch 3 h ahead, every other "
-    "sidecar's rows are behind the watermark and the windowed detectors (here error_burst/binomial_z) drop them"))
-def test_a_sidecar_clock_ahead_does_not_blind_windowed_detectors(faults: FaultEnv) -> None:
-    agg = faults.aggregator().start()
+# Was a documented limitation (strict xfail until issue 15): one sidecar's clock ahead moved every
+# windowed detector's watermark. Rows stamped beyond max_future_skew_s are now analysed at arrival time.
+@pytest.mark.parametrize("offset_s", [3 * 3600, YEAR_2200_S - int(time.time())], ids=["3h-ahead", "year-2200"])
+def test_a_sidecar_clock_ahead_does_not_blind_windowed_detectors(faults: FaultEnv, offset_s: int) -> None:
+    agg = faults.aggregator(config={"detectors": {"error_burst": {"window_s": 1.0}}}).start()
     live = faults.sidecar("live", aggregator_url=agg.url).start()
     ahead = faults.sidecar("clock-ahead", aggregator_url=agg.url).start()
-    faults.exporter(ahead, clock_offset_s=3 * 3600, error_rate=0.0).send(2)
+    faults.exporter(ahead, clock_offset_s=offset_s, error_rate=0.0).send(2)
     wait_until(lambda: drained(ahead), 30, "clock-ahead to drain")
-    _bursts(faults.exporter(live), "live", 2, time.time_ns() - 150 * S)
+    ahead_rows = agg.metrics()("sentinel_aggregator_rows_future_total")
+    # Live error bursts 8 s old (inside error_burst's lateness of 10 s), then rows 4 s ahead (inside
+    # max_future_skew_s) that close their one-second windows.
+    ex = faults.exporter(live)
+    now = time.time_ns()
+    for i in range(2):
+        assert ex.send(1, n_spans=40, services=[f"live-{i}"], models=DEFAULT_MODELS[:1], error_rate=0.6,
+                       start_unix_nano=now - (8 - i) * S)[0].code == "OK"
+    assert ex.send(1, n_spans=10, services=["live-closer"], error_rate=0.0,
+                   start_unix_nano=now + 4 * S)[0].code == "OK"
     wait_until(lambda: drained(live), 30, "live to drain")
-    time.sleep(1)
-    assert _candidates(agg, "binomial_z") >= 2, "the live error bursts are seen by the windowed detector"
+    wait_until(lambda: _candidates(agg, "binomial_z") >= 2, 10, "the live bursts to be detected")
+    m = agg.metrics()
+    assert ahead_rows > 0 and m("sentinel_aggregator_rows_future_total") == ahead_rows, \
+        "every row of the sidecar ahead is counted, no live row"
+    observe(f"9c sidecar clock ahead ({offset_s} s)", rows_from_ahead=int(ahead_rows),
+            rows_future_counted=int(m("sentinel_aggregator_rows_future_total")),
+            windowed_candidates_from_live_bursts=int(_candidates(agg, "binomial_z")), rss_mib=agg.rss_bytes() >> 20)
 
 
 def test_edge_spool_replay_counted_as_replayed_and_late(faults: FaultEnv) -> None:
