@@ -36,7 +36,7 @@ class SidecarMetrics:
         self.attribute_errors = Counter(
             "sentinel_sidecar_attribute_errors", "Wrong-typed LLM attributes read as null", registry=r)
         self.unknown_cost = Counter(
-            "sentinel_sidecar_unknown_cost", "LLM calls whose cost could not be determined", registry=r)
+            "sentinel_sidecar_unknown_cost", "LLM calls whose model has no price", registry=r)
         self.local_anomalies = Counter(
             "sentinel_sidecar_local_anomalies", "Local detections by metric and method",
             ["metric", "method"], registry=r)
