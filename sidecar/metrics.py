@@ -35,6 +35,9 @@ class SidecarMetrics:
             "sentinel_sidecar_llm_calls", "Spans recognised as LLM calls (one feature row each)", registry=r)
         self.attribute_errors = Counter(
             "sentinel_sidecar_attribute_errors", "Wrong-typed LLM attributes read as null", registry=r)
+        self.metric_rows = Counter(
+            "sentinel_sidecar_metric_rows", "rows made from GenAI metrics of keys no spans come for",
+            registry=r)
         self.unknown_cost = Counter(
             "sentinel_sidecar_unknown_cost", "LLM calls whose model has no price", registry=r)
         self.local_anomalies = Counter(

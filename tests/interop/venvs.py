@@ -54,10 +54,14 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
         "opentelemetry-exporter-otlp-proto-grpc==1.39.1",
         "opentelemetry-exporter-otlp-proto-http==1.39.1",
     ),
-    # OpenLIT pins its own SDK and exporters (opentelemetry-exporter-otlp): pip picks them
+    # OpenLIT depends on a dozen opentelemetry-instrumentation-* packages; left free, pip backtracks
+    # into a dead end, so the contrib release is pinned (it pins the SDK 1.39 line)
     "openlit": (
         "openlit==1.45.0",
         f"openai=={_OPENAI}",
+        "opentelemetry-instrumentation==0.60b1",
+        "opentelemetry-sdk==1.39.1",
+        "opentelemetry-exporter-otlp==1.39.1",
     ),
 }
 FAMILIES: tuple[str, ...] = tuple(REQUIREMENTS)
