@@ -111,7 +111,7 @@ def _messages(n_words: int) -> list[dict[str, str]]:
 #: (id, operation, model, stream, user, max_tokens, fault, prompt words) of each call, in order.
 CALLS: tuple[tuple[str, str, str, bool, str | None, int | None, str, int], ...] = (
     ("chat", "chat", "gpt-4o-mini", False, "u-chat", None, "", 12),
-    ("stream", "chat", "gpt-4o-mini", True, "u-stream", None, "", 9),
+    ("stream", "chat", "gpt-4o-mini", True, "u-stream", None, "first:150", 9),
     ("stream-slow", "chat", "gpt-4o-mini", True, None, None, "first:400", 9),
     ("length", "chat", "gpt-4o", False, None, 3, "", 6),
     ("embed", "embeddings", "text-embedding-3-small", False, "u-embed", None, "", 5),
@@ -151,7 +151,8 @@ def main(family: str, protocol: str, endpoint: str, base_url: str, out_path: str
             headers["x-fake-fault"] = fault
         seen: dict[str, Any] = {"id": call_id, "operation": operation, "model": model, "stream": stream,
                                 "user": user, "error": None, "response_model": None, "input_tokens": None,
-                                "output_tokens": None, "finish_reason": None, "ttft_ms": None}
+                                "output_tokens": None, "finish_reason": None, "ttft_ms": None,
+                                "first_chunk_ms": float(fault.split(":", 1)[1]) if fault.startswith("first:") else None}
         with tracer.start_as_current_span(f"app {call_id}") as parent:
             seen["trace_id"] = format(parent.get_span_context().trace_id, "032x")
             kwargs: dict[str, Any] = {"model": model, "extra_headers": headers}
