@@ -8,6 +8,9 @@ PROTOCOL is ``grpc``, ``http/protobuf`` or ``http/json``. The OpenTelemetry Pyth
 OTLP/JSON exporter, so ``http/json`` encodes the SDK's own OTLP request (its protobuf encoder) in
 the OTLP/JSON mapping (hex ids) and posts it, as the OTLP specification describes.
 
+With ``INTEROP_SIGNALS=metrics`` the app exports no spans, only the instrumentation's metrics
+(``grpc`` or ``http/protobuf``; one export, at the end), as an app that sends only metrics.
+
 With ``INTEROP_SPANS_OUT=path`` every span is also written there as JSON (the SDK's console
 exporter), which is how the layouts in ``tests/test_extract_families.py`` were taken.
 
@@ -82,16 +85,32 @@ class _JsonExporter:
         return True
 
 
-def _instrument(family: str, provider: Any) -> None:
+def _meter_provider(protocol: str, endpoint: str, resource: Any) -> Any:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True)
+    elif protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+        exporter = HttpMetricExporter(endpoint=f"{endpoint}/v1/metrics")
+    else:
+        raise SystemExit(f"metrics over {protocol!r} are not supported here")
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    return MeterProvider(metric_readers=[reader], resource=resource)
+
+
+def _instrument(family: str, provider: Any, meters: Any = None) -> None:
     if family == "openllmetry":
         from opentelemetry.instrumentation.openai import OpenAIInstrumentor
-        OpenAIInstrumentor().instrument(tracer_provider=provider)
+        OpenAIInstrumentor().instrument(tracer_provider=provider, meter_provider=meters)
     elif family == "openinference":
         from openinference.instrumentation.openai import OpenAIInstrumentor as OIInstrumentor
         OIInstrumentor().instrument(tracer_provider=provider)
     elif family == "genai-v2":
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor as V2Instrumentor
-        V2Instrumentor().instrument(tracer_provider=provider)
+        V2Instrumentor().instrument(tracer_provider=provider, meter_provider=meters)
     elif family == "openlit":
         import openlit
         # An empty price table: what OpenLIT has when it cannot fetch its own (it then writes cost 0).
@@ -127,16 +146,21 @@ def main(family: str, protocol: str, endpoint: str, base_url: str, out_path: str
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": f"interop-{family}"}))
-    # Exported as each span ends, so no export thread competes with a call being timed.
-    provider.add_span_processor(SimpleSpanProcessor(_exporter(protocol, endpoint)))
+    resource = Resource.create({"service.name": f"interop-{family}"})
+    provider = TracerProvider(resource=resource)
+    meters = None
+    if os.environ.get("INTEROP_SIGNALS") == "metrics":
+        meters = _meter_provider(protocol, endpoint, resource)
+    else:
+        # Exported as each span ends, so no export thread competes with a call being timed.
+        provider.add_span_processor(SimpleSpanProcessor(_exporter(protocol, endpoint)))
     spans_out = os.environ.get("INTEROP_SPANS_OUT")
     if spans_out:  # a readable copy of every span, to see a family's attribute layout
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
         spans_file = open(spans_out, "w")  # noqa: SIM115 - open until the process exits
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=spans_file)))
     trace.set_tracer_provider(provider)
-    _instrument(family, provider)
+    _instrument(family, provider, meters)
 
     import openai
 
@@ -189,6 +213,9 @@ def main(family: str, protocol: str, endpoint: str, base_url: str, out_path: str
         calls.append(seen)
     provider.force_flush()
     provider.shutdown()
+    if meters is not None:
+        meters.force_flush()
+        meters.shutdown()
     with open(out_path, "w") as f:
         json.dump({"family": family, "protocol": protocol, "calls": calls}, f, indent=1)
 

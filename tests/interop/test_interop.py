@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,11 +79,13 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
     await server.stop()
 
 
-async def run_client(family: str, protocol: str, endpoint: str, base_url: str, out: Path) -> dict[str, Any]:
+async def run_client(family: str, protocol: str, endpoint: str, base_url: str, out: Path,
+                     signals: str = "traces") -> dict[str, Any]:
     python = await asyncio.to_thread(ensure_venv, family)
     proc = await asyncio.create_subprocess_exec(
         str(python), str(CLIENT_APP), family, protocol, endpoint, base_url, str(out),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "INTEROP_SIGNALS": signals})
     output, _ = await proc.communicate()
     assert proc.returncode == 0, output.decode(errors="replace")[-4000:]
     result: dict[str, Any] = json.loads(out.read_text())
@@ -90,11 +93,12 @@ async def run_client(family: str, protocol: str, endpoint: str, base_url: str, o
 
 
 async def interop_rows(family: str, protocol: str, make_sidecar: SidecarFactory, recorder: RecordingAggregator,
-                       fake: FakeOpenAI, tmp_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], Sidecar]:
+                       fake: FakeOpenAI, tmp_path: Path, signals: str = "traces",
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]], Sidecar]:
     sc = await make_sidecar(aggregator_url=recorder.url)
     ports = sc.ports()
     endpoint = f"127.0.0.1:{ports['grpc']}" if protocol == "grpc" else f"http://127.0.0.1:{ports['http']}"
-    seen = await run_client(family, protocol, endpoint, fake.base_url, tmp_path / "calls.json")
+    seen = await run_client(family, protocol, endpoint, fake.base_url, tmp_path / "calls.json", signals)
     n = len(seen["calls"])
     await recorder.wait_rows(n, timeout_s=15.0)
     await recorder.wait_rows(n + 1, timeout_s=0.5)  # any extra row arrives now too
@@ -168,3 +172,31 @@ def test_the_client_app_is_plain_python() -> None:
     source = CLIENT_APP.read_text()
     top_imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert all(line.split()[1].split(".")[0] in sys.stdlib_module_names | {"__future__"} for line in top_imports)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_an_app_sending_only_genai_metrics_gets_rows(protocol: str, make_sidecar: SidecarFactory,
+                                                          recorder: RecordingAggregator, fake_openai: FakeOpenAI,
+                                                          tmp_path: Path) -> None:
+    """The v2 instrumentation's own metrics (duration, token usage), no spans: rows per call."""
+    seen, rows, sc = await interop_rows("genai-v2", protocol, make_sidecar, recorder, fake_openai, tmp_path,
+                                        signals="metrics")
+    calls = seen["calls"]
+    assert len(rows) == len(calls) and sc.metrics.metric_rows._value.get() == len(calls)
+    for model, operation in {(c["model"], c["operation"]) for c in calls}:
+        mine = [c for c in calls if (c["model"], c["operation"]) == (model, operation)]
+        got = [r for r in rows if (r["request_model"], r["operation"]) == (model, operation)]
+        assert len(got) == len(mine), (model, operation)
+        assert all(r["service"] == "interop-genai-v2" and r["provider"] == "openai" and r["trace_id"] is None
+                   for r in got)
+        assert sorted(r["error_type"] for r in got if r["is_error"]) == sorted(c["error"] for c in mine if c["error"])
+        for column in ("input_tokens", "output_tokens"):
+            # 2.4b0 records no token usage metric for streamed calls
+            want = sum(c[column] or 0 for c in mine if not c["stream"])
+            assert sum(r[column] or 0 for r in got) == pytest.approx(want), (model, column)
+        # A histogram interval's mean is exact, so the rows' latencies add up to the calls' as the
+        # instrumentation timed them; 2.4b0 stops a stream's clock when the stream object is returned.
+        client_total = sum(c["client_ms"] for c in mine)
+        unstreamed = sum(c["client_ms"] for c in mine if not c["stream"])
+        row_total = sum(r["latency_ms"] for r in got)
+        assert 0.5 * unstreamed <= row_total <= client_total + 1.0, (model, row_total, client_total)
