@@ -38,6 +38,9 @@ class SidecarMetrics:
         self.metric_rows = Counter(
             "sentinel_sidecar_metric_rows", "rows made from GenAI metrics of keys no spans come for",
             registry=r)
+        self.metric_values_thinned = Counter(
+            "sentinel_sidecar_metric_values_thinned", "GenAI metric values left out by "
+            "genai_metrics_max_rows_per_point", registry=r)
         self.unknown_cost = Counter(
             "sentinel_sidecar_unknown_cost", "LLM calls whose model has no price", registry=r)
         self.local_anomalies = Counter(

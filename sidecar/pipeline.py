@@ -1,6 +1,7 @@
 """The trace pipeline: extract feature rows, detect locally, batch, and hand sealed batches on.
 
-Receivers call one method, :meth:`TracesConsumer.consume_traces`, whatever their transport. Errors
+Receivers call :meth:`TracesConsumer.consume_traces` (and ``consume_metrics``, whose GenAI
+histograms become rows for keys no spans come for), whatever their transport. Errors
 are classified once, here: :class:`Overloaded` is retryable (UNAVAILABLE / 503 with a retry hint);
 nothing raised here is permanent, because a well-formed request is never refused for its content.
 """
@@ -237,6 +238,8 @@ class TracePipeline:
         result = self._metrics_reader.read(request, self._spans_cover)
         if result.rows:
             self._metrics.metric_rows.inc(len(result.rows))
+        if result.capped_values:
+            self._metrics.metric_values_thinned.inc(result.capped_values)
         return result.rows
 
     async def _emit(self, rows: list[Row]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -18,6 +19,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from loadtest.recorder import RecordingAggregator
 from sentinel.config import ConfigError
@@ -181,3 +184,29 @@ async def test_metrics_over_otlp_grpc_reach_the_aggregator_as_rows(
     rows = [r for b in recorder.batches for r in b.batch.rows()]
     assert len(rows) == 3 and all(r["latency_ms"] == pytest.approx(400.0) for r in rows)
     assert sc.metrics.metric_rows._value.get() == 3
+
+
+async def test_a_key_with_spans_is_not_also_rowed_from_its_metrics(
+        make_sidecar: SidecarFactory, recorder: RecordingAggregator) -> None:
+    sc = await make_sidecar(aggregator_url=recorder.url)
+    endpoint = f"127.0.0.1:{sc.ports()['grpc']}"
+
+    def one_span() -> None:  # in a thread: the export is synchronous and the sidecar runs on this loop
+        tracer_provider = TracerProvider(resource=Resource.create({"service.name": "metrics-only"}))
+        tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+        tracer_provider.get_tracer("test").start_span("chat gpt-4o-mini", attributes=BASE).end()
+        tracer_provider.shutdown()
+
+    await asyncio.to_thread(one_span)
+    await wait_for(lambda: recorder.rows >= 1, what="the span's row")
+    app = App(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint, insecure=True),
+                                            export_interval_millis=3_600_000))
+    try:
+        app.call(0.5)  # the key the span came for: its spans give the rows
+        app.call(0.5, model="gpt-4o")  # no spans for this key
+        assert await asyncio.to_thread(app.provider.force_flush)
+        await wait_for(lambda: recorder.rows >= 2, what="the metric row")
+    finally:
+        await asyncio.to_thread(app.provider.shutdown)
+    rows = [r for b in recorder.batches for r in b.batch.rows()]
+    assert [(r["request_model"], r["trace_id"] is None) for r in rows] == [("gpt-4o-mini", False), ("gpt-4o", True)]
