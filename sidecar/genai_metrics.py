@@ -89,8 +89,10 @@ def bucket_values(bounds: Iterable[float], counts: Iterable[int], total: float, 
                   limit: int) -> list[float]:
     """The values a histogram interval stands for (see the module docstring), at most ``limit``.
 
+    One value in (0, 1] and one in (1, 2], summing to 3: the midpoints 0.5 and 1.5, scaled to mean 1.5.
+
     >>> bucket_values([1.0, 2.0], [1, 1, 0], 3.0, None, 100)
-    [1.0, 2.0]
+    [0.75, 2.25]
     """
     bounds, counts = list(bounds), list(counts)
     n = sum(counts)
