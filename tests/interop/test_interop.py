@@ -200,3 +200,23 @@ async def test_an_app_sending_only_genai_metrics_gets_rows(protocol: str, make_s
         unstreamed = sum(c["client_ms"] for c in mine if not c["stream"])
         row_total = sum(r["latency_ms"] for r in got)
         assert 0.5 * unstreamed <= row_total <= client_total + 1.0, (model, row_total, client_total)
+
+
+async def test_openllmetry_metrics_alone_give_latency_ttft_and_token_rows(
+        make_sidecar: SidecarFactory, recorder: RecordingAggregator, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """OpenLLMetry's metrics (duration, token usage, gen_ai.server.time_to_first_token), no spans.
+
+    Its metrics name the response's (dated) model, so that is the rows' model."""
+    seen, rows, _ = await interop_rows("openllmetry", "grpc", make_sidecar, recorder, fake_openai, tmp_path,
+                                       signals="metrics")
+    calls = seen["calls"]
+    assert len([r for r in rows if r["latency_ms"] is not None]) == len(calls)
+    assert sorted(r["error_type"] for r in rows if r["is_error"]) == sorted(c["error"] for c in calls if c["error"])
+    streams = [c for c in calls if c["stream"]]
+    ttft = [r["ttft_ms"] for r in rows if r["ttft_ms"] is not None]
+    assert len(ttft) == len(streams)
+    # an interval's mean is exact: the streams' mean TTFT as the client measured it, within 20 ms
+    assert sum(ttft) / len(ttft) == pytest.approx(sum(c["ttft_ms"] for c in streams) / len(streams),
+                                                  abs=TTFT_TOLERANCE_MS)
+    for column in ("input_tokens", "output_tokens"):
+        assert sum(r[column] or 0 for r in rows) == pytest.approx(sum(c[column] or 0 for c in calls)), column
