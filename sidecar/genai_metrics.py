@@ -13,6 +13,8 @@ metric (unit ``s`` or ``ms``; tokens ``{token}``)           column
 ``gen_ai.client.token.usage`` (``gen_ai.token.type``)       ``input_tokens`` / ``output_tokens``
 ``gen_ai.server.time_to_first_token``,                      ``ttft_ms``
 ``gen_ai.client.operation.time_to_first_chunk``
+``gen_ai.server.time_per_output_token``,                    ``tokens_per_s`` (1 / the value)
+``gen_ai.client.operation.time_per_output_chunk``
 =========================================================  ===================================
 
 A histogram point holds counts per bucket, not single values: each interval's counts (the
@@ -21,8 +23,8 @@ the buckets' midpoints (the first bucket's upper bound halved; the overflow buck
 given, else its lower bound), scaled so that their mean is the interval's exact ``sum / count``.
 A key's latency, token and TTFT values of one request are laid side by side into rows (the first
 row gets the first of each): every column's distribution is right, but the pairing of values
-within a row is not a real call's, so ``tokens_per_s`` is left null; cost is priced per row, so
-its sum is right. Rows have no trace or span id, no user and no finish reason.
+within a row is not a real call's, so ``tokens_per_s`` comes only from the time-per-token
+metrics, never from a row's tokens and latency; cost is priced per row, so its sum is right. Rows have no trace or span id, no user and no finish reason.
 
 Keys seen in span rows within ``span_window_s`` are skipped (their spans already give one exact
 row per call). Exponential histograms and other metrics are ignored.
@@ -40,13 +42,14 @@ from sentinel.model import Row
 from sentinel.pricing import PriceBook
 from sidecar.attributes import normalize_error_type
 
-__all__ = ["DURATION", "TOKEN_USAGE", "TTFT_METRICS", "GenAiMetricsReader", "MetricsConfig", "MetricsResult",
+__all__ = ["DURATION", "PER_TOKEN_METRICS", "TOKEN_USAGE", "TTFT_METRICS", "GenAiMetricsReader", "MetricsConfig", "MetricsResult",
            "bucket_values"]
 
 DURATION = "gen_ai.client.operation.duration"
 TOKEN_USAGE = "gen_ai.client.token.usage"
 TTFT_METRICS = ("gen_ai.server.time_to_first_token", "gen_ai.client.operation.time_to_first_chunk")
-_READ = frozenset((DURATION, TOKEN_USAGE, *TTFT_METRICS))
+PER_TOKEN_METRICS = ("gen_ai.server.time_per_output_token", "gen_ai.client.operation.time_per_output_chunk")
+_READ = frozenset((DURATION, TOKEN_USAGE, *TTFT_METRICS, *PER_TOKEN_METRICS))
 _CUMULATIVE = 2  # AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _POINT_KEYS = frozenset({"gen_ai.request.model", "gen_ai.response.model", "gen_ai.operation.name",
                          "gen_ai.provider.name", "gen_ai.system", "error.type", "gen_ai.token.type"})
@@ -133,6 +136,7 @@ class _KeyValues:
     input_tokens: list[float] = field(default_factory=list)
     output_tokens: list[float] = field(default_factory=list)
     ttft: list[float] = field(default_factory=list)
+    tokens_per_s: list[float] = field(default_factory=list)
     time: int = 0
 
 
@@ -197,6 +201,8 @@ class GenAiMetricsReader:
                     kv.input_tokens.extend(values)
                 elif kind == "output":
                     kv.output_tokens.extend(values)
+            elif metric.name in PER_TOKEN_METRICS:
+                kv.tokens_per_s.extend(1000.0 / v for v in values if v > 0.0)  # ms per token -> tokens/s
             else:
                 kv.ttft.extend(values)
 
@@ -221,18 +227,19 @@ class GenAiMetricsReader:
         # Successful calls first: they are the ones tokens and TTFT were recorded for.
         latency: list[tuple[float | None, str | None]] = [(v, None) for v in kv.ok_latency]
         latency.extend(kv.errors)
-        n = max(len(latency), len(kv.input_tokens), len(kv.output_tokens), len(kv.ttft))
+        n = max(len(latency), len(kv.input_tokens), len(kv.output_tokens), len(kv.ttft), len(kv.tokens_per_s))
         prices = self._prices.resolve(provider, response_model or model, model)
         for i in range(n):
             lat, error = latency[i] if i < len(latency) else (None, None)
             tin = kv.input_tokens[i] if i < len(kv.input_tokens) else None
             tout = kv.output_tokens[i] if i < len(kv.output_tokens) else None
             ttft = kv.ttft[i] if i < len(kv.ttft) else None
+            tps = kv.tokens_per_s[i] if i < len(kv.tokens_per_s) else None
             cost = None
             if prices is not None and (tin is not None or tout is not None):
                 cost = (tin or 0.0) * prices[0] + (tout or 0.0) * prices[1]
             result.rows.append((kv.time, service, namespace, pod, region, operation, provider, model,
-                                response_model, lat, ttft, tin, tout, None, cost, error is not None, error,
+                                response_model, lat, ttft, tin, tout, tps, cost, error is not None, error,
                                 None, None, None, None, None))
 
 

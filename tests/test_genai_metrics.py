@@ -111,7 +111,7 @@ def test_calls_become_rows_and_cumulative_points_count_only_new_calls(
         assert r["latency_ms"] == pytest.approx(500.0) and r["ttft_ms"] == pytest.approx(100.0)
         assert (r["input_tokens"], r["output_tokens"]) == (pytest.approx(100.0), pytest.approx(20.0))
         assert r["cost_usd"] == pytest.approx((100 * 0.15 + 20 * 0.6) / 1e6)
-        assert r["is_error"] is False and r["trace_id"] is None and r["tokens_per_s"] is None
+        assert r["is_error"] is False and r["trace_id"] is None and r["tokens_per_s"] is None  # no such metric
     assert (failed["is_error"], failed["error_type"], failed["input_tokens"]) == (True, "RateLimitError", None)
     assert failed["latency_ms"] == pytest.approx(30.0)
     # the next (cumulative) export holds the old calls too: only the new one becomes a row
@@ -210,3 +210,16 @@ async def test_a_key_with_spans_is_not_also_rowed_from_its_metrics(
         await asyncio.to_thread(app.provider.shutdown)
     rows = [r for b in recorder.batches for r in b.batch.rows()]
     assert [(r["request_model"], r["trace_id"] is None) for r in rows] == [("gpt-4o-mini", False), ("gpt-4o", True)]
+
+
+def test_time_per_output_token_gives_throughput(memory_app: tuple[App, InMemoryMetricReader]) -> None:
+    app, mem = memory_app
+    tpot = app.provider.get_meter("test").create_histogram("gen_ai.server.time_per_output_token", unit="s")
+    reader = GenAiMetricsReader(MetricsConfig(), PriceBook(PRICES))
+    for _ in range(3):
+        app.call(1.0)
+        tpot.record(0.02, BASE)  # 20 ms per token: 50 tokens/s
+    rows = rows_of(reader, export(mem))
+    assert len(rows) == 3
+    # the default buckets put 20 ms in (10, 25] ms; the interval's exact mean makes it 20 ms
+    assert [r["tokens_per_s"] for r in rows] == [pytest.approx(50.0)] * 3
