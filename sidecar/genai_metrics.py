@@ -24,7 +24,8 @@ given, else its lower bound), scaled so that their mean is the interval's exact 
 A key's latency, token and TTFT values of one request are laid side by side into rows (the first
 row gets the first of each): every column's distribution is right, but the pairing of values
 within a row is not a real call's, so ``tokens_per_s`` comes only from the time-per-token
-metrics, never from a row's tokens and latency; cost is priced per row, so its sum is right. Rows have no trace or span id, no user and no finish reason.
+metrics, never from a row's tokens and latency; cost is priced per row, so its sum is right.
+Rows have no trace or span id, no user and no finish reason.
 
 Keys seen in span rows within ``span_window_s`` are skipped (their spans already give one exact
 row per call). Exponential histograms and other metrics are ignored.
@@ -42,8 +43,8 @@ from sentinel.model import Row
 from sentinel.pricing import PriceBook
 from sidecar.attributes import normalize_error_type
 
-__all__ = ["DURATION", "PER_TOKEN_METRICS", "TOKEN_USAGE", "TTFT_METRICS", "GenAiMetricsReader", "MetricsConfig", "MetricsResult",
-           "bucket_values"]
+__all__ = ["DURATION", "PER_TOKEN_METRICS", "TOKEN_USAGE", "TTFT_METRICS", "GenAiMetricsReader", "MetricsConfig",
+           "MetricsResult", "bucket_values"]
 
 DURATION = "gen_ai.client.operation.duration"
 TOKEN_USAGE = "gen_ai.client.token.usage"
