@@ -21,6 +21,7 @@ from sidecar.config import SidecarConfig
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.forward_queue import ForwardQueue
 from sidecar.forwarder import Forwarder, ForwarderConfig
+from sidecar.genai_metrics import GenAiMetricsReader, MetricsConfig
 from sidecar.inflight import InFlightBudget
 from sidecar.metrics import SidecarMetrics
 from sidecar.ops_server import OpsServer
@@ -73,6 +74,7 @@ class Sidecar:
         c = self.config
         detector = LocalDetector(LocalDetectionConfig.from_mapping(c.detection))
         extractor = Extractor(ExtractConfig.from_settings(c, api_key_attributes=c.api_key_attributes))
+        metrics_config = MetricsConfig.from_settings(c)
         last_seq: int | None = None
         if c.spool_dir:
             self.spool = Spool(SpoolConfig(
@@ -123,6 +125,7 @@ class Sidecar:
             sidecar_id=self.sidecar_id, seq=SeqSource(last_seq), durable=c.mode == "store-and-forward",
             batch_max_rows=c.batch_max_rows, batch_timeout_s=c.batch_timeout_s,
             receive_queue_max_bytes=c.receive_queue_max_bytes,
+            metrics_reader=GenAiMetricsReader(metrics_config, extractor.prices) if metrics_config.enabled else None,
         )
         self.pipeline.start()
         if c.metrics_listen:

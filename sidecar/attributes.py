@@ -14,8 +14,16 @@ value wins; a wrong-typed value is counted and the next key is used):
    de-facto cost attribute used by Langfuse and several SDKs);
 2. ``genai`` with ``deprecated=True`` — renamed GenAI names (``gen_ai.system``,
    ``gen_ai.usage.prompt_tokens``, ``enduser.id``, …);
-3. ``openllmetry`` — Traceloop/OpenLLMetry (``llm.request.type``, ``llm.usage.*``, ``traceloop.*``);
-4. ``openinference`` — Arize OpenInference (``llm.model_name``, ``llm.token_count.*``, ``llm.cost.*``).
+3. ``openllmetry`` — Traceloop/OpenLLMetry (``llm.request.type``, ``llm.usage.*``, ``traceloop.*``,
+   ``gen_ai.user``);
+4. ``openlit`` — OpenLIT's own names (``gen_ai.request.user``, ``gen_ai.server.time_to_first_token``
+   on spans, ``gen_ai.request.stream``);
+5. ``openinference`` — Arize OpenInference (``llm.model_name``, ``llm.token_count.*``, ``llm.cost.*``,
+   and ``model``/``user`` inside the ``llm.invocation_parameters`` JSON).
+
+Span events are read by name and time only (never their attributes, which may hold content), with
+one exception: ``exception.type`` of an ``exception`` event, a class name (:data:`FIRST_TOKEN_EVENTS`,
+:data:`EXCEPTION_EVENT`).
 
 Resource attributes (family ``resource``) are read once per ``ResourceSpans``.
 
@@ -33,11 +41,16 @@ Which spans are LLM calls (:func:`classify`):
 
 from __future__ import annotations
 
+import json
+import re
 from typing import NamedTuple
 
 __all__ = [
     "ATTRIBUTES",
+    "EXCEPTION_EVENT",
+    "EXCEPTION_TYPE_KEY",
     "FAMILIES",
+    "FIRST_TOKEN_EVENTS",
     "KINDS",
     "LLM_OPERATIONS",
     "NOT_ROWED",
@@ -47,17 +60,21 @@ __all__ = [
     "UNROWED",
     "Attribute",
     "classify",
+    "invocation_parameters",
+    "normalize_error_type",
     "normalize_operation",
     "resource_keys",
     "span_keys",
 ]
 
 #: Convention families, in precedence order (``resource`` never competes with the others).
-FAMILIES: tuple[str, ...] = ("genai", "openllmetry", "openinference", "resource")
+FAMILIES: tuple[str, ...] = ("genai", "openllmetry", "openlit", "openinference", "resource")
 
 #: Expected value kinds. ``float`` also takes an OTLP int; ``str[]`` also takes a lone string
-#: (first element used); anything else is a wrong-typed (bad) attribute.
-KINDS: tuple[str, ...] = ("str", "int", "float", "str[]")
+#: (first element used); ``json`` is a string holding a JSON object, of which only the ``model``
+#: and ``user`` members are kept (:func:`invocation_parameters`); anything else is a wrong-typed
+#: (bad) attribute.
+KINDS: tuple[str, ...] = ("str", "int", "float", "str[]", "bool", "json")
 
 
 class Attribute(NamedTuple):
@@ -104,18 +121,29 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     # metadata beside the flattened completions; the .content siblings are never read
     Attribute("gen_ai.completion.0.finish_reason", "finish_reason", "str", "openllmetry"),
     Attribute("llm.response.stop_reason", "finish_reason", "str", "openllmetry"),
-    Attribute("llm.user", "user", "str", "openllmetry"),
+    Attribute("gen_ai.user", "user", "str", "openllmetry"),  # OpenAI's user=, renamed from llm.user
+    Attribute("llm.user", "user", "str", "openllmetry", deprecated=True),
     Attribute("traceloop.association.properties.user_id", "user", "str", "openllmetry"),
     Attribute("traceloop.span.kind", "_traceloop_kind", "str", "openllmetry"),
+    Attribute("gen_ai.is_streaming", "_stream", "bool", "openllmetry"),
+    Attribute("llm.is_streaming", "_stream", "bool", "openllmetry", deprecated=True),
+    # --- OpenLIT. Its span TTFT (seconds) equals the whole latency on non-streaming calls, so the
+    # extractor uses it only when the span says it streamed (_stream).
+    Attribute("gen_ai.request.user", "user", "str", "openlit"),
+    Attribute("gen_ai.request.stream", "_stream", "bool", "openlit"),
+    Attribute("gen_ai.server.time_to_first_token", "_stream_ttft_ms", "float", "openlit", scale=1000.0),
     # --- OpenInference / Arize Phoenix
     Attribute("openinference.span.kind", "_openinference_kind", "str", "openinference"),
     Attribute("llm.provider", "provider", "str", "openinference"),
     Attribute("llm.system", "provider", "str", "openinference"),
     Attribute("llm.request.model_name", "request_model", "str", "openinference"),
-    # llm.model_name is whatever model the instrumentor saw (often the response's); it fills
-    # request_model, the detection key, when the newer llm.request.model_name is absent.
-    Attribute("llm.model_name", "request_model", "str", "openinference"),
-    Attribute("embedding.model_name", "request_model", "str", "openinference"),
+    # llm.model_name / embedding.model_name are what the response said (the dated model). The
+    # request's model is in the invocation parameters (also on failed calls); the extractor makes
+    # the named model the response model when those give the request model, else the request model.
+    Attribute("llm.model_name", "_oi_model", "str", "openinference"),
+    Attribute("embedding.model_name", "_oi_model", "str", "openinference"),
+    Attribute("llm.invocation_parameters", "_oi_params", "json", "openinference"),
+    Attribute("embedding.invocation_parameters", "_oi_params", "json", "openinference"),
     Attribute("llm.response.model_name", "response_model", "str", "openinference"),
     Attribute("llm.token_count.prompt", "input_tokens", "int", "openinference"),
     Attribute("llm.token_count.completion", "output_tokens", "int", "openinference"),
@@ -124,12 +152,25 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("llm.cost.prompt", "_cost_input", "float", "openinference"),
     Attribute("llm.cost.completion", "_cost_output", "float", "openinference"),
     Attribute("llm.finish_reason", "finish_reason", "str", "openinference"),
+    # --- HTTP status of the call, for an error type when the span names none
+    Attribute("http.response.status_code", "_http_status", "int", "genai"),
+    Attribute("http.status_code", "_http_status", "int", "genai", deprecated=True),
     # --- resource attributes (read once per ResourceSpans)
     Attribute("service.name", "service", "str", "resource"),
     Attribute("k8s.namespace.name", "namespace", "str", "resource"),
     Attribute("k8s.pod.name", "pod", "str", "resource"),
     Attribute("cloud.region", "region", "str", "resource"),
 )
+
+#: Span events whose time marks the first streamed chunk: OpenInference's, and OpenLLMetry's
+#: one-per-chunk event (current and pre-gen_ai name; the first one counts).
+FIRST_TOKEN_EVENTS = frozenset({"First Token Stream Event", "gen_ai.content.completion.chunk",
+                                "llm.content.completion.chunk"})
+
+#: The span event of a recorded exception, and the one attribute of it that is read (a class name;
+#: ``exception.message`` and ``exception.stacktrace`` may quote content and are never read).
+EXCEPTION_EVENT = "exception"
+EXCEPTION_TYPE_KEY = b"exception.type"
 
 #: ``gen_ai.operation.name`` values of spans that wrap LLM calls rather than being one.
 ORCHESTRATION_OPERATIONS = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})
@@ -191,3 +232,42 @@ def classify(*, operation: str | None, request_type: str | None, openinference_k
             or openinference_kind is not None):
         return ROWED
     return UNROWED
+
+
+_CLASS_REPR = re.compile(r"<class '([^']*)'>")
+
+
+def normalize_error_type(value: str) -> str | None:
+    """One short form for an error type, whichever family wrote it: the class name without its
+    module (``openai.RateLimitError``, ``<class 'openai.RateLimitError'>`` -> ``RateLimitError``);
+    other values (``timeout``, ``429``, ``_OTHER``) as they are; ``None`` for a blank one.
+
+    >>> normalize_error_type("<class 'openai.APITimeoutError'>")
+    'APITimeoutError'
+    """
+    text = value.strip()
+    match = _CLASS_REPR.fullmatch(text)
+    if match is not None:
+        text = match.group(1)
+    if "." in text and all(part.isidentifier() for part in text.split(".")):
+        text = text.rsplit(".", 1)[1]
+    return text or None
+
+
+def invocation_parameters(text: str) -> tuple[str | None, str | None] | None:
+    """``(model, user)`` from OpenInference's ``llm.invocation_parameters`` JSON (each ``None`` when
+    absent or not a non-empty string), or ``None`` when the text is not a JSON object. Nothing else
+    in it is kept.
+
+    >>> invocation_parameters('{"model": "gpt-4o-mini", "user": "u-1", "temperature": 0}')
+    ('gpt-4o-mini', 'u-1')
+    """
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    model, user = doc.get("model"), doc.get("user")
+    return (model if isinstance(model, str) and model else None,
+            user if isinstance(user, str) and user else None)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentinel.config import ConfigError, setting
+from sidecar.genai_metrics import MetricsConfig
 
 __all__ = ["MODES", "SPOOL_FSYNC_POLICIES", "SPOOL_FULL_POLICIES", "SidecarConfig"]
 
@@ -101,6 +102,14 @@ class SidecarConfig:
                                         flag=False, factory=dict)
     prices: dict[str, Any] = setting(None, "price overrides: model -> {input, output} USD per million "
                                      "tokens", flag=False, factory=dict)
+    genai_metrics: bool = setting(True, "turn OTel GenAI metric histograms into rows for keys no spans "
+                                  "come for (see sidecar/README.md)")
+    genai_metrics_span_window_s: float = setting(300.0, "a key whose span rows came within this long is "
+                                                 "not rowed from metrics", kind="duration")
+    genai_metrics_max_rows_per_point: int = setting(1000, "rows one histogram point may become per "
+                                                    "interval; beyond it the values are thinned (counted)")
+    genai_metrics_max_series: int = setting(10_000, "metric streams (and span-covered keys) remembered; "
+                                            "beyond it they are forgotten and start over")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def validate(self) -> None:
@@ -147,6 +156,7 @@ class SidecarConfig:
                 raise ConfigError(f"{key}: {value!r} must start with http:// or https://")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
+        MetricsConfig.from_settings(self).validate()
         if not isinstance(self.detection, dict):
             raise ConfigError("detection: must be a map")
         if not isinstance(self.prices, dict):

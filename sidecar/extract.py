@@ -23,8 +23,21 @@ from google.protobuf.message import DecodeError
 from sentinel.model import Row
 from sentinel.pricing import PriceBook, parse_overrides
 from sentinel.wire import MAX_ABS_VALUE
-from sidecar.attributes import LLM_OPERATIONS, ROWED, classify, normalize_operation, resource_keys, span_keys
+from sidecar.attributes import (
+    EXCEPTION_EVENT,
+    EXCEPTION_TYPE_KEY,
+    FIRST_TOKEN_EVENTS,
+    LLM_OPERATIONS,
+    ROWED,
+    classify,
+    invocation_parameters,
+    normalize_error_type,
+    normalize_operation,
+    resource_keys,
+    span_keys,
+)
 from sidecar.otlp_lite import (
+    KIND_BOOL,
     KIND_DOUBLE,
     KIND_INT,
     KIND_LIST,
@@ -43,16 +56,17 @@ __all__ = ["ExtractConfig", "ExtractResult", "Extractor", "Resource"]
 _STATUS_CODE_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
 
 # Kind codes, compared in the hot loop.
-_STR, _INT, _FLOAT, _STR_ARRAY = range(4)
-_KIND_CODES = {"str": _STR, "int": _INT, "float": _FLOAT, "str[]": _STR_ARRAY}
+_STR, _INT, _FLOAT, _STR_ARRAY, _BOOL, _JSON = range(6)
+_KIND_CODES = {"str": _STR, "int": _INT, "float": _FLOAT, "str[]": _STR_ARRAY, "bool": _BOOL, "json": _JSON}
 
 # Internal value slots: the row columns read from span attributes, then the helper values.
 _SLOTS = ("operation", "provider", "request_model", "response_model", "ttft_ms", "input_tokens",
           "output_tokens", "cost_usd", "error_type", "finish_reason", "user", "_request_type",
           "_total_tokens", "_traceloop_kind", "_openinference_kind", "_cost_input", "_cost_output",
-          "_api_key")
+          "_api_key", "_stream", "_stream_ttft_ms", "_oi_model", "_oi_params", "_http_status")
 (_OP, _PROVIDER, _REQ_MODEL, _RESP_MODEL, _TTFT, _IN, _OUT, _COST, _ERR_TYPE, _FINISH, _USER,
- _REQ_TYPE, _TOTAL, _TL_KIND, _OI_KIND, _COST_IN, _COST_OUT, _API_KEY) = range(len(_SLOTS))
+ _REQ_TYPE, _TOTAL, _TL_KIND, _OI_KIND, _COST_IN, _COST_OUT, _API_KEY, _STREAM, _STREAM_TTFT,
+ _OI_MODEL, _OI_PARAMS, _HTTP_STATUS) = range(len(_SLOTS))
 # Per span, one list holds the values (index: slot) and, _NSLOTS further on, the rank of the
 # key each came from (lower wins). One spare slot at the end absorbs unwanted attributes.
 _NSLOTS = len(_SLOTS) + 1
@@ -74,6 +88,8 @@ _ATTR_CACHE_MAX_KV_BYTES = 256
 #: values are never kept, not even short ones, and not even as a key of the skip cache.
 _CONTENT_KEY_MARKERS = (b"prompt", b"completion", b"message", b"content", b"input", b"output", b"query",
                         b"document", b"tool_call", b"arguments", b"value")
+#: Most distinct exception class names remembered in their normalised form.
+_ERROR_NAMES_MAX = 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +125,7 @@ class ExtractResult:
     spans: int = 0  # every span in the request
     llm_calls: int = 0  # spans that became rows
     bad_attributes: int = 0  # wanted attributes of the wrong type (their column left None)
-    unknown_cost: int = 0  # rows whose cost could not be determined
+    unknown_cost: int = 0  # rows whose model has no price (and no usable span cost)
 
 
 def _is_content(kv: bytes) -> bool:
@@ -136,6 +152,8 @@ class Extractor:
             self._span_keys.setdefault(key.encode(), (_API_KEY, _STR, base + i, 1.0))
         self._resource_keys = {a.key: i for i, a in enumerate(resource_keys())}
         self._hash_user = settings.hash_user
+        self._capture_user = settings.capture_user
+        self._error_names: dict[bytes, str | None] = {}  # serialized exception.type -> short name
         self._attr_cache = _AttributeCache(self._miss)
         self._attr_seen_once: set[bytes] = set()
         self._bad_attributes = 0  # bad attributes seen by _miss, all time
@@ -188,6 +206,8 @@ class Extractor:
         resolve = self.prices.resolve
         llm_operations = LLM_OPERATIONS
         hash_user = self._hash_user
+        capture_user = self._capture_user
+        first_token_events = FIRST_TOKEN_EVENTS
         service, namespace, pod, region, _ = resource
         spans_seen = llm_calls = unknown_cost = 0
         bad = 0
@@ -211,6 +231,21 @@ class Extractor:
 
             request_model = vals[_REQ_MODEL]
             response_model = vals[_RESP_MODEL]
+            user = vals[_USER]
+            # OpenInference: the request's model (and user) are in the invocation parameters;
+            # llm.model_name is the response's model, the request's only when nothing else says.
+            params = vals[_OI_PARAMS]
+            if params is not None:
+                if request_model is None:
+                    request_model = params[0]
+                if user is None and capture_user:
+                    user = params[1]
+            oi_model = vals[_OI_MODEL]
+            if oi_model is not None:
+                if response_model is None:
+                    response_model = oi_model
+                if request_model is None:
+                    request_model = oi_model
             input_tokens = vals[_IN]
             output_tokens = vals[_OUT]
             operation = vals[_OP]
@@ -235,6 +270,23 @@ class Extractor:
             end = span.end_time_unix_nano
             latency_ms = (end - start) / 1e6 if start and end and end >= start else None
             ttft_ms = vals[_TTFT]
+            if ttft_ms is None and vals[_STREAM] is True:
+                ttft_ms = vals[_STREAM_TTFT]  # OpenLIT's: on a non-streamed call it is the latency
+            error_type = vals[_ERR_TYPE]
+            is_error = error_type is not None or span.status.code == _STATUS_CODE_ERROR
+            events = span.events
+            if events and (ttft_ms is None or (is_error and error_type is None)):
+                event_ttft, event_error = self._read_events(events, start, first_token_events,
+                                                            ttft_ms is None, is_error and error_type is None)
+                if ttft_ms is None:
+                    ttft_ms = event_ttft
+                if error_type is None:
+                    error_type = event_error
+            if error_type is None:
+                status = vals[_HTTP_STATUS]
+                if status is not None and status >= 400:
+                    error_type = str(status)
+                    is_error = True
             tokens_per_s = None
             if output_tokens is not None and latency_ms is not None:
                 gen_ms = latency_ms if ttft_ms is None else latency_ms - ttft_ms
@@ -247,19 +299,19 @@ class Extractor:
                 cost_in, cost_out = vals[_COST_IN], vals[_COST_OUT]
                 if cost_in is not None or cost_out is not None:
                     cost = (cost_in or 0.0) + (cost_out or 0.0)
+            # A span cost of 0 beside token counts is an instrumentation that could not price the
+            # call (OpenLIT writes 0 without its price table): the price table decides instead.
+            if cost is None or (cost == 0.0 and (input_tokens or output_tokens)):
+                # PriceBook.cost, inlined: the price pair is cached per model triple.
+                prices = resolve(provider, response_model or request_model, request_model)
+                if prices is None:
+                    cost = None
+                    unknown_cost += 1  # only a model without a price, never a call without tokens
                 elif input_tokens is not None or output_tokens is not None:
-                    # PriceBook.cost, inlined: the price pair is cached per model triple.
-                    prices = resolve(provider, response_model or request_model, request_model)
-                    if prices is None:
-                        unknown_cost += 1
-                    else:
-                        cost = (input_tokens or 0) * prices[0] + (output_tokens or 0) * prices[1]
+                    cost = (input_tokens or 0) * prices[0] + (output_tokens or 0) * prices[1]
                 else:
-                    unknown_cost += 1
+                    cost = None  # a failed call: no tokens to price
 
-            error_type = vals[_ERR_TYPE]
-            is_error = error_type is not None or span.status.code == _STATUS_CODE_ERROR
-            user = vals[_USER]
             if user is not None and hash_user:
                 user = hashlib.sha256(user.encode()).hexdigest()
             api_key = vals[_API_KEY]
@@ -279,6 +331,53 @@ class Extractor:
         result.unknown_cost += unknown_cost
         return result
 
+    def _read_events(self, events: Any, start: int, first_token_events: frozenset[str], want_ttft: bool,
+                     want_error: bool) -> tuple[float | None, str | None]:
+        """TTFT (ms after ``start``) from the first first-token event, and the short class name
+        of an ``exception`` event; only event names, times and ``exception.type`` are read."""
+        ttft_ms: float | None = None
+        error_type: str | None = None
+        for event in events:
+            name = event.name
+            if want_ttft and name in first_token_events:
+                t = event.time_unix_nano
+                if t >= start:
+                    ttft_ms = (t - start) / 1e6
+                want_ttft = False
+            elif want_error and name == EXCEPTION_EVENT:
+                error_type = self._exception_type(event.attributes)
+                want_error = error_type is None
+            else:
+                continue
+            if not (want_ttft or want_error):
+                break
+        return ttft_ms, error_type
+
+    def _exception_type(self, attributes: Iterable[bytes]) -> str | None:
+        """The normalised ``exception.type`` among an exception event's serialized attributes."""
+        names = self._error_names
+        for kv in attributes:
+            # Match the key on the raw bytes: no other attribute of the event is decoded.
+            if len(kv) < 2 or kv[0] != 0x0A or kv[2:2 + kv[1]] != EXCEPTION_TYPE_KEY:
+                continue
+            try:
+                return names[kv]
+            except KeyError:
+                pass
+            try:
+                kind, val = _value(kv, 2 + kv[1])
+            except (IndexError, DecodeError, UnicodeDecodeError):
+                self._bad_attributes += 1
+                return None
+            name = normalize_error_type(val) if kind == KIND_STR else None
+            if name is None:
+                self._bad_attributes += 1
+            if len(kv) <= _ATTR_CACHE_MAX_KV_BYTES:  # bounded by bytes as the attribute cache is
+                if len(names) >= _ERROR_NAMES_MAX:
+                    names.clear()
+                names[kv] = name
+            return name
+        return None
 
     def _miss(self, kv: bytes) -> tuple[int, int, Any]:
         """Decode an attribute the cache does not hold; remember it from its second sighting on.
@@ -325,6 +424,12 @@ class Extractor:
         if kind == _STR:
             if vkind != KIND_STR:
                 return _BAD
+            if slot == _ERR_TYPE:
+                val = normalize_error_type(val)
+            elif slot == _USER and not val:
+                val = None  # OpenLIT writes "" when the call named no user
+            if val is None:
+                return _SKIP_ENTRY
         elif kind == _INT:
             if vkind != KIND_INT or val < 0:
                 return _BAD
@@ -335,6 +440,15 @@ class Extractor:
                 return _BAD
             val *= scale
             if not 0.0 <= val <= MAX_ABS_VALUE:  # negative, NaN, infinite or absurd (the aggregator drops those)
+                return _BAD
+        elif kind == _BOOL:
+            if vkind != KIND_BOOL:
+                return _BAD
+        elif kind == _JSON:
+            if vkind != KIND_STR:
+                return _BAD
+            val = invocation_parameters(val)
+            if val is None:
                 return _BAD
         else:  # _STR_ARRAY: the first element; a lone string is taken as is
             if vkind == KIND_LIST:

@@ -35,8 +35,14 @@ class SidecarMetrics:
             "sentinel_sidecar_llm_calls", "Spans recognised as LLM calls (one feature row each)", registry=r)
         self.attribute_errors = Counter(
             "sentinel_sidecar_attribute_errors", "Wrong-typed LLM attributes read as null", registry=r)
+        self.metric_rows = Counter(
+            "sentinel_sidecar_metric_rows", "rows made from GenAI metrics of keys no spans come for",
+            registry=r)
+        self.metric_values_thinned = Counter(
+            "sentinel_sidecar_metric_values_thinned", "GenAI metric values left out by "
+            "genai_metrics_max_rows_per_point", registry=r)
         self.unknown_cost = Counter(
-            "sentinel_sidecar_unknown_cost", "LLM calls whose cost could not be determined", registry=r)
+            "sentinel_sidecar_unknown_cost", "LLM calls whose model has no price", registry=r)
         self.local_anomalies = Counter(
             "sentinel_sidecar_local_anomalies", "Local detections by metric and method",
             ["metric", "method"], registry=r)

@@ -32,7 +32,7 @@ from sidecar.inflight import InFlightBudget, NoRoom
 from sidecar.metrics import SidecarMetrics
 from sidecar.otlp_lite import parse_traces
 from sidecar.passthrough import Passthrough
-from sidecar.pipeline import Overloaded, TracesConsumer
+from sidecar.pipeline import ConsumeResult, Overloaded, TracesConsumer
 
 __all__ = ["OtlpGrpcReceiver"]
 
@@ -130,14 +130,7 @@ class OtlpGrpcReceiver:
         except DecodeError as e:
             self._metrics.requests.labels("traces", "grpc", "malformed").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ExportTraceServiceRequest: {e}")
-        try:
-            result = await self._consumer.consume_traces(request, len(raw))
-        except (Overloaded, SpoolRefused) as e:
-            self._metrics.requests.labels("traces", "grpc", "refused").inc()
-            retry = e.retry_after_s if isinstance(e, Overloaded) else 2.0
-            message = f"sidecar overloaded: {e}"
-            await context.abort(grpc.StatusCode.UNAVAILABLE, message,
-                                trailing_metadata=_unavailable_metadata(message, retry))
+        result = await self._consume("traces", self._consumer.consume_traces(request, len(raw)), context)
         if self._passthrough is not None:
             self._passthrough.offer("traces", raw)
         self._metrics.requests.labels("traces", "grpc", "ok").inc()
@@ -149,8 +142,22 @@ class OtlpGrpcReceiver:
         out: bytes = response.SerializeToString()
         return out
 
+    async def _consume(self, signal: str, consuming: Awaitable[ConsumeResult],
+                       context: grpc.aio.ServicerContext[Any, Any]) -> ConsumeResult:
+        """Await the consumer; overload becomes UNAVAILABLE with a retry hint."""
+        try:
+            return await consuming
+        except (Overloaded, SpoolRefused) as e:
+            self._metrics.requests.labels(signal, "grpc", "refused").inc()
+            retry = e.retry_after_s if isinstance(e, Overloaded) else 2.0
+            message = f"sidecar overloaded: {e}"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, message,
+                                trailing_metadata=_unavailable_metadata(message, retry))
+            raise  # abort() raises; this keeps the type checker informed
+
     async def _metrics_export(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        await self._parse(ExportMetricsServiceRequest, raw, context, "metrics")
+        request = await self._parse(ExportMetricsServiceRequest, raw, context, "metrics")
+        await self._consume("metrics", self._consumer.consume_metrics(request, len(raw)), context)
         if self._passthrough is not None:
             self._passthrough.offer("metrics", raw)
         self._metrics.requests.labels("metrics", "grpc", "ok").inc()

@@ -134,9 +134,12 @@ class OtlpHttpReceiver:
             outcome = "too_large" if isinstance(e, otlp_codec.BodyTooLarge) else "malformed"
             return self._error(signal, e.http_status, e.grpc_code, str(e), content_type, outcome)
         rejected, error_message = 0, ""
-        if signal is Signal.TRACES:
+        if signal is not Signal.LOGS:
             try:
-                result = await self._consumer.consume_traces(lean, len(protobuf))
+                if signal is Signal.TRACES:
+                    result = await self._consumer.consume_traces(lean, len(protobuf))
+                else:
+                    result = await self._consumer.consume_metrics(message, len(protobuf))
             except (Overloaded, SpoolRefused) as e:
                 retry = e.retry_after_s if isinstance(e, Overloaded) else 2.0
                 return self._error(signal, 503, code_pb2.UNAVAILABLE, f"sidecar overloaded: {e}", media,

@@ -4,16 +4,18 @@ Why: with the full generated OTLP classes, upb builds a message object for every
 every span and Python then walks them one wrapper at a time; that, not parsing, is most of the
 cost of extraction. This module declares (at import, from descriptors, no code generation) a
 wire-compatible subset of the OTLP trace messages that keeps only the fields extraction reads and
-declares span and resource attributes as ``repeated bytes``: upb still parses and validates the
-framing in C, skips everything else (events, links, names, …) as unknown fields, and hands each
-attribute over as one ``bytes`` object. :func:`attribute` then decodes a ``KeyValue`` by hand, but
+declares span, event and resource attributes as ``repeated bytes``: upb still parses and validates
+the framing in C, skips everything else (links, span names, …) as unknown fields, and hands each
+attribute over as one ``bytes`` object. Span events keep their time and name (TTFT and exception
+events); their attributes, which may quote content, are only sliced, never decoded, except
+``exception.type``. :func:`attribute` then decodes a ``KeyValue`` by hand, but
 only after its key matched a wanted one, so unwanted attributes cost a slice and a dict probe.
 
 Field numbers are those of ``opentelemetry/proto/trace/v1/trace.proto`` and
 ``opentelemetry/proto/common/v1/common.proto``; a test parses the same bytes with both schemas.
 
 Trade-off, documented in ``sidecar/README.md``: content inside fields this view does not declare
-(e.g. a span event) is not validated, so a request whose only damage is there is accepted.
+(e.g. a span link) is not validated, so a request whose only damage is there is accepted.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def _build() -> Any:
     message("Span", ("trace_id", 1, _F.TYPE_BYTES, opt, ""), ("span_id", 2, _F.TYPE_BYTES, opt, ""),
             ("start_time_unix_nano", 7, _F.TYPE_FIXED64, opt, ""),
             ("end_time_unix_nano", 8, _F.TYPE_FIXED64, opt, ""),
-            ("attributes", 9, _F.TYPE_BYTES, rep, ""), ("status", 15, _F.TYPE_MESSAGE, opt, "Status"))
+            ("attributes", 9, _F.TYPE_BYTES, rep, ""), ("events", 11, _F.TYPE_MESSAGE, rep, "Event"),
+            ("status", 15, _F.TYPE_MESSAGE, opt, "Status"))
+    message("Event", ("time_unix_nano", 1, _F.TYPE_FIXED64, opt, ""), ("name", 2, _F.TYPE_STRING, opt, ""),
+            ("attributes", 3, _F.TYPE_BYTES, rep, ""))
     message("Status", ("code", 3, _F.TYPE_INT32, opt, ""))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)

@@ -1,6 +1,7 @@
 """The trace pipeline: extract feature rows, detect locally, batch, and hand sealed batches on.
 
-Receivers call one method, :meth:`TracesConsumer.consume_traces`, whatever their transport. Errors
+Receivers call :meth:`TracesConsumer.consume_traces` (and ``consume_metrics``, whose GenAI
+histograms become rows for keys no spans come for), whatever their transport. Errors
 are classified once, here: :class:`Overloaded` is retryable (UNAVAILABLE / 503 with a retry hint);
 nothing raised here is permanent, because a well-formed request is never refused for its content.
 """
@@ -18,6 +19,7 @@ from sentinel.detectors.local import LocalDetector
 from sentinel.model import FeatureBatch, LocalAnomaly, Row
 from sidecar.extract import Extractor
 from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
+from sidecar.genai_metrics import GenAiMetricsReader
 from sidecar.metrics import SidecarMetrics
 
 __all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
@@ -52,6 +54,10 @@ class TracesConsumer(Protocol):
     """
 
     async def consume_traces(self, request: Any, size: int = 0) -> ConsumeResult: ...
+
+    async def consume_metrics(self, request: Any, size: int = 0) -> ConsumeResult:
+        """Take a parsed ``ExportMetricsServiceRequest`` (its GenAI histograms may become rows)."""
+        ...
 
 
 class SeqSource:
@@ -109,6 +115,7 @@ class TracePipeline:
         batch_max_rows: int,
         batch_timeout_s: float,
         receive_queue_max_bytes: int = 16 * 1024 * 1024,
+        metrics_reader: GenAiMetricsReader | None = None,
     ) -> None:
         self._extractor = extractor
         self._detector = detector
@@ -120,6 +127,9 @@ class TracePipeline:
         self._batch_max_rows = batch_max_rows
         self._batch_timeout_s = batch_timeout_s
         self._max_queued_bytes = receive_queue_max_bytes
+        self._metrics_reader = metrics_reader
+        # (service, request model, operation) -> when span rows last came for it (monotonic s)
+        self._span_keys: dict[tuple[Any, Any, Any], float] = {}
         self._queued_bytes = 0
         self._requests: asyncio.Queue[_Work | None] = asyncio.Queue()
         self._pending = _Pending()
@@ -137,6 +147,16 @@ class TracePipeline:
 
     async def consume_traces(self, request: Any, size: int = 0) -> ConsumeResult:
         """Take a lean request (:func:`sidecar.otlp_lite.parse_traces`) of ``size`` bytes."""
+        return await self._take(request, size, metrics=False)
+
+    async def consume_metrics(self, request: Any, size: int = 0) -> ConsumeResult:
+        """Take a parsed ``ExportMetricsServiceRequest``: GenAI histograms of keys no spans come for
+        become rows (:mod:`sidecar.genai_metrics`); without a metrics reader this does nothing."""
+        if self._metrics_reader is None:
+            return ConsumeResult()
+        return await self._take(request, size, metrics=True)
+
+    async def _take(self, request: Any, size: int, *, metrics: bool) -> ConsumeResult:
         if self._closed:
             raise Overloaded("shutting down", retry_after_s=5.0)
         if not self._queue.has_capacity():
@@ -147,7 +167,7 @@ class TracePipeline:
         if self._durable:
             done = asyncio.get_running_loop().create_future()
         self._queued_bytes += size
-        self._requests.put_nowait(_Work(request, size, done))
+        self._requests.put_nowait(_Work(request, size, done, metrics))
         if done is not None:
             await done  # raises Overloaded if the spool refused the batch
         return ConsumeResult()
@@ -173,6 +193,9 @@ class TracePipeline:
                 self._queued_bytes -= work.size
 
     async def _process(self, work: _Work) -> None:
+        if work.metrics:
+            await self._emit(self._rows_from_metrics(work.request))
+            return
         m = self._metrics
         extract_spans = self._extractor.extract_spans
         rows: list[Row] = []
@@ -192,6 +215,35 @@ class TracePipeline:
                         m.unknown_cost.inc(result.unknown_cost)
                     rows.extend(result.rows)
                     await asyncio.sleep(0)  # let the receivers answer other exports
+        if self._metrics_reader is not None and rows:
+            self._note_span_keys(rows)
+        await self._emit(rows)
+
+    def _note_span_keys(self, rows: list[Row]) -> None:
+        now = time.monotonic()
+        keys = self._span_keys
+        for key in {(r[1], r[7], r[5]) for r in rows}:  # service, request_model, operation
+            keys[key] = now
+        assert self._metrics_reader is not None
+        if len(keys) > self._metrics_reader.config.max_series:
+            keys.clear()  # forget which keys spans cover rather than grow: metrics rows resume briefly
+
+    def _spans_cover(self, key: tuple[Any, Any, Any]) -> bool:
+        assert self._metrics_reader is not None
+        seen = self._span_keys.get(key)
+        return seen is not None and time.monotonic() - seen <= self._metrics_reader.config.span_window_s
+
+    def _rows_from_metrics(self, request: Any) -> list[Row]:
+        assert self._metrics_reader is not None
+        result = self._metrics_reader.read(request, self._spans_cover)
+        if result.rows:
+            self._metrics.metric_rows.inc(len(result.rows))
+        if result.capped_values:
+            self._metrics.metric_values_thinned.inc(result.capped_values)
+        return result.rows
+
+    async def _emit(self, rows: list[Row]) -> None:
+        """Detect on ``rows`` and hand them to the forward queue (batched, or sealed when durable)."""
         if not rows:
             return
         # Detection runs once per request: its cost is mostly per call, not per row.
@@ -279,3 +331,4 @@ class _Work:
     request: Any
     size: int
     done: asyncio.Future[None] | None
+    metrics: bool = False  # an ExportMetricsServiceRequest, not a lean trace request
