@@ -217,8 +217,11 @@ async def test_no_secret_in_logs_rows_or_alerts(
     assert alerts["total"] >= 1, alerts
     assert {a["anomaly_type"] for a in alerts["alerts"]} >= {"budget_exceeded"}
     assert _leaks(json.dumps(alerts)) == []
+    # The identity of a budget alert: in its context, or (grouped alerts) in its members' labels.
     users = {a["context"].get("user") for a in alerts["alerts"]} | {a["context"].get("scope_value")
                                                                     for a in alerts["alerts"]}
+    users |= {m["labels"].get(k) for a in alerts["alerts"] for m in a.get("members", [])
+              for k in ("user", "api_key_hash", "scope_value")}
     assert USER_HASH in users or KEY_HASH in users, users
     for headers, sent in received:
         assert _leaks(sent.decode()) == []
