@@ -91,7 +91,8 @@ class Aggregator:
         # before their own batch, so a spike does not raise the p99 it is compared with.
         self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store, emit,
                                                outcome=self.metrics.count_local_anomaly)
-        self.detectors = DetectorService(config.detectors, config.data_dir, emit, late_after_s=config.late_after_s)
+        self.detectors = DetectorService(config.detectors, config.data_dir, emit, late_after_s=config.late_after_s,
+                                         max_future_skew_s=config.max_future_skew_s)
         consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
         forest = config.forest_config()
         self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,7 +94,8 @@ def parse_detector_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 class DetectorService:
     def __init__(self, settings: Mapping[str, Any], data_dir: str | Path,
-                 emit: Callable[[list[Candidate]], None], *, late_after_s: float | None = None) -> None:
+                 emit: Callable[[list[Candidate]], None], *, late_after_s: float | None = None,
+                 max_future_skew_s: float | None = None, clock: Callable[[], int] = time.time_ns) -> None:
         self._configs = parse_detector_settings(settings)
         # Rows older than arrival minus this (a replayed spool, a clock hours behind) are not shown
         # to the detectors: late data must not page as if it were happening now. None: all rows.
@@ -101,6 +103,8 @@ class DetectorService:
         self.detectors: dict[str, _Detector] = {
             name: DETECTORS[name][1](config) for name, config in self._configs.items()}
         self.path = Path(data_dir) / FILE_NAME
+        self._max_future_ns = None if max_future_skew_s is None else int(max_future_skew_s * 1e9)
+        self._clock = clock
         self._emit = emit
         self._dirty = False
 
@@ -111,13 +115,26 @@ class DetectorService:
         try:
             saved = json.loads(self.path.read_text())
             for name, state in saved.get("detectors", {}).items():
-                if name in self.detectors:
-                    self.detectors[name] = DETECTORS[name][1].from_state(state, self._configs[name])
+                if name not in self.detectors:
+                    continue
+                if self._from_the_future(state):
+                    # Saved by a version that did not clamp event time: one span dated 2200 moved this
+                    # watermark and would blind the detector until then, across restarts.
+                    log.warning("detector %s: saved watermark is in the future (a clock far ahead before "
+                                "event time was clamped); starting it afresh", name)
+                    continue
+                self.detectors[name] = DETECTORS[name][1].from_state(state, self._configs[name])
         except (OSError, ValueError, KeyError, TypeError) as e:
             aside = self.path.with_suffix(".damaged")
             self.path.replace(aside)
             log.error("detector state in %s could not be restored (%s); moved to %s", self.path, e, aside)
             self.detectors = {name: DETECTORS[name][1](c) for name, c in self._configs.items()}
+
+    def _from_the_future(self, state: Mapping[str, Any]) -> bool:
+        watermark = state.get("watermark") if isinstance(state, Mapping) else None
+        if self._max_future_ns is None or not isinstance(watermark, int):
+            return False
+        return watermark > self._clock() + self._max_future_ns
 
     def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
         found: list[Candidate] = []

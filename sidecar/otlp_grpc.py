@@ -72,9 +72,9 @@ class OtlpGrpcReceiver:
         self.port: int = 0
 
     async def start(self) -> None:
-        # gRPC receives a whole message before the handler runs: the number of calls at once bounds
-        # what its buffers hold (RESOURCE_EXHAUSTED beyond, which OTLP exporters retry); the budget
-        # then bounds what decoding holds.
+        # At most as many handlers at once as the budget holds largest messages (RESOURCE_EXHAUSTED
+        # beyond, which OTLP exporters retry); the budget bounds what decoding holds. gRPC's transport
+        # still takes in each whole message before a handler runs (sidecar/README.md, a known limit).
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self._max_recv),
             ("grpc.so_reuseport", 0),
