@@ -267,7 +267,7 @@ def test_requests_decode_to_the_calls() -> None:
     for service, request in requests.items():
         result = extractor.extract(request)
         assert result.spans == result.llm_calls == len(result.rows)
-        assert result.unknown_cost == sum(1 for r in result.rows if r[COL["is_error"]])
+        assert result.unknown_cost == 0  # every model of the traffic has a price (failed calls too)
         for row in result.rows:
             i = index[row[COL["trace_id"]]]
             seen += 1
