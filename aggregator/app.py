@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import sqlite3
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 from aiohttp import web
@@ -49,6 +50,7 @@ from aggregator.metrics import AggregatorMetrics
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
+from sentinel.reload import SettingsReloader
 from sentinel.service import add_ops_routes, run_until_signalled
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
@@ -240,6 +242,26 @@ class Aggregator:
         log.info("aggregator listening on %s:%d%s", host, self.port,
                  f", gRPC AlertService on port {self.grpc.port}" if self.grpc else "")
 
+    async def apply_settings(self, new: AggregatorConfig, keys: list[str]) -> None:
+        """A reload: apply the changed live ``keys`` of ``new`` (:meth:`AggregatorConfig.live_keys`).
+
+        Validated whole first (a bad value raises naming its key and nothing changes); then the alert
+        manager's and the confirmation's settings are swapped on the analysis thread between two batches.
+        """
+        merged = dataclasses.replace(self.config, **{k: getattr(new, k) for k in keys})
+        merged.validate()
+        alerts = merged.alert_manager_config()
+        alerts.public_url = self.alerts.config.public_url  # possibly derived from the listener at start
+        alerts.validate()
+        confirm = merged.confirm_config()
+
+        def swap() -> None:
+            self.alerts.reconfigure(alerts)
+            self.confirmer.config = confirm
+
+        await self.analysis.between_batches(swap)
+        self.config = merged
+
     async def shutdown(self) -> None:
         if self._stopped:
             return
@@ -266,7 +288,12 @@ class Aggregator:
         log.info("aggregator stopped")
 
 
-async def run(config: AggregatorConfig) -> int:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def run(config: AggregatorConfig, reload_settings: Callable[[], AggregatorConfig] | None = None) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; on SIGHUP re-read the settings with
+    ``reload_settings`` and apply the live ones (:meth:`Aggregator.apply_settings`)."""
+    aggregator = Aggregator(config)
+    reloader = (SettingsReloader(config, reload_settings, live_keys=AggregatorConfig.live_keys(),
+                                 apply=aggregator.apply_settings) if reload_settings is not None else None)
     # A port in use, an unwritable data_dir: exit status 1 with the reason.
-    return await run_until_signalled(Aggregator(config), (OSError, sqlite3.Error))
+    return await run_until_signalled(aggregator, (OSError, sqlite3.Error),
+                                     on_reload=reloader.reload if reloader is not None else None)

@@ -62,6 +62,11 @@ DEFAULT_SHUTDOWN_GRACE_S = 5.0
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+#: Settings a reload (SIGHUP) applies without a restart: the alert manager's and the local-anomaly
+#: confirmation's, swapped between analysis batches. Every other changed key needs a restart
+#: (listeners, tokens, stores, detectors and the forest hold state built from them).
+LIVE_KEY_PREFIXES = ("alert_", "confirm_")
+
 
 def _hostport(key: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
@@ -232,6 +237,13 @@ class AggregatorConfig:
             storm_max_alerts=self.alert_storm_max_alerts, storm_window_s=self.alert_storm_window_s,
             retention_s=self.alert_retention_s, severity=dict(self.alert_severity),
             runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url)
+
+    @classmethod
+    def live_keys(cls) -> frozenset[str]:
+        """The keys a reload applies live (:data:`LIVE_KEY_PREFIXES`, and ``log_level``)."""
+        import dataclasses
+
+        return frozenset(f.name for f in dataclasses.fields(cls) if f.name.startswith(LIVE_KEY_PREFIXES))
 
     @property
     def auth_enabled(self) -> bool:

@@ -95,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sentinel {args.command}: invalid setting {e}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
-    run: Callable[[Any], Coroutine[Any, Any, int]] = importlib.import_module(module).run
-    return asyncio.run(run(settings))
+    run: Callable[[Any, Callable[[], Any]], Coroutine[Any, Any, int]] = importlib.import_module(module).run
+
+    def reload_settings() -> Any:  # on SIGHUP: the same file, environment and flags, read again
+        return load(settings_cls, args=args, section=args.command)
+
+    return asyncio.run(run(settings, reload_settings))
 
 
 if __name__ == "__main__":

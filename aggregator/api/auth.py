@@ -37,7 +37,7 @@ ROLES: tuple[str, ...] = ("ingest", "viewer", "operator", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}
 
 #: No token needed: probes, metrics, the page itself (its API calls carry the token) and the API's description.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/api/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/health", "/readyz", "/metrics", "/", "/api/v1/openapi.json"})
 PUBLIC_PREFIXES = ("/static/",)
 #: The page's static files: aiohttp names the whole static resource by its prefix.
 STATIC_ROUTE = "/static"
