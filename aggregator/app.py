@@ -271,6 +271,7 @@ class Aggregator:
         self.hub.close()  # live streams (SSE, gRPC Watch) end, so the listeners' shutdown does not wait for them
         if self.api is not None:
             self.api.streams.stop()
+            self.api.realtime.stop()
         if self.grpc is not None:
             await self.grpc.shutdown()
         if self._runner is not None:

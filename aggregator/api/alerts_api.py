@@ -14,7 +14,7 @@ from aggregator.api.actions import AlertActions
 from aggregator.api.auth import request_who
 from aggregator.api.params import ParamError, alert_filter, error_response, json_body, opt_int, opt_time
 
-__all__ = ["AlertsApi", "parse_alert_query"]
+__all__ = ["AlertsApi", "alert_page", "parse_alert_query"]
 
 DEFAULT_SUMMARY_S = 24 * 3600
 
@@ -32,6 +32,18 @@ def parse_alert_query(query: Mapping[str, str]) -> AlertQuery:
     return q
 
 
+async def alert_page(actions: AlertActions, request: web.Request,
+                     parse: Callable[[Mapping[str, str]], AlertQuery], key: str) -> web.Response:
+    """A page of alerts under ``key`` (``alerts``, or the plan's ``anomalies``) with the total and the paging."""
+    try:
+        q = parse(request.query)
+    except ParamError as e:
+        return error_response(400, str(e))
+    alerts, total = await asyncio.to_thread(actions.store.query, q)
+    return web.json_response({key: [a.to_dict() for a in alerts], "total": total, "limit": q.limit,
+                              "offset": q.offset})
+
+
 class AlertsApi:
     def __init__(self, actions: AlertActions, clock: Callable[[], int]) -> None:
         self.actions = actions
@@ -44,13 +56,7 @@ class AlertsApi:
         app.router.add_get("/api/v1/statistics/summary", self.summary)
 
     async def list(self, request: web.Request) -> web.Response:
-        try:
-            q = parse_alert_query(request.query)
-        except ParamError as e:
-            return error_response(400, str(e))
-        alerts, total = await asyncio.to_thread(self.actions.store.query, q)
-        return web.json_response({"alerts": [a.to_dict() for a in alerts], "total": total, "limit": q.limit,
-                                  "offset": q.offset})
+        return await alert_page(self.actions, request, parse_alert_query, "alerts")
 
     async def get(self, request: web.Request) -> web.Response:
         alert_id = request.match_info["alert_id"]

@@ -12,6 +12,8 @@ from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import AlertsApi
 from aggregator.api.auth import Roles, auth_middleware
 from aggregator.api.openapi import handle_openapi
+from aggregator.api.plan_api import PlanApi
+from aggregator.api.realtime import Realtime
 from aggregator.api.services_api import HEALTH_WINDOW_S, ServicesApi
 from aggregator.api.silences_api import SilencesApi
 from aggregator.api.stream import DEFAULT_KEEPALIVE_S, Streams
@@ -29,6 +31,8 @@ class Api:
     silences: SilencesApi
     services: ServicesApi
     streams: Streams
+    realtime: Realtime
+    plan: PlanApi
 
 
 def add_api_routes(app: web.Application, *, actions: AlertActions, series: SeriesService,
@@ -42,10 +46,14 @@ def add_api_routes(app: web.Application, *, actions: AlertActions, series: Serie
     app.middlewares.append(auth_middleware(roles))
     api = Api(alerts=AlertsApi(actions, clock), silences=SilencesApi(actions, clock),
               services=ServicesApi(actions, series, baselines, clock, window_s=health_window_s),
-              streams=Streams(actions.hub, keepalive_s=keepalive_s))
+              streams=Streams(actions.hub, keepalive_s=keepalive_s),
+              realtime=Realtime(actions.hub, keepalive_s=keepalive_s),
+              plan=PlanApi(actions, baselines))
     api.alerts.add_routes(app)
     api.silences.add_routes(app)
     api.services.add_routes(app)
     api.streams.add_routes(app)
+    api.realtime.add_routes(app)
+    api.plan.add_routes(app)
     app.router.add_get("/api/v1/openapi.json", handle_openapi)
     return api
