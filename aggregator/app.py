@@ -22,6 +22,7 @@ import os
 import socket
 import sqlite3
 import ssl
+import time
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -29,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig
+from aggregator.alerting.audit import AuditEntry
 from aggregator.alerting.grpc_service import AlertGrpcServer
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager
@@ -193,7 +195,7 @@ class Aggregator:
         app.router.add_get("/api/v1/baselines", self.baselines.handle)
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
         self.api = add_api_routes(app, actions=self.alerts, series=self.series, baselines=self.baselines,
-                                  roles=self.roles)
+                                  roles=self.roles, registry=self.metrics.registry)
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness)
         try:
@@ -261,6 +263,10 @@ class Aggregator:
 
         await self.analysis.between_batches(swap)
         self.config = merged
+        if self.api is not None:
+            entry = AuditEntry(at=time.time_ns(), who="SIGHUP", role="process", action="config.reload",
+                               detail={"keys": keys})
+            await asyncio.to_thread(self.api.audit.audit.append, entry)
 
     async def shutdown(self) -> None:
         if self._stopped:

@@ -104,3 +104,10 @@ async def test_the_aggregator_swaps_alerting_settings_between_batches(make_aggre
     with pytest.raises(ConfigError, match="alert_min_confidence"):
         await agg.apply_settings(bad, ["alert_min_confidence"])
     assert agg.alerts.config.min_confidence == 0.95
+
+
+async def test_a_reload_is_audited(make_aggregator: Any) -> None:
+    agg = await make_aggregator(grpc_listen="")
+    await agg.apply_settings(dataclasses.replace(agg.config, alert_min_confidence=0.8), ["alert_min_confidence"])
+    entries, total = agg.api.audit.audit.query(action="config.reload")
+    assert total == 1 and entries[0].detail == {"keys": ["alert_min_confidence"]} and entries[0].who == "SIGHUP"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -45,9 +46,11 @@ async def alert_page(actions: AlertActions, request: web.Request,
 
 
 class AlertsApi:
-    def __init__(self, actions: AlertActions, clock: Callable[[], int]) -> None:
+    def __init__(self, actions: AlertActions, clock: Callable[[], int],
+                 precision: Callable[[int, int], dict[str, Any]] | None = None) -> None:
         self.actions = actions
         self.clock = clock
+        self.precision = precision  # precision per anomaly type from operators' feedback, for the summary
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/alerts", self.list)
@@ -98,10 +101,11 @@ class AlertsApi:
         except ParamError as e:
             return error_response(400, str(e))
         counts = await asyncio.to_thread(self.actions.store.summary, start, end)
+        precision = await asyncio.to_thread(self.precision, start, end) if self.precision is not None else {}
         by_status: dict[str, int] = counts.get("by_status", {})
         return web.json_response({
             "start": iso_time(start), "end": iso_time(end), "total": counts.get("total", 0),
             "open": sum(n for status, n in by_status.items() if status != "resolved"),
             "by_severity": counts.get("by_severity", {}), "by_type": counts.get("by_type", {}),
-            "by_status": by_status, "by_service": counts.get("by_service", {}),
+            "by_status": by_status, "by_service": counts.get("by_service", {}), "precision_by_type": precision,
         })

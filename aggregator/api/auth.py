@@ -30,6 +30,7 @@ __all__ = [
     "request_role",
     "request_who",
     "required_role",
+    "route_of",
 ]
 
 #: Least to most privileged; a role may do everything a role before it may. ``ingest`` reads nothing.
@@ -50,7 +51,10 @@ OPERATOR_ROUTES = frozenset({
     ("POST", "/api/v1/silences"),
     ("DELETE", "/api/v1/silences/{silence_id}"),
     ("POST", "/api/v1/silences/{silence_id}/expire"),
+    ("POST", "/api/v1/alerts/{alert_id}/feedback"),
 })
+#: Reads that need admin: who did what is not every viewer's business.
+ADMIN_READ_ROUTES = frozenset({"/api/v1/audit"})
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Where the middleware leaves the caller's role for the handlers: typed keys where aiohttp has them (3.14 warns
@@ -80,7 +84,7 @@ def required_role(method: str, route: str) -> str | None:
     if route in PUBLIC_PATHS or route == STATIC_ROUTE or route.startswith(PUBLIC_PREFIXES):
         return None
     if method in _READ_METHODS:
-        return "viewer"
+        return "admin" if route in ADMIN_READ_ROUTES else "viewer"
     if (method, route) in OPERATOR_ROUTES:
         return "operator"
     return "admin"
@@ -116,7 +120,7 @@ class Roles:
         return ROLES[best] if best >= 0 else None
 
 
-def _route_of(request: web.Request) -> str | None:
+def route_of(request: web.Request) -> str | None:
     """The matched route's path template (``/api/v1/alerts/{alert_id}``), or ``None`` when nothing matched."""
     info = request.match_info
     if info.http_exception is not None:
@@ -142,7 +146,7 @@ def auth_middleware(roles: Roles) -> Middleware:
         path = request.path
         if path == INGEST_PATH:
             return await handler(request)
-        route = _route_of(request)
+        route = route_of(request)
         if route is None:
             return await handler(request)
         need = required_role(request.method, route)

@@ -7,10 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from aggregator.alerting.audit import AuditLog
+from aggregator.alerting.feedback import FeedbackLog
+from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import AlertsApi
+from aggregator.api.audit_api import AuditApi, audit_middleware
 from aggregator.api.auth import Roles, auth_middleware
+from aggregator.api.feedback_api import FeedbackApi
 from aggregator.api.openapi import handle_openapi
 from aggregator.api.plan_api import PlanApi
 from aggregator.api.realtime import Realtime
@@ -33,27 +39,41 @@ class Api:
     streams: Streams
     realtime: Realtime
     plan: PlanApi
+    feedback: FeedbackApi
+    audit: AuditApi
 
 
 def add_api_routes(app: web.Application, *, actions: AlertActions, series: SeriesService,
                    baselines: BaselineService | None, roles: Roles, keepalive_s: float = DEFAULT_KEEPALIVE_S,
-                   health_window_s: float = HEALTH_WINDOW_S, clock: Callable[[], int] = time.time_ns) -> Api:
-    """Register every API v1 route except baselines and candidates, and the auth middleware (for the whole app).
+                   health_window_s: float = HEALTH_WINDOW_S, clock: Callable[[], int] = time.time_ns,
+                   registry: CollectorRegistry | None = None) -> Api:
+    """Register every API v1 route except baselines and candidates, and the auth and audit middlewares
+    (for the whole app). ``registry`` takes the API's metrics (a private one when not given).
 
-    Call before the application starts (routes and middlewares freeze then). The middleware leaves
-    ``/v1/ingest`` to the ingest handler and lets the public paths through (:mod:`aggregator.api.auth`).
+    Call before the application starts (routes and middlewares freeze then). The auth middleware leaves
+    ``/v1/ingest`` to the ingest handler and lets the public paths through (:mod:`aggregator.api.auth`);
+    the audit middleware, inside it, records every successful write with the caller's role.
     """
+    store = actions.store
+    if not isinstance(store, SQLiteAlertStore):  # feedback and audit live in the store's file
+        raise TypeError("add_api_routes: feedback and the audit log need a SQLiteAlertStore")
+    feedback, audit = FeedbackLog(store), AuditLog(store)
     app.middlewares.append(auth_middleware(roles))
-    api = Api(alerts=AlertsApi(actions, clock), silences=SilencesApi(actions, clock),
+    app.middlewares.append(audit_middleware(audit, clock))
+    api = Api(alerts=AlertsApi(actions, clock, feedback.precision_by_type), silences=SilencesApi(actions, clock),
               services=ServicesApi(actions, series, baselines, clock, window_s=health_window_s),
               streams=Streams(actions.hub, keepalive_s=keepalive_s),
               realtime=Realtime(actions.hub, keepalive_s=keepalive_s),
-              plan=PlanApi(actions, baselines))
+              plan=PlanApi(actions, baselines),
+              feedback=FeedbackApi(actions, feedback, clock, registry if registry is not None else CollectorRegistry()),
+              audit=AuditApi(audit))
     api.alerts.add_routes(app)
     api.silences.add_routes(app)
     api.services.add_routes(app)
     api.streams.add_routes(app)
     api.realtime.add_routes(app)
     api.plan.add_routes(app)
+    api.feedback.add_routes(app)
+    api.audit.add_routes(app)
     app.router.add_get("/api/v1/openapi.json", handle_openapi)
     return api
