@@ -30,10 +30,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig
-from aggregator.alerting.audit import AuditEntry
+from aggregator.alerting.audit import AuditEntry, AuditLog
+from aggregator.alerting.feedback import FeedbackLog
 from aggregator.alerting.grpc_service import AlertGrpcServer
 from aggregator.alerting.hub import AlertHub
-from aggregator.alerting.manager import AlertManager
+from aggregator.alerting.manager import AlertManager, AlertManagerConfig
+from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
@@ -84,6 +86,12 @@ class Aggregator:
         self.series = SeriesService(config.data_dir)
         self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)
+        self.feedback = FeedbackLog(self.alert_store)
+        self.audit = AuditLog(self.alert_store)
+        self.guard = PrecisionGuard(config.precision_guard_config(), self.feedback, self.audit,
+                                    base_floor=lambda t: self.config.configured_floor(t),
+                                    apply=lambda floors: self.alerts.reconfigure(self._alert_config(self.config)),
+                                    clock=time.time_ns)
         emit = self.metrics.observing(self._emit)  # + detection latency of every candidate
         # Before the baselines: forwarded anomalies are judged against the baselines as they were
         # before their own batch, so a spike does not raise the p99 it is compared with.
@@ -112,6 +120,17 @@ class Aggregator:
         self._ticker: asyncio.Task[None] | None = None
         self.api: Api | None = None
         self.grpc: AlertGrpcServer | None = None
+
+    def _alert_config(self, config: AggregatorConfig) -> AlertManagerConfig:
+        """The alert manager's settings from ``config``, its public URL as running, and the confidence
+        floors raised from feedback over the configured ones (:mod:`aggregator.alerting.precision_guard`)."""
+        alerts = config.alert_manager_config()
+        alerts.public_url = self.alerts.config.public_url  # possibly derived from the listener at start
+        floors = alerts.min_confidence_by_type
+        for anomaly_type, floor in self.guard.floors().items():
+            floors[anomaly_type] = max(floor, floors.get(anomaly_type, 0.0))
+        alerts.validate()
+        return alerts
 
     def _emit(self, candidates: Iterable[Candidate]) -> None:
         batch = list(candidates)
@@ -184,7 +203,9 @@ class Aggregator:
         await asyncio.to_thread(self.detectors.restore)
         try:
             await asyncio.to_thread(self.alerts.restore)
-        except StoreError as e:
+            # Floors raised from feedback before a restart still apply.
+            await asyncio.to_thread(lambda: self.alerts.reconfigure(self._alert_config(self.config)))
+        except (StoreError, sqlite3.Error) as e:
             raise OSError(str(e)) from e
         await asyncio.to_thread(self.series.restore)
         self.hub.bind(asyncio.get_running_loop())
@@ -195,7 +216,8 @@ class Aggregator:
         app.router.add_get("/api/v1/baselines", self.baselines.handle)
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
         self.api = add_api_routes(app, actions=self.alerts, series=self.series, baselines=self.baselines,
-                                  roles=self.roles, registry=self.metrics.registry)
+                                  roles=self.roles, registry=self.metrics.registry, feedback=self.feedback,
+                                  audit=self.audit, guard=self.guard)
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness)
         try:
@@ -252,9 +274,7 @@ class Aggregator:
         """
         merged = dataclasses.replace(self.config, **{k: getattr(new, k) for k in keys})
         merged.validate()
-        alerts = merged.alert_manager_config()
-        alerts.public_url = self.alerts.config.public_url  # possibly derived from the listener at start
-        alerts.validate()
+        alerts = await asyncio.to_thread(self._alert_config, merged)
         confirm = merged.confirm_config()
 
         def swap() -> None:
@@ -263,10 +283,9 @@ class Aggregator:
 
         await self.analysis.between_batches(swap)
         self.config = merged
-        if self.api is not None:
-            entry = AuditEntry(at=time.time_ns(), who="SIGHUP", role="process", action="config.reload",
-                               detail={"keys": keys})
-            await asyncio.to_thread(self.api.audit.audit.append, entry)
+        entry = AuditEntry(at=time.time_ns(), who="SIGHUP", role="process", action="config.reload",
+                           detail={"keys": keys})
+        await asyncio.to_thread(self.audit.append, entry)
 
     async def shutdown(self) -> None:
         if self._stopped:

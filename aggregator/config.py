@@ -21,6 +21,11 @@ from aggregator.alerting.manager import (
     AlertManagerConfig,
 )
 from aggregator.alerting.model import SEVERITIES
+from aggregator.alerting.precision_guard import DEFAULT_MAX_FLOOR as DEFAULT_FEEDBACK_MAX_FLOOR
+from aggregator.alerting.precision_guard import DEFAULT_MIN_VERDICTS as DEFAULT_FEEDBACK_MIN_VERDICTS
+from aggregator.alerting.precision_guard import DEFAULT_STEP as DEFAULT_FEEDBACK_STEP
+from aggregator.alerting.precision_guard import DEFAULT_WINDOW_S as DEFAULT_FEEDBACK_WINDOW_S
+from aggregator.alerting.precision_guard import PrecisionGuardConfig
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
 from aggregator.confirm import (
     DEFAULT_MARGIN,
@@ -214,6 +219,15 @@ class AggregatorConfig:
                                              flag=False, factory=dict)
     alert_runbook_url_template: str = setting(DEFAULT_RUNBOOK_URL_TEMPLATE, "runbook_url of alerts; "
                                               "placeholders {public_url}, {anomaly_type}, {service}, {model}")
+    feedback_min_precision: float = setting(0.0, "an anomaly type whose precision from operators' feedback falls "
+                                            "under this gets its confidence floor raised (logged, audited, "
+                                            "reversible); 0: off, precision is only measured")
+    feedback_min_verdicts: int = setting(DEFAULT_FEEDBACK_MIN_VERDICTS, "true and false positive verdicts a type "
+                                         "needs (since its last raise) before its precision counts")
+    feedback_floor_step: float = setting(DEFAULT_FEEDBACK_STEP, "how much one raise adds to a type's confidence floor")
+    feedback_max_floor: float = setting(DEFAULT_FEEDBACK_MAX_FLOOR, "the highest floor raises reach")
+    feedback_window_s: float = setting(DEFAULT_FEEDBACK_WINDOW_S, "verdicts on alerts raised within this long "
+                                       "count towards the precision", kind="duration")
     save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
                                      kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
@@ -226,6 +240,15 @@ class AggregatorConfig:
 
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)
+
+    def precision_guard_config(self) -> PrecisionGuardConfig:
+        return PrecisionGuardConfig(min_precision=self.feedback_min_precision, min_verdicts=self.feedback_min_verdicts,
+                                    step=self.feedback_floor_step, max_floor=self.feedback_max_floor,
+                                    window_s=self.feedback_window_s)
+
+    def configured_floor(self, anomaly_type: str) -> float:
+        """The confidence floor the settings give ``anomaly_type`` (before any raise from feedback)."""
+        return max(self.alert_min_confidence, float(self.alert_min_confidence_by_type.get(anomaly_type, 0.0)))
 
     def alert_manager_config(self) -> AlertManagerConfig:
         return AlertManagerConfig(
@@ -285,6 +308,7 @@ class AggregatorConfig:
         if not isinstance(self.webhooks, list):
             raise ConfigError("webhooks: must be a list of maps")
         self.alert_manager_config().validate()
+        self.precision_guard_config().validate()
         for key in ("max_body_bytes", "ingest_queue_max_batches", "analysis_queue_max_rows", "retry_after_s",
                     "dedup_window"):
             if getattr(self, key) <= 0:

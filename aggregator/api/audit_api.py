@@ -33,6 +33,7 @@ ACTIONS = {
     ("POST", "/api/v1/silences"): "silence.create",
     ("POST", "/api/v1/silences/{silence_id}/expire"): "silence.expire",
     ("DELETE", "/api/v1/silences/{silence_id}"): "silence.delete",
+    ("DELETE", "/api/v1/feedback/floors/{anomaly_type}"): "confidence_floor.reset",
 }
 #: What of the answer each action records (never an alert's whole document).
 DETAIL_FIELDS = {
@@ -40,6 +41,7 @@ DETAIL_FIELDS = {
     "alert.feedback": ("verdict", "by", "comment", "anomaly_type"),
     "silence.create": ("matchers", "starts_at", "ends_at", "comment", "created_by"),
     "silence.expire": ("ends_at",),
+    "confidence_floor.reset": ("floor",),
 }
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 

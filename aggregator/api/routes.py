@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.alerting.audit import AuditLog
 from aggregator.alerting.feedback import FeedbackLog
+from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import AlertsApi
@@ -46,9 +47,12 @@ class Api:
 def add_api_routes(app: web.Application, *, actions: AlertActions, series: SeriesService,
                    baselines: BaselineService | None, roles: Roles, keepalive_s: float = DEFAULT_KEEPALIVE_S,
                    health_window_s: float = HEALTH_WINDOW_S, clock: Callable[[], int] = time.time_ns,
-                   registry: CollectorRegistry | None = None) -> Api:
+                   registry: CollectorRegistry | None = None, feedback: FeedbackLog | None = None,
+                   audit: AuditLog | None = None, guard: PrecisionGuard | None = None) -> Api:
     """Register every API v1 route except baselines and candidates, and the auth and audit middlewares
-    (for the whole app). ``registry`` takes the API's metrics (a private one when not given).
+    (for the whole app). ``registry`` takes the API's metrics (a private one when not given);
+    ``feedback`` and ``audit`` default to tables in the actions' store; ``guard`` raises confidence
+    floors from the feedback (none: measured only).
 
     Call before the application starts (routes and middlewares freeze then). The auth middleware leaves
     ``/v1/ingest`` to the ingest handler and lets the public paths through (:mod:`aggregator.api.auth`);
@@ -57,7 +61,8 @@ def add_api_routes(app: web.Application, *, actions: AlertActions, series: Serie
     store = actions.store
     if not isinstance(store, SQLiteAlertStore):  # feedback and audit live in the store's file
         raise TypeError("add_api_routes: feedback and the audit log need a SQLiteAlertStore")
-    feedback, audit = FeedbackLog(store), AuditLog(store)
+    feedback = feedback if feedback is not None else FeedbackLog(store)
+    audit = audit if audit is not None else AuditLog(store)
     app.middlewares.append(auth_middleware(roles))
     app.middlewares.append(audit_middleware(audit, clock))
     api = Api(alerts=AlertsApi(actions, clock, feedback.precision_by_type), silences=SilencesApi(actions, clock),
@@ -65,7 +70,8 @@ def add_api_routes(app: web.Application, *, actions: AlertActions, series: Serie
               streams=Streams(actions.hub, keepalive_s=keepalive_s),
               realtime=Realtime(actions.hub, keepalive_s=keepalive_s),
               plan=PlanApi(actions, baselines),
-              feedback=FeedbackApi(actions, feedback, clock, registry if registry is not None else CollectorRegistry()),
+              feedback=FeedbackApi(actions, feedback, clock, registry if registry is not None else CollectorRegistry(),
+                                   guard),
               audit=AuditApi(audit))
     api.alerts.add_routes(app)
     api.silences.add_routes(app)
