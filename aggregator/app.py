@@ -41,6 +41,7 @@ from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
 from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.api.auth import Roles
+from aggregator.api.jwt_auth import JwtVerifier
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.baseline_service import BaselineService
 from aggregator.candidates import CandidateLog
@@ -82,7 +83,9 @@ class Aggregator:
                                                       queue=config.amqp_queue, min_severity=config.amqp_min_severity),
                                        self.alert_store, metrics=sink_metrics))
         self.sinks += [WebhookSink(w, self.alert_store, metrics=sink_metrics) for w in parse_webhooks(config.webhooks)]
-        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, config.tokens)
+        jwt = config.jwt_config()
+        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, config.tokens,
+                           jwt=JwtVerifier(jwt) if jwt.enabled else None)
         self.series = SeriesService(config.data_dir)
         self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)

@@ -26,6 +26,8 @@ from aggregator.alerting.precision_guard import DEFAULT_MIN_VERDICTS as DEFAULT_
 from aggregator.alerting.precision_guard import DEFAULT_STEP as DEFAULT_FEEDBACK_STEP
 from aggregator.alerting.precision_guard import DEFAULT_WINDOW_S as DEFAULT_FEEDBACK_WINDOW_S
 from aggregator.alerting.precision_guard import PrecisionGuardConfig
+from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
+from aggregator.api.jwt_auth import JwtConfig
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
 from aggregator.confirm import (
     DEFAULT_MARGIN,
@@ -170,6 +172,21 @@ class AggregatorConfig:
     operator_tokens: list[str] = setting(None, "bearer tokens that may also acknowledge alerts and manage "
                                          "silences", flag=False, factory=list)
     admin_tokens: list[str] = setting(None, "bearer tokens with every permission", flag=False, factory=list)
+    jwt_jwks_url: str = setting("", "accept JWTs (e.g. OIDC access tokens) signed by a key of this JWKS URL, beside "
+                                "the static tokens (aggregator/api/README.md, 'JWT'); empty: off")
+    jwt_jwks_file: str = setting("", "the same from a JWKS file (re-read when it changes), instead of jwt_jwks_url")
+    jwt_issuer: str = setting("", "the iss a JWT must carry (needed with a JWKS)")
+    jwt_audience: str = setting("", "the aud a JWT must carry (needed with a JWKS)")
+    jwt_role_claim: str = setting("roles", "the JWT claim (a string or a list, e.g. groups) mapped to a role")
+    jwt_role_map: dict[str, Any] = setting(None, "claim value -> viewer, operator or admin; a JWT gets the most "
+                                           "privileged role of its mapped values", flag=False, factory=dict)
+    jwt_algorithms: list[str] = setting(None, "signature algorithms accepted (asymmetric only)",
+                                        factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
+    jwt_jwks_cache_s: float = setting(300.0, "how long a fetched JWKS is used before it is fetched again",
+                                      kind="duration")
+    jwt_jwks_refetch_s: float = setting(30.0, "a token with a key id the cached JWKS lacks (a rotated key) fetches it "
+                                        "again, at most this often", kind="duration")
+    jwt_leeway_s: float = setting(30.0, "clock skew allowed on exp, nbf and iat", kind="duration")
     allow_unauthenticated: bool = setting(False, "with no token of any kind configured, keep the configured "
                                           "listen addresses (default: bind to 127.0.0.1 and say so); only "
                                           "behind something that authenticates, e.g. an Istio "
@@ -268,9 +285,16 @@ class AggregatorConfig:
 
         return frozenset(f.name for f in dataclasses.fields(cls) if f.name.startswith(LIVE_KEY_PREFIXES))
 
+    def jwt_config(self) -> JwtConfig:
+        return JwtConfig(jwks_url=self.jwt_jwks_url, jwks_file=self.jwt_jwks_file, issuer=self.jwt_issuer,
+                         audience=self.jwt_audience, role_claim=self.jwt_role_claim, role_map=dict(self.jwt_role_map),
+                         algorithms=tuple(self.jwt_algorithms), jwks_cache_s=self.jwt_jwks_cache_s,
+                         jwks_refetch_s=self.jwt_jwks_refetch_s, leeway_s=self.jwt_leeway_s)
+
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.tokens or self.viewer_tokens or self.operator_tokens or self.admin_tokens)
+        return bool(self.tokens or self.viewer_tokens or self.operator_tokens or self.admin_tokens
+                    or self.jwt_jwks_url or self.jwt_jwks_file)
 
     def baseline_config(self) -> BaselineConfig:
         return BaselineConfig(metrics=tuple(self.baseline_metrics), seasonality=self.baseline_seasonality,
@@ -309,6 +333,7 @@ class AggregatorConfig:
             raise ConfigError("webhooks: must be a list of maps")
         self.alert_manager_config().validate()
         self.precision_guard_config().validate()
+        self.jwt_config().validate()
         for key in ("max_body_bytes", "ingest_queue_max_batches", "analysis_queue_max_rows", "retry_after_s",
                     "dedup_window"):
             if getattr(self, key) <= 0:
