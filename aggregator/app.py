@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -46,6 +48,7 @@ from aggregator.api.routes import Api, add_api_routes
 from aggregator.baseline_service import BaselineService
 from aggregator.candidates import CandidateLog
 from aggregator.config import AggregatorConfig
+from aggregator.config_versions import ConfigVersion, ConfigVersions, diff
 from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
@@ -55,6 +58,7 @@ from aggregator.metrics import AggregatorMetrics
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
+from sentinel.config import ConfigError, load
 from sentinel.reload import SettingsReloader
 from sentinel.service import add_ops_routes, run_until_signalled
 from sidecar.app import Sidecar
@@ -91,6 +95,7 @@ class Aggregator:
                                    registry=self.metrics.registry)
         self.feedback = FeedbackLog(self.alert_store)
         self.audit = AuditLog(self.alert_store)
+        self.versions = ConfigVersions(self.alert_store)
         self.guard = PrecisionGuard(config.precision_guard_config(), self.feedback, self.audit,
                                     base_floor=lambda t: self.config.configured_floor(t),
                                     apply=lambda floors: self.alerts.reconfigure(self._alert_config(self.config)),
@@ -208,6 +213,7 @@ class Aggregator:
             await asyncio.to_thread(self.alerts.restore)
             # Floors raised from feedback before a restart still apply.
             await asyncio.to_thread(lambda: self.alerts.reconfigure(self._alert_config(self.config)))
+            await asyncio.to_thread(self._record_start_version)
         except (StoreError, sqlite3.Error) as e:
             raise OSError(str(e)) from e
         await asyncio.to_thread(self.series.restore)
@@ -220,7 +226,7 @@ class Aggregator:
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
         self.api = add_api_routes(app, actions=self.alerts, series=self.series, baselines=self.baselines,
                                   roles=self.roles, registry=self.metrics.registry, feedback=self.feedback,
-                                  audit=self.audit, guard=self.guard)
+                                  audit=self.audit, guard=self.guard, live=self)
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness)
         try:
@@ -269,11 +275,18 @@ class Aggregator:
         log.info("aggregator listening on %s:%d%s", host, self.port,
                  f", gRPC AlertService on port {self.grpc.port}" if self.grpc else "")
 
-    async def apply_settings(self, new: AggregatorConfig, keys: list[str]) -> None:
-        """A reload: apply the changed live ``keys`` of ``new`` (:meth:`AggregatorConfig.live_keys`).
+    def live_settings(self) -> dict[str, Any]:
+        """The running live settings (:meth:`AggregatorConfig.live_keys`), as JSON values."""
+        live = {k: getattr(self.config, k) for k in sorted(AggregatorConfig.live_keys())}
+        return dict(json.loads(json.dumps(live)))
+
+    async def apply_settings(self, new: AggregatorConfig, keys: list[str], *, who: str = "SIGHUP",
+                             comment: str = "") -> ConfigVersion | None:
+        """Apply the changed live ``keys`` of ``new`` (a reload, or ``PUT /api/v1/config``); the new version.
 
         Validated whole first (a bad value raises naming its key and nothing changes); then the alert
-        manager's and the confirmation's settings are swapped on the analysis thread between two batches.
+        manager's and the confirmation's settings are swapped on the analysis thread between two
+        batches, and the change is recorded as a configuration version and in the audit log.
         """
         merged = dataclasses.replace(self.config, **{k: getattr(new, k) for k in keys})
         merged.validate()
@@ -284,11 +297,47 @@ class Aggregator:
             self.alerts.reconfigure(alerts)
             self.confirmer.config = confirm
 
+        before = self.live_settings()
         await self.analysis.between_batches(swap)
         self.config = merged
-        entry = AuditEntry(at=time.time_ns(), who="SIGHUP", role="process", action="config.reload",
-                           detail={"keys": keys})
+        after = self.live_settings()
+        if before == after:
+            return None
+        version = await asyncio.to_thread(lambda: self.versions.add(
+            at=time.time_ns(), who=who, comment=comment, settings=after, changes=diff(before, after)))
+        entry = AuditEntry(at=version.at, who=who, role="process" if who == "SIGHUP" else "",
+                           action="config.version", target=str(version.version),
+                           detail={"keys": sorted(version.diff), "comment": comment})
         await asyncio.to_thread(self.audit.append, entry)
+        log.info("configuration version %d by %s: %s", version.version, who, ", ".join(sorted(version.diff)))
+        return version
+
+    async def put_settings(self, changes: dict[str, Any], who: str, comment: str) -> ConfigVersion | None:
+        """``PUT /api/v1/config``: ``changes`` (setting -> value, as in the YAML file) applied live."""
+        known = {f.name for f in dataclasses.fields(AggregatorConfig)}
+        live = AggregatorConfig.live_keys()
+        for key in changes:
+            if key not in known:
+                raise ConfigError(f"{key}: unknown setting")
+            if key not in live:
+                raise ConfigError(f"{key}: restart needed (only alert_* and confirm_* settings change live)")
+        # The loader's conversions (durations, maps) and checks; then validated with the running settings.
+        converted = load(AggregatorConfig, args=changes, env={})
+        new = dataclasses.replace(self.config, **{k: getattr(converted, k) for k in changes})
+        return await self.apply_settings(new, sorted(changes), who=who or "anonymous", comment=comment)
+
+    def _record_start_version(self) -> None:
+        """Version the settings file's live settings at start when they differ from the newest version."""
+        latest = self.versions.latest()
+        now = self.live_settings()
+        if latest is not None and latest.settings == now:
+            return
+        version = self.versions.add(at=time.time_ns(), who="startup", comment="the settings at start",
+                                    settings=now, changes=diff(latest.settings if latest else {}, now))
+        if latest is not None:
+            log.warning("the settings file differs from configuration version %d in %s: the file applies, as "
+                        "version %d (sentinel config rollback %d returns to the stored one)", latest.version,
+                        ", ".join(sorted(version.diff)), version.version, latest.version)
 
     async def shutdown(self) -> None:
         if self._stopped:

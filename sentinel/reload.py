@@ -47,7 +47,7 @@ class SettingsReloader(Generic[T]):
     """
 
     def __init__(self, current: T, load_again: Callable[[], T], *, live_keys: Iterable[str] = (),
-                 apply: Callable[[T, list[str]], Awaitable[None]] | None = None) -> None:
+                 apply: Callable[[T, list[str]], Awaitable[object]] | None = None) -> None:
         self.current = current
         self._load_again = load_again
         self.live_keys = frozenset(live_keys) | {LOG_LEVEL_KEY}

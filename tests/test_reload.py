@@ -109,5 +109,9 @@ async def test_the_aggregator_swaps_alerting_settings_between_batches(make_aggre
 async def test_a_reload_is_audited(make_aggregator: Any) -> None:
     agg = await make_aggregator(grpc_listen="")
     await agg.apply_settings(dataclasses.replace(agg.config, alert_min_confidence=0.8), ["alert_min_confidence"])
-    entries, total = agg.api.audit.audit.query(action="config.reload")
-    assert total == 1 and entries[0].detail == {"keys": ["alert_min_confidence"]} and entries[0].who == "SIGHUP"
+    entries, total = agg.audit.query(action="config.version")
+    assert total == 1 and entries[0].detail == {"keys": ["alert_min_confidence"], "comment": ""}
+    assert entries[0].who == "SIGHUP"
+    (latest, start) = agg.versions.history()
+    assert start.who == "startup" and latest.who == "SIGHUP"
+    assert latest.diff == {"alert_min_confidence": {"from": 0.5, "to": 0.8}}

@@ -34,6 +34,8 @@ ACTIONS = {
     ("POST", "/api/v1/silences/{silence_id}/expire"): "silence.expire",
     ("DELETE", "/api/v1/silences/{silence_id}"): "silence.delete",
     ("DELETE", "/api/v1/feedback/floors/{anomaly_type}"): "confidence_floor.reset",
+    ("PUT", "/api/v1/config"): "config.apply",
+    ("POST", "/api/v1/config/rollback"): "config.rollback",
 }
 #: What of the answer each action records (never an alert's whole document).
 DETAIL_FIELDS = {
@@ -42,6 +44,8 @@ DETAIL_FIELDS = {
     "silence.create": ("matchers", "starts_at", "ends_at", "comment", "created_by"),
     "silence.expire": ("ends_at",),
     "confidence_floor.reset": ("floor",),
+    "config.apply": ("version", "diff"),
+    "config.rollback": ("version", "diff"),
 }
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 

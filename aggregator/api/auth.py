@@ -56,7 +56,7 @@ OPERATOR_ROUTES = frozenset({
     ("POST", "/api/v1/alerts/{alert_id}/feedback"),
 })
 #: Reads that need admin: who did what is not every viewer's business.
-ADMIN_READ_ROUTES = frozenset({"/api/v1/audit"})
+ADMIN_READ_ROUTES = frozenset({"/api/v1/audit", "/api/v1/config", "/api/v1/config/history"})
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Where the middleware leaves the caller's role for the handlers: typed keys where aiohttp has them (3.14 warns

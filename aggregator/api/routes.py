@@ -17,6 +17,7 @@ from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import AlertsApi
 from aggregator.api.audit_api import AuditApi, audit_middleware
 from aggregator.api.auth import Roles, auth_middleware
+from aggregator.api.config_api import ConfigApi, LiveSettings
 from aggregator.api.feedback_api import FeedbackApi
 from aggregator.api.openapi import handle_openapi
 from aggregator.api.plan_api import PlanApi
@@ -42,17 +43,19 @@ class Api:
     plan: PlanApi
     feedback: FeedbackApi
     audit: AuditApi
+    config: ConfigApi
 
 
 def add_api_routes(app: web.Application, *, actions: AlertActions, series: SeriesService,
                    baselines: BaselineService | None, roles: Roles, keepalive_s: float = DEFAULT_KEEPALIVE_S,
                    health_window_s: float = HEALTH_WINDOW_S, clock: Callable[[], int] = time.time_ns,
                    registry: CollectorRegistry | None = None, feedback: FeedbackLog | None = None,
-                   audit: AuditLog | None = None, guard: PrecisionGuard | None = None) -> Api:
+                   audit: AuditLog | None = None, guard: PrecisionGuard | None = None,
+                   live: LiveSettings | None = None) -> Api:
     """Register every API v1 route except baselines and candidates, and the auth and audit middlewares
     (for the whole app). ``registry`` takes the API's metrics (a private one when not given);
     ``feedback`` and ``audit`` default to tables in the actions' store; ``guard`` raises confidence
-    floors from the feedback (none: measured only).
+    floors from the feedback (none: measured only); ``live`` serves ``/api/v1/config`` (none: 404).
 
     Call before the application starts (routes and middlewares freeze then). The auth middleware leaves
     ``/v1/ingest`` to the ingest handler and lets the public paths through (:mod:`aggregator.api.auth`);
@@ -72,7 +75,7 @@ def add_api_routes(app: web.Application, *, actions: AlertActions, series: Serie
               plan=PlanApi(actions, baselines),
               feedback=FeedbackApi(actions, feedback, clock, registry if registry is not None else CollectorRegistry(),
                                    guard),
-              audit=AuditApi(audit))
+              audit=AuditApi(audit), config=ConfigApi(live))
     api.alerts.add_routes(app)
     api.silences.add_routes(app)
     api.services.add_routes(app)
@@ -81,5 +84,6 @@ def add_api_routes(app: web.Application, *, actions: AlertActions, series: Serie
     api.plan.add_routes(app)
     api.feedback.add_routes(app)
     api.audit.add_routes(app)
+    api.config.add_routes(app)
     app.router.add_get("/api/v1/openapi.json", handle_openapi)
     return api
