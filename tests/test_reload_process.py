@@ -99,3 +99,35 @@ def test_sighup_leaves_the_sidecar_running(
     assert proc.poll() is None and _ok(f"http://127.0.0.1:{metrics}/healthz")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+def test_sentinel_config_apply_changes_a_running_aggregator_in_place(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "SENTINEL_ADMIN_TOKENS": "admin-secret"}
+    log = tmp_path / "aggregator.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "sentinel.cli", "aggregator", "--listen", f"127.0.0.1:{port}",
+                                 "--grpc-listen", "", "--data-dir", str(tmp_path / "data")],
+                                stdout=subprocess.DEVNULL, stderr=out, env=env)
+    try:
+        _until(lambda: proc.poll() is not None or _ok(url + "/readyz"), "the aggregator to be ready")
+        settings = tmp_path / "live.yaml"
+        settings.write_text("alert_min_confidence: 0.85\nalert_storm_max_alerts: 5\n")
+        cli = [sys.executable, "-m", "sentinel.cli", "config", "--url", url]
+        cli_env = {**os.environ, "SENTINEL_API_TOKEN": "admin-secret"}
+        r = subprocess.run([*cli, "apply", str(settings), "--comment", "tighten"], capture_output=True, text=True,
+                           env=cli_env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "alert_min_confidence: 0.5 -> 0.85" in r.stdout and "version 2" in r.stdout
+        assert proc.poll() is None  # the same process, not restarted
+        headers = {"Authorization": "Bearer admin-secret"}
+        doc = httpx.get(url + "/api/v1/config", headers=headers, timeout=5).json()
+        assert doc["version"] == 2 and doc["settings"]["alert_storm_max_alerts"] == 5
+        audit = httpx.get(url + "/api/v1/audit", headers=headers, timeout=5).json()["entries"]
+        assert {"config.apply", "config.version"} <= {e["action"] for e in audit}
+        r = subprocess.run([*cli, "history"], capture_output=True, text=True, env=cli_env, timeout=60)
+        assert r.returncode == 0 and "tighten" in r.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
