@@ -751,6 +751,28 @@ async function giveFeedback(ev) {
   }
 }
 
+// --- audit log (admin) -------------------------------------------------------------------------
+
+async function loadAudit() {
+  const msg = $("audit-msg");
+  const rows = $("audit-rows");
+  msg.className = "ack-msg";
+  msg.textContent = "Loading…";
+  try {
+    const doc = await api("/audit?limit=100");
+    rows.replaceChildren(...doc.entries.map((e) => el("tr", { "data-testid": "audit-row", "data-action": e.action }, [
+      el("td", { text: shortTime(e.at) }), el("td", { text: e.who }), el("td", { text: e.role }),
+      el("td", { text: e.action }), el("td", { text: e.target }),
+      el("td", { text: Object.keys(e.detail || {}).length ? JSON.stringify(e.detail) : "" }),
+    ].flat())));
+    msg.textContent = `${doc.entries.length} of ${doc.total} entries, newest first.`;
+  } catch (e) {
+    rows.replaceChildren();
+    msg.textContent = e instanceof ApiError && e.status === 403 ? "The audit log needs an admin token." : `Not loaded: ${e.message}`;
+    msg.classList.add("error");
+  }
+}
+
 // --- header counts and service health ----------------------------------------------------------
 
 async function loadSummary() {
@@ -1062,6 +1084,7 @@ function init() {
   $("load-more").addEventListener("click", () => loadAlerts({ append: true }));
   $("d-ack").addEventListener("click", acknowledge);
   for (const b of document.querySelectorAll(".feedback [data-verdict]")) b.addEventListener("click", giveFeedback);
+  $("audit").addEventListener("toggle", () => { if ($("audit").open) loadAudit(); });
   $("d-service").addEventListener("click", () => showService(state.detailAlert?.service_name));
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
