@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -68,6 +68,14 @@ class Analysis:
             self.backlog_rows -= rows
 
         future.add_done_callback(done)
+
+    async def between_batches(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the analysis thread after the batches submitted so far and before any later one.
+
+        How a reload changes what consumers read (thresholds, rules) atomically: no batch ever sees
+        half of a change.
+        """
+        await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _consume(self, batch: WireBatch, arrival_ns: int) -> None:
         for consumer in self._consumers:

@@ -16,31 +16,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import socket
 import sqlite3
 import ssl
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig
+from aggregator.alerting.audit import AuditEntry, AuditLog
+from aggregator.alerting.feedback import FeedbackLog
 from aggregator.alerting.grpc_service import AlertGrpcServer
 from aggregator.alerting.hub import AlertHub
-from aggregator.alerting.manager import AlertManager
+from aggregator.alerting.manager import AlertManager, AlertManagerConfig
+from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
 from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.api.auth import Roles
 from aggregator.api.guard import allowed_host_names
+from aggregator.api.jwt_auth import JwtVerifier
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.baseline_service import BaselineService
 from aggregator.candidates import CandidateLog
 from aggregator.config import AggregatorConfig
+from aggregator.config_versions import ConfigVersion, ConfigVersions, diff
 from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
@@ -51,6 +60,8 @@ from aggregator.metrics import AggregatorMetrics
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
+from sentinel.config import ConfigError, load
+from sentinel.reload import SettingsReloader
 from sentinel.service import add_ops_routes, run_until_signalled
 from sentinel.tasks import TaskSupervisor
 from sidecar.app import Sidecar
@@ -82,10 +93,19 @@ class Aggregator:
         self.sinks += [WebhookSink(w, self.alert_store, metrics=sink_metrics) for w in parse_webhooks(config.webhooks)]
         bound = parse_sidecar_tokens(config.sidecar_tokens)
         ingest_tokens = [*config.tokens, *(t for tokens in bound.values() for t in tokens)]
-        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, ingest_tokens)
+        jwt = config.jwt_config()
+        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, ingest_tokens,
+                           jwt=JwtVerifier(jwt) if jwt.enabled else None)
         self.series = SeriesService(config.data_dir)
         self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)
+        self.feedback = FeedbackLog(self.alert_store)
+        self.audit = AuditLog(self.alert_store)
+        self.versions = ConfigVersions(self.alert_store)
+        self.guard = PrecisionGuard(config.precision_guard_config(), self.feedback, self.audit,
+                                    base_floor=lambda t: self.config.configured_floor(t),
+                                    apply=lambda floors: self.alerts.reconfigure(self._alert_config(self.config)),
+                                    clock=time.time_ns)
         emit = self.metrics.observing(self._emit)  # + detection latency of every candidate
         # Before the baselines: forwarded anomalies are judged against the baselines as they were
         # before their own batch, so a spike does not raise the p99 it is compared with.
@@ -118,6 +138,17 @@ class Aggregator:
         self._ticker: asyncio.Task[None] | None = None
         self.api: Api | None = None
         self.grpc: AlertGrpcServer | None = None
+
+    def _alert_config(self, config: AggregatorConfig) -> AlertManagerConfig:
+        """The alert manager's settings from ``config``, its public URL as running, and the confidence
+        floors raised from feedback over the configured ones (:mod:`aggregator.alerting.precision_guard`)."""
+        alerts = config.alert_manager_config()
+        alerts.public_url = self.alerts.config.public_url  # possibly derived from the listener at start
+        floors = alerts.min_confidence_by_type
+        for anomaly_type, floor in self.guard.floors().items():
+            floors[anomaly_type] = max(floor, floors.get(anomaly_type, 0.0))
+        alerts.validate()
+        return alerts
 
     def _emit(self, candidates: Iterable[Candidate]) -> None:
         batch = list(candidates)
@@ -190,7 +221,10 @@ class Aggregator:
         await asyncio.to_thread(self.detectors.restore)
         try:
             await asyncio.to_thread(self.alerts.restore)
-        except StoreError as e:
+            # Floors raised from feedback before a restart still apply.
+            await asyncio.to_thread(lambda: self.alerts.reconfigure(self._alert_config(self.config)))
+            await asyncio.to_thread(self._record_start_version)
+        except (StoreError, sqlite3.Error) as e:
             raise OSError(str(e)) from e
         await asyncio.to_thread(self.series.restore)
         self.hub.bind(asyncio.get_running_loop())
@@ -202,7 +236,9 @@ class Aggregator:
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
         self.api = add_api_routes(app, actions=self.alerts, series=self.series, baselines=self.baselines,
                                   roles=self.roles,
-                                  allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts))
+                                  allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts),
+                                  registry=self.metrics.registry, feedback=self.feedback,
+                                  audit=self.audit, guard=self.guard, live=self)
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)
         try:
@@ -251,6 +287,70 @@ class Aggregator:
         log.info("aggregator listening on %s:%d%s", host, self.port,
                  f", gRPC AlertService on port {self.grpc.port}" if self.grpc else "")
 
+    def live_settings(self) -> dict[str, Any]:
+        """The running live settings (:meth:`AggregatorConfig.live_keys`), as JSON values."""
+        live = {k: getattr(self.config, k) for k in sorted(AggregatorConfig.live_keys())}
+        return dict(json.loads(json.dumps(live)))
+
+    async def apply_settings(self, new: AggregatorConfig, keys: list[str], *, who: str = "SIGHUP",
+                             comment: str = "") -> ConfigVersion | None:
+        """Apply the changed live ``keys`` of ``new`` (a reload, or ``PUT /api/v1/config``); the new version.
+
+        Validated whole first (a bad value raises naming its key and nothing changes); then the alert
+        manager's and the confirmation's settings are swapped on the analysis thread between two
+        batches, and the change is recorded as a configuration version and in the audit log.
+        """
+        merged = dataclasses.replace(self.config, **{k: getattr(new, k) for k in keys})
+        merged.validate()
+        alerts = await asyncio.to_thread(self._alert_config, merged)
+        confirm = merged.confirm_config()
+
+        def swap() -> None:
+            self.alerts.reconfigure(alerts)
+            self.confirmer.config = confirm
+
+        before = self.live_settings()
+        await self.analysis.between_batches(swap)
+        self.config = merged
+        after = self.live_settings()
+        if before == after:
+            return None
+        version = await asyncio.to_thread(lambda: self.versions.add(
+            at=time.time_ns(), who=who, comment=comment, settings=after, changes=diff(before, after)))
+        entry = AuditEntry(at=version.at, who=who, role="process" if who == "SIGHUP" else "",
+                           action="config.version", target=str(version.version),
+                           detail={"keys": sorted(version.diff), "comment": comment})
+        await asyncio.to_thread(self.audit.append, entry)
+        log.info("configuration version %d by %s: %s", version.version, who, ", ".join(sorted(version.diff)))
+        return version
+
+    async def put_settings(self, changes: dict[str, Any], who: str, comment: str) -> ConfigVersion | None:
+        """``PUT /api/v1/config``: ``changes`` (setting -> value, as in the YAML file) applied live."""
+        known = {f.name for f in dataclasses.fields(AggregatorConfig)}
+        live = AggregatorConfig.live_keys()
+        for key in changes:
+            if key not in known:
+                raise ConfigError(f"{key}: unknown setting")
+            if key not in live:
+                raise ConfigError(f"{key}: restart needed (only alert_* and confirm_* settings change live)")
+        # The loader's conversions (durations, maps) and checks; then validated with the running settings.
+        converted = load(AggregatorConfig, args=changes, env={})
+        new = dataclasses.replace(self.config, **{k: getattr(converted, k) for k in changes})
+        return await self.apply_settings(new, sorted(changes), who=who or "anonymous", comment=comment)
+
+    def _record_start_version(self) -> None:
+        """Version the settings file's live settings at start when they differ from the newest version."""
+        latest = self.versions.latest()
+        now = self.live_settings()
+        if latest is not None and latest.settings == now:
+            return
+        version = self.versions.add(at=time.time_ns(), who="startup", comment="the settings at start",
+                                    settings=now, changes=diff(latest.settings if latest else {}, now))
+        if latest is not None:
+            log.warning("the settings file differs from configuration version %d in %s: the file applies, as "
+                        "version %d (sentinel config rollback %d returns to the stored one)", latest.version,
+                        ", ".join(sorted(version.diff)), version.version, latest.version)
+
     async def shutdown(self) -> None:
         if self._stopped:
             return
@@ -260,6 +360,7 @@ class Aggregator:
         self.hub.close()  # live streams (SSE, gRPC Watch) end, so the listeners' shutdown does not wait for them
         if self.api is not None:
             self.api.streams.stop()
+            self.api.realtime.stop()
         if self.grpc is not None:
             await self.grpc.shutdown()
         if self._runner is not None:
@@ -277,7 +378,12 @@ class Aggregator:
         log.info("aggregator stopped")
 
 
-async def run(config: AggregatorConfig) -> int:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def run(config: AggregatorConfig, reload_settings: Callable[[], AggregatorConfig] | None = None) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; on SIGHUP re-read the settings with
+    ``reload_settings`` and apply the live ones (:meth:`Aggregator.apply_settings`)."""
+    aggregator = Aggregator(config)
+    reloader = (SettingsReloader(config, reload_settings, live_keys=AggregatorConfig.live_keys(),
+                                 apply=aggregator.apply_settings) if reload_settings is not None else None)
     # A port in use, an unwritable data_dir: exit status 1 with the reason.
-    return await run_until_signalled(Aggregator(config), (OSError, sqlite3.Error))
+    return await run_until_signalled(aggregator, (OSError, sqlite3.Error),
+                                     on_reload=reloader.reload if reloader is not None else None)

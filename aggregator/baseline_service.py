@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,32 @@ from aiohttp import web
 from aggregator.baselines import ALL_REGIONS, BaselineConfig, BaselineStore
 from sentinel.wire import WireBatch
 
-__all__ = ["FILE_NAME", "BaselineService"]
+__all__ = ["FILE_NAME", "BaselineService", "baseline_filters"]
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "baselines.json"
+
+
+def baseline_filters(query: Mapping[str, str]) -> dict[str, Any]:
+    """``BaselineStore.query``'s arguments from ``?service=&model=&operation=&region=&hour=``.
+
+    ``region`` absent: global and regional baselines; ``region=global``: the global ones only;
+    ``hour`` (0–167, UTC hour of week) selects seasonal baselines. A bad ``hour`` raises ``ValueError``.
+    """
+    region: str | None = query.get("region", ALL_REGIONS)
+    if region == "global":
+        region = None
+    hour: int | None = None
+    if "hour" in query:
+        try:
+            hour = int(query["hour"])
+        except ValueError:
+            hour = -1
+        if not 0 <= hour <= 167:
+            raise ValueError("hour: must be an integer 0-167")
+    return {"service": query.get("service"), "model": query.get("model"), "operation": query.get("operation"),
+            "region": region, "hour": hour}
 
 
 class BaselineService:
@@ -63,20 +85,10 @@ class BaselineService:
         ``region`` absent: global and regional baselines; ``region=global``: the global ones only;
         ``hour`` (0–167, UTC hour of week) selects seasonal baselines.
         """
-        q = request.query
-        region: str | None = q.get("region", ALL_REGIONS)
-        if region == "global":
-            region = None
-        hour: int | None = None
-        if "hour" in q:
-            try:
-                hour = int(q["hour"])
-            except ValueError:
-                hour = -1
-            if not 0 <= hour <= 167:
-                return web.json_response({"status": "error", "error": "hour must be an integer 0-167"}, status=400)
+        try:
+            filters = baseline_filters(request.query)
+        except ValueError as e:
+            return web.json_response({"status": "error", "error": str(e)}, status=400)
         with self._lock:
-            items: list[dict[str, Any]] = self.store.query(
-                service=q.get("service"), model=q.get("model"), operation=q.get("operation"),
-                region=region, hour=hour)
+            items: list[dict[str, Any]] = self.store.query(**filters)
         return web.json_response({"baselines": items, "count": len(items)})

@@ -27,6 +27,13 @@ from aggregator.alerting.manager import (
     AlertManagerConfig,
 )
 from aggregator.alerting.model import SEVERITIES
+from aggregator.alerting.precision_guard import DEFAULT_MAX_FLOOR as DEFAULT_FEEDBACK_MAX_FLOOR
+from aggregator.alerting.precision_guard import DEFAULT_MIN_VERDICTS as DEFAULT_FEEDBACK_MIN_VERDICTS
+from aggregator.alerting.precision_guard import DEFAULT_STEP as DEFAULT_FEEDBACK_STEP
+from aggregator.alerting.precision_guard import DEFAULT_WINDOW_S as DEFAULT_FEEDBACK_WINDOW_S
+from aggregator.alerting.precision_guard import PrecisionGuardConfig
+from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
+from aggregator.api.jwt_auth import JwtConfig
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
 from aggregator.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.confirm import (
@@ -72,6 +79,11 @@ DEFAULT_RETRY_AFTER_S = 1
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+#: Settings a reload (SIGHUP) applies without a restart: the alert manager's and the local-anomaly
+#: confirmation's, swapped between analysis batches. Every other changed key needs a restart
+#: (listeners, tokens, stores, detectors and the forest hold state built from them).
+LIVE_KEY_PREFIXES = ("alert_", "confirm_")
 
 
 def _hostport(key: str, value: str) -> None:
@@ -187,6 +199,21 @@ class AggregatorConfig:
     operator_tokens: list[str] = setting(None, "bearer tokens that may also acknowledge alerts and manage "
                                          "silences", flag=False, factory=list)
     admin_tokens: list[str] = setting(None, "bearer tokens with every permission", flag=False, factory=list)
+    jwt_jwks_url: str = setting("", "accept JWTs (e.g. OIDC access tokens) signed by a key of this JWKS URL, beside "
+                                "the static tokens (aggregator/api/README.md, 'JWT'); empty: off")
+    jwt_jwks_file: str = setting("", "the same from a JWKS file (re-read when it changes), instead of jwt_jwks_url")
+    jwt_issuer: str = setting("", "the iss a JWT must carry (needed with a JWKS)")
+    jwt_audience: str = setting("", "the aud a JWT must carry (needed with a JWKS)")
+    jwt_role_claim: str = setting("roles", "the JWT claim (a string or a list, e.g. groups) mapped to a role")
+    jwt_role_map: dict[str, Any] = setting(None, "claim value -> viewer, operator or admin; a JWT gets the most "
+                                           "privileged role of its mapped values", flag=False, factory=dict)
+    jwt_algorithms: list[str] = setting(None, "signature algorithms accepted (asymmetric only)",
+                                        factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
+    jwt_jwks_cache_s: float = setting(300.0, "how long a fetched JWKS is used before it is fetched again",
+                                      kind="duration")
+    jwt_jwks_refetch_s: float = setting(30.0, "a token with a key id the cached JWKS lacks (a rotated key) fetches it "
+                                        "again, at most this often", kind="duration")
+    jwt_leeway_s: float = setting(30.0, "clock skew allowed on exp, nbf and iat", kind="duration")
     allow_unauthenticated: bool = setting(False, "with no token of any kind configured, keep the configured "
                                           "listen addresses (default: bind to 127.0.0.1 and say so); only "
                                           "behind something that authenticates, e.g. an Istio "
@@ -255,6 +282,15 @@ class AggregatorConfig:
                                              flag=False, factory=dict)
     alert_runbook_url_template: str = setting(DEFAULT_RUNBOOK_URL_TEMPLATE, "runbook_url of alerts; "
                                               "placeholders {public_url}, {anomaly_type}, {service}, {model}")
+    feedback_min_precision: float = setting(0.0, "an anomaly type whose precision from operators' feedback falls "
+                                            "under this gets its confidence floor raised (logged, audited, "
+                                            "reversible); 0: off, precision is only measured")
+    feedback_min_verdicts: int = setting(DEFAULT_FEEDBACK_MIN_VERDICTS, "true and false positive verdicts a type "
+                                         "needs (since its last raise) before its precision counts")
+    feedback_floor_step: float = setting(DEFAULT_FEEDBACK_STEP, "how much one raise adds to a type's confidence floor")
+    feedback_max_floor: float = setting(DEFAULT_FEEDBACK_MAX_FLOOR, "the highest floor raises reach")
+    feedback_window_s: float = setting(DEFAULT_FEEDBACK_WINDOW_S, "verdicts on alerts raised within this long "
+                                       "count towards the precision", kind="duration")
     save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
                                      kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
@@ -267,6 +303,15 @@ class AggregatorConfig:
 
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)
+
+    def precision_guard_config(self) -> PrecisionGuardConfig:
+        return PrecisionGuardConfig(min_precision=self.feedback_min_precision, min_verdicts=self.feedback_min_verdicts,
+                                    step=self.feedback_floor_step, max_floor=self.feedback_max_floor,
+                                    window_s=self.feedback_window_s)
+
+    def configured_floor(self, anomaly_type: str) -> float:
+        """The confidence floor the settings give ``anomaly_type`` (before any raise from feedback)."""
+        return max(self.alert_min_confidence, float(self.alert_min_confidence_by_type.get(anomaly_type, 0.0)))
 
     def alert_manager_config(self) -> AlertManagerConfig:
         return AlertManagerConfig(
@@ -282,10 +327,23 @@ class AggregatorConfig:
             group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
             group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale)
 
+    @classmethod
+    def live_keys(cls) -> frozenset[str]:
+        """The keys a reload applies live (:data:`LIVE_KEY_PREFIXES`, and ``log_level``)."""
+        import dataclasses
+
+        return frozenset(f.name for f in dataclasses.fields(cls) if f.name.startswith(LIVE_KEY_PREFIXES))
+
+    def jwt_config(self) -> JwtConfig:
+        return JwtConfig(jwks_url=self.jwt_jwks_url, jwks_file=self.jwt_jwks_file, issuer=self.jwt_issuer,
+                         audience=self.jwt_audience, role_claim=self.jwt_role_claim, role_map=dict(self.jwt_role_map),
+                         algorithms=tuple(self.jwt_algorithms), jwks_cache_s=self.jwt_jwks_cache_s,
+                         jwks_refetch_s=self.jwt_jwks_refetch_s, leeway_s=self.jwt_leeway_s)
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.tokens or self.sidecar_tokens or self.viewer_tokens or self.operator_tokens
-                    or self.admin_tokens)
+                    or self.admin_tokens or self.jwt_jwks_url or self.jwt_jwks_file)
 
     def baseline_config(self) -> BaselineConfig:
         return BaselineConfig(metrics=tuple(self.baseline_metrics), seasonality=self.baseline_seasonality,
@@ -324,6 +382,8 @@ class AggregatorConfig:
         if not isinstance(self.webhooks, list):
             raise ConfigError("webhooks: must be a list of maps")
         self.alert_manager_config().validate()
+        self.precision_guard_config().validate()
+        self.jwt_config().validate()
         for key in ("max_body_bytes", "ingest_queue_max_batches", "analysis_queue_max_rows", "retry_after_s",
                     "dedup_window", "max_anomalies_per_batch"):
             if getattr(self, key) <= 0:

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -310,18 +310,24 @@ def _run(args: argparse.Namespace) -> int:
         api.client.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_cli(name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+            argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and ``run``: the exit statuses of the API clients (``sentinel alerts``, ``sentinel config``)."""
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a malformed option (2, argparse printed why)
         return e.code if isinstance(e.code, int) else 2
     try:
-        return _run(args)
+        return run(args)
     except CliError as e:
-        print(f"sentinel alerts: {e}", file=sys.stderr)
+        print(f"sentinel {name}: {e}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("alerts", _parser(), _run, argv)
 
 
 if __name__ == "__main__":

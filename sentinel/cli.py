@@ -4,6 +4,7 @@
     sentinel aggregator [--config FILE] [--listen 0.0.0.0:9090] [--data-dir ./data] ...
     sentinel webhook [--config FILE] [--listen 0.0.0.0:8443] [--tls-cert FILE --tls-key FILE] ...
     sentinel alerts [--follow] [--severity high,critical] [--service NAME] ...
+    sentinel config show|history|diff FILE|apply FILE|rollback N
     sentinel demo [--seconds 40] [--keep-running]
 
 Invalid settings stop start-up with exit status 2 and a message naming the setting.
@@ -63,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         add_arguments(sub.add_parser(name, help=help_text), settings_cls)
     sub.add_parser("alerts", help="list the aggregator's alerts (--follow for live ones); "
                    "`sentinel alerts --help` for its options", add_help=False)
+    sub.add_parser("config", help="the aggregator's live settings: show, history, diff FILE, apply FILE, "
+                   "rollback N; `sentinel config --help`", add_help=False)
     demo = sub.add_parser("demo", help="run an aggregator, a sidecar and traffic with injected incidents; "
                           "print the alerts")
     demo.add_argument("--seconds", type=float, default=40.0, help="how long to generate traffic [40]")
@@ -78,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sentinel.alerts_cli import main as alerts_main
 
         return alerts_main(argv[1:])
+    if argv[:1] == ["config"]:  # the same: the aggregator's live settings through its API
+        from sentinel.config_cli import main as config_main
+
+        return config_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from sentinel.demo import run_demo
@@ -95,8 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sentinel {args.command}: invalid setting {e}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
-    run: Callable[[Any], Coroutine[Any, Any, int]] = importlib.import_module(module).run
-    return asyncio.run(run(settings))
+    run: Callable[[Any, Callable[[], Any]], Coroutine[Any, Any, int]] = importlib.import_module(module).run
+
+    def reload_settings() -> Any:  # on SIGHUP: the same file, environment and flags, read again
+        return load(settings_cls, args=args, section=args.command)
+
+    return asyncio.run(run(settings, reload_settings))
 
 
 if __name__ == "__main__":

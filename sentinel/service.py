@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import signal
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["BODY_TIMEOUT_S", "IDLE_TIMEOUT_S", "Service", "add_ops_routes", "run_until_signalled"]
+__all__ = ["BODY_TIMEOUT_S", "IDLE_TIMEOUT_S", "Service", "add_ops_routes", "run_until_signalled", "version"]
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,28 @@ class Service(Protocol):
     async def shutdown(self) -> None: ...
 
 
+def version() -> str:
+    """The installed package's version (``0+unknown`` when run from a tree that is not installed)."""
+    try:
+        return importlib.metadata.version("llm-sentinel")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Callable[[], str],
                    warnings: Callable[[], str] | None = None) -> None:
-    """``/metrics`` (Prometheus), ``/healthz`` (alive) and ``/readyz``: 200 when ``ready()`` returns
-    ``""``, else 503 with the reason it returns; a 200 also carries what ``warnings()`` returns."""
+    """``/metrics`` (Prometheus), ``/healthz`` (alive), ``/health`` (the same as the plan's JSON,
+    ``{"status": "healthy", "version": ...}``) and ``/readyz``: 200 when ``ready()`` returns ``""``,
+    else 503 with the reason it returns; a 200 also carries what ``warnings()`` returns."""
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "healthy", "version": version()})
 
     async def readyz(request: web.Request) -> web.Response:
         reason = ready()
@@ -52,12 +65,16 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Cal
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", health)
     app.router.add_get("/readyz", readyz)
 
 
-async def run_until_signalled(service: Service, start_errors: tuple[type[BaseException], ...]) -> int:
+async def run_until_signalled(service: Service, start_errors: tuple[type[BaseException], ...], *,
+                              on_reload: Callable[[], Awaitable[Any]] | None = None) -> int:
     """Start ``service``, run until SIGTERM or SIGINT, then shut it down gracefully.
 
+    SIGHUP does not stop it: it logs ``reload requested`` and runs ``on_reload`` (a
+    :class:`sentinel.reload.SettingsReloader`'s ``reload``), or says that nothing reloads without it.
     Returns the exit status: 0 after a graceful stop, 1 when start-up failed with one of
     ``start_errors`` (a port in use, a locked or unwritable directory), logged without a traceback.
     """
@@ -65,6 +82,18 @@ async def run_until_signalled(service: Service, start_errors: tuple[type[BaseExc
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def hangup() -> None:
+        log.info("reload requested (SIGHUP)")
+        if on_reload is None:
+            log.warning("reload: nothing in this process reloads; restart it to apply changed settings")
+            return
+        task = asyncio.ensure_future(on_reload())
+        reloads.add(task)  # a reference until it ends (the loop keeps only weak ones)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         try:
             await service.start()
@@ -74,5 +103,9 @@ async def run_until_signalled(service: Service, start_errors: tuple[type[BaseExc
         await stop.wait()
         log.info("signal received: shutting down")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in list(reloads):
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
         await service.shutdown()
     return 0

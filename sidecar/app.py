@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
 
 from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
+from sentinel.reload import SettingsReloader
 from sentinel.service import run_until_signalled
 from sentinel.tasks import TaskSupervisor
 from sidecar.config import SidecarConfig
@@ -182,7 +184,10 @@ class Sidecar:
         }
 
 
-async def run(config: SidecarConfig) -> int:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def run(config: SidecarConfig, reload_settings: Callable[[], SidecarConfig] | None = None) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. SIGHUP re-reads the settings with
+    ``reload_settings``: ``log_level`` applies, every other changed key is logged as needing a restart."""
+    reloader = SettingsReloader(config, reload_settings) if reload_settings is not None else None
     # A port in use, a spool held by another sidecar: exit status 1 with the reason.
-    return await run_until_signalled(Sidecar(config), (OSError, SpoolLockedError))
+    return await run_until_signalled(Sidecar(config), (OSError, SpoolLockedError),
+                                     on_reload=reloader.reload if reloader is not None else None)

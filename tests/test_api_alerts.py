@@ -124,6 +124,7 @@ async def test_summary(h: Harness) -> None:
         assert body["by_service"] == {"chat": 2, "search": 2, "embed": 1}
         # Default: the last 24 h of wall-clock time (the fixture's alerts are in 2026-11-23).
         default = (await c.get("/api/v1/statistics/summary")).json()
-        assert set(default) == {"start", "end", "total", "open", "by_severity", "by_type", "by_status", "by_service"}
+        assert set(default) == {"start", "end", "total", "open", "by_severity", "by_type", "by_status", "by_service",
+                                "precision_by_type"}
         r = await c.get("/api/v1/statistics/summary", params={"start": "x"})
         assert r.status_code == 400 and r.json()["error"].startswith("start:")

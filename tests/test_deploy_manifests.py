@@ -42,6 +42,7 @@ NAMESPACE = "llm-sentinel"
 IMAGE = "ghcr.io/llm-devops/llm-sentinel:0.1.0"
 ISTIO_GROUPS = ("istio.io",)          # networking.istio.io, security.istio.io, ...
 CERT_MANAGER_GROUP = "cert-manager.io"
+MONITORING_GROUP = "monitoring.coreos.com"  # Prometheus Operator kinds: tests/test_monitoring.py
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 RBAC_KINDS = {"Role", "ClusterRole"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
@@ -152,6 +153,8 @@ def test_kubernetes_schema(path: Path) -> None:
             continue                                     # test_istio_schema
         if _group(doc) == CERT_MANAGER_GROUP:
             _check_cert_manager(doc)
+            continue
+        if _group(doc) == MONITORING_GROUP:
             continue
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

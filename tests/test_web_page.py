@@ -185,6 +185,20 @@ async def test_alert_appears_live_with_detail_health_and_charts(make_aggregator:
     await expect(page.get_by_test_id("detail-status")).to_have_text("acknowledged", timeout=WAIT_MS)
     await expect(row).to_have_attribute("data-status", "acknowledged", timeout=WAIT_MS)
 
+    # False-positive feedback: stored with who, shown with the type's precision.
+    await page.get_by_test_id("feedback-false_positive").click()
+    message = page.get_by_test_id("feedback-message")
+    await expect(message).to_contain_text("Judged a false positive by anonymous", timeout=WAIT_MS)
+    await expect(message).to_contain_text("0 %")
+    await expect(page.get_by_test_id("feedback-false_positive")).to_have_attribute("aria-pressed", "true")
+    given = agg.api.feedback.log.of_alert(alert_id or "") if agg.api is not None else []
+    assert [f.verdict for f in given] == ["false_positive"]
+    # The audit log shows the acknowledgement and the verdict (no tokens: the page is admin).
+    await page.locator("#audit summary").click()
+    await expect(page.locator('[data-testid="audit-row"][data-action="alert.feedback"]')).to_have_count(
+        1, timeout=WAIT_MS)
+    await expect(page.locator('[data-testid="audit-row"][data-action="alert.acknowledge"]')).to_have_count(1)
+
     await expect(page.get_by_test_id("load-more")).to_be_hidden()  # the one alert there is, is shown
 
     ARTIFACTS.mkdir(exist_ok=True)

@@ -215,8 +215,12 @@ class WebhookServer:
         self._cleanup_tls_dir()
 
 
-async def run(settings: InjectorSettings) -> int:
-    """``sentinel webhook``: serve until SIGTERM or SIGINT."""
+async def run(settings: InjectorSettings, reload_settings: Callable[[], InjectorSettings] | None = None) -> int:
+    """``sentinel webhook``: serve until SIGTERM or SIGINT. SIGHUP re-reads the settings with
+    ``reload_settings``: ``log_level`` applies, every other changed key is logged as needing a restart."""
+    from sentinel.reload import SettingsReloader
     from sentinel.service import run_until_signalled
 
-    return await run_until_signalled(WebhookServer(settings), (OSError, ssl.SSLError))
+    reloader = SettingsReloader(settings, reload_settings) if reload_settings is not None else None
+    return await run_until_signalled(WebhookServer(settings), (OSError, ssl.SSLError),
+                                     on_reload=reloader.reload if reloader is not None else None)

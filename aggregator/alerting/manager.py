@@ -585,6 +585,12 @@ class AlertManager:
                 self._resolve(alert, now, "storm over")
                 self.store.update([alert])
 
+    def reconfigure(self, config: AlertManagerConfig) -> None:
+        """Replace the settings (a reload): validated first, swapped under the lock so no candidate sees a mix."""
+        config.validate()
+        with self._lock:
+            self.config = config
+
     # --- actions (API) --------------------------------------------------------------------------
 
     def acknowledge(self, alert_id: str, by: str, comment: str = "") -> Alert | None:

@@ -16,18 +16,19 @@ through ``asyncio.to_thread``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aggregator.alerting.model import SEVERITIES, STATUSES, Alert
 from aggregator.alerting.silences import Silence
 
-__all__ = ["AlertQuery", "AlertStore", "OutboxItem", "SQLiteAlertStore", "StoreError"]
+__all__ = ["AlertQuery", "AlertStore", "OutboxItem", "SQLiteAlertStore", "SideTable", "StoreError"]
 
 MAX_PAGE = 1000
 
@@ -131,6 +132,26 @@ class AlertStore(Protocol):
     def delete_silence(self, silence_id: str) -> bool: ...
 
 
+class SideTable:
+    """Tables kept beside the alerts in a :class:`SQLiteAlertStore`'s file (``schema``, created on first use)."""
+
+    schema = ""
+
+    def __init__(self, store: SQLiteAlertStore) -> None:
+        self.store = store
+        self._ready = False
+        self._init_lock = threading.Lock()
+
+    def connection(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """The store's connection under its lock, the tables created."""
+        with self._init_lock:
+            if not self._ready:
+                with self.store.connection() as db:
+                    db.executescript(self.schema)
+                self._ready = True
+        return self.store.connection()
+
+
 def _doc(alert: Alert) -> str:
     return json.dumps(alert.to_dict(), separators=(",", ":"), allow_nan=False)
 
@@ -174,6 +195,13 @@ class SQLiteAlertStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """The open connection under the store's lock: for the tables kept beside the alerts in the
+        same file (:mod:`aggregator.alerting.feedback`, :mod:`aggregator.alerting.audit`)."""
+        with self._lock:
+            yield self.db
 
     @property
     def db(self) -> sqlite3.Connection:

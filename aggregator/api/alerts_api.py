@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -14,7 +15,7 @@ from aggregator.api.actions import AlertActions
 from aggregator.api.auth import request_who
 from aggregator.api.params import ParamError, alert_filter, error_response, json_body, opt_int, opt_time
 
-__all__ = ["AlertsApi", "parse_alert_query"]
+__all__ = ["AlertsApi", "alert_page", "parse_alert_query"]
 
 DEFAULT_SUMMARY_S = 24 * 3600
 
@@ -32,10 +33,24 @@ def parse_alert_query(query: Mapping[str, str]) -> AlertQuery:
     return q
 
 
+async def alert_page(actions: AlertActions, request: web.Request,
+                     parse: Callable[[Mapping[str, str]], AlertQuery], key: str) -> web.Response:
+    """A page of alerts under ``key`` (``alerts``, or the plan's ``anomalies``) with the total and the paging."""
+    try:
+        q = parse(request.query)
+    except ParamError as e:
+        return error_response(400, str(e))
+    alerts, total = await asyncio.to_thread(actions.store.query, q)
+    return web.json_response({key: [a.to_dict() for a in alerts], "total": total, "limit": q.limit,
+                              "offset": q.offset})
+
+
 class AlertsApi:
-    def __init__(self, actions: AlertActions, clock: Callable[[], int]) -> None:
+    def __init__(self, actions: AlertActions, clock: Callable[[], int],
+                 precision: Callable[[int, int], dict[str, Any]] | None = None) -> None:
         self.actions = actions
         self.clock = clock
+        self.precision = precision  # precision per anomaly type from operators' feedback, for the summary
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/alerts", self.list)
@@ -44,13 +59,7 @@ class AlertsApi:
         app.router.add_get("/api/v1/statistics/summary", self.summary)
 
     async def list(self, request: web.Request) -> web.Response:
-        try:
-            q = parse_alert_query(request.query)
-        except ParamError as e:
-            return error_response(400, str(e))
-        alerts, total = await asyncio.to_thread(self.actions.store.query, q)
-        return web.json_response({"alerts": [a.to_dict() for a in alerts], "total": total, "limit": q.limit,
-                                  "offset": q.offset})
+        return await alert_page(self.actions, request, parse_alert_query, "alerts")
 
     async def get(self, request: web.Request) -> web.Response:
         alert_id = request.match_info["alert_id"]
@@ -92,10 +101,11 @@ class AlertsApi:
         except ParamError as e:
             return error_response(400, str(e))
         counts = await asyncio.to_thread(self.actions.store.summary, start, end)
+        precision = await asyncio.to_thread(self.precision, start, end) if self.precision is not None else {}
         by_status: dict[str, int] = counts.get("by_status", {})
         return web.json_response({
             "start": iso_time(start), "end": iso_time(end), "total": counts.get("total", 0),
             "open": sum(n for status, n in by_status.items() if status != "resolved"),
             "by_severity": counts.get("by_severity", {}), "by_type": counts.get("by_type", {}),
-            "by_status": by_status, "by_service": counts.get("by_service", {}),
+            "by_status": by_status, "by_service": counts.get("by_service", {}), "precision_by_type": precision,
         })

@@ -12,6 +12,7 @@ near miss tells which token (or which kind) was close. Tokens are never logged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from aggregator.api.jwt_auth import JwtVerifier, looks_like_jwt
 from aggregator.api.params import error_response
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "request_role",
     "request_who",
     "required_role",
+    "route_of",
 ]
 
 #: Least to most privileged; a role may do everything a role before it may. ``ingest`` reads nothing.
@@ -37,7 +40,7 @@ ROLES: tuple[str, ...] = ("ingest", "viewer", "operator", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}
 
 #: No token needed: probes, metrics, the page itself (its API calls carry the token) and the API's description.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/api/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/health", "/readyz", "/metrics", "/", "/api/v1/openapi.json"})
 PUBLIC_PREFIXES = ("/static/",)
 #: The page's static files: aiohttp names the whole static resource by its prefix.
 STATIC_ROUTE = "/static"
@@ -50,7 +53,10 @@ OPERATOR_ROUTES = frozenset({
     ("POST", "/api/v1/silences"),
     ("DELETE", "/api/v1/silences/{silence_id}"),
     ("POST", "/api/v1/silences/{silence_id}/expire"),
+    ("POST", "/api/v1/alerts/{alert_id}/feedback"),
 })
+#: Reads that need admin: who did what is not every viewer's business.
+ADMIN_READ_ROUTES = frozenset({"/api/v1/audit", "/api/v1/config", "/api/v1/config/history"})
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Where the middleware leaves the caller's role for the handlers: typed keys where aiohttp has them (3.14 warns
@@ -80,7 +86,7 @@ def required_role(method: str, route: str) -> str | None:
     if route in PUBLIC_PATHS or route == STATIC_ROUTE or route.startswith(PUBLIC_PREFIXES):
         return None
     if method in _READ_METHODS:
-        return "viewer"
+        return "admin" if route in ADMIN_READ_ROUTES else "viewer"
     if (method, route) in OPERATOR_ROUTES:
         return "operator"
     return "admin"
@@ -95,7 +101,9 @@ class Roles:
     """The configured tokens and the role each one grants."""
 
     def __init__(self, viewer_tokens: Iterable[str] = (), operator_tokens: Iterable[str] = (),
-                 admin_tokens: Iterable[str] = (), ingest_tokens: Iterable[str] = ()) -> None:
+                 admin_tokens: Iterable[str] = (), ingest_tokens: Iterable[str] = (), *,
+                 jwt: JwtVerifier | None = None) -> None:
+        self.jwt = jwt  # JWTs from an identity provider, beside the static tokens (aggregator/api/jwt_auth.py)
         self._tokens: list[tuple[bytes, int]] = []
         for role, tokens in (("ingest", ingest_tokens), ("viewer", viewer_tokens),
                              ("operator", operator_tokens), ("admin", admin_tokens)):
@@ -103,8 +111,8 @@ class Roles:
 
     @property
     def enabled(self) -> bool:
-        """Whether any token of any kind is configured (if not, the API is open)."""
-        return bool(self._tokens)
+        """Whether any token of any kind (or a JWKS) is configured (if not, the API is open)."""
+        return bool(self._tokens) or self.jwt is not None
 
     def role_of(self, token: str) -> str | None:
         """The most privileged role ``token`` grants, or ``None`` for an unknown token."""
@@ -113,10 +121,18 @@ class Roles:
         for digest, rank in self._tokens:  # every one, no early exit
             hit = hmac.compare_digest(given, digest)
             best = max(best, rank if hit else -1)
+        if best < 0 and self.jwt is not None and looks_like_jwt(token):
+            return self.jwt.role_of(token)
         return ROLES[best] if best >= 0 else None
 
+    async def role_of_async(self, token: str) -> str | None:
+        """:meth:`role_of` off the event loop when it may fetch a JWKS (a JWT with a JWKS URL)."""
+        if self.jwt is not None and self.jwt.config.jwks_url and looks_like_jwt(token):
+            return await asyncio.to_thread(self.role_of, token)
+        return self.role_of(token)
 
-def _route_of(request: web.Request) -> str | None:
+
+def route_of(request: web.Request) -> str | None:
     """The matched route's path template (``/api/v1/alerts/{alert_id}``), or ``None`` when nothing matched."""
     info = request.match_info
     if info.http_exception is not None:
@@ -142,7 +158,7 @@ def auth_middleware(roles: Roles) -> Middleware:
         path = request.path
         if path == INGEST_PATH:
             return await handler(request)
-        route = _route_of(request)
+        route = route_of(request)
         if route is None:
             return await handler(request)
         need = required_role(request.method, route)
@@ -152,7 +168,7 @@ def auth_middleware(roles: Roles) -> Middleware:
             request[_ROLE_KEY], request[_WHO_KEY] = "admin", "anonymous"
             return await handler(request)
         token = bearer_token(request)
-        role = roles.role_of(token) if token is not None else None
+        role = await roles.role_of_async(token) if token is not None else None
         if role is None:
             return error_response(401, "missing or unknown bearer token",
                                   headers={"WWW-Authenticate": 'Bearer realm="sentinel"'})

@@ -20,10 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
-from aggregator.alerting.hub import AlertHub
+from aggregator.alerting.hub import AlertFilter, AlertHub
 from aggregator.api.params import ParamError, alert_filter, error_response
 
-__all__ = ["DEFAULT_KEEPALIVE_S", "Streams", "sse_event"]
+__all__ = ["DEFAULT_KEEPALIVE_S", "LiveFeed", "Streams", "sse_event"]
 
 DEFAULT_KEEPALIVE_S = 15.0
 
@@ -34,8 +34,11 @@ def sse_event(event: str, data: Any, event_id: int | None = None) -> bytes:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-class Streams:
-    """The stream handler and the open streams it ends at shutdown."""
+class LiveFeed:
+    """What the live feeds share (this SSE stream, ``WS /ws/realtime``): the route, the filters, the
+    open connections ended at shutdown. Subclasses set ``path`` and write ``handle``."""
+
+    path = ""
 
     def __init__(self, hub: AlertHub, *, keepalive_s: float = DEFAULT_KEEPALIVE_S) -> None:
         self.hub = hub
@@ -43,23 +46,39 @@ class Streams:
         self._stopping = asyncio.Event()
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/api/v1/stream", self.handle)
+        app.router.add_get(self.path, self.handle)
         app.on_shutdown.append(self._on_shutdown)
 
     async def _on_shutdown(self, app: web.Application) -> None:
         self.stop()
 
     def stop(self) -> None:
-        """End every open stream (and refuse new ones)."""
+        """End every open connection (and refuse new ones)."""
         self._stopping.set()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def opening(self, request: web.Request) -> AlertFilter | web.Response:
+        """The request's filters, or the error to answer (a bad filter, or shutting down)."""
         try:
             flt = alert_filter(request.query)
         except ParamError as e:
             return error_response(400, str(e))
         if self._stopping.is_set():
             return error_response(503, "the aggregator is shutting down")
+        return flt
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+class Streams(LiveFeed):
+    """The stream handler and the open streams it ends at shutdown."""
+
+    path = "/api/v1/stream"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        flt = self.opening(request)
+        if isinstance(flt, web.Response):
+            return flt
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
         })

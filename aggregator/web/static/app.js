@@ -546,6 +546,7 @@ async function selectAlert(id, { focusDetail = true } = {}) {
   renderDetail(a);
   $("d-ack-msg").textContent = "";
   $("d-ack-msg").className = "ack-msg";
+  loadFeedback(a);
   if (focusDetail) $("detail").focus();
   if (window.matchMedia("(max-width: 1100px)").matches) {
     $("detail").scrollIntoView({ block: "start", behavior: "smooth" });
@@ -734,6 +735,79 @@ async function acknowledge() {
   }
 }
 
+// --- false-positive feedback ---------------------------------------------------------------------
+
+const VERDICT_TEXT = { true_positive: "a real problem", false_positive: "a false positive", unsure: "unsure" };
+
+function precisionLine(type) {
+  const p = state.precision?.[type];
+  if (!p || p.precision === null || p.precision === undefined) return "";
+  const judged = p.true_positive + p.false_positive;
+  return ` Precision of ${label(type)} today: ${Math.round(p.precision * 100)} % (${p.true_positive} of ${judged} judged).`;
+}
+
+function showVerdict(verdict, by) {
+  for (const b of document.querySelectorAll(".feedback [data-verdict]")) {
+    b.setAttribute("aria-pressed", String(b.dataset.verdict === verdict));
+  }
+  const a = state.detailAlert;
+  const msg = $("d-fb-msg");
+  msg.className = "ack-msg";
+  msg.textContent = (verdict ? `Judged ${VERDICT_TEXT[verdict]}${by ? ` by ${by}` : ""}.` : "") +
+    (a ? precisionLine(a.anomaly_type) : "");
+}
+
+async function loadFeedback(a) {
+  showVerdict(null, "");
+  try {
+    const doc = await api(`/alerts/${encodeURIComponent(a.alert_id)}/feedback`);
+    const last = doc.feedback[doc.feedback.length - 1];
+    if (state.detailAlert && state.detailAlert.alert_id === a.alert_id) showVerdict(doc.verdict, last?.by || "");
+  } catch (e) {
+    // Feedback is an extra: the alert itself is shown whatever happens here.
+  }
+}
+
+async function giveFeedback(ev) {
+  const verdict = ev.currentTarget.dataset.verdict;
+  const a = state.detailAlert;
+  if (!a || !verdict) return;
+  const msg = $("d-fb-msg");
+  msg.className = "ack-msg";
+  msg.textContent = "Saving…";
+  try {
+    const fb = await api(`/alerts/${encodeURIComponent(a.alert_id)}/feedback`, { method: "POST", body: { verdict } });
+    await loadSummary().catch(() => {});
+    showVerdict(fb.verdict, fb.by);
+    msg.classList.add("ok");
+  } catch (e) {
+    msg.textContent = e instanceof ApiError && e.status ? `Not saved (${e.status}): ${e.message}` : `Not saved: ${e.message}`;
+    msg.classList.add("error");
+  }
+}
+
+// --- audit log (admin) -------------------------------------------------------------------------
+
+async function loadAudit() {
+  const msg = $("audit-msg");
+  const rows = $("audit-rows");
+  msg.className = "ack-msg";
+  msg.textContent = "Loading…";
+  try {
+    const doc = await api("/audit?limit=100");
+    rows.replaceChildren(...doc.entries.map((e) => el("tr", { "data-testid": "audit-row", "data-action": e.action }, [
+      el("td", { text: shortTime(e.at) }), el("td", { text: e.who }), el("td", { text: e.role }),
+      el("td", { text: e.action }), el("td", { text: e.target }),
+      el("td", { text: Object.keys(e.detail || {}).length ? JSON.stringify(e.detail) : "" }),
+    ].flat())));
+    msg.textContent = `${doc.entries.length} of ${doc.total} entries, newest first.`;
+  } catch (e) {
+    rows.replaceChildren();
+    msg.textContent = e instanceof ApiError && e.status === 403 ? "The audit log needs an admin token." : `Not loaded: ${e.message}`;
+    msg.classList.add("error");
+  }
+}
+
 // --- header counts and service health ----------------------------------------------------------
 
 async function loadSummary() {
@@ -742,6 +816,7 @@ async function loadSummary() {
     document.querySelector(`[data-testid="count-${s}"]`).textContent = String(doc.by_severity?.[s] ?? 0);
   }
   document.querySelector('[data-testid="count-open"]').textContent = String(doc.open ?? 0);
+  state.precision = doc.precision_by_type || {};
 }
 
 function noteServices(names) {
@@ -1043,6 +1118,8 @@ function init() {
   $("filters").addEventListener("reset", () => setTimeout(onFiltersChanged, 0)); // after the controls reset
   $("load-more").addEventListener("click", () => loadAlerts({ append: true }));
   $("d-ack").addEventListener("click", acknowledge);
+  for (const b of document.querySelectorAll(".feedback [data-verdict]")) b.addEventListener("click", giveFeedback);
+  $("audit").addEventListener("toggle", () => { if ($("audit").open) loadAudit(); });
   $("d-service").addEventListener("click", () => showService(state.detailAlert?.service_name));
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();

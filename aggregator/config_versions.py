@@ -1,0 +1,93 @@
+"""Versions of the aggregator's live settings (the keys a reload applies), kept in ``alerts.db``.
+
+Every change of the live settings — at start when the file differs from the newest version, on
+SIGHUP, through ``PUT /api/v1/config`` or a rollback — is a new version: its number, when, who,
+a comment, the whole set of live settings after it and the diff from the one before
+(``{key: {"from": old, "to": new}}``). Versions are never changed or deleted (triggers refuse it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aggregator.alerting.model import iso_time
+from aggregator.alerting.store import MAX_PAGE, SideTable
+
+__all__ = ["ConfigVersion", "ConfigVersions", "diff"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS config_versions (
+    version INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    diff TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS config_versions_no_update BEFORE UPDATE ON config_versions
+    BEGIN SELECT RAISE(ABORT, 'configuration versions are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS config_versions_no_delete BEFORE DELETE ON config_versions
+    BEGIN SELECT RAISE(ABORT, 'configuration versions are append-only'); END;
+"""
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{key: {"from": old, "to": new}}`` for every key whose value differs."""
+    return {k: {"from": old.get(k), "to": new.get(k)} for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    version: int
+    at: int
+    who: str
+    comment: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    diff: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, *, with_settings: bool = True) -> dict[str, Any]:
+        doc = {"version": self.version, "at": iso_time(self.at), "who": self.who, "comment": self.comment,
+               "diff": self.diff}
+        return doc | ({"settings": self.settings} if with_settings else {})
+
+
+class ConfigVersions(SideTable):
+    """The ``config_versions`` table of an open alert store (created on first use)."""
+
+    schema = _SCHEMA
+
+    def add(self, *, at: int, who: str, comment: str, settings: dict[str, Any],
+            changes: dict[str, Any]) -> ConfigVersion:
+        doc, changed = json.dumps(settings, sort_keys=True), json.dumps(changes, sort_keys=True)
+        with self.connection() as db:
+            cur = db.execute("INSERT INTO config_versions (at, who, comment, settings, diff) VALUES (?,?,?,?,?)",
+                             (at, who, comment, doc, changed))
+            number = int(cur.lastrowid or 0)
+        return ConfigVersion(number, at, who, comment, json.loads(doc), json.loads(changed))
+
+    def get(self, version: int) -> ConfigVersion | None:
+        with self.connection() as db:
+            row = db.execute("SELECT version, at, who, comment, settings, diff FROM config_versions WHERE version=?",
+                             (version,)).fetchone()
+        return _version(row) if row else None
+
+    def latest(self) -> ConfigVersion | None:
+        with self.connection() as db:
+            row = db.execute("SELECT version, at, who, comment, settings, diff FROM config_versions "
+                             "ORDER BY version DESC LIMIT 1").fetchone()
+        return _version(row) if row else None
+
+    def history(self, limit: int = 100) -> list[ConfigVersion]:
+        """The newest ``limit`` versions, newest first."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit: must be between 1 and {MAX_PAGE}")
+        with self.connection() as db:
+            rows = db.execute("SELECT version, at, who, comment, settings, diff FROM config_versions "
+                              "ORDER BY version DESC LIMIT ?", (limit,)).fetchall()
+        return [_version(r) for r in rows]
+
+
+def _version(row: Any) -> ConfigVersion:
+    return ConfigVersion(int(row[0]), int(row[1]), str(row[2]), str(row[3]), json.loads(row[4]), json.loads(row[5]))
