@@ -325,7 +325,8 @@ class AggregatorConfig:
             runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url,
             group_by=self.alert_group_by, group_wait_s=self.alert_group_wait_s,
             group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
-            group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale)
+            group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale,
+            metric_max_services=self.baseline_max_keys)
 
     @classmethod
     def live_keys(cls) -> frozenset[str]:

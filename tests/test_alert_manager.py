@@ -367,3 +367,19 @@ def test_store_filters_pagination_and_retention(store: SQLiteAlertStore) -> None
     clock.advance(400)
     m.emit([cand(service="s0", model="m0")])  # resolves the stale s0/m0 alert
     assert store.prune(clock.now) == 1
+
+
+def test_alerts_metric_has_a_bounded_service_label(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, metric_max_services=2, group_wait_s=0)
+    for service in ("chat", "search", "billing", "ads"):
+        m.emit([cand(service=service)])
+    registry = m.metrics.raised._labelnames, m.metrics.raised.collect()[0].samples
+    counts = {s.labels["service"]: s.value for s in registry[1] if s.name.endswith("_total")}
+    assert registry[0] == ("severity", "anomaly_type", "service")
+    assert counts == {"chat": 1.0, "search": 1.0, "(other)": 2.0}
+
+
+def test_metric_max_services_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"^baseline_max_keys:"):
+        AlertManagerConfig(metric_max_services=0).validate()

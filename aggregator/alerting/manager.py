@@ -93,6 +93,8 @@ DEFAULT_TIME_SCALE = 1.0
 # Members listed in one alert: a group by service and type of a per-user detector could otherwise
 # grow one entry per user without bound.
 DEFAULT_GROUP_MAX_MEMBERS = 100
+DEFAULT_METRIC_MAX_SERVICES = 2000
+OTHER_SERVICE = "(other)"
 DEFAULT_RUNBOOK_URL_TEMPLATE = "{public_url}/static/runbooks.html#{anomaly_type}"
 MAX_TRACE_IDS = 5
 MAX_STORM_RELATED = 100
@@ -124,6 +126,9 @@ class AlertManagerConfig:
     repeat_interval_s: float = DEFAULT_REPEAT_INTERVAL_S
     time_scale: float = DEFAULT_TIME_SCALE
     group_max_members: int = DEFAULT_GROUP_MAX_MEMBERS
+    #: Distinct ``service`` label values of ``sentinel_aggregator_alerts_total``; later services count as
+    #: ``(other)``, so a flood of service names cannot grow the metrics without bound.
+    metric_max_services: int = DEFAULT_METRIC_MAX_SERVICES
 
     def validate(self) -> None:
         for key in ("dedup_window_s", "persistence_window_s", "correlation_window_s", "resolve_after_s",
@@ -137,6 +142,8 @@ class AlertManagerConfig:
             raise ConfigError("alert_group_wait_s: must be shorter than alert_dedup_window_s and "
                               "alert_resolve_after_s")
         validate_group_by(self.group_by)
+        if self.metric_max_services < 1:
+            raise ConfigError("baseline_max_keys: must be greater than 0")
         if not 0 <= self.min_confidence <= 1:
             raise ConfigError("alert_min_confidence: must be between 0 and 1")
         if not isinstance(self.min_confidence_by_type, dict):
@@ -179,9 +186,11 @@ class _Storm:
 
 
 class _Metrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.raised = Counter("sentinel_aggregator_alerts", "Alerts raised", ["severity", "anomaly_type"],
+    def __init__(self, registry: CollectorRegistry | None, max_services: int = DEFAULT_METRIC_MAX_SERVICES) -> None:
+        self.raised = Counter("sentinel_aggregator_alerts", "Alerts raised", ["severity", "anomaly_type", "service"],
                               registry=registry)
+        self._services: set[str] = set()
+        self._max_services = max_services
         self.deduplicated = Counter("sentinel_aggregator_alerts_deduplicated",
                                     "Detections folded into an open alert with the same fingerprint", registry=registry)
         self.suppressed = Counter("sentinel_aggregator_alerts_suppressed",
@@ -195,6 +204,15 @@ class _Metrics:
                                      "timer: group_wait, group_interval, repeat_interval)", registry=registry)
         self.resolved = Counter("sentinel_aggregator_alerts_resolved", "Alerts resolved", registry=registry)
         self.open = Gauge("sentinel_aggregator_alerts_open", "Unresolved alerts", registry=registry)
+
+    def count_raised(self, alert: Alert) -> None:
+        service = alert.service_name or ""
+        if service not in self._services:
+            if len(self._services) >= self._max_services:
+                service = OTHER_SERVICE
+            else:
+                self._services.add(service)
+        self.raised.labels(alert.severity, alert.anomaly_type, service).inc()
 
 
 class AlertManager:
@@ -220,7 +238,7 @@ class AlertManager:
         self._sent: collections.deque[int] = collections.deque()  # wall times of alerts sent (storm limit)
         self._storm: _Storm | None = None
         self._silences: list[Silence] = []
-        self.metrics = _Metrics(registry)
+        self.metrics = _Metrics(registry, config.metric_max_services)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -327,7 +345,7 @@ class AlertManager:
         self.store.insert(alert, ())  # its notification follows group_wait later (_flush)
         self._open[gk] = alert
         raised.append(alert)
-        self.metrics.raised.labels(alert.severity, alert.anomaly_type).inc()
+        self.metrics.count_raised(alert)
 
     def _new_alert(self, c: Candidate, gk: str, member: AlertMember, now: int) -> Alert:
         cfg = self.config
@@ -483,7 +501,7 @@ class AlertManager:
                 summary = self._storm_summary(storm, now)
                 self.store.insert(summary, self._sink_names(summary))
                 self._open[summary.fingerprint] = summary
-                self.metrics.raised.labels(summary.severity, summary.anomaly_type).inc()
+                self.metrics.count_raised(summary)
                 self.metrics.notifications.inc()
                 self.metrics.open.set(len(self._open))
         for a in updated.values():
