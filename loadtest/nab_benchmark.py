@@ -21,8 +21,9 @@ Detectors (settings the same for every file; no per-file tuning):
   scored in both directions (NAB anomalies go either way); one row per batch, so every value is
   scored against the state before it; event time = the file's timestamps. Anomaly score 1 on a
   row it reports, 0 elsewhere: what an operator gets from the defaults.
-* ``sidecar_graded`` — the same run, anomaly score ``1 − 1/(1 + |sigma|)`` on reported rows (0
-  elsewhere), so NAB's optimiser may pick a stricter threshold than the defaults.
+* ``sidecar_graded`` — the same run, graded so that NAB's optimiser can choose how much of it to
+  use, as it does for every NAB detector: 1 on a level-shift report, ``1 − 0.5/(1 + |sigma|)`` (in
+  [0.5, 1)) on a row with point anomalies only, 0 elsewhere.
 * ``sidecar_mad`` — the same with ``method: mad`` (robust z on a window of values).
 * ``drift_psi``, ``cost_cusum`` — the aggregator's :class:`DriftDetector` (reference = the first
   500 values, 12 h windows of ≥ 100 values, PSI ≥ 0.25) and :class:`CostCusumDetector` (the value as
@@ -66,7 +67,7 @@ from loadtest.nab_scoring import (
     score_at,
 )
 from loadtest.text import say_table
-from sentinel.detectors.local import LEVEL_SHIFT, METRICS, LocalDetectionConfig, LocalDetector, PersistenceConfig
+from sentinel.detectors.local import LEVEL_SHIFT, METRICS, LocalDetectionConfig, LocalDetector
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
 
 __all__ = [
@@ -230,12 +231,21 @@ def sidecar_config(method: str = "zscore", overrides: dict[str, Any] | None = No
                                               "error_rate": {"enabled": False}})
 
 
-def run_sidecar(series: Series, config: LocalDetectionConfig) -> list[tuple[int, LocalAnomaly]]:
-    """(row, anomaly) of every report, one row per batch."""
+def run_sidecar(series: Sequence[Series], config: LocalDetectionConfig) -> list[list[tuple[int, LocalAnomaly]]]:
+    """(row, anomaly) of every report, per series. Each series is its own key of one detector, and
+    batch ``i`` holds row ``i`` of every series: each value is scored against its key's state
+    before it, as with one row per batch and a detector per file, at a fraction of the calls."""
     det = LocalDetector(config)
-    out: list[tuple[int, LocalAnomaly]] = []
-    for b in _batches(series, "latency_ms", 1):
-        out += [(int(a.trace_id or "", 16), a) for a in det.process(b)]  # the trace id is the row number
+    out: list[list[tuple[int, LocalAnomaly]]] = [[] for _ in series]
+    index = {s.name: k for k, s in enumerate(series)}
+    full = [to_batch(s, "latency_ms") for s in series]
+    for i in range(max(s.times.size for s in series)):
+        parts = [f for f in full if i < f.n]
+        b = FeatureBatch(n=len(parts), numeric={c: np.array([f.numeric[c][i] for f in parts])
+                                                for c in NUMERIC_COLUMNS},
+                         strings={c: [f.strings[c][i] for f in parts] for c in STRING_COLUMNS})
+        for a in det.process(b):
+            out[index[a.model or ""]].append((int(a.trace_id or "", 16), a))  # the trace id is the row number
     return out
 
 
@@ -245,14 +255,16 @@ def _binary(n: int, rows: Sequence[int]) -> FloatArray:
     return out
 
 
-def _graded(n: int, found: Sequence[tuple[int, LocalAnomaly]], extreme_sigma: float) -> FloatArray:
-    """``1 − 1/(1 + |sigma|)`` per reported row; a level shift counts as sure as an extreme value."""
+def _graded(n: int, found: Sequence[tuple[int, LocalAnomaly]]) -> FloatArray:
+    """1 on a level-shift report (evidence summed over many values ranks above any single value),
+    ``0.5 + 0.5·(1 − 1/(1 + |sigma|))`` on a row with point anomalies only, 0 elsewhere."""
     out = np.zeros(n)
     for r, a in found:
-        s = abs(a.sigma) if math.isfinite(a.sigma) else math.inf
         if a.method == LEVEL_SHIFT:
-            s = max(s, extreme_sigma)
-        out[r] = max(out[r], 1.0 - 1.0 / (1.0 + s))
+            out[r] = 1.0
+        else:
+            s = abs(a.sigma) if math.isfinite(a.sigma) else 1e300
+            out[r] = max(out[r], 1.0 - 0.5 / (1.0 + s))
     return out
 
 
@@ -289,7 +301,7 @@ def isolation_forest(values: FloatArray, probationary: int, seed: int = 0) -> Fl
 #: Detectors that share one sidecar run: name → how its anomaly scores are made from the reports.
 _SIDECAR_VIEWS: dict[str, Callable[[int, Sequence[tuple[int, LocalAnomaly]]], FloatArray]] = {
     "sidecar": lambda n, found: _binary(n, [r for r, _ in found]),
-    "sidecar_graded": lambda n, found: _graded(n, found, PersistenceConfig().extreme_sigma),
+    "sidecar_graded": _graded,
 }
 
 #: name → what it is (see the module docstring)
@@ -297,7 +309,7 @@ DETECTORS: dict[str, str] = {
     "null": "0.5 on every row (NAB's null detector)",
     BASELINE: "NAB's sliding Gaussian tail probability (window 6400, step 100)",
     "sidecar": "LocalDetector defaults (latency_ms both ways), 1 on reported rows",
-    "sidecar_graded": "the same run, 1 - 1/(1+|sigma|) on reported rows",
+    "sidecar_graded": "the same run: 1 on level shifts, 1 - 0.5/(1+|sigma|) on point anomalies",
     "sidecar_mad": "LocalDetector with method mad, 1 on reported rows",
     "drift_psi": "aggregator DriftDetector (PSI), 1 at each candidate",
     "cost_cusum": "aggregator CostCusumDetector (value as cost), 1 at each candidate",
@@ -305,38 +317,42 @@ DETECTORS: dict[str, str] = {
 }
 
 
-def run_detectors(series: Series, names: Sequence[str], sidecar: dict[str, Any] | None = None
-                  ) -> dict[str, tuple[FloatArray, float]]:
-    """name → (anomaly scores, seconds) for ``series``; ``sidecar``: ``detection:`` settings over the
-    defaults for the sidecar runs."""
-    out: dict[str, tuple[FloatArray, float]] = {}
+def _one(series: Series, name: str) -> FloatArray:
     n = series.times.size
+    if name == "null":
+        return np.full(n, NULL_SCORE)
+    if name == BASELINE:
+        return windowed_gaussian(series.values)
+    if name == "drift_psi":
+        return _aggregator(series, DriftDetector(DRIFT).update, "latency_ms")
+    if name == "cost_cusum":
+        return _aggregator(series, CostCusumDetector(CUSUM).update, "cost_usd")
+    if name == "isolation_forest":
+        return isolation_forest(series.values, int(0.15 * n))
+    raise ValueError(f"unknown detector {name!r}")
+
+
+def run_detectors(series: Sequence[Series], names: Sequence[str], sidecar: dict[str, Any] | None = None
+                  ) -> dict[str, tuple[list[FloatArray], float]]:
+    """name → (anomaly scores per series, seconds); ``sidecar``: ``detection:`` settings over the
+    defaults for the sidecar runs."""
+    out: dict[str, tuple[list[FloatArray], float]] = {}
     views = [v for v in _SIDECAR_VIEWS if v in names]
     if views:
         t0 = time.perf_counter()
         found = run_sidecar(series, sidecar_config(overrides=sidecar))
         dt = time.perf_counter() - t0
         for v in views:
-            out[v] = (_SIDECAR_VIEWS[v](n, found), dt)
-    for name in names:
-        if name in out:
-            continue
+            out[v] = ([_SIDECAR_VIEWS[v](s.times.size, f) for s, f in zip(series, found, strict=True)], dt)
+    if "sidecar_mad" in names:
         t0 = time.perf_counter()
-        if name == "null":
-            s = np.full(n, NULL_SCORE)
-        elif name == BASELINE:
-            s = windowed_gaussian(series.values)
-        elif name == "sidecar_mad":
-            s = _binary(n, [r for r, _ in run_sidecar(series, sidecar_config("mad", sidecar))])
-        elif name == "drift_psi":
-            s = _aggregator(series, DriftDetector(DRIFT).update, "latency_ms")
-        elif name == "cost_cusum":
-            s = _aggregator(series, CostCusumDetector(CUSUM).update, "cost_usd")
-        elif name == "isolation_forest":
-            s = isolation_forest(series.values, int(0.15 * n))
-        else:
-            raise ValueError(f"unknown detector {name!r}")
-        out[name] = (s, time.perf_counter() - t0)
+        found = run_sidecar(series, sidecar_config("mad", sidecar))
+        out["sidecar_mad"] = ([_binary(s.times.size, [r for r, _ in f]) for s, f in zip(series, found, strict=True)],
+                              time.perf_counter() - t0)
+    for name in names:
+        if name not in out:
+            t0 = time.perf_counter()
+            out[name] = ([_one(s, name) for s in series], time.perf_counter() - t0)
     return out
 
 
@@ -441,12 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="nab-results-") as tmp:
         results = a.results or Path(tmp)
-        seconds = {d: 0.0 for d in names}
+        seconds = {}
         t0 = time.perf_counter()
-        for s in series:
-            for d, (scores, dt) in run_detectors(s, names, a.sidecar).items():
-                write_results(results, d, s, scores)
-                seconds[d] += dt
+        for d, (scores, dt) in run_detectors(series, names, a.sidecar).items():
+            for s, sc in zip(series, scores, strict=True):
+                write_results(results, d, s, sc)
+            seconds[d] = dt
         wall = time.perf_counter() - t0
         scored = {d: [read_results(results, d, s) for s in series] for d in names}
     n_windows = sum(len(s.windows) for s in series)

@@ -12,7 +12,7 @@ import pytest
 from sentinel.config import ConfigError
 from sentinel.detectors.local import METRICS, LocalDetectionConfig, LocalDetector
 from sentinel.detectors.persistence import PersistenceFilter
-from sentinel.detectors.rolling import RollingStats
+from sentinel.detectors.rolling import DEFAULT_HALF_LIFE_S, RollingStats
 from sentinel.model import COLUMNS, FeatureBatch
 
 T0 = 1_700_000_000 * 10**9
@@ -42,7 +42,8 @@ def rolling(d: LocalDetector) -> RollingStats:
     return stats
 
 
-def expected_baseline(x: np.ndarray, step_s: float = 0.1, half_life_s: float = 3600.0) -> tuple[float, float]:
+def expected_baseline(x: np.ndarray, step_s: float = 0.1, half_life_s: float = DEFAULT_HALF_LIFE_S
+                      ) -> tuple[float, float]:
     """Mean and robust std a fresh slot learns from ``x`` in one batch, values ``step_s`` apart:
     weights halve every ``half_life_s`` of age at the newest value; the std is the weighted mean
     absolute deviation from that mean times sqrt(pi/2)."""
@@ -388,7 +389,8 @@ def test_config_defaults_and_parsing() -> None:
     assert (c.error_rate.window, c.error_rate.threshold, c.error_rate.min_calls) == (120.0, 0.2, 20)
     assert c.zscore.half_life == 7200.0
     assert (c.level_shift.enabled, c.level_shift.relearn_after, c.level_shift.drift) == (True, 1800.0, 0.5)
-    assert LocalDetectionConfig().zscore.half_life == 3600.0
+    assert LocalDetectionConfig().zscore.half_life == 86400.0
+    assert (LocalDetectionConfig().level_shift.threshold, LocalDetectionConfig().level_shift.cap_sigma) == (20.0, 3.0)
     with pytest.raises(ConfigError, match=r"^detection\.zscore\.alpha: replaced by detection\.zscore\.half_life"):
         LocalDetectionConfig.from_mapping({"zscore": {"alpha": 0.01}})
     assert c.metrics["tokens_per_s"].direction == "low" and c.metrics["latency_ms"].direction == "high"
@@ -510,7 +512,7 @@ def test_sustained_shift_reported_once_and_kept_until_it_ends() -> None:
     found = [a for k in range(10) for a in d.process(batch(shifted_latencies(60, 600.0 + 60 * k, 1.4, seed=k)))]
     shifts = [a for a in found if a.method == "level_shift"]
     assert len(shifts) == 1 and shifts[0].metric == "latency_ms" and shifts[0].sigma > 0
-    assert shifts[0].time_unix_nano < T0 + 630 * 10**9  # within 30 calls
+    assert shifts[0].time_unix_nano < T0 + 640 * 10**9  # within 40 calls (threshold 20 / (1.7 - drift 1))
     assert shifts[0].threshold > shifts[0].baseline  # the level values were accumulated beyond
     assert [a for a in found if a.method == "zscore"] == []  # the same incident: not repeated
     [(key, metric, direction, since)] = d.shifts()

@@ -55,9 +55,10 @@ DEFAULT_WARMUP = 30
 #: |z| beyond this is anomalous. With log-scale metrics and k-of-n persistence, 3.5 keeps false
 #: alarms on clean LLM traffic near 0.03 % of rows (see loadtest/detector_quality.py).
 DEFAULT_Z_THRESHOLD = 3.5
-#: Half-life of the baseline in seconds of event time: long enough that a sustained shift is
-#: not learned away while it is being confirmed, short enough to follow a diurnal ramp.
-DEFAULT_HALF_LIFE_S = 3600.0
+#: Half-life of the baseline in seconds of event time: a day, so the baseline spans the daily
+#: cycle (a diurnal ramp is within its spread) and a sustained shift is not learned away in
+#: minutes; the level-shift CUSUM catches shifts the z-score alone would miss.
+DEFAULT_HALF_LIFE_S = 86400.0
 #: Values are winsorised to mean ± clip_sigma·std before they update the baseline.
 DEFAULT_CLIP_SIGMA = 4.0
 #: The std used for scoring is at least this fraction of |mean| ...
