@@ -551,3 +551,55 @@ def test_level_shift_off() -> None:
     d.process(batch(shifted_latencies(600, 0.0, 1.0)))
     found = [a for k in range(5) for a in d.process(batch(shifted_latencies(60, 600.0 + 60 * k, 1.4, seed=k)))]
     assert [a for a in found if a.method == "level_shift"] == [] and d.shifts() == []
+
+
+def _level_shift_by_hand(ls: Any, group: np.ndarray, slots: np.ndarray, z: np.ndarray, t: np.ndarray,
+                         up: np.ndarray, down: np.ndarray) -> tuple[list[int], list[int]]:
+    """The CUSUM value by value (the reference for the vectorised one): reports and states."""
+    report, state = [0] * z.size, [int(ls.shifted_[slots[g]]) for g in group]
+    for g, slot in enumerate(slots.tolist()):
+        rows = np.flatnonzero(group == g).tolist()
+        for sign, watch, stat in ((1, up[g], ls.up_), (-1, down[g], ls.down_)):
+            ok = [i for i in rows if not np.isnan(z[i])]
+            if not watch or not ok:
+                continue
+            s, armed = float(stat[slot]), ls.shifted_[slot] != sign
+            for i in ok:
+                s = max(0.0, s + sign * min(max(z[i], -ls.cap_sigma), ls.cap_sigma) - ls.drift)
+                if armed and s > ls.threshold:
+                    armed = False
+                    report[i] = sign
+                    for k in rows:
+                        if k >= i:
+                            state[k] = sign
+                    ls.shifted_[slot], ls.since_[slot] = sign, t[i]
+            stat[slot] = min(s, ls.threshold)
+        sh = int(ls.shifted_[slot])
+        if sh and (ls.up_ if sh > 0 else ls.down_)[slot] <= 0:
+            ls.shifted_[slot], ls.since_[slot] = 0, np.nan
+    return report, state
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_level_shift_equals_value_by_value(seed: int) -> None:
+    from sentinel.detectors.level_shift import LevelShift
+
+    rng = np.random.default_rng(seed)
+    made = [LevelShift(threshold=6.0, capacity=8) for _ in range(2)]
+    start = (rng.uniform(0, 6, 8), rng.uniform(0, 6, 8), rng.integers(-1, 2, 8).astype(np.int8))
+    for ls in made:
+        ls.up_, ls.down_, ls.shifted_ = (a.copy() for a in start)
+        ls.since_ = np.where(ls.shifted_ != 0, 0.0, np.nan)
+    n_groups = 5
+    group = np.sort(rng.integers(0, n_groups, 120))
+    slots = rng.permutation(8)[:n_groups]
+    z = rng.normal(0.5, 2.5, group.size)
+    z[rng.random(group.size) < 0.2] = np.nan
+    t = np.arange(group.size, dtype=np.float64)
+    up, down = rng.random(n_groups) < 0.8, rng.random(n_groups) < 0.6
+    got = made[0].update(group, slots, z, t, up, down)
+    want_report, want_state = _level_shift_by_hand(made[1], group, slots, z, t, up, down)
+    assert got.report.tolist() == want_report and got.state.tolist() == want_state
+    for a in ("up_", "down_", "shifted_"):
+        np.testing.assert_allclose(getattr(made[0], a), getattr(made[1], a), atol=1e-9)
+    np.testing.assert_array_equal(np.isnan(made[0].since_), np.isnan(made[1].since_))

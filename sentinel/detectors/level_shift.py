@@ -49,6 +49,8 @@ DEFAULT_CAP_SIGMA = 3.0
 DEFAULT_RELEARN_AFTER_S = 3600.0
 
 BoolArray = npt.NDArray[np.bool_]
+#: A statistic this small is 0 (the vectorised sums leave rounding residue of ~1e-14).
+_ZERO = 1e-9
 
 
 class Shifts(NamedTuple):
@@ -105,36 +107,38 @@ class LevelShift:
         """Run the CUSUM over the grouped ``z`` (NaN: not scored, skipped); ``up``/``down`` per
         group say which directions are watched. Returns the reports and states per value."""
         report = np.zeros(z.size, dtype=np.int8)
-        counts = np.bincount(group, minlength=slots.size)
+        n_groups = slots.size
+        counts = np.bincount(group, minlength=n_groups)
         state = np.repeat(self.shifted_[slots], counts)
-        bounds = np.searchsorted(group, np.arange(slots.size + 1))
-        zc = np.clip(z, -self.cap_sigma, self.cap_sigma)
-        for g in range(slots.size):
-            lo, hi = int(bounds[g]), int(bounds[g + 1])
-            slot = int(slots[g])
-            seg = zc[lo:hi]
-            ok = ~np.isnan(seg)
-            if not ok.any():
+        idx = np.flatnonzero(~np.isnan(z))  # the scored values, still grouped
+        g = group[idx]
+        seen = np.bincount(g, minlength=n_groups) > 0
+        last = np.full(n_groups, -1)
+        last[g] = np.arange(idx.size)  # each group's last scored value (in idx)
+        pos = np.arange(z.size)
+        zc = np.clip(z[idx], -self.cap_sigma, self.cap_sigma)
+        for sign, watch, stat in ((1, up, self.up_), (-1, down, self.down_)):
+            use = watch & seen
+            if not use.any():
                 continue
-            idx = np.flatnonzero(ok) + lo
-            for sign, watch, stat in ((1, up[g], self.up_), (-1, down[g], self.down_)):
-                if not watch:
-                    continue
-                s = _cusum(float(stat[slot]), sign * zc[idx] - self.drift)
-                if self.shifted_[slot] != sign:
-                    crossed = np.flatnonzero(s > self.threshold)
-                    if crossed.size:
-                        at = int(idx[crossed[0]])
-                        report[at] = sign
-                        state[at:hi] = sign
-                        self.shifted_[slot] = sign
-                        self.since_[slot] = float(times_s[at])
-                stat[slot] = min(float(s[-1]), self.threshold)
-            if self.shifted_[slot] != 0:
-                stat = self.up_ if self.shifted_[slot] > 0 else self.down_
-                if stat[slot] <= 0.0:  # the values are back: the shift is over
-                    self.shifted_[slot] = 0
-                    self.since_[slot] = np.nan
+            s = _grouped_cusum(stat[slots], g, sign * zc - self.drift)
+            crossed = (s > self.threshold) & use[g] & (self.shifted_[slots] != sign)[g]
+            first = np.full(n_groups, z.size)
+            np.minimum.at(first, g[crossed], idx[crossed])
+            hit = first < z.size
+            if hit.any():
+                report[first[hit]] = sign
+                state = np.where(pos >= first[group], np.int8(sign), state)
+                self.shifted_[slots[hit]] = sign
+                self.since_[slots[hit]] = times_s[first[hit]]
+            ends = np.minimum(s[last[use]], self.threshold)
+            stat[slots[use]] = ends
+        # The values are back (or the baseline caught up): the shift is over.
+        sh = self.shifted_[slots]
+        stat_now = np.where(sh > 0, self.up_[slots], self.down_[slots])
+        over = (sh != 0) & (stat_now <= _ZERO)
+        self.shifted_[slots[over]] = 0
+        self.since_[slots[over]] = np.nan
         since = np.repeat(self.since_[slots], counts)
         with np.errstate(invalid="ignore"):
             learn = (state == 0) | ~(times_s - since < self.relearn_after_s)
@@ -156,6 +160,22 @@ class LevelShift:
         if up.ndim != 1 or any(a.shape != up.shape for a in (down, shifted, since)):
             raise ValueError("level-shift state: up, down, shifted and since must be lists of one length")
         self.up_, self.down_, self.shifted_, self.since_ = up, down, shifted, since
+
+
+def _grouped_cusum(s0: FloatArray, group: IntArray, steps: FloatArray) -> FloatArray:
+    """:func:`_cusum` of each group's ``steps`` (grouped, non-decreasing ``group``) from ``s0[group]``.
+    The running minimum restarts per group: each group is shifted below all earlier ones."""
+    if steps.size == 0:
+        return steps
+    total = np.cumsum(steps)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    base = np.repeat(np.r_[0.0, total[starts[1:] - 1]], np.diff(np.r_[starts, steps.size]))
+    c = total - base  # cumulative sum within the group
+    span = float(c.max() - c.min()) + 1.0
+    rank = np.repeat(np.arange(starts.size, dtype=np.float64), np.diff(np.r_[starts, steps.size]))
+    low = np.minimum(np.minimum.accumulate(c - rank * 2 * span) + rank * 2 * span, 0.0)
+    out: FloatArray = np.maximum(s0[group] + c, c - low)
+    return out
 
 
 def _cusum(s0: float, steps: FloatArray) -> FloatArray:
