@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from loadtest import nab_scoring as ns
+from loadtest.bench_all import render
 from loadtest.nab_benchmark import DEFAULT_DATA, load_series, main, windowed_gaussian
 
 # One file of 20 rows (timestamps 0..19), one window over rows 10..13 (W = 4, right edge R = 13).
@@ -147,3 +148,7 @@ def test_one_real_file_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     for prof in ns.PROFILES:
         assert doc["scores"]["null"][prof]["normalized"] == pytest.approx(0.0)
         assert doc["ratio_to_windowedGaussian"]["windowedGaussian"][prof] == pytest.approx(1.0)
+    # bench_all's table reads these figures.
+    table = render({"nab": {"status": 0, "seconds": 1.0, "load_average_at_start": 0.0, "figures": doc}},
+                   {"load_average": [0.0, 0.0, 0.0]}, quick=True)
+    assert "NAB score" in table and "sidecar (0 null, 100 perfect)" in table and "windowedGaussian" in table
