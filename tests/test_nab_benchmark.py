@@ -1,6 +1,6 @@
 """NAB's scoring rules (loadtest.nab_scoring) on tiny cases worked out by hand, NAB's windowedGaussian
-on values whose z is known, and the benchmark end to end on one real NAB file (results files written
-and read back).
+on values whose z is known, both together against NAB's own published per-file scores, and the
+benchmark end to end on one real NAB file (results files written and read back).
 
 No performance assertions: the figures are for ``python -m loadtest.nab_benchmark``.
 """
@@ -16,7 +16,7 @@ import pytest
 
 from loadtest import nab_scoring as ns
 from loadtest.bench_all import render
-from loadtest.nab_benchmark import DEFAULT_DATA, load_series, main, windowed_gaussian
+from loadtest.nab_benchmark import DEFAULT_DATA, load_series, main, read_results, windowed_gaussian, write_results
 
 # One file of 20 rows (timestamps 0..19), one window over rows 10..13 (W = 4, right edge R = 13).
 # Probationary: min(floor(0.15 * 20), 750) = 3 rows. Standard profile: tp 1, fp 0.11, fn 1.
@@ -126,6 +126,33 @@ def test_windowed_gaussian_by_hand() -> None:
     assert s[3] == pytest.approx(1 - 0.3085375, abs=1e-6)
     # Below the mean is mirrored.
     assert windowed_gaussian(np.array([1.0, 3.0, -1.0]))[2] == pytest.approx(1 - 0.0013499, abs=1e-6)
+
+
+#: NAB's published results for its windowedGaussian detector (numenta/NAB, MIT:
+#: results/windowedGaussian/windowedGaussian_<profile>_scores.csv, threshold 1.0): per file and
+#: profile, (score, TP rows, FP rows).
+PUBLISHED = {
+    "realAWSCloudwatch/grok_asg_anomaly.csv": {
+        "standard": (2.37942230674, 69, 3), "reward_low_FP_rate": (2.04942230674, 69, 3)},
+    "realAWSCloudwatch/ec2_cpu_utilization_fe7f93.csv": {
+        "standard": (0.638757791772, 6, 1), "reward_low_FN_rate": (-0.361242208228, 6, 1)},
+    "artificialWithAnomaly/art_load_balancer_spikes.csv": {
+        "standard": (-0.692444609523, 18, 15), "reward_low_FP_rate": (-2.34244460952, 18, 15)},
+    "realAWSCloudwatch/ec2_disk_write_bytes_c0d644.csv": {
+        "standard": (-1.09599853032, 13, 19), "reward_low_FN_rate": (-2.09599853032, 13, 19)},
+}
+
+
+@pytest.mark.skipif(not (DEFAULT_DATA / "labels" / "combined_windows.json").exists(), reason="no NAB data")
+def test_windowed_gaussian_and_scorer_reproduce_nabs_published_scores(tmp_path: Path) -> None:
+    series = load_series(DEFAULT_DATA, list(PUBLISHED))
+    assert sorted(s.name for s in series) == sorted(PUBLISHED)
+    for s in series:
+        write_results(tmp_path, "windowedGaussian", s, windowed_gaussian(s.values))
+        f = read_results(tmp_path, "windowedGaussian", s)  # scored from the file, as NAB does
+        for profile, (score, tp, fp) in PUBLISHED[s.name].items():
+            r = ns.score_at(f, 1.0, ns.PROFILES[profile])
+            assert (r.score, r.tp, r.fp) == (pytest.approx(score, abs=1e-9), tp, fp), (s.name, profile)
 
 
 @pytest.mark.skipif(not (DEFAULT_DATA / "labels" / "combined_windows.json").exists(), reason="no NAB data")
