@@ -32,8 +32,8 @@ file, NAB finds no matching row and fails; here the file is scored with all its 
 
 >>> t = list(range(10))
 >>> f = ScoredFile("f", t, [0.0] * 10, [(4, 6)])
->>> round(optimize([f], STANDARD).score, 3)  # nothing detected: one missed window
--1.0
+>>> [(r.threshold, round(r.score, 3)) for r in score_by_threshold(sweep(f, STANDARD), STANDARD)]
+[(1.1, -1.0), (0.0, 0.358)]
 """
 
 from __future__ import annotations
