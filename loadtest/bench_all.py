@@ -15,8 +15,9 @@ default; its path is printed):
    throughput ratio on batches of 500 and 50,000 rows, and ROC AUC on the four tabular (``testdata/tabular``)
    datasets averaged over seeds as ``tests/test_isolation_forest.py`` does (20 seeds for
    mammography and satellite, 3 for shuttle and http);
-4. ``loadtest.nab_quality`` -- precision and recall of windows on NAB: the sidecar's detectors
-   against the plain sliding-window z-score (full run: every file; ``--quick``: the artificial ones);
+4. ``loadtest.nab_benchmark`` -- NAB scores (NAB's own scoring rules) of the sidecar's detector
+   against NAB's windowedGaussian, run side by side (full run: every file and detector;
+   ``--quick``: the sidecar on the artificial files);
 5. ``loadtest.bench_fleet`` -- 20 sidecars, one aggregator, 20,000 spans/s for 60 s: nothing
    dropped, detection latency on RabbitMQ; if that rate is not carried, 10,000 (then 5,000) spans/s for 30 s
    (``--quick``: 5 sidecars at 5,000 spans/s for 15 s).
@@ -98,7 +99,7 @@ def _steps(quick: bool, out: Path) -> list[tuple[str, list[str], float]]:
             ("sidecar", [py, "-m", "loadtest.bench_sidecar", "--quick", *j("sidecar")], 300.0),
             ("aggregator", [py, "-m", "loadtest.bench_aggregator", "--quick", *j("aggregator")], 300.0),
             ("iforest", [py, "-m", "loadtest.bench_all", "--iforest-part", "--quick", *j("iforest")], 300.0),
-            ("nab", [py, "-m", "loadtest.nab_quality", "--files", "art_", "--methods", "zscore_window,local_log",
+            ("nab", [py, "-m", "loadtest.nab_benchmark", "--files", "art_", "--detectors", "sidecar,sidecar_graded",
                      *j("nab")], 300.0),
             ("fleet", [py, "-m", "loadtest.bench_fleet", "--quick", *j("fleet")], 300.0),
         ]
@@ -107,7 +108,7 @@ def _steps(quick: bool, out: Path) -> list[tuple[str, list[str], float]]:
                      *j("sidecar")], 600.0),
         ("aggregator", [py, "-m", "loadtest.bench_aggregator", *j("aggregator")], 600.0),
         ("iforest", [py, "-m", "loadtest.bench_all", "--iforest-part", *j("iforest")], 600.0),
-        ("nab", [py, "-m", "loadtest.nab_quality", "--methods", "zscore_window,local_log,local_mad", *j("nab")],
+        ("nab", [py, "-m", "loadtest.nab_benchmark", *j("nab")],
          900.0),
         ("fleet", [py, "-m", "loadtest.bench_fleet", "--step-down", "10000,5000", "--step-seconds", "30", *j("fleet")],
          900.0),
@@ -235,18 +236,20 @@ def render(parts: dict[str, Any], machine: dict[str, Any], *, quick: bool) -> st
             _verdict(abs(x["difference"]) <= AUC_BOUND))
 
     # -- NAB
-    nab = _get(parts, "nab", "figures", "totals") or {}
-    base = nab.get("zscore_window")
-    for method, t in nab.items():
-        label = ("plain sliding-window z-score (baseline)" if method == "zscore_window"
-                 else f"sidecar detector {method}" if method.startswith("local_") else f"aggregator {method}")
-        ratio = ""
-        if base and method != "zscore_window" and base.get("recall") and base.get("precision"):
-            ratio = (f"recall {t['recall'] / base['recall']:.2f} ×, "
-                     f"precision {t['precision'] / base['precision']:.2f} ×, "
-                     f"false alarms {t['false_alarms'] / max(base['false_alarms'], 1):.2f} × baseline")
-        row("NAB windows", label, f"recall {t['recall']:.2f} ({t['windows_detected']}/{t['windows']}), precision "
-            f"{t['precision']:.2f} ({t['false_alarms']} false of {t['alarms']} alarms)", ratio)
+    nab = _get(parts, "nab", "figures") or {}
+    ratios = nab.get("ratio_to_windowedGaussian") or {}
+    for det, by_profile in (nab.get("scores") or {}).items():
+        if det == "null":
+            continue
+        std, low_fp = by_profile["standard"]["normalized"], by_profile["reward_low_FP_rate"]["normalized"]
+        r = ratios.get(det) or {}
+        ratio = "" if det == "windowedGaussian" else (
+            f"{r.get('standard') or 0:.2f} × (standard), {r.get('reward_low_FP_rate') or 0:.2f} × (low FP)")
+        nab_target = f"≥ {T.NAB_RATIO_STANDARD:g} × standard, > 1 × low FP" if det.startswith("sidecar") else ""
+        verdict = _verdict((r.get("standard") or 0) >= T.NAB_RATIO_STANDARD
+                           and (r.get("reward_low_FP_rate") or 0) > 1) if nab_target else ""
+        row("NAB score", f"{det} (0 null, 100 perfect)", f"standard {std:.1f}, reward_low_FP {low_fp:.1f}", ratio,
+            nab_target, verdict)
 
     # -- fleet
     fl = _get(parts, "fleet", "figures") or {}

@@ -1,9 +1,10 @@
 """The sidecar's fast-path detection: per (service, model, operation) key, every batch.
 
 :class:`LocalDetector` scores each metric of a :class:`~sentinel.model.FeatureBatch` against the
-key's state from *before* the batch (rolling z-score, or MAD / IQR for heavy tails), filters the
-result with k-of-n persistence, adds static thresholds and the error rate, then folds the batch
-into the state. Its settings are the YAML ``detection:`` map (:class:`LocalDetectionConfig`).
+key's state from *before* the batch (a z-score against a time-decayed baseline, or MAD / IQR for
+heavy tails), filters the result with k-of-n persistence, reports sustained level shifts (a CUSUM
+on the z-scores), adds static thresholds and the error rate, then folds the batch into the state.
+Its settings are the YAML ``detection:`` map (:class:`LocalDetectionConfig`).
 
 >>> d = LocalDetector(LocalDetectionConfig.from_mapping({"thresholds": {"latency_ms": {"max": 100}}}))
 >>> from sentinel.model import FeatureBatch
@@ -22,6 +23,7 @@ import numpy.typing as npt
 
 from sentinel.detectors.error_rate import ErrorRateWindow
 from sentinel.detectors.grouping import group_by_key
+from sentinel.detectors.level_shift import LevelShift
 from sentinel.detectors.local_config import (
     DEFAULT_DIRECTIONS,
     DEFAULT_MAX_ANOMALIES_PER_BATCH,
@@ -33,6 +35,7 @@ from sentinel.detectors.local_config import (
     METRICS,
     TRANSFORMS,
     ErrorRateConfig,
+    LevelShiftConfig,
     LocalDetectionConfig,
     MetricConfig,
     PersistenceConfig,
@@ -51,11 +54,13 @@ __all__ = [
     "DEFAULT_MAX_KEYS",
     "DEFAULT_TRANSFORMS",
     "DIRECTIONS",
+    "LEVEL_SHIFT",
     "LOG_UNITS",
     "METHODS",
     "METRICS",
     "TRANSFORMS",
     "ErrorRateConfig",
+    "LevelShiftConfig",
     "LocalDetectionConfig",
     "LocalDetector",
     "MetricConfig",
@@ -66,7 +71,9 @@ __all__ = [
 ]
 
 _INITIAL_CAPACITY = 64
-_STATE_VERSION = 2  # 2: stacks are per (method, transform)
+_STATE_VERSION = 3  # 2: stacks are per (method, transform); 3: time-decayed baseline, level shifts
+#: ``LocalAnomaly.method`` of a sustained shift reported by the CUSUM.
+LEVEL_SHIFT = "level_shift"
 
 Key = tuple[str | None, str | None, str | None]
 
@@ -98,15 +105,20 @@ class _Stack:
         if self.log:
             min_std_ratio, min_std = 0.0, max(c.min_std, math.log1p(c.min_std_ratio))
         self.detector: RollingStats | RobustWindow
+        self.shift: LevelShift | None = None
         if method == "zscore":
             self.detector = RollingStats(
                 warmup=c.warmup,
                 threshold=c.zscore.threshold,
-                alpha=c.zscore.alpha,
+                half_life_s=c.zscore.half_life,
                 clip_sigma=c.zscore.clip_sigma,
                 min_std_ratio=min_std_ratio,
                 min_std=min_std,
             )
+            ls = c.level_shift
+            if ls.enabled:
+                self.shift = LevelShift(drift=ls.drift, threshold=ls.threshold, cap_sigma=ls.cap_sigma,
+                                        relearn_after_s=ls.relearn_after)
         else:
             self.detector = RobustWindow(
                 method=method,
@@ -128,17 +140,26 @@ class _Stack:
     def resize(self, key_capacity: int) -> None:
         self.detector.resize(key_capacity * len(self.metrics))
         self.persistence.resize(key_capacity * len(self.metrics))
+        if self.shift is not None:
+            self.shift.resize(key_capacity * len(self.metrics))
 
     def reset(self, key_slots: IntArray) -> None:
-        s = self.series(key_slots)
+        self.reset_series(self.series(key_slots))
+
+    def reset_series(self, s: IntArray) -> None:
         self.detector.reset(s)
         self.persistence.reset(s)
+        if self.shift is not None:
+            self.shift.reset(s)
 
     @property
     def key_capacity(self) -> int:
         m = len(self.metrics)
         cap = self.detector.capacity
-        return cap // m if cap == self.persistence.capacity and cap % m == 0 else -1
+        ok = cap == self.persistence.capacity and cap % m == 0
+        if self.shift is not None:
+            ok = ok and self.shift.capacity == cap
+        return cap // m if ok else -1
 
 
 class LocalDetector:
@@ -171,6 +192,8 @@ class LocalDetector:
         self._labels += [(m, "threshold") for m in METRICS]
         # Scored labels in METRICS order, so a row's anomalies are listed in that order.
         self._labels += [(m, c.metrics[m].method) for m in METRICS if c.metrics[m].method != "none"]
+        if c.level_shift.enabled:
+            self._labels += [(m, LEVEL_SHIFT) for m in METRICS if c.metrics[m].method == "zscore"]
         self._label_ids = {lab: i for i, lab in enumerate(self._labels)}
         self._lo = np.array([_limit(c.thresholds.get(m), "min") for m in METRICS])
         self._hi = np.array([_limit(c.thresholds.get(m), "max") for m in METRICS])
@@ -271,8 +294,9 @@ class LocalDetector:
                     i = np.flatnonzero(static[r])
                     nan = np.full(i.size, np.nan)
                     self._add_static(found, r, order[i], x[r, i], nan, nan)
+        times_s = batch.numeric["time_unix_nano"][order].astype(np.float64) / 1e9
         for stack in self._stacks:
-            self._detect_stack(stack, x, static, order, group, slots, found)
+            self._detect_stack(stack, x, static, order, group, slots, times_s, found)
         if self._errors is not None:
             self._detect_error_rate(batch, order, group, slots, found)
         return self._emit(batch, found)
@@ -293,6 +317,7 @@ class LocalDetector:
         order: IntArray,
         group: IntArray,
         slots: IntArray,
+        times_s: FloatArray,
         found: _Found,
     ) -> None:
         sub = x[stack.rows]
@@ -306,6 +331,7 @@ class LocalDetector:
         sgroup = (np.arange(m)[:, None] * n_groups + group[None, :])[valid]
         sslots = stack.series(slots)
         rows = np.broadcast_to(order, sub.shape)[valid]
+        t = np.broadcast_to(times_s, sub.shape)[valid]
         j = sgroup // n_groups
         # The detector works on the stack's scale; baseline and threshold are mapped back below.
         u = v
@@ -315,12 +341,24 @@ class LocalDetector:
         high = (u > sc.upper) & stack.high[j]
         low = (u < sc.lower) & stack.low[j]
         report = stack.persistence.filter(sgroup, sslots, high | low, sc.sigma)
+        learn: npt.NDArray[np.bool_] | None = None
+        shift_at = np.zeros(0, dtype=np.int64)
+        shift_limit = sc.baseline
+        if stack.shift is not None:
+            series_metric = np.arange(sslots.size) // n_groups
+            sh = stack.shift.update(sgroup, sslots, sc.sigma, t, stack.high[series_metric], stack.low[series_metric])
+            # While shifted, the point anomalies on that side are the same incident, and for
+            # relearn_after the baseline is frozen so the shift is not learned away.
+            report &= ~((sh.state > 0) & high) & ~((sh.state < 0) & low)
+            learn = sh.learn
+            shift_at = np.flatnonzero(sh.report)
+            shift_limit = sc.baseline + np.sign(sh.report) * stack.shift.drift * sc.deviation
         baseline, upper, lower = sc.baseline, sc.upper, sc.lower
         if stack.log:
             # Back to original units (expm1 is monotone, so the limit crossed maps to a limit);
             # deviation and sigma stay on the log scale, where they were measured.
             unit = stack.unit[j] if stack.scaled else 1.0
-            baseline, upper, lower = (np.expm1(a) * unit for a in (baseline, upper, lower))
+            baseline, upper, lower, shift_limit = (np.expm1(a) * unit for a in (baseline, upper, lower, shift_limit))
         if static is not None:
             st = static[stack.rows][valid]
             if st.any():
@@ -334,7 +372,17 @@ class LocalDetector:
             label = np.array([self._label_ids[(mt, stack.method)] for mt in stack.metrics])[j[i]]
             threshold = np.where(high[i], upper[i], lower[i])
             found.add(2, label, rows[i], v[i], baseline[i], sc.deviation[i], threshold, sc.sigma[i])
-        stack.detector.update(sgroup, sslots, u)
+        if shift_at.size:
+            i = shift_at
+            label = np.array([self._label_ids[(mt, LEVEL_SHIFT)] for mt in stack.metrics])[j[i]]
+            found.add(1, label, rows[i], v[i], baseline[i], sc.deviation[i], shift_limit[i], sc.sigma[i])
+        if not isinstance(stack.detector, RollingStats):
+            stack.detector.update(sgroup, sslots, u)
+        elif learn is None:
+            stack.detector.update(sgroup, sslots, u, t)
+        else:
+            stack.detector.update(sgroup[learn], sslots, u[learn], t[learn])
+
 
     def _detect_error_rate(
         self, batch: FeatureBatch, order: IntArray, group: IntArray, slots: IntArray, found: _Found
@@ -395,6 +443,33 @@ class LocalDetector:
             )
         return out
 
+    # -- level shifts ----------------------------------------------------------------------
+
+    def shifts(self) -> list[tuple[Key, str, int, float]]:
+        """The series now in a reported level shift: (key, metric, +1 up / -1 down, event time
+        in unix seconds it was reported), by key slot and metric."""
+        out = []
+        for stack in self._stacks:
+            if stack.shift is None:
+                continue
+            m = len(stack.metrics)
+            for s in np.flatnonzero(stack.shift.shifted_[: len(self._keys) * m]).tolist():
+                out.append((self._keys[s // m], stack.metrics[s % m], int(stack.shift.shifted_[s]),
+                            float(stack.shift.since_[s])))
+        return out
+
+    def relearn(self, key: Key | None = None) -> int:
+        """Forget the z-score baselines and level-shift state of ``key`` (every key if None), on
+        purpose: after an operator accepted a shift as the new normal. They re-learn within
+        ``warmup`` values. Returns the number of keys reset."""
+        slots = np.arange(len(self._keys)) if key is None else np.array(
+            [self._slot_of[key]] if key in self._slot_of else [], dtype=np.int64)
+        if slots.size:
+            for stack in self._stacks:
+                if stack.shift is not None:
+                    stack.reset(slots)
+        return int(slots.size)
+
     # -- state -----------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
@@ -414,6 +489,7 @@ class LocalDetector:
                     "metrics": list(s.metrics),
                     "series": s.detector.to_state(n * len(s.metrics)),
                     "persistence": s.persistence.to_state(n * len(s.metrics)),
+                    "shift": None if s.shift is None else s.shift.to_state(n * len(s.metrics)),
                 }
                 for s in self._stacks
             ],
@@ -439,6 +515,10 @@ class LocalDetector:
             for stack, sub in zip(det._stacks, state["stacks"], strict=True):
                 stack.detector.load_state(sub["series"])
                 stack.persistence.load_state(sub["persistence"])
+                if (sub["shift"] is None) != (stack.shift is None):
+                    raise ValueError("state and config disagree on level_shift.enabled")
+                if stack.shift is not None:
+                    stack.shift.load_state(sub["shift"])
                 if stack.key_capacity != n:
                     raise ValueError(f"{stack.method} state does not hold {n} keys")
             if (state["error_rate"] is None) != (det._errors is None):

@@ -21,11 +21,17 @@ from sentinel.detectors.error_rate import (
     DEFAULT_ERROR_WINDOW_S,
     DEFAULT_MIN_CALLS,
 )
+from sentinel.detectors.level_shift import (
+    DEFAULT_CAP_SIGMA,
+    DEFAULT_DRIFT,
+    DEFAULT_RELEARN_AFTER_S,
+    DEFAULT_SHIFT_THRESHOLD,
+)
 from sentinel.detectors.persistence import DEFAULT_EXTREME_SIGMA, DEFAULT_K, DEFAULT_N, MAX_N
 from sentinel.detectors.robust import DEFAULT_IQR_K, DEFAULT_ROBUST_THRESHOLD, DEFAULT_WINDOW
 from sentinel.detectors.rolling import (
-    DEFAULT_ALPHA,
     DEFAULT_CLIP_SIGMA,
+    DEFAULT_HALF_LIFE_S,
     DEFAULT_MIN_STD,
     DEFAULT_MIN_STD_RATIO,
     DEFAULT_WARMUP,
@@ -43,6 +49,7 @@ __all__ = [
     "METRICS",
     "TRANSFORMS",
     "ErrorRateConfig",
+    "LevelShiftConfig",
     "LocalDetectionConfig",
     "MetricConfig",
     "PersistenceConfig",
@@ -69,11 +76,22 @@ DEFAULT_MAX_KEYS = 10_000
 DEFAULT_MAX_ANOMALIES_PER_BATCH = 100
 @dataclass
 class ZScoreConfig:
-    """``detection.zscore``: the exponentially weighted mean/std baseline."""
+    """``detection.zscore``: the time-decayed mean / robust-std baseline."""
 
     threshold: float = DEFAULT_Z_THRESHOLD
-    alpha: float = DEFAULT_ALPHA
+    half_life: float = DEFAULT_HALF_LIFE_S  # seconds of event time
     clip_sigma: float = DEFAULT_CLIP_SIGMA
+
+
+@dataclass
+class LevelShiftConfig:
+    """``detection.level_shift``: the CUSUM on z-scores that reports sustained shifts (zscore metrics)."""
+
+    enabled: bool = True
+    drift: float = DEFAULT_DRIFT
+    threshold: float = DEFAULT_SHIFT_THRESHOLD
+    cap_sigma: float = DEFAULT_CAP_SIGMA
+    relearn_after: float = DEFAULT_RELEARN_AFTER_S  # seconds of event time
 
 
 @dataclass
@@ -138,6 +156,7 @@ class LocalDetectionConfig:
     min_std_ratio: float = DEFAULT_MIN_STD_RATIO
     min_std: float = DEFAULT_MIN_STD
     zscore: ZScoreConfig = field(default_factory=ZScoreConfig)
+    level_shift: LevelShiftConfig = field(default_factory=LevelShiftConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     error_rate: ErrorRateConfig = field(default_factory=ErrorRateConfig)
@@ -152,7 +171,7 @@ class LocalDetectionConfig:
         out = cls()
         for key, raw in d.items():
             name = f"detection.{key}"
-            if key in ("zscore", "robust", "persistence", "error_rate"):
+            if key in ("zscore", "level_shift", "robust", "persistence", "error_rate"):
                 setattr(out, key, _fill(type(getattr(out, key)), raw, name))
             elif key == "metrics":
                 for metric, sub in _as_map(name, raw).items():
@@ -177,7 +196,12 @@ class LocalDetectionConfig:
         _check("detection.min_std_ratio", self.min_std_ratio >= 0, "must be 0 or more")
         _check("detection.min_std", self.min_std > 0, "must be greater than 0")
         _check("detection.zscore.threshold", self.zscore.threshold > 0, "must be greater than 0")
-        _check("detection.zscore.alpha", 0 < self.zscore.alpha < 1, "must be between 0 and 1 (exclusive)")
+        _check("detection.zscore.half_life", self.zscore.half_life > 0, "must be a duration greater than 0")
+        ls = self.level_shift
+        _check("detection.level_shift.drift", ls.drift >= 0, "must be 0 or more")
+        _check("detection.level_shift.threshold", ls.threshold > 0, "must be greater than 0")
+        _check("detection.level_shift.cap_sigma", ls.cap_sigma > 0, "must be greater than 0")
+        _check("detection.level_shift.relearn_after", ls.relearn_after > 0, "must be a duration greater than 0")
         _check("detection.zscore.clip_sigma", self.zscore.clip_sigma > 0, "must be greater than 0")
         _check("detection.robust.window", self.robust.window >= 3, "must be at least 3")
         _check("detection.robust.threshold", self.robust.threshold > 0, "must be greater than 0")
@@ -213,6 +237,13 @@ class LocalDetectionConfig:
             if tc.min is not None and tc.max is not None:
                 _check(f"{key}.min", tc.min <= tc.max, "must not be above max")
 
+
+#: Settings given as durations ("90s", "1h", or seconds).
+_DURATIONS: set[tuple[type, str]] = {
+    (ErrorRateConfig, "window"),
+    (ZScoreConfig, "half_life"),
+    (LevelShiftConfig, "relearn_after"),
+}
 
 _SCALARS: dict[str, type] = {
     "warmup": int,
@@ -270,9 +301,11 @@ def _fill(cls: type[Any], raw: Any, prefix: str, base: Any = None) -> Any:
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     for key, v in _as_map(prefix, raw).items():
         name = f"{prefix}.{key}"
+        if cls is ZScoreConfig and key == "alpha":
+            raise ConfigError(f"{name}: replaced by detection.zscore.half_life (a duration of event time, e.g. 1h)")
         if key not in types:
             raise ConfigError(f"{name}: unknown setting (one of {', '.join(types)})")
-        if cls is ErrorRateConfig and key == "window":
+        if (cls, key) in _DURATIONS:
             try:
                 values[key] = parse_duration(v)
             except ValueError as e:
