@@ -17,8 +17,9 @@ $(BIN)/sentinel: pyproject.toml
 demo: $(BIN)/sentinel
 	$(BIN)/sentinel demo
 
+# The fast tier runs on two worker processes (pytest-xdist); the real-process tier one test at a time.
 test: $(BIN)/sentinel
-	$(BIN)/pytest -q -m "not system"
+	$(BIN)/pytest -q -m "not system" -n 2
 
 test-system: $(BIN)/sentinel
 	$(BIN)/pytest -q -m system

@@ -2,7 +2,8 @@
 
 The families' pins clash (OpenLIT wants ``openai < 3``; the GenAI v2 instrumentation needs an
 ``opentelemetry-util-genai`` that still has ``instruments`` and an older SDK), so each gets its own
-venv under ``.interop-venvs/<family>-<hash>/`` at the repository root (git-ignored). The hash covers
+venv under ``.interop-venvs/<family>-<hash>/`` at the repository root (git-ignored), or under
+``$SENTINEL_INTEROP_VENVS``. The hash covers
 the pinned requirements and the Python version, so a changed pin builds a new venv and reruns
 reuse the old one. A venv counts only once its ``.complete`` marker is written.
 
@@ -24,7 +25,9 @@ from pathlib import Path
 
 __all__ = ["FAMILIES", "REQUIREMENTS", "VENV_ROOT", "ensure_venv", "venv_dir"]
 
-VENV_ROOT = Path(__file__).resolve().parents[2] / ".interop-venvs"
+#: Where the venvs live: ``SENTINEL_INTEROP_VENVS`` if set (CI points it at a cache that outlives the
+#: clone), else ``.interop-venvs/`` at the repository root.
+VENV_ROOT = Path(os.environ.get("SENTINEL_INTEROP_VENVS") or Path(__file__).resolve().parents[2] / ".interop-venvs")
 
 _OTEL = "1.45.2"  # opentelemetry-sdk and its OTLP exporters
 _OPENAI = "2.54.0"  # the newest openai < 3 (OpenLIT 1.45 refuses 3.x)
