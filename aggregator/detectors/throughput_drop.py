@@ -16,6 +16,13 @@ the first ``warmup_buckets`` such buckets, then EWMA ``alpha``). A bucket is low
 ``tps_drop_ratio`` × baseline; ``ceil(sustain_s / bucket_s)`` low buckets in a row (the whole first
 minute with the defaults) emit one ``throughput_drop`` candidate with metric ``tokens_per_s``.
 Re-arming, baseline freeze and relearning as for calls.
+
+Known loss and young keys. A key's rows that arrive after their bucket closed (a sidecar that fell
+behind, a forward queue that filled up) are not traffic that stopped: every drop is held for
+``hold_buckets`` more closed buckets, and dropped (counted in ``known_loss``) when late rows of that
+key for the drop's window arrived meanwhile. A key needs ``min_history_buckets`` closed buckets
+(warm-up included) before a drop of its calls is raised, so a model that appeared for ten minutes
+(reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ DEFAULT_TPS_DROP_RATIO = 0.5
 DEFAULT_SUSTAIN_S = 60.0
 DEFAULT_TPS_MIN_CALLS = 10
 DEFAULT_MAX_KEYS = 10_000
+DEFAULT_HOLD_BUCKETS = 1
+DEFAULT_MIN_HISTORY_BUCKETS = 30
 KEY_COLUMNS = ("service", "request_model")
 
 
@@ -68,6 +77,8 @@ class ThroughputDropConfig:
     tps_drop_ratio: float = DEFAULT_TPS_DROP_RATIO
     sustain_s: float = DEFAULT_SUSTAIN_S
     tps_min_calls: int = DEFAULT_TPS_MIN_CALLS
+    hold_buckets: int = DEFAULT_HOLD_BUCKETS
+    min_history_buckets: int = DEFAULT_MIN_HISTORY_BUCKETS
     max_keys: int = DEFAULT_MAX_KEYS
 
     def validate(self) -> ThroughputDropConfig:
@@ -84,6 +95,8 @@ class ThroughputDropConfig:
         check_positive(NAME, "sustain_s", self.sustain_s)
         check_min(NAME, "relearn_buckets", self.relearn_buckets, self.tps_buckets)
         check_min(NAME, "tps_min_calls", self.tps_min_calls, 1)
+        check_min(NAME, "hold_buckets", self.hold_buckets, 0)
+        check_min(NAME, "min_history_buckets", self.min_history_buckets, 0)
         check_min(NAME, "max_keys", self.max_keys, 1)
         return self
 
@@ -94,10 +107,11 @@ class ThroughputDropConfig:
 
 
 class _KeyState:
-    __slots__ = ("armed", "buckets", "mean", "n", "run", "tps")
+    __slots__ = ("age", "armed", "buckets", "mean", "n", "run", "tps")
 
     def __init__(self) -> None:
         self.buckets = BucketSeries()
+        self.age = 0  # closed buckets seen
         self.n = 0
         self.mean = 0.0
         self.run = 0
@@ -106,7 +120,8 @@ class _KeyState:
         self.tps: list[float] = [0, 0.0, 0, 1]
 
     def to_state(self) -> dict[str, Any]:
-        return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps}
+        return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps,
+                "age": self.age}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
@@ -114,6 +129,7 @@ class _KeyState:
         st.n, st.mean, st.run, st.armed = int(d["n"]), float(d["mean"]), int(d["run"]), bool(d["armed"])
         if "tps" in d:  # version 1 had calls only
             st.tps = [float(v) for v in d["tps"]]
+        st.age = int(d.get("age", 10**9))  # saved before ages were kept: old enough
         return st
 
 
@@ -125,6 +141,9 @@ class ThroughputDropDetector:
         c = self.config
         self._keys: BucketedKeys[_KeyState] = BucketedKeys(
             width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=3, factory=_KeyState)
+        # drops held for hold_buckets (release bucket index, candidate); see the module docstring
+        self._held: list[tuple[int, Candidate]] = []
+        self.known_loss = 0  # drops not raised because the key's rows came late
 
     @property
     def late_rows(self) -> int:
@@ -136,11 +155,12 @@ class ThroughputDropDetector:
             has = ~np.isnan(tps)
             self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), np.where(has, tps, 0.0), has.astype(np.float64)],
                            np.zeros(batch.n))
-        out: list[Candidate] = []
+        found: list[Candidate] = []
         c = self.config
         for key, st, idx, (calls, tps_sum, tps_calls), examples in self._keys.close():
+            st.age += 1
             if tps_calls >= c.tps_min_calls:
-                out.extend(self._tps(key, st, idx, tps_sum / tps_calls, int(tps_calls), examples))
+                found.extend(self._tps(key, st, idx, tps_sum / tps_calls, int(tps_calls), examples))
             if st.n < c.warmup_buckets:
                 st.n += 1
                 st.mean += (calls - st.mean) / st.n
@@ -151,11 +171,11 @@ class ThroughputDropDetector:
             st.run = st.run + 1 if low else 0
             if not low:
                 st.armed = True
-            if st.run >= c.min_buckets and st.armed:
+            if st.run >= c.min_buckets and st.armed and st.age >= c.min_history_buckets:
                 st.armed = False
                 start, end = self._keys.window(idx - st.run + 1)
                 _, end = self._keys.window(idx)
-                out.append(Candidate(
+                found.append(Candidate(
                     anomaly_type="throughput_drop", service=key[0], model=key[1], detection_method="rate_ratio",
                     confidence=min(1.0, 1.0 - calls / base), metric="calls_per_bucket", value=calls, baseline=base,
                     threshold=c.drop_ratio * base, deviation_sigma=-z, window_start=start, window_end=end,
@@ -164,6 +184,25 @@ class ThroughputDropDetector:
                 st.mean += c.alpha * (calls - st.mean)
             elif st.run >= c.relearn_buckets:
                 st.n, st.mean, st.run, st.armed = 0, 0.0, 0, True
+        return self._release(found)
+
+    def _release(self, found: list[Candidate]) -> list[Candidate]:
+        """Hold new drops; emit the held ones whose hold is over and whose key had no late rows."""
+        limit = self._keys.closed_limit
+        width = self._keys.width_ns
+        self._held += [(c.window_end // width - 1 + self.config.hold_buckets, c) for c in found]
+        out: list[Candidate] = []
+        keep: list[tuple[int, Candidate]] = []
+        for release, cand in self._held:
+            if limit is not None and release >= limit:
+                keep.append((release, cand))
+                continue
+            late = self._keys.last_late.get((cand.service, cand.model))
+            if late is not None and late >= cand.window_start // width:
+                self.known_loss += 1
+            else:
+                out.append(cand)
+        self._held = keep
         return out
 
     def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, n: int, examples: list[str]) -> list[Candidate]:
@@ -196,7 +235,8 @@ class ThroughputDropDetector:
         return out
 
     def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state())}
+        return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state()),
+                "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss}
 
     @classmethod
     def from_state(
@@ -206,6 +246,8 @@ class ThroughputDropDetector:
             raise ValueError(f"not a {NAME} state (version 1 or 2)")
         det = cls(config)
         det._keys.load_state(dict(state), _KeyState.from_state)
+        det._held = [(int(r), Candidate.from_dict(d)) for r, d in state.get("held", [])]
+        det.known_loss = int(state.get("known_loss", 0))
         if state["version"] == 1:  # calls only: no tokens/s sums in the open buckets
             for _, st in det._keys.keys:
                 st.buckets.open = {i: [*s, 0.0, 0.0] for i, s in st.buckets.open.items()}
