@@ -393,11 +393,14 @@ async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "
             start_unix_nano = time.time_ns() // (60 * NS) * (60 * NS)
             record["start_unix_nano"] = start_unix_nano
             record["wall"]["play_start_ns"] = time.time_ns()
-            restarts = asyncio.create_task(_restart_sidecars(scenario, fleet, http, record, say))
+            progress = {"sim_s": 0.0}
+            restarts = asyncio.create_task(_restart_sidecars(scenario, fleet, http, record, say, progress))
             try:
                 stats = await asyncio.wait_for(
                     play(scenario, endpoints, mode=mode, start_unix_nano=start_unix_nano,
-                         on_incident=on_incident, stop=stop), timeout=scenario.wall_seconds * 2 + 60)
+                         on_incident=on_incident, stop=stop,
+                         on_progress=lambda st: progress.__setitem__("sim_s", st.sim_s)),
+                    timeout=scenario.wall_seconds * 2 + 60)
             except TimeoutError:
                 stop.set()
                 raise RuntimeError(f"the player did not finish within {scenario.wall_seconds * 2 + 60:.0f}s") from None
@@ -459,14 +462,15 @@ async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "
 
 
 async def _restart_sidecars(scenario: Scenario, fleet: Fleet, http: httpx.AsyncClient, record: dict[str, Any],
-                           say: Callable[[str], None]) -> None:
-    """Restart sidecar 0 at each of the scenario's ``sidecar_restarts`` (simulated s): SIGTERM (it forwards
-    what it holds), then the same command on the same ports; spans sent while it is down are lost, and
-    its local baselines start again from nothing, as after a pod restart."""
-    t0 = time.monotonic()
+                           say: Callable[[str], None], progress: Mapping[str, float]) -> None:
+    """Restart sidecar 0 when the player reaches each of the scenario's ``sidecar_restarts`` (simulated s;
+    ``progress["sim_s"]``, so a player behind schedule restarts it at the right simulated time): SIGTERM
+    (it forwards what it holds), then the same command on the same ports; spans sent while it is down
+    are lost, and its local baselines start again from nothing, as after a pod restart."""
     child, url = fleet.sidecars[0], fleet.sidecar_metrics_urls[0]
     for at_s in sorted(scenario.sidecar_restarts):
-        await asyncio.sleep(max(0.0, at_s / scenario.speedup - (time.monotonic() - t0)))
+        while progress["sim_s"] < at_s:
+            await asyncio.sleep(0.1)
         began = time.monotonic()
         await asyncio.to_thread(child.stop)
         child.start()

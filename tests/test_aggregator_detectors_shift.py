@@ -153,7 +153,7 @@ def test_a_new_request_model_is_reported_when_it_appears_not_when_it_goes() -> N
         ("model_swap", "new_request_model", "gpt-4.1-mini")]
     assert T0 + 30 * MIN <= swap[0].window_start < T0 + 31 * MIN
     # and the new key's calls going back to zero after ten minutes is not a throughput drop
-    drop = run(ThroughputDropDetector(), traffic(60, 8, incident=new))
+    drop = run(ThroughputDropDetector(), traffic(90, 8, incident=new))  # silent for 50 min: never ages into one
     assert [c for c in drop if c.model == "gpt-4.1-mini"] == []
 
 
@@ -232,3 +232,18 @@ def test_new_detector_settings_are_validated() -> None:
                       (lambda: ThroughputDropConfig(hold_buckets=-1), "detectors.throughput_drop.hold_buckets")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             make().validate()
+
+
+def test_tokens_per_s_far_above_baseline_is_not_learned_so_the_return_is_not_a_drop() -> None:
+    def fast(m: int, p: dict[str, Any]) -> None:  # a TTFT regression: generation after the first token "faster"
+        if 30 <= m < 40:
+            p["tps"] = 4.0
+    rng = np.random.default_rng(12)
+    batches = []
+    for m in range(60):
+        p: dict[str, Any] = {"tps": 1.0}
+        fast(m, p)
+        n = int(rng.poisson(60))
+        t = np.sort(T0 + m * MIN + rng.integers(0, MIN, n)).tolist()
+        batches.append(make_batch(t, tokens_per_s=50 * p["tps"] * rng.lognormal(0, 0.3, n)))
+    assert run(ThroughputDropDetector(), batches) == []

@@ -15,14 +15,16 @@ Tokens per second, the same way in the same buckets: the mean ``tokens_per_s`` o
 the first ``warmup_buckets`` such buckets, then EWMA ``alpha``). A bucket is low below
 ``tps_drop_ratio`` × baseline; ``ceil(sustain_s / bucket_s)`` low buckets in a row (the whole first
 minute with the defaults) emit one ``throughput_drop`` candidate with metric ``tokens_per_s``.
-Re-arming, baseline freeze and relearning as for calls.
+Re-arming, baseline freeze and relearning as for calls; a bucket above baseline / ``tps_drop_ratio``
+is not learned either (a TTFT regression makes generation after the first token look fast, and the
+return to normal would read as a drop), and is accepted after ``relearn_buckets`` in a row.
 
 Known loss and young keys. A key's rows that arrive after their bucket closed (a sidecar that fell
 behind, a forward queue that filled up) are not traffic that stopped: every drop is held for
 ``hold_buckets`` more closed buckets, and dropped (counted in ``known_loss``) when late rows of that
 key for the drop's window arrived meanwhile. A key needs ``min_history_buckets`` closed buckets
-(warm-up included) before a drop of its calls is raised, so a model that appeared for ten minutes
-(reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away.
+(warm-up included) of history before its drop began for the drop to be raised, so a model that appeared for ten
+minutes (reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ class _KeyState:
         self.mean = 0.0
         self.run = 0
         self.armed = True
-        # tokens/s: [buckets learned, mean, low run, armed (0/1)]
-        self.tps: list[float] = [0, 0.0, 0, 1]
+        # tokens/s: [buckets learned, mean, low run, armed (0/1), high run]
+        self.tps: list[float] = [0, 0.0, 0, 1, 0]
 
     def to_state(self) -> dict[str, Any]:
         return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps,
@@ -171,7 +173,8 @@ class ThroughputDropDetector:
             st.run = st.run + 1 if low else 0
             if not low:
                 st.armed = True
-            if st.run >= c.min_buckets and st.armed and st.age >= c.min_history_buckets:
+            # the history must precede the drop: a young key that goes silent does not age into a drop
+            if st.run >= c.min_buckets and st.armed and st.age - st.run >= c.min_history_buckets:
                 st.armed = False
                 start, end = self._keys.window(idx - st.run + 1)
                 _, end = self._keys.window(idx)
@@ -208,13 +211,18 @@ class ThroughputDropDetector:
     def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, n: int, examples: list[str]) -> list[Candidate]:
         c = self.config
         learned, base, run, armed = int(st.tps[0]), st.tps[1], int(st.tps[2]), st.tps[3] > 0
+        high_run = int(st.tps[4]) if len(st.tps) > 4 else 0
         out: list[Candidate] = []
         if learned < c.warmup_buckets:
             learned += 1
             base += (tps - base) / learned
-            st.tps = [learned, base, 0, 1]
+            st.tps = [learned, base, 0, 1, 0]
             return out
         low = tps < c.tps_drop_ratio * base
+        # A bucket as far above the baseline as a drop is below it (e.g. a TTFT regression: the same
+        # latency with a late first token generates "faster") is an excursion too: not learned, else
+        # the return to normal afterwards reads as a drop.
+        high = tps * c.tps_drop_ratio > base
         run = run + 1 if low else 0
         armed = armed or not low
         if run >= c.tps_buckets and armed:
@@ -227,11 +235,12 @@ class ThroughputDropDetector:
                 threshold=c.tps_drop_ratio * base, deviation_sigma=float("nan"), window_start=start,
                 window_end=end, context={"trace_ids": examples, "bucket_s": c.bucket_s, "low_buckets": run,
                                          "calls": n, "sustain_s": c.sustain_s}))
-        if not low:
+        high_run = high_run + 1 if high else 0
+        if not low and not high:
             base += c.alpha * (tps - base)
-        elif run >= c.relearn_buckets:
-            learned, base, run, armed = 0, 0.0, 0, True
-        st.tps = [learned, base, run, 1 if armed else 0]
+        elif run >= c.relearn_buckets or high_run >= c.relearn_buckets:
+            learned, base, run, armed, high_run = 0, 0.0, 0, True, 0
+        st.tps = [learned, base, run, 1 if armed else 0, high_run]
         return out
 
     def to_state(self) -> dict[str, Any]:
