@@ -247,3 +247,23 @@ def test_tokens_per_s_far_above_baseline_is_not_learned_so_the_return_is_not_a_d
         t = np.sort(T0 + m * MIN + rng.integers(0, MIN, n)).tolist()
         batches.append(make_batch(t, tokens_per_s=50 * p["tps"] * rng.lognormal(0, 0.3, n)))
     assert run(ThroughputDropDetector(), batches) == []
+
+
+def slow_or_collapsed(kind: str) -> list[FeatureBatch]:
+    """tokens/s = output / latency; from minute 30 on, latency x3 ("slow") or outputs x0.03 ("collapse")."""
+    rng = np.random.default_rng(13)
+    batches = []
+    for m in range(45):
+        n = int(rng.poisson(60))
+        t = np.sort(T0 + m * MIN + rng.integers(0, MIN, n)).tolist()
+        latency = 3000 * rng.lognormal(0, 0.3, n) * (3.0 if kind == "slow" and m >= 30 else 1.0)
+        out = 200 * rng.lognormal(0, 0.3, n) * (0.03 if kind == "collapse" and m >= 30 else 1.0)
+        batches.append(make_batch(t, latency_ms=latency, output_tokens=out, tokens_per_s=out * 1000 / latency))
+    return batches
+
+
+def test_a_slow_provider_is_not_a_tokens_per_s_drop_but_collapsed_outputs_are() -> None:
+    det = ThroughputDropDetector()
+    assert run(det, slow_or_collapsed("slow")) == [] and det.slow_provider == 1
+    found = run(ThroughputDropDetector(), slow_or_collapsed("collapse"))
+    assert [(c.metric, c.window_start) for c in found] == [("tokens_per_s", T0 + 30 * MIN)]

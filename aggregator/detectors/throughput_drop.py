@@ -15,7 +15,11 @@ Tokens per second, the same way in the same buckets: the mean ``tokens_per_s`` o
 the first ``warmup_buckets`` such buckets, then EWMA ``alpha``). A bucket is low below
 ``tps_drop_ratio`` × baseline; ``ceil(sustain_s / bucket_s)`` low buckets in a row (the whole first
 minute with the defaults) emit one ``throughput_drop`` candidate with metric ``tokens_per_s``.
-Re-arming, baseline freeze and relearning as for calls; a bucket above baseline / ``tps_drop_ratio``
+A slow provider is not a throughput drop: the bucket's mean log latency of the same calls is kept
+against its own baseline, and a tokens/s drop that the latency rise explains (latency ratio ×
+tokens/s ratio ≥ ``SLOW_PROVIDER_SHARE``, 0.7: latency ×3 with tokens/s ÷3) is not raised (counted in
+``slow_provider``; ``level_shift`` raises ``latency_spike``), while outputs collapsing at an unchanged
+latency still are. Re-arming, baseline freeze and relearning as for calls; a bucket above baseline / ``tps_drop_ratio``
 is not learned either (a TTFT regression makes generation after the first token look fast, and the
 return to normal would read as a drop), and is accepted after ``relearn_buckets`` in a row.
 
@@ -61,6 +65,11 @@ DEFAULT_MAX_KEYS = 10_000
 DEFAULT_HOLD_BUCKETS = 1
 DEFAULT_MIN_HISTORY_BUCKETS = 30
 KEY_COLUMNS = ("service", "request_model")
+#: bucket sums: calls, tokens/s sum, calls with tokens/s, log latency sum, calls with both
+N_FIELDS = 5
+#: A tokens/s drop whose latency rise explains at least this share of it (latency ratio x tokens/s
+#: ratio) is a slow provider, reported by level_shift as latency_spike, not a throughput drop.
+SLOW_PROVIDER_SHARE = 0.7
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,10 +151,11 @@ class ThroughputDropDetector:
         self.config = (config or ThroughputDropConfig()).validate()
         c = self.config
         self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=3, factory=_KeyState)
+            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=N_FIELDS, factory=_KeyState)
         # drops held for hold_buckets (release bucket index, candidate); see the module docstring
         self._held: list[tuple[int, Candidate]] = []
         self.known_loss = 0  # drops not raised because the key's rows came late
+        self.slow_provider = 0  # tokens/s drops not raised because the latency rise explains them
 
     @property
     def late_rows(self) -> int:
@@ -155,14 +165,19 @@ class ThroughputDropDetector:
         if batch.n:
             tps = np.asarray(batch.numeric["tokens_per_s"], dtype=np.float64)
             has = ~np.isnan(tps)
-            self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), np.where(has, tps, 0.0), has.astype(np.float64)],
-                           np.zeros(batch.n))
+            lat = np.asarray(batch.numeric["latency_ms"], dtype=np.float64)
+            ok = has & np.isfinite(lat) & (lat > 0)
+            log_lat = np.where(ok, np.log(np.where(ok, lat, 1.0)), np.nan)
+            # calls of the tokens/s mean whose latency is known: they say whether a drop is a slow provider
+            self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), np.where(has, tps, 0.0), has.astype(np.float64),
+                                                np.nan_to_num(log_lat), ok.astype(np.float64)], np.zeros(batch.n))
         found: list[Candidate] = []
         c = self.config
-        for key, st, idx, (calls, tps_sum, tps_calls), examples in self._keys.close():
+        for key, st, idx, (calls, tps_sum, tps_calls, lat_sum, lat_calls), examples in self._keys.close():
             st.age += 1
             if tps_calls >= c.tps_min_calls:
-                found.extend(self._tps(key, st, idx, tps_sum / tps_calls, int(tps_calls), examples))
+                mean_log_lat = lat_sum / lat_calls if lat_calls > 0 else math.nan
+                found.extend(self._tps(key, st, idx, tps_sum / tps_calls, mean_log_lat, int(tps_calls), examples))
             if st.n < c.warmup_buckets:
                 st.n += 1
                 st.mean += (calls - st.mean) / st.n
@@ -208,15 +223,20 @@ class ThroughputDropDetector:
         self._held = keep
         return out
 
-    def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, n: int, examples: list[str]) -> list[Candidate]:
+    def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, log_lat: float, n: int,
+             examples: list[str]) -> list[Candidate]:
         c = self.config
         learned, base, run, armed = int(st.tps[0]), st.tps[1], int(st.tps[2]), st.tps[3] > 0
         high_run = int(st.tps[4]) if len(st.tps) > 4 else 0
+        lat_base = st.tps[5] if len(st.tps) > 5 else math.nan  # mean log latency of those calls
+        if not math.isfinite(log_lat):
+            log_lat = lat_base
         out: list[Candidate] = []
         if learned < c.warmup_buckets:
             learned += 1
             base += (tps - base) / learned
-            st.tps = [learned, base, 0, 1, 0]
+            lat_base = log_lat if not math.isfinite(lat_base) else lat_base + (log_lat - lat_base) / learned
+            st.tps = [learned, base, 0, 1, 0, lat_base]
             return out
         low = tps < c.tps_drop_ratio * base
         # A bucket as far above the baseline as a drop is below it (e.g. a TTFT regression: the same
@@ -225,7 +245,12 @@ class ThroughputDropDetector:
         high = tps * c.tps_drop_ratio > base
         run = run + 1 if low else 0
         armed = armed or not low
-        if run >= c.tps_buckets and armed:
+        slow = (math.isfinite(log_lat) and math.isfinite(lat_base)
+                and math.exp(log_lat - lat_base) * tps / base >= SLOW_PROVIDER_SHARE)
+        if run >= c.tps_buckets and armed and slow:
+            armed = False  # a slow provider: the latency rise explains the drop (level_shift reports it)
+            self.slow_provider += 1
+        elif run >= c.tps_buckets and armed:
             armed = False
             start, _ = self._keys.window(idx - run + 1)
             _, end = self._keys.window(idx)
@@ -238,9 +263,11 @@ class ThroughputDropDetector:
         high_run = high_run + 1 if high else 0
         if not low and not high:
             base += c.alpha * (tps - base)
+            if math.isfinite(log_lat) and math.isfinite(lat_base):
+                lat_base += c.alpha * (log_lat - lat_base)
         elif run >= c.relearn_buckets or high_run >= c.relearn_buckets:
-            learned, base, run, armed, high_run = 0, 0.0, 0, True, 0
-        st.tps = [learned, base, run, 1 if armed else 0, high_run]
+            learned, base, run, armed, high_run, lat_base = 0, 0.0, 0, True, 0, math.nan
+        st.tps = [learned, base, run, 1 if armed else 0, high_run, lat_base]
         return out
 
     def to_state(self) -> dict[str, Any]:
@@ -257,7 +284,6 @@ class ThroughputDropDetector:
         det._keys.load_state(dict(state), _KeyState.from_state)
         det._held = [(int(r), Candidate.from_dict(d)) for r, d in state.get("held", [])]
         det.known_loss = int(state.get("known_loss", 0))
-        if state["version"] == 1:  # calls only: no tokens/s sums in the open buckets
-            for _, st in det._keys.keys:
-                st.buckets.open = {i: [*s, 0.0, 0.0] for i, s in st.buckets.open.items()}
+        for _, st in det._keys.keys:  # version 1: calls only; before latency sums: 3 fields
+            st.buckets.open = {i: [*s, *[0.0] * (N_FIELDS - len(s))] for i, s in st.buckets.open.items()}
         return det
