@@ -393,15 +393,22 @@ async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "
             start_unix_nano = time.time_ns() // (60 * NS) * (60 * NS)
             record["start_unix_nano"] = start_unix_nano
             record["wall"]["play_start_ns"] = time.time_ns()
+            progress = {"sim_s": 0.0}
+            restarts = asyncio.create_task(_restart_sidecars(scenario, fleet, http, record, say, progress))
             try:
                 stats = await asyncio.wait_for(
                     play(scenario, endpoints, mode=mode, start_unix_nano=start_unix_nano,
-                         on_incident=on_incident, stop=stop), timeout=scenario.wall_seconds * 2 + 60)
+                         on_incident=on_incident, stop=stop,
+                         on_progress=lambda st: progress.__setitem__("sim_s", st.sim_s)),
+                    timeout=scenario.wall_seconds * 2 + 60)
             except TimeoutError:
                 stop.set()
                 raise RuntimeError(f"the player did not finish within {scenario.wall_seconds * 2 + 60:.0f}s") from None
             finally:
                 record["wall"]["play_end_ns"] = time.time_ns()
+                restarts.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await restarts
             record["play"] = _stats_dict(stats)
             played_s = (record["wall"]["play_end_ns"] - record["wall"]["play_start_ns"]) / NS
             say(f"[{scenario.name}] played in {played_s:.1f}s; draining {drain_s:.0f}s")
@@ -452,6 +459,25 @@ async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "
         (out / "run.json").write_text(json.dumps(record, separators=(",", ":"), default=str) + "\n")
     report = write_report(record, out, charts=charts)
     return report
+
+
+async def _restart_sidecars(scenario: Scenario, fleet: Fleet, http: httpx.AsyncClient, record: dict[str, Any],
+                           say: Callable[[str], None], progress: Mapping[str, float]) -> None:
+    """Restart sidecar 0 when the player reaches each of the scenario's ``sidecar_restarts`` (simulated s;
+    ``progress["sim_s"]``, so a player behind schedule restarts it at the right simulated time): SIGTERM
+    (it forwards what it holds), then the same command on the same ports; spans sent while it is down
+    are lost, and its local baselines start again from nothing, as after a pod restart."""
+    child, url = fleet.sidecars[0], fleet.sidecar_metrics_urls[0]
+    for at_s in sorted(scenario.sidecar_restarts):
+        while progress["sim_s"] < at_s:
+            await asyncio.sleep(0.1)
+        began = time.monotonic()
+        await asyncio.to_thread(child.stop)
+        child.start()
+        await child.wait_http_ready(http, f"{url}/readyz", STARTUP_TIMEOUT_S)
+        down_s = time.monotonic() - began
+        record.setdefault("sidecar_restarts", []).append({"at_sim_s": at_s, "down_wall_s": down_s})
+        say(f"[{scenario.name}] restarted {child.name} at simulated {at_s:g} s (down {down_s:.1f} s wall)")
 
 
 async def _series(http: httpx.AsyncClient, agg_url: str, scenario: Scenario, origin_ns: int) -> dict[str, Any]:

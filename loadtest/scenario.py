@@ -60,6 +60,16 @@ DETECT_AS: dict[str, tuple[str, ...]] = {
     "model_swap": ("model_swap", "drift"),
     "throughput_drop": ("throughput_drop",),
     "budget_exhaustion": ("budget_exceeded", "budget_warning", "cost_anomaly"),
+    # Streaming calls wait longer for their first token; the total latency stays the same.
+    "ttft_regression": ("ttft_regression", "latency_spike"),
+    # A share of the calls stop at the output limit (finish_reason = length).
+    "finish_length": ("finish_length", "token_spike", "drift"),
+    # Tokens (so cost) compounding up by a few percent per simulated minute.
+    "cost_creep": ("cost_anomaly", "token_spike", "budget_warning", "budget_exceeded"),
+    # Outputs collapse to a few tokens at an unchanged latency: tokens per second fall.
+    "output_collapse": ("throughput_drop", "token_spike", "drift"),
+    # A request model the service never used before takes a share of its calls.
+    "new_model": ("model_swap",),
 }
 INCIDENT_TYPES = tuple(DETECT_AS)
 
@@ -100,6 +110,13 @@ class Scenario:
     warmup_s: float = 600.0
     grace_s: float = 120.0
     clean: bool = False
+    # The realistic-traffic knobs (None / 0: the traffic model's defaults, see loadtest/traffic.py).
+    input_sigma: float | None = None     # log-sigma of every service's prompt tokens (default per service, 0.4)
+    latency_sigma: float | None = None   # log-sigma of the latency noise (default 0.25)
+    user_zipf_s: float | None = None     # Zipf exponent of the users' call shares (default 0.5)
+    timeout_rate: float = 0.0            # share of calls that time out after timeout_ms (natural timeouts)
+    timeout_ms: float = 60000.0
+    sidecar_restarts: tuple[float, ...] = ()  # simulated seconds at which sidecar 0 is restarted (run.py)
     incidents: tuple[Incident, ...] = ()
     aggregator: dict[str, Any] = field(default_factory=dict)
     sidecar: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +150,16 @@ class Scenario:
             fail("error_rate", "must be in [0, 1)")
         if not 0 <= self.daily_amplitude < 1:
             fail("daily_amplitude", "must be in [0, 1)")
+        for key in ("input_sigma", "latency_sigma", "user_zipf_s"):
+            v = getattr(self, key)
+            if v is not None and not 0 < v <= 3:
+                fail(key, "must be in (0, 3]")
+        if not 0 <= self.timeout_rate < 1:
+            fail("timeout_rate", "must be in [0, 1)")
+        if not self.timeout_ms > 0:
+            fail("timeout_ms", "must be greater than 0")
+        if any(not 0 <= t < self.duration_s for t in self.sidecar_restarts):
+            fail("sidecar_restarts", "every time must be in [0, duration_s)")
         if self.clean and self.incidents:
             fail("incidents", "a clean scenario has none")
         ids = set()
@@ -190,6 +217,8 @@ def load_scenario(path: str | Path) -> Scenario:
     for key in ("services", "models", "regions"):
         if key in values:
             values[key] = tuple(str(v) for v in values[key])
+    if "sidecar_restarts" in values:
+        values["sidecar_restarts"] = tuple(float(v) for v in values["sidecar_restarts"] or ())
     values["incidents"] = tuple(_incident(r, i, where) for i, r in enumerate(values.get("incidents") or []))
     values.setdefault("name", Path(path).stem)
     try:

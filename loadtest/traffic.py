@@ -151,6 +151,11 @@ INCIDENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "model_swap": {"output_factor": 0.4},  # to: the next scenario model's response model
     "throughput_drop": {"factor": 0.1},
     "budget_exhaustion": {"factor": 20.0},
+    "ttft_regression": {"factor": 5.0},
+    "finish_length": {"share": 0.4},
+    "cost_creep": {"per_min": 0.03},  # tokens x (1 + per_min) ** minutes since the start
+    "output_collapse": {"tokens": 5.0},
+    "new_model": {"to": "gpt-4.1-mini", "share": 0.3},
 }
 #: Incident types that change how many calls the target makes.
 RATE_INCIDENTS = ("token_abuse", "cost_runaway", "throughput_drop", "budget_exhaustion")
@@ -170,7 +175,10 @@ def incident_defaults(incident: Incident, scenario: Scenario) -> dict[str, Any]:
         p["to"] = MODEL_CATALOGUE[other].response_model if other in MODEL_CATALOGUE else other
     elif incident.type == "model_swap" and str(p["to"]) in MODEL_CATALOGUE:
         p["to"] = MODEL_CATALOGUE[str(p["to"])].response_model
-    for key in ("factor", "rate_factor", "error_rate", "timeout_ms", "calls_per_s", "output_factor"):
+    if incident.type == "new_model" and str(p["to"]) not in MODEL_CATALOGUE:
+        raise ValueError(f"incident {incident.id}: to: {p['to']!r} is not in the traffic model's catalogue")
+    for key in ("factor", "rate_factor", "error_rate", "timeout_ms", "calls_per_s", "output_factor", "share",
+                "per_min", "tokens"):
         if key in p:
             p[key] = float(p[key])
     return p
@@ -233,11 +241,17 @@ class TrafficModel:
                              f"({', '.join(MODEL_CATALOGUE)})")
         self.scenario = scenario
         self.services: tuple[str, ...] = scenario.services
-        self.profiles: tuple[ModelProfile, ...] = tuple(MODEL_CATALOGUE[m] for m in scenario.models)
-        self.regions: tuple[str, ...] = scenario.regions
-        self.service_profiles = tuple(SERVICE_PROFILES.get(s) or _profile_for(s) for s in self.services)
+        profiles = [MODEL_CATALOGUE[m] for m in scenario.models]
         self.effects = tuple(_Effects(inc, i, incident_defaults(inc, scenario))
                              for i, inc in enumerate(scenario.incidents))
+        # A new_model incident's model gets a profile index after the scenario's own (never drawn
+        # by normal traffic: model_p covers the scenario's models only).
+        for e in self.effects:
+            if e.incident.type == "new_model" and MODEL_CATALOGUE[str(e.params["to"])] not in profiles:
+                profiles.append(MODEL_CATALOGUE[str(e.params["to"])])
+        self.profiles: tuple[ModelProfile, ...] = tuple(profiles)
+        self.regions: tuple[str, ...] = scenario.regions
+        self.service_profiles = tuple(SERVICE_PROFILES.get(s) or _profile_for(s) for s in self.services)
         users = [f"user-{i}" for i in range(scenario.users)]
         for e in self.effects:
             if e.incident.type == "token_abuse" and e.params["user"] not in users:
@@ -252,12 +266,14 @@ class TrafficModel:
         self._response_index = {r: i for i, r in enumerate(responses)}
         shares = np.array([p.share for p in self.service_profiles])
         self.service_p = shares / shares.sum()
-        n_models = len(self.profiles)
-        w = np.ones((len(self.services), n_models))
+        n_models = len(scenario.models)
+        w = np.zeros((len(self.services), len(self.profiles)))
+        w[:, :n_models] = 1.0
         for s in range(len(self.services)):
             w[s, s % n_models] += 1.0
         self.model_p = w / w.sum(axis=1, keepdims=True)  # P(model | service)
-        zipf = 1.0 / np.arange(1, scenario.users + 1) ** USER_ZIPF_S
+        zipf_s = USER_ZIPF_S if scenario.user_zipf_s is None else scenario.user_zipf_s
+        zipf = 1.0 / np.arange(1, scenario.users + 1) ** zipf_s
         self.user_p = zipf / zipf.sum()
         self.pods = tuple(tuple(tuple(f"{s}-{zlib.crc32(f'{s}/{r}'.encode()) & 0xFFFFFF:06x}-{k}"
                                       for k in range(PODS_PER_REGION)) for r in self.regions)
@@ -319,7 +335,8 @@ class TrafficModel:
         model = np.minimum((u[:, None] >= cdf[service]).sum(axis=1), len(self.profiles) - 1).astype(np.int64)
         sp = self.service_profiles
         in_med = np.array([p.input_median for p in sp])[service]
-        in_sig = np.array([p.input_sigma for p in sp])[service]
+        in_sig = np.array([p.input_sigma if self.scenario.input_sigma is None else self.scenario.input_sigma
+                           for p in sp])[service]
         out_med = np.array([p.output_median for p in sp])[service]
         out_sig = np.array([p.output_sigma for p in sp])[service]
         stream_p = np.array([p.stream_share for p in sp])[service]
@@ -332,9 +349,11 @@ class TrafficModel:
             "pod": rng.integers(0, PODS_PER_REGION, n).astype(np.int64),
             "user": _choice(rng, len(self.user_p), n, self.user_p),
             "input_tokens": input_tokens, "output_tokens": output_tokens,
-            "noise": np.exp(_LATENCY_SIGMA * z[2]), "ttft_noise": np.exp(_TTFT_SIGMA * z[3]),
+            "noise": np.exp((self.scenario.latency_sigma or _LATENCY_SIGMA) * z[2]),
+            "ttft_noise": np.exp(_TTFT_SIGMA * z[3]),
             "stream": rng.random(n) < stream_p,
             "is_error": rng.random(n) < self.scenario.error_rate,
+            "timeout": rng.random(n) < self.scenario.timeout_rate,
             "error_type": np.where(rng.random(n) < 0.6, RATE_LIMIT, INTERNAL).astype(np.int64),
             "finish_reason": _choice(rng, len(FINISH_REASONS), n, _FINISH_P),
             "incident": np.full(n, -1, np.int64),
@@ -395,7 +414,11 @@ class TrafficModel:
         response_model = cols["model"].copy()  # profile i's response model has index i
         latency_factor = np.ones(n)
         keep = np.ones(n, bool)
-        outage_ms = np.full(n, np.nan)
+        outage_ms = np.where(cols["timeout"], sc.timeout_ms, np.nan)
+        cols["is_error"] |= cols["timeout"]
+        cols["error_type"][cols["timeout"]] = TIMEOUT
+        ttft_factor = np.ones(n)
+        keep_latency_tokens = cols["output_tokens"].copy()  # output_collapse keeps the latency of these
         # Effects on the calls (streams 1000 + incident index).
         for e in live:
             inc, p = e.incident, e.params
@@ -422,13 +445,33 @@ class TrafficModel:
             elif kind == "error_burst":
                 fail = hit & (u < p["error_rate"])
                 cols["is_error"] |= fail
-                cols["error_type"][fail] = np.where(u[fail] < p["error_rate"] * 0.5, RATE_LIMIT, INTERNAL)
+                rate_limit_only = p.get("errors") == "rate_limit"  # a 429 storm
+                cols["error_type"][fail] = np.where(rate_limit_only | (u[fail] < p["error_rate"] * 0.5),
+                                                    RATE_LIMIT, INTERNAL)
+            elif kind == "ttft_regression":
+                ttft_factor[hit] *= p["factor"]
+            elif kind == "finish_length":
+                cols["finish_reason"][hit & (u < p["share"])] = FINISH_REASONS.index("length")
+            elif kind == "cost_creep":
+                grow = (1.0 + p["per_min"]) ** ((t[hit] - inc.start_s) / 60.0)
+                cols["input_tokens"][hit] *= grow
+                cols["output_tokens"][hit] *= grow
+                keep_latency_tokens[hit] = cols["output_tokens"][hit]
+            elif kind == "output_collapse":
+                cols["output_tokens"][hit] = np.maximum(1.0, p["tokens"] * cols["ttft_noise"][hit])
+            elif kind == "new_model":
+                to = [q.request_model for q in self.profiles].index(str(p["to"]))
+                moved = hit & (u < p["share"])
+                cols["model"][moved] = to
+                response_model[moved] = self._response_index[self.profiles[to].response_model]
             elif kind == "cost_runaway":
                 cols["output_tokens"][hit] = np.clip(cols["output_tokens"][hit] * p["factor"], 1,
                                                      16 * MAX_OUTPUT_TOKENS)
+                keep_latency_tokens[hit] = cols["output_tokens"][hit]
             elif kind == "model_swap":
                 response_model[hit] = self._response_index[str(p["to"])]
                 cols["output_tokens"][hit] = np.maximum(1.0, cols["output_tokens"][hit] * p["output_factor"])
+                keep_latency_tokens[hit] = cols["output_tokens"][hit]
             elif kind == "token_abuse":
                 hit = cols["incident"] == e.number
             # budget_exhaustion: its extra calls are ordinary calls of the target
@@ -438,8 +481,9 @@ class TrafficModel:
         input_tokens = np.round(cols["input_tokens"]).astype(np.int64)
         output_tokens = np.round(cols["output_tokens"]).astype(np.int64)
         prefill = first + _PREFILL_MS_PER_TOKEN * input_tokens
-        latency = (prefill + per_token * output_tokens) * cols["noise"] * latency_factor
-        ttft = np.minimum(prefill * cols["noise"] * cols["ttft_noise"] * latency_factor, 0.9 * latency)
+        latency_tokens = np.round(keep_latency_tokens).astype(np.int64)
+        latency = (prefill + per_token * latency_tokens) * cols["noise"] * latency_factor
+        ttft = np.minimum(prefill * cols["noise"] * cols["ttft_noise"] * latency_factor * ttft_factor, 0.9 * latency)
         ttft = np.where(cols["stream"], ttft, np.nan)
         err = cols["is_error"]
         etype = np.where(err, cols["error_type"], -1)

@@ -311,7 +311,7 @@ def test_throughput_relearns_a_lasting_drop() -> None:
         if m >= 15:
             p["rate"] = 10
 
-    cfg = ThroughputDropConfig(relearn_buckets=5, warmup_buckets=5)
+    cfg = ThroughputDropConfig(relearn_buckets=5, warmup_buckets=5, min_history_buckets=0)
     found = run(ThroughputDropDetector(cfg), traffic(60, 9, rate=60, incident=drop))
     assert [c.window_start for c in found] == [T0 + 15 * MIN]
 

@@ -17,6 +17,7 @@ from aggregator.config import AggregatorConfig
 from loadtest.scenario import DETECT_AS, Incident, Scenario, load_scenario
 from loadtest.traffic import (
     ERROR_TYPES,
+    FINISH_REASONS,
     SERVICE_PROFILES,
     CallBatch,
     TrafficModel,
@@ -305,7 +306,7 @@ SHIPPED = sorted(SCENARIOS.glob("*.yaml"))
 def test_the_expected_files_ship() -> None:
     names = {p.stem for p in SHIPPED}
     assert names >= {"quick", "quick-clean", "latency", "outage", "errors", "abuse", "cost", "swap", "throughput",
-                     "budget", "clean", "clean-long"}
+                     "budget", "clean", "clean-long", "clean-realistic", "incidents-realistic"}
     covered = {inc.type for p in SHIPPED for inc in load_scenario(p).incidents}
     assert covered == set(DETECT_AS)
 
@@ -320,7 +321,7 @@ def test_shipped_scenario_loads_and_plays(path: Path, tmp_path: Path) -> None:
     SidecarConfig(**sc.sidecar).validate()
     assert sc.warmup_s >= 600  # ten simulated minutes for the per-minute detectors
     assert sc.clean == (not sc.incidents)
-    if sc.name != "clean-long":
+    if sc.name not in ("clean-long", "clean-realistic", "incidents-realistic"):  # the long ones: hours at 60x
         assert sc.wall_seconds <= 101
     for inc in sc.incidents:
         incident_defaults(inc, sc)
@@ -342,3 +343,36 @@ def test_quick_and_its_clean_twin() -> None:
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ValueError, match="not in the traffic model's catalogue"):
         TrafficModel(scenario(models=("gpt-4o", "no-such-model")))
+
+
+def test_realistic_knobs_and_the_new_incidents() -> None:
+    clean = load_scenario(SCENARIOS / "clean-realistic.yaml")
+    inc = load_scenario(SCENARIOS / "incidents-realistic.yaml")
+    calls = TrafficModel(clean).calls(600, 1200)
+    assert (calls.error_type == 2).sum() > 0 and (calls.latency_ms[calls.error_type == 2] > 55_000).all()
+    logs = np.log(calls.input_tokens[calls.service == 0])
+    assert 0.8 < logs.std() < 1.0  # input_sigma 0.9
+    users = np.bincount(calls.user, minlength=clean.users)
+    assert users[0] > 20 * np.median(users)  # Zipf 1.0: a heavy head user
+    m = TrafficModel(inc)
+    by_id = {i.id: (k, i) for k, i in enumerate(inc.incidents)}
+    base = TrafficModel(clean)
+    for name in ("ttft", "collapse", "length", "new-model", "creep"):
+        k, i = by_id[name]
+        mid = i.start_s + 300
+        b, c = m.calls(mid, mid + 60), base.calls(mid, mid + 60)
+        hit = b.incident == k
+        assert hit.any(), name
+        if name == "ttft":  # TTFT x5, latency as it was
+            assert np.nanmedian(b.ttft_ms[hit]) > 3 * np.nanmedian(c.ttft_ms[hit])
+            assert np.allclose(b.latency_ms, c.latency_ms)
+        elif name == "collapse":
+            assert np.median(b.output_tokens[hit]) < 10
+            assert np.allclose(b.latency_ms, c.latency_ms)
+        elif name == "length":
+            assert 0.35 < (b.finish_reason[hit] == FINISH_REASONS.index("length")).mean() < 0.5
+        elif name == "new-model":
+            moved = np.array([m.profiles[x].request_model == "gpt-4.1-mini" for x in b.model[hit]])
+            assert 0.2 < moved.mean() < 0.4  # share 0.3 of the service's calls
+        else:  # +3 %/min for 5 minutes
+            assert 1.1 < np.median(b.input_tokens[hit] / c.input_tokens[hit]) < 1.25

@@ -31,6 +31,8 @@ BASE_SEVERITY: dict[str, str] = {
     "token_abuse": "high",
     "alert_storm": "high",
     "latency_spike": "medium",
+    "ttft_regression": "medium",
+    "finish_length": "medium",
     "token_spike": "medium",
     "drift": "medium",
     "model_swap": "medium",
@@ -94,6 +96,15 @@ REMEDIATION: dict[str, list[str]] = {
         "Look for upstream rate limiting or an outage turning calls away",
         "Check recent deploys of the calling service",
     ],
+    "ttft_regression": [
+        "Check the provider's status for queueing or prefill delays (the first token is late, not the answer)",
+        "Look for longer prompts or a prompt-cache change on the service",
+        "Fail over to another region or model if streaming users wait",
+    ],
+    "finish_length": [
+        "Check max_tokens of the service's requests and recent prompt changes",
+        "Look for a model change that answers at greater length",
+    ],
     "drift": [
         "Compare the distribution before and after the window (see details)",
         "Check for a provider-side model update or a prompt change",
@@ -134,6 +145,8 @@ REMEDIATION: dict[str, list[str]] = {
 CAUSE: dict[str, str] = {
     "latency_spike": "Latency is above the global baseline for this service and model",
     "token_spike": "Calls use many more tokens than usual",
+    "ttft_regression": "Streamed calls wait far longer than their baseline for the first token",
+    "finish_length": "Many more calls than usual stop at the output-token limit (finish_reason length)",
     "cost_anomaly": "Spend per minute rose above its running baseline (CUSUM)",
     "error_burst": "The error rate rose well above its baseline",
     "throughput_drop": "Fewer calls or tokens per second than the baseline",

@@ -10,6 +10,8 @@ from aggregator.detectors.cost_cusum import CostCusumConfig, CostCusumDetector
 from aggregator.detectors.drift import DriftConfig, DriftDetector
 from aggregator.detectors.error_burst import ErrorBurstConfig, ErrorBurstDetector
 from aggregator.detectors.expensive_prompt import ExpensivePromptConfig, ExpensivePromptDetector
+from aggregator.detectors.finish_length import FinishLengthConfig, FinishLengthDetector
+from aggregator.detectors.level_shift import LevelShiftConfig, LevelShiftDetector
 from aggregator.detectors.model_swap import ModelSwapConfig, ModelSwapDetector
 from aggregator.detectors.throughput_drop import ThroughputDropConfig, ThroughputDropDetector
 from aggregator.detectors.token_abuse import TokenAbuseConfig, TokenAbuseDetector
@@ -27,6 +29,10 @@ __all__ = [
     "ErrorBurstDetector",
     "ExpensivePromptConfig",
     "ExpensivePromptDetector",
+    "FinishLengthConfig",
+    "FinishLengthDetector",
+    "LevelShiftConfig",
+    "LevelShiftDetector",
     "ModelSwapConfig",
     "ModelSwapDetector",
     "ThroughputDropConfig",

@@ -121,6 +121,8 @@ class BucketedKeys(Generic[S]):
         self.watermark: int | None = None  # latest event time seen (ns)
         self.closed_limit: int | None = None  # buckets before this index have been closed everywhere
         self.late_rows = 0
+        # key -> the latest bucket index that rows arrived too late for (known loss of that key)
+        self.last_late: dict[Key, int] = {}
         self._touched: set[Key] = set()
 
     def add(
@@ -150,6 +152,8 @@ class BucketedKeys(Generic[S]):
             self._touched.add(keys[code])
             if not self.keys.get(keys[code]).buckets.add(idx, s, ex, self.max_examples, self.closed_limit):
                 self.late_rows += int(counts[p])
+                if len(self.last_late) < 4 * self.keys.max_keys or keys[code] in self.last_late:
+                    self.last_late[keys[code]] = max(idx, self.last_late.get(keys[code], idx))
         latest = int(t.max())
         self.watermark = latest if self.watermark is None else max(self.watermark, latest)
 

@@ -12,7 +12,7 @@ __all__ = ["ANOMALY_TYPES", "Candidate"]
 ANOMALY_TYPES: frozenset[str] = frozenset({
     "latency_spike", "token_spike", "cost_anomaly", "error_burst", "throughput_drop", "drift",
     "model_swap", "budget_exceeded", "budget_warning", "token_abuse", "expensive_prompt",
-    "multivariate_outlier",
+    "multivariate_outlier", "ttft_regression", "finish_length",
 })
 
 
@@ -45,6 +45,19 @@ class Candidate:
         """De-duplication key: the same anomaly of the same series in the same window."""
         scope = tuple(self.context.get(k) for k in ("user", "api_key_hash", "scope", "scope_value", "window"))
         return (self.anomaly_type, self.service, self.model, self.metric, self.window_start, *scope)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        """The inverse of :meth:`to_dict` (``None`` numbers become ``NaN``)."""
+        def num(x: Any) -> float:
+            return math.nan if x is None else float(x)
+
+        return cls(anomaly_type=str(d["anomaly_type"]), service=d["service"], model=d["model"],
+                   detection_method=str(d["detection_method"]), confidence=float(d["confidence"]),
+                   metric=str(d["metric"]), value=num(d["value"]), baseline=num(d["baseline"]),
+                   threshold=num(d["threshold"]), deviation_sigma=num(d["deviation_sigma"]),
+                   window_start=int(d["window_start"]), window_end=int(d["window_end"]),
+                   context=dict(d["context"]))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able map (``NaN`` becomes ``None``)."""

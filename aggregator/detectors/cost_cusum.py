@@ -4,8 +4,12 @@ Cost is summed per event-time bucket (``bucket_s``) and key (see :mod:`aggregato
 The first ``warmup_buckets`` closed buckets give the key's mean and standard deviation; after that
 each bucket's standardised cost ``z = (x − mean)/std`` feeds Page's upper CUSUM
 ``S = min(max(0, S + z − k), 2h)``, which alarms once when ``S > h`` and re-arms when ``S`` is back
-at 0. The baseline keeps learning (EWMA, weight ``alpha``, values clipped to mean + ``clip_sigma``·std)
+at 0. The baseline keeps learning (EWMA, weight ``alpha``, values clipped to mean ± ``clip_sigma``·std)
 only while ``S <= h``, so a runaway does not become the new normal while it is being reported.
+
+Buckets without calls are skipped (neither scored nor learned): a key with no calls has no cost
+*rate* to judge — a silent sidecar or a restart is the throughput detector's business — and learning
+their zeros would drag the mean down so that the recovery reads as a cost rise.
 
 References
 ----------
@@ -126,6 +130,8 @@ class CostCusumDetector:
         out: list[Candidate] = []
         c = self.config
         for key, st, idx, (x, calls), examples in self._keys.close():
+            if calls <= 0:
+                continue
             if st.n < c.warmup_buckets:
                 st.n += 1
                 d = x - st.mean
@@ -148,7 +154,7 @@ class CostCusumDetector:
             if st.s == 0.0:
                 st.armed = True
             if st.s <= c.h:
-                d = min(x, st.mean + c.clip_sigma * sigma) - st.mean
+                d = min(max(x, st.mean - c.clip_sigma * sigma), st.mean + c.clip_sigma * sigma) - st.mean
                 st.mean += c.alpha * d
                 st.var = (1 - c.alpha) * (st.var + c.alpha * d * d)
         return out

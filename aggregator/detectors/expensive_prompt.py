@@ -3,7 +3,12 @@
 Per (service, request model) the input tokens of the last ``sample_size`` calls that were not
 flagged are kept in a ring (arrival order); their ``quantile`` (p95) is the key's baseline once at
 least ``warmup_calls`` are in it. A call is *expensive* when its input tokens exceed
-``factor`` × p95 (only after the warm-up) or ``max_input_tokens`` (if set, from the first call).
+``factor`` × p95 **and** the heavy-tail-aware limit ``exp(median(log x) + robust_z · 1.4826 ·
+MAD(log x))`` of the same ring (both only after the warm-up), or ``max_input_tokens`` (if set, from
+the first call). Prompt sizes are log-normal-ish: a fixed multiple of p95 is ~3 log-sigmas past it
+when prompts vary by a log-sigma of 0.9 and so is crossed several times an hour, while the robust
+log-scale limit is as rare for a wide key as for a tight one (with ``robust_z`` 6, ~10⁻⁹ of a
+log-normal key's calls).
 The p95 of a batch is the one before the batch; flagged calls do not enter the ring, so a flood of
 huge prompts does not raise the bar. Rather than one candidate per row, expensive calls are counted
 per event-time window of ``window_s`` (tumbling, closed by the watermark, see
@@ -35,6 +40,9 @@ DEFAULT_SAMPLE_SIZE = 500
 DEFAULT_WARMUP_CALLS = 200
 DEFAULT_QUANTILE = 0.95
 DEFAULT_FACTOR = 4.0
+#: Robust z (log tokens, MAD scale) an expensive prompt must also exceed; 0 turns the check off.
+DEFAULT_ROBUST_Z = 6.0
+MAD_TO_SIGMA = 1.4826
 DEFAULT_MAX_INPUT_TOKENS: float | None = None
 DEFAULT_MIN_CALLS = 1
 DEFAULT_MAX_KEYS = 10_000
@@ -51,6 +59,7 @@ class ExpensivePromptConfig:
     warmup_calls: int = DEFAULT_WARMUP_CALLS
     quantile: float = DEFAULT_QUANTILE
     factor: float = DEFAULT_FACTOR
+    robust_z: float = DEFAULT_ROBUST_Z
     max_input_tokens: float | None = DEFAULT_MAX_INPUT_TOKENS
     min_calls: int = DEFAULT_MIN_CALLS
     max_keys: int = DEFAULT_MAX_KEYS
@@ -63,6 +72,7 @@ class ExpensivePromptConfig:
         check_min(NAME, "sample_size", self.sample_size, self.warmup_calls)
         check_fraction(NAME, "quantile", self.quantile, open_high=True)
         check_min(NAME, "factor", self.factor, 1)
+        check_min(NAME, "robust_z", self.robust_z, 0)
         if self.max_input_tokens is not None:
             check_positive(NAME, "max_input_tokens", self.max_input_tokens)
         check_min(NAME, "min_calls", self.min_calls, 1)
@@ -101,6 +111,16 @@ class _KeyState:
         return st
 
 
+def _robust_limit(ring: list[float], z: float) -> float:
+    """``exp(median + z · 1.4826 · MAD)`` of the log of the ring's (positive) values; 0 if ``z`` is 0."""
+    if z <= 0:
+        return 0.0
+    logs = np.log(np.maximum(np.asarray(ring, dtype=np.float64), 1.0))
+    median = float(np.median(logs))
+    mad = float(np.median(np.abs(logs - median)))
+    return math.exp(median + z * MAD_TO_SIGMA * mad)
+
+
 class ExpensivePromptDetector:
     """Input tokens far above the key's p95 (or a fixed limit), per (service, request_model)."""
 
@@ -129,8 +149,11 @@ class ExpensivePromptDetector:
                 rows = order[bounds[g]:bounds[g + 1]]
                 rows = rows[~np.isnan(x[rows])]
                 st = self._keys.keys.get(key)
-                p95 = float(np.quantile(st.ring, c.quantile)) if len(st.ring) >= c.warmup_calls else math.nan
-                limits = [v for v in (c.factor * p95, c.max_input_tokens) if v is not None and not math.isnan(v)]
+                p95, learned = math.nan, math.nan
+                if len(st.ring) >= c.warmup_calls:
+                    p95 = float(np.quantile(st.ring, c.quantile))
+                    learned = max(c.factor * p95, _robust_limit(st.ring, c.robust_z))
+                limits = [v for v in (learned, c.max_input_tokens) if v is not None and not math.isnan(v)]
                 if not limits:
                     st.push(x[rows].tolist(), c.sample_size)
                     continue
@@ -159,7 +182,8 @@ class ExpensivePromptDetector:
                 baseline=p95, threshold=threshold, deviation_sigma=float("nan"), window_start=start, window_end=end,
                 context={"trace_ids": examples, "count": int(n_flagged), "calls": int(calls),
                          "max_input_tokens": largest, "p95": None if math.isnan(p95) else p95,
-                         "factor": c.factor, "limit": c.max_input_tokens, "window_s": c.window_s}))
+                         "factor": c.factor, "robust_z": c.robust_z, "limit": c.max_input_tokens,
+                         "window_s": c.window_s}))
         return out
 
     def to_state(self) -> dict[str, Any]:

@@ -15,7 +15,20 @@ Tokens per second, the same way in the same buckets: the mean ``tokens_per_s`` o
 the first ``warmup_buckets`` such buckets, then EWMA ``alpha``). A bucket is low below
 ``tps_drop_ratio`` × baseline; ``ceil(sustain_s / bucket_s)`` low buckets in a row (the whole first
 minute with the defaults) emit one ``throughput_drop`` candidate with metric ``tokens_per_s``.
-Re-arming, baseline freeze and relearning as for calls.
+A slow provider is not a throughput drop: the bucket's mean log latency of the same calls is kept
+against its own baseline, and a tokens/s drop that the latency rise explains (latency ratio ×
+tokens/s ratio ≥ ``SLOW_PROVIDER_SHARE``, 0.7: latency ×3 with tokens/s ÷3) is not raised (counted in
+``slow_provider``; ``level_shift`` raises ``latency_spike``), while outputs collapsing at an unchanged
+latency still are. Re-arming, baseline freeze and relearning as for calls; a bucket above baseline / ``tps_drop_ratio``
+is not learned either (a TTFT regression makes generation after the first token look fast, and the
+return to normal would read as a drop), and is accepted after ``relearn_buckets`` in a row.
+
+Known loss and young keys. A key's rows that arrive after their bucket closed (a sidecar that fell
+behind, a forward queue that filled up) are not traffic that stopped: every drop is held for
+``hold_buckets`` more closed buckets, and dropped (counted in ``known_loss``) when late rows of that
+key for the drop's window arrived meanwhile. A key needs ``min_history_buckets`` closed buckets
+(warm-up included) of history before its drop began for the drop to be raised, so a model that appeared for ten
+minutes (reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away.
 """
 
 from __future__ import annotations
@@ -49,7 +62,14 @@ DEFAULT_TPS_DROP_RATIO = 0.5
 DEFAULT_SUSTAIN_S = 60.0
 DEFAULT_TPS_MIN_CALLS = 10
 DEFAULT_MAX_KEYS = 10_000
+DEFAULT_HOLD_BUCKETS = 1
+DEFAULT_MIN_HISTORY_BUCKETS = 30
 KEY_COLUMNS = ("service", "request_model")
+#: bucket sums: calls, tokens/s sum, calls with tokens/s, log latency sum, calls with both
+N_FIELDS = 5
+#: A tokens/s drop whose latency rise explains at least this share of it (latency ratio x tokens/s
+#: ratio) is a slow provider, reported by level_shift as latency_spike, not a throughput drop.
+SLOW_PROVIDER_SHARE = 0.7
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +88,8 @@ class ThroughputDropConfig:
     tps_drop_ratio: float = DEFAULT_TPS_DROP_RATIO
     sustain_s: float = DEFAULT_SUSTAIN_S
     tps_min_calls: int = DEFAULT_TPS_MIN_CALLS
+    hold_buckets: int = DEFAULT_HOLD_BUCKETS
+    min_history_buckets: int = DEFAULT_MIN_HISTORY_BUCKETS
     max_keys: int = DEFAULT_MAX_KEYS
 
     def validate(self) -> ThroughputDropConfig:
@@ -84,6 +106,8 @@ class ThroughputDropConfig:
         check_positive(NAME, "sustain_s", self.sustain_s)
         check_min(NAME, "relearn_buckets", self.relearn_buckets, self.tps_buckets)
         check_min(NAME, "tps_min_calls", self.tps_min_calls, 1)
+        check_min(NAME, "hold_buckets", self.hold_buckets, 0)
+        check_min(NAME, "min_history_buckets", self.min_history_buckets, 0)
         check_min(NAME, "max_keys", self.max_keys, 1)
         return self
 
@@ -94,19 +118,21 @@ class ThroughputDropConfig:
 
 
 class _KeyState:
-    __slots__ = ("armed", "buckets", "mean", "n", "run", "tps")
+    __slots__ = ("age", "armed", "buckets", "mean", "n", "run", "tps")
 
     def __init__(self) -> None:
         self.buckets = BucketSeries()
+        self.age = 0  # closed buckets seen
         self.n = 0
         self.mean = 0.0
         self.run = 0
         self.armed = True
-        # tokens/s: [buckets learned, mean, low run, armed (0/1)]
-        self.tps: list[float] = [0, 0.0, 0, 1]
+        # tokens/s: [buckets learned, mean, low run, armed (0/1), high run]
+        self.tps: list[float] = [0, 0.0, 0, 1, 0]
 
     def to_state(self) -> dict[str, Any]:
-        return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps}
+        return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps,
+                "age": self.age}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
@@ -114,6 +140,7 @@ class _KeyState:
         st.n, st.mean, st.run, st.armed = int(d["n"]), float(d["mean"]), int(d["run"]), bool(d["armed"])
         if "tps" in d:  # version 1 had calls only
             st.tps = [float(v) for v in d["tps"]]
+        st.age = int(d.get("age", 10**9))  # saved before ages were kept: old enough
         return st
 
 
@@ -124,7 +151,11 @@ class ThroughputDropDetector:
         self.config = (config or ThroughputDropConfig()).validate()
         c = self.config
         self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=3, factory=_KeyState)
+            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=N_FIELDS, factory=_KeyState)
+        # drops held for hold_buckets (release bucket index, candidate); see the module docstring
+        self._held: list[tuple[int, Candidate]] = []
+        self.known_loss = 0  # drops not raised because the key's rows came late
+        self.slow_provider = 0  # tokens/s drops not raised because the latency rise explains them
 
     @property
     def late_rows(self) -> int:
@@ -134,13 +165,19 @@ class ThroughputDropDetector:
         if batch.n:
             tps = np.asarray(batch.numeric["tokens_per_s"], dtype=np.float64)
             has = ~np.isnan(tps)
-            self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), np.where(has, tps, 0.0), has.astype(np.float64)],
-                           np.zeros(batch.n))
-        out: list[Candidate] = []
+            lat = np.asarray(batch.numeric["latency_ms"], dtype=np.float64)
+            ok = has & np.isfinite(lat) & (lat > 0)
+            log_lat = np.where(ok, np.log(np.where(ok, lat, 1.0)), np.nan)
+            # calls of the tokens/s mean whose latency is known: they say whether a drop is a slow provider
+            self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), np.where(has, tps, 0.0), has.astype(np.float64),
+                                                np.nan_to_num(log_lat), ok.astype(np.float64)], np.zeros(batch.n))
+        found: list[Candidate] = []
         c = self.config
-        for key, st, idx, (calls, tps_sum, tps_calls), examples in self._keys.close():
+        for key, st, idx, (calls, tps_sum, tps_calls, lat_sum, lat_calls), examples in self._keys.close():
+            st.age += 1
             if tps_calls >= c.tps_min_calls:
-                out.extend(self._tps(key, st, idx, tps_sum / tps_calls, int(tps_calls), examples))
+                mean_log_lat = lat_sum / lat_calls if lat_calls > 0 else math.nan
+                found.extend(self._tps(key, st, idx, tps_sum / tps_calls, mean_log_lat, int(tps_calls), examples))
             if st.n < c.warmup_buckets:
                 st.n += 1
                 st.mean += (calls - st.mean) / st.n
@@ -151,11 +188,12 @@ class ThroughputDropDetector:
             st.run = st.run + 1 if low else 0
             if not low:
                 st.armed = True
-            if st.run >= c.min_buckets and st.armed:
+            # the history must precede the drop: a young key that goes silent does not age into a drop
+            if st.run >= c.min_buckets and st.armed and st.age - st.run >= c.min_history_buckets:
                 st.armed = False
                 start, end = self._keys.window(idx - st.run + 1)
                 _, end = self._keys.window(idx)
-                out.append(Candidate(
+                found.append(Candidate(
                     anomaly_type="throughput_drop", service=key[0], model=key[1], detection_method="rate_ratio",
                     confidence=min(1.0, 1.0 - calls / base), metric="calls_per_bucket", value=calls, baseline=base,
                     threshold=c.drop_ratio * base, deviation_sigma=-z, window_start=start, window_end=end,
@@ -164,21 +202,55 @@ class ThroughputDropDetector:
                 st.mean += c.alpha * (calls - st.mean)
             elif st.run >= c.relearn_buckets:
                 st.n, st.mean, st.run, st.armed = 0, 0.0, 0, True
+        return self._release(found)
+
+    def _release(self, found: list[Candidate]) -> list[Candidate]:
+        """Hold new drops; emit the held ones whose hold is over and whose key had no late rows."""
+        limit = self._keys.closed_limit
+        width = self._keys.width_ns
+        self._held += [(c.window_end // width - 1 + self.config.hold_buckets, c) for c in found]
+        out: list[Candidate] = []
+        keep: list[tuple[int, Candidate]] = []
+        for release, cand in self._held:
+            if limit is not None and release >= limit:
+                keep.append((release, cand))
+                continue
+            late = self._keys.last_late.get((cand.service, cand.model))
+            if late is not None and late >= cand.window_start // width:
+                self.known_loss += 1
+            else:
+                out.append(cand)
+        self._held = keep
         return out
 
-    def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, n: int, examples: list[str]) -> list[Candidate]:
+    def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, log_lat: float, n: int,
+             examples: list[str]) -> list[Candidate]:
         c = self.config
         learned, base, run, armed = int(st.tps[0]), st.tps[1], int(st.tps[2]), st.tps[3] > 0
+        high_run = int(st.tps[4]) if len(st.tps) > 4 else 0
+        lat_base = st.tps[5] if len(st.tps) > 5 else math.nan  # mean log latency of those calls
+        if not math.isfinite(log_lat):
+            log_lat = lat_base
         out: list[Candidate] = []
         if learned < c.warmup_buckets:
             learned += 1
             base += (tps - base) / learned
-            st.tps = [learned, base, 0, 1]
+            lat_base = log_lat if not math.isfinite(lat_base) else lat_base + (log_lat - lat_base) / learned
+            st.tps = [learned, base, 0, 1, 0, lat_base]
             return out
         low = tps < c.tps_drop_ratio * base
+        # A bucket as far above the baseline as a drop is below it (e.g. a TTFT regression: the same
+        # latency with a late first token generates "faster") is an excursion too: not learned, else
+        # the return to normal afterwards reads as a drop.
+        high = tps * c.tps_drop_ratio > base
         run = run + 1 if low else 0
         armed = armed or not low
-        if run >= c.tps_buckets and armed:
+        slow = (math.isfinite(log_lat) and math.isfinite(lat_base)
+                and math.exp(log_lat - lat_base) * tps / base >= SLOW_PROVIDER_SHARE)
+        if run >= c.tps_buckets and armed and slow:
+            armed = False  # a slow provider: the latency rise explains the drop (level_shift reports it)
+            self.slow_provider += 1
+        elif run >= c.tps_buckets and armed:
             armed = False
             start, _ = self._keys.window(idx - run + 1)
             _, end = self._keys.window(idx)
@@ -188,15 +260,19 @@ class ThroughputDropDetector:
                 threshold=c.tps_drop_ratio * base, deviation_sigma=float("nan"), window_start=start,
                 window_end=end, context={"trace_ids": examples, "bucket_s": c.bucket_s, "low_buckets": run,
                                          "calls": n, "sustain_s": c.sustain_s}))
-        if not low:
+        high_run = high_run + 1 if high else 0
+        if not low and not high:
             base += c.alpha * (tps - base)
-        elif run >= c.relearn_buckets:
-            learned, base, run, armed = 0, 0.0, 0, True
-        st.tps = [learned, base, run, 1 if armed else 0]
+            if math.isfinite(log_lat) and math.isfinite(lat_base):
+                lat_base += c.alpha * (log_lat - lat_base)
+        elif run >= c.relearn_buckets or high_run >= c.relearn_buckets:
+            learned, base, run, armed, high_run, lat_base = 0, 0.0, 0, True, 0, math.nan
+        st.tps = [learned, base, run, 1 if armed else 0, high_run, lat_base]
         return out
 
     def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state())}
+        return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state()),
+                "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss}
 
     @classmethod
     def from_state(
@@ -206,7 +282,8 @@ class ThroughputDropDetector:
             raise ValueError(f"not a {NAME} state (version 1 or 2)")
         det = cls(config)
         det._keys.load_state(dict(state), _KeyState.from_state)
-        if state["version"] == 1:  # calls only: no tokens/s sums in the open buckets
-            for _, st in det._keys.keys:
-                st.buckets.open = {i: [*s, 0.0, 0.0] for i, s in st.buckets.open.items()}
+        det._held = [(int(r), Candidate.from_dict(d)) for r, d in state.get("held", [])]
+        det.known_loss = int(state.get("known_loss", 0))
+        for _, st in det._keys.keys:  # version 1: calls only; before latency sums: 3 fields
+            st.buckets.open = {i: [*s, *[0.0] * (N_FIELDS - len(s))] for i, s in st.buckets.open.items()}
         return det

@@ -10,7 +10,7 @@ const SEVERITIES = ["critical", "high", "medium", "low"];
 const ANOMALY_TYPES = [
   "latency_spike", "token_spike", "cost_anomaly", "error_burst", "throughput_drop", "drift",
   "model_swap", "budget_exceeded", "budget_warning", "token_abuse", "expensive_prompt",
-  "multivariate_outlier", "alert_storm",
+  "multivariate_outlier", "ttft_regression", "finish_length", "alert_storm",
 ];
 const DEFAULT_FILTERS = { severity: "", service: "", type: "", status: "open,acknowledged" };
 const REFRESH_MS = 15000; // services and counts

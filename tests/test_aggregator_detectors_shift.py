@@ -1,0 +1,269 @@
+"""Issue 13's detection changes on synthetic FeatureBatches (pure logic, seeded): level shifts of latency
+and TTFT per region, truncation surges, new request models, heavy-tail-aware expensive prompts, per-user
+history in token abuse, and throughput drops that are known loss or of a young key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from aggregator.detectors import (
+    Candidate,
+    ExpensivePromptConfig,
+    ExpensivePromptDetector,
+    FinishLengthConfig,
+    FinishLengthDetector,
+    LevelShiftConfig,
+    LevelShiftDetector,
+    ModelSwapDetector,
+    ThroughputDropConfig,
+    ThroughputDropDetector,
+    TokenAbuseConfig,
+    TokenAbuseDetector,
+)
+from sentinel.config import ConfigError
+from sentinel.model import FeatureBatch
+from tests.test_aggregator_detectors import MIN, MODEL, NS, SVC, T0, flush, make_batch, run
+
+REGIONS = ("eu-west-1", "us-east-1")
+
+
+def traffic(minutes: int, seed: int, *, rate: float = 120.0,
+            incident: Callable[[int, dict[str, Any]], None] | None = None) -> list[FeatureBatch]:
+    """One batch per minute of calls over two regions: log-normal latency (sigma 0.5) with the odd 60 s
+    timeout, streamed TTFT, heavy-tailed prompts (sigma 0.9), Zipf users, 4 % finish_reason length.
+
+    ``incident(minute, p)`` may set ``latency`` / ``ttft`` factors (``p["region"]`` limits them to one
+    region), ``length_share``, ``models`` (request model -> share) or ``rate``.
+    """
+    rng = np.random.default_rng(seed)
+    users = [f"user-{i}" for i in range(40)]
+    zipf = 1.0 / np.arange(1, 41)
+    out = []
+    for m in range(minutes):
+        p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "region": None, "length_share": 0.04,
+                             "models": {MODEL: 1.0}}
+        if incident is not None:
+            incident(m, p)
+        n = int(rng.poisson(p["rate"]))
+        t = np.sort(T0 + m * MIN + rng.integers(0, MIN, n))
+        region = rng.choice(REGIONS, size=n)
+        hit = np.ones(n, bool) if p["region"] is None else region == p["region"]
+        latency = 2000 * rng.lognormal(0, 0.5, n) * np.where(hit, p["latency"], 1.0)
+        latency = np.where(rng.random(n) < 0.0005, 60_000.0, latency)
+        ttft = np.minimum(400 * rng.lognormal(0, 0.3, n) * np.where(hit, p["ttft"] * p["latency"], 1.0),
+                          0.95 * latency)
+        ttft = np.where(rng.random(n) < 0.5, ttft, np.nan)
+        names = list(p["models"])
+        out.append(make_batch(
+            t.tolist(), latency_ms=latency, ttft_ms=ttft, region=region.tolist(),
+            input_tokens=np.round(1500 * rng.lognormal(0, 0.9, n)),
+            output_tokens=np.round(200 * rng.lognormal(0, 0.5, n)),
+            tokens_per_s=50 * rng.lognormal(0, 0.3, n), cost_usd=np.full(n, 0.001),
+            user=rng.choice(users, size=n, p=zipf / zipf.sum()).tolist(),
+            request_model=rng.choice(names, size=n, p=[p["models"][k] for k in names]).tolist(),
+            finish_reason=np.where(rng.random(n) < p["length_share"], "length", "stop").tolist()))
+    return out
+
+
+def round_trip(make: Callable[[], Any], cls: Any, batches: list[FeatureBatch], cut: int) -> list[Candidate]:
+    whole = run(make(), batches)
+    first = make()
+    before = run(first, batches[:cut])
+    resumed = cls.from_state(json.loads(json.dumps(first.to_state(), allow_nan=False)), first.config)
+    assert [c.to_dict() for c in before + run(resumed, batches[cut:])] == [c.to_dict() for c in whole] != []
+    return whole
+
+
+def during(start: int, end: int, **params: Any) -> Callable[[int, dict[str, Any]], None]:
+    def incident(m: int, p: dict[str, Any]) -> None:
+        if start <= m < end:
+            p.update(params)
+    return incident
+
+
+# --- level shifts -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_level_shift_quiet_on_clean_heavy_tailed_traffic(seed: int) -> None:
+    assert run(LevelShiftDetector(), traffic(240, seed)) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_latency_x3_in_one_region_is_one_regional_latency_spike_within_two_minutes(seed: int) -> None:
+    found = run(LevelShiftDetector(), traffic(60, seed, incident=during(30, 40, latency=3.0, region="us-east-1")))
+    assert len(found) == 1  # the baseline is frozen while it is high: one candidate for the whole shift
+    c = found[0]
+    assert (c.anomaly_type, c.service, c.model, c.metric, c.context["region"]) == (
+        "latency_spike", SVC, MODEL, "latency_ms", "us-east-1")
+    assert c.window_start >= T0 + 30 * MIN and c.window_end <= T0 + 32 * MIN
+    assert 2.5 < c.context["ratio"] < 3.5 and c.value > c.threshold > c.baseline
+
+
+def test_ttft_x5_with_latency_unchanged_is_a_ttft_regression() -> None:
+    found = run(LevelShiftDetector(), traffic(60, 4, incident=during(30, 40, ttft=5.0)))
+    assert {(c.anomaly_type, c.metric) for c in found} == {("ttft_regression", "ttft_ms")}
+    assert {c.context["region"] for c in found} == set(REGIONS)
+    assert all(c.window_start >= T0 + 30 * MIN and c.window_end <= T0 + 32 * MIN for c in found)
+
+
+def test_slow_calls_with_late_first_tokens_are_a_latency_spike_only() -> None:
+    found = run(LevelShiftDetector(), traffic(60, 5, incident=during(30, 40, latency=3.0)))
+    assert {c.anomaly_type for c in found} == {"latency_spike"}
+
+
+def test_level_shift_relearns_a_lasting_shift_and_round_trips() -> None:
+    cfg = LevelShiftConfig(relearn_buckets=10)
+    batches = traffic(90, 6, incident=during(30, 90, latency=3.0))
+    found = round_trip(lambda: LevelShiftDetector(cfg), LevelShiftDetector, batches, 31)
+    # after 10 high buckets (5 minutes) the new level is accepted: no second alert, no alert on it
+    assert [c.anomaly_type for c in found] == ["latency_spike", "latency_spike"]
+    assert len({c.context["region"] for c in found}) == 2
+
+
+# --- finish_reason = length -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_finish_length_quiet_on_clean_traffic(seed: int) -> None:
+    assert run(FinishLengthDetector(), traffic(240, seed)) == []
+
+
+def test_finish_length_surge_is_alerted_in_its_first_bucket_once() -> None:
+    batches = traffic(50, 7, incident=during(30, 40, length_share=0.4))
+    found = round_trip(FinishLengthDetector, FinishLengthDetector, batches, 35)
+    assert len(found) == 1
+    c = found[0]
+    assert (c.anomaly_type, c.metric, c.window_start) == ("finish_length", "finish_length_share", T0 + 30 * MIN)
+    assert c.value > 0.3 and c.baseline < 0.06 and c.deviation_sigma > 4
+
+
+# --- new request models -----------------------------------------------------------------------
+
+
+def test_a_new_request_model_is_reported_when_it_appears_not_when_it_goes() -> None:
+    new = during(30, 40, models={MODEL: 0.7, "gpt-4.1-mini": 0.3})
+    swap = run(ModelSwapDetector(), traffic(60, 8, incident=new))
+    assert [(c.anomaly_type, c.detection_method, c.model) for c in swap] == [
+        ("model_swap", "new_request_model", "gpt-4.1-mini")]
+    assert T0 + 30 * MIN <= swap[0].window_start < T0 + 31 * MIN
+    # and the new key's calls going back to zero after ten minutes is not a throughput drop
+    drop = run(ThroughputDropDetector(), traffic(90, 8, incident=new))  # silent for 50 min: never ages into one
+    assert [c for c in drop if c.model == "gpt-4.1-mini"] == []
+
+
+def test_model_swap_state_keeps_the_known_request_models() -> None:
+    det = ModelSwapDetector()
+    run(det, traffic(10, 9))
+    resumed = ModelSwapDetector.from_state(json.loads(json.dumps(det.to_state())), det.config)
+    assert run(resumed, traffic(2, 10, incident=during(0, 2, models={"o3": 1.0})))[0].model == "o3"
+
+
+# --- expensive prompts and token abuse on heavy tails ----------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_expensive_prompt_heavy_tailed_prompts_quiet_with_robust_limit_not_without(seed: int) -> None:
+    batches = traffic(120, seed)
+    assert run(ExpensivePromptDetector(), batches) == []
+    assert len(run(ExpensivePromptDetector(ExpensivePromptConfig(robust_z=0)), batches)) >= 3
+
+
+def test_expensive_prompt_still_catches_a_huge_prompt_on_a_heavy_tailed_key() -> None:
+    det = ExpensivePromptDetector()
+    batches = traffic(40, 3)
+    batches.append(make_batch([T0 + 40 * MIN + NS], input_tokens=[3_000_000.0]))
+    found = run(det, batches) + flush(det, T0 + 42 * MIN)
+    assert [c.value for c in found] == [3_000_000.0]
+
+
+def abuse_traffic(minutes: int, seed: int, factor_at: Callable[[int], float]) -> list[FeatureBatch]:
+    """Eight users: user-0 is an ordinary heavy user (30x the others every minute); ``factor_at(m)``
+    multiplies user-1's tokens."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for m in range(minutes):
+        users = ["user-0"] * 30 + [f"user-{i}" for i in range(1, 8) for _ in range(1)]
+        tin = [1000.0 * rng.lognormal(0, 0.3) for _ in users]
+        tin = [v * (factor_at(m) if u == "user-1" else 1.0) for u, v in zip(users, tin, strict=True)]
+        t = sorted(T0 + m * MIN + int(x) for x in rng.integers(0, MIN, len(users)))
+        out.append(make_batch(t, input_tokens=tin, output_tokens=[100.0] * len(users), user=users))
+    return out
+
+
+def test_token_abuse_an_ordinary_heavy_user_is_judged_against_its_own_past() -> None:
+    batches = abuse_traffic(60, 1, lambda m: 1.0)
+    assert run(TokenAbuseDetector(), batches) == []
+    # peers alone (no history): the heavy user is flagged at 30x the median
+    assert {c.context["user"] for c in run(TokenAbuseDetector(TokenAbuseConfig(own_warmup=0)), batches)} == {
+        "user-0"}
+
+
+def test_token_abuse_a_known_user_far_above_its_past_and_its_peers_is_flagged() -> None:
+    found = run(TokenAbuseDetector(), abuse_traffic(60, 2, lambda m: 80.0 if 41 <= m < 46 else 1.0))
+    assert [(c.context["user"], c.detection_method) for c in found] == [("user-1", "peer_median+own_history")]
+    assert found[0].context["own_baseline"] > 0
+
+
+# --- throughput drops that are not ------------------------------------------------------------
+
+
+def test_throughput_drop_of_late_rows_is_known_loss_not_a_drop() -> None:
+    batches = traffic(45, 11)
+    late = batches[40]  # minute 40's rows arrive after minute 41's (a sidecar that fell behind)
+    batches[40], batches[41] = batches[41], late
+    det = ThroughputDropDetector(ThroughputDropConfig(lateness_s=0))
+    assert run(det, batches) == [] and det.known_loss == 1 and det.late_rows > 0
+    det = ThroughputDropDetector(ThroughputDropConfig(lateness_s=0, hold_buckets=0))
+    assert len(run(det, batches)) == 1  # without the hold it is (wrongly) raised
+
+
+def test_new_detector_settings_are_validated() -> None:
+    for make, key in [(lambda: LevelShiftConfig(min_ratio=0.5), "detectors.level_shift.min_ratio"),
+                      (lambda: LevelShiftConfig(warmup_buckets=1), "detectors.level_shift.warmup_buckets"),
+                      (lambda: FinishLengthConfig(min_delta=1.0), "detectors.finish_length.min_delta"),
+                      (lambda: ExpensivePromptConfig(robust_z=-1), "detectors.expensive_prompt.robust_z"),
+                      (lambda: TokenAbuseConfig(own_k=0.5), "detectors.token_abuse.own_k"),
+                      (lambda: ThroughputDropConfig(hold_buckets=-1), "detectors.throughput_drop.hold_buckets")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            make().validate()
+
+
+def test_tokens_per_s_far_above_baseline_is_not_learned_so_the_return_is_not_a_drop() -> None:
+    def fast(m: int, p: dict[str, Any]) -> None:  # a TTFT regression: generation after the first token "faster"
+        if 30 <= m < 40:
+            p["tps"] = 4.0
+    rng = np.random.default_rng(12)
+    batches = []
+    for m in range(60):
+        p: dict[str, Any] = {"tps": 1.0}
+        fast(m, p)
+        n = int(rng.poisson(60))
+        t = np.sort(T0 + m * MIN + rng.integers(0, MIN, n)).tolist()
+        batches.append(make_batch(t, tokens_per_s=50 * p["tps"] * rng.lognormal(0, 0.3, n)))
+    assert run(ThroughputDropDetector(), batches) == []
+
+
+def slow_or_collapsed(kind: str) -> list[FeatureBatch]:
+    """tokens/s = output / latency; from minute 30 on, latency x3 ("slow") or outputs x0.03 ("collapse")."""
+    rng = np.random.default_rng(13)
+    batches = []
+    for m in range(45):
+        n = int(rng.poisson(60))
+        t = np.sort(T0 + m * MIN + rng.integers(0, MIN, n)).tolist()
+        latency = 3000 * rng.lognormal(0, 0.3, n) * (3.0 if kind == "slow" and m >= 30 else 1.0)
+        out = 200 * rng.lognormal(0, 0.3, n) * (0.03 if kind == "collapse" and m >= 30 else 1.0)
+        batches.append(make_batch(t, latency_ms=latency, output_tokens=out, tokens_per_s=out * 1000 / latency))
+    return batches
+
+
+def test_a_slow_provider_is_not_a_tokens_per_s_drop_but_collapsed_outputs_are() -> None:
+    det = ThroughputDropDetector()
+    assert run(det, slow_or_collapsed("slow")) == [] and det.slow_provider == 1
+    found = run(ThroughputDropDetector(), slow_or_collapsed("collapse"))
+    assert [(c.metric, c.window_start) for c in found] == [("tokens_per_s", T0 + 30 * MIN)]
