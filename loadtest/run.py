@@ -263,12 +263,18 @@ def aggregator_settings(scenario: Scenario, alert_time_scale: float | None = Non
     The alert manager's windows (de-duplication, persistence, correlation, resolution, grouping, the
     storm window) are wall clock; divided by ``alert_time_scale`` they span the simulated time they
     would in production. ``alert_time_scale`` (``--alert-time-scale``; 1 keeps real wall-clock
-    windows) wins over the scenario's own setting, which wins over the scenario's ``speedup``.
+    windows) wins over the scenario's own setting, which wins over the scenario's ``speedup``. With
+    compressed time, ``max_future_skew_s`` covers the simulated duration (event time runs ahead).
     """
     settings = dict(scenario.aggregator)
     if alert_time_scale is not None:
         settings["alert_time_scale"] = alert_time_scale
     settings.setdefault("alert_time_scale", scenario.speedup)
+    if scenario.speedup > 1:
+        # Compressed event time runs ahead of the wall clock on purpose (it starts at the current
+        # minute): rows up to the whole simulated duration "in the future" are the scenario, not a
+        # clock ahead, so the aggregator's clamp (max_future_skew_s) must not move them to arrival time.
+        settings.setdefault("max_future_skew_s", float(scenario.duration_s) + 3600.0)
     return settings
 
 

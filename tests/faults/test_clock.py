@@ -121,7 +121,7 @@ def test_a_sidecar_clock_ahead_does_not_blind_windowed_detectors(faults: FaultEn
     assert ex.send(1, n_spans=10, services=["live-closer"], error_rate=0.0,
                    start_unix_nano=now + 4 * S)[0].code == "OK"
     wait_until(lambda: drained(live), 30, "live to drain")
-    wait_until(lambda: _candidates(agg, "binomial_z") >= 2, 10, "the live bursts to be detected")
+    wait_until(lambda: _candidates(agg, "binomial_z") >= 2, 30, "the live bursts to be detected")
     m = agg.metrics()
     assert ahead_rows > 0 and m("sentinel_aggregator_rows_future_total") == ahead_rows, \
         "every row of the sidecar ahead is counted, no live row"
