@@ -77,6 +77,10 @@ class Analysis:
         """
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    def set_consumers(self, consumers: Sequence[BatchConsumer]) -> None:
+        """Replace the consumers (a reload enabling or disabling one); call it inside :meth:`between_batches`."""
+        self._consumers = list(consumers)
+
     def _consume(self, batch: WireBatch, arrival_ns: int) -> None:
         for consumer in self._consumers:
             try:

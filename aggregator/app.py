@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -40,7 +41,7 @@ from aggregator.alerting.manager import AlertManager, AlertManagerConfig
 from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
-from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
+from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink, parse_webhooks
 from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.api.auth import Roles
 from aggregator.api.guard import allowed_host_names
@@ -48,8 +49,8 @@ from aggregator.api.jwt_auth import JwtVerifier
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.baseline_service import BaselineService
 from aggregator.candidates import CandidateLog
-from aggregator.config import AggregatorConfig
-from aggregator.config_versions import ConfigVersion, ConfigVersions, diff
+from aggregator.config import SECRET_KEYS, AggregatorConfig
+from aggregator.config_versions import ConfigVersion, ConfigVersions, diff, is_digest, redact
 from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
@@ -84,18 +85,10 @@ class Aggregator:
         self.candidates = CandidateLog(registry=self.metrics.registry)
         self.hub = AlertHub()
         self.alert_store = SQLiteAlertStore(os.path.join(config.data_dir, "alerts.db"))
-        self.sinks: list[Sink] = []
-        sink_metrics = SinkMetrics(self.metrics.registry)
-        if config.amqp_url:
-            self.sinks.append(AmqpSink(AmqpSinkConfig(url=config.amqp_url, exchange=config.amqp_exchange,
-                                                      queue=config.amqp_queue, min_severity=config.amqp_min_severity),
-                                       self.alert_store, metrics=sink_metrics))
-        self.sinks += [WebhookSink(w, self.alert_store, metrics=sink_metrics) for w in parse_webhooks(config.webhooks)]
-        bound = parse_sidecar_tokens(config.sidecar_tokens)
-        ingest_tokens = [*config.tokens, *(t for tokens in bound.values() for t in tokens)]
-        jwt = config.jwt_config()
-        self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, ingest_tokens,
-                           jwt=JwtVerifier(jwt) if jwt.enabled else None)
+        self._sink_metrics = SinkMetrics(self.metrics.registry)
+        self._sink_configs = _sink_configs(config)
+        self.sinks: list[Sink] = [self._sink(c) for c in self._sink_configs.values()]
+        self.roles = _roles(config, None)
         self.series = SeriesService(config.data_dir)
         self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)
@@ -113,16 +106,9 @@ class Aggregator:
                                                outcome=self.metrics.count_local_anomaly)
         self.detectors = DetectorService(config.detectors, config.data_dir, emit, late_after_s=config.late_after_s,
                                          max_future_skew_s=config.max_future_skew_s)
-        consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
-        forest = config.forest_config()
-        self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)
-                       if forest else None)
-        if self.forest is not None:
-            consumers.append(self.forest)
-            self.metrics.watch_forest(self.forest)
-        # Last: a batch's own detections are folded in before its rows can resolve an alert.
-        consumers += [self.series, self.alerts]
-        self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s, tasks=self.tasks)
+        self._emit_observed = emit
+        self.forest = self._forest(config)
+        self.analysis = Analysis(self._consumers(), save_interval_s=config.save_interval_s, tasks=self.tasks)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis, tasks=self.tasks)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
@@ -138,6 +124,28 @@ class Aggregator:
         self._ticker: asyncio.Task[None] | None = None
         self.api: Api | None = None
         self.grpc: AlertGrpcServer | None = None
+
+    def _consumers(self) -> list[BatchConsumer]:
+        consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
+        if self.forest is not None:
+            consumers.append(self.forest)
+        # Last: a batch's own detections are folded in before its rows can resolve an alert.
+        return [*consumers, self.series, self.alerts]
+
+    def _forest(self, config: AggregatorConfig) -> ForestService | None:
+        """A forest service for ``config`` (restoring the saved forests), or ``None`` when it is disabled."""
+        settings = config.forest_config()
+        if settings is None:
+            return None
+        forest = ForestService(settings, config.data_dir, self._emit_observed,
+                               on_fit=self.metrics.model_train_seconds.observe)
+        self.metrics.watch_forest(forest)
+        return forest
+
+    def _sink(self, config: AmqpSinkConfig | WebhookConfig) -> Sink:
+        if isinstance(config, AmqpSinkConfig):
+            return AmqpSink(config, self.alert_store, metrics=self._sink_metrics)
+        return WebhookSink(config, self.alert_store, metrics=self._sink_metrics)
 
     def _alert_config(self, config: AggregatorConfig) -> AlertManagerConfig:
         """The alert manager's settings from ``config``, its public URL as running, and the confidence
@@ -288,55 +296,111 @@ class Aggregator:
                  f", gRPC AlertService on port {self.grpc.port}" if self.grpc else "")
 
     def live_settings(self) -> dict[str, Any]:
-        """The running live settings (:meth:`AggregatorConfig.live_keys`), as JSON values."""
-        live = {k: getattr(self.config, k) for k in sorted(AggregatorConfig.live_keys())}
+        """The running live settings (:meth:`AggregatorConfig.live_keys`), as JSON values; secrets as digests."""
+        live = {k: redact(getattr(self.config, k)) if k in SECRET_KEYS else getattr(self.config, k)
+                for k in sorted(AggregatorConfig.live_keys())}
         return dict(json.loads(json.dumps(live)))
 
+    def _check_live(self, merged: AggregatorConfig) -> None:
+        """What a reload may not change although its key is live (raises naming the key)."""
+        old = self.config
+        if merged.auth_enabled != old.auth_enabled:
+            # The listeners were bound (to 127.0.0.1 without auth) and gRPC built for one or the other.
+            raise ConfigError("tokens: restart needed to turn authentication on or off (it decides how the "
+                              "listeners bind); change the tokens while keeping at least one kind")
+        if self.otlp is not None and (merged.tokens[:1] != old.tokens[:1]):
+            raise ConfigError("tokens: restart needed to change tokens[0] (the embedded OTLP receiver sends with it)")
+
     async def apply_settings(self, new: AggregatorConfig, keys: list[str], *, who: str = "SIGHUP",
-                             comment: str = "") -> ConfigVersion | None:
+                             comment: str = "", role: str = "") -> ConfigVersion | None:
         """Apply the changed live ``keys`` of ``new`` (a reload, or ``PUT /api/v1/config``); the new version.
 
-        Validated whole first (a bad value raises naming its key and nothing changes); then the alert
-        manager's and the confirmation's settings are swapped on the analysis thread between two
-        batches, and the change is recorded as a configuration version and in the audit log.
+        Validated whole first (a bad value raises naming its key and nothing changes); then every
+        component's settings are swapped on the analysis thread between two batches — the alert
+        manager, the confirmation, the detectors (state kept where their settings allow,
+        :meth:`DetectorService.reconfigure`), the forest, the sink list, the tokens — and the sinks
+        whose settings changed are restarted; the change is recorded as a configuration version and
+        in the audit log.
         """
         merged = dataclasses.replace(self.config, **{k: getattr(new, k) for k in keys})
         merged.validate()
+        self._check_live(merged)
         alerts = await asyncio.to_thread(self._alert_config, merged)
         confirm = merged.confirm_config()
+        roles = _roles(merged, self.roles.jwt if merged.jwt_config() == self.config.jwt_config() else None)
+        sink_configs = _sink_configs(merged)
+        changed_sinks = [n for n, c in self._sink_configs.items() if sink_configs.get(n) != c]
+        kept = {s.name: s for s in self.sinks if s.name not in changed_sinks}
+        started = [self._sink(c) for n, c in sink_configs.items() if n not in kept]
+        sinks = [kept.get(n) or next(s for s in started if s.name == n) for n in sink_configs]
+        stopped = [s for s in self.sinks if s.name in changed_sinks]
+        old_forest = self.forest
 
         def swap() -> None:
             self.alerts.reconfigure(alerts)
+            self.alerts.sinks = sinks
             self.confirmer.config = confirm
+            if merged.detectors != self.config.detectors:
+                self.detectors.reconfigure(merged.detectors)
+            if merged.forest != self.config.forest:
+                # As across a restart: the saved forests keep scoring, the windows refill, the next fit
+                # uses the new settings (forests of other features are not loaded: it starts afresh).
+                if old_forest is not None:
+                    old_forest.save()
+                    old_forest.shutdown()
+                self.forest = self._forest(merged)
+                if self.forest is None:
+                    self.metrics.model_age.set_function(lambda: math.nan)
+                self.analysis.set_consumers(self._consumers())
+            self.roles.replace(roles)
+            self.ingest.set_tokens(merged.tokens, merged.sidecar_tokens)
 
         before = self.live_settings()
         await self.analysis.between_batches(swap)
         self.config = merged
+        self._sink_configs = sink_configs
+        self.sinks = sinks
+        for sink in stopped:
+            await sink.shutdown()  # before its successor of the same name starts: one sender per outbox
+        for sink in started:
+            if self._ready:
+                await sink.start()
         after = self.live_settings()
         if before == after:
             return None
         version = await asyncio.to_thread(lambda: self.versions.add(
             at=time.time_ns(), who=who, comment=comment, settings=after, changes=diff(before, after)))
-        entry = AuditEntry(at=version.at, who=who, role="process" if who == "SIGHUP" else "",
+        entry = AuditEntry(at=version.at, who=who, role=role or ("process" if who == "SIGHUP" else ""),
                            action="config.version", target=str(version.version),
                            detail={"keys": sorted(version.diff), "comment": comment})
         await asyncio.to_thread(self.audit.append, entry)
         log.info("configuration version %d by %s: %s", version.version, who, ", ".join(sorted(version.diff)))
         return version
 
-    async def put_settings(self, changes: dict[str, Any], who: str, comment: str) -> ConfigVersion | None:
+    async def put_settings(self, changes: dict[str, Any], who: str, comment: str,
+                           role: str = "") -> ConfigVersion | None:
         """``PUT /api/v1/config``: ``changes`` (setting -> value, as in the YAML file) applied live."""
         known = {f.name for f in dataclasses.fields(AggregatorConfig)}
         live = AggregatorConfig.live_keys()
-        for key in changes:
+        running = self.live_settings()
+        changes = dict(changes)
+        for key in list(changes):
             if key not in known:
                 raise ConfigError(f"{key}: unknown setting")
             if key not in live:
-                raise ConfigError(f"{key}: restart needed (only alert_* and confirm_* settings change live)")
+                raise ConfigError(f"{key}: restart needed for {key} (not a live setting)")
+            if key in SECRET_KEYS and is_digest(changes[key]):
+                # A version (a rollback) or GET's answer sent back: secrets are stored as digests only.
+                if changes[key] != running[key]:
+                    raise ConfigError(f"{key}: the versions hold a digest of this secret, not its value; "
+                                      "give the value itself to change it")
+                del changes[key]
+        if not changes:
+            return None
         # The loader's conversions (durations, maps) and checks; then validated with the running settings.
         converted = load(AggregatorConfig, args=changes, env={})
         new = dataclasses.replace(self.config, **{k: getattr(converted, k) for k in changes})
-        return await self.apply_settings(new, sorted(changes), who=who or "anonymous", comment=comment)
+        return await self.apply_settings(new, sorted(changes), who=who or "anonymous", comment=comment, role=role)
 
     def _record_start_version(self) -> None:
         """Version the settings file's live settings at start when they differ from the newest version."""
@@ -387,3 +451,26 @@ async def run(config: AggregatorConfig, reload_settings: Callable[[], Aggregator
     # A port in use, an unwritable data_dir: exit status 1 with the reason.
     return await run_until_signalled(aggregator, (OSError, sqlite3.Error),
                                      on_reload=reloader.reload if reloader is not None else None)
+
+
+def _sink_configs(config: AggregatorConfig) -> dict[str, AmqpSinkConfig | WebhookConfig]:
+    """Every sink's settings by its outbox name (``amqp``, ``webhook:<name>``)."""
+    out: dict[str, AmqpSinkConfig | WebhookConfig] = {}
+    if config.amqp_url:
+        out["amqp"] = AmqpSinkConfig(url=config.amqp_url, exchange=config.amqp_exchange, queue=config.amqp_queue,
+                                     min_severity=config.amqp_min_severity)
+    for w in parse_webhooks(config.webhooks):
+        out[w.sink_name] = w
+    return out
+
+
+def _roles(config: AggregatorConfig, jwt: JwtVerifier | None) -> Roles:
+    """The API's token table; ``jwt``: the running verifier, kept (with its JWKS cache) when its settings
+    did not change."""
+    bound = parse_sidecar_tokens(config.sidecar_tokens)
+    ingest: list[tuple[str, str]] = [(f"tokens[{i}]", t) for i, t in enumerate(config.tokens)]
+    ingest += [(f"sidecar_tokens.{p}[{i}]", t) for p, tokens in bound.items() for i, t in enumerate(tokens)]
+    settings = config.jwt_config()
+    if jwt is None and settings.enabled:
+        jwt = JwtVerifier(settings)
+    return Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, ingest, jwt=jwt)

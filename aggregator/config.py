@@ -80,10 +80,17 @@ DEFAULT_SHUTDOWN_GRACE_S = 5.0
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-#: Settings a reload (SIGHUP) applies without a restart: the alert manager's and the local-anomaly
-#: confirmation's, swapped between analysis batches. Every other changed key needs a restart
-#: (listeners, tokens, stores, detectors and the forest hold state built from them).
-LIVE_KEY_PREFIXES = ("alert_", "confirm_")
+#: Settings a reload (SIGHUP, ``PUT /api/v1/config``) applies without a restart, swapped between
+#: analysis batches: the alert manager's and the local-anomaly confirmation's (by prefix), the
+#: detectors and the forest, the sinks, the API and ingest tokens and the JWT settings. Every other
+#: changed key (listeners, TLS, stores, baselines, queues) needs a restart.
+LIVE_KEY_PREFIXES = ("alert_", "confirm_", "jwt_")
+LIVE_KEYS = frozenset({"detectors", "forest", "amqp_url", "amqp_exchange", "amqp_queue", "amqp_min_severity",
+                       "webhooks", "tokens", "sidecar_tokens", "viewer_tokens", "operator_tokens", "admin_tokens"})
+#: Live keys whose values are secrets (tokens, a broker password, webhook URLs and headers): the
+#: configuration API, its versions and their diffs show a digest of the value, never the value.
+SECRET_KEYS = frozenset({"tokens", "sidecar_tokens", "viewer_tokens", "operator_tokens", "admin_tokens",
+                         "amqp_url", "webhooks"})
 
 
 def _hostport(key: str, value: str) -> None:
@@ -114,7 +121,10 @@ def forest_config(settings: dict[str, Any]) -> ForestConfig | None:
         config = ForestConfig(**raw)
     except TypeError as e:
         raise ConfigError(f"forest: {e}") from None
-    config.validate()
+    try:
+        config.validate()
+    except ConfigError as e:  # ForestConfig names its fields forest_<field>; in the YAML they are forest.<field>
+        raise ConfigError(str(e).replace("forest_", "forest.")) from None
     return config
 
 
@@ -330,10 +340,11 @@ class AggregatorConfig:
 
     @classmethod
     def live_keys(cls) -> frozenset[str]:
-        """The keys a reload applies live (:data:`LIVE_KEY_PREFIXES`, and ``log_level``)."""
+        """The keys a reload applies live (:data:`LIVE_KEY_PREFIXES`, :data:`LIVE_KEYS`; ``log_level`` too)."""
         import dataclasses
 
-        return frozenset(f.name for f in dataclasses.fields(cls) if f.name.startswith(LIVE_KEY_PREFIXES))
+        return frozenset(f.name for f in dataclasses.fields(cls)
+                         if f.name.startswith(LIVE_KEY_PREFIXES) or f.name in LIVE_KEYS)
 
     def jwt_config(self) -> JwtConfig:
         return JwtConfig(jwks_url=self.jwt_jwks_url, jwks_file=self.jwt_jwks_file, issuer=self.jwt_issuer,

@@ -4,10 +4,13 @@ Every change of the live settings — at start when the file differs from the ne
 SIGHUP, through ``PUT /api/v1/config`` or a rollback — is a new version: its number, when, who,
 a comment, the whole set of live settings after it and the diff from the one before
 (``{key: {"from": old, "to": new}}``). Versions are never changed or deleted (triggers refuse it).
+Secrets (tokens, the broker URL, webhooks: ``SECRET_KEYS`` of :mod:`aggregator.config`) are kept
+and shown only as a digest (:func:`redact`), so a version tells that a token changed, never what to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +18,10 @@ from typing import Any
 from aggregator.alerting.model import iso_time
 from aggregator.alerting.store import MAX_PAGE, SideTable
 
-__all__ = ["ConfigVersion", "ConfigVersions", "diff"]
+__all__ = ["DIGEST_PREFIX", "ConfigVersion", "ConfigVersions", "diff", "is_digest", "redact"]
+
+#: How a secret is shown: this prefix and the first 16 hex digits of the SHA-256 of its JSON value.
+DIGEST_PREFIX = "sha256:"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS config_versions (
@@ -36,6 +42,22 @@ CREATE TRIGGER IF NOT EXISTS config_versions_no_delete BEFORE DELETE ON config_v
 def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``{key: {"from": old, "to": new}}`` for every key whose value differs."""
     return {k: {"from": old.get(k), "to": new.get(k)} for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def redact(value: Any) -> Any:
+    """A digest of a secret's value (an unset one, empty, shows as it is: "no tokens" is no secret).
+
+    >>> redact([]), redact(["t0k3n"])[:7]
+    ([], 'sha256:')
+    """
+    if not value:
+        return value
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return DIGEST_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_digest(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(DIGEST_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,14 @@ Runs every detector of :mod:`aggregator.detectors` on each accepted batch (in ev
 analysis thread) and hands what they find to ``emit``. Settings are the YAML ``detectors:`` map,
 one entry per detector (``detectors: {budget: {limits: {service: {day: 50}}}}``); a detector can
 be turned off with ``enabled: false``. State is saved as JSON in ``data_dir/detectors.json``.
+
+:meth:`DetectorService.reconfigure` applies a new ``detectors:`` map live (a reload, on the
+analysis thread between two batches): a detector whose settings did not change keeps running as
+it is; one whose thresholds or limits changed keeps its state, carried through its own
+``to_state``/``from_state`` (as across a restart), so a budget's spend so far is judged against the
+new limit by the next batch; one whose window (:data:`STATE_SHAPE_KEYS`: bucket or window width,
+metrics, sample sizes) changed starts afresh, since its state is counted in the old shape; a
+detector newly enabled starts afresh, one disabled is dropped with its state.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from sentinel.wire import WireBatch
 
-__all__ = ["DETECTORS", "FILE_NAME", "DetectorService", "parse_detector_settings"]
+__all__ = ["DETECTORS", "FILE_NAME", "STATE_SHAPE_KEYS", "DetectorService", "parse_detector_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,12 @@ DETECTORS: dict[str, tuple[Any, Any]] = {
     "expensive_prompt": (ExpensivePromptConfig, ExpensivePromptDetector),
     "token_abuse": (TokenAbuseConfig, TokenAbuseDetector),
 }
+
+
+#: Settings that shape a detector's state (bucket indices, rings, histograms): when one of them
+#: changes on a reload the detector starts afresh instead of reading its state in the new shape.
+STATE_SHAPE_KEYS = frozenset({"bucket_s", "window_s", "metrics", "categorical", "bins", "reference_size",
+                              "sample_size", "max_categories", "max_models"})
 
 
 def parse_detector_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,6 +127,37 @@ class DetectorService:
         self._clock = clock
         self._emit = emit
         self._dirty = False
+
+    def reconfigure(self, settings: Mapping[str, Any]) -> list[str]:
+        """Apply a new ``detectors:`` map (validated first; raises naming the key); the detectors started afresh.
+
+        Call it where no batch is being consumed (the analysis thread, between batches).
+        """
+        configs = parse_detector_settings(settings)
+        detectors: dict[str, _Detector] = {}
+        afresh: list[str] = []
+        for name, config in configs.items():
+            old, old_config = self.detectors.get(name), self._configs.get(name)
+            if old is not None and config == old_config:
+                detectors[name] = old
+                continue
+            if old is not None and old_config is not None and not _shape_changed(old_config, config):
+                try:
+                    detectors[name] = DETECTORS[name][1].from_state(old.to_state(), config)
+                    continue
+                except (ValueError, KeyError, TypeError) as e:  # state the new settings cannot read
+                    log.warning("detector %s: state not kept across the reload (%s)", name, e)
+            detectors[name] = DETECTORS[name][1](config)
+            if old is not None:
+                afresh.append(name)
+        for name in sorted(set(self.detectors) - set(configs)):
+            log.info("detector %s disabled by a reload; its state is dropped", name)
+        if afresh:
+            log.warning("detectors %s start afresh: a setting that shapes their state (%s) changed",
+                        ", ".join(afresh), ", ".join(sorted(STATE_SHAPE_KEYS)))
+        self._configs, self.detectors = configs, detectors
+        self._dirty = True
+        return afresh
 
     def restore(self) -> None:
         """Load saved detector state; a damaged file is set aside (detectors start afresh)."""
@@ -169,3 +214,7 @@ class DetectorService:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         self._dirty = False
+
+
+def _shape_changed(old: Any, new: Any) -> bool:
+    return any(getattr(old, k, None) != getattr(new, k, None) for k in STATE_SHAPE_KEYS)

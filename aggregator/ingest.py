@@ -147,6 +147,10 @@ class IngestService:
         """Hold the worker before its next commit, so the queue fills (tests use it to see 503)."""
         await self._commit_gate.acquire()
 
+    def set_tokens(self, tokens: list[str], sidecar_tokens: dict[str, Any]) -> None:
+        """Replace the ingest tokens (a reload): one assignment, so a request is checked against old or new."""
+        self._tokens = IngestTokens(tokens, parse_sidecar_tokens(sidecar_tokens))
+
     def resume(self) -> None:
         if self._commit_gate.locked():
             self._commit_gate.release()

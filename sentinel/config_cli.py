@@ -7,8 +7,10 @@
     sentinel config rollback N [--comment C]  apply version N's settings again (a new version)
 
 FILE is a settings file as ``sentinel aggregator --config`` reads it (its ``aggregator:`` section when it
-has one); only its live keys (``alert_*``, ``confirm_*``) are sent, the others are named as needing a
-restart. ``--url`` or ``SENTINEL_URL``; the token ``SENTINEL_API_TOKEN`` or ``--token-file``.
+has one); only its live keys (those ``GET /api/v1/config`` lists: ``alert_*``, ``confirm_*``, ``jwt_*``,
+the detectors, the forest, the sinks, the tokens) are sent, the others are named as needing a restart.
+Secrets (tokens, ``amqp_url``, ``webhooks``) are compared by digest, and never printed.
+``--url`` or ``SENTINEL_URL``; the token ``SENTINEL_API_TOKEN`` or ``--token-file``.
 Exit status: 0 done, 1 the aggregator cannot be reached or refused, 2 a bad option, file or setting.
 """
 
@@ -18,23 +20,26 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
+from aggregator.config import SECRET_KEYS
+from aggregator.config_versions import is_digest, redact
 from sentinel.alerts_cli import DEFAULT_URL, CliError, _Api, _token, run_cli
 
 __all__ = ["file_settings", "main"]
 
-#: The prefixes of the settings ``PUT /api/v1/config`` changes (aggregator/config.py, LIVE_KEY_PREFIXES).
-LIVE_PREFIXES = ("alert_", "confirm_")
+def file_settings(path: str, live_keys: Collection[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(live settings, other keys) of a settings file; ``live_keys``: the running aggregator's (default: this
+    version's, :meth:`aggregator.config.AggregatorConfig.live_keys`)."""
+    if live_keys is None:
+        from aggregator.config import AggregatorConfig
 
-
-def file_settings(path: str) -> tuple[dict[str, Any], list[str]]:
-    """(live settings, other keys) of a settings file."""
+        live_keys = AggregatorConfig.live_keys()
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as e:
@@ -45,7 +50,7 @@ def file_settings(path: str) -> tuple[dict[str, Any], list[str]]:
         data = data["aggregator"]
     if not isinstance(data, dict):
         raise CliError(f"{path}: must hold a map of settings", 2)
-    live = {k: v for k, v in data.items() if str(k).startswith(LIVE_PREFIXES)}
+    live = {k: v for k, v in data.items() if k in live_keys}
     return live, sorted(str(k) for k in data if k not in live)
 
 
@@ -79,11 +84,16 @@ def _call(api: _Api, method: str, path: str, body: Any = None, params: dict[str,
     return r.json()
 
 
+def _shown(key: str, value: Any) -> Any:
+    """What may be printed of a setting: a secret's digest (as the aggregator shows it), anything else as it is."""
+    return value if key not in SECRET_KEYS or is_digest(value) else redact(value)
+
+
 def _print_diff(changes: dict[str, Any]) -> None:
     if not changes:
         print("no change")
     for key, d in sorted(changes.items()):
-        print(f"{key}: {json.dumps(d['from'])} -> {json.dumps(d['to'])}")
+        print(f"{key}: {json.dumps(_shown(key, d['from']))} -> {json.dumps(_shown(key, d['to']))}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,17 +110,18 @@ def _run(args: argparse.Namespace) -> int:
                 note = f"  # {v['comment']}" if v["comment"] else ""
                 print(f"{v['version']:>5}  {v['at']}  {v['who']:<12} {keys}{note}")
         elif args.action == "diff":
-            live, others = file_settings(args.file)
             running = _call(api, "GET", "/api/v1/config")["settings"]
-            _print_diff({k: {"from": running.get(k), "to": v} for k, v in live.items() if running.get(k) != v})
+            live, others = file_settings(args.file, set(running))
+            _print_diff({k: {"from": running.get(k), "to": v} for k, v in live.items()
+                         if running.get(k) != _shown(k, v)})
             for key in others:
                 print(f"{key}: not live (restart needed to change it)", file=sys.stderr)
         elif args.action == "apply":
-            live, others = file_settings(args.file)
+            live, others = file_settings(args.file, set(_call(api, "GET", "/api/v1/config")["settings"]))
             for key in others:
-                print(f"{key}: not applied (restart needed)", file=sys.stderr)
+                print(f"{key}: not applied (restart needed for {key})", file=sys.stderr)
             if not live:
-                raise CliError(f"{args.file}: no live settings (alert_*, confirm_*) to apply", 2)
+                raise CliError(f"{args.file}: no live settings to apply", 2)
             doc = _call(api, "PUT", "/api/v1/config", {"settings": live, "comment": args.comment})
             _print_diff(doc["diff"])
             print(f"version {doc['version']}")

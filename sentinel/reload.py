@@ -74,6 +74,9 @@ class SettingsReloader(Generic[T]):
             if others and self._apply is not None:
                 try:
                     await self._apply(new, others)
+                except ConfigError as e:  # valid alone, but not applicable to what runs (e.g. auth on/off)
+                    log.error("reload refused: %s; the running settings are kept", e)
+                    return []
                 except Exception:
                     log.exception("reload: applying %s failed; the running settings are kept", ", ".join(others))
                     return []

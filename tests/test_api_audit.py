@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,12 +20,17 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
         yield harness
 
 
-async def test_state_changes_are_audited_with_who_and_role(h: Harness) -> None:
+async def test_state_changes_are_audited_with_who_and_role(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     a = make_alert()
     insert(h, a)
     async with h.client(OPERATOR) as o:
-        assert (await o.post(f"/api/v1/alerts/{a.alert_id}/ack",
-                             json={"by": "alice", "comment": "on it"})).status_code == 200
+        with caplog.at_level(logging.INFO, logger="sentinel.audit"):
+            assert (await o.post(f"/api/v1/alerts/{a.alert_id}/ack",
+                                 json={"by": "alice", "comment": "on it"})).status_code == 200
+        # The JSON log line names the principal (the token's place in the settings) and its role, not the token.
+        (line,) = [json.loads(r.getMessage())["audit"] for r in caplog.records if r.name == "sentinel.audit"]
+        assert (line["who"], line["role"], line["action"]) == ("operator_tokens[0]", "operator", "alert.acknowledge")
+        assert OPERATOR not in caplog.text
         assert (await o.post(f"/api/v1/alerts/{a.alert_id}/feedback",
                              json={"verdict": "false_positive"})).status_code == 201
         r = await o.post("/api/v1/silences", json={"matchers": [{"name": "service_name", "value": "chat"}],
@@ -41,7 +48,7 @@ async def test_state_changes_are_audited_with_who_and_role(h: Harness) -> None:
         assert actions == ["alert.acknowledge", "alert.feedback", "silence.create", "silence.expire",
                            "silence.delete"]
         ack, fb, create = doc["entries"][4], doc["entries"][3], doc["entries"][2]
-        assert ack["who"] == "operator" and ack["role"] == "operator" and ack["target"] == a.alert_id
+        assert ack["who"] == "operator_tokens[0]" and ack["role"] == "operator" and ack["target"] == a.alert_id
         assert ack["detail"] == {"acknowledged_by": "alice", "anomaly_type": "latency_spike", "service_name": "chat",
                                  "comment": "on it"}
         assert fb["detail"]["verdict"] == "false_positive"

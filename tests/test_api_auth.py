@@ -94,11 +94,11 @@ async def test_ack_needs_operator(h: Harness) -> None:
     async with h.client(OPERATOR) as c:
         r = await c.post(f"/api/v1/alerts/{a.alert_id}/ack")
         assert r.status_code == 200
-        assert r.json()["acknowledged_by"] == "operator"  # the role is the default "by"
+        assert r.json()["acknowledged_by"] == "operator_tokens[0]"  # the token's place is the default "by"
     async with h.client(ADMIN) as c:
         r = await c.post(f"/api/v1/alerts/{b.alert_id}/ack", json={"comment": "looking"})
         assert r.status_code == 200
-        assert r.json()["acknowledged_by"] == "admin"
+        assert r.json()["acknowledged_by"] == "admin_tokens[0]"
 
 
 async def test_without_tokens_everything_is_open(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ async def test_feedback_is_stored_with_who_and_when_and_moves_precision(h: Harne
         given = (await v.get(f"/api/v1/alerts/{spikes[0].alert_id}/feedback")).json()
         assert given["verdict"] == "true_positive"
         assert [f["verdict"] for f in given["feedback"]] == ["false_positive", "true_positive"]
-        assert given["feedback"][1]["by"] == "operator"  # the caller's role by default
+        assert given["feedback"][1]["by"] == "operator_tokens[0]"  # the caller's token by default
         # Outside the range: not counted.
         later = (await v.get("/api/v1/statistics/summary", params={"start": str(T0 // S + 100)})).json()
         assert later["precision_by_type"] == {}

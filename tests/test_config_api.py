@@ -21,6 +21,12 @@ ADMIN, VIEWER = "admin-secret", "viewer-secret"
 MINUTE_NS = 60_000_000_000
 
 
+def r_text(doc: Any) -> str:
+    import json
+
+    return json.dumps(doc)
+
+
 def _h(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -44,7 +50,9 @@ async def test_put_validates_applies_versions_and_rolls_back(agg: Aggregator) ->
         assert (await c.get("/api/v1/config", headers=_h(VIEWER))).status_code == 403
         doc = (await c.get("/api/v1/config", headers=_h(ADMIN))).json()
         assert doc["version"] == 1 and doc["settings"]["alert_min_confidence"] == 0.5
-        assert "listen" not in doc["settings"] and "tokens" not in doc["settings"]
+        assert "listen" not in doc["settings"] and doc["settings"]["tokens"] == []
+        assert doc["settings"]["admin_tokens"].startswith("sha256:")  # secrets: a digest, never the value
+        assert ADMIN not in r_text(doc)
 
         r = await c.put("/api/v1/config", headers=_h(ADMIN), json={
             "settings": {"alert_min_confidence": 0.8, "alert_persistence_window_s": "2m"}, "comment": "noisy"})
@@ -67,7 +75,7 @@ async def test_put_validates_applies_versions_and_rolls_back(agg: Aggregator) ->
         assert again.json()["changed"] is False and again.json()["version"] == 2
 
         history = (await c.get("/api/v1/config/history", headers=_h(ADMIN))).json()["versions"]
-        assert [(v["version"], v["who"]) for v in history] == [(2, "admin"), (1, "startup")]
+        assert [(v["version"], v["who"]) for v in history] == [(2, "admin_tokens[0]"), (1, "startup")]
         assert history[0]["comment"] == "noisy"
         r = await c.post("/api/v1/config/rollback", headers=_h(ADMIN), json={"version": 1})
         assert r.status_code == 200 and r.json()["version"] == 3

@@ -22,10 +22,11 @@ def test_changed_keys_lists_the_fields_that_differ() -> None:
     assert changed_keys(old, old) == []
 
 
-def test_the_aggregators_live_keys_are_the_alerting_and_confirmation_settings() -> None:
+def test_the_aggregators_live_keys_are_the_detection_sinks_and_token_settings() -> None:
     live = AggregatorConfig.live_keys()
-    assert {"alert_min_confidence", "alert_min_confidence_by_type", "alert_persistence", "confirm_quantile"} <= live
-    assert not live & {"listen", "tokens", "data_dir", "detectors", "forest"}
+    assert {"alert_min_confidence", "alert_min_confidence_by_type", "alert_persistence", "confirm_quantile",
+            "detectors", "forest", "webhooks", "amqp_url", "tokens", "admin_tokens", "jwt_issuer"} <= live
+    assert not live & {"listen", "grpc_listen", "data_dir", "tls_cert_file", "baseline_metrics", "save_interval_s"}
 
 
 async def test_reloader_applies_live_keys_and_names_the_rest(caplog: pytest.LogCaptureFixture) -> None:
@@ -77,7 +78,7 @@ async def test_an_apply_that_fails_changes_nothing(caplog: pytest.LogCaptureFixt
     running = AggregatorConfig()
 
     async def apply(new: AggregatorConfig, keys: list[str]) -> None:
-        raise ConfigError("alert_min_confidence: no")
+        raise RuntimeError("a component broke")
 
     new = dataclasses.replace(running, alert_min_confidence=0.7)
     reloader = SettingsReloader(running, lambda: new, live_keys=AggregatorConfig.live_keys(), apply=apply)

@@ -8,6 +8,11 @@ this middleware leaves that route alone). With no token of any kind configured t
 Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every configured
 token of every kind without stopping at a match, so neither the time taken nor the length of a
 near miss tells which token (or which kind) was close. Tokens are never logged.
+
+Who made a request (the *principal*, recorded in the audit log, as ``acknowledged_by`` and as the
+author of a configuration version) is a JWT's ``sub`` claim, or for a static token its place in the
+settings, e.g. ``admin_tokens[0]`` — never the token itself. A reload replaces the tokens and the
+JWT settings in place (:meth:`Roles.replace`).
 """
 
 from __future__ import annotations
@@ -76,7 +81,8 @@ def request_role(request: web.Request) -> str | None:
 
 
 def request_who(request: web.Request) -> str:
-    """Who the caller is, for ``acknowledged_by`` and ``created_by``: the role's name, or ``anonymous`` without auth."""
+    """Who the caller is, for the audit log, ``acknowledged_by`` and ``created_by``: the principal (a JWT's
+    ``sub``, a static token's place such as ``admin_tokens[0]``), or ``anonymous`` without auth."""
     who: str = request.get(_WHO_KEY, "")
     return who
 
@@ -98,38 +104,53 @@ def _digest(token: str) -> bytes:
 
 
 class Roles:
-    """The configured tokens and the role each one grants."""
+    """The configured tokens, the role each one grants and the name it is recorded under."""
 
     def __init__(self, viewer_tokens: Iterable[str] = (), operator_tokens: Iterable[str] = (),
-                 admin_tokens: Iterable[str] = (), ingest_tokens: Iterable[str] = (), *,
+                 admin_tokens: Iterable[str] = (), ingest_tokens: Iterable[str] | Iterable[tuple[str, str]] = (), *,
                  jwt: JwtVerifier | None = None) -> None:
         self.jwt = jwt  # JWTs from an identity provider, beside the static tokens (aggregator/api/jwt_auth.py)
-        self._tokens: list[tuple[bytes, int]] = []
-        for role, tokens in (("ingest", ingest_tokens), ("viewer", viewer_tokens),
-                             ("operator", operator_tokens), ("admin", admin_tokens)):
-            self._tokens += [(_digest(t), _RANK[role]) for t in tokens if t]
+        self._tokens: list[tuple[bytes, int, str]] = []
+        for role, key, tokens in (("ingest", "tokens", ingest_tokens), ("viewer", "viewer_tokens", viewer_tokens),
+                                  ("operator", "operator_tokens", operator_tokens),
+                                  ("admin", "admin_tokens", admin_tokens)):
+            for i, t in enumerate(tokens):
+                name, token = t if isinstance(t, tuple) else (f"{key}[{i}]", t)
+                if token:
+                    self._tokens.append((_digest(token), _RANK[role], name))
+
+    def replace(self, other: Roles) -> None:
+        """Take ``other``'s tokens and JWT verifier (a reload); one assignment each, so a request sees either."""
+        self._tokens, self.jwt = other._tokens, other.jwt
 
     @property
     def enabled(self) -> bool:
         """Whether any token of any kind (or a JWKS) is configured (if not, the API is open)."""
         return bool(self._tokens) or self.jwt is not None
 
+    def identify(self, token: str) -> tuple[str, str] | None:
+        """(the most privileged role ``token`` grants, its principal), or ``None`` for an unknown token."""
+        given = _digest(token)
+        best, name = -1, ""
+        for digest, rank, token_name in self._tokens:  # every one, no early exit
+            hit = hmac.compare_digest(given, digest)
+            if hit and rank > best:
+                best, name = rank, token_name
+        if best < 0 and self.jwt is not None and looks_like_jwt(token):
+            return self.jwt.identify(token)
+        return (ROLES[best], name) if best >= 0 else None
+
     def role_of(self, token: str) -> str | None:
         """The most privileged role ``token`` grants, or ``None`` for an unknown token."""
-        given = _digest(token)
-        best = -1
-        for digest, rank in self._tokens:  # every one, no early exit
-            hit = hmac.compare_digest(given, digest)
-            best = max(best, rank if hit else -1)
-        if best < 0 and self.jwt is not None and looks_like_jwt(token):
-            return self.jwt.role_of(token)
-        return ROLES[best] if best >= 0 else None
+        found = self.identify(token)
+        return found[0] if found else None
 
-    async def role_of_async(self, token: str) -> str | None:
-        """:meth:`role_of` off the event loop when it may fetch a JWKS (a JWT with a JWKS URL)."""
-        if self.jwt is not None and self.jwt.config.jwks_url and looks_like_jwt(token):
-            return await asyncio.to_thread(self.role_of, token)
-        return self.role_of(token)
+    async def identify_async(self, token: str) -> tuple[str, str] | None:
+        """:meth:`identify` off the event loop when it may fetch a JWKS (a JWT with a JWKS URL)."""
+        jwt = self.jwt
+        if jwt is not None and jwt.config.jwks_url and looks_like_jwt(token):
+            return await asyncio.to_thread(self.identify, token)
+        return self.identify(token)
 
 
 def route_of(request: web.Request) -> str | None:
@@ -168,13 +189,14 @@ def auth_middleware(roles: Roles) -> Middleware:
             request[_ROLE_KEY], request[_WHO_KEY] = "admin", "anonymous"
             return await handler(request)
         token = bearer_token(request)
-        role = await roles.role_of_async(token) if token is not None else None
-        if role is None:
+        found = await roles.identify_async(token) if token is not None else None
+        if found is None:
             return error_response(401, "missing or unknown bearer token",
                                   headers={"WWW-Authenticate": 'Bearer realm="sentinel"'})
+        role, who = found
         if _RANK[role] < _RANK[need]:
             return error_response(403, f"this needs the {need} role; the token has the {role} role")
-        request[_ROLE_KEY] = request[_WHO_KEY] = role
+        request[_ROLE_KEY], request[_WHO_KEY] = role, who
         return await handler(request)
 
     return middleware

@@ -1,7 +1,8 @@
 """``/api/v1/config``: the live settings, changed without a restart, versioned, rolled back (admin).
 
 ``GET /api/v1/config`` answers the running live settings (the keys a reload applies: every
-``alert_*`` and ``confirm_*`` setting) and their version; ``PUT`` changes some of them
+``alert_*``, ``confirm_*`` and ``jwt_*`` setting, the detectors, the forest, the sinks and the
+tokens; secrets as ``sha256:…`` digests) and their version; ``PUT`` changes some of them
 (``{"settings": {key: value}, "comment": "..."}``): validated whole first — an unknown key, a key
 that needs a restart or a bad value is refused with 400 naming the key, and nothing changes — then
 applied between two analysis batches and recorded as a new version (who, when, comment, diff).
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from aggregator.api.auth import request_who
+from aggregator.api.auth import request_role, request_who
 from aggregator.api.params import ParamError, error_response, json_body, opt_int
 from aggregator.config_versions import ConfigVersion, ConfigVersions
 from sentinel.config import ConfigError
@@ -31,7 +32,8 @@ class LiveSettings(Protocol):
 
     def live_settings(self) -> dict[str, Any]: ...
 
-    async def put_settings(self, changes: dict[str, Any], who: str, comment: str) -> ConfigVersion | None:
+    async def put_settings(self, changes: dict[str, Any], who: str, comment: str,
+                           role: str = "") -> ConfigVersion | None:
         """The new version (``None``: nothing changed); raises ``ConfigError`` naming the key at fault."""
 
 
@@ -68,7 +70,8 @@ class ConfigApi:
     async def _apply(self, request: web.Request, changes: dict[str, Any], comment: str) -> web.Response:
         assert self.live is not None
         try:
-            version = await self.live.put_settings(changes, request_who(request), comment)
+            version = await self.live.put_settings(changes, request_who(request), comment,
+                                                   request_role(request) or "")
         except ConfigError as e:
             return error_response(400, f"settings.{e}")
         doc = await self._current()

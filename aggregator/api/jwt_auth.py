@@ -127,6 +127,11 @@ class JwtVerifier:
         raise jwt.InvalidKeyError(f"no key {kid!r} in {self.config.jwks_file}")
 
     def role_of(self, token: str) -> str | None:
+        found = self.identify(token)
+        return found[0] if found else None
+
+    def identify(self, token: str) -> tuple[str, str] | None:
+        """(role, principal) of a valid token: the principal is its ``sub`` claim (``jwt:<iss>`` without one)."""
         c = self.config
         try:
             claims = jwt.decode(token, self._key(token), algorithms=list(c.algorithms), audience=c.audience,
@@ -134,7 +139,11 @@ class JwtVerifier:
         except (jwt.PyJWTError, ConfigError, OSError) as e:
             log.debug("JWT refused: %s", type(e).__name__ if isinstance(e, OSError) else e)
             return None
-        return self.role_from_claims(claims)
+        role = self.role_from_claims(claims)
+        if role is None:
+            return None
+        sub = claims.get("sub")
+        return role, str(sub) if isinstance(sub, str) and sub else f"jwt:{claims.get('iss', '')}"
 
     def role_from_claims(self, claims: Mapping[str, Any]) -> str | None:
         values = claims.get(self.config.role_claim)

@@ -1,0 +1,151 @@
+"""Live reconfiguration of detection settings: detectors, forest, sinks and tokens change between batches."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from aggregator.app import Aggregator
+from aggregator.detector_service import DetectorService
+from aggregator.detectors.candidate import Candidate
+from sentinel.config import ConfigError
+from sentinel.reload import SettingsReloader
+from tests.conftest import serve
+from tests.test_api_support import batch, traffic
+
+S = 10**9
+MINUTE = 60 * S
+
+
+def _spend(service: str, start_ns: int, n: int, cost: float, seq: int) -> Any:
+    rows = traffic(service, start_ns, n)
+    for r in rows:
+        r["cost_usd"] = cost
+    return batch(rows, seq=seq)
+
+
+def test_a_changed_budget_applies_to_the_spend_so_far(tmp_path: Path) -> None:
+    found: list[Candidate] = []
+    budget = {"budget": {"limits": {"service": {"day": 100.0}}}, "error_burst": {"window_s": 60}}
+    svc = DetectorService(budget, tmp_path, found.extend)
+    now = time.time_ns()
+    svc.consume(_spend("chat", now, 10, 0.5, 1), arrival_ns=now)  # $5 of $100: nothing
+    assert not [c for c in found if c.detection_method == "budget"]
+    burst, cusum = svc.detectors["error_burst"], svc.detectors["cost_cusum"]
+
+    lower = {"budget": {"limits": {"service": {"day": 6.0}}}, "error_burst": {"window_s": 120}}
+    assert svc.reconfigure(lower) == ["error_burst"]  # its window changed: it starts afresh
+    assert svc.detectors["cost_cusum"] is cusum  # unchanged settings: the same detector, state and all
+    assert svc.detectors["error_burst"] is not burst
+    svc.consume(_spend("chat", now + 10 * S, 2, 0.5, 2), arrival_ns=now + 10 * S)  # $6 of the new $6
+    (exceeded,) = [c for c in found if c.anomaly_type == "budget_exceeded"]
+    assert exceeded.value == pytest.approx(6.0) and exceeded.threshold == 6.0  # the $5 before counted
+
+    with pytest.raises(ConfigError, match=r"detectors\.budget\.limits\.service\.day"):
+        svc.reconfigure({"budget": {"limits": {"service": {"day": -1}}}})
+    assert svc.detectors["error_burst"].config.window_s == 120  # refused whole: the running ones kept
+    svc.reconfigure({**lower, "budget": {"enabled": False}})
+    assert "budget" not in svc.detectors
+
+
+async def test_put_config_changes_detectors_forest_and_names_the_key_at_fault(make_aggregator: Any) -> None:
+    agg: Aggregator = await make_aggregator(grpc_listen="", forest={"enabled": False})
+    assert agg.forest is None
+    cusum = agg.detectors.detectors["cost_cusum"]
+    version = await agg.put_settings({"detectors": {"budget": {"limits": {"service": {"hour": 2.5}}}},
+                                      "forest": {"min_train_rows": 50, "window_rows": 100}},
+                                     who="ops", comment="budgets", role="admin")
+    assert version is not None and set(version.diff) == {"detectors", "forest"}
+    assert agg.detectors.detectors["budget"].config.limit("service", "x", "hour") == 2.5
+    assert agg.detectors.detectors["cost_cusum"] is cusum
+    assert agg.forest is not None and agg.forest.config.min_train_rows == 50
+    assert agg.forest in agg.analysis._consumers  # fed from the next batch on
+
+    for changes, key in (({"detectors": {"budget": {"limits": {"service": {"week": 1}}}}},
+                          "detectors.budget.limits.service.week"),
+                         ({"forest": {"window_rows": 1}}, "forest.window_rows: must be at least 2"),
+                         ({"webhooks": [{"name": "x"}]}, "webhooks[0].url"),
+                         ({"listen": "0.0.0.0:1"}, "listen: restart needed for listen")):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            await agg.put_settings(changes, who="ops", comment="")
+    assert agg.forest.config.window_rows == 100
+    await agg.put_settings({"forest": {"enabled": False}}, who="ops", comment="")
+    assert agg.forest is None and all(type(c).__name__ != "ForestService" for c in agg.analysis._consumers)
+    entries, _ = agg.audit.query(action="config.version")
+    assert (entries[-1].who, entries[-1].role) == ("ops", "admin")
+
+
+async def test_a_webhook_added_live_receives_the_next_alert(make_aggregator: Any) -> None:
+    received: list[Any] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    async with serve(app) as port:
+        agg: Aggregator = await make_aggregator(grpc_listen="", alert_row_persistence=1, alert_group_wait_s=0)
+        assert agg.sinks == []
+        hooks = [{"name": "ops", "url": f"http://127.0.0.1:{port}/hook"}]
+        version = await agg.put_settings({"webhooks": hooks}, who="ops", comment="")
+        # A URL may hold a secret: the version shows a digest.
+        assert version is not None and str(version.diff["webhooks"]["to"]).startswith("sha256:")
+        (sink,) = agg.sinks
+        assert agg.alerts.sinks == [sink]
+        now = time.time_ns()
+        await asyncio.to_thread(agg.alerts.emit, [Candidate(
+            anomaly_type="latency_spike", service="chat", model="m", detection_method="zscore", confidence=0.9,
+            metric="latency_ms", value=4200.0, baseline=850.0, threshold=2000.0, deviation_sigma=7.3,
+            window_start=now - MINUTE, window_end=now, context={})])
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert received, "the webhook added live got nothing"
+        # Changed in place (same name): the running sink stops before its successor starts.
+        await agg.put_settings({"webhooks": [{**hooks[0], "min_severity": "critical"}]}, who="ops", comment="")
+        assert agg.sinks[0] is not sink and sink._stopped
+
+
+async def test_tokens_change_live_but_auth_cannot_be_switched_off(make_aggregator: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    agg: Aggregator = await make_aggregator(grpc_listen="", admin_tokens=["old-admin"], tokens=["ingest-1"])
+    async with httpx.AsyncClient(base_url=agg.url, timeout=5) as c:
+        async def status(token: str) -> int:
+            return (await c.get("/api/v1/config", headers={"Authorization": f"Bearer {token}"})).status_code
+
+        assert await status("old-admin") == 200
+        version = await agg.put_settings({"admin_tokens": ["new-admin"], "tokens": ["ingest-2"]},
+                                         who="admin_tokens[0]", comment="rotate")
+        assert version is not None
+        assert await status("old-admin") == 401 and await status("new-admin") == 200
+        doc = (await c.get("/api/v1/config", headers={"Authorization": "Bearer new-admin"})).json()
+        assert "new-admin" not in str(doc) and "ingest-2" not in str(doc)
+        ingest = await c.post("/v1/ingest", content=b"x", headers={"Authorization": "Bearer ingest-1"})
+        assert ingest.status_code == 401  # the old ingest token is refused from now on
+
+        with pytest.raises(ConfigError, match="tokens: restart needed"):
+            await agg.put_settings({"admin_tokens": [], "tokens": []}, who="x", comment="")
+        assert await status("new-admin") == 200
+
+        # A digest sent back (a rollback, GET's answer) keeps the secret; another digest is refused.
+        assert await agg.put_settings({"admin_tokens": doc["settings"]["admin_tokens"]}, who="x", comment="") is None
+        with pytest.raises(ConfigError, match="admin_tokens: the versions hold a digest"):
+            await agg.put_settings({"admin_tokens": "sha256:0000000000000000"}, who="x", comment="")
+
+    # SIGHUP's path: a file that turns auth off is refused whole, named, the running tokens kept.
+    off = dataclasses.replace(agg.config, admin_tokens=[], tokens=[], alert_min_confidence=0.9)
+    reloader = SettingsReloader(agg.config, lambda: off, live_keys=agg.config.live_keys(), apply=agg.apply_settings)
+    with caplog.at_level(logging.ERROR):
+        assert await reloader.reload() == []
+    assert "reload refused: tokens: restart needed" in caplog.text
+    assert agg.config.alert_min_confidence == 0.5 and agg.roles.role_of("new-admin") == "admin"
