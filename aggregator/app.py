@@ -124,6 +124,7 @@ class Aggregator:
         self._ticker: asyncio.Task[None] | None = None
         self.api: Api | None = None
         self.grpc: AlertGrpcServer | None = None
+        self._applying = asyncio.Lock()
 
     def _consumers(self) -> list[BatchConsumer]:
         consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
@@ -322,6 +323,11 @@ class Aggregator:
         whose settings changed are restarted; the change is recorded as a configuration version and
         in the audit log.
         """
+        async with self._applying:  # a SIGHUP and a PUT at once: one after the other, neither lost
+            return await self._apply_settings(new, keys, who=who, comment=comment, role=role)
+
+    async def _apply_settings(self, new: AggregatorConfig, keys: list[str], *, who: str, comment: str,
+                              role: str) -> ConfigVersion | None:
         merged = dataclasses.replace(self.config, **{k: getattr(new, k) for k in keys})
         merged.validate()
         self._check_live(merged)

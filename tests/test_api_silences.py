@@ -26,7 +26,7 @@ async def test_create_get_list_expire_delete(h: Harness) -> None:
         r = await c.post("/api/v1/silences", json={"matchers": CHAT, "duration": 3600, "comment": "deploy"})
         assert r.status_code == 201
         s = r.json()
-        assert s["state"] == "active" and s["created_by"] == "operator" and s["comment"] == "deploy"
+        assert s["state"] == "active" and s["created_by"] == "operator_tokens[0]" and s["comment"] == "deploy"
         assert s["matchers"] == CHAT
         later = iso_time(time.time_ns() + 3600 * 1_000_000_000)
         r = await c.post("/api/v1/silences", json={"matchers": [{"name": "severity", "value": "low|medium",

@@ -106,6 +106,12 @@ async def test_sentinel_config_apply_changes_the_next_alerts_without_a_restart(
     await asyncio.to_thread(agg.alerts.emit, [_spike(0.7, "after"), _spike(0.95, "after-high")])
     services = {a.service_name for a in agg.alert_store.unresolved()}
     assert "after" not in services and "after-high" in services
+    # Secrets are compared by digest and never printed: the running admin token is no change.
+    settings.write_text(f"admin_tokens: [{ADMIN}]\nviewer_tokens: [another-viewer]\n")
+    assert await asyncio.to_thread(config_main, [*url, "diff", str(settings)]) == 0
+    out = capsys.readouterr().out
+    assert "admin_tokens" not in out and "viewer_tokens: \"sha256:" in out
+    assert ADMIN not in out and "another-viewer" not in out and VIEWER not in out
     assert await asyncio.to_thread(config_main, [*url, "history"]) == 0
     assert "tighten" in capsys.readouterr().out
     assert await asyncio.to_thread(config_main, [*url, "rollback", "1"]) == 0
