@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import logging
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from aggregator.detectors.candidate import Candidate
 from sentinel.config import ConfigError
 from sentinel.reload import SettingsReloader
 from tests.conftest import serve
+from tests.test_alert_sinks_amqp import BROKER_URL, needs_broker
 from tests.test_api_support import batch, traffic
 
 S = 10**9
@@ -149,3 +153,44 @@ async def test_tokens_change_live_but_auth_cannot_be_switched_off(make_aggregato
         assert await reloader.reload() == []
     assert "reload refused: tokens: restart needed" in caplog.text
     assert agg.config.alert_min_confidence == 0.5 and agg.roles.role_of("new-admin") == "admin"
+
+
+@needs_broker
+async def test_a_broker_sink_added_live_publishes_the_next_alert(make_aggregator: Any) -> None:
+    import aio_pika
+
+    suffix = uuid.uuid4().hex[:8]
+    exchange, queue = f"live-incidents-{suffix}", f"live-incidents-{suffix}.all"
+    agg: Aggregator = await make_aggregator(grpc_listen="", alert_row_persistence=1, alert_group_wait_s=0)
+    connection = await aio_pika.connect_robust(BROKER_URL)
+    try:
+        version = await agg.put_settings({"amqp_url": BROKER_URL, "amqp_exchange": exchange, "amqp_queue": queue},
+                                         who="ops", comment="")
+        assert version is not None and BROKER_URL not in json.dumps(version.diff)  # the password stays out
+        assert [s.name for s in agg.sinks] == ["amqp"]
+        now = time.time_ns()
+        await asyncio.to_thread(agg.alerts.emit, [Candidate(
+            anomaly_type="error_burst", service="live", model="m", detection_method="rate", confidence=0.9,
+            metric="error_rate", value=0.5, baseline=0.01, threshold=0.1, deviation_sigma=9.0,
+            window_start=now - MINUTE, window_end=now, context={})])
+        channel = await connection.channel()
+        deadline = time.monotonic() + 30
+        message = None
+        while message is None and time.monotonic() < deadline:
+            with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
+                q = await channel.get_queue(queue, ensure=True)
+                message = await q.get(no_ack=True, fail=False)
+            if message is None:
+                await asyncio.sleep(0.1)
+                if channel.is_closed:
+                    channel = await connection.channel()
+        assert message is not None, "nothing published by the sink added live"
+        assert json.loads(message.body)["service_name"] == "live"
+    finally:
+        await agg.shutdown()
+        cleanup = await connection.channel()
+        with contextlib.suppress(Exception):
+            await cleanup.queue_delete(queue)
+        with contextlib.suppress(Exception):
+            await cleanup.exchange_delete(exchange)
+        await connection.close()
