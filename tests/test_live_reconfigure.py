@@ -82,6 +82,10 @@ async def test_put_config_changes_detectors_forest_and_names_the_key_at_fault(ma
         with pytest.raises(ConfigError, match=re.escape(key)):
             await agg.put_settings(changes, who="ops", comment="")
     assert agg.forest.config.window_rows == 100
+    running = agg.forest
+    await agg.put_settings({"forest": {"min_train_rows": 60, "window_rows": 100}}, who="ops", comment="")
+    assert agg.forest is not running and agg.forest.config.min_train_rows == 60
+    assert running._closed and running not in agg.analysis._consumers  # saved and stopped, then replaced
     await agg.put_settings({"forest": {"enabled": False}}, who="ops", comment="")
     assert agg.forest is None and all(type(c).__name__ != "ForestService" for c in agg.analysis._consumers)
     entries, _ = agg.audit.query(action="config.version")
