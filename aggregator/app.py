@@ -45,8 +45,10 @@ from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.api.auth import Roles
 from aggregator.api.guard import allowed_host_names
 from aggregator.api.jwt_auth import JwtVerifier
+from aggregator.api.quality_api import QualityApi
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.baseline_service import BaselineService
+from aggregator.call_index import ModelVersions, with_model_version
 from aggregator.candidates import CandidateLog
 from aggregator.config import AggregatorConfig
 from aggregator.config_versions import ConfigVersion, ConfigVersions, diff
@@ -57,6 +59,7 @@ from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
 from aggregator.ingest_auth import parse_sidecar_tokens
 from aggregator.metrics import AggregatorMetrics
+from aggregator.quality_service import QualityService, parse_quality_settings
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
@@ -111,9 +114,18 @@ class Aggregator:
         # before their own batch, so a spike does not raise the p99 it is compared with.
         self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store, emit,
                                                outcome=self.metrics.count_local_anomaly)
-        self.detectors = DetectorService(config.detectors, config.data_dir, emit, late_after_s=config.late_after_s,
-                                         max_future_skew_s=config.max_future_skew_s)
-        consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
+        self.model_versions = ModelVersions()
+        quality = parse_quality_settings(config.quality)
+        self.quality = (QualityService(quality, config.data_dir, emit, versions=self.model_versions)
+                        if quality.enabled else None)
+        # Answer-quality alerts of the row detectors name the model version they correlate with.
+        versioned = with_model_version(emit, self.model_versions)
+        self.detectors = DetectorService(config.detectors, config.data_dir, versioned,
+                                         late_after_s=config.late_after_s, max_future_skew_s=config.max_future_skew_s)
+        consumers: list[BatchConsumer] = [self.confirmer, self.baselines]
+        if self.quality is not None:  # before the detectors: it notes the model versions of the batch
+            consumers.append(self.quality)
+        consumers.append(self.detectors)
         forest = config.forest_config()
         self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)
                        if forest else None)
@@ -219,6 +231,8 @@ class Aggregator:
         await self.ingest.start()  # creates data_dir
         await asyncio.to_thread(self.baselines.restore)
         await asyncio.to_thread(self.detectors.restore)
+        if self.quality is not None:
+            await asyncio.to_thread(self.quality.restore)
         try:
             await asyncio.to_thread(self.alerts.restore)
             # Floors raised from feedback before a restart still apply.
@@ -239,6 +253,8 @@ class Aggregator:
                                   allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts),
                                   registry=self.metrics.registry, feedback=self.feedback,
                                   audit=self.audit, guard=self.guard, live=self)
+        if self.quality is not None:
+            QualityApi(self.quality, time.time_ns).add_routes(app)
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)
         try:

@@ -10,7 +10,8 @@ const SEVERITIES = ["critical", "high", "medium", "low"];
 const ANOMALY_TYPES = [
   "latency_spike", "token_spike", "cost_anomaly", "error_burst", "throughput_drop", "drift",
   "model_swap", "budget_exceeded", "budget_warning", "token_abuse", "expensive_prompt",
-  "multivariate_outlier", "ttft_regression", "finish_length", "alert_storm",
+  "multivariate_outlier", "ttft_regression", "finish_length", "alert_storm", "content_filter", "empty_answer",
+  "quality_regression", "satisfaction_drop", "coordinated_attack", "attack_campaign", "security_correlation",
 ];
 const DEFAULT_FILTERS = { severity: "", service: "", type: "", status: "open,acknowledged" };
 const REFRESH_MS = 15000; // services and counts
