@@ -47,6 +47,7 @@ from aggregator.api.guard import allowed_host_names
 from aggregator.api.jwt_auth import JwtVerifier
 from aggregator.api.quality_api import QualityApi
 from aggregator.api.routes import Api, add_api_routes
+from aggregator.api.security_api import SecurityApi
 from aggregator.baseline_service import BaselineService
 from aggregator.call_index import ModelVersions, with_model_version
 from aggregator.candidates import CandidateLog
@@ -60,6 +61,8 @@ from aggregator.ingest import IngestService
 from aggregator.ingest_auth import parse_sidecar_tokens
 from aggregator.metrics import AggregatorMetrics
 from aggregator.quality_service import QualityService, parse_quality_settings
+from aggregator.security_amqp import SecurityEventConsumer
+from aggregator.security_service import SecurityService, parse_security_settings
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
@@ -122,9 +125,17 @@ class Aggregator:
         versioned = with_model_version(emit, self.model_versions)
         self.detectors = DetectorService(config.detectors, config.data_dir, versioned,
                                          late_after_s=config.late_after_s, max_future_skew_s=config.max_future_skew_s)
+        security = parse_security_settings(config.security)
+        self.security = SecurityService(security, config.data_dir, emit) if security.enabled else None
+        self.security_queue = (SecurityEventConsumer(
+            url=security.amqp_url, exchange=security.amqp_exchange, queue=security.amqp_queue,
+            binding_key=security.amqp_binding_key, submit=self.security.submit,
+            max_events=security.max_events_per_request) if self.security is not None and security.amqp_url else None)
         consumers: list[BatchConsumer] = [self.confirmer, self.baselines]
         if self.quality is not None:  # before the detectors: it notes the model versions of the batch
             consumers.append(self.quality)
+        if self.security is not None:
+            consumers.append(self.security)
         consumers.append(self.detectors)
         forest = config.forest_config()
         self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)
@@ -166,6 +177,8 @@ class Aggregator:
         batch = list(candidates)
         self.candidates.emit(batch)
         self.alerts.emit(batch)
+        if self.security is not None:  # a user's token or cost anomaly may correlate with security events
+            self.security.observe_candidates(batch)
 
     async def _tick(self) -> None:
         while True:
@@ -233,6 +246,8 @@ class Aggregator:
         await asyncio.to_thread(self.detectors.restore)
         if self.quality is not None:
             await asyncio.to_thread(self.quality.restore)
+        if self.security is not None:
+            await asyncio.to_thread(self.security.restore)
         try:
             await asyncio.to_thread(self.alerts.restore)
             # Floors raised from feedback before a restart still apply.
@@ -255,6 +270,8 @@ class Aggregator:
                                   audit=self.audit, guard=self.guard, live=self)
         if self.quality is not None:
             QualityApi(self.quality, time.time_ns).add_routes(app)
+        if self.security is not None:
+            SecurityApi(self.security).add_routes(app)
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)
         try:
@@ -286,6 +303,8 @@ class Aggregator:
         for sink in self.sinks:
             await sink.start()  # a broker that is down is retried in the background; alerts wait in the outbox
         self._ticker = self.tasks.spawn("alert-tick", self._tick)
+        if self.security_queue is not None:
+            await self.security_queue.start()  # a broker that is down is retried in the background
         if c.otlp_grpc_listen or c.otlp_http_listen:
             # Standalone topology: an embedded sidecar (its receivers, extraction and local detection)
             # forwarding over loopback to this aggregator's own ingest, so de-duplication, the
@@ -382,6 +401,8 @@ class Aggregator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.security_queue is not None:
+            await self.security_queue.shutdown()
         await self.ingest.shutdown()
         await self.analysis.shutdown()  # after ingest: every committed batch is analysed and saved
         if self._ticker is not None:

@@ -412,6 +412,9 @@ class AggregatorConfig:
         from aggregator.quality_service import parse_quality_settings
 
         parse_quality_settings(self.quality)
+        from aggregator.security_service import parse_security_settings
+
+        parse_security_settings(self.security)
         forest_config(self.forest)
         if self.shutdown_grace_s < 0:
             raise ConfigError("shutdown_grace_s: must not be negative")

@@ -36,6 +36,8 @@ ACTIONS = {
     ("DELETE", "/api/v1/feedback/floors/{anomaly_type}"): "confidence_floor.reset",
     ("PUT", "/api/v1/config"): "config.apply",
     ("POST", "/api/v1/config/rollback"): "config.rollback",
+    ("POST", "/api/v1/security/actions/{action_id}/approve"): "security_action.approve",
+    ("POST", "/api/v1/security/actions/{action_id}/reject"): "security_action.reject",
 }
 #: What of the answer each action records (never an alert's whole document).
 DETAIL_FIELDS = {
@@ -46,6 +48,8 @@ DETAIL_FIELDS = {
     "confidence_floor.reset": ("floor",),
     "config.apply": ("version", "diff"),
     "config.rollback": ("version", "diff"),
+    "security_action.approve": ("status", "subject_type", "subject", "reason", "suggested_duration_s", "error"),
+    "security_action.reject": ("status", "subject_type", "subject", "reason"),
 }
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 

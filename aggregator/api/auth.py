@@ -56,6 +56,8 @@ OPERATOR_ROUTES = frozenset({
     ("DELETE", "/api/v1/silences/{silence_id}"),
     ("POST", "/api/v1/silences/{silence_id}/expire"),
     ("POST", "/api/v1/alerts/{alert_id}/feedback"),
+    ("POST", "/api/v1/security/actions/{action_id}/approve"),
+    ("POST", "/api/v1/security/actions/{action_id}/reject"),
 })
 #: Writes of telemetry-like input that the ingest ``tokens`` (and every other role) may make.
 INGEST_ROUTES = frozenset({("POST", "/api/v1/feedback"), ("POST", "/api/v1/security-events")})
