@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -32,6 +31,7 @@ from typing import Any
 from aggregator.call_index import DEFAULT_MAX_CALLS, CallIndex, ModelVersions
 from aggregator.detectors.candidate import Candidate
 from aggregator.detectors.quality_score import QualityScoreConfig, QualityScoreDetector
+from aggregator.state_file import save_json
 from sentinel.config import ConfigError
 from sentinel.quality import QualityEvent
 from sentinel.wire import WireBatch
@@ -213,9 +213,4 @@ class QualityService:
                 return
             doc = {"version": 1, "evaluations": self.evaluations.to_state(), "feedback": self.feedback.to_state()}
             self._dirty = False
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        save_json(self.path, doc)

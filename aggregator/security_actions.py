@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 
 from aggregator.detectors.candidate import Candidate
+from aggregator.state_file import save_json
 
 __all__ = ["ACTION_TYPES", "Action", "ActionHook"]
 
@@ -192,7 +192,4 @@ class ActionHook:
             return
         with self._lock:
             doc = {"version": 1, "actions": [a.to_dict() for a in self._actions.values()]}
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-        os.replace(tmp, self.path)
+        save_json(self.path, doc)

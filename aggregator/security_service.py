@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -37,6 +36,7 @@ from typing import Any
 from aggregator.detectors.candidate import Candidate
 from aggregator.detectors.coordinated_attack import CoordinatedAttackConfig, CoordinatedAttackDetector
 from aggregator.security_actions import ActionHook
+from aggregator.state_file import save_json
 from sentinel.config import ConfigError
 from sentinel.security_event import SecurityEvent
 from sentinel.wire import WireBatch
@@ -236,9 +236,4 @@ class SecurityService:
                 return
             doc = {"version": 1, "attacks": self.attacks.to_state()}
             self._dirty = False
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        save_json(self.path, doc)
