@@ -61,6 +61,17 @@ def test_one_alert_per_burst_and_the_key_and_user_scopes() -> None:
     assert [c.context["scope"] for c in again] == ["user"]
 
 
+def test_a_lagging_sidecar_does_not_alert_on_the_same_burst_twice() -> None:
+    det = CoordinatedAttackDetector()
+    burst = [ev(i * 5, ip_address="192.0.2.1", user=f"u{i}") for i in range(40)]
+    found = det.update(burst[:20]) + det.update([ev(2000, user="x")])  # the other sidecar is 30 minutes ahead
+    found += det.update(burst[20:])  # ... and this one's rest of the burst arrives now: late
+    assert [c.context["scope"] for c in found] == ["ip_address"] and det.late_events == 20
+    # Out of order within the window is fine.
+    det2 = CoordinatedAttackDetector()
+    assert len(det2.update(list(reversed(burst[:11])))) == 1
+
+
 def test_one_signature_across_many_users_is_a_campaign() -> None:
     det = CoordinatedAttackDetector()
     found = det.update([ev(i, user=f"user{i}", attack_signature="dan-v2", ip_address=f"198.51.100.{i}")

@@ -1,6 +1,8 @@
 """Coordinated attacks in guardrail security events: many from one source, or one signature from many users.
 
-Fed :class:`sentinel.security_event.SecurityEvent` s in event time. Per source — a user, an API key
+Fed :class:`sentinel.security_event.SecurityEvent` s in event time; windows end at the newest event
+time seen, and an event older than that minus ``window_s`` is late (``late_events``, not counted:
+a sidecar far behind the others must not re-fill an emptied window). Per source — a user, an API key
 hash, an IP address — a sliding window of ``window_s``: more than ``max_events`` events in it emit one
 ``coordinated_attack`` candidate (``context.scope`` ``user`` / ``api_key_hash`` / ``ip_address``,
 ``scope_value``, the threat types seen); re-armed once the window holds at most half as many. Per
@@ -59,6 +61,15 @@ class _Window:
         self.armed = True
 
 
+def _insert(events: deque[SecurityEvent], e: SecurityEvent) -> None:
+    """Append, keeping the window in time order (events of two sidecars arrive interleaved)."""
+    events.append(e)
+    i = len(events) - 1
+    while i > 0 and events[i - 1].time_unix_nano > e.time_unix_nano:
+        events[i - 1], events[i] = events[i], events[i - 1]
+        i -= 1
+
+
 class CoordinatedAttackDetector:
     """Bursts per source and campaigns per signature over a sliding event-time window."""
 
@@ -66,6 +77,11 @@ class CoordinatedAttackDetector:
         self.config = (config or CoordinatedAttackConfig()).validate()
         self._sources: OrderedDict[tuple[str, str], _Window] = OrderedDict()
         self._signatures: OrderedDict[str, _Window] = OrderedDict()
+        # The newest event time seen (all sources): windows end there, so events from a sidecar that
+        # lags the others by more than the window are late (dropped, counted) instead of re-filling a
+        # window that already emptied and alerting on the same burst twice.
+        self.watermark: int | None = None
+        self.late_events = 0
 
     def _window(self, table: OrderedDict[Any, _Window], key: Any) -> _Window:
         w = table.get(key)
@@ -76,30 +92,28 @@ class CoordinatedAttackDetector:
         table.move_to_end(key)
         return w
 
-    def _trim(self, w: _Window, now: int) -> None:
-        horizon = now - int(self.config.window_s * NS)
+    def _trim(self, w: _Window) -> None:
+        assert self.watermark is not None
+        horizon = self.watermark - int(self.config.window_s * NS)
         while w.events and w.events[0].time_unix_nano < horizon:
             w.events.popleft()
-
-    def recent(self, scope: str, value: str, now: int) -> list[SecurityEvent]:
-        """The window's events of one source (for correlation)."""
-        w = self._sources.get((scope, value))
-        if w is None:
-            return []
-        horizon = now - int(self.config.window_s * NS)
-        return [e for e in w.events if e.time_unix_nano >= horizon]
 
     def update(self, events: Sequence[SecurityEvent]) -> list[Candidate]:
         out: list[Candidate] = []
         c = self.config
+        window_ns = int(c.window_s * NS)
         for e in sorted(events, key=lambda e: e.time_unix_nano):
+            if self.watermark is not None and e.time_unix_nano < self.watermark - window_ns:
+                self.late_events += 1
+                continue
+            self.watermark = e.time_unix_nano if self.watermark is None else max(self.watermark, e.time_unix_nano)
             for scope in SCOPES:
                 value = getattr(e, scope)
                 if value is None:
                     continue
                 w = self._window(self._sources, (scope, value))
-                w.events.append(e)
-                self._trim(w, e.time_unix_nano)
+                _insert(w.events, e)
+                self._trim(w)
                 n = len(w.events)
                 if n > c.max_events and w.armed:
                     w.armed = False
@@ -109,8 +123,8 @@ class CoordinatedAttackDetector:
                     w.armed = True
             if e.attack_signature is not None and e.user is not None:
                 w = self._window(self._signatures, e.attack_signature)
-                w.events.append(e)
-                self._trim(w, e.time_unix_nano)
+                _insert(w.events, e)
+                self._trim(w)
                 users = {x.user for x in w.events}
                 if len(users) >= c.campaign_min_users and w.armed:
                     w.armed = False
@@ -145,7 +159,7 @@ class CoordinatedAttackDetector:
             window_start=events[0].time_unix_nano, window_end=events[-1].time_unix_nano + 1, context=ctx)
 
     def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1,
+        return {"detector": NAME, "version": 1, "watermark": self.watermark, "late_events": self.late_events,
                 "sources": [[list(k), w.armed, [e.to_wire() for e in w.events]] for k, w in self._sources.items()],
                 "signatures": [[k, w.armed, [e.to_wire() for e in w.events]] for k, w in self._signatures.items()]}
 
@@ -155,6 +169,7 @@ class CoordinatedAttackDetector:
         if state.get("detector") != NAME or state.get("version") != 1:
             raise ValueError(f"not a {NAME} state (version 1)")
         det = cls(config)
+        det.watermark, det.late_events = state.get("watermark"), int(state.get("late_events", 0))
         for k, armed, evs in state["sources"]:
             w = det._window(det._sources, tuple(k))
             w.armed, w.events = bool(armed), deque(SecurityEvent.from_wire(e) for e in evs)
