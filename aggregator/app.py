@@ -46,8 +46,11 @@ from aggregator.analysis import Analysis, BatchConsumer
 from aggregator.api.auth import Roles
 from aggregator.api.guard import allowed_host_names
 from aggregator.api.jwt_auth import JwtVerifier
+from aggregator.api.quality_api import QualityApi
 from aggregator.api.routes import Api, add_api_routes
+from aggregator.api.security_api import SecurityApi
 from aggregator.baseline_service import BaselineService
+from aggregator.call_index import ModelVersions, with_model_version
 from aggregator.candidates import CandidateLog
 from aggregator.config import SECRET_KEYS, AggregatorConfig
 from aggregator.config_versions import ConfigVersion, ConfigVersions, diff, is_digest, redact
@@ -58,6 +61,9 @@ from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
 from aggregator.ingest_auth import parse_sidecar_tokens
 from aggregator.metrics import AggregatorMetrics
+from aggregator.quality_service import QualityService, parse_quality_settings
+from aggregator.security_amqp import SecurityEventConsumer
+from aggregator.security_service import SecurityService, parse_security_settings
 from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
@@ -104,8 +110,20 @@ class Aggregator:
         # before their own batch, so a spike does not raise the p99 it is compared with.
         self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store, emit,
                                                outcome=self.metrics.count_local_anomaly)
-        self.detectors = DetectorService(config.detectors, config.data_dir, emit, late_after_s=config.late_after_s,
-                                         max_future_skew_s=config.max_future_skew_s)
+        self.model_versions = ModelVersions()
+        quality = parse_quality_settings(config.quality)
+        self.quality = (QualityService(quality, config.data_dir, emit, versions=self.model_versions)
+                        if quality.enabled else None)
+        # Answer-quality alerts of the row detectors name the model version they correlate with.
+        versioned = with_model_version(emit, self.model_versions)
+        self.detectors = DetectorService(config.detectors, config.data_dir, versioned,
+                                         late_after_s=config.late_after_s, max_future_skew_s=config.max_future_skew_s)
+        security = parse_security_settings(config.security)
+        self.security = SecurityService(security, config.data_dir, emit) if security.enabled else None
+        self.security_queue = (SecurityEventConsumer(
+            url=security.amqp_url, exchange=security.amqp_exchange, queue=security.amqp_queue,
+            binding_key=security.amqp_binding_key, submit=self.security.submit,
+            max_events=security.max_events_per_request) if self.security is not None and security.amqp_url else None)
         self._emit_observed = emit
         self.forest = self._forest(config)
         self.analysis = Analysis(self._consumers(), save_interval_s=config.save_interval_s, tasks=self.tasks)
@@ -127,7 +145,12 @@ class Aggregator:
         self._applying = asyncio.Lock()
 
     def _consumers(self) -> list[BatchConsumer]:
-        consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
+        consumers: list[BatchConsumer] = [self.confirmer, self.baselines]
+        if self.quality is not None:  # before the detectors: it notes the model versions of the batch
+            consumers.append(self.quality)
+        if self.security is not None:
+            consumers.append(self.security)
+        consumers.append(self.detectors)
         if self.forest is not None:
             consumers.append(self.forest)
         # Last: a batch's own detections are folded in before its rows can resolve an alert.
@@ -163,6 +186,8 @@ class Aggregator:
         batch = list(candidates)
         self.candidates.emit(batch)
         self.alerts.emit(batch)
+        if self.security is not None:  # a user's token or cost anomaly may correlate with security events
+            self.security.observe_candidates(batch)
 
     async def _tick(self) -> None:
         while True:
@@ -228,6 +253,10 @@ class Aggregator:
         await self.ingest.start()  # creates data_dir
         await asyncio.to_thread(self.baselines.restore)
         await asyncio.to_thread(self.detectors.restore)
+        if self.quality is not None:
+            await asyncio.to_thread(self.quality.restore)
+        if self.security is not None:
+            await asyncio.to_thread(self.security.restore)
         try:
             await asyncio.to_thread(self.alerts.restore)
             # Floors raised from feedback before a restart still apply.
@@ -248,6 +277,10 @@ class Aggregator:
                                   allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts),
                                   registry=self.metrics.registry, feedback=self.feedback,
                                   audit=self.audit, guard=self.guard, live=self)
+        if self.quality is not None:
+            QualityApi(self.quality, time.time_ns).add_routes(app)
+        if self.security is not None:
+            SecurityApi(self.security).add_routes(app)
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)
         try:
@@ -279,6 +312,8 @@ class Aggregator:
         for sink in self.sinks:
             await sink.start()  # a broker that is down is retried in the background; alerts wait in the outbox
         self._ticker = self.tasks.spawn("alert-tick", self._tick)
+        if self.security_queue is not None:
+            await self.security_queue.start()  # a broker that is down is retried in the background
         if c.otlp_grpc_listen or c.otlp_http_listen:
             # Standalone topology: an embedded sidecar (its receivers, extraction and local detection)
             # forwarding over loopback to this aggregator's own ingest, so de-duplication, the
@@ -436,6 +471,8 @@ class Aggregator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.security_queue is not None:
+            await self.security_queue.shutdown()
         await self.ingest.shutdown()
         await self.analysis.shutdown()  # after ingest: every committed batch is analysed and saved
         if self._ticker is not None:

@@ -189,6 +189,12 @@ class AggregatorConfig:
     detectors: dict[str, Any] = setting(None, "detector settings, one map per detector (see "
                                         "aggregator/detectors/README.md); `enabled: false` turns one off",
                                         flag=False, factory=dict)
+    quality: dict[str, Any] = setting(None, "answer quality: evaluation scores and user feedback joined to "
+                                      "their calls, and their detectors (aggregator/README.md, 'Quality "
+                                      "signals'); `enabled: false` turns it off", flag=False, factory=dict)
+    security: dict[str, Any] = setting(None, "guardrail security events, their detectors and the action hook "
+                                       "(aggregator/README.md, 'Security signals'); `enabled: false` turns it "
+                                       "off", flag=False, factory=dict)
     forest: dict[str, Any] = setting(None, "Isolation Forest settings (aggregator/README.md, 'Isolation "
                                      "Forest in the pipeline'); `enabled: false` turns it off",
                                      flag=False, factory=dict)
@@ -414,6 +420,12 @@ class AggregatorConfig:
         from aggregator.detector_service import parse_detector_settings  # imports every detector
 
         parse_detector_settings(self.detectors)
+        from aggregator.quality_service import parse_quality_settings
+
+        parse_quality_settings(self.quality)
+        from aggregator.security_service import parse_security_settings
+
+        parse_security_settings(self.security)
         forest_config(self.forest)
         if self.shutdown_grace_s < 0:
             raise ConfigError("shutdown_grace_s: must not be negative")

@@ -285,6 +285,8 @@ class _SdkSender(_Sender):
             attrs = dict(m.span_attributes(calls, i, ids[24 * i:24 * i + 6].hex()))
             span = tracer.start_span(span_name("genai", prof), kind=SpanKind.CLIENT, start_time=int(starts[i]),
                                      attributes=attrs)
+            for name, at, event_attrs in m.span_events(calls, i, int(starts[i])):
+                span.add_event(name, event_attrs, timestamp=at)
             e = int(calls.error_type[i])
             if e >= 0:
                 span.set_status(Status(StatusCode.ERROR, f"{ERROR_TYPES[e][0]}: HTTP {ERROR_TYPES[e][1]}"))

@@ -70,6 +70,17 @@ DETECT_AS: dict[str, tuple[str, ...]] = {
     "output_collapse": ("throughput_drop", "token_spike", "drift"),
     # A request model the service never used before takes a share of its calls.
     "new_model": ("model_swap",),
+    # Quality and security (issue 18): a new model version whose answers score worse on hallucination.
+    "hallucination_regression": ("quality_regression", "model_swap", "drift"),
+    # Users' thumbs-down share rises (feedback on the spans).
+    "satisfaction_drop": ("satisfaction_drop",),
+    # Answers come back (almost) empty at a normal latency.
+    "empty_answers": ("empty_answer", "throughput_drop", "token_spike", "drift"),
+    # A jailbreak campaign from one IP: guardrail events on a share of the target's calls, many users.
+    "jailbreak_campaign": ("coordinated_attack", "attack_campaign"),
+    # One user with token spikes (token_abuse's extra calls) and guardrail events on those calls.
+    "abusive_user": ("security_correlation", "token_abuse", "coordinated_attack", "token_spike", "cost_anomaly",
+                     "expensive_prompt"),
 }
 INCIDENT_TYPES = tuple(DETECT_AS)
 
@@ -117,6 +128,10 @@ class Scenario:
     timeout_rate: float = 0.0            # share of calls that time out after timeout_ms (natural timeouts)
     timeout_ms: float = 60000.0
     sidecar_restarts: tuple[float, ...] = ()  # simulated seconds at which sidecar 0 is restarted (run.py)
+    # Quality and security signals on the spans (loadtest/traffic.py, "signals"); 0: none (as before).
+    eval_share: float = 0.0      # calls with a hallucination evaluation score (sentinel.eval.hallucination)
+    feedback_share: float = 0.0  # calls with a user's thumbs up/down (sentinel.feedback.label)
+    threat_share: float = 0.0    # calls with a background guardrail event (scattered users, low confidence)
     incidents: tuple[Incident, ...] = ()
     aggregator: dict[str, Any] = field(default_factory=dict)
     sidecar: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +171,9 @@ class Scenario:
                 fail(key, "must be in (0, 3]")
         if not 0 <= self.timeout_rate < 1:
             fail("timeout_rate", "must be in [0, 1)")
+        for key in ("eval_share", "feedback_share", "threat_share"):
+            if not 0 <= getattr(self, key) <= 1:
+                fail(key, "must be in [0, 1]")
         if not self.timeout_ms > 0:
             fail("timeout_ms", "must be greater than 0")
         if any(not 0 <= t < self.duration_s for t in self.sidecar_restarts):

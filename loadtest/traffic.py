@@ -156,7 +156,17 @@ INCIDENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "cost_creep": {"per_min": 0.03},  # tokens x (1 + per_min) ** minutes since the start
     "output_collapse": {"tokens": 5.0},
     "new_model": {"to": "gpt-4.1-mini", "share": 0.3},
+    "hallucination_regression": {"mean": 0.45, "version": "-2024-11-20"},  # version: appended to the response model
+    "satisfaction_drop": {"satisfaction": 0.6},
+    "empty_answers": {"tokens": 1.0},
+    "jailbreak_campaign": {"share": 0.05, "ip": "203.0.113.66", "signature": "dan-v12"},
+    "abusive_user": {"factor": 20.0, "user": "user-abuser", "threat_share": 0.3},  # calls_per_s as token_abuse
 }
+#: Guardrail threat types of the signals (index = the ``threat`` column).
+THREATS = ("prompt_injection", "jailbreak", "toxic", "pii_leak")
+#: The clean hallucination score (mean, sd) and users' satisfaction of the signals.
+CLEAN_EVAL = (0.1, 0.05)
+CLEAN_SATISFACTION = 0.93
 #: Incident types that change how many calls the target makes.
 RATE_INCIDENTS = ("token_abuse", "cost_runaway", "throughput_drop", "budget_exhaustion")
 
@@ -165,7 +175,7 @@ def incident_defaults(incident: Incident, scenario: Scenario) -> dict[str, Any]:
     """The incident's parameters with every default filled in (see :data:`INCIDENT_DEFAULTS`)."""
     p: dict[str, Any] = dict(INCIDENT_DEFAULTS.get(incident.type, {}))
     p.update(incident.params)
-    if incident.type == "token_abuse":
+    if incident.type in ("token_abuse", "abusive_user"):
         p.setdefault("calls_per_s", 0.2 * scenario.rate)
         p["user"] = str(incident.target.get("user", p["user"]))
     if incident.type == "model_swap" and "to" not in p:
@@ -209,6 +219,10 @@ class CallBatch:
     finish_reason: IntArray     # FINISH_REASONS, -1 for failed calls
     response_model: IntArray    # TrafficModel.response_models
     incident: IntArray          # index into scenario.incidents of the incident that changed the call, -1 if none
+    eval_score: FloatArray      # hallucination score in [0, 1], NaN: not evaluated
+    feedback: IntArray          # 1 thumbs up, 0 thumbs down, -1 none
+    threat: IntArray            # THREATS index of a guardrail event on the call, -1 none
+    ip: IntArray                # -1: the user's own address; k >= 0: TrafficModel.campaign_ips[k]
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
@@ -254,7 +268,7 @@ class TrafficModel:
         self.service_profiles = tuple(SERVICE_PROFILES.get(s) or _profile_for(s) for s in self.services)
         users = [f"user-{i}" for i in range(scenario.users)]
         for e in self.effects:
-            if e.incident.type == "token_abuse" and e.params["user"] not in users:
+            if e.incident.type in ("token_abuse", "abusive_user") and e.params["user"] not in users:
                 users.append(e.params["user"])
         self.users: tuple[str, ...] = tuple(users)
         self._user_index = {u: i for i, u in enumerate(users)}
@@ -262,7 +276,8 @@ class TrafficModel:
         for e in self.effects:
             if e.incident.type == "model_swap" and str(e.params["to"]) not in responses:
                 responses.append(str(e.params["to"]))
-        self.response_models: tuple[str, ...] = tuple(responses)
+        self.response_models: list[str] = list(responses)  # grows with new versions (hallucination_regression)
+        self.campaign_ips: list[str] = []
         self._response_index = {r: i for i, r in enumerate(responses)}
         shares = np.array([p.share for p in self.service_profiles])
         self.service_p = shares / shares.sum()
@@ -304,7 +319,7 @@ class TrafficModel:
         i, f = np.zeros(0, np.int64), np.zeros(0, np.float64)
         return CallBatch(t=f, service=i, model=i, region=i, pod=i, user=i, input_tokens=i, output_tokens=i,
                          latency_ms=f, ttft_ms=f, is_error=np.zeros(0, bool), error_type=i, finish_reason=i,
-                         response_model=i, incident=i)
+                         response_model=i, incident=i, eval_score=f, feedback=i, threat=i, ip=i)
 
     def _block(self, b: int) -> CallBatch:
         cached = self._cache.get(b)
@@ -395,7 +410,7 @@ class TrafficModel:
                 cols = self._draw(erng, self._arrivals(erng, lo, hi, extra_rate))
                 cols["incident"][:] = e.number
                 parts.append({k: v[self._matches(cols, inc.target)] for k, v in cols.items()})
-            elif inc.type == "token_abuse":
+            elif inc.type in ("token_abuse", "abusive_user"):
                 n = int(erng.poisson(p["calls_per_s"] * (hi - lo)))
                 cols = self._draw(erng, np.sort(erng.uniform(lo, hi, n)))
                 if "service" in inc.target:
@@ -472,8 +487,15 @@ class TrafficModel:
                 response_model[hit] = self._response_index[str(p["to"])]
                 cols["output_tokens"][hit] = np.maximum(1.0, cols["output_tokens"][hit] * p["output_factor"])
                 keep_latency_tokens[hit] = cols["output_tokens"][hit]
-            elif kind == "token_abuse":
+            elif kind in ("token_abuse", "abusive_user"):
                 hit = cols["incident"] == e.number
+            elif kind == "empty_answers":
+                cols["output_tokens"][hit] = np.maximum(0.0, np.round(p["tokens"] * cols["ttft_noise"][hit] - 0.5))
+            elif kind == "hallucination_regression":
+                for m in np.unique(cols["model"][hit]):
+                    moved = hit & (cols["model"] == m)
+                    version = self._version(self.profiles[int(m)].response_model, str(p["version"]))
+                    response_model[moved] = self._response_index[version]
             # budget_exhaustion: its extra calls are ordinary calls of the target
             cols["incident"][hit] = e.number
         first = np.array([q.first_token_ms for q in self.profiles])[cols["model"]]
@@ -496,8 +518,54 @@ class TrafficModel:
                           user=cols["user"], input_tokens=input_tokens, output_tokens=output_tokens,
                           latency_ms=latency, ttft_ms=ttft, is_error=err, error_type=etype.astype(np.int64),
                           finish_reason=np.where(err, -1, cols["finish_reason"]).astype(np.int64),
-                          response_model=response_model, incident=cols["incident"])
+                          response_model=response_model, incident=cols["incident"],
+                          **self._signals(np.random.default_rng([seed, b, 7]), cols, live, err))
         return batch.take(np.flatnonzero(keep)) if not keep.all() else batch
+
+    def _version(self, base: str, suffix: str) -> str:
+        """A new version of response model ``base`` (registered on first use)."""
+        name = base.rsplit("-20", 1)[0] + suffix if "-20" in base else base + suffix
+        if name not in self._response_index:
+            self._response_index[name] = len(self.response_models)
+            self.response_models.append(name)
+        return name
+
+    def _signals(self, rng: np.random.Generator, cols: dict[str, Any], live: list[_Effects],
+                 err: BoolArray) -> dict[str, Any]:
+        """Evaluation scores, feedback and guardrail events (their own random stream, so scenarios
+        without signals draw exactly the calls they drew before)."""
+        sc = self.scenario
+        n = cols["t"].shape[0]
+        t = cols["t"]
+        u_eval, u_fb, u_thr = rng.random(n), rng.random(n), rng.random(n)
+        mean = np.full(n, CLEAN_EVAL[0])
+        happy = np.full(n, CLEAN_SATISFACTION)
+        threat = np.where((u_thr < sc.threat_share) & ~err, rng.integers(0, len(THREATS), n), -1)
+        ip = np.full(n, -1, dtype=np.int64)
+        evaluated = (u_eval < sc.eval_share) & ~err
+        for e in live:
+            inc, p = e.incident, e.params
+            hit = (t >= inc.start_s) & (t < inc.end_s) & self._matches(cols, inc.target)
+            if inc.type == "hallucination_regression":
+                mean[hit] = p["mean"]
+            elif inc.type == "satisfaction_drop":
+                happy[hit] = p["satisfaction"]
+            elif inc.type == "jailbreak_campaign":
+                struck = hit & (rng.random(n) < p["share"])
+                threat[struck] = THREATS.index("jailbreak")
+                ip[struck] = self._campaign_ip(str(p["ip"]))
+            elif inc.type == "abusive_user":
+                struck = (cols["incident"] == e.number) & (rng.random(n) < p["threat_share"])
+                threat[struck] = THREATS.index("prompt_injection")
+        score = np.clip(rng.normal(mean, CLEAN_EVAL[1]), 0.0, 1.0)
+        return {"eval_score": np.where(evaluated, score, np.nan),
+                "feedback": np.where((u_fb < sc.feedback_share) & ~err, (rng.random(n) < happy).astype(np.int64), -1),
+                "threat": threat.astype(np.int64), "ip": ip}
+
+    def _campaign_ip(self, address: str) -> int:
+        if address not in self.campaign_ips:
+            self.campaign_ips.append(address)
+        return self.campaign_ips.index(address)
 
     # --- spans ---------------------------------------------------------------------------------
 
@@ -517,10 +585,35 @@ class TrafficModel:
         if ttft == ttft:  # not NaN: a streamed call
             attrs.append(("gen_ai.request.stream", True))
             attrs.append(("gen_ai.response.time_to_first_chunk", ttft / 1000.0))
+        score = float(calls.eval_score[i])
+        if score == score:  # not NaN: an LLM-as-judge hallucination score
+            attrs.append(("sentinel.eval.hallucination", round(score, 4)))
+        fb = int(calls.feedback[i])
+        if fb >= 0:
+            attrs.append(("sentinel.feedback.label", "thumbs_up" if fb else "thumbs_down"))
         k = int(calls.incident[i])
         if k >= 0:
             attrs.append((INJECTED_ATTRIBUTE, self.scenario.incidents[k].type))
         return attrs
+
+    def span_events(self, calls: CallBatch, i: int, start_unix_nano: int) -> list[tuple[str, int, dict[str, Any]]]:
+        """The span events of call ``i``: a guardrail event (``gen_ai.guardrail.<threat>``) when it has one."""
+        th = int(calls.threat[i])
+        if th < 0:
+            return []
+        user = self.users[int(calls.user[i])]
+        h = zlib.crc32(user.encode())
+        k = int(calls.ip[i])
+        inc = int(calls.incident[i])
+        campaign = k >= 0 or inc >= 0
+        attrs: dict[str, Any] = {
+            "severity": "high" if campaign else "low", "confidence": 0.75 if campaign else 0.55,
+            "detection_method": "classifier", "action_taken": "blocked" if campaign else "flagged", "user_id": user,
+            "metadata.ip_address": self.campaign_ips[k] if k >= 0 else
+            f"10.{h % 200}.{(h >> 8) % 250}.{(h >> 16) % 250 + 1}"}
+        if k >= 0 and inc >= 0:
+            attrs["metadata.attack_signature"] = str(self.scenario.incidents[inc].params.get("signature", "campaign"))
+        return [(f"gen_ai.guardrail.{THREATS[th]}", start_unix_nano, attrs)]
 
     def resource_attributes(self, service: int, region: int, pod: int) -> list[tuple[str, Any]]:
         return [("service.name", self.services[service]), ("service.namespace", NAMESPACE),
@@ -576,6 +669,11 @@ class TrafficModel:
             span.end_time_unix_nano = int(ends[i])
             for key, value in self.span_attributes(calls, i, ids[24 * i:24 * i + 6].hex()):
                 set_attribute(span.attributes.add(), key, value)
+            for name, at, event_attrs in self.span_events(calls, i, int(starts[i])):
+                event = span.events.add()
+                event.name, event.time_unix_nano = name, at
+                for key, value in event_attrs.items():
+                    set_attribute(event.attributes.add(), key, value)
             e = int(calls.error_type[i])
             if e >= 0:
                 span.status.code = Status.STATUS_CODE_ERROR

@@ -28,6 +28,12 @@ Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
 ``anomalies``
     list of maps, the sidecar's local detections (:meth:`sentinel.model.LocalAnomaly.to_wire`):
     at least ``metric``, ``value``, ``baseline``, ``threshold``, ``sigma``, ``trace_id``.
+``quality`` (optional, since 2026-12)
+    list of maps, evaluation results and user feedback the sidecar read from spans and logs
+    (:meth:`sentinel.quality.QualityEvent.to_wire`); absent when there are none.
+``security`` (optional, since 2026-12)
+    list of maps, guardrail security events (:meth:`sentinel.security_event.SecurityEvent.to_wire`,
+    API keys already hashed, no prompt); absent when there are none.
 
 Unknown top-level keys are ignored, so minor additions stay compatible within a version.
 """
@@ -43,6 +49,8 @@ import msgpack
 import numpy as np
 
 from sentinel.model import COLUMNS, NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
+from sentinel.quality import QualityEvent
+from sentinel.security_event import SecurityEvent, SecurityEventError
 
 __all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "WIRE_VERSION", "WireBatch", "WireFormatError", "decode", "encode"]
 
@@ -71,6 +79,10 @@ class WireBatch:
     version: int = WIRE_VERSION
     #: Anomalies the body carried beyond ``decode``'s ``max_anomalies`` (not decoded, to be counted).
     anomalies_dropped: int = 0
+    #: Evaluation results and user feedback (the optional ``quality`` field).
+    quality: list[QualityEvent] = field(default_factory=list)
+    #: Guardrail security events (the optional ``security`` field).
+    security: list[SecurityEvent] = field(default_factory=list)
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
@@ -96,6 +108,8 @@ def encode(
     seq: int,
     anomalies: Sequence[LocalAnomaly] = (),
     created_unix_nano: int | None = None,
+    quality: Sequence[QualityEvent] = (),
+    security: Sequence[SecurityEvent] = (),
 ) -> bytes:
     """Encode a batch as a version-1 wire body."""
     cols: dict[str, Any] = {}
@@ -113,6 +127,12 @@ def encode(
         "cols": cols,
         "anomalies": [a.to_wire() for a in anomalies],
     }
+    # Optional fields only when there is something to say: bodies without them stay byte for byte
+    # what earlier versions wrote, and earlier aggregators ignore them.
+    if quality:
+        body["quality"] = [q.to_wire() for q in quality]
+    if security:
+        body["security"] = [e.to_wire() for e in security]
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
@@ -238,6 +258,8 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
             raise WireFormatError(f"anomalies[{i}] is missing field {e}") from None
         except (TypeError, ValueError) as e:
             raise WireFormatError(f"anomalies[{i}] is invalid: {e}") from None
+    quality = _decode_list(m, "quality", QualityEvent.from_wire, max_anomalies)
+    security = _decode_list(m, "security", SecurityEvent.from_wire, max_anomalies)
     return WireBatch(
         sidecar=sidecar,
         seq=seq,
@@ -246,4 +268,24 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
         created_unix_nano=created,
         version=v,
         anomalies_dropped=dropped,
+        quality=quality,
+        security=security,
     )
+
+
+def _decode_list(m: dict[Any, Any], name: str, parse: Any, limit: int | None) -> list[Any]:
+    """An optional list of maps, each read by ``parse``; at most ``limit`` (the anomalies' bound)."""
+    raw = m.get(name, [])
+    if not isinstance(raw, list):
+        raise WireFormatError(f"field {name!r} is not a list")
+    out = []
+    for i, item in enumerate(raw[:limit] if limit is not None else raw):
+        if not isinstance(item, dict):
+            raise WireFormatError(f"{name}[{i}] is not a map")
+        try:
+            out.append(parse(item))
+        except KeyError as e:
+            raise WireFormatError(f"{name}[{i}] is missing field {e}") from None
+        except (TypeError, ValueError, SecurityEventError) as e:
+            raise WireFormatError(f"{name}[{i}] is invalid: {e}") from None
+    return out

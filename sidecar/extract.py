@@ -22,6 +22,8 @@ from google.protobuf.message import DecodeError
 
 from sentinel.model import Row
 from sentinel.pricing import PriceBook, parse_overrides
+from sentinel.quality import QualityEvent
+from sentinel.security_event import SecurityEvent, SecurityEventError
 from sentinel.wire import MAX_ABS_VALUE
 from sidecar.attributes import (
     EXCEPTION_EVENT,
@@ -47,6 +49,14 @@ from sidecar.otlp_lite import (
     attribute,
     parse_traces,
 )
+from sidecar.signal_extract import (
+    QUALITY_KEY_PREFIXES,
+    SignalContext,
+    decode_attributes,
+    is_signal_event,
+    quality_from_attributes,
+    signals_from_event,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -63,10 +73,10 @@ _KIND_CODES = {"str": _STR, "int": _INT, "float": _FLOAT, "str[]": _STR_ARRAY, "
 _SLOTS = ("operation", "provider", "request_model", "response_model", "ttft_ms", "input_tokens",
           "output_tokens", "cost_usd", "error_type", "finish_reason", "user", "_request_type",
           "_total_tokens", "_traceloop_kind", "_openinference_kind", "_cost_input", "_cost_output",
-          "_api_key", "_stream", "_stream_ttft_ms", "_oi_model", "_oi_params", "_http_status")
+          "_api_key", "_stream", "_stream_ttft_ms", "_oi_model", "_oi_params", "_http_status", "_quality")
 (_OP, _PROVIDER, _REQ_MODEL, _RESP_MODEL, _TTFT, _IN, _OUT, _COST, _ERR_TYPE, _FINISH, _USER,
  _REQ_TYPE, _TOTAL, _TL_KIND, _OI_KIND, _COST_IN, _COST_OUT, _API_KEY, _STREAM, _STREAM_TTFT,
- _OI_MODEL, _OI_PARAMS, _HTTP_STATUS) = range(len(_SLOTS))
+ _OI_MODEL, _OI_PARAMS, _HTTP_STATUS, _QUALITY) = range(len(_SLOTS))
 # Per span, one list holds the values (index: slot) and, _NSLOTS further on, the rank of the
 # key each came from (lower wins). One spare slot at the end absorbs unwanted attributes.
 _NSLOTS = len(_SLOTS) + 1
@@ -76,6 +86,8 @@ _EMPTY_VALS: list[Any] = [None] * _NSLOTS + [_NO_RANK] * _NSLOTS
 # What decoding one attribute gives, cached per serialized KeyValue (see Extractor.extract_spans):
 # (rank index, rank, value). _SKIP_ENTRY never wins its (spare) slot.
 _SKIP_ENTRY = (2 * _NSLOTS - 1, _NO_RANK, None)
+# A quality attribute (sentinel.eval.*, eval.*, ...): flags the span; its attributes are decoded later.
+_QUALITY_ENTRY = (_QUALITY + _NSLOTS, 0, True)
 _BAD = object()
 #: Largest span start time a row can hold (its time_unix_nano column is int64); later ones are skipped.
 _MAX_TIME = 2**63 - 1
@@ -126,6 +138,8 @@ class ExtractResult:
     llm_calls: int = 0  # spans that became rows
     bad_attributes: int = 0  # wanted attributes of the wrong type (their column left None)
     unknown_cost: int = 0  # rows whose model has no price (and no usable span cost)
+    quality: list[QualityEvent] = field(default_factory=list)  # evaluation results and user feedback
+    security: list[SecurityEvent] = field(default_factory=list)  # guardrail security events
 
 
 def _is_content(kv: bytes) -> bool:
@@ -259,6 +273,10 @@ class Extractor:
                     has_tokens=input_tokens is not None or output_tokens is not None
                     or vals[_TOTAL] is not None,
                 ) != ROWED:
+                    if vals[_QUALITY] is not None or span.events:
+                        # An evaluator's, guardrail's or feedback span of its own (not an LLM call).
+                        self._span_signals(span, vals[_QUALITY] is not None, result, service,
+                                           response_model or request_model, user if capture_user else None)
                     continue
                 operation = normalize_operation(operation, vals[_REQ_TYPE], vals[_OI_KIND])
             start = span.start_time_unix_nano
@@ -325,11 +343,41 @@ class Extractor:
                 input_tokens, output_tokens, tokens_per_s, cost, is_error, error_type,
                 vals[_FINISH], user, api_key, span.trace_id.hex(), span.span_id.hex(),
             ))
+            if vals[_QUALITY] is not None or events:
+                self._span_signals(span, vals[_QUALITY] is not None, result, service,
+                                   request_model or response_model, user)
         result.spans += spans_seen
         result.llm_calls += llm_calls
         result.bad_attributes += bad + self._bad_attributes - bad_before
         result.unknown_cost += unknown_cost
         return result
+
+    def _span_signals(self, span: Any, flagged: bool, result: ExtractResult, service: str | None,
+                      model: str | None, user: str | None) -> None:
+        """Quality and security signals of one span: its events by name, its attributes when flagged."""
+        ctx: SignalContext | None = None
+        for event in span.events:
+            name = event.name
+            if not is_signal_event(name):
+                continue
+            attrs, bad = decode_attributes(event.attributes)
+            ectx = SignalContext(time_unix_nano=event.time_unix_nano or span.start_time_unix_nano, service=service,
+                                 model=model, trace_id=span.trace_id.hex(), span_id=span.span_id.hex(), user=user)
+            try:
+                signal = signals_from_event(name, attrs, ectx)
+            except SecurityEventError:
+                signal, bad = None, bad + 1
+            self._bad_attributes += bad
+            if isinstance(signal, QualityEvent):
+                result.quality.append(signal)
+            elif signal is not None:
+                result.security.append(signal)
+        if flagged:
+            attrs, bad = decode_attributes(span.attributes)
+            self._bad_attributes += bad
+            ctx = SignalContext(time_unix_nano=span.start_time_unix_nano, service=service, model=model,
+                                trace_id=span.trace_id.hex(), span_id=span.span_id.hex(), user=user)
+            result.quality.extend(quality_from_attributes(attrs, ctx))
 
     def _read_events(self, events: Any, start: int, first_token_events: frozenset[str], want_ttft: bool,
                      want_error: bool) -> tuple[float | None, str | None]:
@@ -411,13 +459,13 @@ class Extractor:
             if kv[0] == 0x0A and n < 0x80:
                 spec = self._span_keys.get(kv[2:2 + n])
                 if spec is None:
-                    return _SKIP_ENTRY
+                    return _QUALITY_ENTRY if kv[2:2 + n].startswith(QUALITY_KEY_PREFIXES) else _SKIP_ENTRY
                 vkind, val = _value(kv, 2 + n)
             else:
                 key, vkind, val = attribute(kv)
                 spec = self._span_keys.get(key.encode())
                 if spec is None:
-                    return _SKIP_ENTRY
+                    return _QUALITY_ENTRY if key.encode().startswith(QUALITY_KEY_PREFIXES) else _SKIP_ENTRY
         except (IndexError, DecodeError, UnicodeDecodeError):
             return _BAD
         slot, kind, rank, scale = spec

@@ -43,6 +43,11 @@ class SidecarMetrics:
             "genai_metrics_max_rows_per_point", registry=r)
         self.unknown_cost = Counter(
             "sentinel_sidecar_unknown_cost", "LLM calls whose model has no price", registry=r)
+        self.quality_events = Counter(
+            "sentinel_sidecar_quality_events", "Evaluation results and user feedback read from spans and logs",
+            registry=r)
+        self.security_events = Counter(
+            "sentinel_sidecar_security_events", "Guardrail security events read from spans and logs", registry=r)
         self.local_anomalies = Counter(
             "sentinel_sidecar_local_anomalies", "Local detections by metric and method",
             ["metric", "method"], registry=r)

@@ -165,7 +165,10 @@ class OtlpGrpcReceiver:
         return out
 
     async def _logs(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        await self._parse(ExportLogsServiceRequest, raw, context, "logs")
+        request = await self._parse(ExportLogsServiceRequest, raw, context, "logs")
+        consume_logs = getattr(self._consumer, "consume_logs", None)
+        if consume_logs is not None:  # evaluation, feedback and security event records
+            await self._consume("logs", consume_logs(request, len(raw)), context)
         if self._passthrough is not None:
             self._passthrough.offer("logs", raw)
         self._metrics.requests.labels("logs", "grpc", "ok").inc()

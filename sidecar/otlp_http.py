@@ -134,10 +134,14 @@ class OtlpHttpReceiver:
             outcome = "too_large" if isinstance(e, otlp_codec.BodyTooLarge) else "malformed"
             return self._error(signal, e.http_status, e.grpc_code, str(e), content_type, outcome)
         rejected, error_message = 0, ""
-        if signal is not Signal.LOGS:
+        consume_logs = getattr(self._consumer, "consume_logs", None)
+        if signal is not Signal.LOGS or consume_logs is not None:
             try:
                 if signal is Signal.TRACES:
                     result = await self._consumer.consume_traces(lean, len(protobuf))
+                elif signal is Signal.LOGS:  # evaluation, feedback and security event records
+                    assert consume_logs is not None
+                    result = await consume_logs(message, len(protobuf))
                 else:
                     result = await self._consumer.consume_metrics(message, len(protobuf))
             except (Overloaded, SpoolRefused) as e:

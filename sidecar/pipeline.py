@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sentinel import wire
 from sentinel.detectors.local import LocalDetector
 from sentinel.model import FeatureBatch, LocalAnomaly, Row
+from sentinel.quality import QualityEvent
+from sentinel.security_event import SecurityEvent
 from sidecar.extract import Extractor
 from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
 from sidecar.genai_metrics import GenAiMetricsReader
+from sidecar.log_signals import has_signal_records, signals_from_logs
 from sidecar.metrics import SidecarMetrics
 
 __all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
@@ -83,6 +87,8 @@ class SeqSource:
 class _Pending:
     batches: list[FeatureBatch] = field(default_factory=list)
     anomalies: list[LocalAnomaly] = field(default_factory=list)
+    quality: list[QualityEvent] = field(default_factory=list)
+    security: list[SecurityEvent] = field(default_factory=list)
     rows: int = 0
     since: float = 0.0
 
@@ -156,7 +162,14 @@ class TracePipeline:
             return ConsumeResult()
         return await self._take(request, size, metrics=True)
 
-    async def _take(self, request: Any, size: int, *, metrics: bool) -> ConsumeResult:
+    async def consume_logs(self, request: Any, size: int = 0) -> ConsumeResult:
+        """Take a parsed ``ExportLogsServiceRequest``: its evaluation, feedback and security event
+        records are forwarded (:mod:`sidecar.log_signals`); other records only pass through."""
+        if not has_signal_records(request):
+            return ConsumeResult()
+        return await self._take(request, size, metrics=False, logs=True)
+
+    async def _take(self, request: Any, size: int, *, metrics: bool, logs: bool = False) -> ConsumeResult:
         if self._closed:
             raise Overloaded("shutting down", retry_after_s=5.0)
         if not self._queue.has_capacity():
@@ -167,7 +180,7 @@ class TracePipeline:
         if self._durable:
             done = asyncio.get_running_loop().create_future()
         self._queued_bytes += size
-        self._requests.put_nowait(_Work(request, size, done, metrics))
+        self._requests.put_nowait(_Work(request, size, done, metrics, logs))
         if done is not None:
             await done  # raises Overloaded if the spool refused the batch
         return ConsumeResult()
@@ -193,12 +206,20 @@ class TracePipeline:
                 self._queued_bytes -= work.size
 
     async def _process(self, work: _Work) -> None:
+        if work.logs:
+            signals = signals_from_logs(work.request, capture_user=self._extractor.settings.capture_user)
+            if signals.bad:
+                self._metrics.attribute_errors.inc(signals.bad)
+            await self._emit([], signals.quality, signals.security)
+            return
         if work.metrics:
             await self._emit(self._rows_from_metrics(work.request))
             return
         m = self._metrics
         extract_spans = self._extractor.extract_spans
         rows: list[Row] = []
+        quality: list[QualityEvent] = []
+        security: list[SecurityEvent] = []
         for resource_spans in work.request.resource_spans:
             resource = self._extractor.resource(resource_spans)
             if resource.bad_attributes:
@@ -214,10 +235,12 @@ class TracePipeline:
                     if result.unknown_cost:
                         m.unknown_cost.inc(result.unknown_cost)
                     rows.extend(result.rows)
+                    quality.extend(result.quality)
+                    security.extend(result.security)
                     await asyncio.sleep(0)  # let the receivers answer other exports
         if self._metrics_reader is not None and rows:
             self._note_span_keys(rows)
-        await self._emit(rows)
+        await self._emit(rows, quality, security)
 
     def _note_span_keys(self, rows: list[Row]) -> None:
         now = time.monotonic()
@@ -242,17 +265,23 @@ class TracePipeline:
             self._metrics.metric_values_thinned.inc(result.capped_values)
         return result.rows
 
-    async def _emit(self, rows: list[Row]) -> None:
-        """Detect on ``rows`` and hand them to the forward queue (batched, or sealed when durable)."""
-        if not rows:
+    async def _emit(self, rows: list[Row], quality: Sequence[QualityEvent] = (),
+                    security: Sequence[SecurityEvent] = ()) -> None:
+        """Detect on ``rows`` and hand them, with the request's quality and security events, to the
+        forward queue (batched, or sealed when durable)."""
+        if not rows and not quality and not security:
             return
+        if quality:
+            self._metrics.quality_events.inc(len(quality))
+        if security:
+            self._metrics.security_events.inc(len(security))
         # Detection runs once per request: its cost is mostly per call, not per row.
         batch = FeatureBatch.from_rows(rows)
-        anomalies = self._detector.process(batch)
+        anomalies = self._detector.process(batch) if rows else []
         self._record(anomalies)
         batches = [batch]
         if self._durable:
-            sealed = self._seal(batches, anomalies)
+            sealed = self._seal(batches, anomalies, quality, security)
             try:
                 await self._queue.put(sealed, durable=True)
             except SpoolRefused:
@@ -264,6 +293,8 @@ class TracePipeline:
                 p.since = time.monotonic()
             p.batches.extend(batches)
             p.anomalies.extend(anomalies)
+            p.quality.extend(quality)
+            p.security.extend(security)
             p.rows += sum(b.n for b in batches)
             if p.rows >= self._batch_max_rows:
                 await self._flush_locked()
@@ -278,10 +309,12 @@ class TracePipeline:
                 a.method, a.metric, a.value, a.baseline, a.sigma, a.service, a.model, a.trace_id,
             )
 
-    def _seal(self, batches: list[FeatureBatch], anomalies: list[LocalAnomaly]) -> SealedBatch:
+    def _seal(self, batches: list[FeatureBatch], anomalies: list[LocalAnomaly],
+              quality: Sequence[QualityEvent] = (), security: Sequence[SecurityEvent] = ()) -> SealedBatch:
         batch = FeatureBatch.concat(batches)
         seq = self._seq.next()
-        body = wire.encode(batch, sidecar=self._sidecar_id, seq=seq, anomalies=anomalies)
+        body = wire.encode(batch, sidecar=self._sidecar_id, seq=seq, anomalies=anomalies, quality=quality,
+                           security=security)
         return SealedBatch(seq=seq, rows=batch.n, body=body)
 
     async def _flush_locked(self) -> None:
@@ -289,7 +322,7 @@ class TracePipeline:
         if not p.batches:
             return
         self._pending = _Pending()
-        sealed = self._seal(p.batches, p.anomalies)
+        sealed = self._seal(p.batches, p.anomalies, p.quality, p.security)
         try:
             await self._queue.put(sealed, durable=False)
         except SpoolRefused:
@@ -332,3 +365,4 @@ class _Work:
     size: int
     done: asyncio.Future[None] | None
     metrics: bool = False  # an ExportMetricsServiceRequest, not a lean trace request
+    logs: bool = False  # an ExportLogsServiceRequest with signal records

@@ -24,9 +24,13 @@ from aggregator.alerting.manager import AlertManager, AlertManagerConfig
 from aggregator.alerting.model import Alert, AlertDetails
 from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.api import Api, Roles, add_api_routes
+from aggregator.api.quality_api import QualityApi
+from aggregator.api.security_api import SecurityApi
 from aggregator.baseline_service import BaselineService
 from aggregator.baselines import BaselineConfig
 from aggregator.candidates import CandidateLog
+from aggregator.quality_service import QualityConfig, QualityService
+from aggregator.security_service import SecurityConfig, SecurityService
 from aggregator.series import SeriesService
 from sentinel.model import COLUMNS, FeatureBatch
 from sentinel.service import add_ops_routes
@@ -51,6 +55,8 @@ class Harness:
     store: SQLiteAlertStore
     series: SeriesService
     baselines: BaselineService
+    quality: QualityService | None = None
+    security: SecurityService | None = None
 
     def client(self, token: str | None = VIEWER) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=auth(token) if token else None, timeout=5.0)
@@ -74,6 +80,10 @@ async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float =
     app.router.add_post("/v1/ingest", ingest)
     app.router.add_get("/api/v1/baselines", baselines.handle)
     app.router.add_get("/api/v1/candidates", CandidateLog(registry=CollectorRegistry()).handle)
+    quality = QualityService(QualityConfig(), tmp_path, lambda found: None)
+    QualityApi(quality, time.time_ns).add_routes(app)
+    security = SecurityService(SecurityConfig(), tmp_path, manager.emit)
+    SecurityApi(security).add_routes(app)
     add_ops_routes(app, CollectorRegistry(), lambda: "")
     api = add_api_routes(app, actions=manager, series=series, baselines=baselines, roles=roles,
                          keepalive_s=keepalive_s)
@@ -83,7 +93,8 @@ async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float =
     await site.start()
     port = runner.addresses[0][1]
     try:
-        yield Harness(f"http://127.0.0.1:{port}", app, runner, api, manager, hub, store, series, baselines)
+        yield Harness(f"http://127.0.0.1:{port}", app, runner, api, manager, hub, store, series, baselines, quality,
+                      security)
     finally:
         hub.close()
         await runner.cleanup()

@@ -36,6 +36,8 @@ ACTIONS = {
     ("DELETE", "/api/v1/feedback/floors/{anomaly_type}"): "confidence_floor.reset",
     ("PUT", "/api/v1/config"): "config.apply",
     ("POST", "/api/v1/config/rollback"): "config.rollback",
+    ("POST", "/api/v1/security/actions/{action_id}/approve"): "security_action.approve",
+    ("POST", "/api/v1/security/actions/{action_id}/reject"): "security_action.reject",
 }
 #: What of the answer each action records (never an alert's whole document).
 DETAIL_FIELDS = {
@@ -46,6 +48,8 @@ DETAIL_FIELDS = {
     "confidence_floor.reset": ("floor",),
     "config.apply": ("version", "diff"),
     "config.rollback": ("version", "diff"),
+    "security_action.approve": ("status", "subject_type", "subject", "reason", "suggested_duration_s", "error"),
+    "security_action.reject": ("status", "subject_type", "subject", "reason"),
 }
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -79,8 +83,8 @@ def audit_middleware(audit: AuditLog, clock: Callable[[], int]) -> Middleware:
         if request.method in _READS or request.path == INGEST_PATH or not 200 <= response.status < 300:
             return response
         route = route_of(request)
-        if route is None or required_role(request.method, route) is None:
-            return response
+        if route is None or required_role(request.method, route) in (None, "ingest"):
+            return response  # public, or telemetry-like input (user feedback, security events): not changes
         try:
             await asyncio.to_thread(audit.append, entry_for(request, route, response, clock()))
         except Exception:  # the change happened; a full disk must not turn it into an error

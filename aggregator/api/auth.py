@@ -3,7 +3,9 @@
 Four kinds of token, from the aggregator's settings: ``viewer_tokens`` read (every GET and the
 stream), ``operator_tokens`` also acknowledge alerts and manage silences, ``admin_tokens`` may do
 everything, and the ingest ``tokens`` only ever allow ``POST /v1/ingest`` (which checks them itself:
-this middleware leaves that route alone). With no token of any kind configured there is no auth.
+this middleware leaves that route alone), ``POST /api/v1/feedback`` and ``POST /api/v1/security-events``
+(user feedback and guardrail events, input like telemetry). With no token of any kind configured there
+is no auth.
 
 Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every configured
 token of every kind without stopping at a match, so neither the time taken nor the length of a
@@ -59,7 +61,11 @@ OPERATOR_ROUTES = frozenset({
     ("DELETE", "/api/v1/silences/{silence_id}"),
     ("POST", "/api/v1/silences/{silence_id}/expire"),
     ("POST", "/api/v1/alerts/{alert_id}/feedback"),
+    ("POST", "/api/v1/security/actions/{action_id}/approve"),
+    ("POST", "/api/v1/security/actions/{action_id}/reject"),
 })
+#: Writes of telemetry-like input that the ingest ``tokens`` (and every other role) may make.
+INGEST_ROUTES = frozenset({("POST", "/api/v1/feedback"), ("POST", "/api/v1/security-events")})
 #: Reads that need admin: who did what is not every viewer's business.
 ADMIN_READ_ROUTES = frozenset({"/api/v1/audit", "/api/v1/config", "/api/v1/config/history"})
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -95,6 +101,8 @@ def required_role(method: str, route: str) -> str | None:
         return "admin" if route in ADMIN_READ_ROUTES else "viewer"
     if (method, route) in OPERATOR_ROUTES:
         return "operator"
+    if (method, route) in INGEST_ROUTES:
+        return "ingest"
     return "admin"
 
 

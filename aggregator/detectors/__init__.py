@@ -6,8 +6,10 @@ the candidates the batch completed, and ``to_state()`` / ``from_state()`` with J
 
 from aggregator.detectors.budget import BudgetConfig, BudgetDetector
 from aggregator.detectors.candidate import ANOMALY_TYPES, Candidate
+from aggregator.detectors.content_filter import ContentFilterConfig, ContentFilterDetector
 from aggregator.detectors.cost_cusum import CostCusumConfig, CostCusumDetector
 from aggregator.detectors.drift import DriftConfig, DriftDetector
+from aggregator.detectors.empty_answer import EmptyAnswerConfig, EmptyAnswerDetector
 from aggregator.detectors.error_burst import ErrorBurstConfig, ErrorBurstDetector
 from aggregator.detectors.expensive_prompt import ExpensivePromptConfig, ExpensivePromptDetector
 from aggregator.detectors.finish_length import FinishLengthConfig, FinishLengthDetector
@@ -21,10 +23,14 @@ __all__ = [
     "BudgetConfig",
     "BudgetDetector",
     "Candidate",
+    "ContentFilterConfig",
+    "ContentFilterDetector",
     "CostCusumConfig",
     "CostCusumDetector",
     "DriftConfig",
     "DriftDetector",
+    "EmptyAnswerConfig",
+    "EmptyAnswerDetector",
     "ErrorBurstConfig",
     "ErrorBurstDetector",
     "ExpensivePromptConfig",

@@ -12,7 +12,9 @@ __all__ = ["ANOMALY_TYPES", "Candidate"]
 ANOMALY_TYPES: frozenset[str] = frozenset({
     "latency_spike", "token_spike", "cost_anomaly", "error_burst", "throughput_drop", "drift",
     "model_swap", "budget_exceeded", "budget_warning", "token_abuse", "expensive_prompt",
-    "multivariate_outlier", "ttft_regression", "finish_length",
+    "multivariate_outlier", "ttft_regression", "finish_length", "content_filter", "empty_answer",
+    # quality (aggregator.quality_service) and security (aggregator.security_service)
+    "quality_regression", "satisfaction_drop", "coordinated_attack", "attack_campaign", "security_correlation",
 })
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -51,6 +51,8 @@ MIN_BASE_SHARE = 0.002
 class FinishLengthConfig:
     """Settings of ``detectors.finish_length``."""
 
+    section: ClassVar[str] = NAME  # the name validation errors give (subclasses: their own)
+
     bucket_s: float = DEFAULT_BUCKET_S
     lateness_s: float = DEFAULT_LATENESS_S
     warmup_buckets: int = DEFAULT_WARMUP_BUCKETS
@@ -63,16 +65,16 @@ class FinishLengthConfig:
     max_keys: int = DEFAULT_MAX_KEYS
 
     def validate(self) -> FinishLengthConfig:
-        check_positive(NAME, "bucket_s", self.bucket_s)
-        check_min(NAME, "lateness_s", self.lateness_s, 0)
-        check_min(NAME, "warmup_buckets", self.warmup_buckets, 1)
-        check_min(NAME, "min_calls", self.min_calls, 1)
-        check_min(NAME, "ratio", self.ratio, 1)
-        check_fraction(NAME, "min_delta", self.min_delta, open_high=True)
-        check_min(NAME, "z_threshold", self.z_threshold, 0)
-        check_min(NAME, "min_buckets", self.min_buckets, 1)
-        check_fraction(NAME, "alpha", self.alpha)
-        check_min(NAME, "max_keys", self.max_keys, 1)
+        check_positive(self.section, "bucket_s", self.bucket_s)
+        check_min(self.section, "lateness_s", self.lateness_s, 0)
+        check_min(self.section, "warmup_buckets", self.warmup_buckets, 1)
+        check_min(self.section, "min_calls", self.min_calls, 1)
+        check_min(self.section, "ratio", self.ratio, 1)
+        check_fraction(self.section, "min_delta", self.min_delta, open_high=True)
+        check_min(self.section, "z_threshold", self.z_threshold, 0)
+        check_min(self.section, "min_buckets", self.min_buckets, 1)
+        check_fraction(self.section, "alpha", self.alpha)
+        check_min(self.section, "max_keys", self.max_keys, 1)
         return self
 
 
@@ -100,20 +102,31 @@ class _KeyState:
         return st
 
 
-def _at_limit(reasons: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """1.0 where a finish reason (or one of a comma-separated list) means the output limit was hit."""
+def reasons_in(reasons: Any, wanted: frozenset[str] = LIMIT_REASONS) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """1.0 where a finish reason (or one of a comma-separated list) is one of ``wanted`` (by default:
+    the output limit was hit)."""
     out = np.zeros(len(reasons))
     for i, r in enumerate(reasons):
-        if r is not None and any(p.strip().lower() in LIMIT_REASONS for p in str(r).split(",")):
+        if r is not None and any(p.strip().lower() in wanted for p in str(r).split(",")):
             out[i] = 1.0
     return out
 
 
 class FinishLengthDetector:
-    """Share of calls stopped at the output limit per bucket vs the key's baseline share."""
+    """Share of calls stopped at the output limit per bucket vs the key's baseline share.
+
+    The share test is shared: a subclass sets ``name``, ``anomaly_type`` and ``metric`` and
+    overrides :meth:`hits` (``aggregator.detectors.content_filter``, ``aggregator.detectors.empty_answer``).
+    """
+
+    name = NAME
+    anomaly_type = "finish_length"
+    metric = "finish_length_share"
+    hit_label = "at_limit"
+    config_class: Any = FinishLengthConfig
 
     def __init__(self, config: FinishLengthConfig | None = None) -> None:
-        self.config = (config or FinishLengthConfig()).validate()
+        self.config = (config or self.config_class()).validate()
         c = self.config
         # fields: calls with a finish reason, calls at the limit
         self._keys: BucketedKeys[_KeyState] = BucketedKeys(
@@ -123,11 +136,15 @@ class FinishLengthDetector:
     def late_rows(self) -> int:
         return self._keys.late_rows
 
+    def hits(self, batch: FeatureBatch) -> tuple[np.ndarray[Any, np.dtype[np.float64]],
+                                                 np.ndarray[Any, np.dtype[np.float64]]]:
+        """Per row: 1.0 where the row counts (has a finish reason), and 1.0 where it is a hit."""
+        reasons = batch.strings["finish_reason"]
+        return np.array([r is not None for r in reasons], dtype=np.float64), reasons_in(reasons)
+
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:
-            reasons = batch.strings["finish_reason"]
-            has = np.array([r is not None for r in reasons], dtype=np.float64)
-            hit = _at_limit(reasons)
+            has, hit = self.hits(batch)
             self._keys.add(batch, KEY_COLUMNS, [has, hit], hit)
         out: list[Candidate] = []
         c = self.config
@@ -141,7 +158,7 @@ class FinishLengthDetector:
                 st.share = st.hits / st.calls
                 continue
             share = k / n
-            p = max(st.share, MIN_BASE_SHARE)
+            p = min(max(st.share, MIN_BASE_SHARE), 1 - MIN_BASE_SHARE)  # a key always at the limit: no 0/0
             z = (k - n * p) / math.sqrt(n * p * (1 - p))
             high = share >= c.ratio * p and share >= p + c.min_delta and z >= c.z_threshold
             st.run = st.run + 1 if high else 0
@@ -154,20 +171,20 @@ class FinishLengthDetector:
                 start, _ = self._keys.window(idx - st.run + 1)
                 _, end = self._keys.window(idx)
                 out.append(Candidate(
-                    anomaly_type="finish_length", service=key[0], model=key[1], detection_method="binomial_share",
-                    confidence=min(1.0, 0.5 + (share - p)), metric="finish_length_share", value=share, baseline=p,
+                    anomaly_type=self.anomaly_type, service=key[0], model=key[1], detection_method="binomial_share",
+                    confidence=min(1.0, 0.5 + (share - p)), metric=self.metric, value=share, baseline=p,
                     threshold=max(c.ratio * p, p + c.min_delta), deviation_sigma=z, window_start=start,
-                    window_end=end, context={"trace_ids": examples, "calls": int(n), "at_limit": int(k),
+                    window_end=end, context={"trace_ids": examples, "calls": int(n), self.hit_label: int(k),
                                              "bucket_s": c.bucket_s}))
         return out
 
     def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
+        return {"detector": self.name, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], config: FinishLengthConfig | None = None) -> FinishLengthDetector:
-        if state.get("detector") != NAME or state.get("version") != 1:
-            raise ValueError(f"not a {NAME} state (version 1)")
+    def from_state(cls, state: Mapping[str, Any], config: Any = None) -> Any:
+        if state.get("detector") != cls.name or state.get("version") != 1:
+            raise ValueError(f"not a {cls.name} state (version 1)")
         det = cls(config)
         det._keys.load_state(dict(state), _KeyState.from_state)
         return det

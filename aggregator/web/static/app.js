@@ -10,7 +10,8 @@ const SEVERITIES = ["critical", "high", "medium", "low"];
 const ANOMALY_TYPES = [
   "latency_spike", "token_spike", "cost_anomaly", "error_burst", "throughput_drop", "drift",
   "model_swap", "budget_exceeded", "budget_warning", "token_abuse", "expensive_prompt",
-  "multivariate_outlier", "ttft_regression", "finish_length", "alert_storm",
+  "multivariate_outlier", "ttft_regression", "finish_length", "alert_storm", "content_filter", "empty_answer",
+  "quality_regression", "satisfaction_drop", "coordinated_attack", "attack_campaign", "security_correlation",
 ];
 const DEFAULT_FILTERS = { severity: "", service: "", type: "", status: "open,acknowledged" };
 const REFRESH_MS = 15000; // services and counts
@@ -971,6 +972,9 @@ function ensureCharts() {
     { label: "input", color: "--c1" }, { label: "output", color: "--c3" }], (v) => fmtNum(v), fmtCompact);
   charts.cost = makeChart("chart-cost", [{ label: "cost", color: "--c4" }], (v) => `$${fmtNum(v)}`,
     (v) => `$${fmtCompact(v)}`);
+  charts.quality = makeChart("chart-quality", [
+    { label: "eval score", color: "--c1" }, { label: "negative feedback", color: "--c2" }], (v) => fmtNum(v),
+  fmtCompact);
   return true;
 }
 
@@ -1019,6 +1023,7 @@ async function loadSeries() {
   charts.latency.setData([xs, points.map((p) => p.latency_ms_mean), points.map((p) => p.latency_ms_max)]);
   charts.tokens.setData([xs, points.map((p) => p.input_tokens), points.map((p) => p.output_tokens)]);
   charts.cost.setData([xs, points.map((p) => p.cost_usd)]);
+  loadQuality(name, gen);
   section.dataset.state = "loaded";
   section.dataset.points = String(points.length);
   section.dataset.alerts = String(state.seriesAlerts.length);
@@ -1039,6 +1044,32 @@ async function loadSeries() {
   }, el("span", { class: `sev sev-${m.severity}`, text: m.severity }), " ", timeEl(m.t), " ",
   `${label(m.anomaly_type)} (${m.metric})`))));
   if (!list.children.length) list.append(el("li", { class: "muted", text: "None in this range." }));
+}
+
+// The service's evaluation scores and feedback (GET /services/{name}/quality), pooled over its models:
+// the events-weighted mean score of the evaluations, and the negative share of the users' feedback.
+async function loadQuality(name, gen) {
+  let doc;
+  try {
+    doc = await api(`/services/${encodeURIComponent(name)}/quality`);
+  } catch (e) {
+    doc = { series: [] }; // quality signals off, or none yet
+  }
+  if (gen !== state.seriesGen || !charts.quality) return;
+  const acc = new Map(); // bucket start -> [score sum, scored, negative sum, feedback]
+  for (const s of doc.series || []) {
+    const feedback = s.eval_name === "user_feedback";
+    for (const [t, mean, bad, n] of s.points || []) {
+      const a = acc.get(t) || [0, 0, 0, 0];
+      if (!feedback && mean !== null) { a[0] += mean * n; a[1] += n; }
+      if (feedback && bad !== null) { a[2] += bad * n; a[3] += n; }
+      acc.set(t, a);
+    }
+  }
+  const xs = [...acc.keys()].sort((a, b) => a - b);
+  charts.quality.setData([xs, xs.map((t) => (acc.get(t)[1] ? acc.get(t)[0] / acc.get(t)[1] : null)),
+    xs.map((t) => (acc.get(t)[3] ? acc.get(t)[2] / acc.get(t)[3] : null))]);
+  $("charts").dataset.qualitySeries = String((doc.series || []).length);
 }
 
 // --- refreshing --------------------------------------------------------------------------------
