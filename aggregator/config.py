@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aggregator.alerting.grouping import DEFAULT_GROUP_BY
+from aggregator.alerting.grouping import DEFAULT_GROUP_BY, DEFAULT_GROUP_BY_TYPE
 from aggregator.alerting.manager import (
     DEFAULT_ALERT_MIN_CONFIDENCE,
     DEFAULT_CORRELATION_WINDOW_S,
@@ -264,8 +264,13 @@ class AggregatorConfig:
     alert_storm_window_s: float = setting(DEFAULT_STORM_WINDOW_S, "window of the storm rate limit", kind="duration")
     alert_group_by: list[str] = setting(None, "labels whose values make one alert (one notification) of several "
                                         "series, comma-separated in env: service_name, anomaly_type, model, region, "
-                                        "user, detection_method, severity; '...' alone: one alert per series",
+                                        "user, provider, detection_method, severity; '...' alone: one alert per series",
                                         factory=lambda: list(DEFAULT_GROUP_BY))
+    alert_group_by_type: dict[str, Any] = setting(None, "alert_group_by per anomaly type, for incidents that are "
+                                                  "not one service's (a series without every label named uses "
+                                                  "alert_group_by)", flag=False,
+                                                  factory=lambda: {k: list(v)
+                                                                   for k, v in DEFAULT_GROUP_BY_TYPE.items()})
     alert_group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long "
                                         "to collect the other series of its group", kind="duration")
     alert_group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are "
@@ -323,7 +328,8 @@ class AggregatorConfig:
             storm_max_alerts=self.alert_storm_max_alerts, storm_window_s=self.alert_storm_window_s,
             retention_s=self.alert_retention_s, severity=dict(self.alert_severity),
             runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url,
-            group_by=self.alert_group_by, group_wait_s=self.alert_group_wait_s,
+            group_by=self.alert_group_by, group_by_type=dict(self.alert_group_by_type),
+            group_wait_s=self.alert_group_wait_s,
             group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
             group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale,
             metric_max_services=self.baseline_max_keys)

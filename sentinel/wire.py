@@ -28,6 +28,14 @@ Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
 ``anomalies``
     list of maps, the sidecar's local detections (:meth:`sentinel.model.LocalAnomaly.to_wire`):
     at least ``metric``, ``value``, ``baseline``, ``threshold``, ``sigma``, ``trace_id``.
+``status`` (optional)
+    the sending sidecar's own state (:class:`SidecarStatus`), so the receiver can tell "the sidecar
+    restarted or lost rows" from "traffic fell": a map with ``instance`` (str, new at every process
+    start), ``started_unix_nano`` (int), ``dropped_rows`` and ``refused_exports`` (ints, cumulative
+    since that start: rows the sidecar took and will never forward; OTLP exports it refused as
+    overloaded) and ``queue_batches`` (int, sealed batches waiting to be forwarded when this one was
+    sealed). Counters are cumulative, not per batch, so a lost or refused batch loses no count.
+    Readers that predate it ignore it; a sidecar that predates it sends none.
 
 Unknown top-level keys are ignored, so minor additions stay compatible within a version.
 """
@@ -44,7 +52,8 @@ import numpy as np
 
 from sentinel.model import COLUMNS, NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
 
-__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "WIRE_VERSION", "WireBatch", "WireFormatError", "decode", "encode"]
+__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "WIRE_VERSION", "SidecarStatus", "WireBatch", "WireFormatError", "decode",
+           "encode"]
 
 WIRE_VERSION = 1
 CONTENT_TYPE = "application/x-msgpack"
@@ -59,6 +68,39 @@ class WireFormatError(ValueError):
     """The body is not a valid wire batch; the message names what is wrong."""
 
 
+@dataclass(frozen=True)
+class SidecarStatus:
+    """The optional ``status`` of a batch: which run of the sidecar sent it and what it lost so far."""
+
+    instance: str
+    started_unix_nano: int = 0
+    dropped_rows: int = 0
+    refused_exports: int = 0
+    queue_batches: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"instance": self.instance, "started_unix_nano": self.started_unix_nano,
+                "dropped_rows": self.dropped_rows, "refused_exports": self.refused_exports,
+                "queue_batches": self.queue_batches}
+
+    @classmethod
+    def from_wire(cls, m: Any) -> SidecarStatus:
+        if not isinstance(m, dict):
+            raise WireFormatError(f"field 'status' is a {type(m).__name__}, expected a map")
+        instance = _need(m, "instance", str, "status.")
+        if not instance:
+            raise WireFormatError("field 'status.instance' is empty")
+        counts: dict[str, int] = {}
+        for name in ("started_unix_nano", "dropped_rows", "refused_exports", "queue_batches"):
+            v = m.get(name, 0)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise WireFormatError(f"field 'status.{name}' has type {type(v).__name__}")
+            if not 0 <= v <= _INT64_MAX:
+                raise WireFormatError(f"field 'status.{name}' is {v}, must be between 0 and {_INT64_MAX}")
+            counts[name] = v
+        return cls(instance=instance, **counts)
+
+
 @dataclass
 class WireBatch:
     """A decoded wire body."""
@@ -71,6 +113,8 @@ class WireBatch:
     version: int = WIRE_VERSION
     #: Anomalies the body carried beyond ``decode``'s ``max_anomalies`` (not decoded, to be counted).
     anomalies_dropped: int = 0
+    #: The sidecar's own state, when it sent one (see the module docstring).
+    status: SidecarStatus | None = None
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
@@ -96,6 +140,7 @@ def encode(
     seq: int,
     anomalies: Sequence[LocalAnomaly] = (),
     created_unix_nano: int | None = None,
+    status: SidecarStatus | None = None,
 ) -> bytes:
     """Encode a batch as a version-1 wire body."""
     cols: dict[str, Any] = {}
@@ -113,6 +158,8 @@ def encode(
         "cols": cols,
         "anomalies": [a.to_wire() for a in anomalies],
     }
+    if status is not None:
+        body["status"] = status.to_wire()
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
@@ -238,6 +285,7 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
             raise WireFormatError(f"anomalies[{i}] is missing field {e}") from None
         except (TypeError, ValueError) as e:
             raise WireFormatError(f"anomalies[{i}] is invalid: {e}") from None
+    status = SidecarStatus.from_wire(m["status"]) if m.get("status") is not None else None
     return WireBatch(
         sidecar=sidecar,
         seq=seq,
@@ -246,4 +294,5 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
         created_unix_nano=created,
         version=v,
         anomalies_dropped=dropped,
+        status=status,
     )

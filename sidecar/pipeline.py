@@ -21,6 +21,7 @@ from sidecar.extract import Extractor
 from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
 from sidecar.genai_metrics import GenAiMetricsReader
 from sidecar.metrics import SidecarMetrics
+from sidecar.status import StatusSource
 
 __all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
 
@@ -116,6 +117,7 @@ class TracePipeline:
         batch_timeout_s: float,
         receive_queue_max_bytes: int = 16 * 1024 * 1024,
         metrics_reader: GenAiMetricsReader | None = None,
+        status: StatusSource | None = None,
     ) -> None:
         self._extractor = extractor
         self._detector = detector
@@ -128,6 +130,7 @@ class TracePipeline:
         self._batch_timeout_s = batch_timeout_s
         self._max_queued_bytes = receive_queue_max_bytes
         self._metrics_reader = metrics_reader
+        self._status = status
         # (service, request model, operation) -> when span rows last came for it (monotonic s)
         self._span_keys: dict[tuple[Any, Any, Any], float] = {}
         self._queued_bytes = 0
@@ -281,7 +284,8 @@ class TracePipeline:
     def _seal(self, batches: list[FeatureBatch], anomalies: list[LocalAnomaly]) -> SealedBatch:
         batch = FeatureBatch.concat(batches)
         seq = self._seq.next()
-        body = wire.encode(batch, sidecar=self._sidecar_id, seq=seq, anomalies=anomalies)
+        status = self._status.snapshot() if self._status is not None else None
+        body = wire.encode(batch, sidecar=self._sidecar_id, seq=seq, anomalies=anomalies, status=status)
         return SealedBatch(seq=seq, rows=batch.n, body=body)
 
     async def _flush_locked(self) -> None:

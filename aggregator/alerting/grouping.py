@@ -6,6 +6,12 @@ would page once per model. Series whose labels agree on ``group_by`` (default: `
 per-region or per-user breakdown with each member's value. ``["..."]`` groups by every label (one
 alert per series, as without grouping); ``[]`` puts everything in one group.
 
+Some incidents are not one service's: a provider's 429 storm or outage hits every service that
+calls it. ``group_by_type`` gives an anomaly type its own ``group_by`` (an Alertmanager route per
+type); the default groups ``error_burst`` by ``provider`` (``gen_ai.system``), so the storm is one
+alert with a member per service and model. A series that lacks a label of its type's ``group_by``
+(an error burst whose calls named no provider) is grouped by the default ``group_by``.
+
 Pure logic here (the group key, the alert's aggregate fields from its members, the summary); the
 timers (``group_wait``, ``group_interval``, ``repeat_interval``) are the alert manager's.
 """
@@ -23,21 +29,26 @@ from sentinel.config import ConfigError
 __all__ = [
     "ALL_LABELS",
     "DEFAULT_GROUP_BY",
+    "DEFAULT_GROUP_BY_TYPE",
     "GROUP_LABELS",
+    "group_by_for",
     "group_key",
     "lead",
     "member_labels",
     "refresh",
     "summary",
     "validate_group_by",
+    "validate_group_by_type",
 ]
 
 #: The labels a group may be keyed on (those of a member; the silences' labels).
-GROUP_LABELS: tuple[str, ...] = ("service_name", "anomaly_type", "model", "region", "user", "detection_method",
-                                 "severity")
+GROUP_LABELS: tuple[str, ...] = ("service_name", "anomaly_type", "model", "region", "user", "provider",
+                                 "detection_method", "severity")
 #: ``group_by: ["..."]``: every label, i.e. one alert per series (Alertmanager's spelling).
 ALL_LABELS = "..."
 DEFAULT_GROUP_BY: tuple[str, ...] = ("service_name", "anomaly_type")
+#: Per anomaly type: a provider's error storm is one alert across services.
+DEFAULT_GROUP_BY_TYPE: dict[str, tuple[str, ...]] = {"error_burst": ("provider", "anomaly_type")}
 # Labels that tell members apart in a summary, most telling first.
 _BREAKDOWN = (("model", "models"), ("region", "regions"), ("user", "users"), ("service_name", "services"),
               ("anomaly_type", "types"), ("metric", "metrics"))
@@ -47,15 +58,31 @@ _SUMMARY_MEMBERS = 5
 _SCOPE_KEYS = ("user", "api_key_hash", "region", "scope", "scope_value")
 
 
-def validate_group_by(group_by: object) -> None:
+def validate_group_by(group_by: object, setting: str = "alert_group_by") -> None:
     if not isinstance(group_by, list | tuple) or not all(isinstance(x, str) for x in group_by):
-        raise ConfigError("alert_group_by: must be a list of label names")
+        raise ConfigError(f"{setting}: must be a list of label names")
     if ALL_LABELS in group_by and len(group_by) > 1:
-        raise ConfigError(f"alert_group_by: {ALL_LABELS!r} must be the only entry")
+        raise ConfigError(f"{setting}: {ALL_LABELS!r} must be the only entry")
     for name in group_by:
         if name != ALL_LABELS and name not in GROUP_LABELS:
-            raise ConfigError(f"alert_group_by: unknown label {name!r} (one of {', '.join(GROUP_LABELS)}, "
+            raise ConfigError(f"{setting}: unknown label {name!r} (one of {', '.join(GROUP_LABELS)}, "
                               f"or {ALL_LABELS!r} alone)")
+
+
+def validate_group_by_type(by_type: object) -> None:
+    if not isinstance(by_type, Mapping) or not all(isinstance(k, str) and k for k in by_type):
+        raise ConfigError("alert_group_by_type: must be a map of anomaly type to a list of label names")
+    for anomaly_type, group_by in by_type.items():
+        validate_group_by(group_by, f"alert_group_by_type.{anomaly_type}")
+
+
+def group_by_for(group_by: Sequence[str], by_type: Mapping[str, Sequence[str]],
+                 labels: Mapping[str, str]) -> Sequence[str]:
+    """The ``group_by`` of a series: its anomaly type's, when it has every label of it, else the default."""
+    own = by_type.get(labels.get("anomaly_type", ""))
+    if own is None or not all(k == ALL_LABELS or labels.get(k) for k in own):
+        return group_by
+    return own
 
 
 def group_key(group_by: Sequence[str], labels: Mapping[str, str], series_key: str) -> str:

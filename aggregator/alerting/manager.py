@@ -50,7 +50,16 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from aggregator.alerting.grouping import DEFAULT_GROUP_BY, group_key, member_labels, refresh, validate_group_by
+from aggregator.alerting.grouping import (
+    DEFAULT_GROUP_BY,
+    DEFAULT_GROUP_BY_TYPE,
+    group_by_for,
+    group_key,
+    member_labels,
+    refresh,
+    validate_group_by,
+    validate_group_by_type,
+)
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.model import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails, AlertMember, fingerprint
 from aggregator.alerting.rules import CAUSE, REMEDIATION, classify, correlated_cause
@@ -121,6 +130,8 @@ class AlertManagerConfig:
     runbook_url_template: str = DEFAULT_RUNBOOK_URL_TEMPLATE
     public_url: str = ""
     group_by: list[str] = field(default_factory=lambda: list(DEFAULT_GROUP_BY))
+    group_by_type: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_BY_TYPE.items()})
     group_wait_s: float = DEFAULT_GROUP_WAIT_S
     group_interval_s: float = DEFAULT_GROUP_INTERVAL_S
     repeat_interval_s: float = DEFAULT_REPEAT_INTERVAL_S
@@ -142,6 +153,7 @@ class AlertManagerConfig:
             raise ConfigError("alert_group_wait_s: must be shorter than alert_dedup_window_s and "
                               "alert_resolve_after_s")
         validate_group_by(self.group_by)
+        validate_group_by_type(self.group_by_type)
         if self.metric_max_services < 1:
             raise ConfigError("baseline_max_keys: must be greater than 0")
         if not 0 <= self.min_confidence <= 1:
@@ -290,7 +302,7 @@ class AlertManager:
         severity = classify(c.anomaly_type, value=c.value, baseline=c.baseline, deviation_sigma=c.deviation_sigma,
                             confidence=c.confidence, overrides=cfg.severity)
         labels = _labels(c, severity)
-        gk = group_key(cfg.group_by, labels, fp)
+        gk = group_key(group_by_for(cfg.group_by, cfg.group_by_type, labels), labels, fp)
         group = self._open.get(gk)
         member = group.member(fp) if group is not None else None
         dedup = cfg.window_ns("dedup_window_s")
@@ -665,7 +677,7 @@ def _labels(c: Candidate, severity: str) -> dict[str, str]:
     """The labels of a detection's series (what silences match and ``group_by`` names)."""
     labels = {"service_name": c.service or "", "model": c.model or "", "anomaly_type": c.anomaly_type,
               "severity": severity, "detection_method": c.detection_method}
-    for key in ("region", "user"):
+    for key in ("region", "user", "provider"):
         if c.context.get(key):
             labels[key] = str(c.context[key])
     return labels
