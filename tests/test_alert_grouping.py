@@ -257,7 +257,7 @@ def test_a_provider_wide_error_storm_is_one_alert_with_the_services_inside(store
     per_service = make(SQLiteAlertStore(store.path + "-2"), clock, group_by_type={})
     per_service.emit([storm(s) for s in services])
     assert len(all_alerts(per_service.store)) == 4
-    with pytest.raises(ConfigError, match="alert_group_by_type.error_burst: unknown label 'pod'"):
+    with pytest.raises(ConfigError, match=r"alert_group_by_type\.error_burst: unknown label 'pod'"):
         make(store, clock, group_by_type={"error_burst": ["pod"]})
     with pytest.raises(ConfigError, match="alert_group_by_type: must be a map"):
         make(store, clock, group_by_type=["provider"])
