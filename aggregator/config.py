@@ -37,6 +37,7 @@ from aggregator.api.jwt_auth import JwtConfig
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
 from aggregator.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.confirm import (
+    DEFAULT_LEVEL_SHIFT_QUANTILE,
     DEFAULT_MARGIN,
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_MIN_GLOBAL_COUNT,
@@ -194,6 +195,8 @@ class AggregatorConfig:
                                             "confidence are dismissed")
     confirm_unchecked_min_sigma: float = setting(DEFAULT_UNCHECKED_MIN_SIGMA, "local |sigma| needed while the "
                                                  "global history is too short")
+    confirm_level_shift_quantile: float = setting(DEFAULT_LEVEL_SHIFT_QUANTILE, "global quantile a sidecar's "
+                                                  "latency/TTFT level shift (up) must pass to be confirmed")
     viewer_tokens: list[str] = setting(None, "bearer tokens that may read the API, the stream and gRPC Watch "
                                        "(comma-separated in SENTINEL_VIEWER_TOKENS)", flag=False, factory=list)
     operator_tokens: list[str] = setting(None, "bearer tokens that may also acknowledge alerts and manage "
@@ -304,7 +307,8 @@ class AggregatorConfig:
         return ConfirmConfig(enabled=self.confirm_enabled, min_global_count=self.confirm_min_global_count,
                              quantile=self.confirm_quantile, margin=self.confirm_margin,
                              unchecked_min_sigma=self.confirm_unchecked_min_sigma,
-                             min_confidence=self.confirm_min_confidence, late_after_s=self.late_after_s)
+                             min_confidence=self.confirm_min_confidence, late_after_s=self.late_after_s,
+                             level_shift_quantile=self.confirm_level_shift_quantile)
 
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)

@@ -316,7 +316,9 @@ class AlertManager:
             updated[group.alert_id] = group
             group = None
         # A sidecar's error rate is over its own window although the candidate carries the call's time.
-        single_row = c.window_end - c.window_start <= _ROW_WINDOW_NS and c.metric != "error_rate"
+        # A confirmed local level shift is one report of a run of values (context.sustained).
+        single_row = (c.window_end - c.window_start <= _ROW_WINDOW_NS and c.metric != "error_rate"
+                      and not c.context.get("sustained"))
         needed = cfg.persistence.get(c.anomaly_type, cfg.row_persistence if single_row else 1)
         if needed > 1:
             seen = self._pending.setdefault(fp, collections.deque())
