@@ -53,6 +53,7 @@ from aggregator.config_versions import ConfigVersion, ConfigVersions, diff
 from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
+from aggregator.forest_service import ANOMALY_TYPE as FOREST_TYPE
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
 from aggregator.ingest_auth import parse_sidecar_tokens
@@ -152,6 +153,12 @@ class Aggregator:
 
     def _emit(self, candidates: Iterable[Candidate]) -> None:
         batch = list(candidates)
+        if self.forest is not None:  # which features moved together, from the forest (forest_service.py)
+            for c in batch:
+                if c.anomaly_type != FOREST_TYPE and "forest" not in c.context:
+                    note = self.forest.explain(c)
+                    if note is not None:
+                        c.context["forest"] = note
         self.candidates.emit(batch)
         self.alerts.emit(batch)
 
