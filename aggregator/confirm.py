@@ -36,10 +36,17 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.detectors.Can
   high for the fleet too, not a sidecar whose baseline was low. Confidence ``0.8 + 0.2·g`` (the
   CUSUM's evidence counts as a full local strength); the method is ``local_level_shift+global_p90``;
   ``context.sustained = true`` tells the alert manager it is not a single call (no
-  ``alert_row_persistence``: the CUSUM already asked for a run of values). Shifts down and of
+  ``alert_row_persistence``: the CUSUM already asked for a run of values). A TTFT shift whose call
+  is slow as a whole too (its ``latency_ms``, found in the batch by span id, above the global
+  latency quantile) is a slow provider, not a late first token: it becomes ``latency_spike``, as
+  in the aggregator's own ``level_shift`` detector. Shifts down and of
   other metrics are dismissed (a faster provider is no incident; tokens/s and cost have their own
   windowed detectors). Without enough global history a level shift is dismissed: a young sidecar
   baseline is not evidence enough on its own.
+
+**Provider.** Each candidate names the ``provider`` (``gen_ai.system``) of its (service, model),
+learned from the rows of the batches that carry anomalies, so a provider's error storm seen by
+several sidecars joins the one provider-wide alert (``alert_group_by_type``).
 
 **Too little global history.** While the global baseline holds fewer than ``min_global_count``
 values of the metric (calls, for the error rate) — a new key, a fresh aggregator, a metric not
@@ -82,8 +89,9 @@ from typing import Any
 
 from aggregator.baselines import BaselineKey, BaselineStore, KeyBaseline
 from aggregator.detectors.candidate import Candidate
+from aggregator.detectors.providers import ProviderMap
 from sentinel.config import ConfigError
-from sentinel.model import LocalAnomaly
+from sentinel.model import FeatureBatch, LocalAnomaly
 from sentinel.wire import WireBatch
 
 __all__ = [
@@ -195,19 +203,24 @@ class LocalAnomalyConfirmer:
         self._lock: contextlib.AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
         self.confirmed = 0
         self.dismissed = 0
+        self._providers = ProviderMap()
 
     def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
         if not self.config.enabled or not batch.anomalies:
             return
         found: list[Candidate] = []
         oldest = arrival_ns - int(self.config.late_after_s * 1e9)
+        self._providers.note(batch.batch)
         with self._lock:
             for anomaly in batch.anomalies:
                 if anomaly.time_unix_nano < oldest:
                     if self._outcome is not None:
                         self._outcome("late")
                     continue
-                candidate = self.judge(anomaly, sidecar=batch.sidecar)
+                candidate = self.judge(anomaly, sidecar=batch.sidecar, batch=batch.batch)
+                provider = self._providers.get(anomaly.service, anomaly.model)
+                if candidate is not None and provider:
+                    candidate.context["provider"] = provider
                 outcome = "dismissed" if candidate is None else "confirmed"
                 if candidate is None:
                     self.dismissed += 1
@@ -222,8 +235,9 @@ class LocalAnomalyConfirmer:
     def save(self) -> None:
         """Nothing to persist: the confirmer's only state is the baselines it reads."""
 
-    def judge(self, a: LocalAnomaly, *, sidecar: str = "") -> Candidate | None:
-        """The candidate ``a`` becomes, or ``None`` when the global baseline dismisses it."""
+    def judge(self, a: LocalAnomaly, *, sidecar: str = "", batch: FeatureBatch | None = None) -> Candidate | None:
+        """The candidate ``a`` becomes, or ``None`` when the global baseline dismisses it (``batch``: the
+        rows ``a`` came with, where a level shift's call is looked up)."""
         anomaly_type = ANOMALY_TYPES.get(a.metric)
         if anomaly_type is None or not math.isfinite(a.value):
             return None  # a metric this version does not know: nothing to say about it
@@ -231,7 +245,7 @@ class LocalAnomalyConfirmer:
         if a.metric == "error_rate":
             return self._judge_error_rate(a, anomaly_type, key, sidecar)
         if a.method == LEVEL_SHIFT:
-            return self._judge_level_shift(a, key, sidecar)
+            return self._judge_level_shift(a, key, sidecar, batch)
         metric = None if key is None else key.metrics.get(a.metric)
         q = self.config.quantile
         low = _is_low(a)
@@ -263,7 +277,8 @@ class LocalAnomalyConfirmer:
         return _candidate(a, anomaly_type, method, confidence,
                           baseline=median, threshold=limit, sigma=sigma, context=context)
 
-    def _judge_level_shift(self, a: LocalAnomaly, key: KeyBaseline | None, sidecar: str) -> Candidate | None:
+    def _judge_level_shift(self, a: LocalAnomaly, key: KeyBaseline | None, sidecar: str,
+                           batch: FeatureBatch | None) -> Candidate | None:
         anomaly_type = LEVEL_SHIFT_TYPES.get(a.metric)
         metric = None if key is None else key.metrics.get(a.metric)
         if anomaly_type is None or _is_low(a) or metric is None or metric.count < self.config.min_global_count:
@@ -273,12 +288,28 @@ class LocalAnomalyConfirmer:
         if not a.value > limit:
             return None
         context = _context(a, sidecar)
+        if a.metric == "ttft_ms" and key is not None and self._slow_call(a, key, batch):
+            anomaly_type = "latency_spike"  # the whole call is slow: a slow provider, not a late first token
+            context["call_slow_too"] = True
         context.update(global_checked=True, global_count=metric.count, global_beyond=True, global_quantile=limit,
                        sustained=True)
         sigma = (a.value - metric.mean) / metric.std if metric.std > 0 else math.nan
         return _candidate(a, anomaly_type, f"local_level_shift+global_p{_pct(q)}",
                           _confidence(1.0 - limit / a.value if a.value > 0 else 0.0, 1.0),
                           baseline=metric.quantile(0.5), threshold=limit, sigma=sigma, context=context)
+
+    def _slow_call(self, a: LocalAnomaly, key: KeyBaseline, batch: FeatureBatch | None) -> bool:
+        """Whether the call ``a`` was reported on is above the global latency quantile as a whole."""
+        latency = key.metrics.get("latency_ms")
+        if batch is None or not batch.n or a.span_id is None or latency is None \
+                or latency.count < self.config.min_global_count:
+            return False
+        try:
+            i = batch.strings["span_id"].index(a.span_id)
+        except ValueError:
+            return False
+        value = float(batch.numeric["latency_ms"][i])
+        return math.isfinite(value) and value > latency.quantile(self.config.level_shift_quantile)
 
     def _judge_error_rate(self, a: LocalAnomaly, anomaly_type: str, key: KeyBaseline | None,
                           sidecar: str) -> Candidate | None:

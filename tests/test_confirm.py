@@ -360,3 +360,23 @@ def test_a_local_level_shift_is_judged_against_the_fleets_level_not_its_tail(tmp
     store.close()
     with pytest.raises(ConfigError, match="confirm_level_shift_quantile"):
         ConfirmConfig(level_shift_quantile=1.0).validate()
+
+
+def test_a_ttft_shift_of_a_call_slow_as_a_whole_is_a_latency_spike_and_the_provider_is_named() -> None:
+    h = Harness()
+    rows = normal_batch(4, seed=9)
+    rows.strings["span_id"] = ["s" * 16, "a" * 16, "b" * 16, "c" * 16]
+    rows.strings["provider"] = ["openai"] * 4
+    shift = anomaly("ttft_ms", 150.0, method="level_shift", baseline=55.0, sigma=2.5)  # span "s"*16 = row 0
+
+    def feed(latency_ms: float) -> Candidate:
+        rows.numeric["latency_ms"][0] = latency_ms
+        before = len(h.emitted)
+        h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows, anomalies=[shift]), arrival_ns=0)
+        [c] = h.emitted[before:]
+        return c
+
+    late_first_token = feed(150.0)  # the call's latency is ordinary: the first token came late
+    assert late_first_token.anomaly_type == "ttft_regression" and late_first_token.context["provider"] == "openai"
+    slow = feed(2_000.0)  # the whole call is slow: a slow provider
+    assert slow.anomaly_type == "latency_spike" and slow.context["call_slow_too"] is True

@@ -26,6 +26,7 @@ import numpy as np
 from aggregator.detectors.buckets import BucketedKeys, BucketSeries
 from aggregator.detectors.candidate import Candidate
 from aggregator.detectors.keys import Key
+from aggregator.detectors.providers import ProviderMap
 from aggregator.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
@@ -101,8 +102,8 @@ class ErrorBurstDetector:
         c = self.config
         self._keys: BucketedKeys[_KeyState] = BucketedKeys(
             width_s=c.window_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=2, factory=_KeyState)
-        # (service, request model) -> the provider its calls last named (not saved: the next batch tells)
-        self._providers: dict[tuple[str | None, str | None], str] = {}
+        # the provider each key's calls last named (not saved: the next batch tells)
+        self._providers = ProviderMap(c.max_keys)
 
     @property
     def late_rows(self) -> int:
@@ -116,7 +117,7 @@ class ErrorBurstDetector:
         if batch.n:
             err = batch.numeric["is_error"].astype(np.float64)
             self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), err], err)
-            self._note_providers(batch)
+            self._providers.note(batch)
         out: list[Candidate] = []
         c = self.config
         for key, st, idx, (calls, errors), examples in self._keys.close():
@@ -144,19 +145,10 @@ class ErrorBurstDetector:
 
     def _context(self, key: Key, examples: list[str], calls: float, errors: float) -> dict[str, Any]:
         context: dict[str, Any] = {"trace_ids": examples, "calls": int(calls), "errors": int(errors)}
-        provider = self._providers.get((key[0], key[1]))
+        provider = self._providers.get(key[0], key[1])
         if provider:
             context["provider"] = provider
         return context
-
-    def _note_providers(self, batch: FeatureBatch) -> None:
-        s = batch.strings
-        seen = set(zip(s["service"], s["request_model"], s["provider"], strict=True))
-        if len(self._providers) + len(seen) > self.config.max_keys:
-            self._providers.clear()  # bounded: forgotten providers are learned again from the next batch
-        for service, model, provider in seen:
-            if provider:
-                self._providers[(service, model)] = provider
 
     def to_state(self) -> dict[str, Any]:
         return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
