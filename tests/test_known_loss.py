@@ -192,3 +192,14 @@ async def test_a_restarted_sidecar_process_is_seen_as_a_restart(make_sidecar: An
     statuses = [wire.decode(raw).status for *_, raw in entries]
     assert all(s is not None for s in statuses) and len({s.instance for s in statuses if s}) == 2
     await wait_for(lambda: agg.detectors.known_loss.restarts == 1, what="the restart")
+
+
+def test_a_replayed_batch_of_an_earlier_run_is_not_another_restart() -> None:
+    lk = KnownLoss()
+    lk.observe("A", SidecarStatus("r1"), make_batch([T0], service="chat"))
+    lk.observe("A", SidecarStatus("r2"), make_batch([T0 + 3 * MIN], service="chat"))  # the restart
+    # the old run's spool is replayed, interleaved with the new run's batches
+    assert lk.observe("A", SidecarStatus("r1", dropped_rows=50), make_batch([T0 + MIN], service="chat")) == []
+    assert lk.observe("A", SidecarStatus("r2"), make_batch([T0 + 4 * MIN], service="chat")) == []
+    assert lk.restarts == 1 and lk.windows == 1
+    assert KnownLoss.from_state(lk.to_state()).to_state() == lk.to_state()

@@ -17,6 +17,10 @@ service sent no row newer than a given time. A drop that starts as its sidecar f
 a restart whose first batch has not arrived yet, so ``throughput_drop`` holds it for a while
 (``silent_hold_buckets``) instead of paging at once.
 
+A batch of an *earlier* run of the sidecar (its spool replayed after the restart, interleaved with
+the new run's batches) is a replay, not another restart: the last :data:`KEEP_INSTANCES` runs are
+remembered, and such a batch counts only for silence.
+
 Batches without a ``status`` (sidecars that predate it) still count for silence; nothing is
 known about their loss. Pure logic; :class:`~aggregator.detector_service.DetectorService` feeds it
 every batch before the detectors see it.
@@ -40,6 +44,8 @@ DEFAULT_CARRIER_HORIZON_S = 3600.0
 #: Loss windows kept per service (the oldest go first); sidecars followed at most.
 MAX_WINDOWS = 64
 MAX_SIDECARS = 10_000
+#: Earlier runs remembered per sidecar (their replayed batches are not restarts).
+KEEP_INSTANCES = 4
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class _Sidecar:
     dropped: int = 0
     refused: int = 0
     services: dict[str, int] = field(default_factory=dict)  # service -> newest event time of its rows
+    earlier: list[str] = field(default_factory=list)  # the runs before ``instance``, newest last
 
 
 class KnownLoss:
@@ -88,9 +95,12 @@ class KnownLoss:
                 if svc is not None and t > services.get(svc, -(2**63)):
                     services[svc] = t
         found: list[LossWindow] = []
-        if status is not None:
+        if status is not None and status.instance in st.earlier:
+            pass  # a replayed batch of an earlier run: neither a restart nor new loss
+        elif status is not None:
             if st.instance is not None and status.instance != st.instance:
                 self.restarts += 1
+                st.earlier = [*st.earlier, st.instance][-KEEP_INSTANCES:]
                 if st.newest_ns is not None and oldest is not None and oldest > st.newest_ns:
                     found += self._record(sidecar, st, services, st.newest_ns, oldest, "restart")
                 st.dropped = st.refused = 0
@@ -136,7 +146,8 @@ class KnownLoss:
         return {
             "version": 1,
             "sidecars": {k: {"instance": s.instance, "newest_ns": s.newest_ns, "dropped": s.dropped,
-                             "refused": s.refused, "services": s.services} for k, s in self._sidecars.items()},
+                             "refused": s.refused, "services": s.services, "earlier": s.earlier}
+                         for k, s in self._sidecars.items()},
             "windows": [[w.service, w.start_ns, w.end_ns, w.reason, w.sidecar]
                         for ws in self._windows.values() for w in ws],
         }
@@ -149,7 +160,8 @@ class KnownLoss:
         for k, s in state.get("sidecars", {}).items():
             out._sidecars[str(k)] = _Sidecar(
                 instance=s.get("instance"), newest_ns=s.get("newest_ns"), dropped=int(s.get("dropped", 0)),
-                refused=int(s.get("refused", 0)), services={str(a): int(b) for a, b in s.get("services", {}).items()})
+                refused=int(s.get("refused", 0)), services={str(a): int(b) for a, b in s.get("services", {}).items()},
+                earlier=[str(x) for x in s.get("earlier", [])])
         for svc, start, end, reason, sidecar in state.get("windows", []):
             out._windows.setdefault(str(svc), []).append(LossWindow(str(svc), int(start), int(end), str(reason),
                                                                     str(sidecar)))
