@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aggregator.alerting.grouping import DEFAULT_GROUP_BY, DEFAULT_GROUP_BY_TYPE
+from aggregator.alerting.grouping import DEFAULT_GROUP_ACROSS, DEFAULT_GROUP_BY, DEFAULT_GROUP_BY_TYPE
 from aggregator.alerting.manager import (
     DEFAULT_ALERT_MIN_CONFIDENCE,
     DEFAULT_CORRELATION_WINDOW_S,
@@ -269,11 +269,15 @@ class AggregatorConfig:
                                         "series, comma-separated in env: service_name, anomaly_type, model, region, "
                                         "user, provider, detection_method, severity; '...' alone: one alert per series",
                                         factory=lambda: list(DEFAULT_GROUP_BY))
-    alert_group_by_type: dict[str, Any] = setting(None, "alert_group_by per anomaly type, for incidents that are "
-                                                  "not one service's (a series without every label named uses "
-                                                  "alert_group_by)", flag=False,
+    alert_group_by_type: dict[str, Any] = setting(None, "alert_group_by per anomaly type (a series without every "
+                                                  "label named uses alert_group_by)", flag=False,
                                                   factory=lambda: {k: list(v)
                                                                    for k, v in DEFAULT_GROUP_BY_TYPE.items()})
+    alert_group_across: dict[str, Any] = setting(None, "per anomaly type, labels a series may share with a firing "
+                                                 "member of an open alert of its type to join it across groups "
+                                                 "(a provider's storm on several services: one alert)", flag=False,
+                                                 factory=lambda: {k: list(v)
+                                                                  for k, v in DEFAULT_GROUP_ACROSS.items()})
     alert_group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long "
                                         "to collect the other series of its group", kind="duration")
     alert_group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are "
@@ -333,6 +337,7 @@ class AggregatorConfig:
             retention_s=self.alert_retention_s, severity=dict(self.alert_severity),
             runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url,
             group_by=self.alert_group_by, group_by_type=dict(self.alert_group_by_type),
+            group_across=dict(self.alert_group_across),
             group_wait_s=self.alert_group_wait_s,
             group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
             group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale,

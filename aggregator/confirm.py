@@ -46,7 +46,7 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.detectors.Can
 
 **Provider.** Each candidate names the ``provider`` (``gen_ai.system``) of its (service, model),
 learned from the rows of the batches that carry anomalies, so a provider's error storm seen by
-several sidecars joins the one provider-wide alert (``alert_group_by_type``).
+several sidecars joins the one provider-wide alert (``alert_group_across``).
 
 **Too little global history.** While the global baseline holds fewer than ``min_global_count``
 values of the metric (calls, for the error rate) — a new key, a fresh aggregator, a metric not

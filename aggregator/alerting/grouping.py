@@ -6,11 +6,16 @@ would page once per model. Series whose labels agree on ``group_by`` (default: `
 per-region or per-user breakdown with each member's value. ``["..."]`` groups by every label (one
 alert per series, as without grouping); ``[]`` puts everything in one group.
 
+``group_by_type`` gives an anomaly type its own ``group_by`` (an Alertmanager route per type); a
+series that lacks a label its type's ``group_by`` names is grouped by the default ``group_by``.
+
 Some incidents are not one service's: a provider's 429 storm or outage hits every service that
-calls it. ``group_by_type`` gives an anomaly type its own ``group_by`` (an Alertmanager route per
-type); the default groups ``error_burst`` by ``provider`` (``gen_ai.system``), so the storm is one
-alert with a member per service and model. A series that lacks a label of its type's ``group_by``
-(an error burst whose calls named no provider) is grouped by the default ``group_by``.
+calls it, while a service's own bug hits every provider it calls. ``group_across`` handles both:
+for the anomaly types it names (default ``error_burst: [provider]``), a series whose own group has
+no open alert **joins** an open alert of its type that has a firing member sharing those labels
+(``provider``: the ``gen_ai.system`` of its calls). So a storm on one provider across four services
+is one alert with a member per service and model, and a burst of one service across providers is
+one alert too (its series share the service).
 
 Pure logic here (the group key, the alert's aggregate fields from its members, the summary); the
 timers (``group_wait``, ``group_interval``, ``repeat_interval``) are the alert manager's.
@@ -28,15 +33,18 @@ from sentinel.config import ConfigError
 
 __all__ = [
     "ALL_LABELS",
+    "DEFAULT_GROUP_ACROSS",
     "DEFAULT_GROUP_BY",
     "DEFAULT_GROUP_BY_TYPE",
     "GROUP_LABELS",
     "group_by_for",
     "group_key",
+    "joins_across",
     "lead",
     "member_labels",
     "refresh",
     "summary",
+    "validate_group_across",
     "validate_group_by",
     "validate_group_by_type",
 ]
@@ -47,8 +55,10 @@ GROUP_LABELS: tuple[str, ...] = ("service_name", "anomaly_type", "model", "regio
 #: ``group_by: ["..."]``: every label, i.e. one alert per series (Alertmanager's spelling).
 ALL_LABELS = "..."
 DEFAULT_GROUP_BY: tuple[str, ...] = ("service_name", "anomaly_type")
-#: Per anomaly type: a provider's error storm is one alert across services.
-DEFAULT_GROUP_BY_TYPE: dict[str, tuple[str, ...]] = {"error_burst": ("provider", "anomaly_type")}
+#: Per anomaly type: its own group_by (none by default).
+DEFAULT_GROUP_BY_TYPE: dict[str, tuple[str, ...]] = {}
+#: Per anomaly type: labels a new series may share with an open alert's member to join it (across groups).
+DEFAULT_GROUP_ACROSS: dict[str, tuple[str, ...]] = {"error_burst": ("provider",)}
 # Labels that tell members apart in a summary, most telling first.
 _BREAKDOWN = (("model", "models"), ("region", "regions"), ("user", "users"), ("service_name", "services"),
               ("anomaly_type", "types"), ("metric", "metrics"))
@@ -74,6 +84,23 @@ def validate_group_by_type(by_type: object) -> None:
         raise ConfigError("alert_group_by_type: must be a map of anomaly type to a list of label names")
     for anomaly_type, group_by in by_type.items():
         validate_group_by(group_by, f"alert_group_by_type.{anomaly_type}")
+
+
+def validate_group_across(across: object) -> None:
+    if not isinstance(across, Mapping) or not all(isinstance(k, str) and k for k in across):
+        raise ConfigError("alert_group_across: must be a map of anomaly type to a list of label names")
+    for anomaly_type, names in across.items():
+        validate_group_by(names, f"alert_group_across.{anomaly_type}")
+        if not names or ALL_LABELS in names:
+            raise ConfigError(f"alert_group_across.{anomaly_type}: must name at least one label (not {ALL_LABELS!r})")
+
+
+def joins_across(names: Sequence[str], labels: Mapping[str, str], alert: Alert) -> bool:
+    """Whether a series with ``labels`` may join ``alert`` (of its type): a firing member shares every
+    label of ``names``, none of them empty."""
+    if not all(labels.get(k) for k in names):
+        return False
+    return any(m.status == "firing" and all(m.labels.get(k) == labels[k] for k in names) for m in alert.members)
 
 
 def group_by_for(group_by: Sequence[str], by_type: Mapping[str, Sequence[str]],

@@ -51,12 +51,15 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aggregator.alerting.grouping import (
+    DEFAULT_GROUP_ACROSS,
     DEFAULT_GROUP_BY,
     DEFAULT_GROUP_BY_TYPE,
     group_by_for,
     group_key,
+    joins_across,
     member_labels,
     refresh,
+    validate_group_across,
     validate_group_by,
     validate_group_by_type,
 )
@@ -132,6 +135,8 @@ class AlertManagerConfig:
     group_by: list[str] = field(default_factory=lambda: list(DEFAULT_GROUP_BY))
     group_by_type: dict[str, list[str]] = field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_BY_TYPE.items()})
+    group_across: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_ACROSS.items()})
     group_wait_s: float = DEFAULT_GROUP_WAIT_S
     group_interval_s: float = DEFAULT_GROUP_INTERVAL_S
     repeat_interval_s: float = DEFAULT_REPEAT_INTERVAL_S
@@ -154,6 +159,7 @@ class AlertManagerConfig:
                               "alert_resolve_after_s")
         validate_group_by(self.group_by)
         validate_group_by_type(self.group_by_type)
+        validate_group_across(self.group_across)
         if self.metric_max_services < 1:
             raise ConfigError("baseline_max_keys: must be greater than 0")
         if not 0 <= self.min_confidence <= 1:
@@ -304,8 +310,13 @@ class AlertManager:
         labels = _labels(c, severity)
         gk = group_key(group_by_for(cfg.group_by, cfg.group_by_type, labels), labels, fp)
         group = self._open.get(gk)
-        member = group.member(fp) if group is not None else None
         dedup = cfg.window_ns("dedup_window_s")
+        across = cfg.group_across.get(c.anomaly_type)
+        if (group is None or now - group.last_seen > dedup) and across:
+            # e.g. a provider's storm on another service: it joins the alert already open for it
+            group = next((a for a in self._open.values() if a.anomaly_type == c.anomaly_type and a is not group
+                          and now - a.last_seen <= dedup and joins_across(across, labels, a)), group)
+        member = group.member(fp) if group is not None else None
         if group is not None and member is not None and member.status == "firing" and now - member.last_seen <= dedup:
             self._fold(group, member, c, now)
             updated[group.alert_id] = group
