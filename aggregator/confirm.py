@@ -309,7 +309,15 @@ class LocalAnomalyConfirmer:
         except ValueError:
             return False
         value = float(batch.numeric["latency_ms"][i])
-        return math.isfinite(value) and value > latency.quantile(self.config.level_shift_quantile)
+        if not (math.isfinite(value) and value > latency.quantile(self.config.level_shift_quantile)):
+            return False
+        # A late first token makes the whole call slower too, but raises TTFT's share of it; a slow
+        # provider leaves that share as it was. Slow as a whole: the share is under twice the fleet's.
+        ttft = key.metrics.get("ttft_ms")
+        lat_median = latency.quantile(0.5)
+        if ttft is None or not ttft.count or not lat_median > 0 or not value > 0:
+            return True
+        return a.value / value < 2.0 * ttft.quantile(0.5) / lat_median
 
     def _judge_error_rate(self, a: LocalAnomaly, anomaly_type: str, key: KeyBaseline | None,
                           sidecar: str) -> Candidate | None:

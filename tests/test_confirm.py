@@ -380,3 +380,6 @@ def test_a_ttft_shift_of_a_call_slow_as_a_whole_is_a_latency_spike_and_the_provi
     assert late_first_token.anomaly_type == "ttft_regression" and late_first_token.context["provider"] == "openai"
     slow = feed(2_000.0)  # the whole call is slow: a slow provider
     assert slow.anomaly_type == "latency_spike" and slow.context["call_slow_too"] is True
+    # a call slow because its first token came very late (TTFT most of the latency) stays a TTFT regression
+    shift = dataclasses.replace(shift, value=350.0)
+    assert feed(400.0).anomaly_type == "ttft_regression"
