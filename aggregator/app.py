@@ -57,6 +57,7 @@ from aggregator.config_versions import ConfigVersion, ConfigVersions, diff, is_d
 from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
+from aggregator.forest_service import ANOMALY_TYPE as FOREST_TYPE
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
 from aggregator.ingest_auth import parse_sidecar_tokens
@@ -184,6 +185,12 @@ class Aggregator:
 
     def _emit(self, candidates: Iterable[Candidate]) -> None:
         batch = list(candidates)
+        if self.forest is not None:  # which features moved together, from the forest (forest_service.py)
+            for c in batch:
+                if c.anomaly_type != FOREST_TYPE and "forest" not in c.context:
+                    note = self.forest.explain(c)
+                    if note is not None:
+                        c.context["forest"] = note
         self.candidates.emit(batch)
         self.alerts.emit(batch)
         if self.security is not None:  # a user's token or cost anomaly may correlate with security events

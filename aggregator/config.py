@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aggregator.alerting.grouping import DEFAULT_GROUP_BY
+from aggregator.alerting.grouping import DEFAULT_GROUP_ACROSS, DEFAULT_GROUP_BY, DEFAULT_GROUP_BY_TYPE
 from aggregator.alerting.manager import (
     DEFAULT_ALERT_MIN_CONFIDENCE,
     DEFAULT_CORRELATION_WINDOW_S,
@@ -37,6 +37,7 @@ from aggregator.api.jwt_auth import JwtConfig
 from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
 from aggregator.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.confirm import (
+    DEFAULT_LEVEL_SHIFT_QUANTILE,
     DEFAULT_MARGIN,
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_MIN_GLOBAL_COUNT,
@@ -210,6 +211,8 @@ class AggregatorConfig:
                                             "confidence are dismissed")
     confirm_unchecked_min_sigma: float = setting(DEFAULT_UNCHECKED_MIN_SIGMA, "local |sigma| needed while the "
                                                  "global history is too short")
+    confirm_level_shift_quantile: float = setting(DEFAULT_LEVEL_SHIFT_QUANTILE, "global quantile a sidecar's "
+                                                  "latency/TTFT level shift (up) must pass to be confirmed")
     viewer_tokens: list[str] = setting(None, "bearer tokens that may read the API, the stream and gRPC Watch "
                                        "(comma-separated in SENTINEL_VIEWER_TOKENS)", flag=False, factory=list)
     operator_tokens: list[str] = setting(None, "bearer tokens that may also acknowledge alerts and manage "
@@ -280,8 +283,17 @@ class AggregatorConfig:
     alert_storm_window_s: float = setting(DEFAULT_STORM_WINDOW_S, "window of the storm rate limit", kind="duration")
     alert_group_by: list[str] = setting(None, "labels whose values make one alert (one notification) of several "
                                         "series, comma-separated in env: service_name, anomaly_type, model, region, "
-                                        "user, detection_method, severity; '...' alone: one alert per series",
+                                        "user, provider, detection_method, severity; '...' alone: one alert per series",
                                         factory=lambda: list(DEFAULT_GROUP_BY))
+    alert_group_by_type: dict[str, Any] = setting(None, "alert_group_by per anomaly type (a series without every "
+                                                  "label named uses alert_group_by)", flag=False,
+                                                  factory=lambda: {k: list(v)
+                                                                   for k, v in DEFAULT_GROUP_BY_TYPE.items()})
+    alert_group_across: dict[str, Any] = setting(None, "per anomaly type, labels a series may share with a firing "
+                                                 "member of an open alert of its type to join it across groups "
+                                                 "(a provider's storm on several services: one alert)", flag=False,
+                                                 factory=lambda: {k: list(v)
+                                                                  for k, v in DEFAULT_GROUP_ACROSS.items()})
     alert_group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long "
                                         "to collect the other series of its group", kind="duration")
     alert_group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are "
@@ -315,7 +327,8 @@ class AggregatorConfig:
         return ConfirmConfig(enabled=self.confirm_enabled, min_global_count=self.confirm_min_global_count,
                              quantile=self.confirm_quantile, margin=self.confirm_margin,
                              unchecked_min_sigma=self.confirm_unchecked_min_sigma,
-                             min_confidence=self.confirm_min_confidence, late_after_s=self.late_after_s)
+                             min_confidence=self.confirm_min_confidence, late_after_s=self.late_after_s,
+                             level_shift_quantile=self.confirm_level_shift_quantile)
 
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)
@@ -339,7 +352,9 @@ class AggregatorConfig:
             storm_max_alerts=self.alert_storm_max_alerts, storm_window_s=self.alert_storm_window_s,
             retention_s=self.alert_retention_s, severity=dict(self.alert_severity),
             runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url,
-            group_by=self.alert_group_by, group_wait_s=self.alert_group_wait_s,
+            group_by=self.alert_group_by, group_by_type=dict(self.alert_group_by_type),
+            group_across=dict(self.alert_group_across),
+            group_wait_s=self.alert_group_wait_s,
             group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
             group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale,
             metric_max_services=self.baseline_max_keys)

@@ -27,6 +27,27 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.detectors.Can
 * **``error_rate``**: confirmed when the global error rate of the key is lower than the sidecar's
   windowed rate (the burst is local to what this sidecar sees, not the key's normal level).
 
+* **``level_shift``** (the sidecar's CUSUM: the *level* of a key's latency or TTFT moved and
+  stayed, :mod:`sentinel.detectors.level_shift`): a shift is many values a little off, so the
+  single value it was reported at is not far in the fleet's tail and the p99 check above would
+  dismiss every one. It is judged against the fleet's *level* instead: confirmed when it is a
+  shift up of ``latency_ms`` (``latency_spike``) or ``ttft_ms`` (``ttft_regression``) and the
+  value lies above the global ``level_shift_quantile`` (default p90) — the sidecar's new level is
+  high for the fleet too, not a sidecar whose baseline was low. Confidence ``0.8 + 0.2·g`` (the
+  CUSUM's evidence counts as a full local strength); the method is ``local_level_shift+global_p90``;
+  ``context.sustained = true`` tells the alert manager it is not a single call (no
+  ``alert_row_persistence``: the CUSUM already asked for a run of values). A TTFT shift whose call
+  is slow as a whole too (its ``latency_ms``, found in the batch by span id, above the global
+  latency quantile) is a slow provider, not a late first token: it becomes ``latency_spike``, as
+  in the aggregator's own ``level_shift`` detector. Shifts down and of
+  other metrics are dismissed (a faster provider is no incident; tokens/s and cost have their own
+  windowed detectors). Without enough global history a level shift is dismissed: a young sidecar
+  baseline is not evidence enough on its own.
+
+**Provider.** Each candidate names the ``provider`` (``gen_ai.system``) of its (service, model),
+learned from the rows of the batches that carry anomalies, so a provider's error storm seen by
+several sidecars joins the one provider-wide alert (``alert_group_across``).
+
 **Too little global history.** While the global baseline holds fewer than ``min_global_count``
 values of the metric (calls, for the error rate) — a new key, a fresh aggregator, a metric not
 kept in ``baseline_metrics`` — its p99 is not a trustworthy yardstick, so the sidecar is
@@ -68,17 +89,20 @@ from typing import Any
 
 from aggregator.baselines import BaselineKey, BaselineStore, KeyBaseline
 from aggregator.detectors.candidate import Candidate
+from aggregator.detectors.providers import ProviderMap
 from sentinel.config import ConfigError
-from sentinel.model import LocalAnomaly
+from sentinel.model import FeatureBatch, LocalAnomaly
 from sentinel.wire import WireBatch
 
 __all__ = [
     "ANOMALY_TYPES",
+    "DEFAULT_LEVEL_SHIFT_QUANTILE",
     "DEFAULT_MARGIN",
     "DEFAULT_MIN_CONFIDENCE",
     "DEFAULT_MIN_GLOBAL_COUNT",
     "DEFAULT_QUANTILE",
     "DEFAULT_UNCHECKED_MIN_SIGMA",
+    "LEVEL_SHIFT_TYPES",
     "LOW_METRICS",
     "UNCHECKED_CONFIDENCE",
     "ConfirmConfig",
@@ -110,6 +134,12 @@ ANOMALY_TYPES: dict[str, str] = {
     "tokens_per_s": "throughput_drop",
     "error_rate": "error_burst",
 }
+#: The global quantile a local level shift's value must pass (see the module docstring).
+DEFAULT_LEVEL_SHIFT_QUANTILE = 0.9
+#: Local level shifts that are confirmed (up only), with their candidate anomaly type.
+LEVEL_SHIFT_TYPES: dict[str, str] = {"latency_ms": "latency_spike", "ttft_ms": "ttft_regression"}
+#: ``LocalAnomaly.method`` of the sidecar's level shifts (sentinel.detectors.local.LEVEL_SHIFT).
+LEVEL_SHIFT = "level_shift"
 #: Metrics whose anomalous side is low by default (when the local baseline does not tell).
 LOW_METRICS: frozenset[str] = frozenset({"tokens_per_s"})
 
@@ -130,6 +160,7 @@ class ConfirmConfig:
     margin: float = DEFAULT_MARGIN
     unchecked_min_sigma: float = DEFAULT_UNCHECKED_MIN_SIGMA
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    level_shift_quantile: float = DEFAULT_LEVEL_SHIFT_QUANTILE
     #: Anomalies of calls older than arrival minus this are late (a replayed spool, a clock hours
     #: behind): counted as ``late`` and not confirmed, so old incidents do not page as if they were now.
     late_after_s: float = 300.0
@@ -147,6 +178,9 @@ class ConfirmConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
                 raise ConfigError(f"confirm_{name}: must be a number, 0 or more")
+        lq = self.level_shift_quantile
+        if isinstance(lq, bool) or not isinstance(lq, int | float) or not 0.5 <= lq < 1.0:
+            raise ConfigError("confirm_level_shift_quantile: must be at least 0.5 and below 1")
         c = self.min_confidence
         if isinstance(c, bool) or not isinstance(c, int | float) or not 0.0 <= c <= 1.0:
             raise ConfigError("confirm_min_confidence: must be between 0 and 1")
@@ -169,19 +203,24 @@ class LocalAnomalyConfirmer:
         self._lock: contextlib.AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
         self.confirmed = 0
         self.dismissed = 0
+        self._providers = ProviderMap()
 
     def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
         if not self.config.enabled or not batch.anomalies:
             return
         found: list[Candidate] = []
         oldest = arrival_ns - int(self.config.late_after_s * 1e9)
+        self._providers.note(batch.batch)
         with self._lock:
             for anomaly in batch.anomalies:
                 if anomaly.time_unix_nano < oldest:
                     if self._outcome is not None:
                         self._outcome("late")
                     continue
-                candidate = self.judge(anomaly, sidecar=batch.sidecar)
+                candidate = self.judge(anomaly, sidecar=batch.sidecar, batch=batch.batch)
+                provider = self._providers.get(anomaly.service, anomaly.model)
+                if candidate is not None and provider:
+                    candidate.context["provider"] = provider
                 outcome = "dismissed" if candidate is None else "confirmed"
                 if candidate is None:
                     self.dismissed += 1
@@ -196,14 +235,17 @@ class LocalAnomalyConfirmer:
     def save(self) -> None:
         """Nothing to persist: the confirmer's only state is the baselines it reads."""
 
-    def judge(self, a: LocalAnomaly, *, sidecar: str = "") -> Candidate | None:
-        """The candidate ``a`` becomes, or ``None`` when the global baseline dismisses it."""
+    def judge(self, a: LocalAnomaly, *, sidecar: str = "", batch: FeatureBatch | None = None) -> Candidate | None:
+        """The candidate ``a`` becomes, or ``None`` when the global baseline dismisses it (``batch``: the
+        rows ``a`` came with, where a level shift's call is looked up)."""
         anomaly_type = ANOMALY_TYPES.get(a.metric)
         if anomaly_type is None or not math.isfinite(a.value):
             return None  # a metric this version does not know: nothing to say about it
         key = self.store.baseline(BaselineKey(a.service, a.model, a.operation, None))
         if a.metric == "error_rate":
             return self._judge_error_rate(a, anomaly_type, key, sidecar)
+        if a.method == LEVEL_SHIFT:
+            return self._judge_level_shift(a, key, sidecar, batch)
         metric = None if key is None else key.metrics.get(a.metric)
         q = self.config.quantile
         low = _is_low(a)
@@ -234,6 +276,48 @@ class LocalAnomalyConfirmer:
         method = f"local_{a.method}+global_p{_pct(1.0 - q if low else q)}"
         return _candidate(a, anomaly_type, method, confidence,
                           baseline=median, threshold=limit, sigma=sigma, context=context)
+
+    def _judge_level_shift(self, a: LocalAnomaly, key: KeyBaseline | None, sidecar: str,
+                           batch: FeatureBatch | None) -> Candidate | None:
+        anomaly_type = LEVEL_SHIFT_TYPES.get(a.metric)
+        metric = None if key is None else key.metrics.get(a.metric)
+        if anomaly_type is None or _is_low(a) or metric is None or metric.count < self.config.min_global_count:
+            return None
+        q = self.config.level_shift_quantile
+        limit = metric.quantile(q)
+        if not a.value > limit:
+            return None
+        context = _context(a, sidecar)
+        if a.metric == "ttft_ms" and key is not None and self._slow_call(a, key, batch):
+            anomaly_type = "latency_spike"  # the whole call is slow: a slow provider, not a late first token
+            context["call_slow_too"] = True
+        context.update(global_checked=True, global_count=metric.count, global_beyond=True, global_quantile=limit,
+                       sustained=True)
+        sigma = (a.value - metric.mean) / metric.std if metric.std > 0 else math.nan
+        return _candidate(a, anomaly_type, f"local_level_shift+global_p{_pct(q)}",
+                          _confidence(1.0 - limit / a.value if a.value > 0 else 0.0, 1.0),
+                          baseline=metric.quantile(0.5), threshold=limit, sigma=sigma, context=context)
+
+    def _slow_call(self, a: LocalAnomaly, key: KeyBaseline, batch: FeatureBatch | None) -> bool:
+        """Whether the call ``a`` was reported on is above the global latency quantile as a whole."""
+        latency = key.metrics.get("latency_ms")
+        if batch is None or not batch.n or a.span_id is None or latency is None \
+                or latency.count < self.config.min_global_count:
+            return False
+        try:
+            i = batch.strings["span_id"].index(a.span_id)
+        except ValueError:
+            return False
+        value = float(batch.numeric["latency_ms"][i])
+        if not (math.isfinite(value) and value > latency.quantile(self.config.level_shift_quantile)):
+            return False
+        # A late first token makes the whole call slower too, but raises TTFT's share of it; a slow
+        # provider leaves that share as it was. Slow as a whole: the share is under twice the fleet's.
+        ttft = key.metrics.get("ttft_ms")
+        lat_median = latency.quantile(0.5)
+        if ttft is None or not ttft.count or not lat_median > 0 or not value > 0:
+            return True
+        return a.value / value < 2.0 * ttft.quantile(0.5) / lat_median
 
     def _judge_error_rate(self, a: LocalAnomaly, anomaly_type: str, key: KeyBaseline | None,
                           sidecar: str) -> Candidate | None:

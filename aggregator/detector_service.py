@@ -12,6 +12,10 @@ it is; one whose thresholds or limits changed keeps its state, carried through i
 new limit by the next batch; one whose window (:data:`STATE_SHAPE_KEYS`: bucket or window width,
 metrics, sample sizes) changed starts afresh, since its state is counted in the old shape; a
 detector newly enabled starts afresh, one disabled is dropped with its state.
+
+Every batch is shown to :class:`~aggregator.detectors.known_loss.KnownLoss` first (the sidecar's
+``status``: restarts, dropped rows, refused exports), which ``throughput_drop`` consults so that
+a sidecar restart or a full queue is not paged as traffic that fell.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from aggregator.detectors import (
     TokenAbuseConfig,
     TokenAbuseDetector,
 )
+from aggregator.detectors.known_loss import KnownLoss
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from sentinel.wire import WireBatch
@@ -133,6 +138,13 @@ class DetectorService:
         self._clock = clock
         self._emit = emit
         self._dirty = False
+        self.known_loss = KnownLoss()
+        self._share_known_loss()
+
+    def _share_known_loss(self) -> None:
+        for detector in self.detectors.values():
+            if isinstance(detector, ThroughputDropDetector):
+                detector.loss = self.known_loss
 
     def reconfigure(self, settings: Mapping[str, Any]) -> list[str]:
         """Apply a new ``detectors:`` map (validated first; raises naming the key); the detectors started afresh.
@@ -181,11 +193,15 @@ class DetectorService:
                                 "event time was clamped); starting it afresh", name)
                     continue
                 self.detectors[name] = DETECTORS[name][1].from_state(state, self._configs[name])
+            if "known_loss" in saved:
+                self.known_loss = KnownLoss.from_state(saved["known_loss"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             aside = self.path.with_suffix(".damaged")
             self.path.replace(aside)
             log.error("detector state in %s could not be restored (%s); moved to %s", self.path, e, aside)
             self.detectors = {name: DETECTORS[name][1](c) for name, c in self._configs.items()}
+            self.known_loss = KnownLoss()
+        self._share_known_loss()
 
     def _from_the_future(self, state: Mapping[str, Any]) -> bool:
         watermark = state.get("watermark") if isinstance(state, Mapping) else None
@@ -196,6 +212,12 @@ class DetectorService:
     def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
         found: list[Candidate] = []
         rows = batch.batch
+        try:
+            for w in self.known_loss.observe(batch.sidecar, batch.status, rows):
+                log.info("known loss: %s of %s lost rows of %s between %d and %d (event time, ns)",
+                         w.reason, w.sidecar, w.service, w.start_ns, w.end_ns)
+        except Exception:  # a bug here must not stop detection
+            log.exception("known loss failed on batch %s/%d", batch.sidecar, batch.seq)
         if self._late_after_ns is not None and rows.n:
             fresh = rows.numeric["time_unix_nano"] >= arrival_ns - self._late_after_ns
             if not fresh.all():
@@ -212,7 +234,8 @@ class DetectorService:
     def save(self) -> None:
         if not self._dirty:
             return
-        doc = {"version": 1, "detectors": {name: d.to_state() for name, d in self.detectors.items()}}
+        doc = {"version": 1, "detectors": {name: d.to_state() for name, d in self.detectors.items()},
+               "known_loss": self.known_loss.to_state()}
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f, allow_nan=False)

@@ -12,6 +12,16 @@ Every row of an accepted batch is scored with its group's current forest (one ve
 group and batch) *before* it joins the window; rows the forest predicts as outliers become
 ``multivariate_outlier`` candidates, with the features that drove their isolation.
 
+**Explaining other detections.** On realistic traffic the forest's own candidates do not become
+alerts (under ``alert_min_confidence_by_type.multivariate_outlier`` 0.8 and row persistence; 0 of
+its candidates alerted on ``clean-realistic`` and ``incidents-realistic``). What it does add is
+*which features moved together*: every outlier row is remembered per (service, model) — the last
+:data:`EXPLAIN_KEEP` of each, at most :data:`EXPLAIN_MAX_KEYS` keys — and :meth:`ForestService.explain`
+summarises the outliers inside another detection's window (how many, the features that isolated
+them most often, the lowest score). The aggregator adds that summary to every other candidate's
+``context.forest`` (``aggregator/app.py``), so an alert says e.g. that the throughput drop's calls
+were isolated by ``output_tokens`` and ``tokens_per_s``, not ``latency_ms``.
+
 Transforms (applied to training and scored rows alike):
 
 * **log1p** on the heavy-tailed, non-negative features (:data:`DEFAULT_LOG_FEATURES`: latency,
@@ -26,6 +36,7 @@ Transforms (applied to training and scored rows alike):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -89,6 +100,9 @@ _LOG_SCALE: dict[str, float] = {"cost_usd": 1e6}
 _FEATURE_COLUMNS = frozenset(DEFAULT_FEATURES)
 #: Features named in an explanation, most important first.
 EXPLAIN_TOP = 3
+#: Outlier rows remembered per (service, model) for :meth:`ForestService.explain`; keys kept at most.
+EXPLAIN_KEEP = 256
+EXPLAIN_MAX_KEYS = 10_000
 #: Trace ids kept in a candidate's context.
 _MAX_TRACE_IDS = 5
 
@@ -297,6 +311,10 @@ class ForestService:
         self._saved_files: dict[GroupKey, str] = {}
         #: Outliers not emitted because of ``max_candidates_per_batch``, since start.
         self.suppressed = 0
+        # (service, model) -> recent outlier rows (event time ns, score, top feature names); only the
+        # analysis thread reads and writes it (consume and explain both run there)
+        self._outliers: OrderedDict[tuple[str | None, str | None], collections.deque[
+            tuple[int, float, tuple[str, ...]]]] = OrderedDict()
         self.restore()
 
     # -- introspection ----------------------------------------------------------------------------
@@ -412,12 +430,38 @@ class ForestService:
                 "trained_rows": model.trained_rows,
             }
             t = int(times[i])
+            self._remember(s["service"][i], key, t, score, tuple(name for name, _ in explanation))
             found.append((score, Candidate(
                 anomaly_type=ANOMALY_TYPE, service=s["service"][i], model=key, detection_method=DETECTION_METHOD,
                 confidence=confidence_from_score(score, offset), metric=metric,
                 value=-score, baseline=model.baseline, threshold=-offset, deviation_sigma=float("nan"),
                 window_start=t, window_end=t + 1, context=context)))
         return found
+
+    def _remember(self, service: str | None, model: str | None, t: int, score: float,
+                  features: tuple[str, ...]) -> None:
+        k = (service, model)
+        kept = self._outliers.get(k)
+        if kept is None:
+            kept = self._outliers[k] = collections.deque(maxlen=EXPLAIN_KEEP)
+            while len(self._outliers) > EXPLAIN_MAX_KEYS:
+                self._outliers.popitem(last=False)
+        else:
+            self._outliers.move_to_end(k)
+        kept.append((t, score, features))
+
+    def explain(self, candidate: Candidate) -> dict[str, Any] | None:
+        """The forest's outliers of the candidate's (service, model) within its window, or None."""
+        keys = [k for k in ((candidate.service, candidate.model),) if k in self._outliers]
+        if candidate.model is None:  # a service-wide detection: every model of the service
+            keys = [k for k in self._outliers if k[0] == candidate.service]
+        start, end = candidate.window_start, candidate.window_end
+        rows = [r for k in keys for r in self._outliers[k] if start <= r[0] < end]
+        if not rows:
+            return None
+        counts = collections.Counter(f for _, _, features in rows for f in features[:1])
+        return {"outliers": len(rows), "features": [f for f, _ in counts.most_common(EXPLAIN_TOP)],
+                "min_score": round(min(score for _, score, _ in rows), 4)}
 
     # -- background fits --------------------------------------------------------------------------
 

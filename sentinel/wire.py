@@ -34,6 +34,14 @@ Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
 ``security`` (optional, since 2026-12)
     list of maps, guardrail security events (:meth:`sentinel.security_event.SecurityEvent.to_wire`,
     API keys already hashed, no prompt); absent when there are none.
+``status`` (optional)
+    the sending sidecar's own state (:class:`SidecarStatus`), so the receiver can tell "the sidecar
+    restarted or lost rows" from "traffic fell": a map with ``instance`` (str, new at every process
+    start), ``started_unix_nano`` (int), ``dropped_rows`` and ``refused_exports`` (ints, cumulative
+    since that start: rows the sidecar took and will never forward; OTLP exports it refused as
+    overloaded) and ``queue_batches`` (int, sealed batches waiting to be forwarded when this one was
+    sealed). Counters are cumulative, not per batch, so a lost or refused batch loses no count.
+    Readers that predate it ignore it; a sidecar that predates it sends none.
 
 Unknown top-level keys are ignored, so minor additions stay compatible within a version.
 """
@@ -52,7 +60,8 @@ from sentinel.model import COLUMNS, NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatc
 from sentinel.quality import QualityEvent
 from sentinel.security_event import SecurityEvent, SecurityEventError
 
-__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "WIRE_VERSION", "WireBatch", "WireFormatError", "decode", "encode"]
+__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "WIRE_VERSION", "SidecarStatus", "WireBatch", "WireFormatError", "decode",
+           "encode"]
 
 WIRE_VERSION = 1
 CONTENT_TYPE = "application/x-msgpack"
@@ -65,6 +74,39 @@ MAX_ABS_VALUE = 1e15
 
 class WireFormatError(ValueError):
     """The body is not a valid wire batch; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class SidecarStatus:
+    """The optional ``status`` of a batch: which run of the sidecar sent it and what it lost so far."""
+
+    instance: str
+    started_unix_nano: int = 0
+    dropped_rows: int = 0
+    refused_exports: int = 0
+    queue_batches: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"instance": self.instance, "started_unix_nano": self.started_unix_nano,
+                "dropped_rows": self.dropped_rows, "refused_exports": self.refused_exports,
+                "queue_batches": self.queue_batches}
+
+    @classmethod
+    def from_wire(cls, m: Any) -> SidecarStatus:
+        if not isinstance(m, dict):
+            raise WireFormatError(f"field 'status' is a {type(m).__name__}, expected a map")
+        instance = _need(m, "instance", str, "status.")
+        if not instance:
+            raise WireFormatError("field 'status.instance' is empty")
+        counts: dict[str, int] = {}
+        for name in ("started_unix_nano", "dropped_rows", "refused_exports", "queue_batches"):
+            v = m.get(name, 0)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise WireFormatError(f"field 'status.{name}' has type {type(v).__name__}")
+            if not 0 <= v <= _INT64_MAX:
+                raise WireFormatError(f"field 'status.{name}' is {v}, must be between 0 and {_INT64_MAX}")
+            counts[name] = v
+        return cls(instance=instance, **counts)
 
 
 @dataclass
@@ -83,6 +125,8 @@ class WireBatch:
     quality: list[QualityEvent] = field(default_factory=list)
     #: Guardrail security events (the optional ``security`` field).
     security: list[SecurityEvent] = field(default_factory=list)
+    #: The sidecar's own state, when it sent one (see the module docstring).
+    status: SidecarStatus | None = None
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
@@ -110,6 +154,7 @@ def encode(
     created_unix_nano: int | None = None,
     quality: Sequence[QualityEvent] = (),
     security: Sequence[SecurityEvent] = (),
+    status: SidecarStatus | None = None,
 ) -> bytes:
     """Encode a batch as a version-1 wire body."""
     cols: dict[str, Any] = {}
@@ -133,6 +178,8 @@ def encode(
         body["quality"] = [q.to_wire() for q in quality]
     if security:
         body["security"] = [e.to_wire() for e in security]
+    if status is not None:
+        body["status"] = status.to_wire()
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
@@ -260,6 +307,7 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
             raise WireFormatError(f"anomalies[{i}] is invalid: {e}") from None
     quality = _decode_list(m, "quality", QualityEvent.from_wire, max_anomalies)
     security = _decode_list(m, "security", SecurityEvent.from_wire, max_anomalies)
+    status = SidecarStatus.from_wire(m["status"]) if m.get("status") is not None else None
     return WireBatch(
         sidecar=sidecar,
         seq=seq,
@@ -270,6 +318,7 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
         anomalies_dropped=dropped,
         quality=quality,
         security=security,
+        status=status,
     )
 
 

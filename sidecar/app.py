@@ -32,6 +32,7 @@ from sidecar.otlp_http import OtlpHttpReceiver
 from sidecar.passthrough import Passthrough, PassthroughConfig
 from sidecar.pipeline import SeqSource, TracePipeline
 from sidecar.spool import Spool, SpoolConfig, SpoolLockedError
+from sidecar.status import StatusSource
 
 __all__ = ["Sidecar", "run"]
 
@@ -128,6 +129,7 @@ class Sidecar:
             batch_max_rows=c.batch_max_rows, batch_timeout_s=c.batch_timeout_s,
             receive_queue_max_bytes=c.receive_queue_max_bytes,
             metrics_reader=GenAiMetricsReader(metrics_config, extractor.prices) if metrics_config.enabled else None,
+            status=StatusSource(self.metrics),
         )
         self.pipeline.start()
         if c.metrics_listen:

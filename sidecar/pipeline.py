@@ -25,6 +25,7 @@ from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
 from sidecar.genai_metrics import GenAiMetricsReader
 from sidecar.log_signals import has_signal_records, signals_from_logs
 from sidecar.metrics import SidecarMetrics
+from sidecar.status import StatusSource
 
 __all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
 
@@ -122,6 +123,7 @@ class TracePipeline:
         batch_timeout_s: float,
         receive_queue_max_bytes: int = 16 * 1024 * 1024,
         metrics_reader: GenAiMetricsReader | None = None,
+        status: StatusSource | None = None,
     ) -> None:
         self._extractor = extractor
         self._detector = detector
@@ -134,6 +136,7 @@ class TracePipeline:
         self._batch_timeout_s = batch_timeout_s
         self._max_queued_bytes = receive_queue_max_bytes
         self._metrics_reader = metrics_reader
+        self._status = status
         # (service, request model, operation) -> when span rows last came for it (monotonic s)
         self._span_keys: dict[tuple[Any, Any, Any], float] = {}
         self._queued_bytes = 0
@@ -313,8 +316,9 @@ class TracePipeline:
               quality: Sequence[QualityEvent] = (), security: Sequence[SecurityEvent] = ()) -> SealedBatch:
         batch = FeatureBatch.concat(batches)
         seq = self._seq.next()
+        status = self._status.snapshot() if self._status is not None else None
         body = wire.encode(batch, sidecar=self._sidecar_id, seq=seq, anomalies=anomalies, quality=quality,
-                           security=security)
+                           security=security, status=status)
         return SealedBatch(seq=seq, rows=batch.n, body=body)
 
     async def _flush_locked(self) -> None:

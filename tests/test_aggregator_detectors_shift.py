@@ -13,6 +13,7 @@ import pytest
 
 from aggregator.detectors import (
     Candidate,
+    ErrorBurstDetector,
     ExpensivePromptConfig,
     ExpensivePromptDetector,
     FinishLengthConfig,
@@ -267,3 +268,15 @@ def test_a_slow_provider_is_not_a_tokens_per_s_drop_but_collapsed_outputs_are() 
     assert run(det, slow_or_collapsed("slow")) == [] and det.slow_provider == 1
     found = run(ThroughputDropDetector(), slow_or_collapsed("collapse"))
     assert [(c.metric, c.window_start) for c in found] == [("tokens_per_s", T0 + 30 * MIN)]
+
+
+def test_error_burst_names_the_provider_of_its_key() -> None:
+    rng = np.random.default_rng(3)
+    batches = []
+    for m in range(30):
+        n = 60
+        t = np.sort(T0 + m * MIN + rng.integers(0, MIN, n)).tolist()
+        batches.append(make_batch(t, provider="anthropic", request_model="claude",
+                                  is_error=rng.random(n) < (0.3 if m >= 20 else 0.01)))
+    [c] = run(ErrorBurstDetector(), batches)
+    assert c.context["provider"] == "anthropic" and c.model == "claude"

@@ -224,3 +224,49 @@ def test_a_full_group_counts_the_series_it_cannot_list(store: SQLiteAlertStore) 
     assert [x.labels["user"] for x in a.members] == ["u-2", "u-4"]
     with pytest.raises(ConfigError, match="alert_group_max_members"):
         make(store, clock, group_max_members=0)
+
+
+def storm(service: str, provider: str | None = "anthropic", model: str = "claude") -> Candidate:
+    extra = {"provider": provider} if provider else {}
+    return cand(anomaly_type="error_burst", service=service, model=model, metric="error_rate", value=0.3,
+                baseline=0.01, threshold=0.1, sigma=9.0, **extra)
+
+
+def test_a_provider_wide_error_storm_is_one_alert_with_the_services_inside(store: SQLiteAlertStore) -> None:
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    services = ("chat", "search", "summarize", "review")
+    m.emit([storm(s) for s in services])
+    m.emit([storm("ledger", provider="openai", model="gpt-4o")])  # another provider: its own alert
+    m.emit([storm("x", provider=None), storm("y", provider=None)])  # no provider named: per service
+    m.emit([cand(service="chat"), cand(service="search")])  # other types keep per-service groups
+    alerts = all_alerts(store)
+    bursts = [a for a in alerts if a.anomaly_type == "error_burst"]
+    [anthropic] = [a for a in bursts if a.labels.get("provider") == "anthropic"]
+    assert sorted(x.labels["service_name"] for x in anthropic.members) == sorted(services)
+    assert anthropic.service_name is None and anthropic.model == "claude"
+    assert "4 services (chat, search, summarize, review)" in anthropic.summary
+    assert sorted(a.service_name or "" for a in bursts if a is not anthropic) == ["ledger", "x", "y"]
+    assert sorted(a.service_name or "" for a in alerts if a.anomaly_type == "latency_spike") == ["chat", "search"]
+    clock.advance(10)
+    m.tick()
+    assert store.outbox_depth("rec") == len(alerts) == 6  # one notification for the storm
+    # a burst of one service across its providers is one alert too (its series share the service)
+    wide = make(SQLiteAlertStore(store.path + "-w"), clock)
+    wide.emit([storm("billing", provider="openai", model="gpt-4o"), storm("billing")])
+    [one] = all_alerts(wide.store)
+    assert one.service_name == "billing" and len(one.members) == 2
+    # per service again when the operator says so
+    per_service = make(SQLiteAlertStore(store.path + "-2"), clock, group_across={})
+    per_service.emit([storm(s) for s in services])
+    assert len(all_alerts(per_service.store)) == 4
+    # a route per type: group_by_type
+    by_provider = make(SQLiteAlertStore(store.path + "-3"), clock, group_by_type={"error_burst": ["provider"]})
+    by_provider.emit([storm("a"), storm("b"), storm("c", provider=None)])
+    assert sorted(len(a.members) for a in all_alerts(by_provider.store)) == [1, 2]
+    with pytest.raises(ConfigError, match=r"alert_group_by_type\.error_burst: unknown label 'pod'"):
+        make(store, clock, group_by_type={"error_burst": ["pod"]})
+    with pytest.raises(ConfigError, match="alert_group_by_type: must be a map"):
+        make(store, clock, group_by_type=["provider"])
+    with pytest.raises(ConfigError, match=r"alert_group_across\.error_burst: must name at least one label"):
+        make(store, clock, group_across={"error_burst": []})

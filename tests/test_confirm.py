@@ -329,3 +329,57 @@ def test_late_anomalies_are_counted_not_confirmed() -> None:
     confirmer.consume(WireBatch(sidecar="s", seq=1, batch=FeatureBatch.empty(), anomalies=[old, fresh]),
                       arrival_ns=now)
     assert outcomes == ["late", "confirmed"] and len(found) == 1
+
+
+# --- the sidecar's level shifts ---------------------------------------------------------------
+
+
+def test_a_local_level_shift_is_judged_against_the_fleets_level_not_its_tail(tmp_path: Any) -> None:
+    from aggregator.alerting.store import SQLiteAlertStore
+    from tests.test_alert_manager import Clock, all_alerts, make
+    h = Harness()
+    shift = anomaly("latency_ms", 320.0, method="level_shift", baseline=150.0, sigma=2.5)  # x2, well inside p99
+    assert Harness().feed(dataclasses.replace(shift, method="zscore")) == []  # the tail check dismisses it
+    [c] = h.feed(shift)
+    assert (c.anomaly_type, c.detection_method) == ("latency_spike", "local_level_shift+global_p90")
+    assert c.context["sustained"] is True and 150.0 < c.threshold < 320.0 and c.confidence >= 0.8
+    [ttft] = h.feed(anomaly("ttft_ms", 150.0, method="level_shift", baseline=55.0, sigma=2.5))
+    assert ttft.anomaly_type == "ttft_regression"
+    # a shift to a level ordinary for the fleet, a shift down, another metric, no global history: dismissed
+    assert h.feed(anomaly("latency_ms", 160.0, method="level_shift", baseline=90.0),
+                  anomaly("latency_ms", 60.0, method="level_shift", baseline=150.0),
+                  anomaly("output_tokens", 2_000.0, method="level_shift", baseline=150.0)) == []
+    assert Harness(rows=10).feed(shift) == []
+    assert (h.confirmer.confirmed, h.confirmer.dismissed) == (2, 3)
+    # one confirmed shift is an alert at once: it is a run of values, not one slow call
+    store = SQLiteAlertStore(str(tmp_path / "alerts.db"))
+    store.open()
+    m = make(store, Clock())
+    m.emit([c])
+    assert [a.anomaly_type for a in all_alerts(store)] == ["latency_spike"]
+    store.close()
+    with pytest.raises(ConfigError, match="confirm_level_shift_quantile"):
+        ConfirmConfig(level_shift_quantile=1.0).validate()
+
+
+def test_a_ttft_shift_of_a_call_slow_as_a_whole_is_a_latency_spike_and_the_provider_is_named() -> None:
+    h = Harness()
+    rows = normal_batch(4, seed=9)
+    rows.strings["span_id"] = ["s" * 16, "a" * 16, "b" * 16, "c" * 16]
+    rows.strings["provider"] = ["openai"] * 4
+    shift = anomaly("ttft_ms", 150.0, method="level_shift", baseline=55.0, sigma=2.5)  # span "s"*16 = row 0
+
+    def feed(latency_ms: float) -> Candidate:
+        rows.numeric["latency_ms"][0] = latency_ms
+        before = len(h.emitted)
+        h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows, anomalies=[shift]), arrival_ns=0)
+        [c] = h.emitted[before:]
+        return c
+
+    late_first_token = feed(150.0)  # the call's latency is ordinary: the first token came late
+    assert late_first_token.anomaly_type == "ttft_regression" and late_first_token.context["provider"] == "openai"
+    slow = feed(2_000.0)  # the whole call is slow: a slow provider
+    assert slow.anomaly_type == "latency_spike" and slow.context["call_slow_too"] is True
+    # a call slow because its first token came very late (TTFT most of the latency) stays a TTFT regression
+    shift = dataclasses.replace(shift, value=350.0)
+    assert feed(400.0).anomaly_type == "ttft_regression"

@@ -299,3 +299,34 @@ def test_defaults_match_the_design() -> None:
         10_000, 1_000, 5_000, 100, 256)
     assert c.contamination == 0.005 and c.max_groups == 100 and c.max_candidates_per_batch == 50
     assert fs.confidence_from_score(-0.6, -0.6) == 0.5 and fs.confidence_from_score(-1.0, -0.6) == 1.0
+
+
+def test_the_forest_explains_another_detection_with_the_features_that_moved(trained: ForestService) -> None:
+    probe = make_batch(300, seed=210, latency_x=50.0, tokens_x=30.0, anomalies=5, prefix="y")
+    feed(trained, probe)
+    times = probe.numeric["time_unix_nano"]
+
+    def other(model: str | None, start: int, end: int) -> Candidate:
+        return Candidate(anomaly_type="latency_spike", service="chat", model=model, detection_method="level_shift",
+                         confidence=0.9, metric="latency_ms", value=40_000.0, baseline=800.0, threshold=2400.0,
+                         deviation_sigma=float("nan"), window_start=start, window_end=end, context={})
+
+    note = trained.explain(other(MODEL, int(times[0]), int(times[-1]) + 1))
+    assert note is not None and note["outliers"] >= 5 and note["min_score"] < 0
+    assert set(note["features"]) <= {"latency_ms", "tokens_per_s", "input_tokens", "cost_usd"}
+    assert trained.explain(other(None, int(times[0]), int(times[-1]) + 1)) == note  # service-wide: every model
+    assert trained.explain(other(MODEL, int(times[-1]) + 10, int(times[-1]) + 20)) is None  # outside the window
+    assert trained.explain(other("claude", int(times[0]), int(times[-1]) + 1)) is None
+
+
+async def test_the_aggregator_puts_the_forest_explanation_in_other_alerts(make_aggregator: Any) -> None:
+    from aggregator.alerting.store import AlertQuery
+    agg = await make_aggregator()
+    assert agg.forest is not None
+    agg.forest.explain = lambda c: {"outliers": 3, "features": ["output_tokens"], "min_score": -0.7}  # type: ignore[method-assign]
+    t = time.time_ns()
+    agg._emit([Candidate(anomaly_type="throughput_drop", service="chat", model=MODEL, detection_method="mean_ratio",
+                         confidence=0.9, metric="tokens_per_s", value=1.0, baseline=40.0, threshold=20.0,
+                         deviation_sigma=float("nan"), window_start=t, window_end=t + 60 * 10**9, context={})])
+    [alert] = agg.alert_store.query(AlertQuery(limit=10))[0]
+    assert alert.context["forest"] == {"outliers": 3, "features": ["output_tokens"], "min_score": -0.7}

@@ -6,6 +6,17 @@ would page once per model. Series whose labels agree on ``group_by`` (default: `
 per-region or per-user breakdown with each member's value. ``["..."]`` groups by every label (one
 alert per series, as without grouping); ``[]`` puts everything in one group.
 
+``group_by_type`` gives an anomaly type its own ``group_by`` (an Alertmanager route per type); a
+series that lacks a label its type's ``group_by`` names is grouped by the default ``group_by``.
+
+Some incidents are not one service's: a provider's 429 storm or outage hits every service that
+calls it, while a service's own bug hits every provider it calls. ``group_across`` handles both:
+for the anomaly types it names (default ``error_burst: [provider]``), a series whose own group has
+no open alert **joins** an open alert of its type that has a firing member sharing those labels
+(``provider``: the ``gen_ai.system`` of its calls). So a storm on one provider across four services
+is one alert with a member per service and model, and a burst of one service across providers is
+one alert too (its series share the service).
+
 Pure logic here (the group key, the alert's aggregate fields from its members, the summary); the
 timers (``group_wait``, ``group_interval``, ``repeat_interval``) are the alert manager's.
 """
@@ -22,22 +33,32 @@ from sentinel.config import ConfigError
 
 __all__ = [
     "ALL_LABELS",
+    "DEFAULT_GROUP_ACROSS",
     "DEFAULT_GROUP_BY",
+    "DEFAULT_GROUP_BY_TYPE",
     "GROUP_LABELS",
+    "group_by_for",
     "group_key",
+    "joins_across",
     "lead",
     "member_labels",
     "refresh",
     "summary",
+    "validate_group_across",
     "validate_group_by",
+    "validate_group_by_type",
 ]
 
 #: The labels a group may be keyed on (those of a member; the silences' labels).
-GROUP_LABELS: tuple[str, ...] = ("service_name", "anomaly_type", "model", "region", "user", "detection_method",
-                                 "severity")
+GROUP_LABELS: tuple[str, ...] = ("service_name", "anomaly_type", "model", "region", "user", "provider",
+                                 "detection_method", "severity")
 #: ``group_by: ["..."]``: every label, i.e. one alert per series (Alertmanager's spelling).
 ALL_LABELS = "..."
 DEFAULT_GROUP_BY: tuple[str, ...] = ("service_name", "anomaly_type")
+#: Per anomaly type: its own group_by (none by default).
+DEFAULT_GROUP_BY_TYPE: dict[str, tuple[str, ...]] = {}
+#: Per anomaly type: labels a new series may share with an open alert's member to join it (across groups).
+DEFAULT_GROUP_ACROSS: dict[str, tuple[str, ...]] = {"error_burst": ("provider",)}
 # Labels that tell members apart in a summary, most telling first.
 _BREAKDOWN = (("model", "models"), ("region", "regions"), ("user", "users"), ("service_name", "services"),
               ("anomaly_type", "types"), ("metric", "metrics"))
@@ -47,15 +68,48 @@ _SUMMARY_MEMBERS = 5
 _SCOPE_KEYS = ("user", "api_key_hash", "region", "scope", "scope_value")
 
 
-def validate_group_by(group_by: object) -> None:
+def validate_group_by(group_by: object, setting: str = "alert_group_by") -> None:
     if not isinstance(group_by, list | tuple) or not all(isinstance(x, str) for x in group_by):
-        raise ConfigError("alert_group_by: must be a list of label names")
+        raise ConfigError(f"{setting}: must be a list of label names")
     if ALL_LABELS in group_by and len(group_by) > 1:
-        raise ConfigError(f"alert_group_by: {ALL_LABELS!r} must be the only entry")
+        raise ConfigError(f"{setting}: {ALL_LABELS!r} must be the only entry")
     for name in group_by:
         if name != ALL_LABELS and name not in GROUP_LABELS:
-            raise ConfigError(f"alert_group_by: unknown label {name!r} (one of {', '.join(GROUP_LABELS)}, "
+            raise ConfigError(f"{setting}: unknown label {name!r} (one of {', '.join(GROUP_LABELS)}, "
                               f"or {ALL_LABELS!r} alone)")
+
+
+def validate_group_by_type(by_type: object) -> None:
+    if not isinstance(by_type, Mapping) or not all(isinstance(k, str) and k for k in by_type):
+        raise ConfigError("alert_group_by_type: must be a map of anomaly type to a list of label names")
+    for anomaly_type, group_by in by_type.items():
+        validate_group_by(group_by, f"alert_group_by_type.{anomaly_type}")
+
+
+def validate_group_across(across: object) -> None:
+    if not isinstance(across, Mapping) or not all(isinstance(k, str) and k for k in across):
+        raise ConfigError("alert_group_across: must be a map of anomaly type to a list of label names")
+    for anomaly_type, names in across.items():
+        validate_group_by(names, f"alert_group_across.{anomaly_type}")
+        if not names or ALL_LABELS in names:
+            raise ConfigError(f"alert_group_across.{anomaly_type}: must name at least one label (not {ALL_LABELS!r})")
+
+
+def joins_across(names: Sequence[str], labels: Mapping[str, str], alert: Alert) -> bool:
+    """Whether a series with ``labels`` may join ``alert`` (of its type): a firing member shares every
+    label of ``names``, none of them empty."""
+    if not all(labels.get(k) for k in names):
+        return False
+    return any(m.status == "firing" and all(m.labels.get(k) == labels[k] for k in names) for m in alert.members)
+
+
+def group_by_for(group_by: Sequence[str], by_type: Mapping[str, Sequence[str]],
+                 labels: Mapping[str, str]) -> Sequence[str]:
+    """The ``group_by`` of a series: its anomaly type's, when it has every label of it, else the default."""
+    own = by_type.get(labels.get("anomaly_type", ""))
+    if own is None or not all(k == ALL_LABELS or labels.get(k) for k in own):
+        return group_by
+    return own
 
 
 def group_key(group_by: Sequence[str], labels: Mapping[str, str], series_key: str) -> str:

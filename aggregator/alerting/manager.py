@@ -50,7 +50,19 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from aggregator.alerting.grouping import DEFAULT_GROUP_BY, group_key, member_labels, refresh, validate_group_by
+from aggregator.alerting.grouping import (
+    DEFAULT_GROUP_ACROSS,
+    DEFAULT_GROUP_BY,
+    DEFAULT_GROUP_BY_TYPE,
+    group_by_for,
+    group_key,
+    joins_across,
+    member_labels,
+    refresh,
+    validate_group_across,
+    validate_group_by,
+    validate_group_by_type,
+)
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.model import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails, AlertMember, fingerprint
 from aggregator.alerting.rules import CAUSE, REMEDIATION, classify, correlated_cause
@@ -121,6 +133,10 @@ class AlertManagerConfig:
     runbook_url_template: str = DEFAULT_RUNBOOK_URL_TEMPLATE
     public_url: str = ""
     group_by: list[str] = field(default_factory=lambda: list(DEFAULT_GROUP_BY))
+    group_by_type: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_BY_TYPE.items()})
+    group_across: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_ACROSS.items()})
     group_wait_s: float = DEFAULT_GROUP_WAIT_S
     group_interval_s: float = DEFAULT_GROUP_INTERVAL_S
     repeat_interval_s: float = DEFAULT_REPEAT_INTERVAL_S
@@ -142,6 +158,8 @@ class AlertManagerConfig:
             raise ConfigError("alert_group_wait_s: must be shorter than alert_dedup_window_s and "
                               "alert_resolve_after_s")
         validate_group_by(self.group_by)
+        validate_group_by_type(self.group_by_type)
+        validate_group_across(self.group_across)
         if self.metric_max_services < 1:
             raise ConfigError("baseline_max_keys: must be greater than 0")
         if not 0 <= self.min_confidence <= 1:
@@ -290,10 +308,15 @@ class AlertManager:
         severity = classify(c.anomaly_type, value=c.value, baseline=c.baseline, deviation_sigma=c.deviation_sigma,
                             confidence=c.confidence, overrides=cfg.severity)
         labels = _labels(c, severity)
-        gk = group_key(cfg.group_by, labels, fp)
+        gk = group_key(group_by_for(cfg.group_by, cfg.group_by_type, labels), labels, fp)
         group = self._open.get(gk)
-        member = group.member(fp) if group is not None else None
         dedup = cfg.window_ns("dedup_window_s")
+        across = cfg.group_across.get(c.anomaly_type)
+        if (group is None or now - group.last_seen > dedup) and across:
+            # e.g. a provider's storm on another service: it joins the alert already open for it
+            group = next((a for a in self._open.values() if a.anomaly_type == c.anomaly_type and a is not group
+                          and now - a.last_seen <= dedup and joins_across(across, labels, a)), group)
+        member = group.member(fp) if group is not None else None
         if group is not None and member is not None and member.status == "firing" and now - member.last_seen <= dedup:
             self._fold(group, member, c, now)
             updated[group.alert_id] = group
@@ -304,7 +327,9 @@ class AlertManager:
             updated[group.alert_id] = group
             group = None
         # A sidecar's error rate is over its own window although the candidate carries the call's time.
-        single_row = c.window_end - c.window_start <= _ROW_WINDOW_NS and c.metric != "error_rate"
+        # A confirmed local level shift is one report of a run of values (context.sustained).
+        single_row = (c.window_end - c.window_start <= _ROW_WINDOW_NS and c.metric != "error_rate"
+                      and not c.context.get("sustained"))
         needed = cfg.persistence.get(c.anomaly_type, cfg.row_persistence if single_row else 1)
         if needed > 1:
             seen = self._pending.setdefault(fp, collections.deque())
@@ -665,7 +690,7 @@ def _labels(c: Candidate, severity: str) -> dict[str, str]:
     """The labels of a detection's series (what silences match and ``group_by`` names)."""
     labels = {"service_name": c.service or "", "model": c.model or "", "anomaly_type": c.anomaly_type,
               "severity": severity, "detection_method": c.detection_method}
-    for key in ("region", "user"):
+    for key in ("region", "user", "provider"):
         if c.context.get(key):
             labels[key] = str(c.context[key])
     return labels

@@ -8,6 +8,10 @@ starts at ``prior_rate`` instead of needing a warm-up. A window is a burst when 
 ``min_calls`` calls and ``min_errors`` errors, a rate of at least ``min_rate`` and a binomial z
 ``(rate − p0)/sqrt(p0(1 − p0)/calls)`` of at least ``z_threshold``. A key fires once per excursion
 and re-arms after a window that is not a burst; burst windows do not update the baseline.
+
+A candidate names the key's ``provider`` (``gen_ai.system``, the latest one its calls carried) in
+its context, so a provider-wide storm on several services can be grouped into one alert
+(``alert_group_across``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 
 from aggregator.detectors.buckets import BucketedKeys, BucketSeries
 from aggregator.detectors.candidate import Candidate
+from aggregator.detectors.keys import Key
+from aggregator.detectors.providers import ProviderMap
 from aggregator.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
@@ -96,6 +102,8 @@ class ErrorBurstDetector:
         c = self.config
         self._keys: BucketedKeys[_KeyState] = BucketedKeys(
             width_s=c.window_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=2, factory=_KeyState)
+        # the provider each key's calls last named (not saved: the next batch tells)
+        self._providers = ProviderMap(c.max_keys)
 
     @property
     def late_rows(self) -> int:
@@ -109,6 +117,7 @@ class ErrorBurstDetector:
         if batch.n:
             err = batch.numeric["is_error"].astype(np.float64)
             self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), err], err)
+            self._providers.note(batch)
         out: list[Candidate] = []
         c = self.config
         for key, st, idx, (calls, errors), examples in self._keys.close():
@@ -127,12 +136,19 @@ class ErrorBurstDetector:
                     confidence=min(1.0, 0.5 + 0.5 * (z - c.z_threshold) / c.z_threshold), metric="error_rate",
                     value=rate, baseline=p0, threshold=max(c.min_rate, p0 + c.z_threshold * sd), deviation_sigma=z,
                     window_start=start, window_end=end,
-                    context={"trace_ids": examples, "calls": int(calls), "errors": int(errors)}))
+                    context=self._context(key, examples, calls, errors)))
             if not burst:
                 st.armed = True
                 st.calls = (1 - c.alpha) * st.calls + calls
                 st.errors = (1 - c.alpha) * st.errors + errors
         return out
+
+    def _context(self, key: Key, examples: list[str], calls: float, errors: float) -> dict[str, Any]:
+        context: dict[str, Any] = {"trace_ids": examples, "calls": int(calls), "errors": int(errors)}
+        provider = self._providers.get(key[0], key[1])
+        if provider:
+            context["provider"] = provider
+        return context
 
     def to_state(self) -> dict[str, Any]:
         return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}

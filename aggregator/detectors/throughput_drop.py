@@ -29,6 +29,14 @@ behind, a forward queue that filled up) are not traffic that stopped: every drop
 key for the drop's window arrived meanwhile. A key needs ``min_history_buckets`` closed buckets
 (warm-up included) of history before its drop began for the drop to be raised, so a model that appeared for ten
 minutes (reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away.
+
+What sidecars report (:mod:`aggregator.detectors.known_loss`, given as :attr:`ThroughputDropDetector.loss`):
+a drop whose window overlaps a loss window of its service — a sidecar restart (spans sent while it
+was down are gone), rows a sidecar dropped or exports it refused — is not raised either (counted
+in ``known_loss``). A drop that begins as every sidecar carrying the service falls silent may be
+a restart whose first batch is still to come: it is held up to ``silent_hold_buckets`` more
+closed buckets while they stay silent, then raised unless a loss window turned up meanwhile (a
+service whose only sidecar is down for longer is reported, that much later).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import numpy as np
 from aggregator.detectors.buckets import BucketedKeys, BucketSeries
 from aggregator.detectors.candidate import Candidate
 from aggregator.detectors.keys import Key
+from aggregator.detectors.known_loss import KnownLoss
 from aggregator.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
@@ -64,6 +73,7 @@ DEFAULT_TPS_MIN_CALLS = 10
 DEFAULT_MAX_KEYS = 10_000
 DEFAULT_HOLD_BUCKETS = 1
 DEFAULT_MIN_HISTORY_BUCKETS = 30
+DEFAULT_SILENT_HOLD_BUCKETS = 5
 KEY_COLUMNS = ("service", "request_model")
 #: bucket sums: calls, tokens/s sum, calls with tokens/s, log latency sum, calls with both
 N_FIELDS = 5
@@ -90,6 +100,7 @@ class ThroughputDropConfig:
     tps_min_calls: int = DEFAULT_TPS_MIN_CALLS
     hold_buckets: int = DEFAULT_HOLD_BUCKETS
     min_history_buckets: int = DEFAULT_MIN_HISTORY_BUCKETS
+    silent_hold_buckets: int = DEFAULT_SILENT_HOLD_BUCKETS
     max_keys: int = DEFAULT_MAX_KEYS
 
     def validate(self) -> ThroughputDropConfig:
@@ -108,6 +119,7 @@ class ThroughputDropConfig:
         check_min(NAME, "tps_min_calls", self.tps_min_calls, 1)
         check_min(NAME, "hold_buckets", self.hold_buckets, 0)
         check_min(NAME, "min_history_buckets", self.min_history_buckets, 0)
+        check_min(NAME, "silent_hold_buckets", self.silent_hold_buckets, 0)
         check_min(NAME, "max_keys", self.max_keys, 1)
         return self
 
@@ -156,6 +168,8 @@ class ThroughputDropDetector:
         self._held: list[tuple[int, Candidate]] = []
         self.known_loss = 0  # drops not raised because the key's rows came late
         self.slow_provider = 0  # tokens/s drops not raised because the latency rise explains them
+        #: What sidecars report about restarts and lost rows (set by the detector service; None: nothing)
+        self.loss: KnownLoss | None = None
 
     @property
     def late_rows(self) -> int:
@@ -205,15 +219,24 @@ class ThroughputDropDetector:
         return self._release(found)
 
     def _release(self, found: list[Candidate]) -> list[Candidate]:
-        """Hold new drops; emit the held ones whose hold is over and whose key had no late rows."""
+        """Hold new drops; emit the held ones whose hold is over and that no known loss explains."""
         limit = self._keys.closed_limit
         width = self._keys.width_ns
         self._held += [(c.window_end // width - 1 + self.config.hold_buckets, c) for c in found]
         out: list[Candidate] = []
         keep: list[tuple[int, Candidate]] = []
+        loss = self.loss
         for release, cand in self._held:
+            # a loss window touching the drop (a bucket either side: a restart cuts buckets in two)
+            if loss is not None and loss.lost(cand.service, cand.window_start - width, cand.window_end + width):
+                self.known_loss += 1
+                continue
             if limit is not None and release >= limit:
                 keep.append((release, cand))
+                continue
+            if (loss is not None and limit is not None and limit <= release + self.config.silent_hold_buckets
+                    and loss.silent(cand.service, cand.window_end)):
+                keep.append((release, cand))  # its sidecars fell silent: a restart may be reported yet
                 continue
             late = self._keys.last_late.get((cand.service, cand.model))
             if late is not None and late >= cand.window_start // width:
