@@ -24,8 +24,10 @@ from sidecar.metrics import SidecarMetrics
 
 __all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
 
-#: Spans extracted between two yields to the event loop (about a millisecond of work).
-SLICE_SPANS = 128
+#: Spans extracted between two yields to the event loop: ~0.3 ms of work on the CI machine (~1 ms
+#: under a load average of 10), so an export arriving meanwhile waits no longer than that. At 128
+#: (~1.3 ms, 5 ms loaded) these waits were part of the export p99 (loadtest/bench_sidecar.py, phase 4).
+SLICE_SPANS = 32
 
 log = logging.getLogger(__name__)
 
@@ -246,9 +248,12 @@ class TracePipeline:
         """Detect on ``rows`` and hand them to the forward queue (batched, or sealed when durable)."""
         if not rows:
             return
-        # Detection runs once per request: its cost is mostly per call, not per row.
+        # Detection runs once per request: its cost is mostly per call, not per row. Each step of
+        # a millisecond or more is its own turn of the event loop, so exports are answered between.
         batch = FeatureBatch.from_rows(rows)
+        await asyncio.sleep(0)
         anomalies = self._detector.process(batch)
+        await asyncio.sleep(0)
         self._record(anomalies)
         batches = [batch]
         if self._durable:
