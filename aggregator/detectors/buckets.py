@@ -89,6 +89,12 @@ class BucketSeries:
         return b
 
 
+def _nan_to_zero(f: FloatArray) -> FloatArray:
+    """``np.nan_to_num(f)``, without its cost (~10 µs a call, a dozen calls a batch) when all is finite."""
+    f = np.asarray(f, dtype=np.float64)
+    return f if np.isfinite(f).all() else np.nan_to_num(f)
+
+
 def _key_bucket_pairs(codes: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64], n_keys: int
                       ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
     """The distinct (key code, bucket) pairs, sorted, and each row's index into them.
@@ -157,8 +163,7 @@ class BucketedKeys(Generic[S]):
         bucket = t // self.width_ns
         pair, inv = _key_bucket_pairs(codes, bucket, len(keys))
         sums = np.stack(
-            [np.bincount(inv, weights=np.nan_to_num(np.asarray(f, dtype=np.float64)), minlength=len(pair))
-             for f in fields], axis=1)
+            [np.bincount(inv, weights=_nan_to_zero(f), minlength=len(pair)) for f in fields], axis=1)
         examples = top_rows_per_group(inv.astype(np.int64), example_weight, self.max_examples)
         trace = batch.strings["trace_id"]
         weight = np.nan_to_num(np.asarray(example_weight, dtype=np.float64), nan=-1.0).tolist()

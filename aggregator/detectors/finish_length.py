@@ -101,12 +101,13 @@ class _KeyState:
 
 
 def _at_limit(reasons: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """1.0 where a finish reason (or one of a comma-separated list) means the output limit was hit."""
-    out = np.zeros(len(reasons))
-    for i, r in enumerate(reasons):
-        if r is not None and any(p.strip().lower() in LIMIT_REASONS for p in str(r).split(",")):
-            out[i] = 1.0
-    return out
+    """1.0 where a finish reason (or one of a comma-separated list) means the output limit was hit.
+
+    Each distinct reason is parsed once (a batch holds a handful), then looked up per row.
+    """
+    table = {r: 1.0 if r is not None and any(p.strip().lower() in LIMIT_REASONS for p in str(r).split(","))
+             else 0.0 for r in set(reasons)}
+    return np.fromiter(map(table.__getitem__, reasons), dtype=np.float64, count=len(reasons))
 
 
 class FinishLengthDetector:

@@ -20,7 +20,7 @@ IntArray = npt.NDArray[np.int64]
 
 #: Groupings remembered (by the identity of their column objects): the aggregator's detectors group
 #: the same batch by the same columns a dozen times (profile of ``loadtest/bench_aggregator.py``).
-_MEMO_SIZE = 8
+_MEMO_SIZE = 32
 _memo: OrderedDict[tuple[int, ...], tuple[list[Sequence[str | None]], IntArray, list[Key]]] = OrderedDict()
 _memo_lock = threading.Lock()
 
