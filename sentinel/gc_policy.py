@@ -9,6 +9,10 @@ into the permanent generation (``gc.freeze``): collections then walk only what w
 Reference counting still frees them as usual; only a reference *cycle* among start-up objects
 would be kept, which start-up objects do not form in practice.
 
+The aggregator does the same before it starts (~90,000 objects, a full collection ~130 ms on the
+same machine: a pause of its analysis thread), freezing what its construction made but not the
+state it restores.
+
 Call it once per process, when start-up is done — never from a library or a test (freezing a test
 process would keep every cycle its earlier tests left).
 """

@@ -43,3 +43,23 @@ def test_the_sidecar_process_leaves_its_start_up_objects_out_of_collections() ->
     # What a full collection still walks is what was made after start-up: a small fraction
     # (the price table, loaded lazily on first use, is loaded before the freeze).
     assert process["tracked"] < library["tracked"] / 5
+
+
+_AGGREGATOR_CHILD = r"""
+import asyncio, gc, sys, tempfile
+import aggregator.app as app
+from aggregator.config import AggregatorConfig
+
+async def fake_run_until_signalled(service, start_errors, *, on_reload=None):
+    return gc.get_freeze_count()  # what run() froze before it would have started the service
+
+app.run_until_signalled = fake_run_until_signalled
+with tempfile.TemporaryDirectory() as d:
+    print(asyncio.run(app.run(AggregatorConfig(listen="127.0.0.1:0", data_dir=d, grpc_listen=""))))
+"""
+
+
+def test_the_aggregator_process_freezes_its_start_up_objects_before_it_starts() -> None:
+    out = subprocess.run([sys.executable, "-c", _AGGREGATOR_CHILD], cwd=ROOT, env=child_env(), capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert int(out.stdout.strip().splitlines()[-1]) > 50_000
