@@ -24,10 +24,10 @@ from sidecar.metrics import SidecarMetrics
 
 __all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
 
-#: Spans extracted between two yields to the event loop: ~0.3 ms of work on the CI machine (~1 ms
-#: under a load average of 10), so an export arriving meanwhile waits no longer than that. At 128
-#: (~1.3 ms, 5 ms loaded) these waits were part of the export p99 (loadtest/bench_sidecar.py, phase 4).
-SLICE_SPANS = 32
+#: Spans extracted between two yields to the event loop (about a millisecond of work). 32 was tried:
+#: it cost a quarter to a half of the end-to-end rate (loadtest/bench_sidecar.py, figures 2-3) and
+#: did not measurably lower the export p99, whose tail was garbage collection (sentinel/gc_policy.py).
+SLICE_SPANS = 128
 
 log = logging.getLogger(__name__)
 
