@@ -11,6 +11,7 @@ over both (the extractor decides that; see ``sidecar/extract.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -121,6 +122,13 @@ class PriceBook:
         if prices is None:
             return None
         return (input_tokens or 0) * prices[0] + (output_tokens or 0) * prices[1]
+
+    @staticmethod
+    def load_table() -> None:
+        """Load ``genai-prices``' table now (it loads on first use): ~16,000 objects a process that
+        freezes its start-up objects out of garbage collection (:mod:`sentinel.gc_policy`) wants frozen."""
+        with contextlib.suppress(LookupError, ValueError):
+            calc_price(Usage(input_tokens=_PROBE_TOKENS, output_tokens=_PROBE_TOKENS), model_ref="gpt-4o")
 
     def _lookup(self, provider: str | None, model: str) -> PerToken | None:
         # An OTel provider name genai-prices does not know (x_ai, …) falls back to the model alone.

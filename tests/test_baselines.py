@@ -280,3 +280,63 @@ def _row(model: str) -> tuple[Any, ...]:
 def test_config_errors_name_the_key(overrides: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{key}:"):
         BaselineStore(BaselineConfig(**overrides))
+
+
+# --- the bulk sketch update (numpy keys through DDSketch's own mapping) ------------------------------
+
+
+@pytest.mark.parametrize("accuracy", [0.01, 0.02, 0.05])
+def test_numpy_keys_equal_the_mappings_own(accuracy: float) -> None:
+    from aggregator.baselines import _sketch_keys
+
+    mapping = DDSketch(accuracy)._mapping
+    rng = np.random.default_rng(11)
+    values = np.concatenate([rng.lognormal(0, 6, 200_000), rng.uniform(1e-9, 1e9, 50_000),
+                             # values on and next to the bucket boundaries, where a last-bit difference would show
+                             np.array([mapping._pow_gamma(k) for k in range(-400, 400)]),
+                             np.nextafter(np.array([mapping._pow_gamma(k) for k in range(-400, 400)]), np.inf)])
+    ours = _sketch_keys(mapping, values)
+    theirs = np.array([mapping.key(float(x)) for x in values])
+    assert np.array_equal(ours, theirs)
+
+
+def test_bulk_update_gives_the_librarys_bins_exactly() -> None:
+    from ddsketch.pb.proto import DDSketchProto
+
+    rng = np.random.default_rng(12)
+    values = np.concatenate([rng.lognormal(4, 1.5, 20_000), np.zeros(30), -rng.lognormal(1, 1, 40)])
+    rng.shuffle(values)
+    bulk = MetricBaseline()
+    for chunk in np.array_split(values, 7):
+        bulk.update(chunk)
+    reference = DDSketch(DEFAULT_RELATIVE_ACCURACY)
+    for v in values:
+        reference.add(float(v))
+    ours = DDSketchProto.to_proto(bulk.sketch)  # type: ignore[no-untyped-call]
+    theirs = DDSketchProto.to_proto(reference)  # type: ignore[no-untyped-call]
+    assert ours == theirs
+    assert bulk.sketch.count == reference.count and bulk.sketch.sum == pytest.approx(reference.sum, rel=1e-12)
+    for q in (0.0, 0.01, 0.5, 0.95, 0.99, 1.0):
+        assert bulk.sketch.get_quantile_value(q) == reference.get_quantile_value(q)
+
+
+def test_store_update_equals_per_key_sketches_of_the_same_rows() -> None:
+    batch = make_batch(3_000, seed=13, keys=6, regions=("eu", None, "us"))
+    store = BaselineStore(BaselineConfig(seasonality=True))
+    for lo in range(0, batch.n, 500):
+        store.update(FeatureBatch(n=min(500, batch.n - lo),
+                                  numeric={k: v[lo:lo + 500] for k, v in batch.numeric.items()},
+                                  strings={k: v[lo:lo + 500] for k, v in batch.strings.items()}))
+    s = batch.strings
+    for key in {BaselineKey(a, b, c, None) for a, b, c in zip(s["service"], s["request_model"], s["operation"],
+                                                              strict=True)}:
+        rows = [i for i in range(batch.n) if (s["service"][i], s["request_model"][i], s["operation"][i])
+                == key[:3]]
+        got = store.baseline(key)
+        assert got is not None and got.calls == len(rows)
+        for m in DEFAULT_METRICS:
+            reference = DDSketch(DEFAULT_RELATIVE_ACCURACY)
+            for i in rows:
+                reference.add(float(batch.numeric[m][i]))
+            for q in (0.5, 0.95, 0.99):
+                assert got.metrics[m].sketch.get_quantile_value(q) == reference.get_quantile_value(q)

@@ -210,8 +210,9 @@ async def test_rabbitmq_events_raise_an_attack_whose_block_is_sent_only_once_app
                 audit = (await c.get("/api/v1/audit", headers={"Authorization": "Bearer ad"})).json()
             assert len(hook.received) == 1
             sent = hook.received[0]
+            # the approver is the principal (a JWT sub or the token's place), not the role
             assert (sent["ip_address"], sent["subject_type"], sent["approved_by"]) == ("192.0.2.66", "ip_address",
-                                                                                        "operator_tokens[0]")  # the principal (issue 19)
+                                                                                        "operator_tokens[0]")
             assert sent["suggested_duration_s"] == 3600 and "sk-abc" not in json.dumps(sent)
             entries = [e for e in audit["entries"] if e["action"] == "security_action.approve"]
             assert entries and entries[0]["target"] == action.action_id and entries[0]["role"] == "operator"

@@ -89,6 +89,29 @@ class BucketSeries:
         return b
 
 
+def _nan_to_zero(f: FloatArray) -> FloatArray:
+    """``np.nan_to_num(f)``, without its cost (~10 µs a call, a dozen calls a batch) when all is finite."""
+    f = np.asarray(f, dtype=np.float64)
+    return f if np.isfinite(f).all() else np.nan_to_num(f)
+
+
+def _key_bucket_pairs(codes: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64], n_keys: int
+                      ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
+    """The distinct (key code, bucket) pairs, sorted, and each row's index into them.
+
+    What ``np.unique(np.stack([codes, bucket], axis=1), axis=0, return_inverse=True)`` gives, from
+    one integer per row (``code * span + bucket - first``) instead: ``np.unique`` along an axis sorts
+    rows through a structured view and took ~60 % of this method (profile of the aggregator bench).
+    """
+    first = int(bucket.min())
+    span = int(bucket.max()) - first + 1
+    if n_keys * span >= 2**62:  # absurd spread of event times: keep the exact general form
+        pair, inv = np.unique(np.stack([codes, bucket], axis=1), axis=0, return_inverse=True)
+        return pair, inv.reshape(-1)
+    combined, inv = np.unique(codes * span + (bucket - first), return_inverse=True)
+    return np.stack([combined // span, combined % span + first], axis=1), inv.reshape(-1)
+
+
 class HasBuckets(Protocol):
     buckets: BucketSeries
 
@@ -138,11 +161,9 @@ class BucketedKeys(Generic[S]):
         t = batch.numeric["time_unix_nano"].astype(np.int64)
         codes, keys = group_by_key([batch.strings[c] for c in key_columns])
         bucket = t // self.width_ns
-        pair, inv = np.unique(np.stack([codes, bucket], axis=1), axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
+        pair, inv = _key_bucket_pairs(codes, bucket, len(keys))
         sums = np.stack(
-            [np.bincount(inv, weights=np.nan_to_num(np.asarray(f, dtype=np.float64)), minlength=len(pair))
-             for f in fields], axis=1)
+            [np.bincount(inv, weights=_nan_to_zero(f), minlength=len(pair)) for f in fields], axis=1)
         examples = top_rows_per_group(inv.astype(np.int64), example_weight, self.max_examples)
         trace = batch.strings["trace_id"]
         weight = np.nan_to_num(np.asarray(example_weight, dtype=np.float64), nan=-1.0).tolist()

@@ -104,12 +104,13 @@ class _KeyState:
 
 def reasons_in(reasons: Any, wanted: frozenset[str] = LIMIT_REASONS) -> np.ndarray[Any, np.dtype[np.float64]]:
     """1.0 where a finish reason (or one of a comma-separated list) is one of ``wanted`` (by default:
-    the output limit was hit)."""
-    out = np.zeros(len(reasons))
-    for i, r in enumerate(reasons):
-        if r is not None and any(p.strip().lower() in wanted for p in str(r).split(",")):
-            out[i] = 1.0
-    return out
+    the output limit was hit).
+
+    Each distinct reason is parsed once (a batch holds a handful), then looked up per row.
+    """
+    table = {r: 1.0 if r is not None and any(p.strip().lower() in wanted for p in str(r).split(","))
+             else 0.0 for r in set(reasons)}
+    return np.fromiter(map(table.__getitem__, reasons), dtype=np.float64, count=len(reasons))
 
 
 class FinishLengthDetector:

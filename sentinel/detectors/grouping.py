@@ -5,6 +5,8 @@ Shared by the sidecar's local detector and the aggregator's detectors.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,12 +18,41 @@ Key = tuple[str | None, ...]
 IntArray = npt.NDArray[np.int64]
 
 
+#: Groupings remembered (by the identity of their column objects): the aggregator's detectors group
+#: the same batch by the same columns a dozen times (profile of ``loadtest/bench_aggregator.py``).
+_MEMO_SIZE = 32
+_memo: OrderedDict[tuple[int, ...], tuple[list[Sequence[str | None]], IntArray, list[Key]]] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
 def group_by_key(columns: Sequence[Sequence[str | None]]) -> tuple[IntArray, list[Key]]:
     """Code per row (0..K-1) and the K distinct keys (in first-seen order of codes).
 
     Each column is encoded on its own (one dict pass per column, no tuple per row); a column with
     one value throughout is skipped, as a sidecar's batch usually holds one service.
+
+    The last few results are remembered by the identity of the column objects (which the memo keeps
+    alive, so an identity is not reused while remembered): columns are never changed in place once
+    in a batch. The codes come back read-only and the key list must not be changed, since later
+    callers share them.
     """
+    ident = tuple(map(id, columns))
+    with _memo_lock:
+        hit = _memo.get(ident)
+        if hit is not None and all(a is b for a, b in zip(hit[0], columns, strict=True)) \
+                and len(hit[1]) == (len(columns[0]) if columns else 0):
+            _memo.move_to_end(ident)
+            return hit[1], hit[2]
+    codes, keys = _group(columns)
+    codes.flags.writeable = False
+    with _memo_lock:
+        _memo[ident] = (list(columns), codes, keys)
+        while len(_memo) > _MEMO_SIZE:
+            _memo.popitem(last=False)
+    return codes, keys
+
+
+def _group(columns: Sequence[Sequence[str | None]]) -> tuple[IntArray, list[Key]]:
     n = len(columns[0]) if columns else 0
     code = np.zeros(n, dtype=np.int64)
     values: list[list[str | None]] = []
