@@ -41,23 +41,23 @@ from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
-from aggregator.analysis import Analysis, BatchConsumer
+from aggregator.analysis.baselines.consumer import BaselineService
+from aggregator.analysis.candidates import CandidateLog
+from aggregator.analysis.confirm import LocalAnomalyConfirmer
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.consumer import DetectorService
+from aggregator.analysis.forest.consumer import ForestService
+from aggregator.analysis.pipeline import Analysis, BatchConsumer
+from aggregator.analysis.series import SeriesService
 from aggregator.api.auth import Roles
 from aggregator.api.guard import allowed_host_names
 from aggregator.api.jwt_auth import JwtVerifier
 from aggregator.api.routes import Api, add_api_routes
-from aggregator.baseline_service import BaselineService
-from aggregator.candidates import CandidateLog
 from aggregator.config import AggregatorConfig
 from aggregator.config_versions import ConfigVersion, ConfigVersions, diff
-from aggregator.confirm import LocalAnomalyConfirmer
-from aggregator.detector_service import DetectorService
-from aggregator.detectors.candidate import Candidate
-from aggregator.forest_service import ForestService
-from aggregator.ingest import IngestService
-from aggregator.ingest_auth import parse_sidecar_tokens
+from aggregator.ingest.auth import parse_sidecar_tokens
+from aggregator.ingest.service import IngestService
 from aggregator.metrics import AggregatorMetrics
-from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
 from sentinel.config import ConfigError, load

@@ -32,11 +32,8 @@ from aggregator.alerting.precision_guard import DEFAULT_MIN_VERDICTS as DEFAULT_
 from aggregator.alerting.precision_guard import DEFAULT_STEP as DEFAULT_FEEDBACK_STEP
 from aggregator.alerting.precision_guard import DEFAULT_WINDOW_S as DEFAULT_FEEDBACK_WINDOW_S
 from aggregator.alerting.precision_guard import PrecisionGuardConfig
-from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
-from aggregator.api.jwt_auth import JwtConfig
-from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
-from aggregator.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
-from aggregator.confirm import (
+from aggregator.analysis.baselines.store import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
+from aggregator.analysis.confirm import (
     DEFAULT_MARGIN,
     DEFAULT_MIN_CONFIDENCE,
     DEFAULT_MIN_GLOBAL_COUNT,
@@ -44,12 +41,15 @@ from aggregator.confirm import (
     DEFAULT_UNCHECKED_MIN_SIGMA,
     ConfirmConfig,
 )
-from aggregator.event_time import DEFAULT_MAX_FUTURE_SKEW_S
-from aggregator.ingest_auth import parse_sidecar_tokens
+from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
+from aggregator.api.jwt_auth import JwtConfig
+from aggregator.ingest.auth import parse_sidecar_tokens
+from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
+from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
 from sentinel.config import ConfigError, setting
 
 if TYPE_CHECKING:
-    from aggregator.forest_service import ForestConfig
+    from aggregator.analysis.forest.consumer import ForestConfig
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -96,7 +96,7 @@ def forest_config(settings: dict[str, Any]) -> ForestConfig | None:
     """The Isolation Forest's settings from the ``forest:`` map, or ``None`` when disabled."""
     import dataclasses
 
-    from aggregator.forest_service import ForestConfig
+    from aggregator.analysis.forest.consumer import ForestConfig
 
     if not isinstance(settings, dict):
         raise ConfigError("forest: must be a map")
@@ -177,7 +177,7 @@ class AggregatorConfig:
     baseline_relative_accuracy: float = setting(DEFAULT_RELATIVE_ACCURACY, "relative error bound of the "
                                                 "baseline quantiles (DDSketch)")
     detectors: dict[str, Any] = setting(None, "detector settings, one map per detector (see "
-                                        "aggregator/detectors/README.md); `enabled: false` turns one off",
+                                        "aggregator/analysis/detectors/README.md); `enabled: false` turns one off",
                                         flag=False, factory=dict)
     forest: dict[str, Any] = setting(None, "Isolation Forest settings (aggregator/README.md, 'Isolation "
                                      "Forest in the pipeline'); `enabled: false` turns it off",
@@ -400,7 +400,7 @@ class AggregatorConfig:
             raise ConfigError("save_interval_s: must be greater than 0")
         self.baseline_config().validate()
         self.confirm_config().validate()
-        from aggregator.detector_service import parse_detector_settings  # imports every detector
+        from aggregator.analysis.detectors.consumer import parse_detector_settings  # imports every detector
 
         parse_detector_settings(self.detectors)
         forest_config(self.forest)

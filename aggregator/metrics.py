@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from aggregator.detectors.candidate import Candidate
-    from aggregator.forest_service import ForestService
+    from aggregator.analysis.detectors.candidate import Candidate
+    from aggregator.analysis.forest.consumer import ForestService
 
 __all__ = ["CONFIRM_OUTCOMES", "DETECTION_LATENCY_BUCKETS", "INGEST_OUTCOMES", "AggregatorMetrics"]
 

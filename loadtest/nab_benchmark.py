@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.detectors import Candidate, CostCusumConfig, CostCusumDetector, DriftConfig, DriftDetector
-from aggregator.isolation_forest import IsolationForest
+from aggregator.analysis.detectors import Candidate, CostCusumConfig, CostCusumDetector, DriftConfig, DriftDetector
+from aggregator.analysis.forest.isolation_forest import IsolationForest
 from loadtest.nab_scoring import (
     NULL_SCORE,
     PROFILES,

@@ -23,11 +23,11 @@ from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
 from aggregator.alerting.model import Alert, AlertDetails
 from aggregator.alerting.store import SQLiteAlertStore
+from aggregator.analysis.baselines.consumer import BaselineService
+from aggregator.analysis.baselines.store import BaselineConfig
+from aggregator.analysis.candidates import CandidateLog
+from aggregator.analysis.series import SeriesService
 from aggregator.api import Api, Roles, add_api_routes
-from aggregator.baseline_service import BaselineService
-from aggregator.baselines import BaselineConfig
-from aggregator.candidates import CandidateLog
-from aggregator.series import SeriesService
 from sentinel.model import COLUMNS, FeatureBatch
 from sentinel.service import add_ops_routes
 from sentinel.wire import WireBatch

@@ -1,4 +1,4 @@
-"""aggregator.baselines: moments, sketch accuracy, keys, seasonality, merging, saving and the LRU bound."""
+"""aggregator.analysis.baselines.store: moments, sketch accuracy, keys, seasonality, merging, saving, the LRU bound."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ddsketch import DDSketch
 
-from aggregator.baselines import (
+from aggregator.analysis.baselines.store import (
     DEFAULT_METRICS,
     DEFAULT_RELATIVE_ACCURACY,
     BaselineConfig,

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
-from aggregator.detectors.candidate import Candidate
 from sentinel.config_cli import file_settings
 from sentinel.config_cli import main as config_main
 

@@ -1,4 +1,4 @@
-"""aggregator.confirm: forwarded local anomalies confirmed or dismissed against global baselines."""
+"""aggregator.analysis.confirm: forwarded local anomalies confirmed or dismissed against global baselines."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from aggregator.baseline_service import BaselineService
-from aggregator.baselines import BaselineConfig, BaselineStore
-from aggregator.confirm import UNCHECKED_CONFIDENCE, ConfirmConfig, LocalAnomalyConfirmer
-from aggregator.detectors.candidate import Candidate
+from aggregator.analysis.baselines.consumer import BaselineService
+from aggregator.analysis.baselines.store import BaselineConfig, BaselineStore
+from aggregator.analysis.confirm import UNCHECKED_CONFIDENCE, ConfirmConfig, LocalAnomalyConfirmer
+from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.metrics import AggregatorMetrics
 from loadtest.spans import DEFAULT_MODELS, DEFAULT_START_UNIX_NANO, anomalous_span, build_trace_request
 from sentinel.config import ConfigError

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from aggregator.detector_service import DetectorService
-from aggregator.event_time import clamp_future
+from aggregator.analysis.detectors.consumer import DetectorService
+from aggregator.ingest.event_time import clamp_future
 from sentinel import wire
 from sentinel.model import COLUMNS, FeatureBatch, LocalAnomaly, Row
 from tests.conftest import AggregatorFactory

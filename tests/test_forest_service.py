@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import aggregator.forest_service as fs
-from aggregator.detectors.candidate import Candidate
-from aggregator.forest_service import ForestConfig, ForestService, TrainedForest
+import aggregator.analysis.forest.consumer as fs
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.forest.consumer import ForestConfig, ForestService, TrainedForest
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
 from sentinel.wire import WireBatch

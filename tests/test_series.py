@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.series import FILE_NAME, SeriesService
+from aggregator.analysis.series import FILE_NAME, SeriesService
 from tests.test_api_support import S, batch, traffic
 
 T0 = 1_795_428_000 * S  # a minute boundary

@@ -57,7 +57,7 @@ from aggregator.alerting.rules import CAUSE, REMEDIATION, classify, correlated_c
 from aggregator.alerting.silences import Silence
 from aggregator.alerting.sink import Sink
 from aggregator.alerting.store import AlertStore
-from aggregator.detectors.candidate import Candidate
+from aggregator.analysis.detectors.candidate import Candidate
 from sentinel.config import ConfigError
 from sentinel.wire import WireBatch
 
@@ -218,7 +218,7 @@ class _Metrics:
 class AlertManager:
     """Candidates to alerts. ``emit`` is thread-safe (the analysis thread calls it); so are the actions.
 
-    It is also a :class:`aggregator.analysis.BatchConsumer`: the rows it sees advance event time
+    It is also a :class:`aggregator.analysis.pipeline.BatchConsumer`: the rows it sees advance event time
     per service, which is what resolves alerts.
     """
 

@@ -17,11 +17,11 @@ from typing import Any
 from aiohttp import web
 
 from aggregator.alerting.store import AlertQuery
+from aggregator.analysis.baselines.consumer import BaselineService, baseline_filters
+from aggregator.analysis.baselines.store import BaselineStore
 from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import alert_page, parse_alert_query
 from aggregator.api.params import ParamError, error_response
-from aggregator.baseline_service import BaselineService, baseline_filters
-from aggregator.baselines import BaselineStore
 
 __all__ = ["ALIASES", "PlanApi", "metric_baselines", "parse_anomaly_query"]
 

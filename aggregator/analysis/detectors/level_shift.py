@@ -6,7 +6,7 @@ rates, and a single slow call is not an incident. This detector watches the leve
 
 Per key (service, request model, region: the most specific scope, so a regression in one region is
 reported with its region) and event-time bucket of ``bucket_s`` (tumbling, closed by the watermark,
-see :mod:`aggregator.detectors.buckets`), for each metric (``latency_ms`` of successful calls,
+see :mod:`aggregator.analysis.detectors.buckets`), for each metric (``latency_ms`` of successful calls,
 ``ttft_ms`` of streamed ones) the mean and variance of ``log(value)`` of the bucket's calls are
 summed. Buckets with fewer than ``min_calls`` values are skipped (neither high nor normal). The key's
 baseline is the mean of its first ``warmup_buckets`` bucket means, then an EWMA (weight ``alpha``);
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.buckets import BucketedKeys, BucketSeries
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.keys import Key
-from aggregator.detectors.validation import check_fraction, check_min, check_positive
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import Key
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
 __all__ = ["LevelShiftConfig", "LevelShiftDetector"]

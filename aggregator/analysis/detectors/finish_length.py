@@ -3,7 +3,7 @@
 A prompt or ``max_tokens`` change, or a model that answers at greater length, shows first as
 answers cut off at the limit — before cost or output-token distributions move enough for the
 other detectors. Per (service, request model) and event-time bucket of ``bucket_s`` (tumbling,
-closed by the watermark, see :mod:`aggregator.detectors.buckets`) the calls with a finish reason
+closed by the watermark, see :mod:`aggregator.analysis.detectors.buckets`) the calls with a finish reason
 and those that stopped at the limit (``length``; Anthropic's ``max_tokens``) are counted. The key's
 baseline share is the pooled share of its first ``warmup_buckets`` buckets, then an EWMA (weight
 ``alpha``) of bucket shares. A bucket with at least ``min_calls`` such calls is *high* when its share
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.buckets import BucketedKeys, BucketSeries
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.validation import check_fraction, check_min, check_positive
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
 __all__ = ["FinishLengthConfig", "FinishLengthDetector"]

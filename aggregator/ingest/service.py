@@ -27,12 +27,12 @@ import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
-from aggregator.analysis import Analysis
-from aggregator.clock_check import ClockCheck
+from aggregator.analysis.pipeline import Analysis
 from aggregator.config import AggregatorConfig
-from aggregator.event_time import clamp_future
-from aggregator.ingest_auth import ANY_SIDECAR, IngestTokens, parse_sidecar_tokens
-from aggregator.journal import IngestJournal, JournalEntry, is_full
+from aggregator.ingest.auth import ANY_SIDECAR, IngestTokens, parse_sidecar_tokens
+from aggregator.ingest.clock_check import ClockCheck
+from aggregator.ingest.event_time import clamp_future
+from aggregator.ingest.journal import IngestJournal, JournalEntry, is_full
 from aggregator.metrics import AggregatorMetrics
 from sentinel import service, wire
 from sentinel.tasks import TaskSupervisor

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.keys import KeyedState, group_by_key, top_rows_per_group
-from aggregator.detectors.validation import check_min
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import KeyedState, group_by_key, top_rows_per_group
+from aggregator.analysis.detectors.validation import check_min
 from sentinel.model import FeatureBatch
 
 __all__ = ["ModelSwapConfig", "ModelSwapDetector"]

@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.detectors.candidate import Candidate
-from aggregator.isolation_forest import IsolationForest
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.forest.isolation_forest import IsolationForest
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from sentinel.wire import WireBatch
@@ -270,7 +270,7 @@ class _Group:
 
 
 class ForestService:
-    """A :class:`~aggregator.analysis.BatchConsumer` that scores rows with per-model forests.
+    """A :class:`~aggregator.analysis.pipeline.BatchConsumer` that scores rows with per-model forests.
 
     ``emit`` receives each batch's candidates (at most ``max_candidates_per_batch``, the most
     anomalous first) on the analysis thread. ``restore`` (also called by the constructor) loads

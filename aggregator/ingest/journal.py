@@ -1,7 +1,7 @@
 """The ingest journal: every accepted batch, durably, in SQLite (``<data_dir>/ingest.sqlite3``).
 
 "Durably accepted" means: the wire body is appended to the ``ingest`` table and its (sidecar, seq)
-recorded by :class:`aggregator.dedup.Dedup`, in one transaction, committed (WAL,
+recorded by :class:`aggregator.ingest.dedup.Dedup`, in one transaction, committed (WAL,
 ``synchronous=FULL``) before ingest answers 2xx. A crash after the 2xx therefore never loses the
 batch, and a crash before it leaves nothing behind, so the sidecar's retry is stored exactly once.
 
@@ -20,7 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from aggregator.dedup import Dedup
+from aggregator.ingest.dedup import Dedup
 
 __all__ = ["DB_NAME", "IngestJournal", "JournalEntry", "is_full"]
 

@@ -1,6 +1,6 @@
 """Global baselines as an aggregator component: fed by accepted batches, saved, restored, served.
 
-Wraps :class:`aggregator.baselines.BaselineStore` with the lock that lets the API read while the
+Wraps :class:`aggregator.analysis.baselines.store.BaselineStore` with the lock that lets the API read while the
 analysis thread updates, the file in ``data_dir`` that makes baselines survive a restart, and
 the ``GET /api/v1/baselines`` handler.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from aggregator.baselines import ALL_REGIONS, BaselineConfig, BaselineStore
+from aggregator.analysis.baselines.store import ALL_REGIONS, BaselineConfig, BaselineStore
 from sentinel.wire import WireBatch
 
 __all__ = ["FILE_NAME", "BaselineService", "baseline_filters"]

@@ -1,6 +1,6 @@
 """Cost change detection: a one-sided CUSUM on the cost rate per (service, request model).
 
-Cost is summed per event-time bucket (``bucket_s``) and key (see :mod:`aggregator.detectors.buckets`).
+Cost is summed per event-time bucket (``bucket_s``) and key (see :mod:`aggregator.analysis.detectors.buckets`).
 The first ``warmup_buckets`` closed buckets give the key's mean and standard deviation; after that
 each bucket's standardised cost ``z = (x − mean)/std`` feeds Page's upper CUSUM
 ``S = min(max(0, S + z − k), 2h)``, which alarms once when ``S > h`` and re-arms when ``S`` is back
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.buckets import BucketedKeys, BucketSeries
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.validation import check_min, check_positive
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.validation import check_min, check_positive
 from sentinel.model import FeatureBatch
 
 __all__ = [

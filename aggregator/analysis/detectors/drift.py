@@ -3,7 +3,7 @@
 Per key and metric the first ``reference_size`` values (in arrival order) are the reference; its
 quantiles give ``bins`` equal-mass bins (fewer when values repeat, e.g. token counts). After that,
 values are counted into those bins per event-time window of ``window_s`` (tumbling, closed by the
-watermark, see :mod:`aggregator.detectors.buckets`). A closed window with at least ``min_count``
+watermark, see :mod:`aggregator.analysis.detectors.buckets`). A closed window with at least ``min_count``
 values is compared with the reference: PSI ≥ ``psi_threshold`` (0.25 by convention: "significant
 shift"; 0.1–0.25 "moderate") emits a ``drift`` candidate, once per excursion; the key re-arms
 after a window with PSI below ``rearm_psi`` (0.1). The JS divergence (bits) is reported beside it.
@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.buckets import BucketedKeys, BucketSeries
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.divergence import js_divergence, psi
-from aggregator.detectors.keys import Key, group_by_key
-from aggregator.detectors.validation import check_min, check_positive
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.divergence import js_divergence, psi
+from aggregator.analysis.detectors.keys import Key, group_by_key
+from aggregator.analysis.detectors.validation import check_min, check_positive
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
 

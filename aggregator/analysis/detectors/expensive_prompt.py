@@ -12,7 +12,7 @@ log-normal key's calls).
 The p95 of a batch is the one before the batch; flagged calls do not enter the ring, so a flood of
 huge prompts does not raise the bar. Rather than one candidate per row, expensive calls are counted
 per event-time window of ``window_s`` (tumbling, closed by the watermark, see
-:mod:`aggregator.detectors.buckets`): a closed window with at least ``min_calls`` of them emits one
+:mod:`aggregator.analysis.detectors.buckets`): a closed window with at least ``min_calls`` of them emits one
 ``expensive_prompt`` candidate with the count and the largest prompt.
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.buckets import BucketedKeys, BucketSeries
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.keys import group_by_key
-from aggregator.detectors.validation import check_fraction, check_min, check_positive
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import group_by_key
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
 __all__ = ["ExpensivePromptConfig", "ExpensivePromptDetector"]

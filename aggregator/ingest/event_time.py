@@ -1,7 +1,7 @@
 """Event time judged against arrival time: a sidecar's clock ahead cannot move anyone's windows.
 
 The windowed detectors close their buckets by a watermark, the latest event time they have seen
-(aggregator/detectors/buckets.py). Left alone, one span stamped in the year 2200 — a clock far
+(aggregator/analysis/detectors/buckets.py). Left alone, one span stamped in the year 2200 — a clock far
 ahead, or a hostile client — would move that watermark for every sidecar: every later row would be
 "late" and dropped, detection blinded until 2200, and the detectors would open a window for each
 step up to it. So at ingest, before any analysis, every row and local anomaly stamped more than

@@ -1,7 +1,7 @@
 """Token abuse: a user (or API key) using far more tokens in a window than the peers of its service.
 
 Input plus output tokens (NaN = 0) are summed per (service, user, api key hash) in tumbling
-event-time windows of ``window_s`` (closed by the watermark, see :mod:`aggregator.detectors.buckets`;
+event-time windows of ``window_s`` (closed by the watermark, see :mod:`aggregator.analysis.detectors.buckets`;
 every key of a window closes in the same call). Per service and window, the peers are the
 identities with tokens in that window (rows with neither user nor api key hash are not counted);
 with at least ``min_peers`` of them, an identity is abusive when its total is above ``k`` × the
@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.buckets import BucketedKeys, BucketSeries
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.keys import Key
-from aggregator.detectors.validation import check_fraction, check_min, check_positive
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import Key
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
 __all__ = ["TokenAbuseConfig", "TokenAbuseDetector"]

@@ -1,6 +1,6 @@
 """The aggregator's detectors as one analysis consumer: built from config, fed, saved, restored.
 
-Runs every detector of :mod:`aggregator.detectors` on each accepted batch (in event time, on the
+Runs every detector of :mod:`aggregator.analysis.detectors` on each accepted batch (in event time, on the
 analysis thread) and hands what they find to ``emit``. Settings are the YAML ``detectors:`` map,
 one entry per detector (``detectors: {budget: {limits: {service: {day: 50}}}}``); a detector can
 be turned off with ``enabled: false``. State is saved as JSON in ``data_dir/detectors.json``.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from aggregator.detectors import (
+from aggregator.analysis.detectors import (
     BudgetConfig,
     BudgetDetector,
     Candidate,

@@ -6,7 +6,7 @@ sidecar sees a slice of the fleet: its "spike" may be ordinary for the service a
 replica that only ever gets the long prompts, a quiet sidecar whose window is all fast calls).
 :class:`LocalAnomalyConfirmer` checks every forwarded :class:`~sentinel.model.LocalAnomaly`
 against the *global* baseline of its (service, model, operation) — across all regions and
-sidecars — and turns the confirmed ones into :class:`~aggregator.detectors.Candidate` s:
+sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.detectors.Candidate` s:
 
 * **statistical methods** (``zscore``, ``mad``, ``iqr``): confirmed when the value lies beyond
   the global quantile ``quantile`` (default p99) in the anomaly's direction — above it for
@@ -66,8 +66,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.baselines import BaselineKey, BaselineStore, KeyBaseline
-from aggregator.detectors.candidate import Candidate
+from aggregator.analysis.baselines.store import BaselineKey, BaselineStore, KeyBaseline
+from aggregator.analysis.detectors.candidate import Candidate
 from sentinel.config import ConfigError
 from sentinel.model import LocalAnomaly
 from sentinel.wire import WireBatch
@@ -153,7 +153,7 @@ class ConfirmConfig:
 
 
 class LocalAnomalyConfirmer:
-    """A :class:`~aggregator.analysis.BatchConsumer`: judges each batch's forwarded anomalies.
+    """A :class:`~aggregator.analysis.pipeline.BatchConsumer`: judges each batch's forwarded anomalies.
 
     ``outcome`` is called with ``"confirmed"`` or ``"dismissed"`` per anomaly (the metrics'
     counter); ``emit`` receives the confirmed candidates of a batch at once.

@@ -1,7 +1,7 @@
 """Throughput drops: calls per event-time bucket of a key against its recent rate.
 
 Calls are counted per (service, request model) in tumbling buckets of ``bucket_s`` (closed by the
-watermark, so a key that goes silent gets zero buckets, see :mod:`aggregator.detectors.buckets`).
+watermark, so a key that goes silent gets zero buckets, see :mod:`aggregator.analysis.detectors.buckets`).
 The first ``warmup_buckets`` give the key's mean rate; after that it is an EWMA (weight ``alpha``).
 A bucket is *low* when the baseline is at least ``min_baseline_calls``, the count is below
 ``drop_ratio`` × baseline, and the drop is significant for Poisson counts:
@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.buckets import BucketedKeys, BucketSeries
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.keys import Key
-from aggregator.detectors.validation import check_fraction, check_min, check_positive
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import Key
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
 __all__ = ["ThroughputDropConfig", "ThroughputDropDetector"]

@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.detectors.keys import Key, KeyedState, group_by_key, top_rows_per_group
+from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, top_rows_per_group
 from sentinel.model import FeatureBatch
 
 __all__ = ["NS", "BucketSeries", "BucketedKeys", "Closed", "HasBuckets"]

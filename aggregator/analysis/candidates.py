@@ -1,6 +1,6 @@
 """Where detection candidates go: the alert manager, a bounded log, metrics and an API.
 
-Every detector and the Isolation Forest emit :class:`aggregator.detectors.Candidate` s through the
+Every detector and the Isolation Forest emit :class:`aggregator.analysis.detectors.Candidate` s through the
 aggregator's one emit (``Aggregator._emit`` in ``aggregator/app.py``), which gives each batch of
 them to :meth:`CandidateLog.emit` (thread-safe: they run on the analysis thread) and to the alert
 manager (``aggregator/alerting/manager.py``). The log keeps the newest ``max_items`` in memory,
@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from aggregator.detectors.candidate import Candidate
+from aggregator.analysis.detectors.candidate import Candidate
 
 __all__ = ["CandidateLog"]
 

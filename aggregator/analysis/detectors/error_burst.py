@@ -1,7 +1,7 @@
 """Error bursts: the error rate of an event-time window against the key's own baseline rate.
 
 Calls and errors are counted per (service, request model) in tumbling windows of ``window_s``
-(closed by the watermark, see :mod:`aggregator.detectors.buckets`). The baseline rate is
+(closed by the watermark, see :mod:`aggregator.analysis.detectors.buckets`). The baseline rate is
 ``p0 = (E + prior_rate·prior_calls) / (C + prior_calls)`` where ``E``, ``C`` are exponentially decayed
 sums of the key's errors and calls over past windows (decay ``1 − alpha`` per window) — a new key
 starts at ``prior_rate`` instead of needing a warm-up. A window is a burst when it has at least
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.detectors.buckets import BucketedKeys, BucketSeries
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.validation import check_fraction, check_min, check_positive
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
 __all__ = ["ErrorBurstConfig", "ErrorBurstDetector"]

@@ -1,6 +1,6 @@
 """Per-service time series for the API and the page: one-minute event-time buckets, bounded, saved as JSON.
 
-:class:`SeriesService` is a :class:`aggregator.analysis.BatchConsumer`. For every service and every
+:class:`SeriesService` is a :class:`aggregator.analysis.pipeline.BatchConsumer`. For every service and every
 ``step_s`` bucket of **event time** it keeps calls, errors, latency sum/count/min/max, input and
 output tokens and cost (``GET /api/v1/services/{service}/series``), and, for the most recent
 ``sketch_window_s`` of buckets, a log-scale latency histogram from which the health view's p50/p95

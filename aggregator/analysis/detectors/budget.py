@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.keys import KeyedState, group_by_key, top_rows_per_group
-from aggregator.detectors.validation import check_fraction, check_min, check_positive
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import KeyedState, group_by_key, top_rows_per_group
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 

@@ -1,0 +1,1 @@
+"""The Isolation Forest (``isolation_forest``) and the analysis consumer that trains and scores it (``consumer``)."""
