@@ -4,9 +4,10 @@ One HTTP listener (``listen``, default ``0.0.0.0:9090``) serves ``POST /v1/inges
 (alerts, silences, services, statistics, the SSE stream, baselines, candidates, OpenAPI), the web
 page at ``/``, ``/metrics``, ``/healthz`` and ``/readyz``; a gRPC listener (``grpc_listen``, default
 ``0.0.0.0:9091``) serves ``sentinel.v1.AlertService``. Both bind to 127.0.0.1 when no token is
-configured. Start opens the journal, restores baselines, detector state, series and open alerts
-before the listeners, so nothing is accepted before it can be stored; sinks start after (a broker
-that is down is retried in the background while alerts wait in the outbox). Shutdown ends the live
+configured. Start opens the journal, restores the analysis consumers (baselines, detector state,
+forests, series, open alerts) before the listeners, so nothing is accepted before it can be
+stored; sinks start after (a broker that is down is retried in the background while alerts wait
+in the outbox). Shutdown ends the live
 streams, stops the listeners (in-flight requests get up to ``shutdown_grace_s``), commits what is
 queued, lets analysis finish and saves its state, stops the sinks (what is undelivered stays in
 the outbox) and closes the stores.
@@ -41,14 +42,14 @@ from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookSink, parse_webhooks
-from aggregator.analysis.baselines.consumer import BaselineService
+from aggregator.analysis.baselines.consumer import BaselineConsumer
 from aggregator.analysis.candidates import CandidateLog
 from aggregator.analysis.confirm import LocalAnomalyConfirmer
 from aggregator.analysis.detectors.candidate import Candidate
-from aggregator.analysis.detectors.consumer import DetectorService
-from aggregator.analysis.forest.consumer import ForestService
-from aggregator.analysis.pipeline import Analysis, BatchConsumer
-from aggregator.analysis.series import SeriesService
+from aggregator.analysis.detectors.consumer import DetectorConsumer
+from aggregator.analysis.forest.consumer import ForestConsumer
+from aggregator.analysis.pipeline import Analysis, pipeline
+from aggregator.analysis.series import SeriesConsumer
 from aggregator.api.auth import Roles
 from aggregator.api.guard import allowed_host_names
 from aggregator.api.jwt_auth import JwtVerifier
@@ -80,7 +81,7 @@ class Aggregator:
         self.config = config
         self.metrics = AggregatorMetrics(registry)
         self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_aggregator")
-        self.baselines = BaselineService(config.baseline_config(), config.data_dir)
+        self.baselines = BaselineConsumer(config.baseline_config(), config.data_dir)
         self.candidates = CandidateLog(registry=self.metrics.registry)
         self.hub = AlertHub()
         self.alert_store = SQLiteAlertStore(os.path.join(config.data_dir, "alerts.db"))
@@ -96,7 +97,7 @@ class Aggregator:
         jwt = config.jwt_config()
         self.roles = Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, ingest_tokens,
                            jwt=JwtVerifier(jwt) if jwt.enabled else None)
-        self.series = SeriesService(config.data_dir)
+        self.series = SeriesConsumer(config.data_dir)
         self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)
         self.feedback = FeedbackLog(self.alert_store)
@@ -106,23 +107,20 @@ class Aggregator:
                                     base_floor=lambda t: self.config.configured_floor(t),
                                     apply=lambda floors: self.alerts.reconfigure(self._alert_config(self.config)),
                                     clock=time.time_ns)
-        emit = self.metrics.observing(self._emit)  # + detection latency of every candidate
-        # Before the baselines: forwarded anomalies are judged against the baselines as they were
-        # before their own batch, so a spike does not raise the p99 it is compared with.
-        self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store, emit,
+        self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store,
                                                outcome=self.metrics.count_local_anomaly)
-        self.detectors = DetectorService(config.detectors, config.data_dir, emit, late_after_s=config.late_after_s,
-                                         max_future_skew_s=config.max_future_skew_s)
-        consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
+        self.detectors = DetectorConsumer(config.detectors, config.data_dir, late_after_s=config.late_after_s,
+                                          max_future_skew_s=config.max_future_skew_s)
         forest = config.forest_config()
-        self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)
+        self.forest = (ForestConsumer(forest, config.data_dir, on_fit=self.metrics.model_train_seconds.observe)
                        if forest else None)
         if self.forest is not None:
-            consumers.append(self.forest)
             self.metrics.watch_forest(self.forest)
-        # Last: a batch's own detections are folded in before its rows can resolve an alert.
-        consumers += [self.series, self.alerts]
-        self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s, tasks=self.tasks)
+        # The order, and why, is pipeline()'s docstring.
+        consumers = pipeline(confirm=self.confirmer, baselines=self.baselines, detectors=self.detectors,
+                             forest=self.forest, series=self.series, alerts=self.alerts)
+        self.analysis = Analysis(consumers, on_candidates=self.metrics.observing(self._emit),  # + detection latency
+                                 save_interval_s=config.save_interval_s, tasks=self.tasks)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis, tasks=self.tasks)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
@@ -217,18 +215,14 @@ class Aggregator:
             log.warning("no tokens configured and allow_unauthenticated set: anyone who can reach %s may "
                         "ingest, read and act on alerts", c.listen)
         await self.ingest.start()  # creates data_dir
-        await asyncio.to_thread(self.baselines.restore)
-        await asyncio.to_thread(self.detectors.restore)
+        self.hub.bind(asyncio.get_running_loop())
         try:
-            await asyncio.to_thread(self.alerts.restore)
+            await self.analysis.start()  # restores every consumer: baselines, detectors, forests, series, alerts
             # Floors raised from feedback before a restart still apply.
             await asyncio.to_thread(lambda: self.alerts.reconfigure(self._alert_config(self.config)))
             await asyncio.to_thread(self._record_start_version)
         except (StoreError, sqlite3.Error) as e:
             raise OSError(str(e)) from e
-        await asyncio.to_thread(self.series.restore)
-        self.hub.bind(asyncio.get_running_loop())
-        await self.analysis.start()
         # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
         app = web.Application(client_max_size=c.max_body_bytes)
         app.router.add_post("/v1/ingest", self.ingest.handle)

@@ -23,10 +23,10 @@ from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
 from aggregator.alerting.model import Alert, AlertDetails
 from aggregator.alerting.store import SQLiteAlertStore
-from aggregator.analysis.baselines.consumer import BaselineService
+from aggregator.analysis.baselines.consumer import BaselineConsumer
 from aggregator.analysis.baselines.store import BaselineConfig
 from aggregator.analysis.candidates import CandidateLog
-from aggregator.analysis.series import SeriesService
+from aggregator.analysis.series import SeriesConsumer
 from aggregator.api import Api, Roles, add_api_routes
 from sentinel.model import COLUMNS, FeatureBatch
 from sentinel.service import add_ops_routes
@@ -49,8 +49,8 @@ class Harness:
     manager: AlertManager
     hub: AlertHub
     store: SQLiteAlertStore
-    series: SeriesService
-    baselines: BaselineService
+    series: SeriesConsumer
+    baselines: BaselineConsumer
 
     def client(self, token: str | None = VIEWER) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=auth(token) if token else None, timeout=5.0)
@@ -63,8 +63,8 @@ async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float =
     hub = AlertHub()
     manager = AlertManager(AlertManagerConfig(), store, hub, registry=CollectorRegistry())
     manager.restore()
-    series = SeriesService(tmp_path)
-    baselines = BaselineService(BaselineConfig(), tmp_path)
+    series = SeriesConsumer(tmp_path)
+    baselines = BaselineConsumer(BaselineConfig(), tmp_path)
     roles = Roles([VIEWER], [OPERATOR], [ADMIN], [INGEST]) if tokens else Roles()
     app = web.Application()
 

@@ -1,10 +1,10 @@
 """Where detection candidates go: the alert manager, a bounded log, metrics and an API.
 
-Every detector and the Isolation Forest emit :class:`aggregator.analysis.detectors.Candidate` s through the
-aggregator's one emit (``Aggregator._emit`` in ``aggregator/app.py``), which gives each batch of
-them to :meth:`CandidateLog.emit` (thread-safe: they run on the analysis thread) and to the alert
-manager (``aggregator/alerting/manager.py``). The log keeps the newest ``max_items`` in memory,
-serves them at ``GET /api/v1/candidates`` and counts each in
+Every analysis consumer returns the :class:`aggregator.analysis.detectors.Candidate` s a batch
+raised; the analysis stage hands them to the aggregator's one sink (``Aggregator._emit`` in
+``aggregator/app.py``), which gives each batch of them to :meth:`CandidateLog.emit` (thread-safe:
+it runs on the analysis thread) and to the alert manager (``aggregator/alerting/manager.py``).
+The log keeps the newest ``max_items`` in memory, serves them at ``GET /api/v1/candidates`` and counts each in
 ``sentinel_aggregator_candidates_total{anomaly_type, detection_method}``.
 """
 

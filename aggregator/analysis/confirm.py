@@ -62,12 +62,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aggregator.analysis.baselines.store import BaselineKey, BaselineStore, KeyBaseline
 from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.state import StateFile
 from sentinel.config import ConfigError
 from sentinel.model import LocalAnomaly
 from sentinel.wire import WireBatch
@@ -113,7 +114,6 @@ ANOMALY_TYPES: dict[str, str] = {
 #: Metrics whose anomalous side is low by default (when the local baseline does not tell).
 LOW_METRICS: frozenset[str] = frozenset({"tokens_per_s"})
 
-Emit = Callable[[Iterable[Candidate]], None]
 Outcome = Callable[[str], None]
 
 
@@ -153,26 +153,28 @@ class ConfirmConfig:
 
 
 class LocalAnomalyConfirmer:
-    """A :class:`~aggregator.analysis.pipeline.BatchConsumer`: judges each batch's forwarded anomalies.
+    """A :class:`~aggregator.analysis.pipeline.Consumer`: judges each batch's forwarded anomalies.
 
     ``outcome`` is called with ``"confirmed"`` or ``"dismissed"`` per anomaly (the metrics'
-    counter); ``emit`` receives the confirmed candidates of a batch at once.
+    counter); ``consume`` returns the confirmed candidates of a batch.
     """
 
-    def __init__(self, config: ConfirmConfig, store: BaselineStore, emit: Emit, *,
+    #: No state of its own: the baselines it reads are the baselines consumer's.
+    state_file: StateFile | None = None
+
+    def __init__(self, config: ConfirmConfig, store: BaselineStore, *,
                  outcome: Outcome | None = None, lock: contextlib.AbstractContextManager[Any] | None = None) -> None:
         config.validate()
         self.config = config
         self.store = store
-        self._emit = emit
         self._outcome = outcome
         self._lock: contextlib.AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
         self.confirmed = 0
         self.dismissed = 0
 
-    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> list[Candidate]:
         if not self.config.enabled or not batch.anomalies:
-            return
+            return []
         found: list[Candidate] = []
         oldest = arrival_ns - int(self.config.late_after_s * 1e9)
         with self._lock:
@@ -190,11 +192,16 @@ class LocalAnomalyConfirmer:
                     found.append(candidate)
                 if self._outcome is not None:
                     self._outcome(outcome)
-        if found:
-            self._emit(found)
+        return found
 
-    def save(self) -> None:
-        """Nothing to persist: the confirmer's only state is the baselines it reads."""
+    def restore(self, state: object) -> None:
+        """Nothing to restore."""
+
+    def snapshot(self) -> None:
+        """Nothing to keep."""
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
 
     def judge(self, a: LocalAnomaly, *, sidecar: str = "") -> Candidate | None:
         """The candidate ``a`` becomes, or ``None`` when the global baseline dismisses it."""

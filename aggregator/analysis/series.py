@@ -1,6 +1,6 @@
 """Per-service time series for the API and the page: one-minute event-time buckets, bounded, saved as JSON.
 
-:class:`SeriesService` is a :class:`aggregator.analysis.pipeline.BatchConsumer`. For every service and every
+:class:`SeriesConsumer` is a :class:`aggregator.analysis.pipeline.Consumer`. For every service and every
 ``step_s`` bucket of **event time** it keeps calls, errors, latency sum/count/min/max, input and
 output tokens and cost (``GET /api/v1/services/{service}/series``), and, for the most recent
 ``sketch_window_s`` of buckets, a log-scale latency histogram from which the health view's p50/p95
@@ -23,13 +23,11 @@ the batch's figures are computed before taking it).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +35,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.state import JsonStateFile
 from sentinel.wire import WireBatch
 
-__all__ = ["FILE_NAME", "FORMAT_VERSION", "SeriesService"]
+__all__ = ["FILE_NAME", "FORMAT_VERSION", "SeriesConsumer"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Service:
         self.last_arrival_ns = 0
 
 
-class SeriesService:
+class SeriesConsumer:
     """Per-service minute series and recent latency histograms (see the module docstring)."""
 
     def __init__(self, data_dir: str | Path, *, retention_s: float = 24 * 3600, step_s: int = 60,
@@ -95,7 +95,7 @@ class SeriesService:
                              "sketch_window_s >= 0 and max_future_s >= 0")
         if not 0 < relative_accuracy < 1:
             raise ValueError("series: relative_accuracy must be between 0 and 1")
-        self.path = Path(data_dir) / FILE_NAME
+        self.state_file = JsonStateFile(Path(data_dir) / FILE_NAME, version=FORMAT_VERSION, what="series")
         self.step_s = int(step_s)
         self.retention_s = float(retention_s)
         self.max_services = max_services
@@ -115,16 +115,17 @@ class SeriesService:
 
     # --- writing (analysis thread) --------------------------------------------------------------
 
-    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> list[Candidate]:
         fb = batch.batch
         if fb.n == 0:
-            return
+            return []
         parts = self._aggregate(fb.numeric, fb.strings.get("service") or [None] * fb.n, arrival_ns)
         with self._lock:
             for service, service_parts in parts.items():
                 self._apply(service, service_parts, arrival_ns)
             self._sweep(arrival_ns)
             self._dirty = True
+        return []
 
     def _aggregate(self, numeric: dict[str, npt.NDArray[Any]], services: list[str | None],
                    arrival_ns: int) -> dict[str, list[_Part]]:
@@ -320,25 +321,16 @@ class SeriesService:
 
     # --- persistence ------------------------------------------------------------------------------
 
-    def save(self) -> None:
-        """Write the kept buckets as JSON (temporary file, fsync, rename); nothing when unchanged."""
+    def snapshot(self) -> dict[str, Any] | None:
+        """The kept buckets as a JSON document; ``None`` when unchanged."""
         with self._lock:
             if not self._dirty:
-                return
-            doc = self._to_doc()
+                return None
             self._dirty = False
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"), allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            with self._lock:
-                self._dirty = True
-            raise
+            return self._to_doc()
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
 
     def _to_doc(self) -> dict[str, Any]:
         services = {}
@@ -357,31 +349,21 @@ class SeriesService:
         return {"version": FORMAT_VERSION, "step_s": self.step_s, "n_bins": self._n_bins, "k_min": self._k_min,
                 "services": services}
 
-    def restore(self) -> None:
-        """Load the saved series, if any (a damaged or incompatible file is set aside, not fatal)."""
-        if not self.path.exists():
-            return
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                doc = json.load(f)
-            if doc.get("version") != FORMAT_VERSION:
-                raise ValueError(f"version {doc.get('version')!r}, expected {FORMAT_VERSION}")
-            if doc.get("step_s") != self.step_s:
-                raise ValueError(f"step_s {doc.get('step_s')!r}, this aggregator uses {self.step_s}")
-            same_bins = doc.get("n_bins") == self._n_bins and doc.get("k_min") == self._k_min
-            loaded: OrderedDict[str, _Service] = OrderedDict()
-            for name, d in doc["services"].items():
+    def restore(self, state: Mapping[str, Any] | None) -> None:
+        """Take back saved series (an incompatible document raises ``ValueError``: set aside, not fatal)."""
+        loaded: OrderedDict[str, _Service] = OrderedDict()
+        if state is not None:
+            if state.get("step_s") != self.step_s:
+                raise ValueError(f"step_s {state.get('step_s')!r}, this aggregator uses {self.step_s}")
+            same_bins = state.get("n_bins") == self._n_bins and state.get("k_min") == self._k_min
+            for name, d in state["services"].items():
                 loaded[str(name)] = self._service_from(d, same_bins)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-            aside = self.path.with_suffix(".damaged")
-            self.path.replace(aside)
-            log.error("series in %s could not be restored (%s); moved to %s, starting afresh", self.path, e, aside)
-            return
         while len(loaded) > self.max_services:
             loaded.popitem(last=False)
         with self._lock:
             self._services = loaded
-        log.info("restored the series of %d services from %s", len(loaded), self.path)
+        if state is not None:
+            log.info("restored the series of %d services from %s", len(loaded), self.state_file.path)
 
     def _service_from(self, d: dict[str, Any], same_bins: bool) -> _Service:
         s = _Service(self._n_slots, self._n_sketch, self._n_bins)

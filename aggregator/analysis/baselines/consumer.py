@@ -1,8 +1,8 @@
-"""Global baselines as an aggregator component: fed by accepted batches, saved, restored, served.
+"""Global baselines as an analysis consumer: fed by accepted batches, snapshotted, restored, served.
 
-Wraps :class:`aggregator.analysis.baselines.store.BaselineStore` with the lock that lets the API read while the
-analysis thread updates, the file in ``data_dir`` that makes baselines survive a restart, and
-the ``GET /api/v1/baselines`` handler.
+Wraps :class:`aggregator.analysis.baselines.store.BaselineStore` with the lock that lets the API
+read while the analysis thread updates, the file in ``data_dir`` that makes baselines survive a
+restart (written by the analysis stage), and the ``GET /api/v1/baselines`` handler.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from aggregator.analysis.baselines.store import ALL_REGIONS, BaselineConfig, BaselineStore
+from aggregator.analysis.baselines.store import ALL_REGIONS, FORMAT_VERSION, BaselineConfig, BaselineStore
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.state import JsonStateFile
 from sentinel.wire import WireBatch
 
-__all__ = ["FILE_NAME", "BaselineService", "baseline_filters"]
+__all__ = ["FILE_NAME", "BaselineConsumer", "baseline_filters"]
 
 log = logging.getLogger(__name__)
 
@@ -46,38 +48,40 @@ def baseline_filters(query: Mapping[str, str]) -> dict[str, Any]:
             "region": region, "hour": hour}
 
 
-class BaselineService:
+class BaselineConsumer:
+    """A :class:`~aggregator.analysis.pipeline.Consumer`: every row updates the global baselines."""
+
     def __init__(self, config: BaselineConfig, data_dir: str | Path) -> None:
         self.store = BaselineStore(config)
-        self.path = Path(data_dir) / FILE_NAME
+        self.state_file = JsonStateFile(Path(data_dir) / FILE_NAME, version=FORMAT_VERSION, what="baselines")
         self._lock = threading.Lock()
         self._dirty = False
 
-    def restore(self) -> None:
-        """Load the saved baselines, if any (a damaged file is logged and set aside, not fatal)."""
-        if not self.path.exists():
-            return
-        try:
-            self.store.load(self.path)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            aside = self.path.with_suffix(".damaged")
-            self.path.replace(aside)
-            log.error("baselines in %s could not be restored (%s); moved to %s, starting afresh", self.path, e, aside)
-            return
-        log.info("restored %d baselines from %s", len(self.store), self.path)
+    def restore(self, state: Mapping[str, Any] | None) -> None:
+        # In place: the confirmer reads this same store object.
+        with self._lock:
+            if state is None:
+                self.store.clear()
+                return
+            self.store.from_doc(state)
+        log.info("restored %d baselines from %s", len(self.store), self.state_file.path)
 
-    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> list[Candidate]:
         # Event time: baselines learn from every row, late ones included, in their own time.
         with self._lock:
             self.store.update(batch.batch)
             self._dirty = True
+        return []
 
-    def save(self) -> None:
+    def snapshot(self) -> dict[str, Any] | None:
         with self._lock:
             if not self._dirty:
-                return
-            self.store.save(self.path)
+                return None
             self._dirty = False
+            return self.store.to_doc()
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
 
     async def handle(self, request: web.Request) -> web.Response:
         """``GET /api/v1/baselines?service=&model=&operation=&region=&hour=``.

@@ -12,12 +12,10 @@ mergeable sketch with a relative-error guarantee; the state is saved as plain JS
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
-import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +27,7 @@ from ddsketch.ddsketch import BaseDDSketch
 from ddsketch.pb import ddsketch_pb2
 from ddsketch.pb.proto import DDSketchProto
 
+from aggregator.analysis.state import read_json, write_json
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, FeatureBatch
 
@@ -334,37 +333,39 @@ class BaselineStore:
                                                                         d["region"])))
         return out
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write every baseline as JSON, atomically (temporary file, fsync, rename)."""
-        target = Path(path)
-        doc = {"version": FORMAT_VERSION,
-               "config": {"metrics": list(self.config.metrics), "seasonality": self.config.seasonality,
-                          "relative_accuracy": self.config.relative_accuracy},
-               "baselines": [{"key": list(key), "hour_of_week": hour, **baseline.to_dict()}
-                             for (key, hour), baseline in self._entries.items()]}
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"), allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Replace the baselines with those saved at ``path`` (kept in their saved LRU order)."""
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-        if doc.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{os.fspath(path)}: baseline file version {doc.get('version')!r}, "
-                             f"expected {FORMAT_VERSION}")
+    def clear(self) -> None:
+        """Forget every baseline."""
         self._entries.clear()
+
+    def to_doc(self) -> dict[str, Any]:
+        """Every baseline as a JSON document (:meth:`from_doc` reads it back)."""
+        return {"version": FORMAT_VERSION,
+                "config": {"metrics": list(self.config.metrics), "seasonality": self.config.seasonality,
+                           "relative_accuracy": self.config.relative_accuracy},
+                "baselines": [{"key": list(key), "hour_of_week": hour, **baseline.to_dict()}
+                              for (key, hour), baseline in self._entries.items()]}
+
+    def from_doc(self, doc: Mapping[str, Any]) -> None:
+        """Replace the baselines with those of ``doc`` (kept in their saved LRU order)."""
+        if doc.get("version") != FORMAT_VERSION:
+            raise ValueError(f"baseline file version {doc.get('version')!r}, expected {FORMAT_VERSION}")
+        entries: OrderedDict[_Entry, KeyBaseline] = OrderedDict()
         for item in doc["baselines"]:
             key = BaselineKey(*item["key"])
-            self._entries[(key, item["hour_of_week"])] = KeyBaseline.from_dict(item)
+            entries[(key, item["hour_of_week"])] = KeyBaseline.from_dict(item)
+        self._entries = entries
         self._evict()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write every baseline as JSON, atomically (:func:`aggregator.analysis.state.write_json`)."""
+        write_json(Path(path), self.to_doc())
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Replace the baselines with those saved at ``path``."""
+        doc = read_json(Path(path), version=FORMAT_VERSION)
+        if doc is None:
+            raise FileNotFoundError(os.fspath(path))
+        self.from_doc(doc)
 
     def _entry(self, key: BaselineKey, hour: int | None) -> KeyBaseline:
         entry = (key, hour)

@@ -1,17 +1,15 @@
-"""The aggregator's detectors as one analysis consumer: built from config, fed, saved, restored.
+"""The aggregator's detectors as one analysis consumer: built from config, fed, snapshotted, restored.
 
-Runs every detector of :mod:`aggregator.analysis.detectors` on each accepted batch (in event time, on the
-analysis thread) and hands what they find to ``emit``. Settings are the YAML ``detectors:`` map,
-one entry per detector (``detectors: {budget: {limits: {service: {day: 50}}}}``); a detector can
-be turned off with ``enabled: false``. State is saved as JSON in ``data_dir/detectors.json``.
+Runs every detector of :mod:`aggregator.analysis.detectors` on each accepted batch (in event time,
+on the analysis thread) and returns what they find. Settings are the YAML ``detectors:`` map, one
+entry per detector (``detectors: {budget: {limits: {service: {day: 50}}}}``); a detector can be
+turned off with ``enabled: false``. State is kept as JSON in ``data_dir/detectors.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,15 +38,17 @@ from aggregator.analysis.detectors import (
     TokenAbuseConfig,
     TokenAbuseDetector,
 )
+from aggregator.analysis.state import JsonStateFile
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from sentinel.wire import WireBatch
 
-__all__ = ["DETECTORS", "FILE_NAME", "DetectorService", "parse_detector_settings"]
+__all__ = ["DETECTORS", "FILE_NAME", "FORMAT_VERSION", "DetectorConsumer", "parse_detector_settings"]
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "detectors.json"
+FORMAT_VERSION = 1
 
 
 class _Detector(Protocol):
@@ -98,43 +98,37 @@ def parse_detector_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class DetectorService:
-    def __init__(self, settings: Mapping[str, Any], data_dir: str | Path,
-                 emit: Callable[[list[Candidate]], None], *, late_after_s: float | None = None,
+class DetectorConsumer:
+    """A :class:`~aggregator.analysis.pipeline.Consumer`: every enabled detector, in :data:`DETECTORS` order."""
+
+    def __init__(self, settings: Mapping[str, Any], data_dir: str | Path, *, late_after_s: float | None = None,
                  max_future_skew_s: float | None = None, clock: Callable[[], int] = time.time_ns) -> None:
         self._configs = parse_detector_settings(settings)
         # Rows older than arrival minus this (a replayed spool, a clock hours behind) are not shown
         # to the detectors: late data must not page as if it were happening now. None: all rows.
         self._late_after_ns = None if late_after_s is None else int(late_after_s * 1e9)
-        self.detectors: dict[str, _Detector] = {
-            name: DETECTORS[name][1](config) for name, config in self._configs.items()}
-        self.path = Path(data_dir) / FILE_NAME
+        self.detectors: dict[str, _Detector] = self._fresh()
+        self.state_file = JsonStateFile(Path(data_dir) / FILE_NAME, version=FORMAT_VERSION, what="detector state")
         self._max_future_ns = None if max_future_skew_s is None else int(max_future_skew_s * 1e9)
         self._clock = clock
-        self._emit = emit
         self._dirty = False
 
-    def restore(self) -> None:
-        """Load saved detector state; a damaged file is set aside (detectors start afresh)."""
-        if not self.path.exists():
-            return
-        try:
-            saved = json.loads(self.path.read_text())
-            for name, state in saved.get("detectors", {}).items():
-                if name not in self.detectors:
-                    continue
-                if self._from_the_future(state):
-                    # Saved by a version that did not clamp event time: one span dated 2200 moved this
-                    # watermark and would blind the detector until then, across restarts.
-                    log.warning("detector %s: saved watermark is in the future (a clock far ahead before "
-                                "event time was clamped); starting it afresh", name)
-                    continue
-                self.detectors[name] = DETECTORS[name][1].from_state(state, self._configs[name])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            aside = self.path.with_suffix(".damaged")
-            self.path.replace(aside)
-            log.error("detector state in %s could not be restored (%s); moved to %s", self.path, e, aside)
-            self.detectors = {name: DETECTORS[name][1](c) for name, c in self._configs.items()}
+    def _fresh(self) -> dict[str, _Detector]:
+        return {name: DETECTORS[name][1](config) for name, config in self._configs.items()}
+
+    def restore(self, state: Mapping[str, Any] | None) -> None:
+        detectors = self._fresh()
+        for name, saved in ({} if state is None else state.get("detectors", {})).items():
+            if name not in detectors:
+                continue
+            if self._from_the_future(saved):
+                # Saved by a version that did not clamp event time: one span dated 2200 moved this
+                # watermark and would blind the detector until then, across restarts.
+                log.warning("detector %s: saved watermark is in the future (a clock far ahead before "
+                            "event time was clamped); starting it afresh", name)
+                continue
+            detectors[name] = DETECTORS[name][1].from_state(saved, self._configs[name])
+        self.detectors = detectors
 
     def _from_the_future(self, state: Mapping[str, Any]) -> bool:
         watermark = state.get("watermark") if isinstance(state, Mapping) else None
@@ -142,7 +136,7 @@ class DetectorService:
             return False
         return watermark > self._clock() + self._max_future_ns
 
-    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> list[Candidate]:
         found: list[Candidate] = []
         rows = batch.batch
         if self._late_after_ns is not None and rows.n:
@@ -155,17 +149,13 @@ class DetectorService:
             except Exception:  # one detector's bug must not silence the others
                 log.exception("detector %s failed on batch %s/%d", name, batch.sidecar, batch.seq)
         self._dirty = True
-        if found:
-            self._emit(found)
+        return found
 
-    def save(self) -> None:
+    def snapshot(self) -> dict[str, Any] | None:
         if not self._dirty:
-            return
-        doc = {"version": 1, "detectors": {name: d.to_state() for name, d in self.detectors.items()}}
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+            return None
         self._dirty = False
+        return {"version": FORMAT_VERSION, "detectors": {name: d.to_state() for name, d in self.detectors.items()}}
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""

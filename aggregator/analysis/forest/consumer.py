@@ -32,8 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 import warnings
@@ -49,6 +47,7 @@ import numpy.typing as npt
 
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.forest.isolation_forest import IsolationForest
+from aggregator.analysis.state import read_json, write_atomic, write_json
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from sentinel.wire import WireBatch
@@ -62,7 +61,8 @@ __all__ = [
     "FORMAT_VERSION",
     "INDEX_NAME",
     "ForestConfig",
-    "ForestService",
+    "ForestConsumer",
+    "ForestFiles",
     "GroupKey",
     "TrainedForest",
     "confidence_from_score",
@@ -228,7 +228,7 @@ class _Group:
     """One model group's window (a ring buffer) and forests; touched by the analysis thread only,
     except ``model``/``fitting``, which the fit thread sets under the service's lock."""
 
-    __slots__ = ("buffer", "dirty", "filled", "fitting", "last_fit", "model", "rows_since_fit", "write")
+    __slots__ = ("buffer", "filled", "fitting", "last_fit", "model", "rows_since_fit", "write")
 
     def __init__(self, n_features: int) -> None:
         self.buffer = np.empty((0, n_features), dtype=np.float64)
@@ -238,7 +238,6 @@ class _Group:
         self.last_fit = 0.0  # monotonic time the last fit was submitted
         self.model: TrainedForest | None = None
         self.fitting: Future[TrainedForest] | None = None
-        self.dirty = False  # model not saved yet
 
     def append(self, rows: npt.NDArray[np.float64], capacity: int) -> None:
         rows = rows[-capacity:]
@@ -269,23 +268,25 @@ class _Group:
         return self.buffer[: self.filled].copy()
 
 
-class ForestService:
-    """A :class:`~aggregator.analysis.pipeline.BatchConsumer` that scores rows with per-model forests.
+#: A consumer's forests, least recently fed group first: what :class:`ForestFiles` keeps.
+ForestState = list[tuple[GroupKey, TrainedForest]]
 
-    ``emit`` receives each batch's candidates (at most ``max_candidates_per_batch``, the most
-    anomalous first) on the analysis thread. ``restore`` (also called by the constructor) loads
-    saved forests; ``shutdown`` waits for fits in flight and stops the fit thread.
+
+class ForestConsumer:
+    """A :class:`~aggregator.analysis.pipeline.Consumer` that scores rows with per-model forests.
+
+    ``consume`` returns each batch's candidates (at most ``max_candidates_per_batch``, the most
+    anomalous first). ``restore`` takes back saved forests; ``shutdown`` waits for fits in flight
+    and stops the fit thread.
     """
 
-    def __init__(self, config: ForestConfig, data_dir: str | Path,
-                 emit: Callable[[list[Candidate]], None], *,
+    def __init__(self, config: ForestConfig, data_dir: str | Path, *,
                  clock: Callable[[], float] = time.monotonic,
                  on_fit: Callable[[float], None] | None = None) -> None:
         config.validate()
         self._on_fit = on_fit  # called with each fit's duration in seconds (on the fit thread)
         self.config = config
-        self.dir = Path(data_dir) / DIR_NAME
-        self._emit = emit
+        self.state_file = ForestFiles(Path(data_dir) / DIR_NAME, config)
         self._clock = clock
         self._features = tuple(config.features)
         self._log_mask = np.array([f in config.log_features for f in self._features])
@@ -294,10 +295,8 @@ class ForestService:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forest-fit")
         self._closed = False
-        self._saved_files: dict[GroupKey, str] = {}
-        #: Outliers not emitted because of ``max_candidates_per_batch``, since start.
+        #: Outliers not returned because of ``max_candidates_per_batch``, since start.
         self.suppressed = 0
-        self.restore()
 
     # -- introspection ----------------------------------------------------------------------------
 
@@ -330,10 +329,10 @@ class ForestService:
             X[:, self._log_mask] = np.log1p(np.maximum(cols, 0.0) * self._log_scale[self._log_mask])
         return X
 
-    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> list[Candidate]:
         fb = batch.batch
         if fb.n == 0 or self._closed:
-            return
+            return []
         X = self.transform(fb)
         members: dict[GroupKey, list[int]] = {}
         for i, key in enumerate(fb.strings["request_model"]):
@@ -350,16 +349,11 @@ class ForestService:
             g.rows_since_fit += rows.size
             self._maybe_fit(key, g)
         if not found:
-            return
+            return []
         found.sort(key=lambda sc: sc[0])
         cap = self.config.max_candidates_per_batch
         self.suppressed += max(0, len(found) - cap)
-        if cap == 0:
-            return
-        try:
-            self._emit([c for _, c in found[:cap]])
-        except Exception:
-            log.exception("forest candidates could not be emitted")
+        return [c for _, c in found[:cap]]
 
     def _group(self, key: GroupKey) -> _Group:
         g = self._groups.get(key)
@@ -455,7 +449,6 @@ class ForestService:
             error = future.exception()
             if error is None:
                 g.model = future.result()
-                g.dirty = True
         if error is not None:
             log.error("forest fit for model group %r failed: %s", key, error, exc_info=error)
 
@@ -486,64 +479,95 @@ class ForestService:
 
     # -- persistence ------------------------------------------------------------------------------
 
-    def save(self) -> None:
-        """Write every newly fitted forest (``np.savez``, no pickle) and the index, atomically."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def snapshot(self) -> ForestState:
+        """The trained forests, least recently fed group first (:class:`ForestFiles` writes the new ones)."""
         with self._lock:
-            models = {key: (g.model, g.dirty) for key, g in self._groups.items() if g.model is not None}
-            for g in self._groups.values():
-                g.dirty = False
-        changed = False
-        files: dict[GroupKey, str] = {}  # in LRU order, as restore expects
-        for key, (model, dirty) in models.items():
-            assert model is not None
-            name = files[key] = _file_name(key)
-            if dirty or key not in self._saved_files:
-                arrays = model.to_arrays(self._features, self.config.log_features)
-                _atomic_write(self.dir / name, functools.partial(_savez, arrays=arrays))
-                changed = True
-        gone = [name for key, name in self._saved_files.items() if key not in files]
-        for name in gone:
-            (self.dir / name).unlink(missing_ok=True)
-        changed = changed or bool(gone) or list(files) != list(self._saved_files)
-        self._saved_files = files
-        if not changed and (self.dir / INDEX_NAME).exists():
-            return
-        index = {"version": FORMAT_VERSION, "features": list(self._features),
-                 "log_features": list(self.config.log_features),
-                 "groups": [{"group": key, "file": name} for key, name in self._saved_files.items()]}
-        _atomic_write(self.dir / INDEX_NAME, lambda f: f.write(json.dumps(index, indent=1).encode()))
+            return [(key, g.model) for key, g in self._groups.items() if g.model is not None]
 
-    def restore(self) -> None:
-        """Load the saved forests (a damaged or mismatched one is logged and skipped, not fatal)."""
-        path = self.dir / INDEX_NAME
-        if not path.exists():
+    def restore(self, state: ForestState | None) -> None:
+        with self._lock:
+            for g in self._groups.values():
+                g.model = None
+        for key, model in state or []:
+            g = self._group(key)
+            with self._lock:
+                g.model = model
+            g.last_fit = self._clock()
+
+
+class ForestFiles:
+    """Where a :class:`ForestConsumer` keeps its forests: one ``.npz`` per group (no pickle) and an index.
+
+    Only forests fitted since the last write are written; files of groups no longer held are
+    removed; the index (:data:`INDEX_NAME`) lists the groups in LRU order. Every file is written
+    atomically (:func:`aggregator.analysis.state.write_atomic`). A damaged or mismatched forest is
+    logged and skipped on restore, a damaged index means starting without forests: never fatal.
+    """
+
+    def __init__(self, directory: Path, config: ForestConfig) -> None:
+        self._path = directory
+        self.config = config
+        self._features = tuple(config.features)
+        #: What each group's file holds: the file name and the forest last written to it.
+        self._written: dict[GroupKey, tuple[str, TrainedForest]] = {}
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def write(self, state: ForestState) -> None:
+        self._path.mkdir(parents=True, exist_ok=True)
+        changed = False
+        written: dict[GroupKey, tuple[str, TrainedForest]] = {}  # in LRU order, as restore expects
+        for key, model in state:
+            name = _file_name(key)
+            last = self._written.get(key)
+            if last is None or last[1] is not model:
+                arrays = model.to_arrays(self._features, self.config.log_features)
+                write_atomic(self._path / name, functools.partial(_savez, arrays=arrays))
+                changed = True
+            written[key] = (name, model)
+        gone = [name for key, (name, _) in self._written.items() if key not in written]
+        for name in gone:
+            (self._path / name).unlink(missing_ok=True)
+        changed = changed or bool(gone) or list(written) != list(self._written)
+        self._written = written
+        if not changed and (self._path / INDEX_NAME).exists():
             return
+        write_json(self._path / INDEX_NAME, {
+            "version": FORMAT_VERSION, "features": list(self._features),
+            "log_features": list(self.config.log_features),
+            "groups": [{"group": key, "file": name} for key, (name, _) in written.items()]}, indent=1)
+
+    def read(self) -> ForestState | None:
+        path = self._path / INDEX_NAME
         try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-            if index.get("version") != FORMAT_VERSION:
-                raise ValueError(f"index version {index.get('version')!r}, expected {FORMAT_VERSION}")
+            index = read_json(path, version=FORMAT_VERSION)
+            if index is None:
+                return None
             entries = [(e["group"], str(e["file"])) for e in index["groups"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("forest index %s could not be read (%s); starting without forests", path, e)
-            return
-        restored = 0
+            return None
+        state: ForestState = []
         for key, name in entries[-self.config.max_groups:]:
             if not (key is None or isinstance(key, str)) or name != _file_name(key):
                 log.error("forest index %s: bad entry %r", path, name)
                 continue
             try:
-                with np.load(self.dir / name, allow_pickle=False) as arrays:
+                with np.load(self._path / name, allow_pickle=False) as arrays:
                     model = TrainedForest.from_arrays(arrays, self._features, self.config.log_features)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.error("forest for model group %r in %s could not be restored (%s)", key, name, e)
                 continue
-            g = self._group(key)
-            g.model = model
-            g.last_fit = self._clock()
-            self._saved_files[key] = name
-            restored += 1
-        log.info("restored %d forests from %s", restored, self.dir)
+            state.append((key, model))
+            self._written[key] = (name, model)
+        log.info("restored %d forests from %s", len(state), self._path)
+        return state
+
+    def set_aside(self, error: BaseException) -> None:
+        """Not reached (``read`` never raises); the files stay where they are."""
+        log.error("forests in %s could not be restored (%s); starting without them", self._path, error)
 
 
 def _num(x: Any) -> float | None:
@@ -565,16 +589,3 @@ def _savez(f: Any, *, arrays: dict[str, Any]) -> None:
 def _file_name(key: GroupKey) -> str:
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
     return f"group-{digest}.npz"
-
-
-def _atomic_write(target: Path, write: Callable[[Any], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
