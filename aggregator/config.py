@@ -69,7 +69,7 @@ DEFAULT_DATA_DIR = "./data"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_INGEST_QUEUE_MAX_BATCHES = 256
 DEFAULT_ANALYSIS_QUEUE_MAX_ROWS = 100_000
-#: Ten times what a sidecar sends per detection pass (sentinel/detectors: max_anomalies_per_batch 100).
+#: Ten times what a sidecar sends per detection pass (sidecar/detectors: max_anomalies_per_batch 100).
 DEFAULT_MAX_ANOMALIES_PER_BATCH = 1_000
 DEFAULT_LATE_AFTER_S = 300.0
 DEFAULT_DEDUP_WINDOW = 100_000

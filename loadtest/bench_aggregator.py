@@ -53,8 +53,8 @@ from loadtest.procs import Child, free_port, psutil
 from loadtest.spans import build_trace_payloads
 from loadtest.text import say_figures, say_table
 from sentinel import wire
-from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
 from sentinel.model import COLUMNS, FeatureBatch, LocalAnomaly
+from sidecar.detectors.local import LocalDetectionConfig, LocalDetector
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.otlp_lite import parse_traces
 

@@ -67,8 +67,8 @@ from loadtest.nab_scoring import (
     score_at,
 )
 from loadtest.text import say_table
-from sentinel.detectors.local import LEVEL_SHIFT, METRICS, LocalDetectionConfig, LocalDetector
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
+from sidecar.detectors.local import LEVEL_SHIFT, METRICS, LocalDetectionConfig, LocalDetector
 
 __all__ = [
     "DEFAULT_DATA",

@@ -1,6 +1,6 @@
 """Local anomalies that sidecars forward, confirmed or dismissed against the global baselines.
 
-A sidecar scores each call against its *own* recent traffic (:mod:`sentinel.detectors.local`)
+A sidecar scores each call against its *own* recent traffic (:mod:`sidecar.detectors.local`)
 and forwards what it finds with the batch (:attr:`sentinel.wire.WireBatch.anomalies`). One
 sidecar sees a slice of the fleet: its "spike" may be ordinary for the service as a whole (a
 replica that only ever gets the long prompts, a quiet sidecar whose window is all fast calls).

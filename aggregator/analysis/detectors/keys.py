@@ -9,7 +9,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from sentinel.detectors.grouping import Key, group_by_key
+from sentinel.grouping import Key, group_by_key
 
 __all__ = ["Key", "KeyedState", "group_by_key", "top_rows_per_group"]
 

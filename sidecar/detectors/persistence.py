@@ -5,7 +5,7 @@ a row are not. Each series remembers whether each of its last ``n − 1`` values
 (a bit mask, bit 0 = the most recent); a value that exceeds is reported when at least ``k`` of the
 last ``n`` values (itself included) did, or straight away when ``|sigma| ≥ extreme_sigma``.
 
-Values are handed over grouped, as for :class:`sentinel.detectors.rolling.RollingStats`.
+Values are handed over grouped, as for :class:`sidecar.detectors.rolling.RollingStats`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sentinel.detectors.rolling import FloatArray, IntArray, resize_rows
+from sidecar.detectors.rolling import FloatArray, IntArray, resize_rows
 
 __all__ = ["DEFAULT_EXTREME_SIGMA", "DEFAULT_K", "DEFAULT_N", "MAX_N", "PersistenceFilter"]
 

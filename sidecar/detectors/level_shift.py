@@ -17,7 +17,7 @@ statistic (capped at ``threshold`` after each batch) falls to 0: the values came
 baseline caught up — about ``threshold/drift`` values near the baseline.
 :meth:`LocalDetector.relearn` re-learns a key's baselines at once, on request.
 
-Values are grouped as for :class:`sentinel.detectors.rolling.RollingStats`.
+Values are grouped as for :class:`sidecar.detectors.rolling.RollingStats`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from sentinel.detectors.rolling import FloatArray, IntArray, resize_rows
+from sidecar.detectors.rolling import FloatArray, IntArray, resize_rows
 
 __all__ = [
     "DEFAULT_CAP_SIGMA",

@@ -6,7 +6,7 @@ each batch the rate over the slot's last ``window_s`` seconds is checked: with a
 ``min_calls`` calls and a rate above ``threshold`` it fires once, then stays quiet until the rate
 is back at or below the threshold (re-armed).
 
-Values are handed over grouped, as for :class:`sentinel.detectors.rolling.RollingStats`.
+Values are handed over grouped, as for :class:`sidecar.detectors.rolling.RollingStats`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from sentinel.detectors.rolling import FloatArray, IntArray, group_positions, resize_rows
+from sidecar.detectors.rolling import FloatArray, IntArray, group_positions, resize_rows
 
 __all__ = [
     "DEFAULT_ERROR_RATE_THRESHOLD",

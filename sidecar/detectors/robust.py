@@ -7,7 +7,7 @@ keeps its last ``window`` values in a ring buffer (one numpy row per slot).
 * ``mad``: robust z = 0.6745·(x − median)/MAD; anomalous beyond ``threshold``.
 * ``iqr``: anomalous above Q3 + k·IQR (or below Q1 − k·IQR).
 
-Values are handed over grouped, as for :class:`sentinel.detectors.rolling.RollingStats`.
+Values are handed over grouped, as for :class:`sidecar.detectors.rolling.RollingStats`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sentinel.detectors.rolling import (
+from sidecar.detectors.rolling import (
     DEFAULT_MIN_STD,
     DEFAULT_MIN_STD_RATIO,
     DEFAULT_WARMUP,

@@ -21,10 +21,11 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from sentinel.detectors.error_rate import ErrorRateWindow
-from sentinel.detectors.grouping import group_by_key
-from sentinel.detectors.level_shift import LevelShift
-from sentinel.detectors.local_config import (
+from sentinel.grouping import group_by_key
+from sentinel.model import KEY_COLUMNS, FeatureBatch, LocalAnomaly
+from sidecar.detectors.error_rate import ErrorRateWindow
+from sidecar.detectors.level_shift import LevelShift
+from sidecar.detectors.local_config import (
     DEFAULT_DIRECTIONS,
     DEFAULT_MAX_ANOMALIES_PER_BATCH,
     DEFAULT_MAX_KEYS,
@@ -43,10 +44,9 @@ from sentinel.detectors.local_config import (
     ThresholdConfig,
     ZScoreConfig,
 )
-from sentinel.detectors.persistence import PersistenceFilter
-from sentinel.detectors.robust import RobustWindow
-from sentinel.detectors.rolling import FloatArray, IntArray, RollingStats
-from sentinel.model import KEY_COLUMNS, FeatureBatch, LocalAnomaly
+from sidecar.detectors.persistence import PersistenceFilter
+from sidecar.detectors.robust import RobustWindow
+from sidecar.detectors.rolling import FloatArray, IntArray, RollingStats
 
 __all__ = [
     "DEFAULT_DIRECTIONS",

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import yaml
 
-from sentinel.alerts_cli import DEFAULT_URL, CliError, _Api, _token, run_cli
+from sentinel.cli.alerts import DEFAULT_URL, CliError, _Api, _token, run_cli
 
 __all__ = ["file_settings", "main"]
 

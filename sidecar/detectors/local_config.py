@@ -1,7 +1,7 @@
 """The ``detection:`` settings of the sidecar's local detectors (:class:`LocalDetectionConfig`).
 
-Parsing and validation live here; :mod:`sentinel.detectors.local` re-exports everything public,
-so ``from sentinel.detectors.local import LocalDetectionConfig`` keeps working.
+Parsing and validation live here; :mod:`sidecar.detectors.local` re-exports everything public,
+so ``from sidecar.detectors.local import LocalDetectionConfig`` keeps working.
 
 >>> LocalDetectionConfig.from_mapping({"metrics": {"latency_ms": {"method": "mad"}}}).metrics["latency_ms"]
 MetricConfig(method='mad', direction='high', transform='log')
@@ -16,20 +16,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.config import ConfigError, parse_duration
-from sentinel.detectors.error_rate import (
+from sidecar.detectors.error_rate import (
     DEFAULT_ERROR_RATE_THRESHOLD,
     DEFAULT_ERROR_WINDOW_S,
     DEFAULT_MIN_CALLS,
 )
-from sentinel.detectors.level_shift import (
+from sidecar.detectors.level_shift import (
     DEFAULT_CAP_SIGMA,
     DEFAULT_DRIFT,
     DEFAULT_RELEARN_AFTER_S,
     DEFAULT_SHIFT_THRESHOLD,
 )
-from sentinel.detectors.persistence import DEFAULT_EXTREME_SIGMA, DEFAULT_K, DEFAULT_N, MAX_N
-from sentinel.detectors.robust import DEFAULT_IQR_K, DEFAULT_ROBUST_THRESHOLD, DEFAULT_WINDOW
-from sentinel.detectors.rolling import (
+from sidecar.detectors.persistence import DEFAULT_EXTREME_SIGMA, DEFAULT_K, DEFAULT_N, MAX_N
+from sidecar.detectors.robust import DEFAULT_IQR_K, DEFAULT_ROBUST_THRESHOLD, DEFAULT_WINDOW
+from sidecar.detectors.rolling import (
     DEFAULT_CLIP_SIGMA,
     DEFAULT_HALF_LIFE_S,
     DEFAULT_MIN_STD,

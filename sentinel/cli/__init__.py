@@ -78,16 +78,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["alerts"]:  # a client, not a service: its own parser takes every option after it
-        from sentinel.alerts_cli import main as alerts_main
+        from sentinel.cli.alerts import main as alerts_main
 
         return alerts_main(argv[1:])
     if argv[:1] == ["config"]:  # the same: the aggregator's live settings through its API
-        from sentinel.config_cli import main as config_main
+        from sentinel.cli.config import main as config_main
 
         return config_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from sentinel.demo import run_demo
+        from sentinel.cli.demo import run_demo
 
         _setup_logging("warning")
         try:
@@ -108,7 +108,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return load(settings_cls, args=args, section=args.command)
 
     return asyncio.run(run(settings, reload_settings))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
