@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from aggregator.alerting.model import SEVERITIES, STATUSES
+from sentinel.alerts import SEVERITIES, STATUSES
 
 __all__ = ["format_event", "format_table", "main", "parse_sse"]
 

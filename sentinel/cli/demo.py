@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from aggregator.alerting.hub import Subscription
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
-from loadtest.spans import DEFAULT_SERVICES, build_trace_request
+from sentinel.cli.spans import DEFAULT_SERVICES, build_trace_request
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 
