@@ -46,7 +46,7 @@ from aggregator.api.jwt_auth import JwtConfig
 from aggregator.ingest.auth import parse_sidecar_tokens
 from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
-from sentinel.config import ConfigError, setting
+from sentinel.config import ConfigError, load_map, setting
 
 if TYPE_CHECKING:
     from aggregator.analysis.forest.consumer import ForestConfig
@@ -94,8 +94,6 @@ def _hostport(key: str, value: str) -> None:
 
 def forest_config(settings: dict[str, Any]) -> ForestConfig | None:
     """The Isolation Forest's settings from the ``forest:`` map, or ``None`` when disabled."""
-    import dataclasses
-
     from aggregator.analysis.forest.consumer import ForestConfig
 
     if not isinstance(settings, dict):
@@ -103,17 +101,7 @@ def forest_config(settings: dict[str, Any]) -> ForestConfig | None:
     raw = dict(settings)
     if raw.pop("enabled", True) is False:
         return None
-    known = {f.name for f in dataclasses.fields(ForestConfig)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"forest.{key}: unknown setting")
-    for key in ("features", "log_features"):
-        if key in raw and isinstance(raw[key], list):
-            raw[key] = tuple(raw[key])
-    try:
-        config = ForestConfig(**raw)
-    except TypeError as e:
-        raise ConfigError(f"forest: {e}") from None
+    config = load_map(ForestConfig, raw, "forest")
     config.validate()
     return config
 

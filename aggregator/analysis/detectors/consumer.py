@@ -8,7 +8,6 @@ turned off with ``enabled: false``. State is kept as JSON in ``data_dir/detector
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -39,7 +38,7 @@ from aggregator.analysis.detectors import (
     TokenAbuseDetector,
 )
 from aggregator.analysis.state import JsonStateFile
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, load_map
 from sentinel.model import FeatureBatch
 from sentinel.wire import WireBatch
 
@@ -81,20 +80,13 @@ def parse_detector_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"detectors.{name}: unknown detector (use one of {', '.join(DETECTORS)})")
     out: dict[str, Any] = {}
     for name, (config_cls, _) in DETECTORS.items():
-        raw = dict(settings.get(name) or {})
-        if not isinstance(settings.get(name) or {}, Mapping):
+        raw = settings.get(name) or {}
+        if not isinstance(raw, Mapping):
             raise ConfigError(f"detectors.{name}: must be a map")
+        raw = dict(raw)
         if raw.pop("enabled", True) is False:
             continue
-        known = {f.name for f in dataclasses.fields(config_cls)}
-        for key in raw:
-            if key not in known:
-                raise ConfigError(f"detectors.{name}.{key}: unknown setting")
-        try:
-            config = config_cls(**raw)
-        except TypeError as e:
-            raise ConfigError(f"detectors.{name}: {e}") from None
-        out[name] = config.validate()
+        out[name] = load_map(config_cls, raw, f"detectors.{name}").validate()
     return out
 
 
