@@ -11,8 +11,8 @@ throughput drop to nothing is seen); after a gap longer than ``max_gap`` buckets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +20,7 @@ import numpy.typing as npt
 from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, top_rows_per_group
 from sentinel.model import FeatureBatch
 
-__all__ = ["NS", "BucketSeries", "BucketedKeys", "Closed", "HasBuckets"]
+__all__ = ["NS", "BucketSeries", "BucketedDetector", "BucketedKeys", "Closed", "HasBuckets", "KeyState"]
 
 NS = 1_000_000_000
 FloatArray = npt.NDArray[np.float64]
@@ -193,3 +193,63 @@ class BucketedKeys(Generic[S]):
             obj = key_state(s)
             obj.buckets = BucketSeries.from_state(b)
             self.keys.items[tuple(k)] = obj
+
+
+class BucketedConfig(Protocol):
+    """What :class:`BucketedDetector` reads of a detector's config (besides its bucket width)."""
+
+    @property
+    def lateness_s(self) -> float: ...
+
+    @property
+    def max_keys(self) -> int: ...
+
+    def validate(self) -> Any: ...  # the config itself, checked
+
+
+class KeyState(HasBuckets, Protocol):
+    """A bucketed detector's per-key state (and a ``from_state(d)`` classmethod to read it back)."""
+
+    def to_state(self) -> dict[str, Any]: ...
+
+
+C = TypeVar("C", bound=BucketedConfig)
+K = TypeVar("K", bound=KeyState)
+
+
+class BucketedDetector(Generic[C, K]):
+    """What the bucketed detectors share: a validated config, per-key event-time buckets, saved state.
+
+    A detector names its ``NAME`` (in its saved state), ``CONFIG`` (its config class, defaults when
+    none is given), ``KEY_STATE`` (the per-key state: ``to_state()`` and a ``from_state(d)``
+    classmethod), ``N_FIELDS`` (sums per bucket) and ``WIDTH`` (the config field that is the bucket
+    width), and writes ``update``.
+    """
+
+    NAME: ClassVar[str]
+    CONFIG: ClassVar[type[Any]]
+    KEY_STATE: ClassVar[Any]
+    N_FIELDS: ClassVar[int]
+    WIDTH: ClassVar[str] = "bucket_s"
+
+    def __init__(self, config: C | None = None) -> None:
+        self.config: C = (config if config is not None else self.CONFIG()).validate()
+        c = self.config
+        self._keys: BucketedKeys[K] = BucketedKeys(
+            width_s=float(getattr(c, self.WIDTH)), lateness_s=c.lateness_s, max_keys=c.max_keys,
+            n_fields=self.N_FIELDS, factory=self.KEY_STATE)
+
+    @property
+    def late_rows(self) -> int:
+        return self._keys.late_rows
+
+    def to_state(self) -> dict[str, Any]:
+        return {"detector": self.NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], config: C | None = None) -> Self:
+        if state.get("detector") != cls.NAME or state.get("version") != 1:
+            raise ValueError(f"not a {cls.NAME} state (version 1)")
+        det = cls(config)
+        det._keys.load_state(dict(state), cls.KEY_STATE.from_state)
+        return det

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_min, check_positive
 from sentinel.model import FeatureBatch
@@ -104,7 +104,7 @@ class _KeyState:
         return st
 
 
-class CostCusumDetector:
+class CostCusumDetector(BucketedDetector[CostCusumConfig, _KeyState]):
     """Upper CUSUM of cost per bucket, per (service, request_model).
 
     >>> det = CostCusumDetector(CostCusumConfig(bucket_s=60))
@@ -112,15 +112,10 @@ class CostCusumDetector:
     [Candidate(anomaly_type='cost_anomaly', ...)]
     """
 
-    def __init__(self, config: CostCusumConfig | None = None) -> None:
-        self.config = (config or CostCusumConfig()).validate()
-        c = self.config
-        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=2, factory=_KeyState)
-
-    @property
-    def late_rows(self) -> int:
-        return self._keys.late_rows
+    NAME = NAME
+    CONFIG = CostCusumConfig
+    KEY_STATE = _KeyState
+    N_FIELDS = 2
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         """Add the batch, then run the CUSUM over every bucket the watermark closed."""
@@ -158,14 +153,3 @@ class CostCusumDetector:
                 st.mean += c.alpha * d
                 st.var = (1 - c.alpha) * (st.var + c.alpha * d * d)
         return out
-
-    def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], config: CostCusumConfig | None = None) -> CostCusumDetector:
-        if state.get("detector") != NAME or state.get("version") != 1:
-            raise ValueError(f"not a {NAME} state (version 1)")
-        det = cls(config)
-        det._keys.load_state(dict(state), _KeyState.from_state)
-        return det

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
@@ -88,18 +88,14 @@ class _KeyState:
         return st
 
 
-class ErrorBurstDetector:
+class ErrorBurstDetector(BucketedDetector[ErrorBurstConfig, _KeyState]):
     """Windowed error rate vs the key's baseline rate, per (service, request_model)."""
 
-    def __init__(self, config: ErrorBurstConfig | None = None) -> None:
-        self.config = (config or ErrorBurstConfig()).validate()
-        c = self.config
-        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.window_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=2, factory=_KeyState)
-
-    @property
-    def late_rows(self) -> int:
-        return self._keys.late_rows
+    NAME = NAME
+    CONFIG = ErrorBurstConfig
+    KEY_STATE = _KeyState
+    N_FIELDS = 2
+    WIDTH = "window_s"
 
     def baseline_rate(self, st: _KeyState) -> float:
         c = self.config
@@ -133,14 +129,3 @@ class ErrorBurstDetector:
                 st.calls = (1 - c.alpha) * st.calls + calls
                 st.errors = (1 - c.alpha) * st.errors + errors
         return out
-
-    def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], config: ErrorBurstConfig | None = None) -> ErrorBurstDetector:
-        if state.get("detector") != NAME or state.get("version") != 1:
-            raise ValueError(f"not a {NAME} state (version 1)")
-        det = cls(config)
-        det._keys.load_state(dict(state), _KeyState.from_state)
-        return det

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
@@ -109,19 +109,14 @@ def _at_limit(reasons: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
     return out
 
 
-class FinishLengthDetector:
+class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
     """Share of calls stopped at the output limit per bucket vs the key's baseline share."""
 
-    def __init__(self, config: FinishLengthConfig | None = None) -> None:
-        self.config = (config or FinishLengthConfig()).validate()
-        c = self.config
-        # fields: calls with a finish reason, calls at the limit
-        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=2, factory=_KeyState)
-
-    @property
-    def late_rows(self) -> int:
-        return self._keys.late_rows
+    NAME = NAME
+    CONFIG = FinishLengthConfig
+    KEY_STATE = _KeyState
+    # fields: calls with a finish reason, calls at the limit
+    N_FIELDS = 2
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:
@@ -160,14 +155,3 @@ class FinishLengthDetector:
                     window_end=end, context={"trace_ids": examples, "calls": int(n), "at_limit": int(k),
                                              "bucket_s": c.bucket_s}))
         return out
-
-    def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], config: FinishLengthConfig | None = None) -> FinishLengthDetector:
-        if state.get("detector") != NAME or state.get("version") != 1:
-            raise ValueError(f"not a {NAME} state (version 1)")
-        det = cls(config)
-        det._keys.load_state(dict(state), _KeyState.from_state)
-        return det

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
@@ -124,20 +124,14 @@ class _KeyState:
         return st
 
 
-class LevelShiftDetector:
+class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
     """Sustained shifts of log latency and log TTFT per (service, request_model, region)."""
 
-    def __init__(self, config: LevelShiftConfig | None = None) -> None:
-        self.config = (config or LevelShiftConfig()).validate()
-        c = self.config
-        # fields per metric: values, sum of logs, sum of squared logs
-        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=3 * len(METRICS),
-            factory=_KeyState)
-
-    @property
-    def late_rows(self) -> int:
-        return self._keys.late_rows
+    NAME = NAME
+    CONFIG = LevelShiftConfig
+    KEY_STATE = _KeyState
+    # fields per metric: values, sum of logs, sum of squared logs
+    N_FIELDS = 3 * len(METRICS)
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:
@@ -202,14 +196,3 @@ class LevelShiftDetector:
                 context={"trace_ids": examples, "region": key[2], "calls": int(n), "ratio": value / base,
                          "bucket_s": c.bucket_s, "high_buckets": lv.run})
         return high, cand
-
-    def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], config: LevelShiftConfig | None = None) -> LevelShiftDetector:
-        if state.get("detector") != NAME or state.get("version") != 1:
-            raise ValueError(f"not a {NAME} state (version 1)")
-        det = cls(config)
-        det._keys.load_state(dict(state), _KeyState.from_state)
-        return det
