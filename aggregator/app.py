@@ -4,9 +4,10 @@ One HTTP listener (``listen``, default ``0.0.0.0:9090``) serves ``POST /v1/inges
 (alerts, silences, services, statistics, the SSE stream, baselines, candidates, OpenAPI), the web
 page at ``/``, ``/metrics``, ``/healthz`` and ``/readyz``; a gRPC listener (``grpc_listen``, default
 ``0.0.0.0:9091``) serves ``sentinel.v1.AlertService``. Both bind to 127.0.0.1 when no token is
-configured. Start opens the journal, restores baselines, detector state, series and open alerts
-before the listeners, so nothing is accepted before it can be stored; sinks start after (a broker
-that is down is retried in the background while alerts wait in the outbox). Shutdown ends the live
+configured. Start opens the journal, restores the analysis consumers (baselines, detector state,
+forests, series, open alerts) before the listeners, so nothing is accepted before it can be
+stored; sinks start after (a broker that is down is retried in the background while alerts wait
+in the outbox). Shutdown ends the live
 streams, stops the listeners (in-flight requests get up to ``shutdown_grace_s``), commits what is
 queued, lets analysis finish and saves its state, stops the sinks (what is undelivered stays in
 the outbox) and closes the stores.
@@ -42,30 +43,30 @@ from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink, parse_webhooks
-from aggregator.analysis import Analysis, BatchConsumer
+from aggregator.analysis.baselines.consumer import BaselineConsumer
+from aggregator.analysis.candidates import CandidateLog
+from aggregator.analysis.confirm import LocalAnomalyConfirmer
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.consumer import DetectorConsumer
+from aggregator.analysis.forest.consumer import ANOMALY_TYPE as FOREST_TYPE
+from aggregator.analysis.forest.consumer import ForestConsumer
+from aggregator.analysis.pipeline import Analysis, Consumer, pipeline, restore, save
+from aggregator.analysis.quality.call_index import ModelVersions, with_model_version
+from aggregator.analysis.quality.consumer import QualityConsumer, parse_quality_settings
+from aggregator.analysis.security.consumer import SecurityConsumer, parse_security_settings
+from aggregator.analysis.series import SeriesConsumer
 from aggregator.api.auth import Roles
 from aggregator.api.guard import allowed_host_names
 from aggregator.api.jwt_auth import JwtVerifier
 from aggregator.api.quality_api import QualityApi
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.api.security_api import SecurityApi
-from aggregator.baseline_service import BaselineService
-from aggregator.call_index import ModelVersions, with_model_version
-from aggregator.candidates import CandidateLog
 from aggregator.config import SECRET_KEYS, AggregatorConfig
 from aggregator.config_versions import ConfigVersion, ConfigVersions, diff, is_digest, redact
-from aggregator.confirm import LocalAnomalyConfirmer
-from aggregator.detector_service import DetectorService
-from aggregator.detectors.candidate import Candidate
-from aggregator.forest_service import ANOMALY_TYPE as FOREST_TYPE
-from aggregator.forest_service import ForestService
-from aggregator.ingest import IngestService
-from aggregator.ingest_auth import parse_sidecar_tokens
+from aggregator.ingest.auth import parse_sidecar_tokens
+from aggregator.ingest.security_amqp import SecurityEventConsumer
+from aggregator.ingest.service import IngestService
 from aggregator.metrics import AggregatorMetrics
-from aggregator.quality_service import QualityService, parse_quality_settings
-from aggregator.security_amqp import SecurityEventConsumer
-from aggregator.security_service import SecurityService, parse_security_settings
-from aggregator.series import SeriesService
 from aggregator.web import add_web_routes
 from sentinel import service
 from sentinel.config import ConfigError, load
@@ -89,7 +90,7 @@ class Aggregator:
         self.config = config
         self.metrics = AggregatorMetrics(registry)
         self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_aggregator")
-        self.baselines = BaselineService(config.baseline_config(), config.data_dir)
+        self.baselines = BaselineConsumer(config.baseline_config(), config.data_dir)
         self.candidates = CandidateLog(registry=self.metrics.registry)
         self.hub = AlertHub()
         self.alert_store = SQLiteAlertStore(os.path.join(config.data_dir, "alerts.db"))
@@ -97,7 +98,7 @@ class Aggregator:
         self._sink_configs = _sink_configs(config)
         self.sinks: list[Sink] = [self._sink(c) for c in self._sink_configs.values()]
         self.roles = _roles(config, None)
-        self.series = SeriesService(config.data_dir)
+        self.series = SeriesConsumer(config.data_dir)
         self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)
         self.feedback = FeedbackLog(self.alert_store)
@@ -107,28 +108,27 @@ class Aggregator:
                                     base_floor=lambda t: self.config.configured_floor(t),
                                     apply=lambda floors: self.alerts.reconfigure(self._alert_config(self.config)),
                                     clock=time.time_ns)
-        emit = self.metrics.observing(self._emit)  # + detection latency of every candidate
-        # Before the baselines: forwarded anomalies are judged against the baselines as they were
-        # before their own batch, so a spike does not raise the p99 it is compared with.
-        self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store, emit,
+        self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store,
                                                outcome=self.metrics.count_local_anomaly)
+        emit = self.metrics.observing(self._emit)  # + detection latency of every candidate
         self.model_versions = ModelVersions()
         quality = parse_quality_settings(config.quality)
-        self.quality = (QualityService(quality, config.data_dir, emit, versions=self.model_versions)
+        # Events posted to the API raise candidates outside a batch: handed on as the pipeline's are.
+        self.quality = (QualityConsumer(quality, config.data_dir, on_candidates=emit, versions=self.model_versions)
                         if quality.enabled else None)
-        # Answer-quality alerts of the row detectors name the model version they correlate with.
-        versioned = with_model_version(emit, self.model_versions)
-        self.detectors = DetectorService(config.detectors, config.data_dir, versioned,
-                                         late_after_s=config.late_after_s, max_future_skew_s=config.max_future_skew_s)
+        self.detectors = DetectorConsumer(config.detectors, config.data_dir, late_after_s=config.late_after_s,
+                                          max_future_skew_s=config.max_future_skew_s)
         security = parse_security_settings(config.security)
-        self.security = SecurityService(security, config.data_dir, emit) if security.enabled else None
+        self.security = (SecurityConsumer(security, config.data_dir, on_candidates=emit)
+                         if security.enabled else None)
         self.security_queue = (SecurityEventConsumer(
             url=security.amqp_url, exchange=security.amqp_exchange, queue=security.amqp_queue,
             binding_key=security.amqp_binding_key, submit=self.security.submit,
             max_events=security.max_events_per_request) if self.security is not None and security.amqp_url else None)
-        self._emit_observed = emit
         self.forest = self._forest(config)
-        self.analysis = Analysis(self._consumers(), save_interval_s=config.save_interval_s, tasks=self.tasks)
+        # Answer-quality candidates of the row detectors name the model version they correlate with.
+        self.analysis = Analysis(self._consumers(), on_candidates=with_model_version(emit, self.model_versions),
+                                 save_interval_s=config.save_interval_s, tasks=self.tasks)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis, tasks=self.tasks)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
@@ -146,25 +146,18 @@ class Aggregator:
         self.grpc: AlertGrpcServer | None = None
         self._applying = asyncio.Lock()
 
-    def _consumers(self) -> list[BatchConsumer]:
-        consumers: list[BatchConsumer] = [self.confirmer, self.baselines]
-        if self.quality is not None:  # before the detectors: it notes the model versions of the batch
-            consumers.append(self.quality)
-        if self.security is not None:
-            consumers.append(self.security)
-        consumers.append(self.detectors)
-        if self.forest is not None:
-            consumers.append(self.forest)
-        # Last: a batch's own detections are folded in before its rows can resolve an alert.
-        return [*consumers, self.series, self.alerts]
+    def _consumers(self) -> list[Consumer]:
+        """The analysis consumers; the order, and why, is pipeline()'s docstring."""
+        return pipeline(confirm=self.confirmer, baselines=self.baselines, quality=self.quality,
+                        security=self.security, detectors=self.detectors, forest=self.forest, series=self.series,
+                        alerts=self.alerts)
 
-    def _forest(self, config: AggregatorConfig) -> ForestService | None:
-        """A forest service for ``config`` (restoring the saved forests), or ``None`` when it is disabled."""
+    def _forest(self, config: AggregatorConfig) -> ForestConsumer | None:
+        """A forest consumer for ``config`` (not yet restored), or ``None`` when it is disabled."""
         settings = config.forest_config()
         if settings is None:
             return None
-        forest = ForestService(settings, config.data_dir, self._emit_observed,
-                               on_fit=self.metrics.model_train_seconds.observe)
+        forest = ForestConsumer(settings, config.data_dir, on_fit=self.metrics.model_train_seconds.observe)
         self.metrics.watch_forest(forest)
         return forest
 
@@ -186,7 +179,7 @@ class Aggregator:
 
     def _emit(self, candidates: Iterable[Candidate]) -> None:
         batch = list(candidates)
-        if self.forest is not None:  # which features moved together, from the forest (forest_service.py)
+        if self.forest is not None:  # which features moved together, from the forest (analysis/forest/consumer.py)
             for c in batch:
                 if c.anomaly_type != FOREST_TYPE and "forest" not in c.context:
                     note = self.forest.explain(c)
@@ -259,22 +252,14 @@ class Aggregator:
             log.warning("no tokens configured and allow_unauthenticated set: anyone who can reach %s may "
                         "ingest, read and act on alerts", c.listen)
         await self.ingest.start()  # creates data_dir
-        await asyncio.to_thread(self.baselines.restore)
-        await asyncio.to_thread(self.detectors.restore)
-        if self.quality is not None:
-            await asyncio.to_thread(self.quality.restore)
-        if self.security is not None:
-            await asyncio.to_thread(self.security.restore)
+        self.hub.bind(asyncio.get_running_loop())
         try:
-            await asyncio.to_thread(self.alerts.restore)
+            await self.analysis.start()  # restores every consumer (pipeline order), the alerts last
             # Floors raised from feedback before a restart still apply.
             await asyncio.to_thread(lambda: self.alerts.reconfigure(self._alert_config(self.config)))
             await asyncio.to_thread(self._record_start_version)
         except (StoreError, sqlite3.Error) as e:
             raise OSError(str(e)) from e
-        await asyncio.to_thread(self.series.restore)
-        self.hub.bind(asyncio.get_running_loop())
-        await self.analysis.start()
         # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
         app = web.Application(client_max_size=c.max_body_bytes)
         app.router.add_post("/v1/ingest", self.ingest.handle)
@@ -362,7 +347,7 @@ class Aggregator:
         Validated whole first (a bad value raises naming its key and nothing changes); then every
         component's settings are swapped on the analysis thread between two batches — the alert
         manager, the confirmation, the detectors (state kept where their settings allow,
-        :meth:`DetectorService.reconfigure`), the forest, the sink list, the tokens — and the sinks
+        :meth:`DetectorConsumer.reconfigure`), the forest, the sink list, the tokens — and the sinks
         whose settings changed are restarted; the change is recorded as a configuration version and
         in the audit log.
         """
@@ -395,9 +380,11 @@ class Aggregator:
                 # As across a restart: the saved forests keep scoring, the windows refill, the next fit
                 # uses the new settings (forests of other features are not loaded: it starts afresh).
                 if old_forest is not None:
-                    old_forest.save()
+                    save(old_forest)
                     old_forest.shutdown()
                 self.forest = self._forest(merged)
+                if self.forest is not None:
+                    restore(self.forest)
                 if self.forest is None:
                     self.metrics.model_age.set_function(lambda: math.nan)
                 self.analysis.set_consumers(self._consumers())

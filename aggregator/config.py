@@ -32,11 +32,8 @@ from aggregator.alerting.precision_guard import DEFAULT_MIN_VERDICTS as DEFAULT_
 from aggregator.alerting.precision_guard import DEFAULT_STEP as DEFAULT_FEEDBACK_STEP
 from aggregator.alerting.precision_guard import DEFAULT_WINDOW_S as DEFAULT_FEEDBACK_WINDOW_S
 from aggregator.alerting.precision_guard import PrecisionGuardConfig
-from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
-from aggregator.api.jwt_auth import JwtConfig
-from aggregator.baselines import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
-from aggregator.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
-from aggregator.confirm import (
+from aggregator.analysis.baselines.store import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
+from aggregator.analysis.confirm import (
     DEFAULT_LEVEL_SHIFT_QUANTILE,
     DEFAULT_MARGIN,
     DEFAULT_MIN_CONFIDENCE,
@@ -45,12 +42,15 @@ from aggregator.confirm import (
     DEFAULT_UNCHECKED_MIN_SIGMA,
     ConfirmConfig,
 )
-from aggregator.event_time import DEFAULT_MAX_FUTURE_SKEW_S
-from aggregator.ingest_auth import parse_sidecar_tokens
-from sentinel.config import ConfigError, setting
+from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
+from aggregator.api.jwt_auth import JwtConfig
+from aggregator.ingest.auth import parse_sidecar_tokens
+from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
+from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
+from sentinel.config import ConfigError, load_map, setting
 
 if TYPE_CHECKING:
-    from aggregator.forest_service import ForestConfig
+    from aggregator.analysis.forest.consumer import ForestConfig
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -70,7 +70,7 @@ DEFAULT_DATA_DIR = "./data"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_INGEST_QUEUE_MAX_BATCHES = 256
 DEFAULT_ANALYSIS_QUEUE_MAX_ROWS = 100_000
-#: Ten times what a sidecar sends per detection pass (sentinel/detectors: max_anomalies_per_batch 100).
+#: Ten times what a sidecar sends per detection pass (sidecar/detectors: max_anomalies_per_batch 100).
 DEFAULT_MAX_ANOMALIES_PER_BATCH = 1_000
 DEFAULT_LATE_AFTER_S = 300.0
 DEFAULT_DEDUP_WINDOW = 100_000
@@ -102,26 +102,14 @@ def _hostport(key: str, value: str) -> None:
 
 def forest_config(settings: dict[str, Any]) -> ForestConfig | None:
     """The Isolation Forest's settings from the ``forest:`` map, or ``None`` when disabled."""
-    import dataclasses
-
-    from aggregator.forest_service import ForestConfig
+    from aggregator.analysis.forest.consumer import ForestConfig
 
     if not isinstance(settings, dict):
         raise ConfigError("forest: must be a map")
     raw = dict(settings)
     if raw.pop("enabled", True) is False:
         return None
-    known = {f.name for f in dataclasses.fields(ForestConfig)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"forest.{key}: unknown setting")
-    for key in ("features", "log_features"):
-        if key in raw and isinstance(raw[key], list):
-            raw[key] = tuple(raw[key])
-    try:
-        config = ForestConfig(**raw)
-    except TypeError as e:
-        raise ConfigError(f"forest: {e}") from None
+    config = load_map(ForestConfig, raw, "forest")
     try:
         config.validate()
     except ConfigError as e:  # ForestConfig names its fields forest_<field>; in the YAML they are forest.<field>
@@ -188,7 +176,7 @@ class AggregatorConfig:
     baseline_relative_accuracy: float = setting(DEFAULT_RELATIVE_ACCURACY, "relative error bound of the "
                                                 "baseline quantiles (DDSketch)")
     detectors: dict[str, Any] = setting(None, "detector settings, one map per detector (see "
-                                        "aggregator/detectors/README.md); `enabled: false` turns one off",
+                                        "aggregator/analysis/detectors/README.md); `enabled: false` turns one off",
                                         flag=False, factory=dict)
     quality: dict[str, Any] = setting(None, "answer quality: evaluation scores and user feedback joined to "
                                       "their calls, and their detectors (aggregator/README.md, 'Quality "
@@ -432,13 +420,13 @@ class AggregatorConfig:
             raise ConfigError("save_interval_s: must be greater than 0")
         self.baseline_config().validate()
         self.confirm_config().validate()
-        from aggregator.detector_service import parse_detector_settings  # imports every detector
+        from aggregator.analysis.detectors.consumer import parse_detector_settings  # imports every detector
 
         parse_detector_settings(self.detectors)
-        from aggregator.quality_service import parse_quality_settings
+        from aggregator.analysis.quality.consumer import parse_quality_settings
 
         parse_quality_settings(self.quality)
-        from aggregator.security_service import parse_security_settings
+        from aggregator.analysis.security.consumer import parse_security_settings
 
         parse_security_settings(self.security)
         forest_config(self.forest)

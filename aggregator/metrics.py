@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from aggregator.detectors.candidate import Candidate
-    from aggregator.forest_service import ForestService
+    from aggregator.analysis.detectors.candidate import Candidate
+    from aggregator.analysis.forest.consumer import ForestConsumer
 
 __all__ = ["CONFIRM_OUTCOMES", "DETECTION_LATENCY_BUCKETS", "INGEST_OUTCOMES", "AggregatorMetrics"]
 
@@ -108,7 +108,7 @@ class AggregatorMetrics:
                 self.detection_latency.observe(max(0.0, (now_ns - c.window_end) / 1e9))
         return observed
 
-    def watch_forest(self, forest: ForestService) -> None:
+    def watch_forest(self, forest: ForestConsumer) -> None:
         """Compute ``model_age_seconds`` from ``forest``'s fitted models at every scrape."""
         def age() -> float:
             try:

@@ -53,8 +53,8 @@ from loadtest.procs import Child, free_port, psutil
 from loadtest.spans import build_trace_payloads
 from loadtest.text import say_figures, say_table
 from sentinel import wire
-from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
 from sentinel.model import COLUMNS, FeatureBatch, LocalAnomaly
+from sidecar.detectors.local import LocalDetectionConfig, LocalDetector
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.otlp_lite import parse_traces
 
@@ -256,6 +256,7 @@ def measure_analysis(corpus: Corpus, settings: AggBenchSettings, *, data_dir: st
     aggregator; with this process pinned to one CPU it shares that core. ``arrival_ns`` is the wall
     clock at the moment each batch is fed.
     """
+    from aggregator.analysis.pipeline import restore
     from aggregator.app import Aggregator
     from aggregator.config import AggregatorConfig
 
@@ -266,8 +267,9 @@ def measure_analysis(corpus: Corpus, settings: AggBenchSettings, *, data_dir: st
         consumers = analysis_consumers(agg)
         # What Aggregator.start does before its listeners (a fresh directory: nothing to restore, but
         # the alert store opens), so that a confirmed anomaly can become a stored alert.
-        for name in ("baselines", "detectors", "alerts", "series"):
-            getattr(agg, name).restore()
+        for _, c in consumers:
+            restore(c)
+        hand_on = agg.analysis.on_candidates  # what Analysis does with the candidates a consumer returns
         stream = Stream(corpus, rows_per_batch=settings.rows_per_batch, sidecars=settings.sidecars,
                         event_rows_per_s=settings.event_rows_per_s, start_unix_nano=time.time_ns())
         warm = stream.take(settings.analysis_warmup_rows)
@@ -284,7 +286,9 @@ def measure_analysis(corpus: Corpus, settings: AggBenchSettings, *, data_dir: st
             for b in warm:
                 now = time.time_ns()
                 for _, c in consumers:
-                    c.consume(b, arrival_ns=now)
+                    found = c.consume(b, arrival_ns=now)
+                    if found:
+                        hand_on(found)
             fits0 = sample("sentinel_aggregator_model_train_seconds_count")
             cands0 = total("sentinel_aggregator_candidates_total")
             alerts0 = total("sentinel_aggregator_alerts_total")
@@ -295,7 +299,9 @@ def measure_analysis(corpus: Corpus, settings: AggBenchSettings, *, data_dir: st
                 now = time.time_ns()
                 for name, c in consumers:
                     s = clock()
-                    c.consume(b, arrival_ns=now)
+                    found = c.consume(b, arrival_ns=now)
+                    if found:
+                        hand_on(found)
                     per[name] += clock() - s
             elapsed = clock() - t0
             rows = sum(b.batch.n for b in timed)

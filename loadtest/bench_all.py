@@ -61,7 +61,7 @@ def run_iforest_part(seconds: float, auc_seeds: dict[str, int]) -> dict[str, Any
     from sklearn.ensemble import IsolationForest as SklearnIsolationForest  # type: ignore[import-untyped]
     from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
-    from aggregator.isolation_forest import IsolationForest
+    from aggregator.analysis.forest.isolation_forest import IsolationForest
     from loadtest import bench_iforest as bi
 
     limit, note = bi.one_thread()

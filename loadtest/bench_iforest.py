@@ -33,7 +33,7 @@ import numpy.typing as npt
 from sklearn.ensemble import IsolationForest as SklearnIsolationForest  # type: ignore[import-untyped]
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
-from aggregator.isolation_forest import IsolationForest
+from aggregator.analysis.forest.isolation_forest import IsolationForest
 from loadtest import targets
 
 TABULAR = Path(__file__).resolve().parents[1] / "testdata" / "tabular"

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from loadtest.spans import DEFAULT_START_UNIX_NANO, anomalous_span, build_trace_request
-from sentinel.detectors.local import METRICS, LocalDetectionConfig, LocalDetector
 from sentinel.model import KEY_COLUMNS, FeatureBatch
+from sidecar.detectors.local import METRICS, LocalDetectionConfig, LocalDetector
 from sidecar.extract import ExtractConfig, Extractor
 
 __all__ = ["Quality", "evaluate", "main"]

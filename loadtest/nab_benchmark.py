@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.detectors import Candidate, CostCusumConfig, CostCusumDetector, DriftConfig, DriftDetector
-from aggregator.isolation_forest import IsolationForest
+from aggregator.analysis.detectors import Candidate, CostCusumConfig, CostCusumDetector, DriftConfig, DriftDetector
+from aggregator.analysis.forest.isolation_forest import IsolationForest
 from loadtest.nab_scoring import (
     NULL_SCORE,
     PROFILES,
@@ -67,8 +67,8 @@ from loadtest.nab_scoring import (
     score_at,
 )
 from loadtest.text import say_table
-from sentinel.detectors.local import LEVEL_SHIFT, METRICS, LocalDetectionConfig, LocalDetector
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
+from sidecar.detectors.local import LEVEL_SHIFT, METRICS, LocalDetectionConfig, LocalDetector
 
 __all__ = [
     "DEFAULT_DATA",

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from sentinel.config import settings_table  # noqa: E402
 
 READMES = ["sidecar/README.md", "aggregator/README.md", "webhook_injector/README.md",
-           "aggregator/detectors/README.md", "sentinel/detectors/README.md", "aggregator/alerting/README.md"]
+           "aggregator/analysis/detectors/README.md", "sidecar/detectors/README.md", "aggregator/alerting/README.md"]
 BLOCK = re.compile(r"(<!-- settings-table (\w+) ([\w.]+):(\w+)(?: fields=([\w,]+))? -->\n)"
                    r"(.*?)(<!-- /settings-table -->)", re.S)
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ENV_PREFIX", "ConfigError", "add_arguments", "load", "parse_duration", "parse_size", "setting"]
+__all__ = ["ENV_PREFIX", "ConfigError", "add_arguments", "load", "load_map", "parse_duration", "parse_size", "setting"]
 
 ENV_PREFIX = "SENTINEL_"
 
@@ -135,6 +135,42 @@ def _bad_int(raw: float) -> int:
     raise ValueError(f"not an integer: {raw!r}")
 
 
+def _kind(f: dataclasses.Field[Any], tp: Any) -> str:
+    """How a value of ``f`` is parsed: as declared (``setting(kind=...)``), else by its name — a
+    number of seconds ``*_s`` takes a duration (``5m``), a number of bytes ``*_bytes`` a size (``4MiB``)."""
+    kind = str(f.metadata.get("kind", ""))
+    if kind:
+        return kind
+    if f.name.endswith("_s") and tp is float:
+        return "duration"
+    if f.name.endswith("_bytes") and tp is int:
+        return "size"
+    return ""
+
+
+def load_map(cls: type[T], raw: Any, key: str, *, base: Mapping[str, Any] | None = None) -> T:
+    """A ``cls`` dataclass from the YAML map ``raw`` found under ``key`` (e.g. ``detectors.error_burst``).
+
+    The rules of :func:`load`, for settings nested in maps: each value is converted to its field's
+    type (durations and sizes as :func:`_kind` says), and an unknown key or a bad value raises
+    :class:`ConfigError` naming the full key (``detectors.error_burst.window_s: not a duration``).
+    ``base`` holds values taken as given (already converted). ``validate()`` is the caller's.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: must be a map")
+    known = {f.name: (f, tp) for f, tp in _fields(cls)}
+    values: dict[str, Any] = dict(base or {})
+    for name, value in raw.items():
+        if name not in known:
+            raise ConfigError(f"{key}.{name}: unknown setting (known: {', '.join(known)})")
+        f, tp = known[name]
+        values[name] = _convert(f"{key}.{name}", value, tp, _kind(f, tp))
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
 def _fields(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
     hints = typing.get_type_hints(cls)
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
@@ -194,16 +230,16 @@ def load(
             if key not in known:
                 raise ConfigError(f"{key}: unknown setting in {path}")
             f, tp = known[key]
-            values[key] = _convert(key, raw, tp, f.metadata.get("kind", ""))
+            values[key] = _convert(key, raw, tp, _kind(f, tp))
     for name, (f, tp) in known.items():
         env_key = ENV_PREFIX + name.upper()
         if env_key in env:
-            values[name] = _convert(f"{name} (from {env_key})", env[env_key], tp, f.metadata.get("kind", ""))
+            values[name] = _convert(f"{name} (from {env_key})", env[env_key], tp, _kind(f, tp))
     for name, raw in given.items():
         if name == "config" or raw is None or name not in known:
             continue
         f, tp = known[name]
-        values[name] = _convert(name, raw, tp, f.metadata.get("kind", ""))
+        values[name] = _convert(name, raw, tp, _kind(f, tp))
     obj = cls(**values)
     validate = getattr(obj, "validate", None)
     if callable(validate):

@@ -15,13 +15,13 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
 from sentinel.gc_policy import freeze_startup
 from sentinel.pricing import PriceBook
 from sentinel.reload import SettingsReloader
 from sentinel.service import run_until_signalled
 from sentinel.tasks import TaskSupervisor
 from sidecar.config import SidecarConfig
+from sidecar.detectors.local import LocalDetectionConfig, LocalDetector
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.forward_queue import ForwardQueue
 from sidecar.forwarder import Forwarder, ForwarderConfig

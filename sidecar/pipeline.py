@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sentinel import wire
-from sentinel.detectors.local import LocalDetector
 from sentinel.model import FeatureBatch, LocalAnomaly, Row
 from sentinel.quality import QualityEvent
 from sentinel.security_event import SecurityEvent
+from sidecar.detectors.local import LocalDetector
 from sidecar.extract import Extractor
 from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
 from sidecar.genai_metrics import GenAiMetricsReader

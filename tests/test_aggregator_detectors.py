@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aggregator.detectors import (
+from aggregator.analysis.detectors import (
     BudgetConfig,
     BudgetDetector,
     Candidate,
@@ -24,9 +24,9 @@ from aggregator.detectors import (
     ThroughputDropConfig,
     ThroughputDropDetector,
 )
-from aggregator.detectors.budget import period_bounds
-from aggregator.detectors.divergence import js_divergence, psi
-from aggregator.detectors.keys import KeyedState, group_by_key
+from aggregator.analysis.detectors.budget import period_bounds
+from aggregator.analysis.detectors.divergence import js_divergence, psi
+from aggregator.analysis.detectors.keys import KeyedState, group_by_key
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aggregator.detectors import (
+from aggregator.analysis.detectors import (
     DriftConfig,
     DriftDetector,
     ExpensivePromptConfig,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aggregator.detectors import (
+from aggregator.analysis.detectors import (
     Candidate,
     ErrorBurstDetector,
     ExpensivePromptConfig,

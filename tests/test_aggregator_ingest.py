@@ -18,8 +18,8 @@ import pytest
 
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
-from aggregator.dedup import Dedup
-from aggregator.ingest import late_rows
+from aggregator.ingest.dedup import Dedup
+from aggregator.ingest.service import late_rows
 from loadtest.spans import build_trace_request
 from sentinel import wire
 from sentinel.config import ConfigError

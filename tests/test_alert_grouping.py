@@ -13,7 +13,7 @@ from aggregator.alerting.hub import AlertFilter
 from aggregator.alerting.model import Alert, AlertDetails
 from aggregator.alerting.silences import Matcher, Silence
 from aggregator.alerting.store import AlertQuery, SQLiteAlertStore
-from aggregator.detectors.candidate import Candidate
+from aggregator.analysis.detectors.candidate import Candidate
 from sentinel.config import ConfigError
 from tests.test_alert_manager import T0, Clock, RecordingSink, _rows, all_alerts, cand, make
 

@@ -17,7 +17,7 @@ from aggregator.alerting.rules import classify
 from aggregator.alerting.silences import Matcher, Silence, SilenceError
 from aggregator.alerting.sink import severity_at_least
 from aggregator.alerting.store import AlertQuery, SQLiteAlertStore
-from aggregator.detectors.candidate import Candidate
+from aggregator.analysis.detectors.candidate import Candidate
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from sentinel.wire import WireBatch

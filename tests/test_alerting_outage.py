@@ -15,9 +15,9 @@ import aio_pika
 from prometheus_client import CollectorRegistry
 
 from aggregator.alerting.store import AlertQuery
+from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
-from aggregator.detectors.candidate import Candidate
 from tests.conftest import free_port
 from tests.tcp_proxy import TcpProxy
 

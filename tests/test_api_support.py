@@ -23,15 +23,15 @@ from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
 from aggregator.alerting.model import Alert, AlertDetails
 from aggregator.alerting.store import SQLiteAlertStore
+from aggregator.analysis.baselines.consumer import BaselineConsumer
+from aggregator.analysis.baselines.store import BaselineConfig
+from aggregator.analysis.candidates import CandidateLog
+from aggregator.analysis.quality.consumer import QualityConfig, QualityConsumer
+from aggregator.analysis.security.consumer import SecurityConfig, SecurityConsumer
+from aggregator.analysis.series import SeriesConsumer
 from aggregator.api import Api, Roles, add_api_routes
 from aggregator.api.quality_api import QualityApi
 from aggregator.api.security_api import SecurityApi
-from aggregator.baseline_service import BaselineService
-from aggregator.baselines import BaselineConfig
-from aggregator.candidates import CandidateLog
-from aggregator.quality_service import QualityConfig, QualityService
-from aggregator.security_service import SecurityConfig, SecurityService
-from aggregator.series import SeriesService
 from sentinel.model import COLUMNS, FeatureBatch
 from sentinel.service import add_ops_routes
 from sentinel.wire import WireBatch
@@ -53,10 +53,10 @@ class Harness:
     manager: AlertManager
     hub: AlertHub
     store: SQLiteAlertStore
-    series: SeriesService
-    baselines: BaselineService
-    quality: QualityService | None = None
-    security: SecurityService | None = None
+    series: SeriesConsumer
+    baselines: BaselineConsumer
+    quality: QualityConsumer | None = None
+    security: SecurityConsumer | None = None
 
     def client(self, token: str | None = VIEWER) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=auth(token) if token else None, timeout=5.0)
@@ -69,8 +69,8 @@ async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float =
     hub = AlertHub()
     manager = AlertManager(AlertManagerConfig(), store, hub, registry=CollectorRegistry())
     manager.restore()
-    series = SeriesService(tmp_path)
-    baselines = BaselineService(BaselineConfig(), tmp_path)
+    series = SeriesConsumer(tmp_path)
+    baselines = BaselineConsumer(BaselineConfig(), tmp_path)
     roles = Roles([VIEWER], [OPERATOR], [ADMIN], [INGEST]) if tokens else Roles()
     app = web.Application()
 
@@ -80,9 +80,9 @@ async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float =
     app.router.add_post("/v1/ingest", ingest)
     app.router.add_get("/api/v1/baselines", baselines.handle)
     app.router.add_get("/api/v1/candidates", CandidateLog(registry=CollectorRegistry()).handle)
-    quality = QualityService(QualityConfig(), tmp_path, lambda found: None)
+    quality = QualityConsumer(QualityConfig(), tmp_path)
     QualityApi(quality, time.time_ns).add_routes(app)
-    security = SecurityService(SecurityConfig(), tmp_path, manager.emit)
+    security = SecurityConsumer(SecurityConfig(), tmp_path, on_candidates=manager.emit)
     SecurityApi(security).add_routes(app)
     add_ops_routes(app, CollectorRegistry(), lambda: "")
     api = add_api_routes(app, actions=manager, series=series, baselines=baselines, roles=roles,

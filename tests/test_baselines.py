@@ -1,4 +1,4 @@
-"""aggregator.baselines: moments, sketch accuracy, keys, seasonality, merging, saving and the LRU bound."""
+"""aggregator.analysis.baselines.store: moments, sketch accuracy, keys, seasonality, merging, saving, the LRU bound."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ddsketch import DDSketch
 
-from aggregator.baselines import (
+from aggregator.analysis.baselines.store import (
     DEFAULT_METRICS,
     DEFAULT_RELATIVE_ACCURACY,
     BaselineConfig,
@@ -287,7 +287,7 @@ def test_config_errors_name_the_key(overrides: dict[str, Any], key: str) -> None
 
 @pytest.mark.parametrize("accuracy", [0.01, 0.02, 0.05])
 def test_numpy_keys_equal_the_mappings_own(accuracy: float) -> None:
-    from aggregator.baselines import _sketch_keys
+    from aggregator.analysis.baselines.store import _sketch_keys
 
     mapping = DDSketch(accuracy)._mapping
     rng = np.random.default_rng(11)

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
-from aggregator.detectors.candidate import Candidate
-from sentinel.config_cli import file_settings
-from sentinel.config_cli import main as config_main
+from sentinel.cli.config import file_settings
+from sentinel.cli.config import main as config_main
 
 ADMIN, VIEWER = "admin-secret", "viewer-secret"
 MINUTE_NS = 60_000_000_000

@@ -1,4 +1,4 @@
-"""aggregator.confirm: forwarded local anomalies confirmed or dismissed against global baselines."""
+"""aggregator.analysis.confirm: forwarded local anomalies confirmed or dismissed against global baselines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import math
 import random
-from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -14,10 +13,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from aggregator.baseline_service import BaselineService
-from aggregator.baselines import BaselineConfig, BaselineStore
-from aggregator.confirm import UNCHECKED_CONFIDENCE, ConfirmConfig, LocalAnomalyConfirmer
-from aggregator.detectors.candidate import Candidate
+from aggregator.analysis.baselines.consumer import BaselineConsumer
+from aggregator.analysis.baselines.store import BaselineConfig, BaselineStore
+from aggregator.analysis.confirm import UNCHECKED_CONFIDENCE, ConfirmConfig, LocalAnomalyConfirmer
+from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.metrics import AggregatorMetrics
 from loadtest.spans import DEFAULT_MODELS, DEFAULT_START_UNIX_NANO, anomalous_span, build_trace_request
 from sentinel.config import ConfigError
@@ -58,18 +57,12 @@ class Harness:
         self.store = BaselineStore(BaselineConfig())
         self.store.update(normal_batch(rows))
         self.metrics = AggregatorMetrics(CollectorRegistry())
-        self.emitted: list[Candidate] = []
-        self.confirmer = LocalAnomalyConfirmer(ConfirmConfig(**config), self.store, self.emit,
+        self.confirmer = LocalAnomalyConfirmer(ConfirmConfig(**config), self.store,
                                                outcome=self.metrics.count_local_anomaly)
 
-    def emit(self, candidates: Iterable[Candidate]) -> None:
-        self.emitted.extend(candidates)
-
     def feed(self, *anomalies: LocalAnomaly) -> list[Candidate]:
-        before = len(self.emitted)
-        self.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=FeatureBatch.empty(),
-                                         anomalies=list(anomalies)), arrival_ns=0)
-        return self.emitted[before:]
+        return self.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=FeatureBatch.empty(),
+                                                anomalies=list(anomalies)), arrival_ns=0)
 
     def outcome(self, name: str) -> float:
         value = self.metrics.registry.get_sample_value("sentinel_aggregator_local_anomalies_total",
@@ -206,15 +199,15 @@ def test_config_errors_name_the_setting(settings: dict[str, Any], key: str) -> N
 
 def test_the_spike_does_not_inflate_its_own_baseline(tmp_path: Any) -> None:
     """In consumer order (confirmer, then baselines) a batch of spikes is judged on the old p99."""
-    baselines = BaselineService(BaselineConfig(), tmp_path)
+    baselines = BaselineConsumer(BaselineConfig(), tmp_path)
     baselines.store.update(normal_batch(300))
     found: list[Candidate] = []
-    confirmer = LocalAnomalyConfirmer(ConfirmConfig(), baselines.store, found.extend)
+    confirmer = LocalAnomalyConfirmer(ConfirmConfig(), baselines.store)
     spikes = normal_batch(400, seed=9)
     spikes.numeric["latency_ms"][:] = 2_000.0  # more spikes than history: after the update p99 = 2000
     batch = WireBatch(sidecar="sc", seq=1, batch=spikes, anomalies=[anomaly("latency_ms", 2_000.0, baseline=150.0)])
     for consumer in (confirmer, baselines):
-        consumer.consume(batch, arrival_ns=0)
+        found += consumer.consume(batch, arrival_ns=0)
     assert len(found) == 1
     # The wrong order would have dismissed it.
     assert confirmer.judge(anomaly("latency_ms", 2_000.0, baseline=150.0)) is None
@@ -322,11 +315,11 @@ def test_late_anomalies_are_counted_not_confirmed() -> None:
     store = BaselineStore(BaselineConfig())
     found: list[Candidate] = []
     outcomes: list[str] = []
-    confirmer = LocalAnomalyConfirmer(ConfirmConfig(late_after_s=300.0), store, found.extend, outcome=outcomes.append)
+    confirmer = LocalAnomalyConfirmer(ConfirmConfig(late_after_s=300.0), store, outcome=outcomes.append)
     now = T0 + 3 * 3600 * 10**9
     old = dataclasses.replace(anomaly("error_rate", 0.9, method="error_rate"), time_unix_nano=T0)
     fresh = dataclasses.replace(old, time_unix_nano=now - 10**9)
-    confirmer.consume(WireBatch(sidecar="s", seq=1, batch=FeatureBatch.empty(), anomalies=[old, fresh]),
+    found += confirmer.consume(WireBatch(sidecar="s", seq=1, batch=FeatureBatch.empty(), anomalies=[old, fresh]),
                       arrival_ns=now)
     assert outcomes == ["late", "confirmed"] and len(found) == 1
 
@@ -371,9 +364,7 @@ def test_a_ttft_shift_of_a_call_slow_as_a_whole_is_a_latency_spike_and_the_provi
 
     def feed(latency_ms: float) -> Candidate:
         rows.numeric["latency_ms"][0] = latency_ms
-        before = len(h.emitted)
-        h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows, anomalies=[shift]), arrival_ns=0)
-        [c] = h.emitted[before:]
+        [c] = h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows, anomalies=[shift]), arrival_ns=0)
         return c
 
     late_first_token = feed(150.0)  # the call's latency is ordinary: the first token came late

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from aggregator.detector_service import DetectorService
-from aggregator.event_time import clamp_future
+from aggregator.analysis.detectors.consumer import DetectorConsumer
+from aggregator.analysis.pipeline import restore, save
+from aggregator.ingest.event_time import clamp_future
 from sentinel import wire
 from sentinel.model import COLUMNS, FeatureBatch, LocalAnomaly, Row
 from tests.conftest import AggregatorFactory
@@ -90,15 +91,16 @@ def test_a_watermark_saved_in_2200_is_not_restored(tmp_path: Path) -> None:
     """An older version persisted the 2200 watermark in detectors.json: it blinded the detector across restarts."""
     found: list[Any] = []
     settings = {"error_burst": {"window_s": 1.0}}
-    old = DetectorService(settings, tmp_path, found.extend)  # no clamp, as before
+    old = DetectorConsumer(settings, tmp_path)  # no clamp, as before
     old.consume(wire.decode(wire.encode(FeatureBatch.from_rows(_rows("attacker", YEAR_2200_NS, 5, 0)),
                                         sidecar="a", seq=0)), arrival_ns=time.time_ns())
-    old.save()
+    save(old)
     assert old.detectors["error_burst"].to_state()["watermark"] >= YEAR_2200_NS
-    restored = DetectorService(settings, tmp_path, found.extend, max_future_skew_s=5.0)
-    restored.restore()
+    restored = DetectorConsumer(settings, tmp_path, max_future_skew_s=5.0)
+    restore(restored)
     assert restored.detectors["error_burst"].to_state()["watermark"] is None, "started afresh"
     now = time.time_ns()
     for seq, rows in enumerate((_rows("payments", now - 8 * S, 40, 24), _rows("payments", now + 4 * S, 5, 0))):
-        restored.consume(wire.decode(wire.encode(FeatureBatch.from_rows(rows), sidecar="p", seq=seq)), arrival_ns=now)
+        found += restored.consume(wire.decode(wire.encode(FeatureBatch.from_rows(rows), sidecar="p", seq=seq)),
+                                  arrival_ns=now)
     assert [c.service for c in found] == ["payments"]

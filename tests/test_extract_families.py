@@ -18,9 +18,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
 from sentinel.model import COLUMNS, FeatureBatch
 from sidecar.attributes import invocation_parameters, normalize_error_type
+from sidecar.detectors.local import LocalDetectionConfig, LocalDetector
 from sidecar.extract import ExtractConfig, Extractor
 from tests.test_extract import value
 

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import aggregator.forest_service as fs
-from aggregator.detectors.candidate import Candidate
-from aggregator.forest_service import ForestConfig, ForestService, TrainedForest
+import aggregator.analysis.forest.consumer as fs
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.forest.consumer import ForestConfig, ForestConsumer, TrainedForest
+from aggregator.analysis.pipeline import restore, save
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
 from sentinel.wire import WireBatch
@@ -53,11 +54,13 @@ def make_batch(n: int, *, model: str | None = MODEL, seed: int = 0, latency_x: f
     return FeatureBatch(n=n, numeric=numeric, strings=strings)
 
 
-def feed(service: ForestService, batch: FeatureBatch) -> None:
-    service.consume(WireBatch(sidecar="sc", seq=next(_seq), batch=batch), arrival_ns=0)
+def feed(service: ForestConsumer, batch: FeatureBatch) -> None:
+    found = service.consume(WireBatch(sidecar="sc", seq=next(_seq), batch=batch), arrival_ns=0)
+    if found and isinstance(service, Fed):
+        service.sink(found)
 
 
-def wait_trained(service: ForestService, group: str | None = MODEL, *, not_this: object = None,
+def wait_trained(service: ForestConsumer, group: str | None = MODEL, *, not_this: object = None,
                  timeout: float = 15.0) -> TrainedForest:
     """Poll (bounded) until ``group`` has a forest (other than ``not_this``)."""
     deadline = time.monotonic() + timeout
@@ -81,6 +84,14 @@ class Sink:
         return [c for call in self.calls for c in call]
 
 
+class Fed(ForestConsumer):
+    """A forest consumer whose returned candidates :func:`feed` hands to ``sink``."""
+
+    def __init__(self, config: ForestConfig, data_dir: Path, sink: Sink) -> None:
+        super().__init__(config, data_dir)
+        self.sink = sink
+
+
 def config(**overrides: Any) -> ForestConfig:
     base: dict[str, Any] = {"window_rows": 4000, "min_train_rows": 1000, "retrain_every_rows": 2000,
                             "random_state": 0}
@@ -94,7 +105,7 @@ def sink() -> Sink:
 
 @pytest.fixture
 def trained(tmp_path: Path, sink: Sink) -> Any:
-    service = ForestService(config(), tmp_path, sink)
+    service = Fed(config(), tmp_path, sink)
     for seed in range(4):
         feed(service, make_batch(500, seed=seed))
     wait_trained(service)
@@ -102,7 +113,7 @@ def trained(tmp_path: Path, sink: Sink) -> Any:
     service.shutdown()
 
 
-def test_trains_in_background_then_flags_the_outliers_with_their_features(trained: ForestService, sink: Sink) -> None:
+def test_trains_in_background_then_flags_the_outliers_with_their_features(trained: ForestConsumer, sink: Sink) -> None:
     assert sink.calls == []  # nothing is scored before the first forest
     model = trained.model(MODEL)
     assert model is not None and model.trained_rows >= 1000
@@ -141,7 +152,7 @@ def test_trains_in_background_then_flags_the_outliers_with_their_features(traine
         json.dumps(c.to_dict())  # JSON-able for the alert manager
 
 
-def test_missing_values_are_imputed_not_flagged(trained: ForestService, sink: Sink) -> None:
+def test_missing_values_are_imputed_not_flagged(trained: ForestConsumer, sink: Sink) -> None:
     batch = make_batch(1000, seed=300)
     batch.numeric["ttft_ms"][::2] = np.nan  # non-streaming calls have no TTFT
     batch.numeric["cost_usd"][::3] = np.inf
@@ -151,7 +162,7 @@ def test_missing_values_are_imputed_not_flagged(trained: ForestService, sink: Si
 
 
 def test_candidates_are_capped_most_anomalous_first(tmp_path: Path, sink: Sink) -> None:
-    service = ForestService(config(max_candidates_per_batch=2), tmp_path, sink)
+    service = Fed(config(max_candidates_per_batch=2), tmp_path, sink)
     try:
         for seed in range(3):
             feed(service, make_batch(500, seed=seed))
@@ -178,7 +189,7 @@ def test_fits_run_off_the_analysis_thread_and_swap_in_when_done(
         return real_fit(window, cfg)
 
     monkeypatch.setattr(fs, "fit_forest", slow_fit)
-    service = ForestService(config(), tmp_path, sink)
+    service = Fed(config(), tmp_path, sink)
     try:
         release.set()
         for seed in range(2):
@@ -210,19 +221,20 @@ def test_fits_run_off_the_analysis_thread_and_swap_in_when_done(
         service.shutdown()
 
 
-def test_save_and_restore_give_identical_scores(trained: ForestService, tmp_path: Path) -> None:
+def test_save_and_restore_give_identical_scores(trained: ForestConsumer, tmp_path: Path) -> None:
     feed(trained, make_batch(500, model="claude", seed=7))
     feed(trained, make_batch(500, model="claude", seed=8))
     wait_trained(trained, "claude")
     assert trained.wait_for_fits(10)
-    trained.save()
+    save(trained)
     index = json.loads((tmp_path / "forests" / "index.json").read_text())
     assert [e["group"] for e in index["groups"]] == [MODEL, "claude"]
     for e in index["groups"]:
         with np.load(tmp_path / "forests" / e["file"], allow_pickle=False) as arrays:
             assert "feature" in arrays and "medians" in arrays
 
-    restored = ForestService(config(), tmp_path, Sink())
+    restored = Fed(config(), tmp_path, Sink())
+    restore(restored)
     try:
         assert restored.groups() == [MODEL, "claude"]
         probe = make_batch(300, seed=9, latency_x=50.0, anomalies=5)
@@ -238,7 +250,8 @@ def test_save_and_restore_give_identical_scores(trained: ForestService, tmp_path
         restored.shutdown()
 
     # A forest trained on other features is skipped, not loaded wrongly.
-    other = ForestService(config(features=("latency_ms", "ttft_ms"), log_features=("latency_ms",)), tmp_path, Sink())
+    other = Fed(config(features=("latency_ms", "ttft_ms"), log_features=("latency_ms",)), tmp_path, Sink())
+    restore(other)
     try:
         assert other.groups() == []
     finally:
@@ -246,7 +259,7 @@ def test_save_and_restore_give_identical_scores(trained: ForestService, tmp_path
 
 
 def test_groups_are_bounded_least_recently_fed_first(tmp_path: Path, sink: Sink) -> None:
-    service = ForestService(config(max_groups=3), tmp_path, sink)
+    service = Fed(config(max_groups=3), tmp_path, sink)
     try:
         for name in ("a", "b", "c", "a", "d", "e"):
             feed(service, make_batch(10, model=name))
@@ -258,7 +271,7 @@ def test_groups_are_bounded_least_recently_fed_first(tmp_path: Path, sink: Sink)
 
 
 def test_groups_train_separately(tmp_path: Path, sink: Sink) -> None:
-    service = ForestService(config(), tmp_path, sink)
+    service = Fed(config(), tmp_path, sink)
     try:
         feed(service, make_batch(600, model="a", seed=1))
         feed(service, make_batch(600, model="b", seed=2))
@@ -289,7 +302,7 @@ def test_config_errors_name_the_setting(overrides: dict[str, Any], key: str, tmp
     with pytest.raises(ConfigError, match=f"^{key}:"):
         config(**overrides).validate()
     with pytest.raises(ConfigError, match=f"^{key}:"):
-        ForestService(config(**overrides), tmp_path, Sink())
+        Fed(config(**overrides), tmp_path, Sink())
 
 
 def test_defaults_match_the_design() -> None:
@@ -301,7 +314,7 @@ def test_defaults_match_the_design() -> None:
     assert fs.confidence_from_score(-0.6, -0.6) == 0.5 and fs.confidence_from_score(-1.0, -0.6) == 1.0
 
 
-def test_the_forest_explains_another_detection_with_the_features_that_moved(trained: ForestService) -> None:
+def test_the_forest_explains_another_detection_with_the_features_that_moved(trained: ForestConsumer) -> None:
     probe = make_batch(300, seed=210, latency_x=50.0, tokens_x=30.0, anomalies=5, prefix="y")
     feed(trained, probe)
     times = probe.numeric["time_unix_nano"]

@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from loadtest.recorder import RecordingAggregator
 from sentinel.config import ConfigError
-from sentinel.detectors.local import LocalDetectionConfig, LocalDetector
 from sentinel.model import COLUMNS, FeatureBatch
 from sentinel.pricing import PriceBook
+from sidecar.detectors.local import LocalDetectionConfig, LocalDetector
 from sidecar.genai_metrics import DURATION, TOKEN_USAGE, GenAiMetricsReader, MetricsConfig, bucket_values
 from tests.conftest import SidecarFactory, wait_for
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import httpx
 
-from aggregator.ingest_auth import IngestTokens
+from aggregator.ingest.auth import IngestTokens
 from sentinel import wire
 from tests.conftest import AggregatorFactory
 from tests.test_aggregator_ingest import _body, _stored, _value

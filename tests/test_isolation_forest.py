@@ -1,4 +1,4 @@
-"""aggregator.isolation_forest: parity with scikit-learn, the estimator contract, saving, explanations."""
+"""aggregator.analysis.forest.isolation_forest: scikit-learn parity, the estimator contract, saving, explanations."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sklearn.ensemble import IsolationForest as SklearnIsolationForest
 from sklearn.metrics import roc_auc_score
 
-from aggregator.isolation_forest import IsolationForest, NotFittedError, average_path_length
+from aggregator.analysis.forest.isolation_forest import IsolationForest, NotFittedError, average_path_length
 
 TABULAR = Path(__file__).resolve().parents[1] / "testdata" / "tabular"
 HTTP_SUBSAMPLE = 50_000

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from aggregator.detector_service import DetectorService
-from aggregator.detectors import Candidate
-from aggregator.detectors.known_loss import KnownLoss
+from aggregator.analysis.detectors import Candidate
+from aggregator.analysis.detectors.consumer import DetectorConsumer
+from aggregator.analysis.detectors.known_loss import KnownLoss
+from aggregator.analysis.pipeline import restore, save
 from sentinel import wire
 from sentinel.wire import SidecarStatus, WireFormatError
 from sidecar.metrics import SidecarMetrics
@@ -31,10 +32,10 @@ def _minute(svc: str, m: int, rng: np.random.Generator, share: float = 1.0) -> A
 
 
 def run_two_sidecars(tmp_path: Path, plan: Plan, *, minutes: int = 60, share: dict[int, float] | None = None,
-                     default: SidecarStatus | None = RUN_1) -> tuple[list[Candidate], DetectorService]:
+                     default: SidecarStatus | None = RUN_1) -> tuple[list[Candidate], DetectorConsumer]:
     """Sidecar A carries ``chat`` and sidecar B ``search``, one batch a minute each, through the wire."""
     found: list[Candidate] = []
-    svc = DetectorService({}, tmp_path, found.extend)
+    svc = DetectorConsumer({}, tmp_path)
     rng = np.random.default_rng(5)
     seq = 0
     for m in range(minutes):
@@ -46,7 +47,7 @@ def run_two_sidecars(tmp_path: Path, plan: Plan, *, minutes: int = 60, share: di
             seq += 1
             st = status if sidecar == "A" and not isinstance(status, str) else SidecarStatus("b-run")
             body = wire.encode(rows, sidecar=sidecar, seq=seq, status=st)
-            svc.consume(wire.decode(body), arrival_ns=T0 + (m + 1) * MIN)
+            found += svc.consume(wire.decode(body), arrival_ns=T0 + (m + 1) * MIN)
     return [c for c in found if c.anomaly_type == "throughput_drop"], svc
 
 
@@ -105,12 +106,12 @@ def test_known_loss_windows_and_state_round_trip() -> None:
     assert back.to_state() == lk.to_state()
 
 
-def test_detector_service_saves_and_restores_known_loss(tmp_path: Path) -> None:
+def test_detector_consumer_saves_and_restores_known_loss(tmp_path: Path) -> None:
     _, svc = run_two_sidecars(tmp_path, {**{m: "down" for m in range(40, 43)},
                                          **{m: SidecarStatus("run-2") for m in range(43, 50)}}, minutes=50)
-    svc.save()
-    again = DetectorService({}, tmp_path, lambda _: None)
-    again.restore()
+    save(svc)
+    again = DetectorConsumer({}, tmp_path)
+    restore(again)
     assert again.known_loss.to_state() == svc.known_loss.to_state()
     assert again.detectors["throughput_drop"].loss is again.known_loss  # type: ignore[attr-defined]
 

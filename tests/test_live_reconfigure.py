@@ -17,9 +17,9 @@ import httpx
 import pytest
 from aiohttp import web
 
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.consumer import DetectorConsumer
 from aggregator.app import Aggregator
-from aggregator.detector_service import DetectorService
-from aggregator.detectors.candidate import Candidate
 from sentinel.config import ConfigError
 from sentinel.reload import SettingsReloader
 from tests.conftest import serve
@@ -40,9 +40,9 @@ def _spend(service: str, start_ns: int, n: int, cost: float, seq: int) -> Any:
 def test_a_changed_budget_applies_to_the_spend_so_far(tmp_path: Path) -> None:
     found: list[Candidate] = []
     budget = {"budget": {"limits": {"service": {"day": 100.0}}}, "error_burst": {"window_s": 60}}
-    svc = DetectorService(budget, tmp_path, found.extend)
+    svc = DetectorConsumer(budget, tmp_path)
     now = time.time_ns()
-    svc.consume(_spend("chat", now, 10, 0.5, 1), arrival_ns=now)  # $5 of $100: nothing
+    found += svc.consume(_spend("chat", now, 10, 0.5, 1), arrival_ns=now)  # $5 of $100: nothing
     assert not [c for c in found if c.detection_method == "budget"]
     burst, cusum = svc.detectors["error_burst"], svc.detectors["cost_cusum"]
 
@@ -50,7 +50,7 @@ def test_a_changed_budget_applies_to_the_spend_so_far(tmp_path: Path) -> None:
     assert svc.reconfigure(lower) == ["error_burst"]  # its window changed: it starts afresh
     assert svc.detectors["cost_cusum"] is cusum  # unchanged settings: the same detector, state and all
     assert svc.detectors["error_burst"] is not burst
-    svc.consume(_spend("chat", now + 10 * S, 2, 0.5, 2), arrival_ns=now + 10 * S)  # $6 of the new $6
+    found += svc.consume(_spend("chat", now + 10 * S, 2, 0.5, 2), arrival_ns=now + 10 * S)  # $6 of the new $6
     (exceeded,) = [c for c in found if c.anomaly_type == "budget_exceeded"]
     assert exceeded.value == pytest.approx(6.0) and exceeded.threshold == 6.0  # the $5 before counted
 
@@ -72,7 +72,7 @@ async def test_put_config_changes_detectors_forest_and_names_the_key_at_fault(ma
     assert agg.detectors.detectors["budget"].config.limit("service", "x", "hour") == 2.5
     assert agg.detectors.detectors["cost_cusum"] is cusum
     assert agg.forest is not None and agg.forest.config.min_train_rows == 50
-    assert agg.forest in agg.analysis._consumers  # fed from the next batch on
+    assert agg.forest in agg.analysis.consumers  # fed from the next batch on
 
     for changes, key in (({"detectors": {"budget": {"limits": {"service": {"week": 1}}}}},
                           "detectors.budget.limits.service.week"),
@@ -85,9 +85,9 @@ async def test_put_config_changes_detectors_forest_and_names_the_key_at_fault(ma
     running = agg.forest
     await agg.put_settings({"forest": {"min_train_rows": 60, "window_rows": 100}}, who="ops", comment="")
     assert agg.forest is not running and agg.forest.config.min_train_rows == 60
-    assert running._closed and running not in agg.analysis._consumers  # saved and stopped, then replaced
+    assert running._closed and running not in agg.analysis.consumers  # saved and stopped, then replaced
     await agg.put_settings({"forest": {"enabled": False}}, who="ops", comment="")
-    assert agg.forest is None and all(type(c).__name__ != "ForestService" for c in agg.analysis._consumers)
+    assert agg.forest is None and all(type(c).__name__ != "ForestConsumer" for c in agg.analysis.consumers)
     entries, _ = agg.audit.query(action="config.version")
     assert (entries[-1].who, entries[-1].role) == ("ops", "admin")
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from sentinel.config import ConfigError
-from sentinel.detectors.local import METRICS, LocalDetectionConfig, LocalDetector
-from sentinel.detectors.persistence import PersistenceFilter
-from sentinel.detectors.rolling import DEFAULT_HALF_LIFE_S, RollingStats
 from sentinel.model import COLUMNS, FeatureBatch
+from sidecar.detectors.local import METRICS, LocalDetectionConfig, LocalDetector
+from sidecar.detectors.persistence import PersistenceFilter
+from sidecar.detectors.rolling import DEFAULT_HALF_LIFE_S, RollingStats
 
 T0 = 1_700_000_000 * 10**9
 KEY = ("chat-api", "gpt-4o", "chat")
@@ -488,7 +488,7 @@ def test_state_from_other_transform_is_refused() -> None:
     [(0.0, [1.0, -2.0, 3.0, -0.5, -5.0, 2.0]), (4.0, [-1.0, -1.0, -3.0, 2.0]), (0.0, [-1.0, -1.0]), (2.5, [])],
 )
 def test_cusum_closed_form_equals_the_recursion(s0: float, steps: list[float]) -> None:
-    from sentinel.detectors.level_shift import _cusum
+    from sidecar.detectors.level_shift import _cusum
 
     want, s = [], s0
     for x in steps:
@@ -582,7 +582,7 @@ def _level_shift_by_hand(ls: Any, group: np.ndarray, slots: np.ndarray, z: np.nd
 
 @pytest.mark.parametrize("seed", range(6))
 def test_vectorised_level_shift_equals_value_by_value(seed: int) -> None:
-    from sentinel.detectors.level_shift import LevelShift
+    from sidecar.detectors.level_shift import LevelShift
 
     rng = np.random.default_rng(seed)
     made = [LevelShift(threshold=6.0, capacity=8) for _ in range(2)]

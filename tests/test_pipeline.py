@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from loadtest.spans import build_trace_request
-from sentinel.detectors.local import LocalDetector
+from sidecar.detectors.local import LocalDetector
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.forward_queue import ForwardQueue
 from sidecar.metrics import SidecarMetrics

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
+from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
-from aggregator.detectors.candidate import Candidate
 from tests.test_api_support import make_alert
 
 MINUTE_NS = 60_000_000_000

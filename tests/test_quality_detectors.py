@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aggregator.call_index import ModelVersions, with_model_version
-from aggregator.detectors import ContentFilterDetector, EmptyAnswerDetector
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.quality_score import QualityScoreConfig, QualityScoreDetector
-from aggregator.quality_service import QualityService, parse_quality_settings
+from aggregator.analysis.detectors import ContentFilterDetector, EmptyAnswerDetector
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.quality_score import QualityScoreConfig, QualityScoreDetector
+from aggregator.analysis.pipeline import restore, save
+from aggregator.analysis.quality.call_index import ModelVersions, with_model_version
+from aggregator.analysis.quality.consumer import QualityConsumer, parse_quality_settings
 from sentinel.config import ConfigError
 from sentinel.model import COLUMNS, FeatureBatch
 from sentinel.quality import QualityEvent
@@ -143,13 +144,13 @@ def test_fast_empty_answers_are_not_empty_answers() -> None:
 
 def test_the_join_fills_service_and_model_and_alerts_name_the_model_version(tmp_path: Path) -> None:
     emitted: list[Candidate] = []
-    svc = QualityService(parse_quality_settings({"evaluations": {"min_events": 5, "warmup_buckets": 3}}),
-                         tmp_path, emitted.extend)
+    svc = QualityConsumer(parse_quality_settings({"evaluations": {"min_events": 5, "warmup_buckets": 3}}),
+                          tmp_path, on_candidates=emitted.extend)
     rng = np.random.default_rng(7)
     for m in range(12):
         version = "gpt-4o-2024-08-06" if m < 8 else "gpt-4o-2024-11-20"
         b = rows(m, 20, rng=rng, response_model=version)
-        svc.consume(WireBatch(sidecar="s", seq=m, batch=b), arrival_ns=0)
+        emitted += svc.consume(WireBatch(sidecar="s", seq=m, batch=b), arrival_ns=0)
         mean = 0.1 if m < 8 else 0.6
         # Log-record style: only the span id names the call.
         events = [QualityEvent(kind="evaluation", name="hallucination", score=float(np.clip(rng.normal(mean, 0.05),
@@ -163,16 +164,16 @@ def test_the_join_fills_service_and_model_and_alerts_name_the_model_version(tmp_
     assert c.context["previous_model_version"] == "gpt-4o-2024-08-06"
     series = svc.series("support")
     assert series and series[0]["eval_name"] == "hallucination" and len(series[0]["points"]) >= 10
-    svc.save()
-    again = QualityService(svc.config, tmp_path, emitted.extend)
-    again.restore()
+    save(svc)
+    again = QualityConsumer(svc.config, tmp_path)
+    restore(again)
     assert again.evaluations.to_state() == svc.evaluations.to_state()
 
 
 def test_unjoined_events_wait_then_are_dropped(tmp_path: Path) -> None:
     clock = [0]
-    svc = QualityService(parse_quality_settings({"join_wait_s": 10}), tmp_path, lambda c: None,
-                         clock=lambda: clock[0])
+    svc = QualityConsumer(parse_quality_settings({"join_wait_s": 10}), tmp_path,
+                          clock=lambda: clock[0])
     e = QualityEvent(kind="feedback", name="user_feedback", label="thumbs_down", span_id="later", time_unix_nano=1)
     assert svc.submit([e]) == 0 and svc.pending == 1
     svc.consume(WireBatch(sidecar="s", seq=1, batch=FeatureBatch.from_rows([tuple(

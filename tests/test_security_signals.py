@@ -16,9 +16,10 @@ import pytest
 from aiohttp import web
 
 from aggregator.alerting.store import AlertQuery
-from aggregator.detectors.candidate import Candidate
-from aggregator.detectors.coordinated_attack import CoordinatedAttackConfig, CoordinatedAttackDetector
-from aggregator.security_service import SecurityConfig, SecurityService, parse_security_settings
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.coordinated_attack import CoordinatedAttackConfig, CoordinatedAttackDetector
+from aggregator.analysis.pipeline import restore, save
+from aggregator.analysis.security.consumer import SecurityConfig, SecurityConsumer, parse_security_settings
 from sentinel.config import ConfigError
 from sentinel.security_event import SecurityEvent, parse_security_event
 from tests.conftest import serve, wait_for
@@ -92,7 +93,7 @@ def token_abuse(user: str, t: float, confidence: float = 0.7) -> Candidate:
 @pytest.mark.parametrize("order", ["events_first", "anomaly_first"])
 def test_a_users_token_anomaly_and_security_events_correlate(tmp_path: Path, order: str) -> None:
     out: list[Candidate] = []
-    svc = SecurityService(SecurityConfig(), tmp_path, out.extend)
+    svc = SecurityConsumer(SecurityConfig(), tmp_path, on_candidates=out.extend)
     if order == "events_first":
         svc.submit([ev(i, user="eve") for i in range(3)])
         svc.observe_candidates([token_abuse("eve", 100)])
@@ -227,9 +228,9 @@ async def test_rabbitmq_events_raise_an_attack_whose_block_is_sent_only_once_app
 async def test_without_approval_the_block_is_sent_at_once(tmp_path: Path) -> None:
     hook = Hook()
     async with serve(hook.app) as port:
-        svc = SecurityService(parse_security_settings({"require_approval": False, "max_events": 3,
+        svc = SecurityConsumer(parse_security_settings({"require_approval": False, "max_events": 3,
                                                        "action_webhook_url": f"http://127.0.0.1:{port}/block"}),
-                              tmp_path, lambda c: None)
+                               tmp_path)
         await asyncio.to_thread(svc.submit, [ev(i, user="x") for i in range(4)])
         assert [a.status for a in svc.actions.list()] == ["sent"]
         assert hook.received[0]["user"] == "x" and hook.received[0]["approved_by"] == "auto"
@@ -240,12 +241,12 @@ def test_security_events_in_sidecar_batches_reach_the_detector(tmp_path: Path) -
     from sentinel.model import FeatureBatch
 
     out: list[Candidate] = []
-    svc = SecurityService(parse_security_settings({"max_events": 2}), tmp_path, out.extend)
+    svc = SecurityConsumer(parse_security_settings({"max_events": 2}), tmp_path)
     body = wire.encode(FeatureBatch.empty(), sidecar="s", seq=1,
                        security=[ev(i, user="trudy", api_key="sk-9") for i in range(3)])
-    svc.consume(wire.decode(body), arrival_ns=0)
+    out += svc.consume(wire.decode(body), arrival_ns=0)
     assert svc.received == 3 and {c.context["scope"] for c in out} == {"user", "api_key_hash"}
-    svc.save()
-    again = SecurityService(svc.config, tmp_path, out.extend)
-    again.restore()
+    save(svc)
+    again = SecurityConsumer(svc.config, tmp_path)
+    restore(again)
     assert again.attacks.to_state() == svc.attacks.to_state()

@@ -1,4 +1,4 @@
-"""SeriesService: per-service minute buckets, health windows, bounds, save and restore."""
+"""SeriesConsumer: per-service minute buckets, health windows, bounds, save and restore."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.series import FILE_NAME, SeriesService
+from aggregator.analysis.pipeline import restore, save
+from aggregator.analysis.series import FILE_NAME, SeriesConsumer
 from tests.test_api_support import S, batch, traffic
 
 T0 = 1_795_428_000 * S  # a minute boundary
 
 
 def test_buckets_per_service_and_minute(tmp_path: Path) -> None:
-    s = SeriesService(tmp_path)
+    s = SeriesConsumer(tmp_path)
     rows = traffic("chat", T0, 120, error_every=4) + traffic("search", T0 + 30 * S, 30, latency_ms=10.0)
     rows.append({"time_unix_nano": T0, "service": None, "latency_ms": 5.0})  # no service: not charted
     rows.append({"time_unix_nano": T0 + 5 * S, "service": "chat", "latency_ms": None})  # no latency: a call
@@ -38,7 +39,7 @@ def test_buckets_per_service_and_minute(tmp_path: Path) -> None:
 
 
 def test_batches_add_up_in_the_same_bucket(tmp_path: Path) -> None:
-    s = SeriesService(tmp_path)
+    s = SeriesConsumer(tmp_path)
     s.consume(batch(traffic("chat", T0, 10, latency_ms=100.0)), arrival_ns=T0)
     s.consume(batch(traffic("chat", T0 + 10 * S, 10, latency_ms=500.0)), arrival_ns=T0)
     (p,) = s.series("chat", T0, T0 + 60 * S)["points"]  # type: ignore[index]
@@ -55,7 +56,7 @@ def test_health_quantiles_within_the_relative_accuracy(tmp_path: Path) -> None:
     latency = rng.lognormal(6, 1, 3000)
     rows = [{"time_unix_nano": T0 + i * 100_000_000, "service": "chat", "latency_ms": float(x)}
             for i, x in enumerate(latency)]
-    s = SeriesService(tmp_path)
+    s = SeriesConsumer(tmp_path)
     s.consume(batch(rows), arrival_ns=T0 + 300 * S)
     h = s.health_window("chat", window_s=300)
     assert h is not None and h["calls"] == 3000
@@ -64,7 +65,7 @@ def test_health_quantiles_within_the_relative_accuracy(tmp_path: Path) -> None:
 
 
 def test_window_follows_the_services_own_event_time(tmp_path: Path) -> None:
-    s = SeriesService(tmp_path)
+    s = SeriesConsumer(tmp_path)
     old = T0 - 30 * 86400 * S  # a replay from a month ago
     s.consume(batch(traffic("chat", old, 600)), arrival_ns=T0)
     h = s.health_window("chat", window_s=300)
@@ -76,7 +77,7 @@ def test_window_follows_the_services_own_event_time(tmp_path: Path) -> None:
 
 
 def test_rows_far_in_the_future_or_beyond_retention_are_dropped(tmp_path: Path) -> None:
-    s = SeriesService(tmp_path, retention_s=3600, max_future_s=60)
+    s = SeriesConsumer(tmp_path, retention_s=3600, max_future_s=60)
     s.consume(batch(traffic("chat", T0 + 3600 * S, 1)), arrival_ns=T0)  # an hour ahead of arrival
     assert s.services() == [] and s.dropped_rows == 1
     s.consume(batch(traffic("chat", T0, 1)), arrival_ns=T0)
@@ -88,7 +89,7 @@ def test_rows_far_in_the_future_or_beyond_retention_are_dropped(tmp_path: Path) 
 
 
 def test_the_ring_reuses_slots_of_expired_buckets(tmp_path: Path) -> None:
-    s = SeriesService(tmp_path, retention_s=600)  # 10 slots
+    s = SeriesConsumer(tmp_path, retention_s=600)  # 10 slots
     s.consume(batch(traffic("chat", T0, 1)), arrival_ns=T0)
     s.consume(batch(traffic("chat", T0 + 600 * S, 1)), arrival_ns=T0 + 600 * S)  # the same slot, 10 minutes on
     points = s.series("chat", T0, T0 + 660 * S)["points"]  # type: ignore[index]
@@ -96,7 +97,7 @@ def test_the_ring_reuses_slots_of_expired_buckets(tmp_path: Path) -> None:
 
 
 def test_services_are_bounded(tmp_path: Path) -> None:
-    s = SeriesService(tmp_path, max_services=2)
+    s = SeriesConsumer(tmp_path, max_services=2)
     for i, name in enumerate(("a", "b", "c")):
         s.consume(batch(traffic(name, T0 + i * S, 1)), arrival_ns=T0)
     assert s.services() == ["b", "c"]
@@ -106,42 +107,42 @@ def test_services_are_bounded(tmp_path: Path) -> None:
 
 
 def test_save_and_restore(tmp_path: Path) -> None:
-    s = SeriesService(tmp_path)
+    s = SeriesConsumer(tmp_path)
     s.consume(batch(traffic("chat", T0, 300, error_every=3) + traffic("search", T0, 10)), arrival_ns=T0 + 300 * S)
     s.consume(batch([{"time_unix_nano": T0 + 400 * S, "service": "chat", "latency_ms": None}]),
               arrival_ns=T0 + 400 * S)  # a bucket without latencies (min/max infinite) must survive JSON
-    s.save()
+    save(s)
     doc = json.loads((tmp_path / FILE_NAME).read_text())
     assert doc["version"] == 1 and set(doc["services"]) == {"chat", "search"}
-    restored = SeriesService(tmp_path)
-    restored.restore()
+    restored = SeriesConsumer(tmp_path)
+    restore(restored)
     assert restored.services() == ["chat", "search"]
     for name in ("chat", "search"):
         assert restored.series(name) == s.series(name)
         assert restored.health_window(name, now_ns=T0 + 299 * S) == s.health_window(name, now_ns=T0 + 299 * S)
-    s.save()  # unchanged: nothing written (no error either)
+    save(s)  # unchanged: nothing written (no error either)
 
 
 def test_a_damaged_or_incompatible_file_is_set_aside(tmp_path: Path) -> None:
     (tmp_path / FILE_NAME).write_text("{not json")
-    s = SeriesService(tmp_path)
-    s.restore()
+    s = SeriesConsumer(tmp_path)
+    restore(s)
     assert s.services() == [] and (tmp_path / "series.damaged").exists()
-    other = SeriesService(tmp_path)
+    other = SeriesConsumer(tmp_path)
     other.consume(batch(traffic("chat", T0, 1)), arrival_ns=T0)
-    other.save()
-    SeriesService(tmp_path, step_s=30).restore()  # another step: not used
+    save(other)
+    restore(SeriesConsumer(tmp_path, step_s=30))  # another step: not used
     assert not (tmp_path / FILE_NAME).exists()
 
 
 def test_settings_are_checked(tmp_path: Path) -> None:
     for kw in ({"step_s": 0}, {"retention_s": 10}, {"max_services": 0}, {"relative_accuracy": 1.0}):
         with pytest.raises(ValueError, match="series"):
-            SeriesService(tmp_path, **kw)
+            SeriesConsumer(tmp_path, **kw)
 
 
 def test_empty_window_has_no_quantiles(tmp_path: Path) -> None:
-    s = SeriesService(tmp_path)
+    s = SeriesConsumer(tmp_path)
     s.consume(batch(traffic("chat", T0, 5)), arrival_ns=T0)
     h = s.health_window("chat", now_ns=T0 + 3600 * S)
     assert h is not None and h["calls"] == 0 and h["latency_ms_p50"] is None and h["error_rate"] == 0.0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sentinel.detectors.local_config import LocalDetectionConfig
+from sidecar.detectors.local_config import LocalDetectionConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "settings_tables.py"
@@ -45,7 +45,7 @@ def test_defaults_are_formatted(value: object) -> None:
 
 
 def test_the_detection_yaml_block_is_the_default_configuration() -> None:
-    readme = (REPO / "sentinel" / "detectors" / "README.md").read_text()
+    readme = (REPO / "sidecar" / "detectors" / "README.md").read_text()
     (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if b.startswith("detection:")]
     documented = LocalDetectionConfig.from_mapping(yaml.safe_load(block)["detection"])
     assert dataclasses.asdict(documented) == dataclasses.asdict(LocalDetectionConfig())

@@ -22,8 +22,8 @@ from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_p
 
 from aggregator.alerting.rules import BASE_SEVERITY
 from aggregator.alerting.store import AlertQuery
+from aggregator.analysis.detectors.candidate import ANOMALY_TYPES, Candidate
 from aggregator.app import Aggregator
-from aggregator.detectors.candidate import ANOMALY_TYPES, Candidate
 from sentinel import wire
 from sentinel.model import COLUMNS, FeatureBatch
 from tests.conftest import AggregatorFactory

@@ -2,3 +2,18 @@
 
 See aggregator/alerting/README.md.
 """
+
+from sentinel.exports import lazy_exports
+
+#: The public names, each imported from its module when first used.
+__all__, __getattr__ = lazy_exports(__name__, {
+    "Alert": "aggregator.alerting.model",
+    "AlertHub": "aggregator.alerting.hub",
+    "AlertManager": "aggregator.alerting.manager",
+    "AlertManagerConfig": "aggregator.alerting.manager",
+    "AlertStore": "aggregator.alerting.store",
+    "AmqpSink": "aggregator.alerting.amqp_sink",
+    "SQLiteAlertStore": "aggregator.alerting.store",
+    "Sink": "aggregator.alerting.sink",
+    "WebhookSink": "aggregator.alerting.webhook_sink",
+})

@@ -69,7 +69,8 @@ from aggregator.alerting.rules import CAUSE, REMEDIATION, classify, correlated_c
 from aggregator.alerting.silences import Silence
 from aggregator.alerting.sink import Sink
 from aggregator.alerting.store import AlertStore
-from aggregator.detectors.candidate import Candidate
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.state import StateFile
 from sentinel.config import ConfigError
 from sentinel.wire import WireBatch
 
@@ -236,9 +237,11 @@ class _Metrics:
 class AlertManager:
     """Candidates to alerts. ``emit`` is thread-safe (the analysis thread calls it); so are the actions.
 
-    It is also a :class:`aggregator.analysis.BatchConsumer`: the rows it sees advance event time
-    per service, which is what resolves alerts.
+    It is also a :class:`aggregator.analysis.pipeline.Consumer`, the last: the rows it sees tell
+    which services are sending, which is what resolves alerts. Its state is the alert store.
     """
+
+    state_file: StateFile | None = None  # everything is in the alert store, written as it happens
 
     def __init__(self, config: AlertManagerConfig, store: AlertStore, hub: AlertHub, *,
                  sinks: Sequence[Sink] = (), registry: CollectorRegistry | None = None,
@@ -260,7 +263,7 @@ class AlertManager:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def restore(self) -> None:
+    def restore(self, state: object = None) -> None:
         """Open the store and rebuild the unresolved alerts and silences (at start, before traffic)."""
         self.store.open()
         with self._lock:
@@ -271,9 +274,12 @@ class AlertManager:
             self._silences = self.store.silences()
             self.metrics.open.set(len(self._open))
 
-    def save(self) -> None:
-        """Everything is written as it happens; retention runs here (with the periodic save)."""
+    def snapshot(self) -> None:
+        """Nothing to keep: everything is written as it happens; retention runs here (with the periodic save)."""
         self.store.prune(self._clock() - int(self.config.retention_s * 1e9))
+
+    def shutdown(self) -> None:
+        """Nothing to stop (the sinks and the store are the process's)."""
 
     # --- input --------------------------------------------------------------------------------
 
@@ -562,16 +568,17 @@ class AlertManager:
         alert.summary = f"Alert storm: {n} alerts summarised ({top})"
         return alert
 
-    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> list[Candidate]:
         """Note which services are sending; resolve members whose metric stayed quiet for ``resolve_after_s``."""
         services = batch.batch.strings.get("service")
         if not batch.batch.n or services is None:
-            return
+            return []
         now = self._clock()
         with self._lock:
             for s in set(services):
                 self._service_arrival[s] = now
         self._resolve_quiet(now)
+        return []
 
     def _resolve_quiet(self, now: int) -> None:
         """Resolve members with no detection for ``resolve_after_s`` while their service kept sending;

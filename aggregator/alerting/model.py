@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel.alerts import SEVERITIES, SEVERITY_RANK, STATUSES
+
 __all__ = [
     "MEMBER_STATUSES",
     "SEVERITIES",
@@ -31,11 +33,7 @@ __all__ = [
     "parse_time",
 ]
 
-#: Most severe first. ``incidents.<severity>`` is the RabbitMQ routing key.
-SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low")
-SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}  # lower = more severe
-#: ``open`` until acknowledged or resolved; ``acknowledged`` alerts still de-duplicate and resolve.
-STATUSES: tuple[str, ...] = ("open", "acknowledged", "resolved")
+# SEVERITIES, SEVERITY_RANK and STATUSES: the vocabulary the CLI shares (sentinel/alerts.py).
 
 #: Context keys that tell one series from another (beyond type, service, model and metric).
 _SCOPE_KEYS = ("user", "api_key_hash", "region", "scope", "scope_value")

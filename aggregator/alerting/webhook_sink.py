@@ -33,7 +33,7 @@ from aggregator.alerting.amqp_sink import BASE_BACKOFF_S
 from aggregator.alerting.model import SEVERITIES
 from aggregator.alerting.sink import OutboxSink, SinkMetrics
 from aggregator.alerting.store import AlertStore, OutboxItem, StoreError
-from sentinel.config import ConfigError, parse_duration
+from sentinel.config import ConfigError, load_map
 from sentinel.retry import backoff_s, retry_after
 
 __all__ = [
@@ -134,32 +134,13 @@ def parse_webhooks(items: Sequence[Mapping[str, Any]] | None) -> list[WebhookCon
         for k in ("name", "url"):
             if not raw.get(k):
                 raise ConfigError(f"{key}.{k}: required")
-        kw: dict[str, Any] = {"name": str(raw["name"]), "url": str(raw["url"])}
-        for k in ("format", "min_severity"):
-            if k in raw:
-                kw[k] = str(raw[k])
-        if "attempts" in raw:
-            value = raw["attempts"]
-            if isinstance(value, bool) or not isinstance(value, int | str):
-                raise ConfigError(f"{key}.attempts: not a whole number: {value!r}")
-            try:
-                kw["attempts"] = int(value)
-            except ValueError:
-                raise ConfigError(f"{key}.attempts: not a whole number: {value!r}") from None
-        for k in ("timeout_s", "backoff_s"):
-            if k in raw:
-                try:
-                    kw[k] = parse_duration(raw[k])
-                except ValueError as e:
-                    raise ConfigError(f"{key}.{k}: {e}") from None
-        if "headers" in raw:
-            headers = raw["headers"]
-            if headers is None:
-                headers = {}
-            if not isinstance(headers, Mapping):
-                raise ConfigError(f"{key}.headers: must be a map of header names to strings")
-            kw["headers"] = {str(k): str(v) for k, v in headers.items()}
-        config = WebhookConfig(**kw)
+        raw = dict(raw)
+        headers = raw.get("headers", {})
+        if isinstance(headers, Mapping):  # header values as strings (a YAML number is meant as its text)
+            raw["headers"] = {str(k): str(v) for k, v in (headers or {}).items()}
+        elif headers is None:
+            raw["headers"] = {}
+        config = load_map(WebhookConfig, raw, key)
         config.validate(key)
         if config.name in seen:
             raise ConfigError(f"{key}.name: {config.name!r} is used by an earlier webhook")

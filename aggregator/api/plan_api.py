@@ -17,11 +17,11 @@ from typing import Any
 from aiohttp import web
 
 from aggregator.alerting.store import AlertQuery
+from aggregator.analysis.baselines.consumer import BaselineConsumer, baseline_filters
+from aggregator.analysis.baselines.store import BaselineStore
 from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import alert_page, parse_alert_query
 from aggregator.api.params import ParamError, error_response
-from aggregator.baseline_service import BaselineService, baseline_filters
-from aggregator.baselines import BaselineStore
 
 __all__ = ["ALIASES", "PlanApi", "metric_baselines", "parse_anomaly_query"]
 
@@ -59,7 +59,7 @@ def metric_baselines(store: BaselineStore, metric: str, query: Mapping[str, str]
 
 
 class PlanApi:
-    def __init__(self, actions: AlertActions, baselines: BaselineService | None) -> None:
+    def __init__(self, actions: AlertActions, baselines: BaselineConsumer | None) -> None:
         self.actions = actions
         self.baselines = baselines
 
@@ -78,7 +78,7 @@ class PlanApi:
         if metric not in known:
             return error_response(404, f"metric: {metric!r} has no baselines; the metrics are {', '.join(known)}")
         try:
-            # BaselineService's lock: the analysis thread updates (and reorders) the baselines while we read.
+            # BaselineConsumer's lock: the analysis thread updates (and reorders) the baselines while we read.
             with self.baselines._lock:
                 items = metric_baselines(self.baselines.store, metric, request.query)
         except ValueError as e:

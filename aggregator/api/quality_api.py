@@ -5,7 +5,7 @@ each with ``trace_id`` or ``span_id`` (hex, the LLM call's), ``score`` (a number
 (1-5) or ``label`` (``thumbs_up``, ``thumbs_down``, ``positive``, ...), optional ``user``, ``service``,
 ``model`` and ``timestamp`` (RFC 3339 or unix seconds; default now). ``comment`` is accepted and
 never stored or forwarded. Allowed to the ingest tokens (and every other role). Answers 202 with how
-many were accepted and how many joined a known call (:class:`aggregator.quality_service.QualityService`).
+many were accepted and how many joined a known call (:class:`aggregator.analysis.quality.consumer.QualityConsumer`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from aggregator.analysis.quality.consumer import QualityConsumer
 from aggregator.api.params import ParamError, error_response, json_body
-from aggregator.quality_service import QualityService
 from sentinel.quality import FEEDBACK_NAME, MAX_LABEL_CHARS, QualityEvent, normalise_name
 
 __all__ = ["QualityApi", "parse_feedback_items"]
@@ -98,7 +98,7 @@ def parse_feedback_items(body: object, now_ns: int, max_items: int) -> list[Qual
 
 
 class QualityApi:
-    def __init__(self, service: QualityService, clock: Callable[[], int]) -> None:
+    def __init__(self, service: QualityConsumer, clock: Callable[[], int]) -> None:
         self.service = service
         self.clock = clock
 

@@ -13,6 +13,8 @@ from aggregator.alerting.audit import AuditLog
 from aggregator.alerting.feedback import FeedbackLog
 from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.store import SQLiteAlertStore
+from aggregator.analysis.baselines.consumer import BaselineConsumer
+from aggregator.analysis.series import SeriesConsumer
 from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import AlertsApi
 from aggregator.api.audit_api import AuditApi, audit_middleware
@@ -26,8 +28,6 @@ from aggregator.api.realtime import Realtime
 from aggregator.api.services_api import HEALTH_WINDOW_S, ServicesApi
 from aggregator.api.silences_api import SilencesApi
 from aggregator.api.stream import DEFAULT_KEEPALIVE_S, Streams
-from aggregator.baseline_service import BaselineService
-from aggregator.series import SeriesService
 
 __all__ = ["Api", "add_api_routes"]
 
@@ -47,8 +47,8 @@ class Api:
     config: ConfigApi
 
 
-def add_api_routes(app: web.Application, *, actions: AlertActions, series: SeriesService,
-                   baselines: BaselineService | None, roles: Roles, keepalive_s: float = DEFAULT_KEEPALIVE_S,
+def add_api_routes(app: web.Application, *, actions: AlertActions, series: SeriesConsumer,
+                   baselines: BaselineConsumer | None, roles: Roles, keepalive_s: float = DEFAULT_KEEPALIVE_S,
                    health_window_s: float = HEALTH_WINDOW_S, clock: Callable[[], int] = time.time_ns,
                    allowed_hosts: frozenset[str] = frozenset(),
                    registry: CollectorRegistry | None = None, feedback: FeedbackLog | None = None,

@@ -15,10 +15,10 @@ import time
 
 from aiohttp import web
 
+from aggregator.analysis.security.actions import STATUSES
+from aggregator.analysis.security.consumer import SecurityConsumer
 from aggregator.api.auth import request_who
 from aggregator.api.params import ParamError, error_response, json_body
-from aggregator.security_actions import STATUSES
-from aggregator.security_service import SecurityService
 from sentinel.security_event import SecurityEvent, SecurityEventError, parse_security_event
 
 __all__ = ["SecurityApi", "parse_security_events"]
@@ -48,7 +48,7 @@ def parse_security_events(body: object, max_items: int, now_ns: int) -> list[Sec
 
 
 class SecurityApi:
-    def __init__(self, service: SecurityService) -> None:
+    def __init__(self, service: SecurityConsumer) -> None:
         self.service = service
 
     def add_routes(self, app: web.Application) -> None:

@@ -1,10 +1,10 @@
 """``/api/v1/services``, ``/api/v1/services/{service}/health`` and ``/api/v1/services/{service}/series``.
 
 A service's health combines three sources: the last ``window_s`` (5 minutes) of its traffic from
-:class:`aggregator.series.SeriesService` (in the service's own event time: the window ends at its
+:class:`aggregator.analysis.series.SeriesConsumer` (in the service's own event time: the window ends at its
 newest event, so replayed or simulated traffic is judged like live traffic), its unresolved alerts
 from the store, and its global latency baseline (p50/p95 over every model and operation of the
-service, all regions, all week) from :class:`aggregator.baseline_service.BaselineService`.
+service, all regions, all week) from :class:`aggregator.analysis.baselines.consumer.BaselineConsumer`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from aiohttp import web
 
 from aggregator.alerting.model import SEVERITIES, Alert, iso_time
 from aggregator.alerting.store import MAX_PAGE, AlertQuery
+from aggregator.analysis.baselines.consumer import BaselineConsumer
+from aggregator.analysis.baselines.store import BaselineKey, MetricBaseline
+from aggregator.analysis.series import SeriesConsumer
 from aggregator.api.actions import AlertActions
 from aggregator.api.params import ParamError, error_response, opt_time
-from aggregator.baseline_service import BaselineService
-from aggregator.baselines import BaselineKey, MetricBaseline
-from aggregator.series import SeriesService
 
 __all__ = ["HEALTH_WINDOW_S", "ServicesApi", "baseline_latency", "health_doc", "health_status"]
 
@@ -55,11 +55,11 @@ def health_doc(service: str, window: dict[str, Any] | None, open_alerts: Sequenc
     }
 
 
-def baseline_latency(baselines: BaselineService, services: Iterable[str]) -> dict[str, dict[str, float | None]]:
+def baseline_latency(baselines: BaselineConsumer, services: Iterable[str]) -> dict[str, dict[str, float | None]]:
     """Each service's global latency p50/p95: the sketches of all its (model, operation) keys merged."""
     store = baselines.store
     out: dict[str, dict[str, float | None]] = {}
-    # BaselineService's lock: the analysis thread updates (and reorders) the baselines while we read.
+    # BaselineConsumer's lock: the analysis thread updates (and reorders) the baselines while we read.
     with baselines._lock:
         for service in services:
             merged = MetricBaseline(store.config.relative_accuracy)
@@ -75,7 +75,7 @@ def baseline_latency(baselines: BaselineService, services: Iterable[str]) -> dic
 
 
 class ServicesApi:
-    def __init__(self, actions: AlertActions, series: SeriesService, baselines: BaselineService | None,
+    def __init__(self, actions: AlertActions, series: SeriesConsumer, baselines: BaselineConsumer | None,
                  clock: Callable[[], int], *, window_s: float = HEALTH_WINDOW_S) -> None:
         self.actions = actions
         self.series = series

@@ -39,7 +39,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator.journal import DB_NAME
+from aggregator.ingest.journal import DB_NAME
 from loadtest.procs import Child, free_port
 from loadtest.recorder import RecordingAggregator
 from loadtest.spans import DEFAULT_SERVICES, build_trace_request

@@ -4,7 +4,7 @@ aggregator/README.md, "Event time": a row older than arrival − ``late_after_s`
 ``sentinel_aggregator_rows_late_total``, flagged in the journal) "so later stages can update
 baselines in the rows' own time without paging as if it were happening now"; a batch sealed more
 than ``late_after_s`` before it arrived is a *replay* (``batches_replayed_total``); rows in the
-future are not flagged. aggregator/detectors/README.md: windowed detectors drop rows of buckets the
+future are not flagged. aggregator/analysis/detectors/README.md: windowed detectors drop rows of buckets the
 watermark has closed (``detector.late_rows``); "a clock far in the future on one sidecar moves the
 watermark for all; its rows are not clamped (left to do)".
 """

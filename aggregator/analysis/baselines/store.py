@@ -1,0 +1,527 @@
+"""Global baselines: streaming mean, variance and quantiles per key, per region and per hour of week.
+
+A key is (service, model, operation, region); every row updates the key of its region *and* the global
+key of the same service, model and operation (``region=None``). Quantiles come from DDSketch, a
+mergeable sketch with a relative-error guarantee; the state is saved as plain JSON, never pickled.
+
+>>> store = BaselineStore(BaselineConfig())
+>>> store.update(batch)                                     # doctest: +SKIP
+>>> store.query(service="chat", region=None)                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from ddsketch import DDSketch
+from ddsketch.ddsketch import BaseDDSketch
+from ddsketch.mapping import LogarithmicMapping
+from ddsketch.pb import ddsketch_pb2
+from ddsketch.pb.proto import DDSketchProto
+
+from aggregator.analysis.state import read_json, write_json
+from sentinel.config import ConfigError
+from sentinel.model import NUMERIC_COLUMNS, FeatureBatch
+
+__all__ = [
+    "ALL_REGIONS",
+    "DEFAULT_MAX_KEYS",
+    "DEFAULT_METRICS",
+    "DEFAULT_RELATIVE_ACCURACY",
+    "FORMAT_VERSION",
+    "QUANTILES",
+    "BaselineConfig",
+    "BaselineKey",
+    "BaselineStore",
+    "KeyBaseline",
+    "MetricBaseline",
+    "hour_of_week",
+]
+
+#: The metrics a baseline is kept for by default (columns of :class:`FeatureBatch`); error rate is always kept.
+DEFAULT_METRICS: tuple[str, ...] = ("latency_ms", "ttft_ms", "input_tokens", "output_tokens", "tokens_per_s",
+                                    "cost_usd")
+#: Upper bound on stored baselines (global, regional and seasonal together); the least recently updated go first.
+DEFAULT_MAX_KEYS = 10_000
+#: DDSketch's guarantee: every quantile is within this fraction of the true value.
+DEFAULT_RELATIVE_ACCURACY = 0.01
+#: The quantiles served for every metric.
+QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+#: ``query(region=ALL_REGIONS)`` returns the global baselines and every region's.
+ALL_REGIONS = "*"
+#: Version of the saved file; :meth:`BaselineStore.load` refuses others.
+FORMAT_VERSION = 1
+
+_METRIC_COLUMNS = frozenset(k for k, v in NUMERIC_COLUMNS.items() if v == "<f8")
+_NS_PER_HOUR = 3_600_000_000_000
+# 1970-01-01 was a Thursday: shift so that hour 0 of the week is Monday 00:00 UTC.
+_EPOCH_HOUR_OF_WEEK = 3 * 24
+
+
+class BaselineKey(NamedTuple):
+    """What a baseline is kept for; ``region=None`` is the global baseline across regions."""
+
+    service: str | None
+    model: str | None
+    operation: str | None
+    region: str | None = None
+
+
+def hour_of_week(time_unix_nano: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Hour of the week, 0 (Monday 00:00–01:00 UTC) to 167, of each event time."""
+    hours = np.floor_divide(time_unix_nano, _NS_PER_HOUR)
+    return np.asarray((hours + _EPOCH_HOUR_OF_WEEK) % 168, dtype=np.int64)
+
+
+@dataclass(kw_only=True)
+class BaselineConfig:
+    """Settings of the baseline store; :meth:`validate` names the aggregator setting at fault.
+
+    >>> BaselineConfig(seasonality=True, max_keys=50_000).validate()
+    """
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    seasonality: bool = False
+    max_keys: int = DEFAULT_MAX_KEYS
+    relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY
+
+    def validate(self) -> None:
+        if not self.metrics:
+            raise ConfigError("baseline_metrics: must name at least one metric")
+        for name in self.metrics:
+            if name not in _METRIC_COLUMNS:
+                raise ConfigError(f"baseline_metrics: {name!r} is not one of {', '.join(sorted(_METRIC_COLUMNS))}")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ConfigError("baseline_metrics: names a metric twice")
+        if self.max_keys < 1:
+            raise ConfigError("baseline_max_keys: must be greater than 0")
+        if not 0.0 < self.relative_accuracy < 1.0:
+            raise ConfigError("baseline_relative_accuracy: must be between 0 and 1 (exclusive)")
+
+
+class MetricBaseline:
+    """Count, mean, variance, min, max and a DDSketch of one metric; NaN values are skipped.
+
+    Mean and variance are merged with Chan et al.'s pairwise formula, so a batch update equals the
+    values added one by one, and two baselines merge into the baseline of all their values.
+    """
+
+    __slots__ = ("count", "m2", "max", "mean", "min", "relative_accuracy", "sketch")
+
+    def __init__(self, relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY) -> None:
+        self.relative_accuracy = relative_accuracy
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations from the mean
+        self.min = math.inf
+        self.max = -math.inf
+        self.sketch: BaseDDSketch = DDSketch(relative_accuracy)
+
+    @classmethod
+    def of(cls, values: npt.NDArray[np.float64], relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY
+           ) -> MetricBaseline:
+        """The baseline of ``values`` alone (NaN skipped)."""
+        out = cls(relative_accuracy)
+        out.update(values)
+        return out
+
+    def update(self, values: npt.NDArray[np.float64]) -> None:
+        """Add a batch of values (NaN skipped), reduced with numpy (:func:`_reduce_groups`)."""
+        values = np.asarray(values, dtype=np.float64)
+        reduced = _reduce_groups(values, np.zeros(values.size, dtype=np.intp), 1, self.sketch)[0]
+        if reduced is not None:
+            self.add_reduced(reduced)
+
+    def add_reduced(self, r: _Reduced) -> None:
+        """Fold in values already reduced to moments and sketch bins (the same as adding them one by one)."""
+        self._merge_moments(r.n, r.mean, r.m2, r.lo, r.hi)
+        _add_bins(self.sketch, r)
+
+    def merge(self, other: MetricBaseline) -> None:
+        """Fold ``other`` into this baseline (``other`` is not changed)."""
+        if other.count == 0:
+            return
+        self._merge_moments(other.count, other.mean, other.m2, other.min, other.max)
+        self.sketch.merge(other.sketch)
+
+    def _merge_moments(self, n: int, mean: float, m2: float, lo: float, hi: float) -> None:
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+
+    @property
+    def variance(self) -> float:
+        """Population variance (NaN when empty)."""
+        return self.m2 / self.count if self.count else math.nan
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.variance) if self.count else math.nan
+
+    def quantile(self, q: float) -> float:
+        """The sketch's estimate of quantile ``q`` (NaN when empty), kept within the exact min and max."""
+        value = self.sketch.get_quantile_value(q) if self.count else None
+        return math.nan if value is None else min(max(float(value), self.min), self.max)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """What the API serves: count, mean, std, min, max, p50, p95, p99 (``None`` when empty)."""
+        if not self.count:
+            return {"count": 0, **dict.fromkeys(("mean", "std", "min", "max", *(n for n, _ in QUANTILES)))}
+        out: dict[str, float | int | None] = {"count": self.count, "mean": self.mean, "std": self.std,
+                                              "min": self.min, "max": self.max}
+        for name, q in QUANTILES:
+            out[name] = self.quantile(q)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able state; the sketch is DDSketch's protobuf message, base64-encoded."""
+        proto = DDSketchProto.to_proto(self.sketch)  # type: ignore[no-untyped-call]
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "relative_accuracy": self.relative_accuracy,
+                "min": None if not self.count else self.min, "max": None if not self.count else self.max,
+                "sketch": base64.b64encode(proto.SerializeToString()).decode("ascii")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MetricBaseline:
+        out = cls(float(data["relative_accuracy"]))
+        out.count = int(data["count"])
+        out.mean = float(data["mean"])
+        out.m2 = float(data["m2"])
+        out.min = math.inf if data["min"] is None else float(data["min"])
+        out.max = -math.inf if data["max"] is None else float(data["max"])
+        proto = ddsketch_pb2.DDSketch()
+        proto.ParseFromString(base64.b64decode(data["sketch"]))
+        # The decoded mapping is rebuilt from gamma and can differ from a fresh one in the last bits of its
+        # multiplier; merging into a fresh sketch keeps the bins and the exact mapping new values will use.
+        out.sketch.merge(DDSketchProto.from_proto(proto))  # type: ignore[no-untyped-call]
+        return out
+
+
+@dataclass
+class KeyBaseline:
+    """Every metric's baseline of one key (and hour of week, when seasonal), plus its error rate."""
+
+    metrics: dict[str, MetricBaseline]
+    calls: int = 0
+    errors: int = 0
+
+    @classmethod
+    def new(cls, config: BaselineConfig) -> KeyBaseline:
+        return cls({m: MetricBaseline(config.relative_accuracy) for m in config.metrics})
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else math.nan
+
+    def merge(self, other: KeyBaseline) -> None:
+        self.calls += other.calls
+        self.errors += other.errors
+        for name, metric in other.metrics.items():
+            mine = self.metrics.get(name)
+            if mine is None:  # only when stores kept different metrics: take a copy
+                self.metrics[name] = MetricBaseline.from_dict(metric.to_dict())
+            else:
+                mine.merge(metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "errors": self.errors,
+                "metrics": {name: m.to_dict() for name, m in self.metrics.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyBaseline:
+        return cls({name: MetricBaseline.from_dict(m) for name, m in data["metrics"].items()},
+                   calls=int(data["calls"]), errors=int(data["errors"]))
+
+
+# A stored entry: the key and its hour of week (None for the all-week baseline).
+_Entry = tuple[BaselineKey, int | None]
+
+
+@dataclass
+class BaselineStore:
+    """Baselines of every key, bounded to ``config.max_keys`` entries by least-recent update.
+
+    >>> store = BaselineStore(BaselineConfig())
+    >>> store.update(FeatureBatch.empty())
+    >>> store.query()
+    []
+    """
+
+    config: BaselineConfig
+    _entries: OrderedDict[_Entry, KeyBaseline] = field(default_factory=OrderedDict, init=False, repr=False)
+    evicted: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.config.validate()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def update(self, batch: FeatureBatch) -> None:
+        """Fold a batch into the baselines of its keys, at the event time of each row."""
+        if batch.n == 0:
+            return
+        s = batch.strings
+        fine = zip(s["service"], s["request_model"], s["operation"], s["region"], strict=True)
+        if self.config.seasonality:
+            hours = hour_of_week(batch.numeric["time_unix_nano"]).tolist()
+            labels, codes = _codes(zip(fine, hours, strict=True))
+        else:
+            labels, codes = _codes(zip(fine, [None] * batch.n, strict=True))
+        g = len(labels)
+        calls = np.bincount(codes, minlength=g).tolist()
+        errors = np.bincount(codes, weights=batch.numeric["is_error"], minlength=g).astype(np.int64).tolist()
+        # Each metric is reduced for every (key, region, hour) group at once, then each group's
+        # moments and sketch bins are added to every baseline it belongs to.
+        template = DDSketch(self.config.relative_accuracy)
+        reduced = {m: _reduce_groups(np.asarray(batch.numeric[m], dtype=np.float64), codes, g, template)
+                   for m in self.config.metrics}
+        for i, ((service, model, operation, region), hour) in enumerate(labels):
+            keys = [BaselineKey(service, model, operation, None)]
+            if region is not None:
+                keys.append(BaselineKey(service, model, operation, region))
+            for key in keys:
+                targets = [self._entry(key, None)]
+                if hour is not None:
+                    targets.append(self._entry(key, hour))
+                for entry in targets:
+                    entry.calls += calls[i]
+                    entry.errors += errors[i]
+                    for m, per_group in reduced.items():
+                        r = per_group[i]
+                        if r is not None:
+                            metric = entry.metrics.get(m)
+                            if metric is None:
+                                metric = entry.metrics[m] = MetricBaseline(self.config.relative_accuracy)
+                            metric.add_reduced(r)
+
+    def merge(self, other: BaselineStore) -> None:
+        """Fold another store's baselines into this one (``other`` is not changed)."""
+        for (key, hour), baseline in other._entries.items():
+            self._entry(key, hour).merge(baseline)
+
+    def get(self, key: BaselineKey, hour: int | None = None) -> dict[str, Any] | None:
+        """The served form of one baseline (``hour`` selects a seasonal one), or ``None``."""
+        baseline = self._entries.get((key, hour))
+        return None if baseline is None else _served(key, hour, baseline)
+
+    def baseline(self, key: BaselineKey, hour: int | None = None) -> KeyBaseline | None:
+        """The live baseline of a key, for detectors (no copy; do not change it)."""
+        return self._entries.get((key, hour))
+
+    def query(self, service: str | None = None, model: str | None = None, operation: str | None = None,
+              region: str | None = ALL_REGIONS, hour: int | None = None) -> list[dict[str, Any]]:
+        """What ``GET /api/v1/baselines`` serves, sorted by key.
+
+        ``service``, ``model`` and ``operation`` filter when given; ``region=ALL_REGIONS`` (the default)
+        keeps global and regional baselines, ``region=None`` the global ones only, a name that region's.
+        ``hour`` (0–167) selects the seasonal baselines of that hour of week instead of the all-week ones.
+        """
+        out = []
+        for (key, h), baseline in self._entries.items():
+            if h != hour:
+                continue
+            if service is not None and key.service != service:
+                continue
+            if model is not None and key.model != model:
+                continue
+            if operation is not None and key.operation != operation:
+                continue
+            if region != ALL_REGIONS and key.region != region:
+                continue
+            out.append(_served(key, h, baseline))
+        out.sort(key=lambda d: tuple((v is not None, v or "") for v in (d["service"], d["model"], d["operation"],
+                                                                        d["region"])))
+        return out
+
+    def clear(self) -> None:
+        """Forget every baseline."""
+        self._entries.clear()
+
+    def to_doc(self) -> dict[str, Any]:
+        """Every baseline as a JSON document (:meth:`from_doc` reads it back)."""
+        return {"version": FORMAT_VERSION,
+                "config": {"metrics": list(self.config.metrics), "seasonality": self.config.seasonality,
+                           "relative_accuracy": self.config.relative_accuracy},
+                "baselines": [{"key": list(key), "hour_of_week": hour, **baseline.to_dict()}
+                              for (key, hour), baseline in self._entries.items()]}
+
+    def from_doc(self, doc: Mapping[str, Any]) -> None:
+        """Replace the baselines with those of ``doc`` (kept in their saved LRU order)."""
+        if doc.get("version") != FORMAT_VERSION:
+            raise ValueError(f"baseline file version {doc.get('version')!r}, expected {FORMAT_VERSION}")
+        entries: OrderedDict[_Entry, KeyBaseline] = OrderedDict()
+        for item in doc["baselines"]:
+            key = BaselineKey(*item["key"])
+            entries[(key, item["hour_of_week"])] = KeyBaseline.from_dict(item)
+        self._entries = entries
+        self._evict()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write every baseline as JSON, atomically (:func:`aggregator.analysis.state.write_json`)."""
+        write_json(Path(path), self.to_doc())
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Replace the baselines with those saved at ``path``."""
+        doc = read_json(Path(path), version=FORMAT_VERSION)
+        if doc is None:
+            raise FileNotFoundError(os.fspath(path))
+        self.from_doc(doc)
+
+    def _entry(self, key: BaselineKey, hour: int | None) -> KeyBaseline:
+        entry = (key, hour)
+        baseline = self._entries.get(entry)
+        if baseline is None:
+            baseline = self._entries[entry] = KeyBaseline.new(self.config)
+            self._evict()
+        else:
+            self._entries.move_to_end(entry)
+        return baseline
+
+    def _evict(self) -> None:
+        while len(self._entries) > self.config.max_keys:
+            self._entries.popitem(last=False)
+            self.evicted += 1
+
+
+def _codes(labels: Iterable[Any]) -> tuple[list[Any], npt.NDArray[np.intp]]:
+    """The distinct labels in order of first appearance, and each row's index into them."""
+    index: dict[Any, int] = {}
+    codes = np.fromiter((index.setdefault(label, len(index)) for label in labels), dtype=np.intp)
+    return list(index), codes
+
+
+class _Reduced(NamedTuple):
+    """One group's values of one metric: moments, exact extremes, and DDSketch bins.
+
+    ``keys``/``weights`` are the positive store's bins (ascending keys), ``neg_keys``/``neg_weights``
+    the negative store's; ``zeros`` the values DDSketch counts as zero.
+    """
+
+    n: int
+    mean: float
+    m2: float
+    lo: float
+    hi: float
+    total: float
+    keys: list[int]
+    weights: list[float]
+    neg_keys: list[int]
+    neg_weights: list[float]
+    zeros: float
+
+
+_LN2 = math.log(2.0)
+
+
+def _sketch_keys(mapping: LogarithmicMapping, v: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """``mapping.key(x)`` for every (positive) ``x``: ``ceil(log(x) / log(2) * multiplier) + offset``, the
+    operations of ``LogarithmicMapping.key`` in the same order (``math.log(x, 2)`` is ``log(x) / log(2)``).
+
+    The logarithm is ``math.log`` mapped over the values (~40 ns each), not ``np.log``: numpy's own
+    implementation differs from the C library's in the last bit for some values, which moves a value
+    sitting on a bucket boundary into the next bucket (tests/test_baselines.py found one at 5 %
+    accuracy); with the same ``log`` the keys, and so the sketches, are exactly the library's.
+    """
+    logs = np.fromiter(map(math.log, v.tolist()), dtype=np.float64, count=v.size)
+    return (np.ceil(logs / _LN2 * mapping._multiplier) + mapping._offset).astype(np.int64)
+
+
+def _bins_by_group(codes: npt.NDArray[np.intp], keys: npt.NDArray[np.int64], n_groups: int
+                   ) -> list[tuple[list[int], list[float]]]:
+    """Per group, its distinct keys (ascending) and how many values each holds."""
+    out: list[tuple[list[int], list[float]]] = [([], [])] * n_groups
+    if keys.size == 0:
+        return out
+    lo = int(keys.min())
+    span = int(keys.max()) - lo + 1
+    pairs, counts = np.unique(codes.astype(np.int64) * span + (keys - lo), return_counts=True)
+    groups = pairs // span
+    bounds = np.searchsorted(groups, np.arange(n_groups + 1))
+    key_list = (pairs % span + lo).tolist()
+    count_list = counts.astype(np.float64).tolist()
+    for i in np.flatnonzero(np.diff(bounds)).tolist():
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        out[i] = (key_list[a:b], count_list[a:b])
+    return out
+
+
+def _reduce_groups(values: npt.NDArray[np.float64], codes: npt.NDArray[np.intp], n_groups: int,
+                   template: BaseDDSketch) -> list[_Reduced | None]:
+    """Reduce one metric's column for every group at once (``None`` for a group with no value).
+
+    Replaces ``DDSketch.add`` value by value (pure Python, ~1 µs each): the bins come from the
+    sketch's own logarithmic mapping evaluated with numpy, then one store update per bin
+    (:func:`_add_bins`). ``template`` is a sketch of the target accuracy (for its mapping).
+    """
+    out: list[_Reduced | None] = [None] * n_groups
+    valid = ~np.isnan(values)
+    v = values[valid]
+    if v.size == 0:
+        return out
+    c = codes[valid]
+    count = np.bincount(c, minlength=n_groups)
+    total = np.bincount(c, weights=v, minlength=n_groups)
+    mean = total / np.maximum(count, 1)
+    dev = v - mean[c]
+    m2 = np.bincount(c, weights=dev * dev, minlength=n_groups)
+    order = np.argsort(c, kind="stable")
+    present = np.flatnonzero(count)
+    starts = np.concatenate(([0], np.cumsum(count)[:-1]))[present]
+    lo = np.minimum.reduceat(v[order], starts)
+    hi = np.maximum.reduceat(v[order], starts)
+    mapping = template._mapping
+    assert isinstance(mapping, LogarithmicMapping)
+    tiny = mapping.min_possible
+    pos, neg = v > tiny, v < -tiny
+    bins = _bins_by_group(c[pos], _sketch_keys(mapping, v[pos]), n_groups)
+    neg_bins = _bins_by_group(c[neg], _sketch_keys(mapping, -v[neg]), n_groups) if neg.any() else None
+    zeros = np.bincount(c[~(pos | neg)], minlength=n_groups).tolist()
+    count_l, mean_l, m2_l, total_l = count.tolist(), mean.tolist(), m2.tolist(), total.tolist()
+    for j, i in enumerate(present.tolist()):
+        neg_keys, neg_weights = neg_bins[i] if neg_bins is not None else ([], [])
+        out[i] = _Reduced(count_l[i], mean_l[i], m2_l[i], float(lo[j]), float(hi[j]), total_l[i],
+                          bins[i][0], bins[i][1], neg_keys, neg_weights, float(zeros[i]))
+    return out
+
+
+def _add_to_store(store: Any, keys: list[int], weights: list[float]) -> None:
+    """``store.add(key, weight)`` for each bin, with the dense store's range grown once."""
+    if not keys:
+        return
+    store.add(keys[0], 0.0)  # grows the range to both ends (keys ascend) before the bins move
+    store.add(keys[-1], 0.0)
+    bins, offset = store.bins, store.offset
+    for key, weight in zip(keys, weights, strict=True):
+        bins[key - offset] += weight
+    store.count += sum(weights)
+
+
+def _add_bins(sketch: BaseDDSketch, r: _Reduced) -> None:
+    """What ``sketch.add(x)`` for each of ``r``'s values does, bin by bin instead of value by value."""
+    _add_to_store(sketch._store, r.keys, r.weights)
+    _add_to_store(sketch._negative_store, r.neg_keys, r.neg_weights)
+    sketch._zero_count += r.zeros
+    sketch._count += r.n
+    sketch._sum += r.total
+    sketch._min = min(sketch._min, r.lo)
+    sketch._max = max(sketch._max, r.hi)
+
+
+def _served(key: BaselineKey, hour: int | None, baseline: KeyBaseline) -> dict[str, Any]:
+    rate = baseline.error_rate
+    return {**key._asdict(), "hour_of_week": hour, "calls": baseline.calls, "errors": baseline.errors,
+            "error_rate": None if math.isnan(rate) else rate,
+            "metrics": {name: m.summary() for name, m in baseline.metrics.items()}}

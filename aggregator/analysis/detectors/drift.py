@@ -1,0 +1,315 @@
+"""Distribution drift of a metric per (service, request model): PSI and Jensen–Shannon divergence.
+
+Per key and metric the first ``reference_size`` values (in arrival order) are the reference; its
+quantiles give ``bins`` equal-mass bins (fewer when values repeat, e.g. token counts). After that,
+values are counted into those bins per event-time window of ``window_s`` (tumbling, closed by the
+watermark, see :mod:`aggregator.analysis.detectors.buckets`). A closed window with at least ``min_count``
+values is compared with the reference: PSI ≥ ``psi_threshold`` (0.25 by convention: "significant
+shift"; 0.1–0.25 "moderate") emits a ``drift`` candidate, once per excursion; the key re-arms
+after a window with PSI below ``rearm_psi`` (0.1). The JS divergence (bits) is reported beside it.
+
+Categorical columns (``categorical``: ``finish_reason``, ``response_model``): per key the first
+``reference_size`` non-null values give the reference mix; categories are numbered per key in order
+of appearance (at most ``max_categories``, later ones share an "other" slot; a category first seen
+after the reference counts 0 there). A closed window with ≥ ``min_count`` values is compared by the
+Jensen–Shannon divergence in bits (0 same, 1 disjoint); JS ≥ ``js_threshold`` (0.05) emits a
+``drift`` candidate with ``metric`` the column, once per excursion, re-armed below ``rearm_js``.
+Null values (e.g. the finish reason of a failed call) are not counted: error bursts are found elsewhere.
+
+References
+----------
+Siddiqi, N., *Credit Risk Scorecards*, Wiley 2006 (PSI and its 0.1 / 0.25 rule of thumb).
+Lin, J., "Divergence measures based on the Shannon entropy", IEEE Trans. Inf. Theory 37 (1), 1991.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.divergence import js_divergence, psi
+from aggregator.analysis.detectors.keys import Key, group_by_key
+from aggregator.analysis.detectors.validation import check_min, check_positive
+from sentinel.config import ConfigError
+from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
+
+__all__ = ["DriftConfig", "DriftDetector"]
+
+NAME = "drift"
+DEFAULT_METRICS: tuple[str, ...] = ("output_tokens", "latency_ms")
+DEFAULT_WINDOW_S = 900.0
+DEFAULT_LATENESS_S = 60.0
+DEFAULT_REFERENCE_SIZE = 1000
+DEFAULT_BINS = 10
+DEFAULT_MIN_COUNT = 200
+DEFAULT_PSI_THRESHOLD = 0.25
+DEFAULT_REARM_PSI = 0.1
+DEFAULT_CATEGORICAL: tuple[str, ...] = ("finish_reason", "response_model")
+DEFAULT_JS_THRESHOLD = 0.05
+DEFAULT_REARM_JS = 0.02
+DEFAULT_MAX_CATEGORIES = 16
+DEFAULT_MAX_KEYS = 10_000
+#: Not categorical features: the key itself, ids.
+NOT_CATEGORICAL = ("service", "request_model", "trace_id", "span_id")
+OTHER = "(other)"
+KEY_COLUMNS = ("service", "request_model")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftConfig:
+    """Settings of ``detectors.drift``."""
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    window_s: float = DEFAULT_WINDOW_S
+    lateness_s: float = DEFAULT_LATENESS_S
+    reference_size: int = DEFAULT_REFERENCE_SIZE
+    bins: int = DEFAULT_BINS
+    min_count: int = DEFAULT_MIN_COUNT
+    psi_threshold: float = DEFAULT_PSI_THRESHOLD
+    rearm_psi: float = DEFAULT_REARM_PSI
+    categorical: tuple[str, ...] = DEFAULT_CATEGORICAL
+    js_threshold: float = DEFAULT_JS_THRESHOLD
+    rearm_js: float = DEFAULT_REARM_JS
+    max_categories: int = DEFAULT_MAX_CATEGORIES
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def validate(self) -> DriftConfig:
+        for m in self.metrics:
+            if m not in NUMERIC_COLUMNS or m in ("time_unix_nano", "is_error"):
+                raise ConfigError(f"detectors.{NAME}.metrics: unknown metric {m!r}")
+        check_positive(NAME, "window_s", self.window_s)
+        check_min(NAME, "lateness_s", self.lateness_s, 0)
+        check_min(NAME, "bins", self.bins, 2)
+        check_min(NAME, "reference_size", self.reference_size, self.bins)
+        check_min(NAME, "min_count", self.min_count, 1)
+        check_positive(NAME, "psi_threshold", self.psi_threshold)
+        check_min(NAME, "rearm_psi", self.rearm_psi, 0)
+        if self.rearm_psi > self.psi_threshold:
+            raise ConfigError(f"detectors.{NAME}.rearm_psi: must be at most psi_threshold ({self.psi_threshold})")
+        for col in self.categorical:
+            if col not in STRING_COLUMNS or col in NOT_CATEGORICAL:
+                raise ConfigError(f"detectors.{NAME}.categorical: unknown or unsuitable column {col!r}")
+        if not (isinstance(self.js_threshold, int | float) and 0 < self.js_threshold <= 1):
+            raise ConfigError(f"detectors.{NAME}.js_threshold: must be in (0, 1] (bits), got {self.js_threshold!r}")
+        check_min(NAME, "rearm_js", self.rearm_js, 0)
+        if self.rearm_js > self.js_threshold:
+            raise ConfigError(f"detectors.{NAME}.rearm_js: must be at most js_threshold ({self.js_threshold})")
+        check_min(NAME, "max_categories", self.max_categories, 2)
+        check_min(NAME, "max_keys", self.max_keys, 1)
+        return self
+
+
+class _KeyState:
+    __slots__ = ("armed", "buckets", "edges", "reference", "reference_counts")
+
+    def __init__(self) -> None:
+        self.buckets = BucketSeries()
+        self.reference: list[float] = []
+        self.edges: list[float] | None = None
+        self.reference_counts: list[float] = []
+        self.armed = True
+
+    def to_state(self) -> dict[str, Any]:
+        return {"reference": self.reference, "edges": self.edges, "reference_counts": self.reference_counts,
+                "armed": self.armed}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
+        st = cls()
+        st.reference = [float(v) for v in d["reference"]]
+        st.edges = None if d["edges"] is None else [float(v) for v in d["edges"]]
+        st.reference_counts = [float(v) for v in d["reference_counts"]]
+        st.armed = bool(d["armed"])
+        return st
+
+
+class _CatState:
+    """One key's categories (slot = index; slot ``max_categories`` is "other") and reference counts."""
+
+    __slots__ = ("armed", "buckets", "ref_n", "reference_counts", "vocab")
+
+    def __init__(self, max_categories: int) -> None:
+        self.buckets = BucketSeries()
+        self.vocab: list[str] = []
+        self.reference_counts = [0.0] * (max_categories + 1)
+        self.ref_n = 0
+        self.armed = True
+
+    def slot(self, value: str) -> int:
+        if value in self.vocab:
+            return self.vocab.index(value)
+        if len(self.vocab) < len(self.reference_counts) - 1:
+            self.vocab.append(value)
+            return len(self.vocab) - 1
+        return len(self.reference_counts) - 1
+
+    def named(self, counts: list[float]) -> dict[str, float]:
+        out = {v: counts[i] for i, v in enumerate(self.vocab) if counts[i]}
+        if counts[-1]:
+            out[OTHER] = counts[-1]
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {"vocab": self.vocab, "reference_counts": self.reference_counts, "ref_n": self.ref_n,
+                "armed": self.armed}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> _CatState:
+        st = cls(len(d["reference_counts"]) - 1)
+        st.vocab = [str(v) for v in d["vocab"]]
+        st.reference_counts = [float(v) for v in d["reference_counts"]]
+        st.ref_n, st.armed = int(d["ref_n"]), bool(d["armed"])
+        return st
+
+
+class DriftDetector:
+    """Reference-vs-window PSI (and JS) of each configured metric, per (service, request_model)."""
+
+    def __init__(self, config: DriftConfig | None = None) -> None:
+        self.config = (config or DriftConfig()).validate()
+        c = self.config
+        self._metrics: dict[str, BucketedKeys[_KeyState]] = {
+            m: BucketedKeys(width_s=c.window_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=c.bins,
+                            factory=_KeyState) for m in c.metrics}
+        self._categorical: dict[str, BucketedKeys[_CatState]] = {
+            col: BucketedKeys(width_s=c.window_s, lateness_s=c.lateness_s, max_keys=c.max_keys,
+                              n_fields=c.max_categories + 1, factory=self._new_cat) for col in c.categorical}
+
+    def _new_cat(self) -> _CatState:
+        return _CatState(self.config.max_categories)
+
+    @property
+    def late_rows(self) -> int:
+        return sum(k.late_rows for k in self._metrics.values()) + sum(k.late_rows for k in self._categorical.values())
+
+    def update(self, batch: FeatureBatch) -> list[Candidate]:
+        out: list[Candidate] = []
+        c = self.config
+        if batch.n:
+            codes, keys = group_by_key([batch.strings[k] for k in KEY_COLUMNS])
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
+            for metric, state in self._metrics.items():
+                values = batch.numeric[metric]
+                bin_of = np.full(batch.n, -1, dtype=np.int64)
+                for g, key in enumerate(keys):
+                    rows = order[bounds[g]:bounds[g + 1]]
+                    self._bin_rows(state, key, values, rows, bin_of)
+                fields = [(bin_of == j).astype(np.float64) for j in range(c.bins)]
+                state.add(batch, KEY_COLUMNS, fields, np.nan_to_num(values, nan=-1.0))
+            for col, cat in self._categorical.items():
+                slot_of = self._slot_rows(cat, batch.strings[col], keys, order, bounds)
+                cat.add(batch, KEY_COLUMNS, [(slot_of == j).astype(np.float64) for j in range(c.max_categories + 1)],
+                        np.zeros(batch.n))
+        for metric, state in self._metrics.items():
+            for key, st, idx, counts, examples in state.close():
+                n = sum(counts)
+                if st.edges is None or n < c.min_count:
+                    continue
+                used = len(st.edges) + 1
+                value = psi(st.reference_counts, counts[:used])
+                if value < c.rearm_psi:
+                    st.armed = True
+                if value >= c.psi_threshold and st.armed:
+                    st.armed = False
+                    start, end = state.window(idx)
+                    out.append(Candidate(
+                        anomaly_type="drift", service=key[0], model=key[1], detection_method="psi",
+                        confidence=min(1.0, value / (2 * c.psi_threshold)), metric=metric, value=value,
+                        baseline=0.0, threshold=c.psi_threshold, deviation_sigma=float("nan"),
+                        window_start=start, window_end=end,
+                        context={"trace_ids": examples, "js_divergence": js_divergence(st.reference_counts,
+                                                                                        counts[:used]),
+                                 "count": int(n), "bin_edges": st.edges, "reference_counts": st.reference_counts,
+                                 "window_counts": counts[:used]}))
+        for col, cat in self._categorical.items():
+            for key, cst, idx, counts, examples in cat.close():
+                n = sum(counts)
+                if cst.ref_n < c.reference_size or n < c.min_count:
+                    continue
+                value = js_divergence(cst.reference_counts, counts)
+                if value < c.rearm_js:
+                    cst.armed = True
+                if value >= c.js_threshold and cst.armed:
+                    cst.armed = False
+                    start, end = cat.window(idx)
+                    out.append(Candidate(
+                        anomaly_type="drift", service=key[0], model=key[1], detection_method="jensen_shannon",
+                        confidence=min(1.0, value / (2 * c.js_threshold)), metric=col, value=value, baseline=0.0,
+                        threshold=c.js_threshold, deviation_sigma=float("nan"), window_start=start, window_end=end,
+                        context={"trace_ids": examples, "js_divergence": value, "count": int(n),
+                                 "reference_counts": cst.named(cst.reference_counts),
+                                 "window_counts": cst.named(counts)}))
+        return out
+
+    def _slot_rows(
+        self, cat: BucketedKeys[_CatState], column: list[str | None], keys: list[Key],
+        order: np.ndarray[Any, np.dtype[np.int64]], bounds: np.ndarray[Any, np.dtype[np.int64]],
+    ) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Category slot per row (−1: null or still reference); the reference of a new key is filled first."""
+        c = self.config
+        slot_of = np.full(len(column), -1, dtype=np.int64)
+        vcode, values = group_by_key([column])
+        for g, key in enumerate(keys):
+            rows = order[bounds[g]:bounds[g + 1]]
+            rows = rows[np.asarray([values[v][0] is not None for v in vcode[rows].tolist()], dtype=bool)]
+            if rows.size == 0:
+                continue
+            st = cat.keys.get(key)
+            slots = {v: st.slot(str(values[v][0])) for v in dict.fromkeys(vcode[rows].tolist())}
+            row_slot = np.asarray([slots[v] for v in vcode[rows].tolist()], dtype=np.int64)
+            need = c.reference_size - st.ref_n
+            if need > 0:
+                ref = np.bincount(row_slot[:need], minlength=c.max_categories + 1)
+                st.reference_counts = [a + float(b) for a, b in zip(st.reference_counts, ref.tolist(), strict=True)]
+                st.ref_n += min(need, rows.size)
+                rows, row_slot = rows[need:], row_slot[need:]
+            slot_of[rows] = row_slot
+        return slot_of
+
+    def _bin_rows(
+        self, state: BucketedKeys[_KeyState], key: Key, values: np.ndarray[Any, np.dtype[np.float64]],
+        rows: np.ndarray[Any, np.dtype[np.int64]], bin_of: np.ndarray[Any, np.dtype[np.int64]],
+    ) -> None:
+        """Fill the reference of a new key first; bin the rest with the key's reference edges."""
+        st = state.keys.get(key)
+        rows = rows[~np.isnan(values[rows])]
+        if st.edges is None:
+            take = rows[: self.config.reference_size - len(st.reference)]
+            st.reference.extend(values[take].tolist())
+            rows = rows[take.size:]
+            if len(st.reference) < self.config.reference_size:
+                return
+            ref = np.asarray(st.reference)
+            qs = np.quantile(ref, np.arange(1, self.config.bins) / self.config.bins)
+            st.edges = np.unique(qs).tolist()
+            st.reference_counts = np.bincount(np.searchsorted(st.edges, ref, side="right"),
+                                              minlength=len(st.edges) + 1).astype(np.float64).tolist()
+            st.reference = []
+        bin_of[rows] = np.searchsorted(np.asarray(st.edges), values[rows], side="right")
+
+    def to_state(self) -> dict[str, Any]:
+        return {"detector": NAME, "version": 2,
+                "metrics": {m: k.to_state(lambda s: s.to_state()) for m, k in self._metrics.items()},
+                "categorical": {col: k.to_state(lambda s: s.to_state()) for col, k in self._categorical.items()}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], config: DriftConfig | None = None) -> DriftDetector:
+        if state.get("detector") != NAME or state.get("version") not in (1, 2):
+            raise ValueError(f"not a {NAME} state (version 1 or 2)")
+        det = cls(config)
+        if set(state["metrics"]) != set(det._metrics):
+            raise ValueError(f"{NAME} state was saved for other metrics: {sorted(state['metrics'])}")
+        for m, k in det._metrics.items():
+            k.load_state(state["metrics"][m], _KeyState.from_state)
+        saved = state.get("categorical", {})  # version 1: none; a column not saved starts afresh
+        for col, cat in det._categorical.items():
+            slots = det.config.max_categories + 1
+            if col in saved and all(len(st["reference_counts"]) == slots for _, _, st in saved[col]["keys"]):
+                cat.load_state(saved[col], _CatState.from_state)  # else max_categories changed: afresh
+        return det

@@ -1,0 +1,200 @@
+"""Expensive prompts: calls whose input tokens are far above the key's recent p95, or above a limit.
+
+Per (service, request model) the input tokens of the last ``sample_size`` calls that were not
+flagged are kept in a ring (arrival order); their ``quantile`` (p95) is the key's baseline once at
+least ``warmup_calls`` are in it. A call is *expensive* when its input tokens exceed
+``factor`` × p95 **and** the heavy-tail-aware limit ``exp(median(log x) + robust_z · 1.4826 ·
+MAD(log x))`` of the same ring (both only after the warm-up), or ``max_input_tokens`` (if set, from
+the first call). Prompt sizes are log-normal-ish: a fixed multiple of p95 is ~3 log-sigmas past it
+when prompts vary by a log-sigma of 0.9 and so is crossed several times an hour, while the robust
+log-scale limit is as rare for a wide key as for a tight one (with ``robust_z`` 6, ~10⁻⁹ of a
+log-normal key's calls).
+The p95 of a batch is the one before the batch; flagged calls do not enter the ring, so a flood of
+huge prompts does not raise the bar. Rather than one candidate per row, expensive calls are counted
+per event-time window of ``window_s`` (tumbling, closed by the watermark, see
+:mod:`aggregator.analysis.detectors.buckets`): a closed window with at least ``min_calls`` of them emits one
+``expensive_prompt`` candidate with the count and the largest prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import group_by_key
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
+from sentinel.model import FeatureBatch
+
+__all__ = ["ExpensivePromptConfig", "ExpensivePromptDetector"]
+
+NAME = "expensive_prompt"
+DEFAULT_WINDOW_S = 60.0
+DEFAULT_LATENESS_S = 30.0
+DEFAULT_SAMPLE_SIZE = 500
+DEFAULT_WARMUP_CALLS = 200
+DEFAULT_QUANTILE = 0.95
+DEFAULT_FACTOR = 4.0
+#: Robust z (log tokens, MAD scale) an expensive prompt must also exceed; 0 turns the check off.
+DEFAULT_ROBUST_Z = 6.0
+MAD_TO_SIGMA = 1.4826
+DEFAULT_MAX_INPUT_TOKENS: float | None = None
+DEFAULT_MIN_CALLS = 1
+DEFAULT_MAX_KEYS = 10_000
+KEY_COLUMNS = ("service", "request_model")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpensivePromptConfig:
+    """Settings of ``detectors.expensive_prompt``."""
+
+    window_s: float = DEFAULT_WINDOW_S
+    lateness_s: float = DEFAULT_LATENESS_S
+    sample_size: int = DEFAULT_SAMPLE_SIZE
+    warmup_calls: int = DEFAULT_WARMUP_CALLS
+    quantile: float = DEFAULT_QUANTILE
+    factor: float = DEFAULT_FACTOR
+    robust_z: float = DEFAULT_ROBUST_Z
+    max_input_tokens: float | None = DEFAULT_MAX_INPUT_TOKENS
+    min_calls: int = DEFAULT_MIN_CALLS
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def validate(self) -> ExpensivePromptConfig:
+        check_positive(NAME, "window_s", self.window_s)
+        check_min(NAME, "lateness_s", self.lateness_s, 0)
+        check_min(NAME, "sample_size", self.sample_size, 10)
+        check_min(NAME, "warmup_calls", self.warmup_calls, 1)
+        check_min(NAME, "sample_size", self.sample_size, self.warmup_calls)
+        check_fraction(NAME, "quantile", self.quantile, open_high=True)
+        check_min(NAME, "factor", self.factor, 1)
+        check_min(NAME, "robust_z", self.robust_z, 0)
+        if self.max_input_tokens is not None:
+            check_positive(NAME, "max_input_tokens", self.max_input_tokens)
+        check_min(NAME, "min_calls", self.min_calls, 1)
+        check_min(NAME, "max_keys", self.max_keys, 1)
+        return self
+
+
+class _KeyState:
+    __slots__ = ("buckets", "peaks", "pos", "ring")
+
+    def __init__(self) -> None:
+        self.buckets = BucketSeries()
+        self.ring: list[float] = []
+        self.pos = 0  # next slot to overwrite once the ring is full
+        # window index -> [largest flagged input tokens, p95, threshold] at the time
+        self.peaks: dict[int, list[float]] = {}
+
+    def push(self, values: list[float], size: int) -> None:
+        for v in values[-size:]:
+            if len(self.ring) < size:
+                self.ring.append(v)
+            else:
+                self.ring[self.pos] = v
+                self.pos = (self.pos + 1) % size
+
+    def to_state(self) -> dict[str, Any]:
+        peaks = [[i, [None if math.isnan(v) else v for v in p]] for i, p in sorted(self.peaks.items())]
+        return {"ring": self.ring, "pos": self.pos, "peaks": peaks}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
+        st = cls()
+        st.ring = [float(v) for v in d["ring"]]
+        st.pos = int(d["pos"])
+        st.peaks = {int(i): [math.nan if v is None else float(v) for v in p] for i, p in d["peaks"]}
+        return st
+
+
+def _robust_limit(ring: list[float], z: float) -> float:
+    """``exp(median + z · 1.4826 · MAD)`` of the log of the ring's (positive) values; 0 if ``z`` is 0."""
+    if z <= 0:
+        return 0.0
+    logs = np.log(np.maximum(np.asarray(ring, dtype=np.float64), 1.0))
+    median = float(np.median(logs))
+    mad = float(np.median(np.abs(logs - median)))
+    return math.exp(median + z * MAD_TO_SIGMA * mad)
+
+
+class ExpensivePromptDetector:
+    """Input tokens far above the key's p95 (or a fixed limit), per (service, request_model)."""
+
+    def __init__(self, config: ExpensivePromptConfig | None = None) -> None:
+        self.config = (config or ExpensivePromptConfig()).validate()
+        c = self.config
+        # fields: expensive calls, calls
+        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
+            width_s=c.window_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=2, factory=_KeyState)
+
+    @property
+    def late_rows(self) -> int:
+        return self._keys.late_rows
+
+    def update(self, batch: FeatureBatch) -> list[Candidate]:
+        c = self.config
+        if batch.n:
+            x = np.asarray(batch.numeric["input_tokens"], dtype=np.float64)
+            t = batch.numeric["time_unix_nano"].astype(np.int64)
+            window = t // self._keys.width_ns
+            flagged = np.zeros(batch.n, dtype=bool)
+            codes, keys = group_by_key([batch.strings[k] for k in KEY_COLUMNS])
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
+            for g, key in enumerate(keys):
+                rows = order[bounds[g]:bounds[g + 1]]
+                rows = rows[~np.isnan(x[rows])]
+                st = self._keys.keys.get(key)
+                p95, learned = math.nan, math.nan
+                if len(st.ring) >= c.warmup_calls:
+                    p95 = float(np.quantile(st.ring, c.quantile))
+                    learned = max(c.factor * p95, _robust_limit(st.ring, c.robust_z))
+                limits = [v for v in (learned, c.max_input_tokens) if v is not None and not math.isnan(v)]
+                if not limits:
+                    st.push(x[rows].tolist(), c.sample_size)
+                    continue
+                threshold = min(limits)
+                flag = x[rows] > threshold
+                flagged[rows[flag]] = True
+                st.push(x[rows[~flag]].tolist(), c.sample_size)
+                for r in rows[flag].tolist():
+                    peak = st.peaks.setdefault(int(window[r]), [0.0, p95, threshold])
+                    peak[0] = max(peak[0], float(x[r]))
+            weight = np.where(flagged, x, -1.0)
+            self._keys.add(batch, KEY_COLUMNS, [flagged.astype(np.float64), np.ones(batch.n)], weight)
+        out: list[Candidate] = []
+        for key, st, idx, (n_flagged, calls), examples in self._keys.close():
+            peak = st.peaks.pop(idx, [])
+            for i in [i for i in st.peaks if i < idx]:  # rows of windows closed before they came: late
+                del st.peaks[i]
+            if not peak or n_flagged < c.min_calls:
+                continue
+            largest, p95, threshold = peak
+            start, end = self._keys.window(idx)
+            out.append(Candidate(
+                anomaly_type="expensive_prompt", service=key[0], model=key[1],
+                detection_method="p95_factor" if threshold < (c.max_input_tokens or math.inf) else "absolute_limit",
+                confidence=min(1.0, largest / (2 * threshold)), metric="input_tokens", value=largest,
+                baseline=p95, threshold=threshold, deviation_sigma=float("nan"), window_start=start, window_end=end,
+                context={"trace_ids": examples, "count": int(n_flagged), "calls": int(calls),
+                         "max_input_tokens": largest, "p95": None if math.isnan(p95) else p95,
+                         "factor": c.factor, "robust_z": c.robust_z, "limit": c.max_input_tokens,
+                         "window_s": c.window_s}))
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, Any], config: ExpensivePromptConfig | None = None
+    ) -> ExpensivePromptDetector:
+        if state.get("detector") != NAME or state.get("version") != 1:
+            raise ValueError(f"not a {NAME} state (version 1)")
+        det = cls(config)
+        det._keys.load_state(dict(state), _KeyState.from_state)
+        return det

@@ -1,0 +1,173 @@
+"""Truncation surges: the share of calls that stop at the output limit (finish_reason ``length``).
+
+A prompt or ``max_tokens`` change, or a model that answers at greater length, shows first as
+answers cut off at the limit — before cost or output-token distributions move enough for the
+other detectors. Per (service, request model) and event-time bucket of ``bucket_s`` (tumbling,
+closed by the watermark, see :mod:`aggregator.analysis.detectors.buckets`) the calls with a finish reason
+and those that stopped at the limit (``length``; Anthropic's ``max_tokens``) are counted. The key's
+baseline share is the pooled share of its first ``warmup_buckets`` buckets, then an EWMA (weight
+``alpha``) of bucket shares. A bucket with at least ``min_calls`` such calls is *high* when its share
+is at least ``ratio`` × the baseline and ``min_delta`` above it, and the excess is significant for a
+binomial count: ``(k − n·p) / sqrt(n·p·(1 − p)) >= z_threshold``. ``min_buckets`` high buckets in a
+row (one by default: an early warning) emit one ``finish_length`` candidate; high buckets do not
+update the baseline; re-armed by a bucket that is not high.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
+from sentinel.model import FeatureBatch
+
+__all__ = ["FinishLengthConfig", "FinishLengthDetector"]
+
+NAME = "finish_length"
+DEFAULT_BUCKET_S = 60.0
+DEFAULT_LATENESS_S = 30.0
+DEFAULT_WARMUP_BUCKETS = 10
+DEFAULT_MIN_CALLS = 30
+DEFAULT_RATIO = 2.0
+DEFAULT_MIN_DELTA = 0.1
+DEFAULT_Z_THRESHOLD = 4.0
+DEFAULT_MIN_BUCKETS = 1
+DEFAULT_ALPHA = 0.05
+DEFAULT_MAX_KEYS = 10_000
+KEY_COLUMNS = ("service", "request_model")
+#: Finish reasons that mean "stopped at the output-token limit".
+LIMIT_REASONS = frozenset({"length", "max_tokens"})
+#: Least baseline share used in the binomial test (a key that never truncated is not 0 %).
+MIN_BASE_SHARE = 0.002
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinishLengthConfig:
+    """Settings of ``detectors.finish_length``."""
+
+    section: ClassVar[str] = NAME  # the name validation errors give (subclasses: their own)
+
+    bucket_s: float = DEFAULT_BUCKET_S
+    lateness_s: float = DEFAULT_LATENESS_S
+    warmup_buckets: int = DEFAULT_WARMUP_BUCKETS
+    min_calls: int = DEFAULT_MIN_CALLS
+    ratio: float = DEFAULT_RATIO
+    min_delta: float = DEFAULT_MIN_DELTA
+    z_threshold: float = DEFAULT_Z_THRESHOLD
+    min_buckets: int = DEFAULT_MIN_BUCKETS
+    alpha: float = DEFAULT_ALPHA
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def validate(self) -> FinishLengthConfig:
+        check_positive(self.section, "bucket_s", self.bucket_s)
+        check_min(self.section, "lateness_s", self.lateness_s, 0)
+        check_min(self.section, "warmup_buckets", self.warmup_buckets, 1)
+        check_min(self.section, "min_calls", self.min_calls, 1)
+        check_min(self.section, "ratio", self.ratio, 1)
+        check_fraction(self.section, "min_delta", self.min_delta, open_high=True)
+        check_min(self.section, "z_threshold", self.z_threshold, 0)
+        check_min(self.section, "min_buckets", self.min_buckets, 1)
+        check_fraction(self.section, "alpha", self.alpha)
+        check_min(self.section, "max_keys", self.max_keys, 1)
+        return self
+
+
+class _KeyState:
+    __slots__ = ("armed", "buckets", "calls", "hits", "n", "run", "share")
+
+    def __init__(self) -> None:
+        self.buckets = BucketSeries()
+        self.n = 0  # warm-up buckets seen
+        self.calls = 0.0  # warm-up totals (pooled share)
+        self.hits = 0.0
+        self.share = 0.0
+        self.run = 0
+        self.armed = True
+
+    def to_state(self) -> dict[str, Any]:
+        return {"n": self.n, "calls": self.calls, "hits": self.hits, "share": self.share, "run": self.run,
+                "armed": self.armed}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
+        st = cls()
+        st.n, st.calls, st.hits = int(d["n"]), float(d["calls"]), float(d["hits"])
+        st.share, st.run, st.armed = float(d["share"]), int(d["run"]), bool(d["armed"])
+        return st
+
+
+def reasons_in(reasons: Any, wanted: frozenset[str] = LIMIT_REASONS) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """1.0 where a finish reason (or one of a comma-separated list) is one of ``wanted`` (by default:
+    the output limit was hit).
+
+    Each distinct reason is parsed once (a batch holds a handful), then looked up per row.
+    """
+    table = {r: 1.0 if r is not None and any(p.strip().lower() in wanted for p in str(r).split(","))
+             else 0.0 for r in set(reasons)}
+    return np.fromiter(map(table.__getitem__, reasons), dtype=np.float64, count=len(reasons))
+
+
+class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
+    """Share of calls stopped at the output limit per bucket vs the key's baseline share.
+
+    The share test is shared: a subclass sets ``NAME``, ``CONFIG``, ``anomaly_type`` and ``metric``
+    and overrides :meth:`hits` (:mod:`aggregator.analysis.detectors.content_filter`,
+    :mod:`aggregator.analysis.detectors.empty_answer`).
+    """
+
+    NAME = NAME
+    CONFIG = FinishLengthConfig
+    KEY_STATE = _KeyState
+    # fields: calls with a finish reason, calls at the limit
+    N_FIELDS = 2
+    anomaly_type = "finish_length"
+    metric = "finish_length_share"
+    hit_label = "at_limit"
+
+    def hits(self, batch: FeatureBatch) -> tuple[np.ndarray[Any, np.dtype[np.float64]],
+                                                 np.ndarray[Any, np.dtype[np.float64]]]:
+        """Per row: 1.0 where the row counts (has a finish reason), and 1.0 where it is a hit."""
+        reasons = batch.strings["finish_reason"]
+        return np.array([r is not None for r in reasons], dtype=np.float64), reasons_in(reasons)
+
+    def update(self, batch: FeatureBatch) -> list[Candidate]:
+        if batch.n:
+            has, hit = self.hits(batch)
+            self._keys.add(batch, KEY_COLUMNS, [has, hit], hit)
+        out: list[Candidate] = []
+        c = self.config
+        for key, st, idx, (n, k), examples in self._keys.close():
+            if n < c.min_calls:
+                continue
+            if st.n < c.warmup_buckets:
+                st.n += 1
+                st.calls += n
+                st.hits += k
+                st.share = st.hits / st.calls
+                continue
+            share = k / n
+            p = min(max(st.share, MIN_BASE_SHARE), 1 - MIN_BASE_SHARE)  # a key always at the limit: no 0/0
+            z = (k - n * p) / math.sqrt(n * p * (1 - p))
+            high = share >= c.ratio * p and share >= p + c.min_delta and z >= c.z_threshold
+            st.run = st.run + 1 if high else 0
+            if not high:
+                st.armed = True
+                st.share += c.alpha * (share - st.share)
+                continue
+            if st.run >= c.min_buckets and st.armed:
+                st.armed = False
+                start, _ = self._keys.window(idx - st.run + 1)
+                _, end = self._keys.window(idx)
+                out.append(Candidate(
+                    anomaly_type=self.anomaly_type, service=key[0], model=key[1], detection_method="binomial_share",
+                    confidence=min(1.0, 0.5 + (share - p)), metric=self.metric, value=share, baseline=p,
+                    threshold=max(c.ratio * p, p + c.min_delta), deviation_sigma=z, window_start=start,
+                    window_end=end, context={"trace_ids": examples, "calls": int(n), self.hit_label: int(k),
+                                             "bucket_s": c.bucket_s}))
+        return out

@@ -1,0 +1,168 @@
+"""Known loss: event-time windows in which a sidecar restarted or reported rows it lost.
+
+A sidecar that restarts loses the spans sent while it was down; one whose queue filled drops
+rows or refuses exports. To a rate detector both look like traffic that fell. Sidecars say so in
+the batches they send (``status`` of :mod:`sentinel.wire`: which run sent it, rows dropped and
+exports refused since that run started). :class:`KnownLoss` follows every sidecar and turns what
+they say into loss windows per service:
+
+* a **restart** (a batch whose ``instance`` differs from the one before): the services the old run
+  carried lost what happened between the last row the old run sent and the first row of the new
+  one;
+* **counted loss** (``dropped_rows`` or ``refused_exports`` of the same run went up): the services
+  of that sidecar lost rows between its previous batch's newest row and this batch's newest row.
+
+It also tells whether a service's sidecars went **silent**: every sidecar that carried the
+service sent no row newer than a given time. A drop that starts as its sidecar falls silent may be
+a restart whose first batch has not arrived yet, so ``throughput_drop`` holds it for a while
+(``silent_hold_buckets``) instead of paging at once.
+
+A batch of an *earlier* run of the sidecar (its spool replayed after the restart, interleaved with
+the new run's batches) is a replay, not another restart: the last :data:`KEEP_INSTANCES` runs are
+remembered, and such a batch counts only for silence.
+
+Batches without a ``status`` (sidecars that predate it) still count for silence; nothing is
+known about their loss. Pure logic; :class:`~aggregator.analysis.detectors.consumer.DetectorConsumer` feeds it
+every batch before the detectors see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sentinel.model import FeatureBatch
+from sentinel.wire import SidecarStatus
+
+__all__ = ["DEFAULT_CARRIER_HORIZON_S", "KnownLoss", "LossWindow"]
+
+#: A sidecar carries a service while it sent rows of it within this much event time.
+DEFAULT_CARRIER_HORIZON_S = 3600.0
+#: Loss windows kept per service (the oldest go first); sidecars followed at most.
+MAX_WINDOWS = 64
+MAX_SIDECARS = 10_000
+#: Earlier runs remembered per sidecar (their replayed batches are not restarts).
+KEEP_INSTANCES = 4
+
+
+@dataclass(frozen=True)
+class LossWindow:
+    """Rows of ``service`` between ``start_ns`` and ``end_ns`` (event time) are known to be missing."""
+
+    service: str
+    start_ns: int
+    end_ns: int
+    reason: str  # "restart" or "dropped"
+    sidecar: str
+
+
+@dataclass
+class _Sidecar:
+    instance: str | None = None
+    newest_ns: int | None = None  # newest event time of any row it sent
+    dropped: int = 0
+    refused: int = 0
+    services: dict[str, int] = field(default_factory=dict)  # service -> newest event time of its rows
+    earlier: list[str] = field(default_factory=list)  # the runs before ``instance``, newest last
+
+
+class KnownLoss:
+    """Loss windows and silence per service, from the batches sidecars send."""
+
+    def __init__(self, carrier_horizon_s: float = DEFAULT_CARRIER_HORIZON_S) -> None:
+        self._horizon_ns = int(carrier_horizon_s * 1e9)
+        self._sidecars: dict[str, _Sidecar] = {}
+        self._windows: dict[str, list[LossWindow]] = {}
+        self.restarts = 0  # restarts seen
+        self.windows = 0  # loss windows recorded
+
+    def observe(self, sidecar: str, status: SidecarStatus | None, batch: FeatureBatch) -> list[LossWindow]:
+        """Take one batch (before the detectors see it); returns the loss windows it revealed."""
+        st = self._sidecars.get(sidecar)
+        if st is None:
+            if len(self._sidecars) >= MAX_SIDECARS:
+                self._sidecars.pop(next(iter(self._sidecars)))
+            st = self._sidecars[sidecar] = _Sidecar()
+        oldest = newest = None
+        services: dict[str, int] = {}
+        if batch.n:
+            times = np.asarray(batch.numeric["time_unix_nano"], dtype=np.int64)
+            oldest, newest = int(times.min()), int(times.max())
+            for svc, t in zip(batch.strings["service"], times.tolist(), strict=True):
+                if svc is not None and t > services.get(svc, -(2**63)):
+                    services[svc] = t
+        found: list[LossWindow] = []
+        if status is not None and status.instance in st.earlier:
+            pass  # a replayed batch of an earlier run: neither a restart nor new loss
+        elif status is not None:
+            if st.instance is not None and status.instance != st.instance:
+                self.restarts += 1
+                st.earlier = [*st.earlier, st.instance][-KEEP_INSTANCES:]
+                if st.newest_ns is not None and oldest is not None and oldest > st.newest_ns:
+                    found += self._record(sidecar, st, services, st.newest_ns, oldest, "restart")
+                st.dropped = st.refused = 0
+            elif st.instance is not None and (status.dropped_rows > st.dropped or status.refused_exports > st.refused):
+                start = st.newest_ns if st.newest_ns is not None else oldest
+                end = newest if newest is not None else st.newest_ns
+                if start is not None and end is not None:
+                    found += self._record(sidecar, st, services, min(start, end), max(start, end), "dropped")
+            st.instance, st.dropped, st.refused = status.instance, status.dropped_rows, status.refused_exports
+        if newest is not None:
+            st.newest_ns = newest if st.newest_ns is None else max(st.newest_ns, newest)
+            for svc, t in services.items():
+                st.services[svc] = max(t, st.services.get(svc, t))
+            horizon = st.newest_ns - self._horizon_ns
+            if any(t < horizon for t in st.services.values()):
+                st.services = {s: t for s, t in st.services.items() if t >= horizon}
+        return found
+
+    def _record(self, sidecar: str, st: _Sidecar, batch_services: Mapping[str, int], start_ns: int, end_ns: int,
+                reason: str) -> list[LossWindow]:
+        out = [LossWindow(svc, start_ns, end_ns, reason, sidecar) for svc in sorted({*st.services, *batch_services})]
+        for w in out:
+            kept = self._windows.setdefault(w.service, [])
+            kept.append(w)
+            del kept[:-MAX_WINDOWS]
+        self.windows += len(out)
+        return out
+
+    def lost(self, service: str | None, start_ns: int, end_ns: int) -> LossWindow | None:
+        """A loss window of ``service`` that overlaps [start_ns, end_ns), if any."""
+        for w in reversed(self._windows.get(service or "", ())):
+            if w.start_ns < end_ns and start_ns <= w.end_ns:
+                return w
+        return None
+
+    def silent(self, service: str | None, since_ns: int) -> bool:
+        """Whether every sidecar that carries ``service`` sent no row at or after ``since_ns``
+        (and at least one does carry it)."""
+        carriers = [st for st in self._sidecars.values() if service in st.services]
+        return bool(carriers) and all(st.newest_ns is not None and st.newest_ns < since_ns for st in carriers)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "sidecars": {k: {"instance": s.instance, "newest_ns": s.newest_ns, "dropped": s.dropped,
+                             "refused": s.refused, "services": s.services, "earlier": s.earlier}
+                         for k, s in self._sidecars.items()},
+            "windows": [[w.service, w.start_ns, w.end_ns, w.reason, w.sidecar]
+                        for ws in self._windows.values() for w in ws],
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], carrier_horizon_s: float = DEFAULT_CARRIER_HORIZON_S) -> KnownLoss:
+        if state.get("version") != 1:
+            raise ValueError("not a known-loss state (version 1)")
+        out = cls(carrier_horizon_s)
+        for k, s in state.get("sidecars", {}).items():
+            out._sidecars[str(k)] = _Sidecar(
+                instance=s.get("instance"), newest_ns=s.get("newest_ns"), dropped=int(s.get("dropped", 0)),
+                refused=int(s.get("refused", 0)), services={str(a): int(b) for a, b in s.get("services", {}).items()},
+                earlier=[str(x) for x in s.get("earlier", [])])
+        for svc, start, end, reason, sidecar in state.get("windows", []):
+            out._windows.setdefault(str(svc), []).append(LossWindow(str(svc), int(start), int(end), str(reason),
+                                                                    str(sidecar)))
+        return out

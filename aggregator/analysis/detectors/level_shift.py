@@ -1,0 +1,198 @@
+"""Level shifts of latency and time to first token: per (service, request model, region), log scale.
+
+A slow provider, a slow region or a prefill regression moves the *level* of a key's latencies for
+minutes; the sidecar's per-value baselines learn such a shift away within seconds at real call
+rates, and a single slow call is not an incident. This detector watches the level itself.
+
+Per key (service, request model, region: the most specific scope, so a regression in one region is
+reported with its region) and event-time bucket of ``bucket_s`` (tumbling, closed by the watermark,
+see :mod:`aggregator.analysis.detectors.buckets`), for each metric (``latency_ms`` of successful calls,
+``ttft_ms`` of streamed ones) the mean and variance of ``log(value)`` of the bucket's calls are
+summed. Buckets with fewer than ``min_calls`` values are skipped (neither high nor normal). The key's
+baseline is the mean of its first ``warmup_buckets`` bucket means, then an EWMA (weight ``alpha``);
+its scale is the larger of the EWMA spread of bucket means and the bucket's standard error (the
+log-sigma of its calls over √n) — robust to heavy tails, since the log of a 60 s timeout among 3 s
+calls moves a bucket mean by 3/n. A bucket is *high* when its mean is at least ``log(min_ratio)``
+above the baseline **and** ``z_threshold`` scales above it; ``min_buckets`` high buckets in a row
+emit one candidate: ``latency_spike`` for latency, ``ttft_regression`` for TTFT — unless the same
+key's latency is high in that bucket (then the first token is late because everything is slow, and
+the latency candidate says so). High buckets do not update the baseline (a shift stays flagged
+instead of being learned as the new normal); after ``relearn_buckets`` high buckets in a row the new
+level is accepted (the key warms up afresh). Re-armed by a normal bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import Key
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
+from sentinel.model import FeatureBatch
+
+__all__ = ["LevelShiftConfig", "LevelShiftDetector"]
+
+NAME = "level_shift"
+DEFAULT_BUCKET_S = 30.0
+DEFAULT_LATENESS_S = 30.0
+DEFAULT_WARMUP_BUCKETS = 10
+DEFAULT_MIN_CALLS = 10
+DEFAULT_MIN_RATIO = 1.5
+DEFAULT_Z_THRESHOLD = 4.0
+DEFAULT_MIN_BUCKETS = 2
+DEFAULT_ALPHA = 0.05
+DEFAULT_RELEARN_BUCKETS = 60
+DEFAULT_MAX_KEYS = 10_000
+KEY_COLUMNS = ("service", "request_model", "region")
+#: metric -> anomaly type; the order matters: latency is judged first (see the module docstring).
+METRICS: dict[str, str] = {"latency_ms": "latency_spike", "ttft_ms": "ttft_regression"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LevelShiftConfig:
+    """Settings of ``detectors.level_shift``."""
+
+    bucket_s: float = DEFAULT_BUCKET_S
+    lateness_s: float = DEFAULT_LATENESS_S
+    warmup_buckets: int = DEFAULT_WARMUP_BUCKETS
+    min_calls: int = DEFAULT_MIN_CALLS
+    min_ratio: float = DEFAULT_MIN_RATIO
+    z_threshold: float = DEFAULT_Z_THRESHOLD
+    min_buckets: int = DEFAULT_MIN_BUCKETS
+    alpha: float = DEFAULT_ALPHA
+    relearn_buckets: int = DEFAULT_RELEARN_BUCKETS
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def validate(self) -> LevelShiftConfig:
+        check_positive(NAME, "bucket_s", self.bucket_s)
+        check_min(NAME, "lateness_s", self.lateness_s, 0)
+        check_min(NAME, "warmup_buckets", self.warmup_buckets, 2)
+        check_min(NAME, "min_calls", self.min_calls, 2)
+        check_min(NAME, "min_ratio", self.min_ratio, 1)
+        check_min(NAME, "z_threshold", self.z_threshold, 0)
+        check_min(NAME, "min_buckets", self.min_buckets, 1)
+        check_fraction(NAME, "alpha", self.alpha)
+        check_min(NAME, "relearn_buckets", self.relearn_buckets, self.min_buckets)
+        check_min(NAME, "max_keys", self.max_keys, 1)
+        return self
+
+
+class _Level:
+    """One metric of one key: [buckets learned, mean, variance of bucket means, high run, armed]."""
+
+    __slots__ = ("armed", "mean", "n", "run", "var")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.var = 0.0
+        self.run = 0
+        self.armed = True
+
+    def to_state(self) -> list[float]:
+        return [self.n, self.mean, self.var, self.run, 1 if self.armed else 0]
+
+    @classmethod
+    def from_state(cls, v: list[float]) -> _Level:
+        lv = cls()
+        lv.n, lv.mean, lv.var, lv.run, lv.armed = int(v[0]), float(v[1]), float(v[2]), int(v[3]), bool(v[4])
+        return lv
+
+
+class _KeyState:
+    __slots__ = ("buckets", "levels")
+
+    def __init__(self) -> None:
+        self.buckets = BucketSeries()
+        self.levels = {m: _Level() for m in METRICS}
+
+    def to_state(self) -> dict[str, Any]:
+        return {m: lv.to_state() for m, lv in self.levels.items()}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
+        st = cls()
+        for m in METRICS:
+            if m in d:
+                st.levels[m] = _Level.from_state(d[m])
+        return st
+
+
+class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
+    """Sustained shifts of log latency and log TTFT per (service, request_model, region)."""
+
+    NAME = NAME
+    CONFIG = LevelShiftConfig
+    KEY_STATE = _KeyState
+    # fields per metric: values, sum of logs, sum of squared logs
+    N_FIELDS = 3 * len(METRICS)
+
+    def update(self, batch: FeatureBatch) -> list[Candidate]:
+        if batch.n:
+            ok = np.asarray(batch.numeric["is_error"]) == 0
+            fields: list[np.ndarray[Any, np.dtype[np.float64]]] = []
+            weight = np.zeros(batch.n)
+            for m in METRICS:
+                x = np.asarray(batch.numeric[m], dtype=np.float64)
+                has = ok & np.isfinite(x) & (x > 0)
+                lx = np.where(has, np.log(np.where(has, x, 1.0)), 0.0)
+                fields += [has.astype(np.float64), lx, lx * lx]
+                weight = np.maximum(weight, lx)
+            self._keys.add(batch, KEY_COLUMNS, fields, weight)
+        out: list[Candidate] = []
+        for key, st, idx, sums, examples in self._keys.close():
+            latency_high = False
+            for i, (metric, anomaly_type) in enumerate(METRICS.items()):
+                n, s1, s2 = sums[3 * i:3 * i + 3]
+                if n < self.config.min_calls:
+                    continue
+                high, cand = self._judge(key, st.levels[metric], idx, metric, anomaly_type, n, s1, s2, examples,
+                                         suppress=latency_high)
+                latency_high = latency_high or (high and metric == "latency_ms")
+                if cand is not None:
+                    out.append(cand)
+        return out
+
+    def _judge(self, key: Key, lv: _Level, idx: int, metric: str, anomaly_type: str, n: float, s1: float,
+               s2: float, examples: list[str], *, suppress: bool) -> tuple[bool, Candidate | None]:
+        c = self.config
+        m = s1 / n
+        within_var = max(s2 / n - m * m, 0.0)
+        if lv.n < c.warmup_buckets:
+            lv.n += 1
+            d = m - lv.mean
+            lv.mean += d / lv.n
+            lv.var += (d * (m - lv.mean) - lv.var) / lv.n
+            return False, None
+        scale = max(math.sqrt(lv.var), math.sqrt(within_var / n), 1e-6)
+        d = m - lv.mean
+        z = d / scale
+        high = d >= math.log(c.min_ratio) and z >= c.z_threshold
+        lv.run = lv.run + 1 if high else 0
+        cand: Candidate | None = None
+        if not high:
+            lv.armed = True
+            u = min(d, 3 * scale)  # clipped: one odd bucket does not drag the level
+            lv.mean += c.alpha * u
+            lv.var = (1 - c.alpha) * (lv.var + c.alpha * u * u)
+        elif lv.run >= c.relearn_buckets:
+            lv.n, lv.mean, lv.var, lv.run, lv.armed = 0, 0.0, 0.0, 0, True
+        elif lv.run >= c.min_buckets and lv.armed and not suppress:
+            lv.armed = False
+            start, _ = self._keys.window(idx - lv.run + 1)
+            _, end = self._keys.window(idx)
+            value, base = math.exp(m), math.exp(lv.mean)
+            cand = Candidate(
+                anomaly_type=anomaly_type, service=key[0], model=key[1], detection_method="log_level_shift",
+                confidence=min(1.0, 0.5 + d / 4), metric=metric, value=value, baseline=base,
+                threshold=base * max(c.min_ratio, math.exp(c.z_threshold * scale)), deviation_sigma=z,
+                window_start=start, window_end=end,
+                context={"trace_ids": examples, "region": key[2], "calls": int(n), "ratio": value / base,
+                         "bucket_s": c.bucket_s, "high_buckets": lv.run})
+        return high, cand

@@ -1,0 +1,312 @@
+"""Throughput drops: calls per event-time bucket of a key against its recent rate.
+
+Calls are counted per (service, request model) in tumbling buckets of ``bucket_s`` (closed by the
+watermark, so a key that goes silent gets zero buckets, see :mod:`aggregator.analysis.detectors.buckets`).
+The first ``warmup_buckets`` give the key's mean rate; after that it is an EWMA (weight ``alpha``).
+A bucket is *low* when the baseline is at least ``min_baseline_calls``, the count is below
+``drop_ratio`` × baseline, and the drop is significant for Poisson counts:
+``(baseline − calls)/sqrt(baseline) >= z_threshold``. After ``min_buckets`` low buckets in a row
+the key fires once; it re-arms after a bucket that is not low. Low buckets do not update the
+baseline (the drop is measured against the rate before it); after ``relearn_buckets`` low buckets in
+a row the lower rate is taken as the new normal (the key warms up afresh).
+
+Tokens per second, the same way in the same buckets: the mean ``tokens_per_s`` of a bucket's calls
+(buckets with fewer than ``tps_min_calls`` such calls are skipped) against the key's baseline (mean of
+the first ``warmup_buckets`` such buckets, then EWMA ``alpha``). A bucket is low below
+``tps_drop_ratio`` × baseline; ``ceil(sustain_s / bucket_s)`` low buckets in a row (the whole first
+minute with the defaults) emit one ``throughput_drop`` candidate with metric ``tokens_per_s``.
+A slow provider is not a throughput drop: the bucket's mean log latency of the same calls is kept
+against its own baseline, and a tokens/s drop that the latency rise explains (latency ratio ×
+tokens/s ratio ≥ ``SLOW_PROVIDER_SHARE``, 0.7: latency ×3 with tokens/s ÷3) is not raised (counted in
+``slow_provider``; ``level_shift`` raises ``latency_spike``), while outputs collapsing at an unchanged
+latency still are. Re-arming, baseline freeze and relearning as for calls; a bucket above baseline / ``tps_drop_ratio``
+is not learned either (a TTFT regression makes generation after the first token look fast, and the
+return to normal would read as a drop), and is accepted after ``relearn_buckets`` in a row.
+
+Known loss and young keys. A key's rows that arrive after their bucket closed (a sidecar that fell
+behind, a forward queue that filled up) are not traffic that stopped: every drop is held for
+``hold_buckets`` more closed buckets, and dropped (counted in ``known_loss``) when late rows of that
+key for the drop's window arrived meanwhile. A key needs ``min_history_buckets`` closed buckets
+(warm-up included) of history before its drop began for the drop to be raised, so a model that appeared for ten
+minutes (reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away.
+
+What sidecars report (:mod:`aggregator.analysis.detectors.known_loss`, given as :attr:`ThroughputDropDetector.loss`):
+a drop whose window overlaps a loss window of its service — a sidecar restart (spans sent while it
+was down are gone), rows a sidecar dropped or exports it refused — is not raised either (counted
+in ``known_loss``). A drop that begins as every sidecar carrying the service falls silent may be
+a restart whose first batch is still to come: it is held up to ``silent_hold_buckets`` more
+closed buckets while they stay silent, then raised unless a loss window turned up meanwhile (a
+service whose only sidecar is down for longer is reported, that much later).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import Key
+from aggregator.analysis.detectors.known_loss import KnownLoss
+from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
+from sentinel.model import FeatureBatch
+
+__all__ = ["ThroughputDropConfig", "ThroughputDropDetector"]
+
+NAME = "throughput_drop"
+DEFAULT_BUCKET_S = 60.0
+DEFAULT_LATENESS_S = 30.0
+DEFAULT_WARMUP_BUCKETS = 10
+DEFAULT_DROP_RATIO = 0.5
+DEFAULT_Z_THRESHOLD = 4.0
+DEFAULT_MIN_BASELINE_CALLS = 20.0
+DEFAULT_MIN_BUCKETS = 1
+DEFAULT_ALPHA = 0.1
+DEFAULT_RELEARN_BUCKETS = 60
+DEFAULT_TPS_DROP_RATIO = 0.5
+DEFAULT_SUSTAIN_S = 60.0
+DEFAULT_TPS_MIN_CALLS = 10
+DEFAULT_MAX_KEYS = 10_000
+DEFAULT_HOLD_BUCKETS = 1
+DEFAULT_MIN_HISTORY_BUCKETS = 30
+DEFAULT_SILENT_HOLD_BUCKETS = 5
+KEY_COLUMNS = ("service", "request_model")
+#: bucket sums: calls, tokens/s sum, calls with tokens/s, log latency sum, calls with both
+N_FIELDS = 5
+#: A tokens/s drop whose latency rise explains at least this share of it (latency ratio x tokens/s
+#: ratio) is a slow provider, reported by level_shift as latency_spike, not a throughput drop.
+SLOW_PROVIDER_SHARE = 0.7
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThroughputDropConfig:
+    """Settings of ``detectors.throughput_drop``."""
+
+    bucket_s: float = DEFAULT_BUCKET_S
+    lateness_s: float = DEFAULT_LATENESS_S
+    warmup_buckets: int = DEFAULT_WARMUP_BUCKETS
+    drop_ratio: float = DEFAULT_DROP_RATIO
+    z_threshold: float = DEFAULT_Z_THRESHOLD
+    min_baseline_calls: float = DEFAULT_MIN_BASELINE_CALLS
+    min_buckets: int = DEFAULT_MIN_BUCKETS
+    alpha: float = DEFAULT_ALPHA
+    relearn_buckets: int = DEFAULT_RELEARN_BUCKETS
+    tps_drop_ratio: float = DEFAULT_TPS_DROP_RATIO
+    sustain_s: float = DEFAULT_SUSTAIN_S
+    tps_min_calls: int = DEFAULT_TPS_MIN_CALLS
+    hold_buckets: int = DEFAULT_HOLD_BUCKETS
+    min_history_buckets: int = DEFAULT_MIN_HISTORY_BUCKETS
+    silent_hold_buckets: int = DEFAULT_SILENT_HOLD_BUCKETS
+    max_keys: int = DEFAULT_MAX_KEYS
+
+    def validate(self) -> ThroughputDropConfig:
+        check_positive(NAME, "bucket_s", self.bucket_s)
+        check_min(NAME, "lateness_s", self.lateness_s, 0)
+        check_min(NAME, "warmup_buckets", self.warmup_buckets, 1)
+        check_fraction(NAME, "drop_ratio", self.drop_ratio, open_high=True)
+        check_min(NAME, "z_threshold", self.z_threshold, 0)
+        check_positive(NAME, "min_baseline_calls", self.min_baseline_calls)
+        check_min(NAME, "min_buckets", self.min_buckets, 1)
+        check_fraction(NAME, "alpha", self.alpha)
+        check_min(NAME, "relearn_buckets", self.relearn_buckets, self.min_buckets)
+        check_fraction(NAME, "tps_drop_ratio", self.tps_drop_ratio, open_high=True)
+        check_positive(NAME, "sustain_s", self.sustain_s)
+        check_min(NAME, "relearn_buckets", self.relearn_buckets, self.tps_buckets)
+        check_min(NAME, "tps_min_calls", self.tps_min_calls, 1)
+        check_min(NAME, "hold_buckets", self.hold_buckets, 0)
+        check_min(NAME, "min_history_buckets", self.min_history_buckets, 0)
+        check_min(NAME, "silent_hold_buckets", self.silent_hold_buckets, 0)
+        check_min(NAME, "max_keys", self.max_keys, 1)
+        return self
+
+    @property
+    def tps_buckets(self) -> int:
+        """Low tokens/s buckets in a row needed to cover ``sustain_s``."""
+        return max(1, math.ceil(self.sustain_s / self.bucket_s - 1e-9))
+
+
+class _KeyState:
+    __slots__ = ("age", "armed", "buckets", "mean", "n", "run", "tps")
+
+    def __init__(self) -> None:
+        self.buckets = BucketSeries()
+        self.age = 0  # closed buckets seen
+        self.n = 0
+        self.mean = 0.0
+        self.run = 0
+        self.armed = True
+        # tokens/s: [buckets learned, mean, low run, armed (0/1), high run]
+        self.tps: list[float] = [0, 0.0, 0, 1, 0]
+
+    def to_state(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps,
+                "age": self.age}
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
+        st = cls()
+        st.n, st.mean, st.run, st.armed = int(d["n"]), float(d["mean"]), int(d["run"]), bool(d["armed"])
+        if "tps" in d:  # version 1 had calls only
+            st.tps = [float(v) for v in d["tps"]]
+        st.age = int(d.get("age", 10**9))  # saved before ages were kept: old enough
+        return st
+
+
+class ThroughputDropDetector:
+    """Calls per bucket vs the key's recent rate, per (service, request_model)."""
+
+    def __init__(self, config: ThroughputDropConfig | None = None) -> None:
+        self.config = (config or ThroughputDropConfig()).validate()
+        c = self.config
+        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
+            width_s=c.bucket_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=N_FIELDS, factory=_KeyState)
+        # drops held for hold_buckets (release bucket index, candidate); see the module docstring
+        self._held: list[tuple[int, Candidate]] = []
+        self.known_loss = 0  # drops not raised because the key's rows came late
+        self.slow_provider = 0  # tokens/s drops not raised because the latency rise explains them
+        #: What sidecars report about restarts and lost rows (set by the detector service; None: nothing)
+        self.loss: KnownLoss | None = None
+
+    @property
+    def late_rows(self) -> int:
+        return self._keys.late_rows
+
+    def update(self, batch: FeatureBatch) -> list[Candidate]:
+        if batch.n:
+            tps = np.asarray(batch.numeric["tokens_per_s"], dtype=np.float64)
+            has = ~np.isnan(tps)
+            lat = np.asarray(batch.numeric["latency_ms"], dtype=np.float64)
+            ok = has & np.isfinite(lat) & (lat > 0)
+            log_lat = np.where(ok, np.log(np.where(ok, lat, 1.0)), np.nan)
+            # calls of the tokens/s mean whose latency is known: they say whether a drop is a slow provider
+            self._keys.add(batch, KEY_COLUMNS, [np.ones(batch.n), np.where(has, tps, 0.0), has.astype(np.float64),
+                                                np.nan_to_num(log_lat), ok.astype(np.float64)], np.zeros(batch.n))
+        found: list[Candidate] = []
+        c = self.config
+        for key, st, idx, (calls, tps_sum, tps_calls, lat_sum, lat_calls), examples in self._keys.close():
+            st.age += 1
+            if tps_calls >= c.tps_min_calls:
+                mean_log_lat = lat_sum / lat_calls if lat_calls > 0 else math.nan
+                found.extend(self._tps(key, st, idx, tps_sum / tps_calls, mean_log_lat, int(tps_calls), examples))
+            if st.n < c.warmup_buckets:
+                st.n += 1
+                st.mean += (calls - st.mean) / st.n
+                continue
+            base = st.mean
+            z = (base - calls) / math.sqrt(base) if base > 0 else 0.0
+            low = base >= c.min_baseline_calls and calls < c.drop_ratio * base and z >= c.z_threshold
+            st.run = st.run + 1 if low else 0
+            if not low:
+                st.armed = True
+            # the history must precede the drop: a young key that goes silent does not age into a drop
+            if st.run >= c.min_buckets and st.armed and st.age - st.run >= c.min_history_buckets:
+                st.armed = False
+                start, end = self._keys.window(idx - st.run + 1)
+                _, end = self._keys.window(idx)
+                found.append(Candidate(
+                    anomaly_type="throughput_drop", service=key[0], model=key[1], detection_method="rate_ratio",
+                    confidence=min(1.0, 1.0 - calls / base), metric="calls_per_bucket", value=calls, baseline=base,
+                    threshold=c.drop_ratio * base, deviation_sigma=-z, window_start=start, window_end=end,
+                    context={"trace_ids": examples, "bucket_s": c.bucket_s, "low_buckets": st.run}))
+            if not low:
+                st.mean += c.alpha * (calls - st.mean)
+            elif st.run >= c.relearn_buckets:
+                st.n, st.mean, st.run, st.armed = 0, 0.0, 0, True
+        return self._release(found)
+
+    def _release(self, found: list[Candidate]) -> list[Candidate]:
+        """Hold new drops; emit the held ones whose hold is over and that no known loss explains."""
+        limit = self._keys.closed_limit
+        width = self._keys.width_ns
+        self._held += [(c.window_end // width - 1 + self.config.hold_buckets, c) for c in found]
+        out: list[Candidate] = []
+        keep: list[tuple[int, Candidate]] = []
+        loss = self.loss
+        for release, cand in self._held:
+            # a loss window touching the drop (a bucket either side: a restart cuts buckets in two)
+            if loss is not None and loss.lost(cand.service, cand.window_start - width, cand.window_end + width):
+                self.known_loss += 1
+                continue
+            if limit is not None and release >= limit:
+                keep.append((release, cand))
+                continue
+            if (loss is not None and limit is not None and limit <= release + self.config.silent_hold_buckets
+                    and loss.silent(cand.service, cand.window_end)):
+                keep.append((release, cand))  # its sidecars fell silent: a restart may be reported yet
+                continue
+            late = self._keys.last_late.get((cand.service, cand.model))
+            if late is not None and late >= cand.window_start // width:
+                self.known_loss += 1
+            else:
+                out.append(cand)
+        self._held = keep
+        return out
+
+    def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, log_lat: float, n: int,
+             examples: list[str]) -> list[Candidate]:
+        c = self.config
+        learned, base, run, armed = int(st.tps[0]), st.tps[1], int(st.tps[2]), st.tps[3] > 0
+        high_run = int(st.tps[4]) if len(st.tps) > 4 else 0
+        lat_base = st.tps[5] if len(st.tps) > 5 else math.nan  # mean log latency of those calls
+        if not math.isfinite(log_lat):
+            log_lat = lat_base
+        out: list[Candidate] = []
+        if learned < c.warmup_buckets:
+            learned += 1
+            base += (tps - base) / learned
+            lat_base = log_lat if not math.isfinite(lat_base) else lat_base + (log_lat - lat_base) / learned
+            st.tps = [learned, base, 0, 1, 0, lat_base]
+            return out
+        low = tps < c.tps_drop_ratio * base
+        # A bucket as far above the baseline as a drop is below it (e.g. a TTFT regression: the same
+        # latency with a late first token generates "faster") is an excursion too: not learned, else
+        # the return to normal afterwards reads as a drop.
+        high = tps * c.tps_drop_ratio > base
+        run = run + 1 if low else 0
+        armed = armed or not low
+        slow = (math.isfinite(log_lat) and math.isfinite(lat_base)
+                and math.exp(log_lat - lat_base) * tps / base >= SLOW_PROVIDER_SHARE)
+        if run >= c.tps_buckets and armed and slow:
+            armed = False  # a slow provider: the latency rise explains the drop (level_shift reports it)
+            self.slow_provider += 1
+        elif run >= c.tps_buckets and armed:
+            armed = False
+            start, _ = self._keys.window(idx - run + 1)
+            _, end = self._keys.window(idx)
+            out.append(Candidate(
+                anomaly_type="throughput_drop", service=key[0], model=key[1], detection_method="mean_ratio",
+                confidence=min(1.0, max(0.0, 1.0 - tps / base)), metric="tokens_per_s", value=tps, baseline=base,
+                threshold=c.tps_drop_ratio * base, deviation_sigma=float("nan"), window_start=start,
+                window_end=end, context={"trace_ids": examples, "bucket_s": c.bucket_s, "low_buckets": run,
+                                         "calls": n, "sustain_s": c.sustain_s}))
+        high_run = high_run + 1 if high else 0
+        if not low and not high:
+            base += c.alpha * (tps - base)
+            if math.isfinite(log_lat) and math.isfinite(lat_base):
+                lat_base += c.alpha * (log_lat - lat_base)
+        elif run >= c.relearn_buckets or high_run >= c.relearn_buckets:
+            learned, base, run, armed, high_run, lat_base = 0, 0.0, 0, True, 0, math.nan
+        st.tps = [learned, base, run, 1 if armed else 0, high_run, lat_base]
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state()),
+                "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss}
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, Any], config: ThroughputDropConfig | None = None
+    ) -> ThroughputDropDetector:
+        if state.get("detector") != NAME or state.get("version") not in (1, 2):
+            raise ValueError(f"not a {NAME} state (version 1 or 2)")
+        det = cls(config)
+        det._keys.load_state(dict(state), _KeyState.from_state)
+        det._held = [(int(r), Candidate.from_dict(d)) for r, d in state.get("held", [])]
+        det.known_loss = int(state.get("known_loss", 0))
+        for _, st in det._keys.keys:  # version 1: calls only; before latency sums: 3 fields
+            st.buckets.open = {i: [*s, *[0.0] * (N_FIELDS - len(s))] for i, s in st.buckets.open.items()}
+        return det

@@ -1,0 +1,155 @@
+"""Recent LLM calls by span and trace id, and the model version each (service, model) answers with.
+
+:class:`CallIndex` lets an evaluation score or a piece of user feedback that names only a trace or
+span id (an eval pipeline's log record, ``POST /api/v1/feedback``) join the call it is about: its
+service, request model, response model (the version) and user. Bounded (``max_calls``, least
+recently added dropped first); in memory only — after a restart, feedback for calls made before it
+keeps the service it names, or waits to be dropped.
+
+:class:`ModelVersions` follows, per (service, request model), the response model of the newest call
+and the one before it changed, so a quality alert can say which model version it correlates with
+(the plan: correlate with model versions for root cause).
+
+>>> idx = CallIndex(max_calls=2)
+>>> idx.add("t1", "s1", Call("chat", "gpt-4o", "gpt-4o-2024-08-06", None))
+>>> idx.find(None, "s1").response_model, idx.find("t1", None).service
+('gpt-4o-2024-08-06', 'chat')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from aggregator.analysis.detectors.candidate import Candidate
+from sentinel.model import FeatureBatch
+
+__all__ = ["VERSIONED_TYPES", "Call", "CallIndex", "ModelVersions", "VersionInfo", "with_model_version"]
+
+DEFAULT_MAX_CALLS = 200_000
+
+
+class Call(NamedTuple):
+    service: str | None
+    request_model: str | None
+    response_model: str | None
+    user: str | None
+
+
+class CallIndex:
+    """span id -> call and trace id -> the trace's latest call, bounded; thread-safe."""
+
+    def __init__(self, max_calls: int = DEFAULT_MAX_CALLS) -> None:
+        self.max_calls = max_calls
+        self._spans: OrderedDict[str, Call] = OrderedDict()
+        self._traces: OrderedDict[str, Call] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def add(self, trace_id: str | None, span_id: str | None, call: Call) -> None:
+        with self._lock:
+            self._put(trace_id, span_id, call)
+
+    def _put(self, trace_id: str | None, span_id: str | None, call: Call) -> None:
+        for table, k in ((self._spans, span_id), (self._traces, trace_id)):
+            if k is None:
+                continue
+            table[k] = call
+            table.move_to_end(k)
+            if len(table) > self.max_calls:
+                table.popitem(last=False)
+
+    def add_batch(self, batch: FeatureBatch) -> None:
+        if not batch.n:
+            return
+        s = batch.strings
+        rows = zip(s["trace_id"], s["span_id"], s["service"], s["request_model"], s["response_model"], s["user"],
+                   strict=True)
+        with self._lock:
+            for trace_id, span_id, service, req, resp, user in rows:
+                self._put(trace_id, span_id, Call(service, req, resp, user))
+
+    def find(self, trace_id: str | None, span_id: str | None) -> Call | None:
+        with self._lock:
+            if span_id is not None and (call := self._spans.get(span_id)) is not None:
+                return call
+            return self._traces.get(trace_id) if trace_id is not None else None
+
+
+class VersionInfo(NamedTuple):
+    current: str | None
+    previous: str | None
+    changed_at: int | None  # event time (unix ns) of the first call with the current version
+
+
+class ModelVersions:
+    """Per (service, request model): the response model now, the one before, and when it changed."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._keys: OrderedDict[tuple[str | None, str | None], VersionInfo] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def note(self, service: str | None, model: str | None, version: str | None, t: int) -> None:
+        if version is None:
+            return
+        key = (service, model)
+        with self._lock:
+            info = self._keys.get(key)
+            if info is None:
+                self._keys[key] = VersionInfo(version, None, None)
+            elif info.current != version:
+                self._keys[key] = VersionInfo(version, info.current, t)
+            self._keys.move_to_end(key)
+            if len(self._keys) > self.max_keys:
+                self._keys.popitem(last=False)
+
+    def note_batch(self, batch: FeatureBatch) -> None:
+        if not batch.n:
+            return
+        s, t = batch.strings, batch.numeric["time_unix_nano"].tolist()
+        order = sorted(range(batch.n), key=t.__getitem__)
+        last: dict[tuple[Any, Any], str | None] = {}
+        for i in order:  # in event time; only changes cost a lock
+            key = (s["service"][i], s["request_model"][i])
+            v = s["response_model"][i]
+            if v is not None and last.get(key) != v:
+                last[key] = v
+                self.note(key[0], key[1], v, int(t[i]))
+
+    def get(self, service: str | None, model: str | None) -> VersionInfo | None:
+        with self._lock:
+            return self._keys.get((service, model))
+
+    def context(self, service: str | None, model: str | None) -> dict[str, Any]:
+        """``model_version``, ``previous_model_version``, ``model_changed_at`` for an alert's context."""
+        info = self.get(service, model)
+        if info is None:
+            return {}
+        out: dict[str, Any] = {"model_version": info.current}
+        if info.previous is not None:
+            out["previous_model_version"] = info.previous
+            out["model_changed_at"] = info.changed_at
+        return out
+
+
+#: Row-detector alert types about answers, whose likely cause is a model (version) change.
+VERSIONED_TYPES = frozenset({"finish_length", "content_filter", "empty_answer"})
+
+
+def with_model_version(emit: Callable[[list[Candidate]], None], versions: ModelVersions
+                       ) -> Callable[[list[Candidate]], None]:
+    """``emit`` that first adds the model version context to candidates of :data:`VERSIONED_TYPES`."""
+    def versioned(candidates: list[Candidate]) -> None:
+        out = []
+        for c in candidates:
+            extra = versions.context(c.service, c.model) if c.anomaly_type in VERSIONED_TYPES else {}
+            out.append(dataclasses.replace(c, context={**c.context, **extra}) if extra else c)
+        emit(out)
+
+    return versioned

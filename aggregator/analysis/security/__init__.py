@@ -1,0 +1,12 @@
+"""Security signals: the consumer of guardrail events (``consumer``) and the action hook it feeds (``actions``)."""
+
+from sentinel.exports import lazy_exports
+
+#: The public names, each imported from its module when first used.
+__all__, __getattr__ = lazy_exports(__name__, {
+    "Action": "aggregator.analysis.security.actions",
+    "ActionHook": "aggregator.analysis.security.actions",
+    "SecurityConfig": "aggregator.analysis.security.consumer",
+    "SecurityConsumer": "aggregator.analysis.security.consumer",
+    "parse_security_settings": "aggregator.analysis.security.consumer",
+})

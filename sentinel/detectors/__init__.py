@@ -1,1 +1,0 @@
-"""Streaming detectors shared by the sidecar and the aggregator."""

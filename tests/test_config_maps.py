@@ -1,0 +1,67 @@
+"""One set of rules for settings, flat or nested in maps (``detectors:``, ``forest:``, ``webhooks:``).
+
+The process settings and the component maps go through the same conversion
+(:func:`sentinel.config.load_map`): a number of seconds (``*_s``) takes a duration such as ``5m``, a
+number of bytes (``*_bytes``) a size such as ``4MiB``, and an error names the full key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from aggregator.alerting.webhook_sink import parse_webhooks
+from aggregator.analysis.detectors.consumer import parse_detector_settings
+from aggregator.config import AggregatorConfig, forest_config
+from sentinel.config import ConfigError, load, load_map
+
+
+@dataclass
+class Part:
+    window_s: float = 60.0
+    max_bytes: int = 1024
+    count: int = 3
+    names: tuple[str, ...] = ()
+
+
+def test_durations_and_sizes_inside_maps() -> None:
+    part = load_map(Part, {"window_s": "5m", "max_bytes": "4KiB", "count": 7, "names": ["a", "b"]}, "x.part")
+    assert part == Part(window_s=300.0, max_bytes=4096, count=7, names=("a", "b"))
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"window_s": "soon"}, r"^x\.part\.window_s: not a duration"),
+    ({"max_bytes": "lots"}, r"^x\.part\.max_bytes: not a size"),
+    ({"count": 2.5}, r"^x\.part\.count: not an integer"),
+    ({"colour": "red"}, r"^x\.part\.colour: unknown setting \(known: window_s, max_bytes, count, names\)"),
+])
+def test_errors_name_the_full_key(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_map(Part, raw, "x.part")
+    with pytest.raises(ConfigError, match=r"^x\.part: must be a map"):
+        load_map(Part, ["window_s"], "x.part")
+
+
+def test_the_detectors_forest_and_webhooks_follow_the_process_rules() -> None:
+    assert load(AggregatorConfig, args={"late_after_s": "5m"}, env={}).late_after_s == 300.0
+    detectors = parse_detector_settings({"error_burst": {"window_s": "5m"}})
+    assert detectors["error_burst"].window_s == 300.0  # refused before: only the flat settings took durations
+    forest = forest_config({"retrain_interval_s": "2m", "features": ["latency_ms", "ttft_ms"],
+                            "log_features": ["latency_ms"]})
+    assert forest is not None and forest.retrain_interval_s == 120.0 and forest.features == ("latency_ms", "ttft_ms")
+    (hook,) = parse_webhooks([{"name": "ops", "url": "https://x/", "timeout_s": "250ms", "headers": {"X-Id": 7}}])
+    assert hook.timeout_s == 0.25 and hook.headers == {"X-Id": "7"}
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: parse_detector_settings({"error_burst": {"window_s": "soon"}}), r"^detectors\.error_burst\.window_s:"),
+    (lambda: parse_detector_settings({"error_burst": {"windw_s": 5}}), r"^detectors\.error_burst\.windw_s: unknown"),
+    (lambda: forest_config({"retrain_interval_s": "soon"}), r"^forest\.retrain_interval_s:"),
+    (lambda: forest_config({"trees": 5}), r"^forest\.trees: unknown"),
+    (lambda: parse_webhooks([{"name": "a", "url": "https://x/", "backoff_s": "later"}]), r"^webhooks\[0\]\.backoff_s:"),
+])
+def test_component_map_errors_name_the_full_key(call: Callable[[], object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        call()

@@ -1,0 +1,72 @@
+"""Each package's public API is pinned: its ``__all__`` changes only on purpose, here (as httpx does).
+
+Every name resolves (packages with lazy exports import it on first use, :mod:`sentinel.exports`)
+and is defined inside the package, so ``from aggregator import Aggregator`` cannot quietly start
+meaning something else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+PUBLIC_API: dict[str, list[str]] = {
+    "sentinel": ["ConfigError", "FeatureBatch", "LocalAnomaly", "WireBatch", "WireFormatError"],
+    "sentinel.cli": ["main"],
+    "sidecar": ["Sidecar", "SidecarConfig"],
+    "sidecar.detectors": ["LocalDetectionConfig", "LocalDetector"],
+    "webhook_injector": ["InjectorSettings", "WebhookMetrics", "WebhookServer", "annotation_warnings", "inject",
+                         "mutate", "review", "should_inject"],
+    "aggregator": ["Aggregator", "AggregatorConfig"],
+    "aggregator.ingest": ["ClockCheck", "Dedup", "IngestJournal", "IngestService", "IngestTokens", "clamp_future"],
+    "aggregator.analysis": ["Analysis", "Candidate", "CandidateLog", "Consumer", "JsonStateFile",
+                            "LocalAnomalyConfirmer", "SeriesConsumer", "StateFile"],
+    "aggregator.analysis.baselines": ["BaselineConfig", "BaselineConsumer", "BaselineKey", "BaselineStore"],
+    "aggregator.analysis.detectors": [
+        "ANOMALY_TYPES", "BudgetConfig", "BudgetDetector", "Candidate", "ContentFilterConfig", "ContentFilterDetector",
+        "CostCusumConfig", "CostCusumDetector", "DriftConfig", "DriftDetector", "EmptyAnswerConfig",
+        "EmptyAnswerDetector", "ErrorBurstConfig", "ErrorBurstDetector", "ExpensivePromptConfig",
+        "ExpensivePromptDetector", "FinishLengthConfig", "FinishLengthDetector", "LevelShiftConfig",
+        "LevelShiftDetector", "ModelSwapConfig", "ModelSwapDetector", "ThroughputDropConfig",
+        "ThroughputDropDetector", "TokenAbuseConfig", "TokenAbuseDetector"],
+    "aggregator.analysis.quality": ["CallIndex", "ModelVersions", "QualityConfig", "QualityConsumer",
+                                    "parse_quality_settings"],
+    "aggregator.analysis.security": ["Action", "ActionHook", "SecurityConfig", "SecurityConsumer",
+                                     "parse_security_settings"],
+    "aggregator.analysis.forest": ["ForestConfig", "ForestConsumer", "ForestFiles", "IsolationForest", "TrainedForest"],
+    "aggregator.alerting": ["Alert", "AlertHub", "AlertManager", "AlertManagerConfig", "AlertStore", "AmqpSink",
+                            "SQLiteAlertStore", "Sink", "WebhookSink"],
+    "aggregator.api": ["AlertActions", "Api", "Roles", "add_api_routes", "auth_middleware", "load_openapi",
+                       "route_coverage"],
+}
+
+
+@pytest.mark.parametrize("package", sorted(PUBLIC_API))
+def test_the_public_api_is_pinned(package: str) -> None:
+    module = importlib.import_module(package)
+    assert sorted(module.__all__) == sorted(PUBLIC_API[package]), f"{package}.__all__ changed: update PUBLIC_API"
+    top = package.split(".")[0]
+    for name in module.__all__:
+        value = getattr(module, name)
+        home = getattr(value, "__module__", None)
+        if home is not None:  # constants have none
+            assert home.split(".")[0] == top, f"{package}.{name} comes from {home}"
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import aggregator
+
+    with pytest.raises(AttributeError, match="'aggregator' has no attribute 'Nothing'"):
+        aggregator.Nothing  # noqa: B018
+
+
+def test_importing_the_sidecar_does_not_load_the_aggregator() -> None:
+    """Lazy exports: the sidecar's process never imports the aggregator (nor its dependencies)."""
+    code = ("import sys, sidecar, sidecar.app, sentinel, sidecar.detectors; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aggregator', 'webhook_injector', "
+            "'loadtest', 'ddsketch', 'aio_pika')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.strip() == "[]"
