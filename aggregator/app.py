@@ -53,6 +53,7 @@ from aggregator.config_versions import ConfigVersion, ConfigVersions, diff
 from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
+from aggregator.edge_alerts import EdgeAlertReconciler
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
 from aggregator.ingest_auth import parse_sidecar_tokens
@@ -113,7 +114,10 @@ class Aggregator:
                                                outcome=self.metrics.count_local_anomaly)
         self.detectors = DetectorService(config.detectors, config.data_dir, emit, late_after_s=config.late_after_s,
                                          max_future_skew_s=config.max_future_skew_s)
-        consumers: list[BatchConsumer] = [self.confirmer, self.baselines, self.detectors]
+        # First: an alert raised at the edge exists before the anomalies it was raised on are confirmed.
+        self.edge_alerts = EdgeAlertReconciler(self.alerts, late_after_s=config.late_after_s,
+                                               registry=self.metrics.registry)
+        consumers: list[BatchConsumer] = [self.edge_alerts, self.confirmer, self.baselines, self.detectors]
         forest = config.forest_config()
         self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)
                        if forest else None)

@@ -69,6 +69,7 @@ from typing import Any
 from aggregator.baselines import BaselineKey, BaselineStore, KeyBaseline
 from aggregator.detectors.candidate import Candidate
 from sentinel.config import ConfigError
+from sentinel.edge_alerts import LOCAL_ANOMALY_TYPES
 from sentinel.model import LocalAnomaly
 from sentinel.wire import WireBatch
 
@@ -101,15 +102,7 @@ DEFAULT_MIN_CONFIDENCE = 0.75
 #: Confidence of an anomaly confirmed without a global check (too little global history).
 UNCHECKED_CONFIDENCE = 0.5
 #: Candidate anomaly type of each metric a sidecar scores.
-ANOMALY_TYPES: dict[str, str] = {
-    "latency_ms": "latency_spike",
-    "ttft_ms": "latency_spike",
-    "input_tokens": "token_spike",
-    "output_tokens": "token_spike",
-    "cost_usd": "cost_anomaly",
-    "tokens_per_s": "throughput_drop",
-    "error_rate": "error_burst",
-}
+ANOMALY_TYPES: dict[str, str] = LOCAL_ANOMALY_TYPES
 #: Metrics whose anomalous side is low by default (when the local baseline does not tell).
 LOW_METRICS: frozenset[str] = frozenset({"tokens_per_s"})
 

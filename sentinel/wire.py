@@ -29,6 +29,10 @@ Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
     list of maps, the sidecar's local detections (:meth:`sentinel.model.LocalAnomaly.to_wire`):
     at least ``metric``, ``value``, ``baseline``, ``threshold``, ``sigma``, ``trace_id``.
 
+``edge_alerts`` (optional; absent when empty)
+    list of maps, alerts the sidecar raised and paged on its own (:class:`sentinel.edge_alerts.EdgeAlert`);
+    readers that do not know the field ignore it.
+
 Unknown top-level keys are ignored, so minor additions stay compatible within a version.
 """
 
@@ -42,9 +46,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from sentinel.edge_alerts import EdgeAlert
 from sentinel.model import COLUMNS, NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
 
-__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "WIRE_VERSION", "WireBatch", "WireFormatError", "decode", "encode"]
+__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "MAX_EDGE_ALERTS", "WIRE_VERSION", "WireBatch", "WireFormatError",
+           "decode", "encode"]
 
 WIRE_VERSION = 1
 CONTENT_TYPE = "application/x-msgpack"
@@ -53,6 +59,8 @@ _CODE_DTYPE = "<i4"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: Float column values beyond ±this (and ±inf) are decoded as missing (NaN).
 MAX_ABS_VALUE = 1e15
+#: Edge alerts one body may carry (a sidecar raises a handful per incident); more is refused.
+MAX_EDGE_ALERTS = 1000
 
 
 class WireFormatError(ValueError):
@@ -71,6 +79,8 @@ class WireBatch:
     version: int = WIRE_VERSION
     #: Anomalies the body carried beyond ``decode``'s ``max_anomalies`` (not decoded, to be counted).
     anomalies_dropped: int = 0
+    #: Alerts the sidecar raised and paged itself (optional field ``edge_alerts``).
+    edge_alerts: list[EdgeAlert] = field(default_factory=list)
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
@@ -96,6 +106,7 @@ def encode(
     seq: int,
     anomalies: Sequence[LocalAnomaly] = (),
     created_unix_nano: int | None = None,
+    edge_alerts: Sequence[EdgeAlert] = (),
 ) -> bytes:
     """Encode a batch as a version-1 wire body."""
     cols: dict[str, Any] = {}
@@ -113,6 +124,8 @@ def encode(
         "cols": cols,
         "anomalies": [a.to_wire() for a in anomalies],
     }
+    if edge_alerts:  # absent otherwise: bodies without edge alerts stay byte-for-byte as before
+        body["edge_alerts"] = [a.to_wire() for a in edge_alerts]
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
@@ -177,6 +190,22 @@ def _msgpack_problem(e: Exception) -> str:
     return str(e) or type(e).__name__
 
 
+def _decode_edge_alerts(raw: Any) -> list[EdgeAlert]:
+    if not isinstance(raw, list):
+        raise WireFormatError("field 'edge_alerts' is not a list")
+    if len(raw) > MAX_EDGE_ALERTS:
+        raise WireFormatError(f"field 'edge_alerts' holds {len(raw)} alerts, more than {MAX_EDGE_ALERTS}")
+    out: list[EdgeAlert] = []
+    for i, a in enumerate(raw):
+        if not isinstance(a, dict):
+            raise WireFormatError(f"edge_alerts[{i}] is not a map")
+        try:
+            out.append(EdgeAlert.from_wire(a))
+        except ValueError as e:
+            raise WireFormatError(f"edge_alerts[{i}] is invalid: {e}") from None
+    return out
+
+
 def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None = None) -> WireBatch:
     """Decode and validate a wire body; raises :class:`WireFormatError` naming the problem.
 
@@ -238,7 +267,9 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
             raise WireFormatError(f"anomalies[{i}] is missing field {e}") from None
         except (TypeError, ValueError) as e:
             raise WireFormatError(f"anomalies[{i}] is invalid: {e}") from None
+    edge_alerts = _decode_edge_alerts(m.get("edge_alerts", []))
     return WireBatch(
+        edge_alerts=edge_alerts,
         sidecar=sidecar,
         seq=seq,
         batch=FeatureBatch(n=n, numeric=numeric, strings=strings),

@@ -20,6 +20,7 @@ from sentinel.model import FeatureBatch, LocalAnomaly, Row
 from sidecar.extract import Extractor
 from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
 from sidecar.genai_metrics import GenAiMetricsReader
+from sidecar.local_alerts import LocalAlerter
 from sidecar.metrics import SidecarMetrics
 
 __all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
@@ -116,6 +117,7 @@ class TracePipeline:
         batch_timeout_s: float,
         receive_queue_max_bytes: int = 16 * 1024 * 1024,
         metrics_reader: GenAiMetricsReader | None = None,
+        local_alerts: LocalAlerter | None = None,
     ) -> None:
         self._extractor = extractor
         self._detector = detector
@@ -128,6 +130,7 @@ class TracePipeline:
         self._batch_timeout_s = batch_timeout_s
         self._max_queued_bytes = receive_queue_max_bytes
         self._metrics_reader = metrics_reader
+        self._local_alerts = local_alerts
         # (service, request model, operation) -> when span rows last came for it (monotonic s)
         self._span_keys: dict[tuple[Any, Any, Any], float] = {}
         self._queued_bytes = 0
@@ -250,6 +253,8 @@ class TracePipeline:
         batch = FeatureBatch.from_rows(rows)
         anomalies = self._detector.process(batch)
         self._record(anomalies)
+        if self._local_alerts is not None:
+            self._local_alerts.observe(anomalies)  # raised now, sealed into the batch of these anomalies
         batches = [batch]
         if self._durable:
             sealed = self._seal(batches, anomalies)
@@ -281,7 +286,8 @@ class TracePipeline:
     def _seal(self, batches: list[FeatureBatch], anomalies: list[LocalAnomaly]) -> SealedBatch:
         batch = FeatureBatch.concat(batches)
         seq = self._seq.next()
-        body = wire.encode(batch, sidecar=self._sidecar_id, seq=seq, anomalies=anomalies)
+        edge_alerts = self._local_alerts.take() if self._local_alerts is not None else []
+        body = wire.encode(batch, sidecar=self._sidecar_id, seq=seq, anomalies=anomalies, edge_alerts=edge_alerts)
         return SealedBatch(seq=seq, rows=batch.n, body=body)
 
     async def _flush_locked(self) -> None:
