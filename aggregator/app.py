@@ -59,6 +59,7 @@ from aggregator.ingest import IngestService
 from aggregator.ingest_auth import parse_sidecar_tokens
 from aggregator.metrics import AggregatorMetrics
 from aggregator.series import SeriesService
+from aggregator.summaries import FromSummaries, SummaryBaselines
 from aggregator.web import add_web_routes
 from sentinel import service
 from sentinel.config import ConfigError, load
@@ -117,7 +118,11 @@ class Aggregator:
         # First: an alert raised at the edge exists before the anomalies it was raised on are confirmed.
         self.edge_alerts = EdgeAlertReconciler(self.alerts, late_after_s=config.late_after_s,
                                                registry=self.metrics.registry)
-        consumers: list[BatchConsumer] = [self.edge_alerts, self.confirmer, self.baselines, self.detectors]
+        # Batches of forward: summaries sidecars: baselines merge the summaries, windowed detectors (and the
+        # series, and alert resolution) get rows rebuilt from them; the rest the rows as sent.
+        accuracy = self.baselines.store.config.relative_accuracy
+        consumers: list[BatchConsumer] = [self.edge_alerts, self.confirmer, SummaryBaselines(self.baselines),
+                                          FromSummaries(self.detectors, relative_accuracy=accuracy)]
         forest = config.forest_config()
         self.forest = (ForestService(forest, config.data_dir, emit, on_fit=self.metrics.model_train_seconds.observe)
                        if forest else None)
@@ -125,7 +130,8 @@ class Aggregator:
             consumers.append(self.forest)
             self.metrics.watch_forest(self.forest)
         # Last: a batch's own detections are folded in before its rows can resolve an alert.
-        consumers += [self.series, self.alerts]
+        consumers += [FromSummaries(self.series, relative_accuracy=accuracy),
+                      FromSummaries(self.alerts, relative_accuracy=accuracy)]
         self.analysis = Analysis(consumers, save_interval_s=config.save_interval_s, tasks=self.tasks)
         self.ingest = IngestService(config, self.metrics, analysis=self.analysis, tasks=self.tasks)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "

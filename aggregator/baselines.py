@@ -287,13 +287,24 @@ class BaselineStore:
             part = KeyBaseline({m: MetricBaseline.of(batch.numeric[m][rows], self.config.relative_accuracy)
                                 for m in self.config.metrics},
                                calls=int(rows.size), errors=int(np.count_nonzero(is_error[rows])))
-            keys = [BaselineKey(service, model, operation, None)]
-            if region is not None:
-                keys.append(BaselineKey(service, model, operation, region))
-            for key in keys:
-                self._entry(key, None).merge(part)
-                if hour is not None:
-                    self._entry(key, hour).merge(part)
+            self.merge_part(BaselineKey(service, model, operation, region), part, hour)
+
+    def merge_part(self, key: BaselineKey, part: KeyBaseline, hour: int | None = None) -> None:
+        """Fold the baseline of some calls of ``key`` (and ``hour``) into its global and regional baselines.
+
+        How a batch's rows are added, and how a sidecar's summaries are (``aggregator/summaries.py``):
+        metrics this store does not keep are left out.
+        """
+        if set(part.metrics) - set(self.config.metrics):
+            part = KeyBaseline({m: b for m, b in part.metrics.items() if m in self.config.metrics},
+                               calls=part.calls, errors=part.errors)
+        keys = [BaselineKey(key.service, key.model, key.operation, None)]
+        if key.region is not None:
+            keys.append(key)
+        for k in keys:
+            self._entry(k, None).merge(part)
+            if hour is not None:
+                self._entry(k, hour).merge(part)
 
     def merge(self, other: BaselineStore) -> None:
         """Fold another store's baselines into this one (``other`` is not changed)."""

@@ -33,6 +33,13 @@ Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
     list of maps, alerts the sidecar raised and paged on its own (:class:`sentinel.edge_alerts.EdgeAlert`);
     readers that do not know the field ignore it.
 
+``summaries`` (optional; absent when empty)
+    list of maps, per-minute per-key summaries of rows (:class:`sentinel.summary.Summary`), sent by a
+    sidecar in ``forward: summaries`` mode.
+``summarised`` (optional, bool; absent means false)
+    the rows in ``cols`` are also counted in some batch's ``summaries`` (they are the anomalous calls
+    and a sample): the aggregator must not count them again.
+
 Unknown top-level keys are ignored, so minor additions stay compatible within a version.
 """
 
@@ -48,9 +55,10 @@ import numpy as np
 
 from sentinel.edge_alerts import EdgeAlert
 from sentinel.model import COLUMNS, NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
+from sentinel.summary import Summary
 
-__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "MAX_EDGE_ALERTS", "WIRE_VERSION", "WireBatch", "WireFormatError",
-           "decode", "encode"]
+__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "MAX_EDGE_ALERTS", "MAX_SUMMARIES", "WIRE_VERSION", "WireBatch",
+           "WireFormatError", "decode", "encode"]
 
 WIRE_VERSION = 1
 CONTENT_TYPE = "application/x-msgpack"
@@ -61,6 +69,8 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 MAX_ABS_VALUE = 1e15
 #: Edge alerts one body may carry (a sidecar raises a handful per incident); more is refused.
 MAX_EDGE_ALERTS = 1000
+#: Summaries one body may carry (one per key and minute); more is refused.
+MAX_SUMMARIES = 10_000
 
 
 class WireFormatError(ValueError):
@@ -81,6 +91,10 @@ class WireBatch:
     anomalies_dropped: int = 0
     #: Alerts the sidecar raised and paged itself (optional field ``edge_alerts``).
     edge_alerts: list[EdgeAlert] = field(default_factory=list)
+    #: Per-minute per-key summaries (optional field ``summaries``).
+    summaries: list[Summary] = field(default_factory=list)
+    #: The rows are also counted in summaries (optional field ``summarised``).
+    summarised: bool = False
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
@@ -107,6 +121,8 @@ def encode(
     anomalies: Sequence[LocalAnomaly] = (),
     created_unix_nano: int | None = None,
     edge_alerts: Sequence[EdgeAlert] = (),
+    summaries: Sequence[Summary] = (),
+    summarised: bool = False,
 ) -> bytes:
     """Encode a batch as a version-1 wire body."""
     cols: dict[str, Any] = {}
@@ -126,6 +142,10 @@ def encode(
     }
     if edge_alerts:  # absent otherwise: bodies without edge alerts stay byte-for-byte as before
         body["edge_alerts"] = [a.to_wire() for a in edge_alerts]
+    if summaries:
+        body["summaries"] = [s.to_wire() for s in summaries]
+    if summarised:
+        body["summarised"] = True
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
@@ -206,6 +226,17 @@ def _decode_edge_alerts(raw: Any) -> list[EdgeAlert]:
     return out
 
 
+def _decode_summaries(raw: Any) -> list[Summary]:
+    if not isinstance(raw, list):
+        raise WireFormatError("field 'summaries' is not a list")
+    if len(raw) > MAX_SUMMARIES:
+        raise WireFormatError(f"field 'summaries' holds {len(raw)} summaries, more than {MAX_SUMMARIES}")
+    try:
+        return [Summary.from_wire(s, f"summaries[{i}]") for i, s in enumerate(raw)]
+    except ValueError as e:
+        raise WireFormatError(f"invalid summary: {e}") from None
+
+
 def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None = None) -> WireBatch:
     """Decode and validate a wire body; raises :class:`WireFormatError` naming the problem.
 
@@ -268,8 +299,14 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
         except (TypeError, ValueError) as e:
             raise WireFormatError(f"anomalies[{i}] is invalid: {e}") from None
     edge_alerts = _decode_edge_alerts(m.get("edge_alerts", []))
+    summaries = _decode_summaries(m.get("summaries", []))
+    summarised = m.get("summarised", False)
+    if not isinstance(summarised, bool):
+        raise WireFormatError("field 'summarised' is not a bool")
     return WireBatch(
         edge_alerts=edge_alerts,
+        summaries=summaries,
+        summarised=summarised,
         sidecar=sidecar,
         seq=seq,
         batch=FeatureBatch(n=n, numeric=numeric, strings=strings),

@@ -33,6 +33,7 @@ from sidecar.otlp_http import OtlpHttpReceiver
 from sidecar.passthrough import Passthrough, PassthroughConfig
 from sidecar.pipeline import SeqSource, TracePipeline
 from sidecar.spool import Spool, SpoolConfig, SpoolLockedError
+from sidecar.summaries import Summariser, SummaryConfig
 
 __all__ = ["Sidecar", "run"]
 
@@ -126,6 +127,7 @@ class Sidecar:
                 self.metrics,
             )
             await self.passthrough.start()
+        summaries = SummaryConfig.from_settings(c)
         alerts_config = LocalAlertsConfig.from_settings(c)
         if alerts_config.mode != "off":
             forwarder = self.forwarder
@@ -142,6 +144,7 @@ class Sidecar:
             receive_queue_max_bytes=c.receive_queue_max_bytes,
             metrics_reader=GenAiMetricsReader(metrics_config, extractor.prices) if metrics_config.enabled else None,
             local_alerts=self.local_alerts,
+            summariser=Summariser(summaries) if summaries.forward == "summaries" else None,
         )
         self.pipeline.start()
         if c.metrics_listen:

@@ -1,0 +1,166 @@
+"""Summaries from ``forward: summaries`` sidecars, fed to the analysis as the rows they stand for.
+
+A sidecar in bandwidth mode (``sidecar/summaries.py``) sends per-minute per-key summaries, plus the
+anomalous rows and a sample, marked ``summarised``. The analysis consumers take them so:
+
+* **baselines** (:class:`SummaryBaselines`): each summary's moments and DDSketches merge into the
+  baselines exactly (:meth:`aggregator.baselines.BaselineStore.merge_part`); summarised rows are not
+  counted again;
+* **windowed detectors, series, alert resolution** (:class:`FromSummaries`): they get *rows rebuilt
+  from the summaries* (:func:`expand`) instead of the batch's own: per key-minute exactly ``n`` calls,
+  ``errors`` of them failed, the error types and finish reasons in their counts, and per metric
+  exactly the sketch's values — each bin's representative value (within the sketch's relative
+  accuracy, 1 %, of the true values) as many times as the bin holds values, clipped to the exact min
+  and max, in random order, spread evenly over the minute. Counts, error rates, quantiles and level
+  shifts come out as with rows; sums (cost) within the sketch's accuracy. What a summary does not
+  keep is missing from the rebuilt rows: the user and API key (``token_abuse`` and the per-user side of
+  ``expensive_prompt`` need rows), trace ids, and which values belonged to the same call (metrics are
+  rebuilt independently);
+* **confirmer, Isolation Forest, edge alerts**: the batch's own rows (anomalous and sampled calls)
+  and anomalies, as sent — the forest learns from the sample only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+from ddsketch.pb import ddsketch_pb2
+from ddsketch.pb.proto import DDSketchProto
+
+from aggregator.baselines import BaselineKey, BaselineStore, KeyBaseline, MetricBaseline, hour_of_week
+from sentinel.model import COLUMNS, NUMERIC_COLUMNS, FeatureBatch
+from sentinel.summary import KEY_COLUMNS, MetricSummary, Summary
+from sentinel.wire import WireBatch
+
+__all__ = ["FromSummaries", "SummaryBaselines", "expand", "metric_baseline"]
+
+
+class _Consumer(Protocol):
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None: ...
+
+    def save(self) -> None: ...
+
+
+def metric_baseline(ms: MetricSummary, relative_accuracy: float) -> MetricBaseline:
+    """The :class:`MetricBaseline` a summary's metric stands for (merges as the rows would have)."""
+    out = MetricBaseline(relative_accuracy)
+    if not ms.count:
+        return out
+    out.count, out.mean, out.m2, out.min, out.max = ms.count, ms.mean, ms.m2, ms.min, ms.max
+    proto = ddsketch_pb2.DDSketch()
+    proto.ParseFromString(ms.sketch)
+    out.sketch.merge(DDSketchProto.from_proto(proto))  # type: ignore[no-untyped-call]
+    return out
+
+
+def _values(ms: MetricSummary, relative_accuracy: float) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The sketch's values: each bin's representative value, as often as the bin holds values."""
+    b = metric_baseline(ms, relative_accuracy)
+    sketch = b.sketch
+    store, mapping = sketch._store, sketch._mapping
+    values: list[float] = [0.0] * round(sketch._zero_count)
+    for i, c in enumerate(store.bins):
+        k = round(c)
+        if k:
+            values.extend([mapping.value(i + store.offset)] * k)
+    out = np.asarray(values, dtype=np.float64)
+    return np.clip(out, ms.min, ms.max) if out.size else out
+
+
+def expand(summaries: list[Summary], *, relative_accuracy: float = 0.01, seed: int = 0) -> FeatureBatch:
+    """Rows rebuilt from ``summaries`` (see the module docstring)."""
+    if not summaries:
+        return FeatureBatch.empty()
+    rng = np.random.default_rng(seed)
+    total = sum(s.n for s in summaries)
+    numeric: dict[str, Any] = {name: np.full(total, np.nan) for name, dt in NUMERIC_COLUMNS.items() if dt == "<f8"}
+    numeric["time_unix_nano"] = np.zeros(total, dtype=np.int64)
+    numeric["is_error"] = np.zeros(total, dtype=np.uint8)
+    strings: dict[str, list[str | None]] = {c: [None] * total for c in COLUMNS if c not in NUMERIC_COLUMNS}
+    at = 0
+    for s in summaries:
+        n = s.n
+        if not n:
+            continue
+        sl = slice(at, at + n)
+        width = s.width_s * 1_000_000_000
+        numeric["time_unix_nano"][sl] = s.start_unix_nano + (np.arange(n) * 2 + 1) * width // (2 * n)
+        numeric["is_error"][sl] = rng.permutation(np.arange(n) < s.errors).astype(np.uint8)
+        for c in KEY_COLUMNS:
+            strings[c][sl] = [s.key.get(c)] * n
+        for column, counts in (("error_type", s.error_types), ("finish_reason", s.finish_reasons)):
+            cats: list[str | None] = [v for v, k in counts.items() for _ in range(k)]
+            cats += [None] * (n - len(cats))
+            strings[column][sl] = [cats[i] for i in rng.permutation(n)]
+        for m, ms in s.metrics.items():
+            v = _values(ms, relative_accuracy)[:n]
+            col = np.full(n, np.nan)
+            col[:v.size] = v
+            numeric[m][sl] = col[rng.permutation(n)]
+        at += n
+    return FeatureBatch(n=total, numeric=numeric, strings=strings)
+
+
+class FromSummaries:
+    """Gives ``inner`` the rows rebuilt from a batch's summaries instead of its summarised rows."""
+
+    def __init__(self, inner: _Consumer, *, relative_accuracy: float = 0.01) -> None:
+        self.inner = inner
+        self._accuracy = relative_accuracy
+
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+        if not batch.summarised and not batch.summaries:
+            self.inner.consume(batch, arrival_ns=arrival_ns)
+            return
+        rows = expand(batch.summaries, relative_accuracy=self._accuracy, seed=batch.seq & 0xFFFFFFFF)
+        self.inner.consume(WireBatch(sidecar=batch.sidecar, seq=batch.seq, batch=rows,
+                                     created_unix_nano=batch.created_unix_nano), arrival_ns=arrival_ns)
+
+    def save(self) -> None:
+        self.inner.save()
+
+    def shutdown(self) -> None:
+        close = getattr(self.inner, "shutdown", None)
+        if callable(close):
+            close()
+
+
+class _Baselines(Protocol):
+    store: BaselineStore
+
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None: ...
+
+    def save(self) -> None: ...
+
+    def merge_summaries(self, summaries: list[Summary]) -> None: ...
+
+
+class SummaryBaselines:
+    """The baseline service's consumer: summaries merged exactly, summarised rows not counted again."""
+
+    def __init__(self, inner: _Baselines) -> None:
+        self.inner = inner
+
+    def consume(self, batch: WireBatch, *, arrival_ns: int) -> None:
+        if not batch.summarised and not batch.summaries:
+            self.inner.consume(batch, arrival_ns=arrival_ns)
+        elif batch.summaries:
+            self.inner.merge_summaries(batch.summaries)
+
+    def save(self) -> None:
+        self.inner.save()
+
+
+def merge_into(store: BaselineStore, summaries: list[Summary]) -> None:
+    """Fold ``summaries`` into ``store``'s baselines (at each summary's hour of week when seasonal)."""
+    accuracy = store.config.relative_accuracy
+    for s in summaries:
+        part = KeyBaseline({m: metric_baseline(ms, accuracy) for m, ms in s.metrics.items()}, calls=s.n,
+                           errors=s.errors)
+        key = BaselineKey(s.key.get("service"), s.key.get("request_model"), s.key.get("operation"),
+                          s.key.get("region"))
+        hour = None
+        if store.config.seasonality:
+            hour = int(hour_of_week(np.asarray([s.start_unix_nano], dtype=np.int64))[0])
+        store.merge_part(key, part, hour)
