@@ -25,8 +25,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-from ddsketch.pb import ddsketch_pb2
-from ddsketch.pb.proto import DDSketchProto
+from ddsketch.mapping import LogarithmicMapping
 
 from aggregator.baselines import BaselineKey, BaselineStore, KeyBaseline, MetricBaseline, hour_of_week
 from sentinel.model import COLUMNS, NUMERIC_COLUMNS, FeatureBatch
@@ -43,27 +42,42 @@ class _Consumer(Protocol):
 
 
 def metric_baseline(ms: MetricSummary, relative_accuracy: float) -> MetricBaseline:
-    """The :class:`MetricBaseline` a summary's metric stands for (merges as the rows would have)."""
+    """The :class:`MetricBaseline` a summary's metric stands for (merges as the rows would have).
+
+    At the same accuracy the bins are put back as they were (an exact merge); at another one each
+    bin's representative value is added to a sketch of ``relative_accuracy`` (within both accuracies).
+    """
     out = MetricBaseline(relative_accuracy)
     if not ms.count:
         return out
     out.count, out.mean, out.m2, out.min, out.max = ms.count, ms.mean, ms.m2, ms.min, ms.max
-    proto = ddsketch_pb2.DDSketch()
-    proto.ParseFromString(ms.sketch)
-    out.sketch.merge(DDSketchProto.from_proto(proto))  # type: ignore[no-untyped-call]
+    sketch = out.sketch
+    if ms.accuracy == relative_accuracy:
+        # DDSketch has no public way to add to a bin; these are the fields its own add() keeps.
+        for i, c in enumerate(ms.counts):
+            if c:
+                sketch._store.add(ms.offset + i, float(c))
+        sketch._zero_count += float(ms.zeros)
+        sketch._count += float(ms.count)
+        sketch._sum += ms.mean * ms.count
+        sketch._min, sketch._max = ms.min, ms.max
+    else:
+        source = LogarithmicMapping(ms.accuracy)
+        for i, c in enumerate(ms.counts):
+            if c:
+                sketch.add(min(max(source.value(ms.offset + i), ms.min), ms.max), float(c))
+        if ms.zeros:
+            sketch.add(0.0, float(ms.zeros))
     return out
 
 
-def _values(ms: MetricSummary, relative_accuracy: float) -> np.ndarray[Any, np.dtype[np.float64]]:
+def _values(ms: MetricSummary) -> np.ndarray[Any, np.dtype[np.float64]]:
     """The sketch's values: each bin's representative value, as often as the bin holds values."""
-    b = metric_baseline(ms, relative_accuracy)
-    sketch = b.sketch
-    store, mapping = sketch._store, sketch._mapping
-    values: list[float] = [0.0] * round(sketch._zero_count)
-    for i, c in enumerate(store.bins):
-        k = round(c)
-        if k:
-            values.extend([mapping.value(i + store.offset)] * k)
+    mapping = LogarithmicMapping(ms.accuracy)
+    values: list[float] = [0.0] * ms.zeros
+    for i, c in enumerate(ms.counts):
+        if c:
+            values.extend([mapping.value(ms.offset + i)] * c)
     out = np.asarray(values, dtype=np.float64)
     return np.clip(out, ms.min, ms.max) if out.size else out
 
@@ -94,7 +108,7 @@ def expand(summaries: list[Summary], *, relative_accuracy: float = 0.01, seed: i
             cats += [None] * (n - len(cats))
             strings[column][sl] = [cats[i] for i in rng.permutation(n)]
         for m, ms in s.metrics.items():
-            v = _values(ms, relative_accuracy)[:n]
+            v = _values(ms)[:n]
             col = np.full(n, np.nan)
             col[:v.size] = v
             numeric[m][sl] = col[rng.permutation(n)]

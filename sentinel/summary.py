@@ -1,10 +1,10 @@
 """Per-minute, per-key summaries of feature rows: what a sidecar in ``forward: summaries`` mode sends.
 
 Instead of every row, such a sidecar sends, per event-time minute and key (every string column
-that names *what* was called: service, namespace, pod, region, operation, provider, request and
+that names *what* was called: service, namespace, region, operation, provider, request and
 response model), the count of calls and errors, the calls per error type and finish reason, and per
 metric the moments and DDSketch of its values (:class:`MetricSummary`: count, mean, sum of squared
-deviations, min, max, and DDSketch's protobuf message) — exactly what the aggregator's baselines
+deviations, min, max, and the DDSketch's bins) — exactly what the aggregator's baselines
 keep (``aggregator/baselines.py``), so a summary merges into them as if the rows had come.
 
 This module is the wire data model only (pure Python); building the sketches is the sidecar's
@@ -18,17 +18,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KEY_COLUMNS", "MAX_CATEGORIES", "SUMMARY_METRICS", "MetricSummary", "Summary"]
+__all__ = ["KEY_COLUMNS", "MAX_BINS", "MAX_CATEGORIES", "SUMMARY_METRICS", "MetricSummary", "Summary"]
 
 #: The string columns that make a summary's key.
-KEY_COLUMNS: tuple[str, ...] = ("service", "namespace", "pod", "region", "operation", "provider", "request_model",
+#: Not the pod: an edge node's many pods would multiply the summaries (the pod of a call is not kept).
+KEY_COLUMNS: tuple[str, ...] = ("service", "namespace", "region", "operation", "provider", "request_model",
                                 "response_model")
 #: The metrics a summary carries (the float columns of a row).
 SUMMARY_METRICS: tuple[str, ...] = ("latency_ms", "ttft_ms", "input_tokens", "output_tokens", "tokens_per_s",
                                     "cost_usd")
 #: Distinct error types / finish reasons counted per summary; the rest count as ``(other)``.
 MAX_CATEGORIES = 32
-_MAX_SKETCH_BYTES = 64 * 1024
+#: Bins of one metric's sketch (at 1 % accuracy, 4,096 bins span a factor of 10^35).
+MAX_BINS = 4096
 _MAX_TEXT = 256
 
 
@@ -50,31 +52,50 @@ def _count(m: Mapping[str, Any], key: str, where: str) -> int:
 
 @dataclass(kw_only=True)
 class MetricSummary:
-    """One metric's values in one summary: moments (Chan et al.) and a DDSketch protobuf message."""
+    """One metric's values in one summary: moments (Chan et al.) and the bins of a DDSketch.
+
+    The sketch is DDSketch's logarithmic mapping at ``accuracy`` (its relative accuracy): ``counts[i]``
+    values fell in bin ``offset + i``, ``zeros`` were 0. Sent as small integers (most bins hold a
+    few values: one msgpack byte each), a fraction of DDSketch's own protobuf message.
+    """
 
     count: int
     mean: float
     m2: float
     min: float
     max: float
-    sketch: bytes
+    accuracy: float
+    offset: int
+    counts: list[int]
+    zeros: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {"count": self.count, "mean": self.mean, "m2": self.m2, "min": self.min, "max": self.max,
-                "sketch": self.sketch}
+                "accuracy": self.accuracy, "offset": self.offset, "counts": self.counts, "zeros": self.zeros}
 
     @classmethod
     def from_wire(cls, m: Any, where: str) -> MetricSummary:
         if not isinstance(m, dict):
             raise ValueError(f"{where} is not a map")
-        sketch = m.get("sketch")
-        if not isinstance(sketch, bytes) or len(sketch) > _MAX_SKETCH_BYTES:
-            raise ValueError(f"{where}.sketch must be bytes (at most {_MAX_SKETCH_BYTES})")
+        counts = m.get("counts")
+        if not isinstance(counts, list) or len(counts) > MAX_BINS:
+            raise ValueError(f"{where}.counts must be a list of at most {MAX_BINS} bin counts")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**62 for c in counts):
+            raise ValueError(f"{where}.counts must hold non-negative integers")
+        offset = m.get("offset")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not -(2**31) <= offset < 2**31:
+            raise ValueError(f"{where}.offset must be a 32-bit integer")
+        accuracy = _num(m, "accuracy", f"{where}.")
+        if not 0.0 < accuracy < 1.0:
+            raise ValueError(f"{where}.accuracy must be between 0 and 1 (exclusive)")
         out = cls(count=_count(m, "count", f"{where}."), mean=_num(m, "mean", f"{where}."),
                   m2=_num(m, "m2", f"{where}."), min=_num(m, "min", f"{where}."), max=_num(m, "max", f"{where}."),
-                  sketch=sketch)
+                  accuracy=accuracy, offset=offset, counts=counts,
+                  zeros=_count({"zeros": m.get("zeros", 0)}, "zeros", f"{where}."))
         if out.count and not all(math.isfinite(x) and x >= 0 for x in (out.mean, out.m2, out.min, out.max)):
             raise ValueError(f"{where}: mean, m2, min and max must be finite and not negative")
+        if sum(counts) + out.zeros != out.count:
+            raise ValueError(f"{where}: the bin counts and zeros do not add up to count")
         return out
 
 

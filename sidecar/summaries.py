@@ -3,11 +3,12 @@
 An edge node on a thin or metered link need not send every call. With ``forward: summaries`` the
 sidecar still detects on every row, but forwards
 
-* per event-time minute and key (:data:`sentinel.summary.KEY_COLUMNS`) a :class:`~sentinel.summary.Summary`:
-  calls, errors, calls per error type and finish reason, and per metric the moments and DDSketch the
-  aggregator's baselines keep — built with the aggregator's own :class:`~aggregator.baselines.MetricBaseline`,
-  so they merge into its baselines exactly (same relative accuracy: ``summary_relative_accuracy`` must
-  equal the aggregator's ``baseline_relative_accuracy``, both 0.01 by default);
+* per event-time minute and key (:data:`sentinel.summary.KEY_COLUMNS`: not the pod) a
+  :class:`~sentinel.summary.Summary`: calls, errors, calls per error type and finish reason, and per
+  metric the moments and DDSketch bins the aggregator's baselines keep — with the same DDSketch
+  mapping as its :class:`~aggregator.baselines.MetricBaseline`, so they merge into its baselines
+  exactly (same relative accuracy: ``summary_relative_accuracy`` must equal the aggregator's
+  ``baseline_relative_accuracy``, both 0.01 by default);
 * every row a local anomaly was raised on, with the anomaly (so confirmation, trace ids and edge
   alerts work as before), and a random ``summary_sample_rate`` share of the other rows (for the
   Isolation Forest and for examples), all marked ``summarised`` (already counted in a summary).
@@ -24,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ddsketch.pb.proto import DDSketchProto
+from ddsketch import DDSketch
 
-from aggregator.baselines import MetricBaseline
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch, LocalAnomaly
 from sentinel.summary import KEY_COLUMNS, MAX_CATEGORIES, SUMMARY_METRICS, MetricSummary, Summary
@@ -72,16 +72,37 @@ class SummaryConfig:
 
 
 @dataclass
+class _Moments:
+    """Count, mean, sum of squared deviations (merged with Chan et al.'s formula), min, max; DDSketch bins."""
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+    bins: Counter[int] = field(default_factory=Counter)
+    zeros: int = 0
+
+    def merge(self, n: int, mean: float, m2: float, lo: float, hi: float) -> None:
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+
+
+@dataclass
 class _Open:
     n: int = 0
     errors: int = 0
     error_types: Counter[str] = field(default_factory=Counter)
     finish_reasons: Counter[str] = field(default_factory=Counter)
-    metrics: dict[str, MetricBaseline] = field(default_factory=dict)
+    metrics: dict[str, _Moments] = field(default_factory=dict)
 
 
-def _count_into(counter: Counter[str], values: list[str | None]) -> None:
-    for v, k in Counter(v for v in values if v is not None).items():
+def _count_into(counter: Counter[str], values: list[str]) -> None:
+    for v, k in Counter(values).items():
         if v not in counter and len(counter) >= MAX_CATEGORIES:
             v = _OTHER
         counter[v] += k
@@ -95,6 +116,8 @@ class Summariser:
         self.config = config
         self._rng = np.random.default_rng(seed)
         self._open: dict[tuple[Any, ...], _Open] = {}
+        # The mapping the aggregator's baselines use (DDSketch's default at this accuracy).
+        self._mapping = DDSketch(config.relative_accuracy)._mapping
         self.rows_summarised = 0
 
     @property
@@ -118,26 +141,59 @@ class Summariser:
         return batch.take(keep)
 
     def _summarise(self, batch: FeatureBatch) -> None:
+        # Vectorised per metric over the request's key-minutes (a request holds many keys of a few
+        # rows each); only the sketch key of each value is computed one by one, with DDSketch's own
+        # mapping, so the bins are exactly those the aggregator's baselines would make of the rows.
         width_ns = self.config.width_s * 1_000_000_000
         starts = (np.asarray(batch.numeric["time_unix_nano"]) // width_ns * width_ns).tolist()
-        keys = list(zip(starts, *(batch.strings[c] for c in KEY_COLUMNS), strict=True))
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, k in enumerate(keys):
-            groups.setdefault(k, []).append(i)
-        is_error = np.asarray(batch.numeric["is_error"])
-        for k, rows in groups.items():
-            idx = np.asarray(rows, dtype=np.intp)
+        slot_of: dict[tuple[Any, ...], int] = {}
+        codes_list = [slot_of.setdefault(k, len(slot_of))
+                      for k in zip(starts, *(batch.strings[c] for c in KEY_COLUMNS), strict=True)]
+        codes = np.asarray(codes_list, dtype=np.intp)
+        slots = len(slot_of)
+        accs = []
+        for k in slot_of:
             acc = self._open.get(k)
             if acc is None:
                 acc = self._open[k] = _Open()
-            acc.n += int(idx.size)
-            acc.errors += int(np.count_nonzero(is_error[idx]))
-            _count_into(acc.error_types, [batch.strings["error_type"][i] for i in rows])
-            _count_into(acc.finish_reasons, [batch.strings["finish_reason"][i] for i in rows])
-            for m in SUMMARY_METRICS:
-                values = np.asarray(batch.numeric[m], dtype=np.float64)[idx]
-                if not np.isnan(values).all():
-                    acc.metrics.setdefault(m, MetricBaseline(self.config.relative_accuracy)).update(values)
+            accs.append(acc)
+        calls = np.bincount(codes, minlength=slots)
+        errors = np.bincount(codes, weights=np.asarray(batch.numeric["is_error"], dtype=np.float64), minlength=slots)
+        for acc, n, e in zip(accs, calls.tolist(), errors.tolist(), strict=True):
+            acc.n += n
+            acc.errors += round(e)
+        for column, attr in (("error_type", "error_types"), ("finish_reason", "finish_reasons")):
+            values = batch.strings[column]
+            if any(v is not None for v in values):
+                for slot, cat in zip(codes_list, values, strict=True):
+                    if cat is not None:
+                        _count_into(getattr(accs[slot], attr), [cat])
+        key = self._mapping.key
+        smallest = self._mapping.min_possible
+        for m in SUMMARY_METRICS:
+            x = np.asarray(batch.numeric[m], dtype=np.float64)
+            ok = x >= 0  # NaN (missing) too; a negative value is missing on the wire
+            if not ok.any():
+                continue
+            v, c = x[ok], codes[ok]
+            n = np.bincount(c, minlength=slots)
+            mean = np.bincount(c, weights=v, minlength=slots) / np.maximum(n, 1)
+            m2 = np.bincount(c, weights=np.square(v - mean[c]), minlength=slots)
+            lo = np.full(slots, np.inf)
+            hi = np.full(slots, -np.inf)
+            np.minimum.at(lo, c, v)
+            np.maximum.at(hi, c, v)
+            for slot in np.flatnonzero(n).tolist():
+                moments = accs[slot].metrics.get(m)
+                if moments is None:
+                    moments = accs[slot].metrics[m] = _Moments()
+                moments.merge(int(n[slot]), float(mean[slot]), float(m2[slot]), float(lo[slot]), float(hi[slot]))
+            for slot, value in zip(c.tolist(), v.tolist(), strict=True):
+                moments = accs[slot].metrics[m]
+                if value > smallest:
+                    moments.bins[key(value)] += 1
+                else:
+                    moments.zeros += 1
         self.rows_summarised += batch.n
 
     def take(self) -> list[Summary]:
@@ -148,12 +204,17 @@ class Summariser:
                 start_unix_nano=int(k[0]), width_s=self.config.width_s,
                 key=dict(zip(KEY_COLUMNS, k[1:], strict=True)), n=acc.n, errors=acc.errors,
                 error_types=dict(acc.error_types), finish_reasons=dict(acc.finish_reasons),
-                metrics={m: _metric_summary(b) for m, b in acc.metrics.items()}))
+                metrics={m: _metric_summary(b, self.config.relative_accuracy) for m, b in acc.metrics.items()}))
         self._open.clear()
         return out
 
 
-def _metric_summary(b: MetricBaseline) -> MetricSummary:
-    proto = DDSketchProto.to_proto(b.sketch)  # type: ignore[no-untyped-call]
-    return MetricSummary(count=b.count, mean=b.mean, m2=b.m2, min=b.min if math.isfinite(b.min) else 0.0,
-                         max=b.max if math.isfinite(b.max) else 0.0, sketch=proto.SerializeToString())
+def _metric_summary(m: _Moments, accuracy: float) -> MetricSummary:
+    counts: list[int] = []
+    offset = 0
+    if m.bins:
+        offset, top = min(m.bins), max(m.bins)
+        counts = [m.bins.get(k, 0) for k in range(offset, top + 1)]
+    return MetricSummary(count=m.count, mean=m.mean, m2=m.m2, min=m.min if math.isfinite(m.min) else 0.0,
+                         max=m.max if math.isfinite(m.max) else 0.0, accuracy=accuracy, offset=offset,
+                         counts=counts, zeros=m.zeros)

@@ -107,8 +107,10 @@ def test_bad_settings_name_the_key(kw: dict[str, Any], message: str) -> None:
     ({"errors": 10**6}, "errors is more than n"),
     ({"width_s": 0}, "width_s must be an integer of 1 to 3600"),
     ({"key": {"colour": "red"}}, "key must be a map of service"),
-    ({"metrics": {"latency_ms": {"count": 1, "mean": -1.0, "m2": 0.0, "min": 0.0, "max": 0.0, "sketch": b""}}},
-     "mean, m2, min and max must be finite and not negative"),
+    ({"metrics": {"latency_ms": {"count": 1, "mean": -1.0, "m2": 0.0, "min": 0.0, "max": 0.0, "accuracy": 0.01,
+                                 "offset": 0, "counts": [1]}}}, "mean, m2, min and max must be finite"),
+    ({"metrics": {"latency_ms": {"count": 2, "mean": 1.0, "m2": 0.0, "min": 1.0, "max": 1.0, "accuracy": 0.01,
+                                 "offset": 0, "counts": [1]}}}, "do not add up to count"),
 ])
 def test_bad_summaries_are_refused_naming_the_field(change: dict[str, Any], message: str) -> None:
     import msgpack
