@@ -11,11 +11,11 @@ anomalous rows and a sample, marked ``summarised``. The analysis consumers take 
   ``errors`` of them failed, the error types and finish reasons in their counts, and per metric
   exactly the sketch's values — each bin's representative value (within the sketch's relative
   accuracy, 1 %, of the true values) as many times as the bin holds values, clipped to the exact min
-  and max, in random order, spread evenly over the minute. Counts, error rates, quantiles and level
-  shifts come out as with rows; sums (cost) within the sketch's accuracy. What a summary does not
-  keep is missing from the rebuilt rows: the user and API key (``token_abuse`` and the per-user side of
-  ``expensive_prompt`` need rows), trace ids, and which values belonged to the same call (metrics are
-  rebuilt independently);
+  and max, in random order, spread evenly from the first to the last call's event time. Counts,
+  error rates, quantiles and level shifts come out as with rows; sums (cost) within the sketch's
+  accuracy. What a summary does not keep is missing from the rebuilt rows: the user and API key
+  (``token_abuse`` and the per-user side of ``expensive_prompt`` need rows), trace ids, and which
+  values belonged to the same call (metrics are rebuilt independently);
 * **confirmer, Isolation Forest, edge alerts**: the batch's own rows (anomalous and sampled calls)
   and anomalies, as sent — the forest learns from the sample only.
 """
@@ -98,8 +98,10 @@ def expand(summaries: list[Summary], *, relative_accuracy: float = 0.01, seed: i
         if not n:
             continue
         sl = slice(at, at + n)
-        width = s.width_s * 1_000_000_000
-        numeric["time_unix_nano"][sl] = s.start_unix_nano + (np.arange(n) * 2 + 1) * width // (2 * n)
+        # Over the part of the window the calls came in (a partial minute, then its rest, must not
+        # reach ahead of the calls still to come: detectors would take those as late).
+        span = s.last_unix_nano - s.first_unix_nano
+        numeric["time_unix_nano"][sl] = s.first_unix_nano + (np.arange(n) * span // max(n - 1, 1) if n > 1 else 0)
         numeric["is_error"][sl] = rng.permutation(np.arange(n) < s.errors).astype(np.uint8)
         for c in KEY_COLUMNS:
             strings[c][sl] = [s.key.get(c)] * n

@@ -106,6 +106,9 @@ class Summary:
     start_unix_nano: int
     width_s: int
     key: dict[str, str | None]
+    #: Event times of the earliest and latest call counted (a partial minute covers only part of it).
+    first_unix_nano: int = 0
+    last_unix_nano: int = 0
     n: int
     errors: int
     error_types: dict[str, int] = field(default_factory=dict)
@@ -114,6 +117,7 @@ class Summary:
 
     def to_wire(self) -> dict[str, Any]:
         return {"start_unix_nano": self.start_unix_nano, "width_s": self.width_s, "key": dict(self.key),
+                "first_unix_nano": self.first_unix_nano, "last_unix_nano": self.last_unix_nano,
                 "n": self.n, "errors": self.errors, "error_types": dict(self.error_types),
                 "finish_reasons": dict(self.finish_reasons),
                 "metrics": {k: v.to_wire() for k, v in self.metrics.items()}}
@@ -129,6 +133,11 @@ class Summary:
         width = m.get("width_s")
         if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 3600:
             raise ValueError(f"{where}.width_s must be an integer of 1 to 3600 seconds")
+        end = start + width * 1_000_000_000
+        first, last = m.get("first_unix_nano", start), m.get("last_unix_nano", end - 1)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in (first, last)) \
+                or not start <= first <= last < end:
+            raise ValueError(f"{where}: first_unix_nano and last_unix_nano must lie in order within the window")
         key = m.get("key")
         if not isinstance(key, dict) or set(key) - set(KEY_COLUMNS):
             raise ValueError(f"{where}.key must be a map of {', '.join(KEY_COLUMNS)}")
@@ -153,7 +162,7 @@ class Summary:
         metrics = {k: MetricSummary.from_wire(v, f"{where}.metrics.{k}") for k, v in raw_metrics.items()}
         if any(ms.count > n for ms in metrics.values()):
             raise ValueError(f"{where}.metrics: a count is more than n")
-        return cls(start_unix_nano=start, width_s=width,
+        return cls(start_unix_nano=start, width_s=width, first_unix_nano=first, last_unix_nano=last,
                    key={k: (v[:_MAX_TEXT] if isinstance(v, str) else None) for k, v in key.items()},
                    n=n, errors=errors, error_types=cats["error_types"], finish_reasons=cats["finish_reasons"],
                    metrics=metrics)

@@ -94,6 +94,8 @@ class _Moments:
 
 @dataclass
 class _Open:
+    first: int = 2**63 - 1
+    last: int = 0
     n: int = 0
     errors: int = 0
     error_types: Counter[str] = field(default_factory=Counter)
@@ -157,6 +159,13 @@ class Summariser:
             if acc is None:
                 acc = self._open[k] = _Open()
             accs.append(acc)
+        t = np.asarray(batch.numeric["time_unix_nano"], dtype=np.int64)
+        first = np.full(slots, 2**63 - 1, dtype=np.int64)
+        last = np.zeros(slots, dtype=np.int64)
+        np.minimum.at(first, codes, t)
+        np.maximum.at(last, codes, t)
+        for acc, a, b in zip(accs, first.tolist(), last.tolist(), strict=True):
+            acc.first, acc.last = min(acc.first, a), max(acc.last, b)
         calls = np.bincount(codes, minlength=slots)
         errors = np.bincount(codes, weights=np.asarray(batch.numeric["is_error"], dtype=np.float64), minlength=slots)
         for acc, n, e in zip(accs, calls.tolist(), errors.tolist(), strict=True):
@@ -201,7 +210,8 @@ class Summariser:
         out = []
         for k, acc in self._open.items():
             out.append(Summary(
-                start_unix_nano=int(k[0]), width_s=self.config.width_s,
+                start_unix_nano=int(k[0]), width_s=self.config.width_s, first_unix_nano=acc.first,
+                last_unix_nano=acc.last,
                 key=dict(zip(KEY_COLUMNS, k[1:], strict=True)), n=acc.n, errors=acc.errors,
                 error_types=dict(acc.error_types), finish_reasons=dict(acc.finish_reasons),
                 metrics={m: _metric_summary(b, self.config.relative_accuracy) for m, b in acc.metrics.items()}))
