@@ -79,7 +79,8 @@ def _run(faults: FaultEnv, edge_hook: HookReceiver, central_hook: HookReceiver) 
     faults.proxy_down(proxy)
     offline_at = time.monotonic()
     time.sleep(8)  # the forwarder has failed a few attempts by now: the sidecar knows it is on its own
-    assert sc.metrics()("sentinel_sidecar_spool_records") > 0, "the spool holds what cannot be forwarded"
+    wait_until(lambda: sc.metrics()("sentinel_sidecar_spool_records") > 0, 30,
+               "the spool to hold what cannot be forwarded", interval_s=0.5)  # polled: slow under load
 
     burst_at = time.monotonic()
     [call] = ex.send(1, n_spans=BURST_SPANS, services=["edge-burst"], models=DEFAULT_MODELS[:1], error_rate=0.6)
