@@ -57,6 +57,7 @@ from aggregator.config_versions import ConfigVersion, ConfigVersions, diff, is_d
 from aggregator.confirm import LocalAnomalyConfirmer
 from aggregator.detector_service import DetectorService
 from aggregator.detectors.candidate import Candidate
+from aggregator.edge_alerts import EdgeAlertReconciler
 from aggregator.forest_service import ANOMALY_TYPE as FOREST_TYPE
 from aggregator.forest_service import ForestService
 from aggregator.ingest import IngestService
@@ -66,6 +67,7 @@ from aggregator.quality_service import QualityService, parse_quality_settings
 from aggregator.security_amqp import SecurityEventConsumer
 from aggregator.security_service import SecurityService, parse_security_settings
 from aggregator.series import SeriesService
+from aggregator.summaries import FromSummaries, SummaryBaselines
 from aggregator.web import add_web_routes
 from sentinel import service
 from sentinel.config import ConfigError, load
@@ -126,6 +128,9 @@ class Aggregator:
             url=security.amqp_url, exchange=security.amqp_exchange, queue=security.amqp_queue,
             binding_key=security.amqp_binding_key, submit=self.security.submit,
             max_events=security.max_events_per_request) if self.security is not None and security.amqp_url else None)
+        # First: an alert raised at the edge exists before the anomalies it was raised on are confirmed.
+        self.edge_alerts = EdgeAlertReconciler(self.alerts, late_after_s=config.late_after_s,
+                                               registry=self.metrics.registry)
         self._emit_observed = emit
         self.forest = self._forest(config)
         self.analysis = Analysis(self._consumers(), save_interval_s=config.save_interval_s, tasks=self.tasks)
@@ -147,16 +152,20 @@ class Aggregator:
         self._applying = asyncio.Lock()
 
     def _consumers(self) -> list[BatchConsumer]:
-        consumers: list[BatchConsumer] = [self.confirmer, self.baselines]
+        # Batches of forward: summaries sidecars: baselines merge the summaries, windowed detectors (and the
+        # series, and alert resolution) get rows rebuilt from them; the rest the rows as sent.
+        accuracy = self.baselines.store.config.relative_accuracy
+        consumers: list[BatchConsumer] = [self.edge_alerts, self.confirmer, SummaryBaselines(self.baselines)]
         if self.quality is not None:  # before the detectors: it notes the model versions of the batch
             consumers.append(self.quality)
         if self.security is not None:
             consumers.append(self.security)
-        consumers.append(self.detectors)
+        consumers.append(FromSummaries(self.detectors, relative_accuracy=accuracy))
         if self.forest is not None:
             consumers.append(self.forest)
         # Last: a batch's own detections are folded in before its rows can resolve an alert.
-        return [*consumers, self.series, self.alerts]
+        return [*consumers, FromSummaries(self.series, relative_accuracy=accuracy),
+                FromSummaries(self.alerts, relative_accuracy=accuracy)]
 
     def _forest(self, config: AggregatorConfig) -> ForestService | None:
         """A forest service for ``config`` (restoring the saved forests), or ``None`` when it is disabled."""

@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from aggregator.baselines import ALL_REGIONS, BaselineConfig, BaselineStore
+from aggregator.summaries import merge_into
+from sentinel.summary import Summary
 from sentinel.wire import WireBatch
 
 __all__ = ["FILE_NAME", "BaselineService", "baseline_filters"]
@@ -70,6 +72,12 @@ class BaselineService:
         # Event time: baselines learn from every row, late ones included, in their own time.
         with self._lock:
             self.store.update(batch.batch)
+            self._dirty = True
+
+    def merge_summaries(self, summaries: list[Summary]) -> None:
+        """Fold sidecars' summaries into the baselines (``forward: summaries``; ``aggregator/summaries.py``)."""
+        with self._lock:
+            merge_into(self.store, summaries)
             self._dirty = True
 
     def save(self) -> None:
