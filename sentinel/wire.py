@@ -232,9 +232,11 @@ def _decode_numeric(name: str, spec: Any, n: int) -> np.ndarray[Any, Any]:
     if dtype != NUMERIC_COLUMNS[name]:
         raise WireFormatError(f"column {name!r} has dtype {dtype!r}, expected {NUMERIC_COLUMNS[name]!r}")
     data = _need(spec, "data", bytes, f"cols.{name}.")
-    arr = np.frombuffer(data, dtype=np.dtype(dtype))
-    if arr.shape[0] != n or len(data) != n * arr.itemsize:
+    # Checked before numpy reads it: a length that is not a whole number of values would make
+    # frombuffer raise its own ValueError instead of naming the column.
+    if len(data) != n * np.dtype(dtype).itemsize:
         raise WireFormatError(f"column {name!r} holds {len(data)} bytes, expected {n} values")
+    arr = np.frombuffer(data, dtype=np.dtype(dtype))
     if name == "is_error" and n and int(arr.max()) > 1:
         row = int(np.argmax(arr > 1))
         raise WireFormatError(f"column 'is_error' holds {int(arr[row])} at row {row}, must be 0 or 1")
