@@ -123,9 +123,10 @@ def test_concurrent_large_grpc_exports_stay_within_the_bytes_in_flight(faults: F
     assert sc.term() == 0
     assert agg.term() == 0
     peak = max(rss)
-    # gRPC's transport takes in each whole message before any handler runs, so the peak still grows
-    # with the number of connections (a documented limit); what the budget bounds is the decoding
-    # and what stays: the memory comes back (it stayed at 700 MiB before).
+    # The peak is not bounded (a documented limit: the same exports one at a time still peak near
+    # 400 MiB, loadtest/bench_grpc_memory.py; concurrency adds gRPC receiving on every connection at
+    # once); what the budget bounds is the decoding and what stays: the memory comes back (it stayed
+    # at 700 MiB before).
     assert rss_after - rss_start < 150 * MiB, f"RSS {rss_start / MiB:.0f} -> {rss_after / MiB:.0f} MiB after"
     assert codes.count("OK") <= 64 * MiB // len(request) * 2, "the rest were refused while the budget was full"
     assert set(codes) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED"} and "OK" in codes
