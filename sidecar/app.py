@@ -78,6 +78,8 @@ class Sidecar:
             return "shutting down"
         if not self._ready:
             return "starting"
+        if self.queue is not None and (error := self.queue.spool_problem()):
+            return f"spool cannot be written ({error})"
         return self.tasks.problem()
 
     async def start(self) -> None:

@@ -310,8 +310,8 @@ class TracePipeline:
             sealed = self._seal(batches, anomalies, quality, security)
             try:
                 await self._queue.put(sealed, durable=True)
-            except SpoolRefused:
-                raise Overloaded("spool full", retry_after_s=self._queue.retry_after_s()) from None
+            except SpoolRefused as e:
+                raise Overloaded(str(e), retry_after_s=self._queue.retry_after_s()) from None
             return
         async with self._lock:
             p = self._pending
@@ -355,10 +355,10 @@ class TracePipeline:
         sealed = self._seal(p.batches, p.anomalies, p.quality, p.security)
         try:
             await self._queue.put(sealed, durable=False)
-        except SpoolRefused:
+        except SpoolRefused as e:
             # Rows of requests already acknowledged: nothing to refuse any more, so count them.
-            self._metrics.dropped_rows.labels("spool_full").inc(sealed.rows)
-            log.warning("spool full (refuse policy): dropped batch seq=%d (%d rows)", sealed.seq, sealed.rows)
+            self._metrics.dropped_rows.labels(e.reason).inc(sealed.rows)
+            log.warning("%s: dropped batch seq=%d (%d rows)", e, sealed.seq, sealed.rows)
 
     async def flush_summaries(self) -> None:
         """Seal every summary held into a batch of its own (``forward: summaries``)."""
