@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig
 from aggregator.alerting.audit import AuditEntry, AuditLog
+from aggregator.alerting.edge_alerts import EdgeAlertReconciler
 from aggregator.alerting.feedback import FeedbackLog
 from aggregator.alerting.grpc_service import AlertGrpcServer
 from aggregator.alerting.hub import AlertHub
@@ -55,6 +56,7 @@ from aggregator.analysis.quality.call_index import ModelVersions, with_model_ver
 from aggregator.analysis.quality.consumer import QualityConsumer, parse_quality_settings
 from aggregator.analysis.security.consumer import SecurityConsumer, parse_security_settings
 from aggregator.analysis.series import SeriesConsumer
+from aggregator.analysis.summaries import FromSummaries, SummaryBaselines
 from aggregator.api.auth import Roles
 from aggregator.api.guard import allowed_host_names
 from aggregator.api.jwt_auth import JwtVerifier
@@ -125,6 +127,17 @@ class Aggregator:
             url=security.amqp_url, exchange=security.amqp_exchange, queue=security.amqp_queue,
             binding_key=security.amqp_binding_key, submit=self.security.submit,
             max_events=security.max_events_per_request) if self.security is not None and security.amqp_url else None)
+        # First: an alert raised at the edge exists before the anomalies it was raised on are confirmed.
+        self.edge_alerts = EdgeAlertReconciler(self.alerts, late_after_s=config.late_after_s,
+                                               registry=self.metrics.registry)
+        # Batches of forward: summaries sidecars: baselines merge the summaries, windowed detectors (and the
+        # series, and alert resolution) get rows rebuilt from them; the rest the rows as sent.
+        accuracy = self.baselines.store.config.relative_accuracy
+        self._summary_views: dict[str, Consumer] = {
+            "baselines": SummaryBaselines(self.baselines),
+            "detectors": FromSummaries(self.detectors, relative_accuracy=accuracy),
+            "series": FromSummaries(self.series, relative_accuracy=accuracy),
+            "alerts": FromSummaries(self.alerts, relative_accuracy=accuracy)}
         self.forest = self._forest(config)
         # Answer-quality candidates of the row detectors name the model version they correlate with.
         self.analysis = Analysis(self._consumers(), on_candidates=with_model_version(emit, self.model_versions),
@@ -148,9 +161,10 @@ class Aggregator:
 
     def _consumers(self) -> list[Consumer]:
         """The analysis consumers; the order, and why, is pipeline()'s docstring."""
-        return pipeline(confirm=self.confirmer, baselines=self.baselines, quality=self.quality,
-                        security=self.security, detectors=self.detectors, forest=self.forest, series=self.series,
-                        alerts=self.alerts)
+        views = self._summary_views
+        return pipeline(edge_alerts=self.edge_alerts, confirm=self.confirmer, baselines=views["baselines"],
+                        quality=self.quality, security=self.security, detectors=views["detectors"],
+                        forest=self.forest, series=views["series"], alerts=views["alerts"])
 
     def _forest(self, config: AggregatorConfig) -> ForestConsumer | None:
         """A forest consumer for ``config`` (not yet restored), or ``None`` when it is disabled."""

@@ -44,7 +44,7 @@ from aggregator.analysis.confirm import (
 )
 from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
 from aggregator.api.jwt_auth import JwtConfig
-from aggregator.ingest.auth import parse_sidecar_tokens
+from aggregator.ingest.auth import parse_sidecar_services, parse_sidecar_tokens
 from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
 from sentinel.config import ConfigError, load_map, setting
@@ -133,6 +133,11 @@ class AggregatorConfig:
                                              "pattern (glob, e.g. payments/*) to its tokens; a batch sent as "
                                              "another sidecar id is refused (403). tokens cover every id",
                                              flag=False, factory=dict)
+    sidecar_services: dict[str, Any] = setting(None, "services each sidecar id may report: a map of sidecar-id "
+                                               "pattern (glob) to service names or globs (e.g. payments/*: "
+                                               "[payments, payments-*]); a batch with a row of another service "
+                                               "is refused (403), an id matching no pattern may report none. "
+                                               "Empty: any", flag=False, factory=dict)
     max_body_bytes: int = setting(DEFAULT_MAX_BODY_BYTES, "largest ingest body accepted (413 beyond)",
                                   kind="size")
     ingest_queue_max_batches: int = setting(DEFAULT_INGEST_QUEUE_MAX_BATCHES, "decoded batches waiting "
@@ -383,6 +388,7 @@ class AggregatorConfig:
             if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
                 raise ConfigError(f"{key}: must be a list of non-empty strings")
         parse_sidecar_tokens(self.sidecar_tokens)
+        parse_sidecar_services(self.sidecar_services)
         if self.grpc_listen:
             _hostport("grpc_listen", self.grpc_listen)
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

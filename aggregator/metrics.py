@@ -24,7 +24,7 @@ INGEST_OUTCOMES = (
     "accepted",        # stored in the journal (200)
     "duplicate",       # (sidecar, seq) already stored (200, not counted again)
     "unauthorized",    # missing or wrong bearer token (401)
-    "forbidden",       # the token is bound to other sidecar ids (403, sidecar_tokens)
+    "forbidden",       # the token is bound to other sidecar ids, or the id to other services (403)
     "unsupported",     # Content-Type is not application/x-msgpack (415)
     "too_large",       # body over max_body_bytes (413)
     "timeout",         # body not received within sentinel.service.BODY_TIMEOUT_S (408)
@@ -34,7 +34,7 @@ INGEST_OUTCOMES = (
 )
 
 #: Values of the ``outcome`` label of ``sentinel_aggregator_local_anomalies_total``.
-CONFIRM_OUTCOMES = ("confirmed", "dismissed", "late", "over_limit")
+CONFIRM_OUTCOMES = ("confirmed", "dismissed", "late", "over_limit", "unbound")
 
 #: Event time to candidate: a bucket-closing detector waits for its window to close, plus the
 #: sidecar's batching and forwarding; beyond an hour is replay or catch-up.

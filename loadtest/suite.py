@@ -6,6 +6,7 @@
     python -m loadtest.suite --scenarios loadtest/scenarios/a.yaml ...   # an explicit list
     python -m loadtest.suite --mode sdk-grpc      # send through the OpenTelemetry SDK instead of raw protobuf
     python -m loadtest.suite --jobs 2             # two scenarios at a time [--quick: 2, else 1]
+    python -m loadtest.suite --quick --forward summaries   # sidecars in bandwidth mode (sidecar/README.md)
 
 Each scenario runs on fresh processes (``loadtest.run``: aggregator, sidecars, a RabbitMQ exchange
 of its own) and gets ``OUT/<scenario>/`` (``report.md``, ``report.json``, ``run.json``,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -75,10 +77,17 @@ def estimate_s(scenarios: Sequence[Scenario], quick: bool, jobs: int = 1) -> flo
 
 
 async def run_suite(paths: Sequence[Path], out: Path, *, quick: bool = False, mode: str = "raw", jobs: int = 1,
-                    say: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+                    forward: str = "", say: Callable[[str], None] = lambda s: None
+                    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Run the scenarios of ``paths`` into ``out/<name>/``, ``jobs`` at a time; write the summary; (summary,
-    reports). Concurrent runs share the CPUs and this process (the load generator of both)."""
+    reports). Concurrent runs share the CPUs and this process (the load generator of both). ``forward``
+    (``rows`` or ``summaries``) overrides every scenario's sidecar ``forward`` setting."""
     scenarios = [load_scenario(p) for p in paths]  # all validated before anything runs
+    if forward:
+        # Compressed time: the summaries' flush period is a wall-clock window like the others, so it is
+        # divided by the speedup too (10 s in production, a third of a second at 30x).
+        scenarios = [dataclasses.replace(sc, sidecar={"summary_flush_s": 10.0 / sc.speedup, **sc.sidecar,
+                                                      "forward": forward}) for sc in scenarios]
     names = [s.name for s in scenarios]
     if len(set(names)) != len(names):
         raise ValueError(f"scenario names must be unique: {names}")
@@ -101,7 +110,8 @@ async def run_suite(paths: Sequence[Path], out: Path, *, quick: bool = False, mo
     reports = {sc.name: done[sc.name] for sc in scenarios}
     wall_s = time.monotonic() - t0
     summary = suite_summary(reports)
-    summary.update({"quick": quick, "mode": mode, "jobs": jobs, "wall_s": wall_s, "machine": _machine(load0),
+    summary.update({"quick": quick, "mode": mode, "forward": forward or "rows", "jobs": jobs, "wall_s": wall_s,
+                    "machine": _machine(load0),
                     "scenario_files": [str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(
                         ROOT) else str(p) for p in paths]})
     if quick:
@@ -110,8 +120,9 @@ async def run_suite(paths: Sequence[Path], out: Path, *, quick: bool = False, mo
     m = summary["machine"]
     concurrent = f", {jobs} at a time" if jobs > 1 else ""
     command = "python -m loadtest.suite" + (" --quick" if quick else "") + (f" --jobs {jobs}" if jobs > 1 else "") \
-        + ("" if mode == "raw" else f" --mode {mode}")
-    header = (f"{'Quick' if quick else 'Standard'} suite, mode `{mode}`, {len(reports)} scenario(s){concurrent} in "
+        + ("" if mode == "raw" else f" --mode {mode}") + (f" --forward {forward}" if forward else "")
+    header = (f"{'Quick' if quick else 'Standard'} suite, mode `{mode}`, forward `{forward or 'rows'}`, "
+              f"{len(reports)} scenario(s){concurrent} in "
               f"{wall_s:.0f} s wall on {m['cpu_model']} ({m['cpus']} CPUs), Python {m['python']}; 1-minute load "
               f"average {m['load_average_at_start']:.2f} at start, {m['load_average_at_end']:.2f} at end. "
               f"Command: `{command}`. Matching rule and figure definitions: `loadtest/report.py`.")
@@ -148,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode", choices=MODES, default="raw", help="how spans are sent [raw]")
     p.add_argument("--jobs", type=int, help="scenarios run at the same time [2 with --quick, else 1: a scenario's "
                                             "CPU, RSS and latency figures are its own only when it runs alone]")
+    p.add_argument("--forward", choices=("rows", "summaries"), default="",
+                   help="the sidecars' forward setting, for every scenario [each scenario's own, default rows]")
     args = p.parse_args(argv)
     jobs = args.jobs or (2 if args.quick else 1)
 
@@ -167,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.out) if args.out else ROOT / "loadtest" / "reports" / ("quick" if args.quick else "")
     summary, reports = asyncio.run(run_suite(paths, out, quick=args.quick, mode=args.mode, jobs=jobs,
-                                             say=lambda s: print(s, flush=True)))
+                                             forward=args.forward, say=lambda s: print(s, flush=True)))
     print(f"suite: {len(reports)} scenario(s) in {summary['wall_s']:.0f} s; summary: {out / 'README.md'}")
     failed = [f"{name}: {e}" for name, rep in reports.items() for e in rep["errors"]]
     if args.quick:

@@ -43,6 +43,17 @@ Body (``POST /v1/ingest``, ``Content-Type: application/x-msgpack``), a map with:
     sealed). Counters are cumulative, not per batch, so a lost or refused batch loses no count.
     Readers that predate it ignore it; a sidecar that predates it sends none.
 
+``edge_alerts`` (optional; absent when empty)
+    list of maps, alerts the sidecar raised and paged on its own (:class:`sentinel.edge_alerts.EdgeAlert`);
+    readers that do not know the field ignore it.
+
+``summaries`` (optional; absent when empty)
+    list of maps, per-minute per-key summaries of rows (:class:`sentinel.summary.Summary`), sent by a
+    sidecar in ``forward: summaries`` mode.
+``summarised`` (optional, bool; absent means false)
+    the rows in ``cols`` are also counted in some batch's ``summaries`` (they are the anomalous calls
+    and a sample): the aggregator must not count them again.
+
 Unknown top-level keys are ignored, so minor additions stay compatible within a version.
 """
 
@@ -56,12 +67,14 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from sentinel.edge_alerts import EdgeAlert
 from sentinel.model import COLUMNS, NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch, LocalAnomaly
 from sentinel.quality import QualityEvent
 from sentinel.security_event import SecurityEvent, SecurityEventError
+from sentinel.summary import Summary
 
-__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "WIRE_VERSION", "SidecarStatus", "WireBatch", "WireFormatError", "decode",
-           "encode"]
+__all__ = ["CONTENT_TYPE", "MAX_ABS_VALUE", "MAX_EDGE_ALERTS", "MAX_SUMMARIES", "WIRE_VERSION", "SidecarStatus",
+           "WireBatch", "WireFormatError", "decode", "encode"]
 
 WIRE_VERSION = 1
 CONTENT_TYPE = "application/x-msgpack"
@@ -70,6 +83,10 @@ _CODE_DTYPE = "<i4"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: Float column values beyond ±this (and ±inf) are decoded as missing (NaN).
 MAX_ABS_VALUE = 1e15
+#: Edge alerts one body may carry (a sidecar raises a handful per incident); more is refused.
+MAX_EDGE_ALERTS = 1000
+#: Summaries one body may carry (one per key and minute); more is refused.
+MAX_SUMMARIES = 10_000
 
 
 class WireFormatError(ValueError):
@@ -127,6 +144,12 @@ class WireBatch:
     security: list[SecurityEvent] = field(default_factory=list)
     #: The sidecar's own state, when it sent one (see the module docstring).
     status: SidecarStatus | None = None
+    #: Alerts the sidecar raised and paged itself (optional field ``edge_alerts``).
+    edge_alerts: list[EdgeAlert] = field(default_factory=list)
+    #: Per-minute per-key summaries (optional field ``summaries``).
+    summaries: list[Summary] = field(default_factory=list)
+    #: The rows are also counted in summaries (optional field ``summarised``).
+    summarised: bool = False
 
 
 def _encode_strings(values: Sequence[str | None]) -> dict[str, Any]:
@@ -155,6 +178,9 @@ def encode(
     quality: Sequence[QualityEvent] = (),
     security: Sequence[SecurityEvent] = (),
     status: SidecarStatus | None = None,
+    edge_alerts: Sequence[EdgeAlert] = (),
+    summaries: Sequence[Summary] = (),
+    summarised: bool = False,
 ) -> bytes:
     """Encode a batch as a version-1 wire body."""
     cols: dict[str, Any] = {}
@@ -180,6 +206,12 @@ def encode(
         body["security"] = [e.to_wire() for e in security]
     if status is not None:
         body["status"] = status.to_wire()
+    if edge_alerts:  # absent otherwise: bodies without edge alerts stay byte-for-byte as before
+        body["edge_alerts"] = [a.to_wire() for a in edge_alerts]
+    if summaries:
+        body["summaries"] = [s.to_wire() for s in summaries]
+    if summarised:
+        body["summarised"] = True
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
@@ -200,9 +232,11 @@ def _decode_numeric(name: str, spec: Any, n: int) -> np.ndarray[Any, Any]:
     if dtype != NUMERIC_COLUMNS[name]:
         raise WireFormatError(f"column {name!r} has dtype {dtype!r}, expected {NUMERIC_COLUMNS[name]!r}")
     data = _need(spec, "data", bytes, f"cols.{name}.")
-    arr = np.frombuffer(data, dtype=np.dtype(dtype))
-    if arr.shape[0] != n or len(data) != n * arr.itemsize:
+    # Checked before numpy reads it: a length that is not a whole number of values would make
+    # frombuffer raise its own ValueError instead of naming the column.
+    if len(data) != n * np.dtype(dtype).itemsize:
         raise WireFormatError(f"column {name!r} holds {len(data)} bytes, expected {n} values")
+    arr = np.frombuffer(data, dtype=np.dtype(dtype))
     if name == "is_error" and n and int(arr.max()) > 1:
         row = int(np.argmax(arr > 1))
         raise WireFormatError(f"column 'is_error' holds {int(arr[row])} at row {row}, must be 0 or 1")
@@ -242,6 +276,33 @@ def _msgpack_problem(e: Exception) -> str:
     if isinstance(e, msgpack.FormatError):
         return "a byte that starts no msgpack value (reserved type 0xc1, or a broken header)"
     return str(e) or type(e).__name__
+
+
+def _decode_edge_alerts(raw: Any) -> list[EdgeAlert]:
+    if not isinstance(raw, list):
+        raise WireFormatError("field 'edge_alerts' is not a list")
+    if len(raw) > MAX_EDGE_ALERTS:
+        raise WireFormatError(f"field 'edge_alerts' holds {len(raw)} alerts, more than {MAX_EDGE_ALERTS}")
+    out: list[EdgeAlert] = []
+    for i, a in enumerate(raw):
+        if not isinstance(a, dict):
+            raise WireFormatError(f"edge_alerts[{i}] is not a map")
+        try:
+            out.append(EdgeAlert.from_wire(a))
+        except ValueError as e:
+            raise WireFormatError(f"edge_alerts[{i}] is invalid: {e}") from None
+    return out
+
+
+def _decode_summaries(raw: Any) -> list[Summary]:
+    if not isinstance(raw, list):
+        raise WireFormatError("field 'summaries' is not a list")
+    if len(raw) > MAX_SUMMARIES:
+        raise WireFormatError(f"field 'summaries' holds {len(raw)} summaries, more than {MAX_SUMMARIES}")
+    try:
+        return [Summary.from_wire(s, f"summaries[{i}]") for i, s in enumerate(raw)]
+    except ValueError as e:
+        raise WireFormatError(f"invalid summary: {e}") from None
 
 
 def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None = None) -> WireBatch:
@@ -308,7 +369,15 @@ def decode(body: bytes, *, max_rows: int = 1_000_000, max_anomalies: int | None 
     quality = _decode_list(m, "quality", QualityEvent.from_wire, max_anomalies)
     security = _decode_list(m, "security", SecurityEvent.from_wire, max_anomalies)
     status = SidecarStatus.from_wire(m["status"]) if m.get("status") is not None else None
+    edge_alerts = _decode_edge_alerts(m.get("edge_alerts", []))
+    summaries = _decode_summaries(m.get("summaries", []))
+    summarised = m.get("summarised", False)
+    if not isinstance(summarised, bool):
+        raise WireFormatError("field 'summarised' is not a bool")
     return WireBatch(
+        edge_alerts=edge_alerts,
+        summaries=summaries,
+        summarised=summarised,
         sidecar=sidecar,
         seq=seq,
         batch=FeatureBatch(n=n, numeric=numeric, strings=strings),

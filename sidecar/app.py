@@ -27,6 +27,7 @@ from sidecar.forward_queue import ForwardQueue
 from sidecar.forwarder import Forwarder, ForwarderConfig
 from sidecar.genai_metrics import GenAiMetricsReader, MetricsConfig
 from sidecar.inflight import InFlightBudget
+from sidecar.local_alerts import LocalAlerter, LocalAlertsConfig
 from sidecar.metrics import SidecarMetrics
 from sidecar.ops_server import OpsServer
 from sidecar.otlp_grpc import OtlpGrpcReceiver
@@ -35,6 +36,7 @@ from sidecar.passthrough import Passthrough, PassthroughConfig
 from sidecar.pipeline import SeqSource, TracePipeline
 from sidecar.spool import Spool, SpoolConfig, SpoolLockedError
 from sidecar.status import StatusSource
+from sidecar.summaries import Summariser, SummaryConfig
 
 __all__ = ["Sidecar", "run"]
 
@@ -50,6 +52,7 @@ class Sidecar:
         *,
         registry: CollectorRegistry | None = None,
         forward_transport: httpx.AsyncBaseTransport | None = None,
+        local_alert_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         config.validate()
         self.config = config
@@ -57,11 +60,13 @@ class Sidecar:
         self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_sidecar")
         self.sidecar_id = config.effective_sidecar_id()
         self._forward_transport = forward_transport
+        self._local_alert_transport = local_alert_transport
         self.spool: Spool | None = None
         self.queue: ForwardQueue | None = None
         self.forwarder: Forwarder | None = None
         self.passthrough: Passthrough | None = None
         self.pipeline: TracePipeline | None = None
+        self.local_alerts: LocalAlerter | None = None
         self.grpc: OtlpGrpcReceiver | None = None
         self.http: OtlpHttpReceiver | None = None
         self.ops: OpsServer | None = None
@@ -73,6 +78,8 @@ class Sidecar:
             return "shutting down"
         if not self._ready:
             return "starting"
+        if self.queue is not None and (error := self.queue.spool_problem()):
+            return f"spool cannot be written ({error})"
         return self.tasks.problem()
 
     async def start(self) -> None:
@@ -125,6 +132,16 @@ class Sidecar:
                 self.metrics,
             )
             await self.passthrough.start()
+        summaries = SummaryConfig.from_settings(c)
+        alerts_config = LocalAlertsConfig.from_settings(c)
+        if alerts_config.mode != "off":
+            forwarder = self.forwarder
+            self.local_alerts = LocalAlerter(
+                alerts_config, sidecar_id=self.sidecar_id, registry=self.metrics.registry,
+                # No aggregator: nobody else can page, so the sidecar is "offline" for good.
+                offline=lambda: forwarder is None or forwarder.unreachable,
+                transport=self._local_alert_transport)
+            await self.local_alerts.start()
         self.pipeline = TracePipeline(
             extractor=extractor, detector=detector, queue=self.queue, metrics=self.metrics,
             sidecar_id=self.sidecar_id, seq=SeqSource(last_seq), durable=c.mode == "store-and-forward",
@@ -132,6 +149,8 @@ class Sidecar:
             receive_queue_max_bytes=c.receive_queue_max_bytes,
             metrics_reader=GenAiMetricsReader(metrics_config, extractor.prices) if metrics_config.enabled else None,
             status=StatusSource(self.metrics),
+            local_alerts=self.local_alerts,
+            summariser=Summariser(summaries) if summaries.forward == "summaries" else None,
         )
         self.pipeline.start()
         if c.metrics_listen:
@@ -171,6 +190,8 @@ class Sidecar:
                             self.config.shutdown_grace_s,
                             "the rest stays in the spool" if self.spool else "the rest is dropped (no spool)")
             await self.forwarder.shutdown()
+        if self.local_alerts is not None:
+            await self.local_alerts.shutdown()
         if self.queue is not None:
             await self.queue.close()
         if self.passthrough is not None:

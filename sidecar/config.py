@@ -9,6 +9,8 @@ from typing import Any
 
 from sentinel.config import ConfigError, setting
 from sidecar.genai_metrics import MetricsConfig
+from sidecar.local_alerts import LocalAlertsConfig
+from sidecar.summaries import SummaryConfig
 
 __all__ = ["MODES", "SPOOL_FSYNC_POLICIES", "SPOOL_FULL_POLICIES", "SidecarConfig"]
 
@@ -110,6 +112,28 @@ class SidecarConfig:
                                                     "interval; beyond it the values are thinned (counted)")
     genai_metrics_max_series: int = setting(10_000, "metric streams (and span-covered keys) remembered; "
                                             "beyond it they are forgotten and start over")
+    local_alerts: str = setting("offline", "when the sidecar pages its own sinks for local detections: offline "
+                                "(while the aggregator is unreachable), always, or off (see sidecar/README.md, "
+                                "Local alerts)")
+    local_alert_min_severity: str = setting("high", "least severity of a local detection that pages locally "
+                                            "(critical, high, medium, low)")
+    local_alert_webhook_url: str = setting("", "webhook receiving local alerts as the aggregator's alert JSON "
+                                           "document (empty: none)")
+    local_alert_slack_url: str = setting("", "Slack incoming webhook receiving local alerts (empty: none)")
+    local_alert_dedup_s: float = setting(300.0, "a series that paged locally is not paged again until this "
+                                         "long after its last detection", kind="duration")
+    local_alert_row_persistence: int = setting(3, "detections about single calls of one series, within "
+                                               "local_alert_dedup_s, before they page locally")
+    local_alert_timeout_s: float = setting(5.0, "timeout of one local alert POST", kind="duration")
+    local_alert_attempts: int = setting(3, "tries per local alert sink before it counts as failed")
+    forward: str = setting("rows", "what is forwarded: rows (every row) or summaries (per-minute per-key "
+                           "summaries, every anomalous row and a sample; see sidecar/README.md, Bandwidth mode)")
+    summary_sample_rate: float = setting(0.01, "forward: summaries: share of the other rows forwarded as rows")
+    summary_flush_s: float = setting(10.0, "forward: summaries: how often the summaries held are sealed into a "
+                                     "batch", kind="duration")
+    summary_max_keys: int = setting(10_000, "forward: summaries: key-minutes held before they are sealed early")
+    summary_relative_accuracy: float = setting(0.01, "forward: summaries: DDSketch relative accuracy; must equal "
+                                               "the aggregator's baseline_relative_accuracy")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def validate(self) -> None:
@@ -157,6 +181,8 @@ class SidecarConfig:
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         MetricsConfig.from_settings(self).validate()
+        LocalAlertsConfig.from_settings(self).validate()
+        SummaryConfig.from_settings(self).validate()
         if not isinstance(self.detection, dict):
             raise ConfigError("detection: must be a map")
         if not isinstance(self.prices, dict):

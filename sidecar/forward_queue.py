@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +32,9 @@ __all__ = ["ForwardQueue", "QueueItem", "SealedBatch", "SpoolRefused"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: How long /readyz names a failed spool append (as a failed task is named until it has run 10 s).
+SPOOL_ERROR_SHOWN_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +53,14 @@ class QueueItem:
 
 
 class SpoolRefused(Exception):
-    """The spool is full under the ``refuse`` policy (retryable: UNAVAILABLE)."""
+    """The spool is full under the ``refuse`` policy, or cannot be written (retryable: UNAVAILABLE).
+
+    ``reason`` is the ``dropped_rows_total`` reason for rows already acknowledged that it costs.
+    """
+
+    def __init__(self, message: str, *, reason: str = "spool_full") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ForwardQueue:
@@ -68,6 +80,11 @@ class ForwardQueue:
         self._changed = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool") if spool else None
         self._spool_refusing = False
+        #: Why the last spool append failed (a directory gone read-only, a disk error); "" once one
+        #: succeeds again. /readyz names it (:meth:`spool_problem`): every export is refused meanwhile
+        #: in store-and-forward.
+        self.spool_error = ""
+        self._spool_failed_at = -math.inf
         self._closed = False
         # The spool record the forwarder holds (it keeps its own copy of the body): dropping it to
         # make room does not lose it unless its delivery then fails, so it is counted only then.
@@ -90,6 +107,16 @@ class ForwardQueue:
         if self._spool is not None:
             return not self._spool_refusing
         return len(self._mem) < self._max
+
+    def spool_problem(self) -> str:
+        """The spool's last write error while it is recent (``SPOOL_ERROR_SHOWN_S``), else ``""``.
+
+        Time-bounded, not only cleared by the next good append: a pod taken out of service by its
+        readiness gets no exports to prove the spool writable again.
+        """
+        if self.spool_error and time.monotonic() - self._spool_failed_at < SPOOL_ERROR_SHOWN_S:
+            return self.spool_error
+        return ""
 
     def retry_after_s(self) -> float:
         return 2.0
@@ -119,6 +146,16 @@ class ForwardQueue:
         except SpoolFullError:
             self._spool_refusing = True
             raise SpoolRefused("spool full") from None
+        except OSError as e:
+            self._metrics.spool_write_errors.inc()
+            if not self.spool_error:  # once per episode, not a traceback per request
+                log.error("spool cannot be written: %s; exports are refused until it can", e)
+            self.spool_error = f"{type(e).__name__}: {e}"
+            self._spool_failed_at = time.monotonic()
+            raise SpoolRefused(f"spool cannot be written ({self.spool_error})", reason="spool_error") from None
+        if self.spool_error:
+            log.warning("spool writable again")
+            self.spool_error = ""
         for d in dropped:
             if self._inflight is not None and d.seq == self._inflight.seq:
                 self._inflight_dropped = True  # the forwarder still delivers it: counted only if that fails

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
 #: Statuses that mean the batch itself is refused: resending it cannot succeed.
 PERMANENT_STATUS = frozenset({400, 413, 415, 422})
+#: Statuses that say the aggregator is not there (a proxy or load balancer answering for it, or it
+#: is shutting down), as a connection error does: local alerts page while they last.
+UNREACHABLE_STATUS = frozenset({502, 503, 504})
 
 
 
@@ -67,6 +70,9 @@ class Forwarder:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.last_error: str = ""
+        #: Whether the last delivery attempt found the aggregator away (connection error, 502/503/504);
+        #: what ``local_alerts: offline`` pages on (:mod:`sidecar.local_alerts`).
+        self.unreachable = False
 
     async def start(self) -> None:
         headers = {"Content-Type": wire.CONTENT_TYPE, "User-Agent": "llm-sentinel-sidecar"}
@@ -106,7 +112,9 @@ class Forwarder:
             except httpx.HTTPError as e:
                 reason = type(e).__name__
                 self.last_error = f"{reason}: {e}"
+                self.unreachable = True
             else:
+                self.unreachable = r.status_code in UNREACHABLE_STATUS
                 if 200 <= r.status_code < 300:
                     self.last_error = ""
                     self._metrics.forwarded_rows.inc(item.batch.rows)

@@ -15,6 +15,7 @@ DROP_REASONS = (
     "no_aggregator",    # no aggregator_url set: rows are detected locally only
     "queue_full",       # memory queue full and no spool to spill to
     "spool_full",       # spool full under drop_oldest
+    "spool_error",      # acknowledged rows that had to spill to a spool that cannot be written
     "rejected",         # the aggregator refused the batch permanently (400/413/422)
     "shutdown",         # still held at shutdown with no spool to keep it
 )
@@ -71,6 +72,9 @@ class SidecarMetrics:
             "sentinel_sidecar_spool_bytes", "Bytes of spool segment files on disk", registry=r)
         self.spool_records = Gauge(
             "sentinel_sidecar_spool_records", "Batches in the spool not yet acknowledged", registry=r)
+        self.spool_write_errors = Counter(
+            "sentinel_sidecar_spool_write_errors", "Spool appends that failed with an OS error (a directory gone "
+            "read-only, a disk error); the export is refused", registry=r)
         self.spool_corrupt_records = Counter(
             "sentinel_sidecar_spool_corrupt_records", "Spool records skipped as corrupt or torn", registry=r)
         self.upstream_requests = Counter(

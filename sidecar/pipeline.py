@@ -19,13 +19,16 @@ from sentinel import wire
 from sentinel.model import FeatureBatch, LocalAnomaly, Row
 from sentinel.quality import QualityEvent
 from sentinel.security_event import SecurityEvent
+from sentinel.summary import Summary
 from sidecar.detectors.local import LocalDetector
 from sidecar.extract import Extractor
 from sidecar.forward_queue import ForwardQueue, SealedBatch, SpoolRefused
 from sidecar.genai_metrics import GenAiMetricsReader
+from sidecar.local_alerts import LocalAlerter
 from sidecar.log_signals import has_signal_records, signals_from_logs
 from sidecar.metrics import SidecarMetrics
 from sidecar.status import StatusSource
+from sidecar.summaries import Summariser
 
 __all__ = ["SLICE_SPANS", "ConsumeResult", "Overloaded", "SeqSource", "TracePipeline", "TracesConsumer"]
 
@@ -126,6 +129,8 @@ class TracePipeline:
         receive_queue_max_bytes: int = 16 * 1024 * 1024,
         metrics_reader: GenAiMetricsReader | None = None,
         status: StatusSource | None = None,
+        local_alerts: LocalAlerter | None = None,
+        summariser: Summariser | None = None,
     ) -> None:
         self._extractor = extractor
         self._detector = detector
@@ -139,6 +144,9 @@ class TracePipeline:
         self._max_queued_bytes = receive_queue_max_bytes
         self._metrics_reader = metrics_reader
         self._status = status
+        self._local_alerts = local_alerts
+        self._summariser = summariser
+        self._summary_timer: asyncio.Task[None] | None = None
         # (service, request model, operation) -> when span rows last came for it (monotonic s)
         self._span_keys: dict[tuple[Any, Any, Any], float] = {}
         self._queued_bytes = 0
@@ -151,6 +159,8 @@ class TracePipeline:
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name="trace-pipeline")
+        if self._summariser is not None:
+            self._summary_timer = asyncio.create_task(self._summaries_periodically(), name="summary-flush")
 
     @property
     def queued_bytes(self) -> int:
@@ -287,13 +297,21 @@ class TracePipeline:
         anomalies = self._detector.process(batch) if rows else []
         await asyncio.sleep(0)
         self._record(anomalies)
+        if self._local_alerts is not None:
+            self._local_alerts.observe(anomalies)  # raised now, sealed into the batch of these anomalies
+        if self._summariser is not None:
+            batch = self._summariser.add(batch, anomalies)  # counted in summaries; anomalous and sampled rows go on
+            if self._summariser.full:
+                await self.flush_summaries()
+            if batch.n == 0 and not anomalies and not quality and not security:
+                return
         batches = [batch]
         if self._durable:
             sealed = self._seal(batches, anomalies, quality, security)
             try:
                 await self._queue.put(sealed, durable=True)
-            except SpoolRefused:
-                raise Overloaded("spool full", retry_after_s=self._queue.retry_after_s()) from None
+            except SpoolRefused as e:
+                raise Overloaded(str(e), retry_after_s=self._queue.retry_after_s()) from None
             return
         async with self._lock:
             p = self._pending
@@ -318,12 +336,15 @@ class TracePipeline:
             )
 
     def _seal(self, batches: list[FeatureBatch], anomalies: list[LocalAnomaly],
-              quality: Sequence[QualityEvent] = (), security: Sequence[SecurityEvent] = ()) -> SealedBatch:
+              quality: Sequence[QualityEvent] = (), security: Sequence[SecurityEvent] = (),
+              summaries: list[Summary] | None = None) -> SealedBatch:
         batch = FeatureBatch.concat(batches)
         seq = self._seq.next()
         status = self._status.snapshot() if self._status is not None else None
+        edge_alerts = self._local_alerts.take() if self._local_alerts is not None else []
         body = wire.encode(batch, sidecar=self._sidecar_id, seq=seq, anomalies=anomalies, quality=quality,
-                           security=security, status=status)
+                           security=security, status=status, edge_alerts=edge_alerts,
+                           summaries=summaries or (), summarised=self._summariser is not None)
         return SealedBatch(seq=seq, rows=batch.n, body=body)
 
     async def _flush_locked(self) -> None:
@@ -334,10 +355,29 @@ class TracePipeline:
         sealed = self._seal(p.batches, p.anomalies, p.quality, p.security)
         try:
             await self._queue.put(sealed, durable=False)
-        except SpoolRefused:
+        except SpoolRefused as e:
             # Rows of requests already acknowledged: nothing to refuse any more, so count them.
-            self._metrics.dropped_rows.labels("spool_full").inc(sealed.rows)
-            log.warning("spool full (refuse policy): dropped batch seq=%d (%d rows)", sealed.seq, sealed.rows)
+            self._metrics.dropped_rows.labels(e.reason).inc(sealed.rows)
+            log.warning("%s: dropped batch seq=%d (%d rows)", e, sealed.seq, sealed.rows)
+
+    async def flush_summaries(self) -> None:
+        """Seal every summary held into a batch of its own (``forward: summaries``)."""
+        if self._summariser is None or not self._summariser.pending:
+            return
+        sealed = self._seal([FeatureBatch.empty()], [], summaries=self._summariser.take())
+        try:
+            await self._queue.put(sealed, durable=self._durable)
+        except SpoolRefused:
+            log.warning("spool full (refuse policy): dropped summary batch seq=%d", sealed.seq)
+
+    async def _summaries_periodically(self) -> None:
+        assert self._summariser is not None
+        while True:
+            await asyncio.sleep(self._summariser.config.flush_s)
+            try:
+                await self.flush_summaries()
+            except Exception:  # the next period tries again; the summaries are kept meanwhile only if not taken
+                log.exception("summary flush failed")
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self._batch_timeout_s)
@@ -364,8 +404,11 @@ class TracePipeline:
             self._worker = None
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
         async with self._lock:
             await self._flush_locked()
+        await self.flush_summaries()
 
 
 @dataclass(frozen=True, slots=True)

@@ -594,3 +594,12 @@ def test_webhook_over_http_fails_open_on_unreadable_bodies(webhook_url: str, bod
         r = c.post(webhook_url + "/mutate/namespace-enabled", content=body,
                    headers={"Content-Type": "application/json"})
         assert r.status_code == 200 and r.json()["response"]["allowed"] is True
+
+
+def test_a_column_that_is_not_a_whole_number_of_values_is_named() -> None:
+    # Found by the strange-maps fuzz above: 20 bytes for an 8-byte column made numpy raise its own
+    # "buffer size must be a multiple of element size" instead of a WireFormatError naming the column.
+    m = msgpack.unpackb(VALID, raw=False)
+    m["cols"]["latency_ms"]["data"] = np.array([-2, 0, 1, 2, 3], "<i4").tobytes()
+    with pytest.raises(wire.WireFormatError, match="column 'latency_ms' holds 20 bytes"):
+        wire.decode(msgpack.packb(m, use_bin_type=True))

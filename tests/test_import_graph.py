@@ -43,6 +43,12 @@ LAYERS: tuple[tuple[str, int], ...] = (
 KNOWN: dict[tuple[str, str], str] = {
     ("aggregator.ingest.service", "aggregator.config"):
         "ingest reads the flat process settings until it has a config dataclass of its own",
+    ("sidecar.local_alerts", "aggregator.alerting.model"):
+        "an edge alert's document is the aggregator's Alert.to_dict (imported only when one pages) until the "
+        "alert schema moves to sentinel",
+    ("sidecar.local_alerts", "aggregator.alerting.webhook_sink"):
+        "an edge alert's Slack message is the aggregator's slack_body (imported only for a Slack sink) until "
+        "it moves to sentinel",
 }
 
 

@@ -20,11 +20,11 @@ import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, async_playwright, expect
 
-from aggregator.alerting.rules import BASE_SEVERITY
 from aggregator.alerting.store import AlertQuery
 from aggregator.analysis.detectors.candidate import ANOMALY_TYPES, Candidate
 from aggregator.app import Aggregator
 from sentinel import wire
+from sentinel.alert_rules import BASE_SEVERITY
 from sentinel.model import COLUMNS, FeatureBatch
 from tests.conftest import AggregatorFactory
 

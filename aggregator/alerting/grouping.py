@@ -184,6 +184,13 @@ def summary(a: Alert) -> str:
     """One line: what, where, how far off; for several members how many and which, and the worst."""
     where = " / ".join(p for p in (a.service_name, a.model) if p) or "all services"
     head = f"{a.anomaly_type.replace('_', ' ')} on {where}"
+    region = a.labels.get("region")
+    if region and a.context.get("regional") and all(m.labels.get("region") == region for m in a.members):
+        # One region shifted while the others stayed at their level (aggregator/analysis/detectors/level_shift.py).
+        ratio = a.context.get("ratio")
+        head += f" in {region} only"
+        if isinstance(ratio, int | float):
+            head += f" ({a.details.metric} x{ratio:.1f})"
     if len(a.members) <= 1:
         text = f"{head}: {_measured(a.details)}"
     else:

@@ -13,7 +13,7 @@ anomalies — goes through these stages, in order (aggregator/alerting/README.md
    ``peak_value``, example trace ids); a new series whose ``group_by`` labels (default service and
    anomaly type) match an unresolved alert joins it as a member (:mod:`aggregator.alerting.grouping`);
    anything else raises a new alert;
-4. **enrichment**: severity by the rules of :mod:`aggregator.alerting.rules`, root-cause hint,
+4. **enrichment**: severity by the rules of :mod:`sentinel.alert_rules`, root-cause hint,
    remediation, runbook URL from ``runbook_url_template``, a one-line summary;
 5. **correlation and grouping**: other unresolved alerts of the same service seen within
    ``correlation_window_s`` are linked both ways in ``related_alerts``, share ``labels.group``
@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from aggregator.alerting.edge import edge_paged, reconcile
 from aggregator.alerting.grouping import (
     DEFAULT_GROUP_ACROSS,
     DEFAULT_GROUP_BY,
@@ -65,13 +66,14 @@ from aggregator.alerting.grouping import (
 )
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.model import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails, AlertMember, fingerprint
-from aggregator.alerting.rules import CAUSE, REMEDIATION, classify, correlated_cause
 from aggregator.alerting.silences import Silence
 from aggregator.alerting.sink import Sink
 from aggregator.alerting.store import AlertStore
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.state import StateFile
+from sentinel.alert_rules import CAUSE, REMEDIATION, classify, correlated_cause
 from sentinel.config import ConfigError
+from sentinel.edge_alerts import EdgeAlert
 from sentinel.wire import WireBatch
 
 __all__ = ["AlertManager", "AlertManagerConfig", "AlertStateError"]
@@ -295,26 +297,23 @@ class AlertManager:
             sent = self._flush(now, updated)
             self.store.update(updated.values())  # raised ones too: members may have joined after the insert
             self.metrics.open.set(len(self._open))
+        self._publish(raised, updated)
+        self._wake_sinks(sent)
+
+    def _publish(self, raised: list[Alert], updated: dict[str, Alert]) -> None:
+        """Stream what changed: raised alerts as ``alert``, the others as ``update``."""
         for a in raised:
             self.hub.publish("alert", a.to_dict())
             updated.pop(a.alert_id, None)
         for a in updated.values():
             self.hub.publish("update", a.to_dict())
-        self._wake_sinks(sent)
 
     def _one(self, c: Candidate, now: int, raised: list[Alert], updated: dict[str, Alert]) -> None:
         cfg = self.config
         if c.confidence < max(cfg.min_confidence, cfg.min_confidence_by_type.get(c.anomaly_type, 0.0)):
             self.metrics.suppressed.labels("low_confidence").inc()
             return
-        if c.anomaly_type in _PER_KEY_TYPES:
-            fp = fingerprint(c.anomaly_type, c.service, c.model, "", {})
-        else:
-            fp = fingerprint(c.anomaly_type, c.service, c.model, c.metric, c.context)
-        severity = classify(c.anomaly_type, value=c.value, baseline=c.baseline, deviation_sigma=c.deviation_sigma,
-                            confidence=c.confidence, overrides=cfg.severity)
-        labels = _labels(c, severity)
-        gk = group_key(group_by_for(cfg.group_by, cfg.group_by_type, labels), labels, fp)
+        fp, severity, labels, gk = self._series(c)
         group = self._open.get(gk)
         dedup = cfg.window_ns("dedup_window_s")
         across = cfg.group_across.get(c.anomaly_type)
@@ -346,12 +345,7 @@ class AlertManager:
                 self.metrics.suppressed.labels("persistence").inc()
                 return
             del self._pending[fp]
-        new = AlertMember(key=fp, labels=member_labels(labels, c.context, c.metric), severity=severity,
-                          confidence=float(c.confidence),
-                          details=AlertDetails(c.metric, c.value, c.baseline, c.threshold, c.deviation_sigma),
-                          count=needed, first_seen=now, last_seen=now, peak_value=_finite(c.value),
-                          silenced_by=self._silenced(labels, now),
-                          trace_ids=list(c.context.get("trace_ids") or [])[:MAX_TRACE_IDS])
+        new = self._member(c, fp, severity, labels, now, needed)
         if new.silenced_by:
             self.metrics.suppressed.labels("silenced").inc()
         if group is not None:  # a new series of an open group (or one that fired again): a member
@@ -367,7 +361,10 @@ class AlertManager:
             group.members = [*members, new]
             self._add_trace_ids(group, new.trace_ids)
             refresh(group)
-            self._schedule(group)
+            if edge_paged(group, now, dedup):
+                new.notified = True  # the edge's page covered this incident (aggregator/alerting/edge_alerts.py)
+            else:
+                self._schedule(group)
             updated[group.alert_id] = group
             self.metrics.grouped.inc()
             return
@@ -377,6 +374,29 @@ class AlertManager:
         self._open[gk] = alert
         raised.append(alert)
         self.metrics.count_raised(alert)
+
+    def _series(self, c: Candidate) -> tuple[str, str, dict[str, str], str]:
+        """The candidate's series fingerprint, severity, labels and group key."""
+        cfg = self.config
+        if c.anomaly_type in _PER_KEY_TYPES:
+            fp = fingerprint(c.anomaly_type, c.service, c.model, "", {})
+        else:
+            fp = fingerprint(c.anomaly_type, c.service, c.model, c.metric, c.context)
+        severity = classify(c.anomaly_type, value=c.value, baseline=c.baseline, deviation_sigma=c.deviation_sigma,
+                            confidence=c.confidence, overrides=cfg.severity)
+        labels = _labels(c, severity)
+        return fp, severity, labels, group_key(group_by_for(cfg.group_by, cfg.group_by_type, labels), labels, fp)
+
+    def _member(self, c: Candidate, fp: str, severity: str, labels: dict[str, str], now: int,
+                count: int) -> AlertMember:
+        """A new firing series of an alert, from its first detection."""
+        member = AlertMember(key=fp, labels=member_labels(labels, c.context, c.metric), severity=severity,
+                             confidence=float(c.confidence),
+                             details=AlertDetails(c.metric, c.value, c.baseline, c.threshold, c.deviation_sigma),
+                             count=count, first_seen=now, last_seen=now, peak_value=_finite(c.value),
+                             silenced_by=self._silenced(labels, now),
+                             trace_ids=list(c.context.get("trace_ids") or [])[:MAX_TRACE_IDS])
+        return member
 
     def _new_alert(self, c: Candidate, gk: str, member: AlertMember, now: int) -> Alert:
         cfg = self.config
@@ -448,6 +468,44 @@ class AlertManager:
 
     def _silenced(self, labels: dict[str, str], now: int) -> str | None:
         return next((s.id for s in self._silences if s.active(now) and s.matches(labels)), None)
+
+    def reconcile_edge(self, c: Candidate, edge: EdgeAlert, *, sidecar: str, late: bool) -> str:
+        """Take an alert a sidecar raised (and maybe paged) itself; returns the outcome (``raised``,
+        ``merged``, ``duplicate``, ``updated``). Rules: :mod:`aggregator.alerting.edge`."""
+        now = self._clock()
+        raised: list[Alert] = []
+        updated: dict[str, Alert] = {}
+        with self._lock:
+            fp, severity, labels, gk = self._series(c)
+            group = self._open.get(gk)
+            if group is None:
+                group = self._new_alert(c, gk, self._member(c, fp, severity, labels, now, edge.count), now)
+                self._correlate(group, now, updated)
+                outcome = reconcile(group, edge, new=True, sidecar=sidecar, late=late, now=now,
+                                    group_wait_ns=self.config.window_ns("group_wait_s"))
+                self.store.insert(group, ())
+                self._open[gk] = group
+                raised.append(group)
+                self.metrics.count_raised(group)
+            else:
+                existing = group.member(fp)
+                outcome = reconcile(group, edge, new=False, sidecar=sidecar, late=late, now=now,
+                                    group_wait_ns=self.config.window_ns("group_wait_s"))
+                if outcome == "merged":
+                    if existing is not None and existing.status == "firing":
+                        self._fold(group, existing, c, now)
+                    else:
+                        group.members = [m for m in group.members if m.key != fp]
+                        member = self._member(c, fp, severity, labels, now, edge.count)
+                        member.notified = edge.paged
+                        group.members.append(member)
+                        refresh(group)
+                if outcome != "duplicate":
+                    updated[group.alert_id] = group
+            self.store.update(updated.values())
+            self.metrics.open.set(len(self._open))
+        self._publish(raised, updated)
+        return outcome
 
     # --- notifications ----------------------------------------------------------------------------
 

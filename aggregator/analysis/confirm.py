@@ -48,6 +48,11 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.dete
 learned from the rows of the batches that carry anomalies, so a provider's error storm seen by
 several sidecars joins the one provider-wide alert (``alert_group_across``).
 
+**Regional baselines.** When the anomaly's call is in its batch with a region (found by span id)
+and that region's baseline holds ``min_global_count`` values of the metric (calls, for the error
+rate), the region's baseline replaces the global one in every check below, and the candidate
+carries ``context.region`` (its alert is regional) and ``context.baseline_scope = "region"``.
+
 **Too little global history.** While the global baseline holds fewer than ``min_global_count``
 values of the metric (calls, for the error rate) — a new key, a fresh aggregator, a metric not
 kept in ``baseline_metrics`` — its p99 is not a trustworthy yardstick, so the sidecar is
@@ -92,6 +97,7 @@ from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.providers import ProviderMap
 from aggregator.analysis.state import StateFile
 from sentinel.config import ConfigError
+from sentinel.edge_alerts import LOCAL_ANOMALY_TYPES
 from sentinel.model import FeatureBatch, LocalAnomaly
 from sentinel.wire import WireBatch
 
@@ -126,15 +132,7 @@ DEFAULT_MIN_CONFIDENCE = 0.75
 #: Confidence of an anomaly confirmed without a global check (too little global history).
 UNCHECKED_CONFIDENCE = 0.5
 #: Candidate anomaly type of each metric a sidecar scores.
-ANOMALY_TYPES: dict[str, str] = {
-    "latency_ms": "latency_spike",
-    "ttft_ms": "latency_spike",
-    "input_tokens": "token_spike",
-    "output_tokens": "token_spike",
-    "cost_usd": "cost_anomaly",
-    "tokens_per_s": "throughput_drop",
-    "error_rate": "error_burst",
-}
+ANOMALY_TYPES: dict[str, str] = LOCAL_ANOMALY_TYPES
 #: The global quantile a local level shift's value must pass (see the module docstring).
 DEFAULT_LEVEL_SHIFT_QUANTILE = 0.9
 #: Local level shifts that are confirmed (up only), with their candidate anomaly type.
@@ -213,13 +211,15 @@ class LocalAnomalyConfirmer:
         found: list[Candidate] = []
         oldest = arrival_ns - int(self.config.late_after_s * 1e9)
         self._providers.note(batch.batch)
+        regions = _regions_of_spans(batch)
         with self._lock:
             for anomaly in batch.anomalies:
                 if anomaly.time_unix_nano < oldest:
                     if self._outcome is not None:
                         self._outcome("late")
                     continue
-                candidate = self.judge(anomaly, sidecar=batch.sidecar, batch=batch.batch)
+                region = regions.get(anomaly.span_id) if anomaly.span_id is not None else None
+                candidate = self.judge(anomaly, sidecar=batch.sidecar, batch=batch.batch, region=region)
                 provider = self._providers.get(anomaly.service, anomaly.model)
                 if candidate is not None and provider:
                     candidate.context["provider"] = provider
@@ -242,21 +242,31 @@ class LocalAnomalyConfirmer:
     def shutdown(self) -> None:
         """Nothing to stop."""
 
-    def judge(self, a: LocalAnomaly, *, sidecar: str = "", batch: FeatureBatch | None = None) -> Candidate | None:
-        """The candidate ``a`` becomes, or ``None`` when the global baseline dismisses it (``batch``: the
-        rows ``a`` came with, where a level shift's call is looked up)."""
+    def judge(self, a: LocalAnomaly, *, sidecar: str = "", batch: FeatureBatch | None = None,
+              region: str | None = None) -> Candidate | None:
+        """The candidate ``a`` becomes, or ``None`` when the baseline dismisses it.
+
+        ``batch``: the rows ``a`` came with, where a level shift's call is looked up. ``region`` is
+        the region of the anomaly's call: when that region's baseline of the metric has
+        ``min_global_count`` values it is the yardstick (a region whose normal is slower than the
+        fleet's is not an incident; a spike in a fast region is one even inside the fleet's range),
+        and the candidate carries ``context.region`` (the alert is regional); otherwise the global one.
+        """
         anomaly_type = ANOMALY_TYPES.get(a.metric)
         if anomaly_type is None or not math.isfinite(a.value):
             return None  # a metric this version does not know: nothing to say about it
         key = self.store.baseline(BaselineKey(a.service, a.model, a.operation, None))
+        regional = self._regional(a, region)
+        if regional is not None:
+            key = regional
         if a.metric == "error_rate":
-            return self._judge_error_rate(a, anomaly_type, key, sidecar)
+            return self._judge_error_rate(a, anomaly_type, key, sidecar, region if regional is not None else None)
         if a.method == LEVEL_SHIFT:
-            return self._judge_level_shift(a, key, sidecar, batch)
+            return self._judge_level_shift(a, key, sidecar, batch, region if regional is not None else None)
         metric = None if key is None else key.metrics.get(a.metric)
         q = self.config.quantile
         low = _is_low(a)
-        context = _context(a, sidecar)
+        context = _context(a, sidecar, region if regional is not None else None)
         if metric is None or metric.count < self.config.min_global_count:
             if a.method != "threshold" and not abs(a.sigma) >= self.config.unchecked_min_sigma:
                 return None
@@ -285,7 +295,7 @@ class LocalAnomalyConfirmer:
                           baseline=median, threshold=limit, sigma=sigma, context=context)
 
     def _judge_level_shift(self, a: LocalAnomaly, key: KeyBaseline | None, sidecar: str,
-                           batch: FeatureBatch | None) -> Candidate | None:
+                           batch: FeatureBatch | None, region: str | None) -> Candidate | None:
         anomaly_type = LEVEL_SHIFT_TYPES.get(a.metric)
         metric = None if key is None else key.metrics.get(a.metric)
         if anomaly_type is None or _is_low(a) or metric is None or metric.count < self.config.min_global_count:
@@ -294,7 +304,7 @@ class LocalAnomalyConfirmer:
         limit = metric.quantile(q)
         if not a.value > limit:
             return None
-        context = _context(a, sidecar)
+        context = _context(a, sidecar, region)
         if a.metric == "ttft_ms" and key is not None and self._slow_call(a, key, batch):
             anomaly_type = "latency_spike"  # the whole call is slow: a slow provider, not a late first token
             context["call_slow_too"] = True
@@ -326,9 +336,23 @@ class LocalAnomalyConfirmer:
             return True
         return a.value / value < 2.0 * ttft.quantile(0.5) / lat_median
 
+    def _regional(self, a: LocalAnomaly, region: str | None) -> KeyBaseline | None:
+        """The baseline of ``a``'s region when it has enough history of ``a``'s metric, else ``None``."""
+        if region is None:
+            return None
+        key = self.store.baseline(BaselineKey(a.service, a.model, a.operation, region))
+        if key is None:
+            return None
+        if a.metric == "error_rate":
+            count = key.calls
+        else:
+            metric = key.metrics.get(a.metric)
+            count = 0 if metric is None else metric.count
+        return key if count >= self.config.min_global_count else None
+
     def _judge_error_rate(self, a: LocalAnomaly, anomaly_type: str, key: KeyBaseline | None,
-                          sidecar: str) -> Candidate | None:
-        context = _context(a, sidecar)
+                          sidecar: str, region: str | None = None) -> Candidate | None:
+        context = _context(a, sidecar, region)
         calls = 0 if key is None else key.calls
         if key is None or calls < self.config.min_global_count:
             context.update(global_checked=False, global_count=calls)
@@ -368,8 +392,22 @@ def _num(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _context(a: LocalAnomaly, sidecar: str) -> dict[str, Any]:
+def _regions_of_spans(batch: WireBatch) -> dict[str, str]:
+    """span id -> region of the batch's rows, when it has anomalies and regions (to find an anomaly's region)."""
+    if not batch.anomalies:
+        return {}
+    regions = batch.batch.strings.get("region") or []
+    if not any(r is not None for r in regions):
+        return {}
+    spans = batch.batch.strings.get("span_id") or []
+    wanted = {a.span_id for a in batch.anomalies if a.span_id is not None}
+    return {s: r for s, r in zip(spans, regions, strict=False) if s in wanted and r is not None}
+
+
+def _context(a: LocalAnomaly, sidecar: str, region: str | None = None) -> dict[str, Any]:
+    scope = {} if region is None else {"region": region, "baseline_scope": "region"}
     return {
+        **scope,
         "trace_ids": [a.trace_id] if a.trace_id is not None else [],
         "span_id": a.span_id,
         "operation": a.operation,

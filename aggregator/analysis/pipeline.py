@@ -55,11 +55,15 @@ class Consumer(Protocol):
         """Stop threads of its own, if any; idempotent (called after the last batch and snapshot)."""
 
 
-def pipeline(*, confirm: Consumer, baselines: Consumer, quality: Consumer | None = None,
+def pipeline(*, edge_alerts: Consumer | None = None, confirm: Consumer, baselines: Consumer,
+             quality: Consumer | None = None,
              security: Consumer | None = None, detectors: Consumer, forest: Consumer | None,
              series: Consumer, alerts: Consumer) -> list[Consumer]:
     """The analysis consumers in the order every batch goes through them, and why that order.
 
+    0. ``edge_alerts`` (alerts a sidecar raised while it could not reach the aggregator, reconciled
+       with the alert manager) first: the alert exists when the batch's own anomalies (those it was
+       raised on) are confirmed, so they fold into it instead of raising, and paging, another.
     1. ``confirm`` (sidecars' local anomalies judged against the global baselines) before
        ``baselines``: a forwarded anomaly is judged against the baselines as they were before its
        own batch, so a spike does not raise the p99 it is compared with.
@@ -75,8 +79,13 @@ def pipeline(*, confirm: Consumer, baselines: Consumer, quality: Consumer | None
     7. ``series`` (per-service time series for the API and the page): reads the batch only.
     8. ``alerts`` last: a batch's own detections (handed on as each consumer returns them) are
        folded into the alerts before its rows can resolve one.
+
+    Batches of ``forward: summaries`` sidecars carry summaries and a sample of rows: the caller
+    wraps ``baselines`` (summaries merged exactly) and the consumers that count rows (``detectors``,
+    ``series``, ``alerts``) in :mod:`aggregator.analysis.summaries`; the order is the same.
     """
-    return [c for c in (confirm, baselines, quality, security, detectors, forest, series, alerts) if c is not None]
+    return [c for c in (edge_alerts, confirm, baselines, quality, security, detectors, forest, series, alerts)
+            if c is not None]
 
 
 def restore(consumer: Consumer) -> None:

@@ -29,7 +29,14 @@ from aiohttp import web
 
 from aggregator.analysis.pipeline import Analysis
 from aggregator.config import AggregatorConfig
-from aggregator.ingest.auth import ANY_SIDECAR, IngestTokens, parse_sidecar_tokens
+from aggregator.ingest.auth import (
+    ANY_SIDECAR,
+    IngestTokens,
+    ServiceBinding,
+    parse_sidecar_services,
+    parse_sidecar_tokens,
+    unbound_anomalies,
+)
 from aggregator.ingest.clock_check import ClockCheck
 from aggregator.ingest.event_time import clamp_future
 from aggregator.ingest.journal import IngestJournal, JournalEntry, is_full
@@ -60,6 +67,8 @@ class _Pending:
     batch: wire.WireBatch
     done: asyncio.Future[bool]
     future_rows: int = 0
+    #: Local anomalies dropped for naming a service none of the batch's rows has.
+    unbound_anomalies: int = 0
     #: Rows plus anomalies reserved against analysis_queue_max_rows until analysis owns them.
     reserved: int = 0
 
@@ -91,6 +100,7 @@ class IngestService:
         self.journal = IngestJournal(config.data_dir, dedup_window=config.dedup_window)
         self._clock = clock
         self._tokens = IngestTokens(config.tokens, parse_sidecar_tokens(config.sidecar_tokens))
+        self._services = ServiceBinding(parse_sidecar_services(config.sidecar_services))
         self._late_after_ns = int(config.late_after_s * 1e9)
         self._max_skew_ns = int(config.max_future_skew_s * 1e9)
         self._future_warned_at = -math.inf
@@ -213,6 +223,12 @@ class IngestService:
         if not IngestTokens.covers(scope, batch.sidecar):
             return self._refuse("forbidden", 403, f"this token may not send batches as sidecar {batch.sidecar!r} "
                                 f"(sidecar_tokens binds it to {', '.join(scope)})")
+        if self._services.enabled and batch.batch.n:
+            other = self._services.forbidden(batch.sidecar, batch.batch.strings["service"])
+            if other is not None:
+                return self._refuse("forbidden", 403, f"sidecar {batch.sidecar!r} may not report service {other!r} "
+                                    "(sidecar_services)")
+        unbound = unbound_anomalies(batch)
         future = clamp_future(batch, arrival_ns=arrival, max_skew_ns=self._max_skew_ns)
         entry = JournalEntry(
             sidecar=batch.sidecar,
@@ -228,7 +244,7 @@ class IngestService:
         # in between): concurrent requests that all passed the first check cannot together overshoot.
         if self._analysis_behind():
             return self._analysis_refusal()
-        pending = _Pending(entry, batch, asyncio.get_running_loop().create_future(), future)
+        pending = _Pending(entry, batch, asyncio.get_running_loop().create_future(), future, unbound)
         self._reserve(pending, batch.batch.n + len(batch.anomalies))
         try:
             self._queue.put_nowait(pending)
@@ -321,6 +337,10 @@ class IngestService:
                 self.clock_check.observe(entry.sidecar, entry.created_unix_nano, entry.received_at)
                 if p.batch.anomalies_dropped:
                     m.local_anomalies.labels("over_limit").inc(p.batch.anomalies_dropped)
+                if p.unbound_anomalies:
+                    m.local_anomalies.labels("unbound").inc(p.unbound_anomalies)
+                    log.warning("sidecar %s: %d local anomalies name a service none of the batch's rows has; "
+                                "dropped (outcome unbound)", entry.sidecar, p.unbound_anomalies)
                 if p.future_rows:
                     m.rows_future.inc(p.future_rows)
                     self._warn_future(entry.sidecar, p.future_rows)

@@ -78,10 +78,15 @@ def test_concurrent_batches_and_anomaly_floods_stay_within_the_backlog_bound(fau
     assert agg.term() == 0
     accepted = codes.count(200)
     assert accepted >= 1 and set(codes) <= {200, 503}
+    # Nothing accepted is lost (case 4): every batch answered 200 is in the journal, whole, and no
+    # refused one is.
+    stored = {(b.sidecar, b.rows) for b in agg.journal() if b.sidecar.startswith("sc-")}
+    assert stored == {(f"sc-{i}", rows_per_batch) for i, c in enumerate(codes) if c == 200}
     assert max(backlog) <= bound + rows_per_batch, f"backlog peaked at {max(backlog):.0f} rows"
     assert set(flood_codes) <= {200, 503} and checked <= 3 * 1_000 and over == 99_000 * flood_codes.count(200)
     observe("11a 16 concurrent 30,000-row batches, then 3 batches of 20 rows with 100,000 anomalies each",
-            accepted=accepted, refused_503=codes.count(503), backlog_peak_rows=int(max(backlog)),
+            accepted=accepted, refused_503=codes.count(503), accepted_stored=len(stored),
+            backlog_peak_rows=int(max(backlog)),
             anomalies_checked=int(checked), anomalies_over_limit=int(over),
             rss_mib=f"{rss_start / MiB:.0f} -> {rss_peak / MiB:.0f}")
 
@@ -118,9 +123,10 @@ def test_concurrent_large_grpc_exports_stay_within_the_bytes_in_flight(faults: F
     assert sc.term() == 0
     assert agg.term() == 0
     peak = max(rss)
-    # gRPC's transport takes in each whole message before any handler runs, so the peak still grows
-    # with the number of connections (a documented limit); what the budget bounds is the decoding
-    # and what stays: the memory comes back (it stayed at 700 MiB before).
+    # The peak is not bounded (a documented limit: the same exports one at a time still peak near
+    # 400 MiB, loadtest/bench_grpc_memory.py; concurrency adds gRPC receiving on every connection at
+    # once); what the budget bounds is the decoding and what stays: the memory comes back (it stayed
+    # at 700 MiB before).
     assert rss_after - rss_start < 150 * MiB, f"RSS {rss_start / MiB:.0f} -> {rss_after / MiB:.0f} MiB after"
     assert codes.count("OK") <= 64 * MiB // len(request) * 2, "the rest were refused while the budget was full"
     assert set(codes) <= {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED"} and "OK" in codes

@@ -4,8 +4,9 @@ A real aggregator on a real small filesystem: the test mounts its own tmpfs (nee
 project's machines and CI; skipped elsewhere), fills it, frees it, and unmounts it at the end.
 aggregator/README.md: the 503 of a full journal names the cause, and commits resume by themselves.
 (A read-only spool volume, case 7, cannot be made here: tmpfs refuses to go read-only while the
-sidecar holds a segment open for writing, and root ignores permissions; ``tests/test_tasks.py``
-injects the EROFS into the real spool instead.)
+sidecar holds a segment open for writing, and root ignores permissions; ``test_spool_read_only.py``
+runs the sidecar without ``CAP_DAC_OVERRIDE`` and takes the directory's write permission instead,
+and ``tests/test_tasks.py`` injects the EROFS into the real spool.)
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from aiohttp import web
 from aggregator.analysis.baselines.store import ALL_REGIONS, FORMAT_VERSION, BaselineConfig, BaselineStore
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.state import JsonStateFile
+from aggregator.analysis.summaries import merge_into
+from sentinel.summary import Summary
 from sentinel.wire import WireBatch
 
 __all__ = ["FILE_NAME", "BaselineConsumer", "baseline_filters"]
@@ -72,6 +74,12 @@ class BaselineConsumer:
             self.store.update(batch.batch)
             self._dirty = True
         return []
+
+    def merge_summaries(self, summaries: list[Summary]) -> None:
+        """Fold sidecars' summaries into the baselines (``forward: summaries``; see :mod:`.summaries`)."""
+        with self._lock:
+            merge_into(self.store, summaries)
+            self._dirty = True
 
     def snapshot(self) -> dict[str, Any] | None:
         with self._lock:

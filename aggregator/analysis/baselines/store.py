@@ -307,6 +307,23 @@ class BaselineStore:
                                 metric = entry.metrics[m] = MetricBaseline(self.config.relative_accuracy)
                             metric.add_reduced(r)
 
+    def merge_part(self, key: BaselineKey, part: KeyBaseline, hour: int | None = None) -> None:
+        """Fold the baseline of some calls of ``key`` (and ``hour``) into its global and regional baselines.
+
+        How a sidecar's summaries are added (``aggregator/analysis/summaries.py``; rows go through :meth:`update`):
+        metrics this store does not keep are left out.
+        """
+        if set(part.metrics) - set(self.config.metrics):
+            part = KeyBaseline({m: b for m, b in part.metrics.items() if m in self.config.metrics},
+                               calls=part.calls, errors=part.errors)
+        keys = [BaselineKey(key.service, key.model, key.operation, None)]
+        if key.region is not None:
+            keys.append(key)
+        for k in keys:
+            self._entry(k, None).merge(part)
+            if hour is not None:
+                self._entry(k, hour).merge(part)
+
     def merge(self, other: BaselineStore) -> None:
         """Fold another store's baselines into this one (``other`` is not changed)."""
         for (key, hour), baseline in other._entries.items():

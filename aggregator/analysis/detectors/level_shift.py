@@ -124,6 +124,16 @@ class _KeyState:
         return st
 
 
+def _mark_regional(cand: Candidate, regions: dict[Any, bool]) -> None:
+    """``context.regional``: the shift's region is the only one high in its bucket while others were judged
+    normal (``context.normal_regions``) -- "latency x3 in ap-south-1 only", not a fleet-wide shift."""
+    region = cand.context.get("region")
+    normal = sorted(str(r) for r, high in regions.items() if r != region and r is not None and not high)
+    others_high = any(high for r, high in regions.items() if r != region)
+    cand.context["regional"] = region is not None and bool(normal) and not others_high
+    cand.context["normal_regions"] = normal[:10]
+
+
 class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
     """Sustained shifts of log latency and log TTFT per (service, request_model, region)."""
 
@@ -145,7 +155,9 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
                 fields += [has.astype(np.float64), lx, lx * lx]
                 weight = np.maximum(weight, lx)
             self._keys.add(batch, KEY_COLUMNS, fields, weight)
-        out: list[Candidate] = []
+        found: list[tuple[int, Candidate]] = []
+        # (service, model, bucket, metric) -> region -> high: tells a one-region shift from a wider one
+        judged: dict[tuple[Any, Any, int, str], dict[Any, bool]] = {}
         for key, st, idx, sums, examples in self._keys.close():
             latency_high = False
             for i, (metric, anomaly_type) in enumerate(METRICS.items()):
@@ -154,10 +166,13 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
                     continue
                 high, cand = self._judge(key, st.levels[metric], idx, metric, anomaly_type, n, s1, s2, examples,
                                          suppress=latency_high)
+                judged.setdefault((key[0], key[1], idx, metric), {})[key[2]] = high
                 latency_high = latency_high or (high and metric == "latency_ms")
                 if cand is not None:
-                    out.append(cand)
-        return out
+                    found.append((idx, cand))
+        for idx, cand in found:
+            _mark_regional(cand, judged.get((cand.service, cand.model, idx, cand.metric), {}))
+        return [cand for _, cand in found]
 
     def _judge(self, key: Key, lv: _Level, idx: int, metric: str, anomaly_type: str, n: float, s1: float,
                s2: float, examples: list[str], *, suppress: bool) -> tuple[bool, Candidate | None]:

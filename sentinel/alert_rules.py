@@ -1,4 +1,4 @@
-"""The alert manager's documented rules as pure functions: severity, remediation, root-cause hints.
+"""The alert rules as pure functions: severity, remediation, root-cause hints (aggregator and edge sidecars).
 
 Severity (``classify``), in this order:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Set
 
-from aggregator.alerting.model import SEVERITIES, SEVERITY_RANK
+from sentinel.alerts import SEVERITIES, SEVERITY_RANK
 
 __all__ = ["BASE_SEVERITY", "CAUSE", "REMEDIATION", "classify", "correlated_cause"]
 
