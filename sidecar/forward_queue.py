@@ -147,11 +147,7 @@ class ForwardQueue:
             self._spool_refusing = True
             raise SpoolRefused("spool full") from None
         except OSError as e:
-            self._metrics.spool_write_errors.inc()
-            if not self.spool_error:  # once per episode, not a traceback per request
-                log.error("spool cannot be written: %s; exports are refused until it can", e)
-            self.spool_error = f"{type(e).__name__}: {e}"
-            self._spool_failed_at = time.monotonic()
+            self._spool_write_failed(e)
             raise SpoolRefused(f"spool cannot be written ({self.spool_error})", reason="spool_error") from None
         if self.spool_error:
             log.warning("spool writable again")
@@ -164,6 +160,14 @@ class ForwardQueue:
         if dropped:
             log.warning("spool full: dropped the %d oldest batches", len(dropped))
         self._update_spool_gauges()
+
+    def _spool_write_failed(self, e: OSError) -> None:
+        """Count and show a failed spool write (an append, or the cursor written by an ack)."""
+        self._metrics.spool_write_errors.inc()
+        if not self.spool_error:  # once per episode, not a traceback per request
+            log.error("spool cannot be written: %s; exports are refused until it can", e)
+        self.spool_error = f"{type(e).__name__}: {e}"
+        self._spool_failed_at = time.monotonic()
 
     def _update_spool_gauges(self) -> None:
         if self._spool is not None:
@@ -199,7 +203,14 @@ class ForwardQueue:
                 self._mem.popleft()
                 self._metrics.queue_batches.set(len(self._mem))
         else:
-            await self._run(self._spool.ack, item.record)  # type: ignore[union-attr]
+            try:
+                await self._run(self._spool.ack, item.record)  # type: ignore[union-attr]
+            except OSError as e:
+                # The cursor could not be written (the directory became read-only after the segment
+                # was opened, so appends still succeed): shown as the spool's problem in /readyz,
+                # then raised so the supervised forwarder backs off and retries the ack.
+                self._spool_write_failed(e)
+                raise
             if self._inflight is item.record:
                 self._inflight, self._inflight_dropped = None, False
             self._spool_refusing = False

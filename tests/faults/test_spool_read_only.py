@@ -71,7 +71,7 @@ def test_read_only_spool_directory_is_survived_shown_and_recovered(faults: Fault
     assert write_errors >= 1 and refused >= 1
     assert {c.code for c in ex.calls} <= {"OK", "UNAVAILABLE"}, "refused exports are retryable"
     d = assert_exactly_once(agg.journal(), ex.acked, ex.sent)
-    observe("12 store-and-forward spool directory read-only for 10 s", rows=d.rows, lost=d.missing_acked,
+    observe("13 store-and-forward spool directory read-only for 10 s", rows=d.rows, lost=d.missing_acked,
             exports=len(ex.calls), exports_refused=refused, spool_write_errors=int(write_errors),
             forwarder_restarts=int(restarts_while_read_only), readyz_503_naming_spool=len(named),
             readyz_polls=len(readyz), recovered_after_s=f"{recovered_s:.1f}")
