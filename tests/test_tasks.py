@@ -57,7 +57,8 @@ async def test_forwarder_survives_a_read_only_spool_and_shows_in_readyz(
         await wait_for(lambda: restarts() >= 1, what="the forwarder to fail and be restarted")
         ready = await c.get(f"http://127.0.0.1:{ports['metrics']}/readyz")
         assert ready.status_code == 503
-        assert "task forwarder failed (OSError: [Errno 30] Read-only file system)" in ready.text
+        # The spool names the problem first (its cursor cannot be written); the forwarder is down and restarted.
+        assert "spool cannot be written (OSError: [Errno 30] Read-only file system)" in ready.text
         assert registry.get_sample_value("sentinel_sidecar_task_up", {"task": "forwarder"}) == 0
         read_only = False  # the volume is writable again
         for seed in range(2, 5):
