@@ -4,7 +4,7 @@
 #   docker build -t llm-sentinel:dev .
 #
 # Runtime dependencies only (no dev extra), in a virtualenv built in a first stage and copied into a
-# clean python:3.11-slim; runs as the numeric non-root UID 65532, so Pod Security "restricted"
+# clean python:3.11-slim; the runtime packages only (no loadtest/: a development tool, see pyproject.toml); runs as the numeric non-root UID 65532, so Pod Security "restricted"
 # (runAsNonRoot) can verify it without a passwd entry.
 
 FROM python:3.11-slim AS build
@@ -16,7 +16,6 @@ COPY sentinel ./sentinel
 COPY sidecar ./sidecar
 COPY aggregator ./aggregator
 COPY webhook_injector ./webhook_injector
-COPY loadtest ./loadtest
 RUN /opt/sentinel/bin/pip install . \
  && /opt/sentinel/bin/sentinel --help > /dev/null
 

@@ -66,6 +66,7 @@ from aggregator.api.security_api import SecurityApi
 from aggregator.config import SECRET_KEYS, AggregatorConfig
 from aggregator.config_versions import ConfigVersion, ConfigVersions, diff, is_digest, redact
 from aggregator.ingest.auth import parse_sidecar_tokens
+from aggregator.ingest.config import IngestConfig
 from aggregator.ingest.security_amqp import SecurityEventConsumer
 from aggregator.ingest.service import IngestService
 from aggregator.metrics import AggregatorMetrics
@@ -142,7 +143,8 @@ class Aggregator:
         # Answer-quality candidates of the row detectors name the model version they correlate with.
         self.analysis = Analysis(self._consumers(), on_candidates=with_model_version(emit, self.model_versions),
                                  save_interval_s=config.save_interval_s, tasks=self.tasks)
-        self.ingest = IngestService(config, self.metrics, analysis=self.analysis, tasks=self.tasks)
+        self.ingest = IngestService(IngestConfig.from_settings(config), self.metrics, analysis=self.analysis,
+                                    tasks=self.tasks)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
             lambda: self.analysis.backlog_rows)

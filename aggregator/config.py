@@ -26,7 +26,6 @@ from aggregator.alerting.manager import (
     DEFAULT_TIME_SCALE,
     AlertManagerConfig,
 )
-from aggregator.alerting.model import SEVERITIES
 from aggregator.alerting.precision_guard import DEFAULT_MAX_FLOOR as DEFAULT_FEEDBACK_MAX_FLOOR
 from aggregator.alerting.precision_guard import DEFAULT_MIN_VERDICTS as DEFAULT_FEEDBACK_MIN_VERDICTS
 from aggregator.alerting.precision_guard import DEFAULT_STEP as DEFAULT_FEEDBACK_STEP
@@ -47,6 +46,7 @@ from aggregator.api.jwt_auth import JwtConfig
 from aggregator.ingest.auth import parse_sidecar_services, parse_sidecar_tokens
 from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
+from sentinel.alerts import SEVERITIES
 from sentinel.config import ConfigError, load_map, setting
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aggregator.alerting.model import iso_time
 from aggregator.alerting.store import MAX_PAGE, SideTable
+from sentinel.alerts import iso_time
 
 __all__ = ["DIGEST_PREFIX", "ConfigVersion", "ConfigVersions", "diff", "is_digest", "redact"]
 

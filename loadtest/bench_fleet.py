@@ -437,7 +437,7 @@ class AlertFeed:
 def match_injections(injections: Sequence[dict[str, Any]], alerts: Sequence[tuple[float, dict[str, Any]]]
                      ) -> list[dict[str, Any]]:
     """For each injection, its first alert (see the module docstring) and the latencies."""
-    from aggregator.alerting.model import parse_time
+    from sentinel.alerts import parse_time
 
     out = []
     used: set[str] = set()

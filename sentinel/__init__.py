@@ -8,6 +8,7 @@ from sentinel.exports import lazy_exports
 
 #: The public names, each imported from its module when first used.
 __all__, __getattr__ = lazy_exports(__name__, {
+    "Alert": "sentinel.alerts",
     "ConfigError": "sentinel.config",
     "FeatureBatch": "sentinel.model",
     "LocalAnomaly": "sentinel.model",

@@ -3,8 +3,9 @@
 The sidecar's local detections (:mod:`sidecar.detectors.local`) normally only travel to the
 aggregator, which confirms them and pages. An edge node cut off from it would page nobody, so a
 sidecar may have sinks of its own: a webhook receiving the aggregator's alert document
-(``format: json``, :meth:`aggregator.alerting.model.Alert.to_dict`), a Slack incoming webhook (the
-aggregator's Slack message), and always a log line and ``sentinel_sidecar_local_alerts_total``.
+(``format: json``, :meth:`sentinel.alerts.Alert.to_dict`), a Slack incoming webhook (the same
+message as the aggregator's, :func:`sentinel.slack.slack_body`), and always a log line and
+``sentinel_sidecar_local_alerts_total``.
 
 Which detections page (``local_alerts`` setting):
 
@@ -40,11 +41,12 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from sentinel.alert_rules import classify
-from sentinel.alerts import SEVERITIES, SEVERITY_RANK
+from sentinel.alerts import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails
 from sentinel.config import ConfigError
 from sentinel.edge_alerts import LOCAL_ANOMALY_TYPES, MAX_TRACE_IDS, EdgeAlert
 from sentinel.model import LocalAnomaly
 from sentinel.retry import backoff_s
+from sentinel.slack import slack_body
 
 __all__ = ["LOCAL_ALERT_MODES", "LocalAlerter", "LocalAlertsConfig"]
 
@@ -241,10 +243,6 @@ class LocalAlerter:
 
     def document(self, alert: EdgeAlert) -> dict[str, Any]:
         """The aggregator's alert document for ``alert`` (what ``format: json`` webhooks receive)."""
-        # The aggregator's own schema (Alert.to_dict), imported when an edge alert pages, so that the
-        # sidecar's process does not load the aggregator otherwise (tests/test_import_graph.py, KNOWN).
-        from aggregator.alerting.model import Alert, AlertDetails
-
         context: dict[str, Any] = {
             "trace_ids": list(alert.trace_ids[:MAX_TRACE_IDS]), "sidecar": self._sidecar,
             "operation": alert.operation, "window_start": alert.time_unix_nano,
@@ -271,8 +269,6 @@ class LocalAlerter:
         for name, url in self.sinks:
             body: dict[str, Any] = doc
             if name == "slack":
-                from aggregator.alerting.webhook_sink import slack_body  # imported only when a Slack sink is set
-
                 body = slack_body(doc)
             if await self._post(name, url, body):
                 delivered.append(name)

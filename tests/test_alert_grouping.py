@@ -10,10 +10,10 @@ import pytest
 
 from aggregator.alerting.grouping import group_key
 from aggregator.alerting.hub import AlertFilter
-from aggregator.alerting.model import Alert, AlertDetails
 from aggregator.alerting.silences import Matcher, Silence
 from aggregator.alerting.store import AlertQuery, SQLiteAlertStore
 from aggregator.analysis.detectors.candidate import Candidate
+from sentinel.alerts import Alert, AlertDetails
 from sentinel.config import ConfigError
 from tests.test_alert_manager import T0, Clock, RecordingSink, _rows, all_alerts, cand, make
 

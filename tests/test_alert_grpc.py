@@ -12,8 +12,8 @@ import pytest
 
 from aggregator.alerting.grpc_service import AlertGrpcServer, alert_from_proto, alert_to_proto
 from aggregator.alerting.hub import AlertHub
-from aggregator.alerting.model import Alert, AlertDetails, AlertMember
 from aggregator.alerting.store import SQLiteAlertStore
+from sentinel.alerts import Alert, AlertDetails, AlertMember
 from sentinel.v1 import alerts_pb2, alerts_pb2_grpc
 
 T0 = 1_762_432_501_234_000_000  # 2025-11-06T12:35:01.234Z

@@ -12,12 +12,12 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig, AlertStateError
-from aggregator.alerting.model import Alert
 from aggregator.alerting.silences import Matcher, Silence, SilenceError
 from aggregator.alerting.sink import severity_at_least
 from aggregator.alerting.store import AlertQuery, SQLiteAlertStore
 from aggregator.analysis.detectors.candidate import Candidate
 from sentinel.alert_rules import classify
+from sentinel.alerts import Alert
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from sentinel.wire import WireBatch

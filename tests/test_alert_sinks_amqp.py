@@ -22,9 +22,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from prometheus_client import CollectorRegistry
 
 from aggregator.alerting.amqp_sink import AmqpSink, AmqpSinkConfig
-from aggregator.alerting.model import SEVERITIES, Alert, AlertDetails
 from aggregator.alerting.sink import SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore
+from sentinel.alerts import SEVERITIES, Alert, AlertDetails
 from sentinel.config import ConfigError
 from tests.conftest import wait_for
 from tests.tcp_proxy import TcpProxy

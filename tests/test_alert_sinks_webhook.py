@@ -17,11 +17,12 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from aggregator.alerting.model import SEVERITIES, Alert, AlertDetails
 from aggregator.alerting.sink import SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore
-from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink, parse_webhooks, slack_body
+from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink, parse_webhooks
+from sentinel.alerts import SEVERITIES, Alert, AlertDetails
 from sentinel.config import ConfigError
+from sentinel.slack import slack_body
 from tests.conftest import wait_for
 
 T0 = 1_762_432_501_234_000_000

@@ -20,7 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from aggregator.alerting.model import SEVERITIES
+from sentinel.alerts import SEVERITIES
 from sentinel.cli.alerts import parse_sse
 from sentinel.v1 import alerts_pb2, alerts_pb2_grpc
 from tests.conftest import AggregatorFactory, SidecarFactory

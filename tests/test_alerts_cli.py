@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from aggregator.alerting.model import Alert, AlertDetails
+from sentinel.alerts import Alert, AlertDetails
 from sentinel.cli.alerts import format_event, format_table, main, parse_sse
 
 T0 = 1_762_432_501_234_000_000  # 2025-11-06T12:35:01.234Z

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.alerting.model import parse_time
+from sentinel.alerts import parse_time
 from tests.test_api_support import OPERATOR, Harness, S, insert, make_alert, start_api
 
 T0 = parse_time("2026-11-23T10:00:00Z")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.alerting.model import iso_time, parse_time
 from aggregator.api.services_api import health_status
+from sentinel.alerts import iso_time, parse_time
 from tests.test_api_support import Harness, S, batch, insert, make_alert, start_api, traffic
 
 T0 = parse_time("2026-11-23T10:00:00Z")

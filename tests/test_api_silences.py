@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.alerting.model import iso_time
+from sentinel.alerts import iso_time
 from tests.test_api_support import OPERATOR, Harness, start_api
 
 CHAT = [{"name": "service_name", "value": "chat", "op": "="}]

@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
-from aggregator.alerting.model import Alert, AlertDetails
 from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.analysis.baselines.consumer import BaselineConsumer
 from aggregator.analysis.baselines.store import BaselineConfig
@@ -32,6 +31,7 @@ from aggregator.analysis.series import SeriesConsumer
 from aggregator.api import Api, Roles, add_api_routes
 from aggregator.api.quality_api import QualityApi
 from aggregator.api.security_api import SecurityApi
+from sentinel.alerts import Alert, AlertDetails
 from sentinel.model import COLUMNS, FeatureBatch
 from sentinel.service import add_ops_routes
 from sentinel.wire import WireBatch

@@ -24,6 +24,7 @@ from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink
 from aggregator.analysis.pipeline import Analysis
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
+from aggregator.ingest.config import IngestConfig
 from aggregator.ingest.service import IngestService
 from aggregator.metrics import AggregatorMetrics
 from sidecar.app import Sidecar
@@ -65,7 +66,8 @@ COMPONENTS: dict[str, Callable[[Path], Any]] = {
                                                  metrics_listen="127.0.0.1:0"), registry=CollectorRegistry()),
     "aggregator": lambda tmp: Aggregator(_aggregator_config(tmp), registry=CollectorRegistry()),
     "webhook": _webhook,
-    "ingest": lambda tmp: IngestService(_aggregator_config(tmp), AggregatorMetrics(CollectorRegistry())),
+    "ingest": lambda tmp: IngestService(IngestConfig.from_settings(_aggregator_config(tmp)),
+                                        AggregatorMetrics(CollectorRegistry())),
     "analysis": _analysis,
     "alert-grpc": lambda tmp: AlertGrpcServer("127.0.0.1:0", AlertHub(), _store(tmp), registry=CollectorRegistry()),
     "amqp-sink": lambda tmp: AmqpSink(AmqpSinkConfig(url=f"amqp://guest:guest@{NOWHERE}/"), _store(tmp)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import tomllib
@@ -92,3 +93,14 @@ def test_every_package_is_copied_and_not_ignored() -> None:
     allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.startswith("!")}
     assert packages | {"pyproject.toml", pyproject["project"]["readme"]} <= allowed
+
+
+def test_the_image_ships_no_loadtest() -> None:
+    """loadtest/ is a development tool (benchmarks, the load-test suite): not copied, not in the wheel."""
+    copied = {src for word, args in instructions() if word == "COPY" and "--from" not in args
+              for src in args.split()[:-1]}
+    assert not any(src.strip("./").startswith("loadtest") for src in copied)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert not any(fnmatch.fnmatch(name, pattern) for pattern in include for name in ("loadtest", "loadtest.suite"))
+    assert "!loadtest/" not in (ROOT / ".dockerignore").read_text().splitlines()

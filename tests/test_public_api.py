@@ -14,14 +14,15 @@ import sys
 import pytest
 
 PUBLIC_API: dict[str, list[str]] = {
-    "sentinel": ["ConfigError", "FeatureBatch", "LocalAnomaly", "WireBatch", "WireFormatError"],
+    "sentinel": ["Alert", "ConfigError", "FeatureBatch", "LocalAnomaly", "WireBatch", "WireFormatError"],
     "sentinel.cli": ["main"],
     "sidecar": ["Sidecar", "SidecarConfig"],
     "sidecar.detectors": ["LocalDetectionConfig", "LocalDetector"],
     "webhook_injector": ["InjectorSettings", "WebhookMetrics", "WebhookServer", "annotation_warnings", "inject",
                          "mutate", "review", "should_inject"],
     "aggregator": ["Aggregator", "AggregatorConfig"],
-    "aggregator.ingest": ["ClockCheck", "Dedup", "IngestJournal", "IngestService", "IngestTokens", "clamp_future"],
+    "aggregator.ingest": ["ClockCheck", "Dedup", "IngestConfig", "IngestJournal", "IngestService", "IngestTokens",
+                          "clamp_future"],
     "aggregator.analysis": ["Analysis", "Candidate", "CandidateLog", "Consumer", "JsonStateFile",
                             "LocalAnomalyConfirmer", "SeriesConsumer", "StateFile"],
     "aggregator.analysis.baselines": ["BaselineConfig", "BaselineConsumer", "BaselineKey", "BaselineStore"],
@@ -37,7 +38,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "aggregator.analysis.security": ["Action", "ActionHook", "SecurityConfig", "SecurityConsumer",
                                      "parse_security_settings"],
     "aggregator.analysis.forest": ["ForestConfig", "ForestConsumer", "ForestFiles", "IsolationForest", "TrainedForest"],
-    "aggregator.alerting": ["Alert", "AlertHub", "AlertManager", "AlertManagerConfig", "AlertStore", "AmqpSink",
+    "aggregator.alerting": ["AlertHub", "AlertManager", "AlertManagerConfig", "AlertStore", "AmqpSink",
                             "SQLiteAlertStore", "Sink", "WebhookSink"],
     "aggregator.api": ["AlertActions", "Api", "Roles", "add_api_routes", "auth_middleware", "load_openapi",
                        "route_coverage"],

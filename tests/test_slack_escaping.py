@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from aggregator.alerting.webhook_sink import slack_body
+from sentinel.slack import slack_body
 from tests.test_alert_sinks_webhook import make_alert
 
 HOSTILE = "<!channel> <!here> <https://evil.example|click> &amp"

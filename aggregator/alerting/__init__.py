@@ -7,7 +7,6 @@ from sentinel.exports import lazy_exports
 
 #: The public names, each imported from its module when first used.
 __all__, __getattr__ = lazy_exports(__name__, {
-    "Alert": "aggregator.alerting.model",
     "AlertHub": "aggregator.alerting.hub",
     "AlertManager": "aggregator.alerting.manager",
     "AlertManagerConfig": "aggregator.alerting.manager",

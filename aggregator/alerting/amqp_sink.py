@@ -44,9 +44,9 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import DeliveryError, PublishError
 
-from aggregator.alerting.model import SEVERITIES, parse_time
 from aggregator.alerting.sink import OutboxSink, SinkMetrics
 from aggregator.alerting.store import AlertStore, OutboxItem, StoreError
+from sentinel.alerts import SEVERITIES, parse_time
 from sentinel.config import ConfigError
 from sentinel.retry import backoff_s
 

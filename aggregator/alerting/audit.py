@@ -17,8 +17,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from aggregator.alerting.model import iso_time
 from aggregator.alerting.store import MAX_PAGE, SideTable
+from sentinel.alerts import iso_time
 
 __all__ = ["AuditEntry", "AuditLog"]
 

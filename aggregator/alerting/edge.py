@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aggregator.alerting.model import Alert, iso_time
+from sentinel.alerts import Alert, iso_time
 from sentinel.edge_alerts import EdgeAlert
 
 __all__ = ["MAX_ALSO", "OUTCOMES", "edge_paged", "reconcile"]

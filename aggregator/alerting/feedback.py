@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.alerting.model import iso_time
 from aggregator.alerting.store import SideTable
+from sentinel.alerts import iso_time
 
 __all__ = ["MAX_COMMENT_CHARS", "VERDICTS", "Feedback", "FeedbackLog", "precision"]
 

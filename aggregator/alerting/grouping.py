@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aggregator.alerting.model import SEVERITY_RANK, Alert, AlertDetails, AlertMember
+from sentinel.alerts import SEVERITY_RANK, Alert, AlertDetails, AlertMember
 from sentinel.config import ConfigError
 
 __all__ = [
@@ -63,7 +63,7 @@ DEFAULT_GROUP_ACROSS: dict[str, tuple[str, ...]] = {"error_burst": ("provider",)
 _BREAKDOWN = (("model", "models"), ("region", "regions"), ("user", "users"), ("service_name", "services"),
               ("anomaly_type", "types"), ("metric", "metrics"))
 _SUMMARY_MEMBERS = 5
-# Context keys that name one series (aggregator/alerting/model.py _SCOPE_KEYS): kept on the group
+# Context keys that name one series (sentinel/alerts.py _SCOPE_KEYS): kept on the group
 # only while every member shares them.
 _SCOPE_KEYS = ("user", "api_key_hash", "region", "scope", "scope_value")
 

@@ -27,8 +27,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry, Counter
 
 from aggregator.alerting.hub import AlertFilter, AlertHub
-from aggregator.alerting.model import iso_time, parse_time
 from aggregator.alerting.store import AlertQuery, AlertStore, StoreError
+from sentinel.alerts import iso_time, parse_time
 from sentinel.v1 import alerts_pb2
 
 __all__ = ["SERVICE", "AlertGrpcServer", "alert_from_proto", "alert_to_proto"]

@@ -65,13 +65,13 @@ from aggregator.alerting.grouping import (
     validate_group_by_type,
 )
 from aggregator.alerting.hub import AlertHub
-from aggregator.alerting.model import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails, AlertMember, fingerprint
 from aggregator.alerting.silences import Silence
 from aggregator.alerting.sink import Sink
 from aggregator.alerting.store import AlertStore
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.state import StateFile
 from sentinel.alert_rules import CAUSE, REMEDIATION, classify, correlated_cause
+from sentinel.alerts import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails, AlertMember, fingerprint
 from sentinel.config import ConfigError
 from sentinel.edge_alerts import EdgeAlert
 from sentinel.wire import WireBatch

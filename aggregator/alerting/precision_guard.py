@@ -21,8 +21,8 @@ from typing import Any
 
 from aggregator.alerting.audit import AuditEntry, AuditLog
 from aggregator.alerting.feedback import FeedbackLog, precision
-from aggregator.alerting.model import iso_time
 from aggregator.alerting.store import SideTable
+from sentinel.alerts import iso_time
 from sentinel.config import ConfigError
 
 __all__ = ["FloorRaise", "PrecisionGuard", "PrecisionGuardConfig"]

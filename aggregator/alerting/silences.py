@@ -14,8 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aggregator.alerting.model import iso_time, parse_time
 from aggregator.alerting.safe_regex import RegexError, compile_pattern, fullmatch
+from sentinel.alerts import iso_time, parse_time
 
 __all__ = ["MATCH_OPS", "Matcher", "Silence", "SilenceError"]
 

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from aggregator.alerting.model import SEVERITY_RANK, Alert
 from aggregator.alerting.store import AlertStore
+from sentinel.alerts import SEVERITY_RANK, Alert
 
 __all__ = ["OutboxSink", "Sink", "SinkMetrics", "WakeSignal", "severity_at_least"]
 

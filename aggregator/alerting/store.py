@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aggregator.alerting.model import SEVERITIES, STATUSES, Alert
 from aggregator.alerting.silences import Silence
+from sentinel.alerts import SEVERITIES, STATUSES, Alert
 
 __all__ = ["AlertQuery", "AlertStore", "OutboxItem", "SQLiteAlertStore", "SideTable", "StoreError"]
 

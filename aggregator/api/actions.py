@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from aggregator.alerting.hub import AlertHub
-from aggregator.alerting.model import Alert
 from aggregator.alerting.silences import Silence
 from aggregator.alerting.store import AlertStore
+from sentinel.alerts import Alert
 
 __all__ = ["AlertActions"]
 

@@ -9,11 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from aggregator.alerting.manager import AlertStateError
-from aggregator.alerting.model import iso_time
 from aggregator.alerting.store import AlertQuery
 from aggregator.api.actions import AlertActions
 from aggregator.api.auth import request_who
 from aggregator.api.params import ParamError, alert_filter, error_response, json_body, opt_int, opt_time
+from sentinel.alerts import iso_time
 
 __all__ = ["AlertsApi", "alert_page", "parse_alert_query"]
 

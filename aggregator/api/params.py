@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from aggregator.alerting.hub import AlertFilter
-from aggregator.alerting.model import SEVERITIES, STATUSES, parse_time
 from sentinel import service
+from sentinel.alerts import SEVERITIES, STATUSES, parse_time
 
 __all__ = ["MAX_JSON_BODY_BYTES", "ParamError", "alert_filter", "error_response", "json_body", "opt_int", "opt_time",
            "split_list"]

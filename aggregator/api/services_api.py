@@ -16,13 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
-from aggregator.alerting.model import SEVERITIES, Alert, iso_time
 from aggregator.alerting.store import MAX_PAGE, AlertQuery
 from aggregator.analysis.baselines.consumer import BaselineConsumer
 from aggregator.analysis.baselines.store import BaselineKey, MetricBaseline
 from aggregator.analysis.series import SeriesConsumer
 from aggregator.api.actions import AlertActions
 from aggregator.api.params import ParamError, error_response, opt_time
+from sentinel.alerts import SEVERITIES, Alert, iso_time
 
 __all__ = ["HEALTH_WINDOW_S", "ServicesApi", "baseline_latency", "health_doc", "health_status"]
 

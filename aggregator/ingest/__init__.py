@@ -6,6 +6,7 @@ from sentinel.exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "ClockCheck": "aggregator.ingest.clock_check",
     "Dedup": "aggregator.ingest.dedup",
+    "IngestConfig": "aggregator.ingest.config",
     "IngestJournal": "aggregator.ingest.journal",
     "IngestService": "aggregator.ingest.service",
     "IngestTokens": "aggregator.ingest.auth",

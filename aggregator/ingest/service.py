@@ -28,7 +28,6 @@ import numpy.typing as npt
 from aiohttp import web
 
 from aggregator.analysis.pipeline import Analysis
-from aggregator.config import AggregatorConfig
 from aggregator.ingest.auth import (
     ANY_SIDECAR,
     IngestTokens,
@@ -38,6 +37,7 @@ from aggregator.ingest.auth import (
     unbound_anomalies,
 )
 from aggregator.ingest.clock_check import ClockCheck
+from aggregator.ingest.config import IngestConfig
 from aggregator.ingest.event_time import clamp_future
 from aggregator.ingest.journal import IngestJournal, JournalEntry, is_full
 from aggregator.metrics import AggregatorMetrics
@@ -86,7 +86,7 @@ class IngestService:
 
     def __init__(
         self,
-        config: AggregatorConfig,
+        config: IngestConfig,
         metrics: AggregatorMetrics,
         *,
         clock: Callable[[], int] = time.time_ns,
