@@ -134,6 +134,27 @@ def test_empty_answers_and_content_filter_surges(kind: str) -> None:
     assert found[0].value > 0.3
 
 
+def test_the_finish_reason_table_matches_a_per_row_reading() -> None:
+    """reason_hits reads each distinct reason once; per row it must say what reading the row itself says,
+    and the content-filter and finish-length candidates name their own type and metric."""
+    from aggregator.analysis.detectors.content_filter import FILTER_REASONS
+    from aggregator.analysis.detectors.finish_length import LIMIT_REASONS, FinishLengthDetector, reason_hits
+
+    choices = [None, "stop", "length", "content_filter", "Safety", "stop,length", " refusal , stop", "max_tokens", ""]
+    reasons = [choices[i] for i in np.random.default_rng(3).integers(0, len(choices), 500)]
+    for wanted in (LIMIT_REASONS, FILTER_REASONS):
+        has, hit = reason_hits(reasons, wanted)
+        assert has.tolist() == [float(r is not None) for r in reasons]
+        assert hit.tolist() == [float(r is not None and any(p.strip().lower() in wanted for p in r.split(",")))
+                                for r in reasons]
+        assert has.dtype == hit.dtype == np.float64
+    assert [a.size for a in reason_hits([])] == [0, 0]
+    assert (ContentFilterDetector().anomaly_type, ContentFilterDetector().metric) == ("content_filter",
+                                                                                      "content_filter_share")
+    assert (FinishLengthDetector().metric, EmptyAnswerDetector().metric) == ("finish_length_share",
+                                                                             "empty_answer_share")
+
+
 def test_fast_empty_answers_are_not_empty_answers() -> None:
     rng = np.random.default_rng(6)
     det = EmptyAnswerDetector()

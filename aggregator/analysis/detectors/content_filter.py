@@ -11,11 +11,9 @@ on these finish reasons, as ``content_filter`` candidates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
-
-from aggregator.analysis.detectors.finish_length import FinishLengthConfig, FinishLengthDetector, reasons_in
+from aggregator.analysis.detectors.finish_length import FinishLengthConfig, FinishLengthDetector, Hits, reason_hits
 from sentinel.model import FeatureBatch
 
 __all__ = ["FILTER_REASONS", "ContentFilterConfig", "ContentFilterDetector"]
@@ -37,12 +35,8 @@ class ContentFilterDetector(FinishLengthDetector):
     """Share of calls ended by a content filter or a refusal per bucket vs the key's baseline share."""
 
     NAME = NAME
-    anomaly_type = "content_filter"
-    metric = "content_filter_share"
-    hit_label = "filtered"
     CONFIG = ContentFilterConfig
+    hit_label = "filtered"
 
-    def hits(self, batch: FeatureBatch) -> tuple[np.ndarray[Any, np.dtype[np.float64]],
-                                                 np.ndarray[Any, np.dtype[np.float64]]]:
-        reasons = batch.strings["finish_reason"]
-        return np.array([r is not None for r in reasons], dtype=np.float64), reasons_in(reasons, FILTER_REASONS)
+    def hits(self, batch: FeatureBatch) -> Hits:
+        return reason_hits(batch.strings["finish_reason"], FILTER_REASONS)

@@ -12,11 +12,11 @@ key's baseline share as in :mod:`aggregator.analysis.detectors.finish_length`, a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from aggregator.analysis.detectors.finish_length import FinishLengthConfig, FinishLengthDetector
+from aggregator.analysis.detectors.finish_length import FinishLengthConfig, FinishLengthDetector, Hits
 from aggregator.analysis.detectors.validation import check_min
 from sentinel.model import FeatureBatch
 
@@ -47,13 +47,10 @@ class EmptyAnswerDetector(FinishLengthDetector):
     """Share of successful calls with near-zero output at a normal latency vs the key's baseline share."""
 
     NAME = NAME
-    anomaly_type = "empty_answer"
-    metric = "empty_answer_share"
-    hit_label = "empty"
     CONFIG = EmptyAnswerConfig
+    hit_label = "empty"
 
-    def hits(self, batch: FeatureBatch) -> tuple[np.ndarray[Any, np.dtype[np.float64]],
-                                                 np.ndarray[Any, np.dtype[np.float64]]]:
+    def hits(self, batch: FeatureBatch) -> Hits:
         c = self.config
         assert isinstance(c, EmptyAnswerConfig)
         out = batch.numeric["output_tokens"]

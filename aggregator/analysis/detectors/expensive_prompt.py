@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import group_by_key
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
@@ -121,19 +121,14 @@ def _robust_limit(ring: list[float], z: float) -> float:
     return math.exp(median + z * MAD_TO_SIGMA * mad)
 
 
-class ExpensivePromptDetector:
+class ExpensivePromptDetector(BucketedDetector[ExpensivePromptConfig, _KeyState]):
     """Input tokens far above the key's p95 (or a fixed limit), per (service, request_model)."""
 
-    def __init__(self, config: ExpensivePromptConfig | None = None) -> None:
-        self.config = (config or ExpensivePromptConfig()).validate()
-        c = self.config
-        # fields: expensive calls, calls
-        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.window_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=2, factory=_KeyState)
-
-    @property
-    def late_rows(self) -> int:
-        return self._keys.late_rows
+    NAME = NAME
+    CONFIG = ExpensivePromptConfig
+    KEY_STATE = _KeyState
+    N_FIELDS = 2  # expensive calls, calls
+    WIDTH = "window_s"
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         c = self.config
@@ -185,16 +180,3 @@ class ExpensivePromptDetector:
                          "factor": c.factor, "robust_z": c.robust_z, "limit": c.max_input_tokens,
                          "window_s": c.window_s}))
         return out
-
-    def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
-
-    @classmethod
-    def from_state(
-        cls, state: Mapping[str, Any], config: ExpensivePromptConfig | None = None
-    ) -> ExpensivePromptDetector:
-        if state.get("detector") != NAME or state.get("version") != 1:
-            raise ValueError(f"not a {NAME} state (version 1)")
-        det = cls(config)
-        det._keys.load_state(dict(state), _KeyState.from_state)
-        return det

@@ -16,7 +16,7 @@ update the baseline; re-armed by a bucket that is not high.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -102,22 +102,32 @@ class _KeyState:
         return st
 
 
-def reasons_in(reasons: Any, wanted: frozenset[str] = LIMIT_REASONS) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """1.0 where a finish reason (or one of a comma-separated list) is one of ``wanted`` (by default:
-    the output limit was hit).
+#: Per row: 1.0 where the row counts, and 1.0 where it is a hit (what ``FinishLengthDetector.hits`` returns).
+Hits = tuple[np.ndarray[Any, np.dtype[np.float64]], np.ndarray[Any, np.dtype[np.float64]]]
 
-    Each distinct reason is parsed once (a batch holds a handful), then looked up per row.
+
+def reason_hits(reasons: Sequence[str | None], wanted: frozenset[str] = LIMIT_REASONS) -> Hits:
+    """Per row: 1.0 where the call has a finish reason, and 1.0 where it (or one of a comma-separated
+    list) is one of ``wanted`` (by default: the output limit was hit).
+
+    A table of the distinct reasons (a batch holds a handful), each parsed once; the rows are codes
+    into it, so no Python runs per row beyond one dictionary lookup.
     """
-    table = {r: 1.0 if r is not None and any(p.strip().lower() in wanted for p in str(r).split(","))
-             else 0.0 for r in set(reasons)}
-    return np.fromiter(map(table.__getitem__, reasons), dtype=np.float64, count=len(reasons))
+    distinct = list(dict.fromkeys(reasons))
+    code = {r: i for i, r in enumerate(distinct)}
+    rows = np.fromiter(map(code.__getitem__, reasons), dtype=np.intp, count=len(reasons))
+    has = np.array([r is not None for r in distinct], dtype=np.float64)
+    hit = np.array([r is not None and any(p.strip().lower() in wanted for p in str(r).split(","))
+                    for r in distinct], dtype=np.float64)
+    return has[rows], hit[rows]
 
 
 class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
     """Share of calls stopped at the output limit per bucket vs the key's baseline share.
 
-    The share test is shared: a subclass sets ``NAME``, ``CONFIG``, ``anomaly_type`` and ``metric``
-    and overrides :meth:`hits` (:mod:`aggregator.analysis.detectors.content_filter`,
+    The share test is shared: a subclass sets ``NAME`` (also its candidates' ``anomaly_type``; their
+    metric is ``<NAME>_share``), ``CONFIG`` and ``hit_label`` (the context key of the hit count), and
+    overrides :meth:`hits` (:mod:`aggregator.analysis.detectors.content_filter`,
     :mod:`aggregator.analysis.detectors.empty_answer`).
     """
 
@@ -126,15 +136,19 @@ class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
     KEY_STATE = _KeyState
     # fields: calls with a finish reason, calls at the limit
     N_FIELDS = 2
-    anomaly_type = "finish_length"
-    metric = "finish_length_share"
     hit_label = "at_limit"
 
-    def hits(self, batch: FeatureBatch) -> tuple[np.ndarray[Any, np.dtype[np.float64]],
-                                                 np.ndarray[Any, np.dtype[np.float64]]]:
+    @property
+    def anomaly_type(self) -> str:
+        return self.NAME
+
+    @property
+    def metric(self) -> str:
+        return f"{self.NAME}_share"
+
+    def hits(self, batch: FeatureBatch) -> Hits:
         """Per row: 1.0 where the row counts (has a finish reason), and 1.0 where it is a hit."""
-        reasons = batch.strings["finish_reason"]
-        return np.array([r is not None for r in reasons], dtype=np.float64), reasons_in(reasons)
+        return reason_hits(batch.strings["finish_reason"])
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:

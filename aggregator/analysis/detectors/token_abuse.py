@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
@@ -101,20 +101,18 @@ class _KeyState:
         return st
 
 
-class TokenAbuseDetector:
+class TokenAbuseDetector(BucketedDetector[TokenAbuseConfig, _KeyState]):
     """Tokens per (user, api key) and window against the median of the service's users."""
 
-    def __init__(self, config: TokenAbuseConfig | None = None) -> None:
-        self.config = (config or TokenAbuseConfig()).validate()
-        c = self.config
-        # fields: calls, input tokens, output tokens
-        self._keys: BucketedKeys[_KeyState] = BucketedKeys(
-            width_s=c.window_s, lateness_s=c.lateness_s, max_keys=c.max_keys, n_fields=3, factory=_KeyState)
-        self._service_windows: dict[str | None, int] = {}  # closed windows per service
+    NAME = NAME
+    CONFIG = TokenAbuseConfig
+    KEY_STATE = _KeyState
+    N_FIELDS = 3  # calls, input tokens, output tokens
+    WIDTH = "window_s"
 
-    @property
-    def late_rows(self) -> int:
-        return self._keys.late_rows
+    def __init__(self, config: TokenAbuseConfig | None = None) -> None:
+        super().__init__(config)
+        self._service_windows: dict[str | None, int] = {}  # closed windows per service
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         c = self.config
@@ -161,14 +159,10 @@ class TokenAbuseDetector:
         return out
 
     def to_state(self) -> dict[str, Any]:
-        return {"detector": NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state()),
-                "service_windows": [[k, n] for k, n in self._service_windows.items()]}
+        return {**super().to_state(), "service_windows": [[k, n] for k, n in self._service_windows.items()]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], config: TokenAbuseConfig | None = None) -> TokenAbuseDetector:
-        if state.get("detector") != NAME or state.get("version") != 1:
-            raise ValueError(f"not a {NAME} state (version 1)")
-        det = cls(config)
-        det._keys.load_state(dict(state), _KeyState.from_state)
+        det = super().from_state(state, config)
         det._service_windows = {k: int(n) for k, n in state.get("service_windows", [])}
         return det
