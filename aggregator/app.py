@@ -49,6 +49,7 @@ from aggregator.analysis.candidates import CandidateLog
 from aggregator.analysis.confirm import LocalAnomalyConfirmer
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.consumer import DetectorConsumer
+from aggregator.analysis.detectors.finish_length import FinishLengthDetector
 from aggregator.analysis.forest.consumer import ANOMALY_TYPE as FOREST_TYPE
 from aggregator.analysis.forest.consumer import ForestConsumer
 from aggregator.analysis.pipeline import Analysis, Consumer, pipeline, restore, save
@@ -124,6 +125,7 @@ class Aggregator:
         security = parse_security_settings(config.security)
         self.security = (SecurityConsumer(security, config.data_dir, on_candidates=emit)
                          if security.enabled else None)
+        self.metrics.watch_signals(self._signal_counts)
         self.security_queue = (SecurityEventConsumer(
             url=security.amqp_url, exchange=security.amqp_exchange, queue=security.amqp_queue,
             binding_key=security.amqp_binding_key, submit=self.security.submit,
@@ -167,6 +169,19 @@ class Aggregator:
         return pipeline(edge_alerts=self.edge_alerts, confirm=self.confirmer, baselines=views["baselines"],
                         quality=self.quality, security=self.security, detectors=views["detectors"],
                         forest=self.forest, series=views["series"], alerts=views["alerts"])
+
+    def _signal_counts(self) -> dict[str, dict[str, float]]:
+        """The quality and security counts for /metrics (aggregator/metrics.py SIGNAL_COUNTERS), read at a scrape."""
+        out: dict[str, dict[str, float]] = {"sentinel_aggregator_answer_signals": {
+            name: d.hit_rows for name, d in self.detectors.detectors.items() if isinstance(d, FinishLengthDetector)}}
+        if self.quality is not None:
+            out["sentinel_aggregator_quality_events"] = dict(self.quality.received)
+            out["sentinel_aggregator_quality_events_joined"] = {"": self.quality.joined}
+            out["sentinel_aggregator_quality_events_unjoined"] = {"": self.quality.dropped_unjoined}
+        if self.security is not None:
+            out["sentinel_aggregator_security_events"] = {"": self.security.received}
+            out["sentinel_aggregator_security_actions"] = dict(self.security.actions.decided)
+        return out
 
     def _forest(self, config: AggregatorConfig) -> ForestConsumer | None:
         """A forest consumer for ``config`` (not yet restored), or ``None`` when it is disabled."""

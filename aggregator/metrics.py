@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from aggregator.analysis.detectors.candidate import Candidate
     from aggregator.analysis.forest.consumer import ForestConsumer
 
-__all__ = ["CONFIRM_OUTCOMES", "DETECTION_LATENCY_BUCKETS", "INGEST_OUTCOMES", "AggregatorMetrics"]
+__all__ = ["CONFIRM_OUTCOMES", "DETECTION_LATENCY_BUCKETS", "INGEST_OUTCOMES", "SIGNAL_COUNTERS", "AggregatorMetrics"]
 
 #: Values of the ``outcome`` label of ``sentinel_aggregator_batches_received_total``.
 INGEST_OUTCOMES = (
@@ -39,6 +41,52 @@ CONFIRM_OUTCOMES = ("confirmed", "dismissed", "late", "over_limit", "unbound")
 #: Event time to candidate: a bucket-closing detector waits for its window to close, plus the
 #: sidecar's batching and forwarding; beyond an hour is replay or catch-up.
 DETECTION_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+#: The quality and security signal counters: family -> (help, label name or ""). Their values are the
+#: analysis consumers' own counts, read at each scrape (``watch_signals``), so the consumers stay free
+#: of Prometheus and the analysis thread does no metric work per event.
+SIGNAL_COUNTERS: dict[str, tuple[str, str]] = {
+    "sentinel_aggregator_quality_events": (
+        "Quality events received (in sidecar batches and POST /api/v1/feedback), by kind: evaluation "
+        "(evaluation scores) or feedback (user feedback)", "kind"),
+    "sentinel_aggregator_quality_events_joined": ("Quality events joined to their call (or naming their service)", ""),
+    "sentinel_aggregator_quality_events_unjoined": (
+        "Quality events dropped because no call of theirs arrived within join_wait_s (or the wait list was full)", ""),
+    "sentinel_aggregator_security_events": (
+        "Security events received (in sidecar batches, POST /api/v1/security-events and the RabbitMQ queue)", ""),
+    "sentinel_aggregator_security_actions": (
+        "Security actions decided by an operator (POST /api/v1/security/actions/{id}/approve or /reject), "
+        "by decision: approved or rejected", "decision"),
+    "sentinel_aggregator_answer_signals": (
+        "Calls the answer-quality detectors counted as hits, by signal: finish_length (stopped at the output "
+        "limit), content_filter (a safety filter or refusal ended it), empty_answer (near-zero output at a "
+        "normal latency); restarts from 0 when a live settings change rebuilds the detector", "signal"),
+}
+
+
+class _SignalCollector(Collector):
+    """``SIGNAL_COUNTERS`` from ``read()``: family -> label value (or "") -> count."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        try:
+            values = self._read()
+        except RuntimeError:  # a count map changed while read (analysis thread): this scrape has no figures
+            return
+        for name, (doc, label) in SIGNAL_COUNTERS.items():
+            counts = values.get(name)
+            if counts is None:  # that consumer is off
+                continue
+            family = CounterMetricFamily(name, doc, labels=[label] if label else [])
+            for value, count in sorted(counts.items()):
+                family.add_metric([value] if label else [], float(count))
+            yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())  # families depend on which consumers are on: not checked at registration
 
 
 class AggregatorMetrics:
@@ -107,6 +155,11 @@ class AggregatorMetrics:
             for c in items:
                 self.detection_latency.observe(max(0.0, (now_ns - c.window_end) / 1e9))
         return observed
+
+    def watch_signals(self, read: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
+        """Export :data:`SIGNAL_COUNTERS` from ``read()`` at every scrape (family -> label value -> count;
+        a family left out is not exported, a label-less family's one count is under "")."""
+        self.registry.register(_SignalCollector(read))
 
     def watch_forest(self, forest: ForestConsumer) -> None:
         """Compute ``model_age_seconds`` from ``forest``'s fitted models at every scrape."""

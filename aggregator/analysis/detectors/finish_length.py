@@ -137,6 +137,8 @@ class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
     # fields: calls with a finish reason, calls at the limit
     N_FIELDS = 2
     hit_label = "at_limit"
+    #: Calls counted as hits since this detector was built (sentinel_aggregator_answer_signals_total).
+    hit_rows = 0
 
     @property
     def anomaly_type(self) -> str:
@@ -153,6 +155,7 @@ class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:
             has, hit = self.hits(batch)
+            self.hit_rows += int(np.count_nonzero(hit))
             self._keys.add(batch, KEY_COLUMNS, [has, hit], hit)
         out: list[Candidate] = []
         c = self.config

@@ -104,6 +104,8 @@ class ActionHook:
         self._clock = clock
         self._send = send or self._post
         self._actions: OrderedDict[str, Action] = OrderedDict()
+        #: Operators' decisions since the process started (sentinel_aggregator_security_actions_total).
+        self.decided = {"approved": 0, "rejected": 0}
         self._subjects: dict[tuple[str, str], str] = {}  # open action per subject: one at a time
         self._lock = threading.Lock()
 
@@ -159,6 +161,7 @@ class ActionHook:
             if a.status != "pending":
                 raise ValueError(f"action {action_id} is {a.status}, not pending")
             a.status = "approved" if approve else "rejected"
+            self.decided[a.status] += 1
             a.decided_by, a.decided_unix_nano = who, self._clock()
         if approve:
             self._deliver(a, who)
