@@ -464,8 +464,9 @@ class Aggregator:
                 del changes[key]
         if not changes:
             return None
-        # The loader's conversions (durations, maps) and checks; then validated with the running settings.
-        converted = load(AggregatorConfig, args=changes, env={})
+        # The loader's conversions (durations, maps); the checks run on the merged settings (apply_settings),
+        # since some need settings not changed (a new jwt_jwks_file with the running jwt_audience).
+        converted = load(AggregatorConfig, args=changes, env={}, validate=False)
         new = dataclasses.replace(self.config, **{k: getattr(converted, k) for k in changes})
         return await self.apply_settings(new, sorted(changes), who=who or "anonymous", comment=comment, role=role)
 

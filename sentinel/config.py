@@ -204,10 +204,13 @@ def load(
     env: Mapping[str, str] | None = None,
     config_file: str | Path | None = None,
     section: str | None = None,
+    validate: bool = True,
 ) -> T:
     """Build and validate a settings object of dataclass type ``cls``.
 
     ``section`` picks a sub-map of the YAML file (``sidecar:``), when the file has one.
+    ``validate=False`` only converts: for a partial change whose checks need the settings it is merged
+    into (``PUT /api/v1/config``: ``jwt_jwks_file`` alone needs the running ``jwt_audience``).
     """
     env = os.environ if env is None else env
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
@@ -241,9 +244,9 @@ def load(
         f, tp = known[name]
         values[name] = _convert(name, raw, tp, _kind(f, tp))
     obj = cls(**values)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
+    check = getattr(obj, "validate", None)
+    if validate and callable(check):
+        check()
     return obj
 
 

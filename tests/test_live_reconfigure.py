@@ -198,3 +198,43 @@ async def test_a_broker_sink_added_live_publishes_the_next_alert(make_aggregator
         with contextlib.suppress(Exception):
             await cleanup.exchange_delete(exchange)
         await connection.close()
+
+
+async def test_jwt_settings_change_live(make_aggregator: Any, tmp_path: Path) -> None:
+    """PUT /api/v1/config with a new JWKS and issuer: JWTs of the new key and issuer are accepted from the
+    next request, those of the old ones refused; SIGHUP's path does the same back."""
+    from tests.test_api_jwt import AUDIENCE, ISSUER, ROLE_MAP, Keys
+
+    old, new = Keys(), Keys()
+    old.add_rsa("k-old")
+    new.add_ec("k-new")
+    old_file, new_file = tmp_path / "old-jwks.json", tmp_path / "new-jwks.json"
+    old_file.write_text(json.dumps(old.jwks()))
+    new_file.write_text(json.dumps(new.jwks()))
+    new_issuer = "https://idp2.example.test/realms/ops"
+    agg: Aggregator = await make_aggregator(grpc_listen="", admin_tokens=["admin"], jwt_jwks_file=str(old_file),
+                                            jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_role_claim="groups",
+                                            jwt_role_map=dict(ROLE_MAP))
+    async with httpx.AsyncClient(base_url=agg.url, timeout=5) as c:
+        async def status(token: str) -> int:
+            return (await c.get("/api/v1/alerts", headers={"Authorization": f"Bearer {token}"})).status_code
+
+        old_token, new_token = old.token("k-old"), new.token("k-new", iss=new_issuer)
+        assert (await status(old_token), await status(new_token)) == (200, 401)
+        r = await c.put("/api/v1/config", headers={"Authorization": "Bearer admin"},
+                        json={"settings": {"jwt_jwks_file": str(new_file), "jwt_issuer": new_issuer},
+                              "comment": "new identity provider"})
+        assert r.status_code == 200, r.text
+        assert r.json()["changed"] and set(r.json()["diff"]) == {"jwt_jwks_file", "jwt_issuer"}, r.json()
+        assert (await status(old_token), await status(new_token)) == (401, 200)
+        # The new key with the old issuer, and the old key with the new issuer: refused.
+        assert await status(new.token("k-new")) == 401
+        assert await status(old.token("k-old", iss=new_issuer)) == 401
+        assert await status(new.token("k-new", iss=new_issuer, groups=["sre-admins"])) == 200
+
+        # SIGHUP's path: the file read again names the old provider; it applies as the PUT did.
+        back = dataclasses.replace(agg.config, jwt_jwks_file=str(old_file), jwt_issuer=ISSUER)
+        reloader = SettingsReloader(agg.config, lambda: back, live_keys=agg.config.live_keys(),
+                                    apply=agg.apply_settings)
+        assert sorted(await reloader.reload()) == ["jwt_issuer", "jwt_jwks_file"]
+        assert (await status(old_token), await status(new_token)) == (200, 401)
