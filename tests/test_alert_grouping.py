@@ -1,6 +1,6 @@
 """Notification grouping (group_by, group_wait, group_interval, repeat_interval) on a real store
-(SQLite and PostgreSQL) with a fake clock: one alert and one notification per group, the breakdown in its members, pending
-notifications that survive a restart exactly once, the time scale."""
+(SQLite and PostgreSQL) with a fake clock: one alert and one notification per group, the breakdown
+in its members, pending notifications that survive a restart exactly once, the time scale."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """The audit log: an append-only record of every state change made through the API (and reloads).
 
-Kept in the alert store (``alerts.db``, or the cluster's PostgreSQL; table ``audit``): when, who (the authenticated
-principal: a JWT's ``sub``, a static token's place such as ``admin_tokens[0]``, never the token;
-``SIGHUP`` for a reload), the role the request was made with, the action (``alert.acknowledge``,
-``alert.feedback``, ``silence.create``, ``silence.expire``, ``silence.delete``, ``config.version``,
-or ``<METHOD> <route>`` for any other write), its target (an alert or silence id) and a small JSON
-detail. Triggers (in either database) refuse ``UPDATE`` and ``DELETE`` on the table, so nothing in the process can
-rewrite it; each entry is also logged as one JSON line on the ``sentinel.audit`` logger.
+Kept in the alert store (``alerts.db``, or the cluster's PostgreSQL; table ``audit``): when, who
+(the authenticated principal: a JWT's ``sub``, a static token's place such as ``admin_tokens[0]``,
+never the token; ``SIGHUP`` for a reload), the role the request was made with, the action
+(``alert.acknowledge``, ``alert.feedback``, ``silence.create``, ``silence.expire``,
+``silence.delete``, ``config.version``, or ``<METHOD> <route>`` for any other write), its target
+(an alert or silence id) and a small JSON detail. Triggers (in either database) refuse ``UPDATE``
+and ``DELETE`` on the table, so nothing in the process can rewrite it; each entry is also logged as
+one JSON line on the ``sentinel.audit`` logger.
 Retention: none (an entry is a few hundred bytes; a busy team writes a few thousand a day).
 """
 

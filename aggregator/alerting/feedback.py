@@ -2,9 +2,9 @@
 
 Kept in the alert store (``alerts.db``, or the cluster's PostgreSQL; table ``feedback``), one row
 per verdict given: who, when, the alert's anomaly type and raise time (copied, so precision
-survives the alert's retention), an optional comment. An alert's verdict is its newest row, so an operator can change their mind.
-Precision per anomaly type = true positives / (true positives + false positives) over the alerts
-with such a verdict; ``unsure`` counts towards neither.
+survives the alert's retention), an optional comment. An alert's verdict is its newest row, so an
+operator can change their mind. Precision per anomaly type = true positives / (true positives +
+false positives) over the alerts with such a verdict; ``unsure`` counts towards neither.
 """
 
 from __future__ import annotations
