@@ -218,6 +218,26 @@ def test_a_dead_replicas_claimed_outbox_rows_are_delivered_after_its_lease(pg_ur
         b.close()
 
 
+def test_the_storm_limit_counts_every_replicas_notifications(pg_url: str) -> None:
+    a, b = open_pg_store(pg_url), open_pg_store(pg_url)
+    try:
+        clock = Clock()
+        limits = {"storm_max_alerts": 3, "storm_window_s": 60, "group_wait_s": 0}
+        m1, m2 = manager(a, clock, **limits), manager(b, clock, **limits)
+        burst = [cand(service=f"svc-{i}", anomaly_type="error_burst", metric="error_rate", value=0.2, baseline=0.1)
+                 for i in range(4)]
+        m1.emit(burst[:2])
+        m2.emit(burst[2:])  # the third notification is sent, the fourth held for the storm summary
+        assert a.outbox_depth("rec") == 3
+        assert [x.service_name for x in all_alerts(a) if x.storm_id] == ["svc-3"]
+        clock.advance(61)  # the window over: sent one by one again
+        m1.emit([cand(service="after")])
+        assert a.outbox_depth("rec") == 4
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_resolved_alert_is_not_reopened_by_a_stale_replica(pg_url: str) -> None:
     store = open_pg_store(pg_url)
     try:

@@ -584,7 +584,9 @@ class AlertManager:
         window = self.config.window_ns("storm_window_s")
         while self._sent and now - self._sent[0] > window:
             self._sent.popleft()
-        if self._storm is None and len(self._sent) < self.config.storm_max_alerts:
+        everyone = self.store.notifications_since(now - window) if self.store.shared else None  # all replicas'
+        sent = len(self._sent) if everyone is None else everyone
+        if self._storm is None and sent < self.config.storm_max_alerts:
             self._sent.append(now)
             return False
         if self._storm is None:

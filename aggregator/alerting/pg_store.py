@@ -14,6 +14,7 @@ one alerting system:
 - **each outbox row delivered by one replica**: :meth:`PgAlertStore.outbox_pending` claims rows
   (``SELECT … FOR UPDATE SKIP LOCKED``) with a lease; a dead claimer's rows are claimed by another
   replica once the lease ran out (a delivery is at least once, as with one process and a restart);
+- **the storm limit** counts every replica's notifications (table ``notifications``: key, time);
 - **a resolved alert stays resolved**: an update from a replica that has not yet heard of the
   resolution is ignored rather than reopening it;
 - **live updates**: every write sends ``NOTIFY sentinel_alerts`` in its transaction (delivered on
@@ -91,6 +92,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (sink, alert_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (sink, dead, seq);
+CREATE TABLE IF NOT EXISTS notifications (
+    key TEXT PRIMARY KEY,
+    at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_at ON notifications (at);
 CREATE TABLE IF NOT EXISTS silences (
     id TEXT PRIMARY KEY,
     starts_at BIGINT NOT NULL,
@@ -278,6 +284,8 @@ class PgAlertStore:
         with self._tx() as db:
             db.execute(_UPDATE, _update_row(alert, doc))
             self._outbox_rows(db, sinks, key, doc)
+            db.execute("INSERT INTO notifications (key, at) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                       (key, alert.notified_at or alert.last_seen))
             self._changed(db, _event(alert), [alert.alert_id])
 
     @staticmethod
@@ -384,6 +392,13 @@ class PgAlertStore:
     def outbox_depth(self, sink: str) -> int:
         with self._tx() as db:
             return _count(db, "SELECT COUNT(*) FROM outbox WHERE sink=%s AND NOT dead", (sink,))
+
+    def notifications_since(self, since_ns: int) -> int:
+        """Notifications every replica sent since ``since_ns`` (the storm limit across replicas); older
+        ones are of no further use and deleted."""
+        with self._tx() as db:
+            db.execute("DELETE FROM notifications WHERE at < %s", (since_ns,))
+            return _count(db, "SELECT COUNT(*) FROM notifications", ())
 
     # --- silences -----------------------------------------------------------------------------
 
