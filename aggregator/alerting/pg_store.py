@@ -431,8 +431,9 @@ class PgAlertStore:
 
     def listen(self, on_alert: Callable[[str, Alert], None], on_silences: Callable[[], None]) -> None:
         """From now on, in a thread: ``on_alert(event, alert)`` for each alert another replica raised
-        (``alert``) or changed (``update``, ``resolved``), ``on_silences()`` when it changed the silences
-        (and after a reconnection, which may have missed some). Stopped by :meth:`close`."""
+        (``alert``) or changed (``update``, ``resolved``), ``on_silences()`` when it changed the silences.
+        After a reconnection (notifications sent meanwhile are lost) both again: the silences, and every
+        unresolved alert as an ``update``. Stopped by :meth:`close`."""
         if self._listener is not None:
             return
         self._stop.clear()
@@ -450,7 +451,7 @@ class PgAlertStore:
                     if failing:
                         log.info("alert store: listening to the other replicas' changes again")
                         failing = False
-                        on_silences()  # what changed meanwhile (the alerts are read when they change next)
+                        self._resync(on_alert, on_silences)
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.5):
                             self._received(n.payload, on_alert, on_silences)
@@ -461,6 +462,13 @@ class PgAlertStore:
                     failing = True
                 self._stop.wait(_LISTEN_RETRY_S)
         self.listening.clear()
+
+    def _resync(self, on_alert: Callable[[str, Alert], None], on_silences: Callable[[], None]) -> None:
+        """After a reconnection: what may have changed while nobody listened (notifications are not kept)
+        — the silences, and every unresolved alert as an ``update``."""
+        on_silences()
+        for alert in self.unresolved():
+            on_alert("update", alert)
 
     def _received(self, payload: str, on_alert: Callable[[str, Alert], None],
                   on_silences: Callable[[], None]) -> None:
