@@ -163,6 +163,10 @@ def test_two_replicas_raising_the_same_alert_store_one_and_send_it_once(pg_url: 
         assert a.outbox_depth("rec") == 1
         claimed = a.outbox_pending("rec", 10) + b.outbox_pending("rec", 10)
         assert [i.alert_id for i in claimed] == [alert.alert_id]  # delivered by one replica only
+        a.outbox_done("rec", [alert.alert_id])
+        late = Alert.from_dict(alert.to_dict())  # a replica sending it again after the delivery
+        b.notify(late, ["rec"], alert.alert_id)
+        assert a.outbox_depth("rec") == 0
     finally:
         a.close()
         b.close()

@@ -9,8 +9,9 @@ one alerting system:
 - **one open alert per fingerprint** (the group key): a partial unique index on ``alerts
   (fingerprint) WHERE status <> 'resolved'``; :meth:`PgAlertStore.insert` is ``INSERT … ON CONFLICT
   DO NOTHING`` and returns the alert another replica stored first, which the caller then joins;
-- **one outbox row per notification**: rows are keyed (sink, alert id or ``<id>#<n>``) and written
-  ``ON CONFLICT DO NOTHING``, so two replicas sending the same notification write it once;
+- **one outbox row per notification**: a notification is keyed (alert id or ``<id>#<n>``) in table
+  ``notifications`` and its outbox rows are written only by the first replica to key it, so two
+  replicas sending the same notification send it once (even after the first was delivered);
 - **each outbox row delivered by one replica**: :meth:`PgAlertStore.outbox_pending` claims rows
   (``SELECT … FOR UPDATE SKIP LOCKED``) with a lease; a dead claimer's rows are claimed by another
   replica once the lease ran out (a delivery is at least once, as with one process and a restart);
@@ -283,9 +284,12 @@ class PgAlertStore:
         doc = _doc(alert)
         with self._tx() as db:
             db.execute(_UPDATE, _update_row(alert, doc))
-            self._outbox_rows(db, sinks, key, doc)
-            db.execute("INSERT INTO notifications (key, at) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
-                       (key, alert.notified_at or alert.last_seen))
+            # Keyed apart from the outbox, whose row is gone once delivered: a replica sending the same
+            # notification a moment later (it had not heard of the first yet) adds no second one.
+            first = db.execute("INSERT INTO notifications (key, at) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING "
+                               "RETURNING key", (key, alert.notified_at or alert.last_seen)).fetchone()
+            if first is not None:
+                self._outbox_rows(db, sinks, key, doc)
             self._changed(db, _event(alert), [alert.alert_id])
 
     @staticmethod
