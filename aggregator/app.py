@@ -40,6 +40,8 @@ from aggregator.alerting.feedback import FeedbackLog
 from aggregator.alerting.grpc_service import AlertGrpcServer
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
+from aggregator.alerting.model import Alert
+from aggregator.alerting.pg_store import PgAlertStore
 from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
@@ -97,7 +99,10 @@ class Aggregator:
         self.baselines = BaselineConsumer(config.baseline_config(), config.data_dir)
         self.candidates = CandidateLog(registry=self.metrics.registry)
         self.hub = AlertHub()
-        self.alert_store = SQLiteAlertStore(os.path.join(config.data_dir, "alerts.db"))
+        # A cluster's replicas share one PostgreSQL store (store_url); alone, SQLite in data_dir.
+        self.alert_store: SQLiteAlertStore | PgAlertStore = (
+            PgAlertStore(config.store_url, registry=self.metrics.registry) if config.store_url
+            else SQLiteAlertStore(os.path.join(config.data_dir, "alerts.db")))
         self._sink_metrics = SinkMetrics(self.metrics.registry)
         self._sink_configs = _sink_configs(config)
         self.sinks: list[Sink] = [self._sink(c) for c in self._sink_configs.values()]
@@ -291,6 +296,8 @@ class Aggregator:
             await asyncio.to_thread(self._record_start_version)
         except (StoreError, sqlite3.Error) as e:
             raise OSError(str(e)) from e
+        if isinstance(self.alert_store, PgAlertStore):  # the other replicas' alerts, live
+            self.alert_store.listen(self._remote_alert, self.alerts.reload_silences)
         # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
         app = web.Application(client_max_size=c.max_body_bytes)
         app.router.add_post("/v1/ingest", self.ingest.handle)
@@ -482,6 +489,11 @@ class Aggregator:
             log.warning("the settings file differs from configuration version %d in %s: the file applies, as "
                         "version %d (sentinel config rollback %d returns to the stored one)", latest.version,
                         ", ".join(sorted(version.diff)), version.version, latest.version)
+
+    def _remote_alert(self, event: str, alert: Alert) -> None:
+        """An alert another replica raised or changed: this one's manager follows it, its watchers see it."""
+        self.alerts.remote_change(alert)
+        self.hub.publish(event, alert.to_dict())
 
     async def shutdown(self) -> None:
         if self._stopped:

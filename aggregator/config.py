@@ -88,10 +88,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LIVE_KEY_PREFIXES = ("alert_", "confirm_", "jwt_")
 LIVE_KEYS = frozenset({"detectors", "forest", "amqp_url", "amqp_exchange", "amqp_queue", "amqp_min_severity",
                        "webhooks", "tokens", "sidecar_tokens", "viewer_tokens", "operator_tokens", "admin_tokens"})
-#: Live keys whose values are secrets (tokens, a broker password, webhook URLs and headers): the
-#: configuration API, its versions and their diffs show a digest of the value, never the value.
+#: Keys whose values are secrets (tokens, a broker password, webhook URLs and headers, the store's URL):
+#: the configuration API, its versions and their diffs show a digest of the value, never the value.
 SECRET_KEYS = frozenset({"tokens", "sidecar_tokens", "viewer_tokens", "operator_tokens", "admin_tokens",
-                         "amqp_url", "webhooks"})
+                         "amqp_url", "webhooks", "store_url"})
 
 
 def _hostport(key: str, value: str) -> None:
@@ -125,6 +125,10 @@ class AggregatorConfig:
                           "/readyz (127.0.0.1 when no token is configured, see allow_unauthenticated)")
     data_dir: str = setting(DEFAULT_DATA_DIR, "directory of the aggregator's state (the SQLite ingest "
                             "journal and de-duplication table)")
+    # A URL with a password: kept out of flags (a process listing) and shown redacted in logs.
+    store_url: str = setting("", "alert store shared by the replicas of a cluster: postgresql://user:password@host"
+                             ":port/db (prefer SENTINEL_STORE_URL from a Secret); empty: SQLite alerts.db in data_dir",
+                             flag=False)
     # Tokens stay out of flags so they never show in a process listing.
     tokens: list[str] = setting(None, "bearer tokens accepted on /v1/ingest (comma-separated in "
                                 "SENTINEL_TOKENS); empty: no authentication (a warning is logged)",
@@ -400,6 +404,8 @@ class AggregatorConfig:
             # certificate valid for 127.0.0.1 (and a client certificate under mTLS).
             raise ConfigError("tls_cert_file: the standalone OTLP listeners (otlp_grpc_listen, otlp_http_listen) "
                               "are plaintext-only for now; run a separate sidecar with TLS instead")
+        if self.store_url and not self.store_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("store_url: must start with postgresql:// (or be empty: SQLite in data_dir)")
         if self.amqp_url and not self.amqp_url.startswith(("amqp://", "amqps://")):
             raise ConfigError("amqp_url: must start with amqp:// or amqps://")
         if self.amqp_min_severity not in SEVERITIES:

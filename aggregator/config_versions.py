@@ -1,4 +1,4 @@
-"""Versions of the aggregator's live settings (the keys a reload applies), kept in ``alerts.db``.
+"""Versions of the aggregator's live settings (the keys a reload applies), kept in the alert store.
 
 Every change of the live settings — at start when the file differs from the newest version, on
 SIGHUP, through ``PUT /api/v1/config`` or a rollback — is a new version: its number, when, who,
@@ -79,14 +79,15 @@ class ConfigVersions(SideTable):
     """The ``config_versions`` table of an open alert store (created on first use)."""
 
     schema = _SCHEMA
+    append_only = (("config_versions", "configuration versions are append-only"),)
 
     def add(self, *, at: int, who: str, comment: str, settings: dict[str, Any],
             changes: dict[str, Any]) -> ConfigVersion:
         doc, changed = json.dumps(settings, sort_keys=True), json.dumps(changes, sort_keys=True)
         with self.connection() as db:
-            cur = db.execute("INSERT INTO config_versions (at, who, comment, settings, diff) VALUES (?,?,?,?,?)",
-                             (at, who, comment, doc, changed))
-            number = int(cur.lastrowid or 0)
+            cur = db.execute("INSERT INTO config_versions (at, who, comment, settings, diff) VALUES (?,?,?,?,?) "
+                             "RETURNING version", (at, who, comment, doc, changed))
+            number = int(cur.fetchone()[0])
         return ConfigVersion(number, at, who, comment, json.loads(doc), json.loads(changed))
 
     def get(self, version: int) -> ConfigVersion | None:

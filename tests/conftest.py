@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from aggregator.alerting.pg_store import PgAlertStore
 from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
@@ -106,6 +111,67 @@ def store(tmp_path: Path) -> Iterator[SQLiteAlertStore]:
     s.open()
     yield s
     s.close()
+
+
+#: The machine's PostgreSQL (trust auth): each test gets its own database on it, dropped after.
+PG_ADMIN_URL = os.environ.get("SENTINEL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@functools.cache
+def pg_unreachable() -> str | None:
+    """Why PostgreSQL tests cannot run here (``None``: they can)."""
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as e:
+        return f"PostgreSQL at {PG_ADMIN_URL} is unreachable ({str(e).strip()[:200]})"
+    return None
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """The URL of a new, empty database (``sentinel_test_<random>``), dropped at the end."""
+    reason = pg_unreachable()
+    if reason:
+        pytest.skip(reason)
+    name = f"sentinel_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test (skipped when PostgreSQL is unreachable)."""
+    with pg_database() as url:
+        yield url
+
+
+def open_pg_store(url: str, **kwargs: Any) -> PgAlertStore:
+    kwargs.setdefault("registry", CollectorRegistry())
+    kwargs.setdefault("pool_size", 2)
+    s = PgAlertStore(url, **kwargs)
+    s.open()
+    return s
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteAlertStore | PgAlertStore]:
+    """An open alert store of each backend: SQLite in ``tmp_path``, PostgreSQL in a database of its own."""
+    if request.param == "sqlite":
+        s = SQLiteAlertStore(str(tmp_path / "alerts.db"))
+        s.open()
+        yield s
+        s.close()
+        return
+    with pg_database() as url:
+        pg = open_pg_store(url)
+        yield pg
+        pg.close()
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

@@ -1,6 +1,6 @@
-"""Notification grouping (group_by, group_wait, group_interval, repeat_interval) on a real SQLite store
-with a fake clock: one alert and one notification per group, the breakdown in its members, pending
-notifications that survive a restart exactly once, the time scale."""
+"""Notification grouping (group_by, group_wait, group_interval, repeat_interval) on a real store
+(SQLite and PostgreSQL) with a fake clock: one alert and one notification per group, the breakdown
+in its members, pending notifications that survive a restart exactly once, the time scale."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ MODELS = ("gpt-4o", "gpt-4o-mini", "claude")
 def drop(model: str, value: float = 3.0) -> Candidate:
     return cand(anomaly_type="throughput_drop", model=model, metric="tokens_per_s", value=value, baseline=40.0,
                 threshold=20.0, sigma=-5.0)
+
+
+@pytest.fixture
+def store(any_store: SQLiteAlertStore) -> SQLiteAlertStore:
+    """Every test here on both backends."""
+    return any_store
+
+
+def sqlite_only(store: SQLiteAlertStore) -> None:
+    if not isinstance(store, SQLiteAlertStore):
+        pytest.skip("opens further stores beside it: SQLite files")
 
 
 def payloads(store: SQLiteAlertStore, sink: str = "rec") -> list[dict[str, object]]:
@@ -147,6 +158,7 @@ def test_members_resolve_one_by_one_and_the_alert_with_the_last(store: SQLiteAle
 
 
 def test_group_by_choices(store: SQLiteAlertStore) -> None:
+    sqlite_only(store)
     clock = Clock()
     m = make(store, clock, group_by=[])  # everything in one group
     m.emit([drop("gpt-4o"), cand(service="billing"), cand(anomaly_type="error_burst", metric="error_rate")])
@@ -233,6 +245,7 @@ def storm(service: str, provider: str | None = "anthropic", model: str = "claude
 
 
 def test_a_provider_wide_error_storm_is_one_alert_with_the_services_inside(store: SQLiteAlertStore) -> None:
+    sqlite_only(store)
     clock = Clock()
     m = make(store, clock, [RecordingSink()])
     services = ("chat", "search", "summarize", "review")

@@ -1,5 +1,5 @@
-"""The alert manager's logic on a real SQLite store: enrichment, dedup, persistence, correlation,
-silences, acknowledgements, storm summarising, resolution and restart."""
+"""The alert manager's logic on a real store (SQLite and PostgreSQL): enrichment, dedup, persistence,
+correlation, silences, acknowledgements, storm summarising, resolution and restart."""
 
 from __future__ import annotations
 
@@ -63,6 +63,12 @@ def cand(anomaly_type: str = "latency_spike", *, service: str = "chat", model: s
     return Candidate(anomaly_type=anomaly_type, service=service, model=model, detection_method="z_score",
                      confidence=confidence, metric=metric, value=value, baseline=baseline, threshold=threshold,
                      deviation_sigma=sigma, window_start=t, window_end=t + 60 * S, context=context)
+
+
+@pytest.fixture
+def store(any_store: SQLiteAlertStore) -> SQLiteAlertStore:
+    """Every test here on both backends (the store interface is the same)."""
+    return any_store
 
 
 def make(store: SQLiteAlertStore, clock: Clock, sinks: list[RecordingSink] | None = None,

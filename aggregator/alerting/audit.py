@@ -1,12 +1,13 @@
 """The audit log: an append-only record of every state change made through the API (and reloads).
 
-Kept in the alert store's file (``alerts.db``, table ``audit``): when, who (the authenticated
-principal: a JWT's ``sub``, a static token's place such as ``admin_tokens[0]``, never the token;
-``SIGHUP`` for a reload), the role the request was made with, the action (``alert.acknowledge``,
-``alert.feedback``, ``silence.create``, ``silence.expire``, ``silence.delete``, ``config.version``,
-or ``<METHOD> <route>`` for any other write), its target (an alert or silence id) and a small JSON
-detail. Triggers refuse ``UPDATE`` and ``DELETE`` on the table, so nothing in the process can
-rewrite it; each entry is also logged as one JSON line on the ``sentinel.audit`` logger.
+Kept in the alert store (``alerts.db``, or the cluster's PostgreSQL; table ``audit``): when, who
+(the authenticated principal: a JWT's ``sub``, a static token's place such as ``admin_tokens[0]``,
+never the token; ``SIGHUP`` for a reload), the role the request was made with, the action
+(``alert.acknowledge``, ``alert.feedback``, ``silence.create``, ``silence.expire``,
+``silence.delete``, ``config.version``, or ``<METHOD> <route>`` for any other write), its target
+(an alert or silence id) and a small JSON detail. Triggers (in either database) refuse ``UPDATE``
+and ``DELETE`` on the table, so nothing in the process can rewrite it; each entry is also logged as
+one JSON line on the ``sentinel.audit`` logger.
 Retention: none (an entry is a few hundred bytes; a busy team writes a few thousand a day).
 """
 
@@ -58,17 +59,18 @@ class AuditEntry:
 
 
 class AuditLog(SideTable):
-    """The ``audit`` table of an open :class:`SQLiteAlertStore` (created on first use)."""
+    """The ``audit`` table of an open alert store (created on first use)."""
 
     schema = _SCHEMA
+    append_only = (("audit", "the audit log is append-only"),)
 
     def append(self, entry: AuditEntry) -> AuditEntry:
         detail = json.dumps(entry.detail, separators=(",", ":"), sort_keys=True, default=str)
         with self.connection() as db:
-            cur = db.execute("INSERT INTO audit (at, who, role, action, target, detail) VALUES (?,?,?,?,?,?)",
-                             (entry.at, entry.who, entry.role, entry.action, entry.target, detail))
+            cur = db.execute("INSERT INTO audit (at, who, role, action, target, detail) VALUES (?,?,?,?,?,?) "
+                             "RETURNING id", (entry.at, entry.who, entry.role, entry.action, entry.target, detail))
             stored = AuditEntry(entry.at, entry.who, entry.role, entry.action, entry.target, entry.detail,
-                                int(cur.lastrowid or 0))
+                                int(cur.fetchone()[0]))
         log.info("%s", json.dumps({"audit": stored.to_dict()}, separators=(",", ":"), default=str))
         return stored
 

@@ -1,10 +1,10 @@
 """Operators' verdicts on alerts (true positive, false positive, unsure) and the precision they measure.
 
-Kept in the alert store's file (``alerts.db``, table ``feedback``), one row per verdict given: who,
-when, the alert's anomaly type and raise time (copied, so precision survives the alert's retention),
-an optional comment. An alert's verdict is its newest row, so an operator can change their mind.
-Precision per anomaly type = true positives / (true positives + false positives) over the alerts
-with such a verdict; ``unsure`` counts towards neither.
+Kept in the alert store (``alerts.db``, or the cluster's PostgreSQL; table ``feedback``), one row
+per verdict given: who, when, the alert's anomaly type and raise time (copied, so precision
+survives the alert's retention), an optional comment. An alert's verdict is its newest row, so an
+operator can change their mind. Precision per anomaly type = true positives / (true positives +
+false positives) over the alerts with such a verdict; ``unsure`` counts towards neither.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def precision(counts: dict[str, int]) -> float | None:
 
 
 class FeedbackLog(SideTable):
-    """The ``feedback`` table of an open :class:`SQLiteAlertStore` (created on first use)."""
+    """The ``feedback`` table of an open alert store (created on first use)."""
 
     schema = _SCHEMA
 

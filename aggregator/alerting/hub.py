@@ -8,6 +8,11 @@ for a client that does not read: the store and ``GET /api/v1/alerts`` have every
 Events: ``{"event": "alert" | "update" | "resolved", "alert": {...}}``: ``alert`` when raised,
 ``update`` when de-duplication, a member joining or resolving, a notification, acknowledgement or
 correlation changed it, ``resolved`` when it (its last member) resolved.
+
+In a cluster (``store_url``) each replica's hub also carries the other replicas' events: their
+writes to the shared PostgreSQL store send ``NOTIFY``, and the aggregator publishes what its
+store's listener reads back (:meth:`aggregator.alerting.pg_store.PgAlertStore.listen`), so the
+API, the page's stream and gRPC ``Watch`` of every replica see every replica's alerts.
 """
 
 from __future__ import annotations

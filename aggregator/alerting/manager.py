@@ -330,6 +330,8 @@ class AlertManager:
         if group is not None and now - group.last_seen > dedup:  # silent for longer than the window: a new incident
             self._resolve(group, now, "no detection within the de-duplication window")
             updated[group.alert_id] = group
+            if self.store.shared:  # resolved there before the new incident's alert takes its fingerprint
+                self.store.update([group])
             group = None
         # A sidecar's error rate is over its own window although the candidate carries the call's time.
         # A confirmed local level shift is one report of a run of values (context.sustained).
@@ -370,10 +372,35 @@ class AlertManager:
             return
         alert = self._new_alert(c, gk, new, now)
         self._correlate(alert, now, updated)
-        self.store.insert(alert, ())  # its notification follows group_wait later (_flush)
+        stored = self.store.insert(alert, ())  # its notification follows group_wait later (_flush)
+        if stored is not None:  # another replica raised it first (a shared store): the detection joins that one
+            self._uncorrelate(alert, updated)
+            self._open[gk] = stored
+            self._join(stored, new, c, now, updated)
+            return
         self._open[gk] = alert
         raised.append(alert)
         self.metrics.count_raised(alert)
+
+    def _join(self, alert: Alert, new: AlertMember, c: Candidate, now: int, updated: dict[str, Alert]) -> None:
+        """A detection of an alert another replica raised: folded into its firing member, or a member."""
+        member = alert.member(new.key)
+        if member is not None and member.status == "firing":
+            self._fold(alert, member, c, now)
+        else:
+            alert.members = [*(m for m in alert.members if m.key != new.key), new]
+            self._add_trace_ids(alert, new.trace_ids)
+            refresh(alert)
+            self._schedule(alert)
+        updated[alert.alert_id] = alert
+        self.metrics.deduplicated.inc()
+
+    @staticmethod
+    def _uncorrelate(alert: Alert, updated: dict[str, Alert]) -> None:
+        """Undo the links :meth:`_correlate` made to an alert that was not stored."""
+        for other in updated.values():
+            if alert.alert_id in other.related_alerts:
+                other.related_alerts.remove(alert.alert_id)
 
     def _series(self, c: Candidate) -> tuple[str, str, dict[str, str], str]:
         """The candidate's series fingerprint, severity, labels and group key."""
@@ -479,15 +506,19 @@ class AlertManager:
             fp, severity, labels, gk = self._series(c)
             group = self._open.get(gk)
             if group is None:
-                group = self._new_alert(c, gk, self._member(c, fp, severity, labels, now, edge.count), now)
-                self._correlate(group, now, updated)
-                outcome = reconcile(group, edge, new=True, sidecar=sidecar, late=late, now=now,
+                fresh = self._new_alert(c, gk, self._member(c, fp, severity, labels, now, edge.count), now)
+                self._correlate(fresh, now, updated)
+                outcome = reconcile(fresh, edge, new=True, sidecar=sidecar, late=late, now=now,
                                     group_wait_ns=self.config.window_ns("group_wait_s"))
-                self.store.insert(group, ())
-                self._open[gk] = group
-                raised.append(group)
-                self.metrics.count_raised(group)
-            else:
+                group = self.store.insert(fresh, ())
+                if group is None:
+                    self._open[gk] = fresh
+                    raised.append(fresh)
+                    self.metrics.count_raised(fresh)
+                else:  # raised by another replica meanwhile (a shared store): the edge's alert is taken by that one
+                    self._uncorrelate(fresh, updated)
+                    self._open[gk] = group
+            if group is not None:
                 existing = group.member(fp)
                 outcome = reconcile(group, edge, new=False, sidecar=sidecar, late=late, now=now,
                                     group_wait_ns=self.config.window_ns("group_wait_s"))
@@ -553,7 +584,9 @@ class AlertManager:
         window = self.config.window_ns("storm_window_s")
         while self._sent and now - self._sent[0] > window:
             self._sent.popleft()
-        if self._storm is None and len(self._sent) < self.config.storm_max_alerts:
+        everyone = self.store.notifications_since(now - window) if self.store.shared else None  # all replicas'
+        sent = len(self._sent) if everyone is None else everyone
+        if self._storm is None and sent < self.config.storm_max_alerts:
             self._sent.append(now)
             return False
         if self._storm is None:
@@ -741,6 +774,41 @@ class AlertManager:
         with self._lock:
             self._silences = [s for s in self._silences if s.id != silence_id]
             return self.store.delete_silence(silence_id)
+
+    # --- other replicas (a shared store) ---------------------------------------------------------
+
+    def reload_silences(self) -> None:
+        """Another replica changed the silences: read them again."""
+        silences = self.store.silences()
+        with self._lock:
+            self._silences = silences
+
+    def remote_change(self, alert: Alert) -> None:
+        """An alert another replica raised or changed (read back from the shared store): this one's copy
+        follows it, so its next write does not undo an acknowledgement, a resolution or a notification,
+        and its next detection of the incident joins that alert."""
+        with self._lock:
+            local = self._open.get(alert.fingerprint)
+            if local is None or local.alert_id != alert.alert_id:
+                if alert.status != "resolved" and local is None and alert.anomaly_type != "alert_storm":
+                    self._open[alert.fingerprint] = alert
+                    self.metrics.open.set(len(self._open))
+                return
+            if alert.status == "resolved":
+                self._open.pop(alert.fingerprint, None)
+                self.metrics.open.set(len(self._open))
+                return
+            if alert.status == "acknowledged" and local.status != "acknowledged":
+                local.status, local.acknowledged_by, local.acknowledged_at = ("acknowledged", alert.acknowledged_by,
+                                                                             alert.acknowledged_at)
+                if "ack_comment" in alert.context:
+                    local.context["ack_comment"] = alert.context["ack_comment"]
+            if alert.notifications > local.notifications:  # it sent a notification: not again from here
+                local.notifications, local.notified_at, local.notify_due = (alert.notifications, alert.notified_at,
+                                                                            alert.notify_due)
+                sent = {m.key for m in alert.members if m.notified}
+                for m in local.members:
+                    m.notified = m.notified or m.key in sent
 
 
 def _finite(x: float) -> float | None:

@@ -137,8 +137,10 @@ class PrecisionGuard:
                 return None  # already at max_floor
             raised = FloorRaise(anomaly_type, new_floor, now, p, verdicts)
             with self._table.connection() as db:
-                db.execute("INSERT OR REPLACE INTO confidence_floors (anomaly_type, floor, at, precision, verdicts) "
-                           "VALUES (?,?,?,?,?)", (anomaly_type, new_floor, now, p, verdicts))
+                db.execute("INSERT INTO confidence_floors (anomaly_type, floor, at, precision, verdicts) "
+                           "VALUES (?,?,?,?,?) ON CONFLICT (anomaly_type) DO UPDATE SET floor=excluded.floor, "
+                           "at=excluded.at, precision=excluded.precision, verdicts=excluded.verdicts",
+                           (anomaly_type, new_floor, now, p, verdicts))
             self._apply(self.floors())
         log.warning("precision of %s is %.2f over %d verdicts (under %.2f): its confidence floor is raised from "
                     "%.2f to %.2f (DELETE /api/v1/feedback/floors/%s reverses it)", anomaly_type, p, verdicts,

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from aggregator.alerting.audit import AuditLog
 from aggregator.alerting.feedback import FeedbackLog
 from aggregator.alerting.precision_guard import PrecisionGuard
-from aggregator.alerting.store import SQLiteAlertStore
+from aggregator.alerting.store import SideTableHost
 from aggregator.analysis.baselines.consumer import BaselineConsumer
 from aggregator.analysis.series import SeriesConsumer
 from aggregator.api.actions import AlertActions
@@ -68,8 +68,8 @@ def add_api_routes(app: web.Application, *, actions: AlertActions, series: Serie
     """
     app.middlewares.append(guard_middleware(allowed_hosts))
     store = actions.store
-    if not isinstance(store, SQLiteAlertStore):  # feedback and audit live in the store's file
-        raise TypeError("add_api_routes: feedback and the audit log need a SQLiteAlertStore")
+    if not isinstance(store, SideTableHost):  # feedback and audit live in the store's database
+        raise TypeError("add_api_routes: feedback and the audit log need a SQL alert store")
     feedback = feedback if feedback is not None else FeedbackLog(store)
     audit = audit if audit is not None else AuditLog(store)
     app.middlewares.append(auth_middleware(roles))
