@@ -40,7 +40,6 @@ from aggregator.alerting.feedback import FeedbackLog
 from aggregator.alerting.grpc_service import AlertGrpcServer
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
-from aggregator.alerting.model import Alert
 from aggregator.alerting.pg_store import PgAlertStore
 from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.sink import Sink, SinkMetrics
@@ -75,6 +74,7 @@ from aggregator.ingest.service import IngestService
 from aggregator.metrics import AggregatorMetrics
 from aggregator.web import add_web_routes
 from sentinel import service
+from sentinel.alerts import Alert
 from sentinel.config import ConfigError, load
 from sentinel.gc_policy import freeze_startup
 from sentinel.reload import SettingsReloader

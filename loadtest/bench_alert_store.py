@@ -27,11 +27,11 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
-from aggregator.alerting.model import Alert
 from aggregator.alerting.pg_store import PgAlertStore
 from aggregator.alerting.sink import severity_at_least
 from aggregator.alerting.store import AlertStore, SQLiteAlertStore
 from aggregator.analysis.detectors.candidate import Candidate
+from sentinel.alerts import Alert
 
 S = 1_000_000_000
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

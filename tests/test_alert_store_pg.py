@@ -21,7 +21,6 @@ from aggregator.alerting.audit import AuditEntry, AuditLog
 from aggregator.alerting.feedback import Feedback, FeedbackLog
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
-from aggregator.alerting.model import Alert
 from aggregator.alerting.pg_store import PgAlertStore, redact_url
 from aggregator.alerting.precision_guard import PrecisionGuard, PrecisionGuardConfig
 from aggregator.alerting.silences import Matcher, Silence
@@ -29,6 +28,7 @@ from aggregator.alerting.store import AlertQuery, SQLiteAlertStore, StoreError
 from aggregator.config import AggregatorConfig
 from aggregator.config_versions import ConfigVersions
 from sentinel import wire
+from sentinel.alerts import Alert
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from tests.conftest import AggregatorFactory, free_port, open_pg_store, wait_for

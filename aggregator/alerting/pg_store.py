@@ -41,9 +41,9 @@ import psycopg
 import psycopg_pool
 from prometheus_client import CollectorRegistry, Counter
 
-from aggregator.alerting.model import Alert
 from aggregator.alerting.silences import Silence
 from aggregator.alerting.store import AlertQuery, OutboxItem, SqlCursor, StoreError, silence_of_row, where_of
+from sentinel.alerts import Alert
 
 __all__ = ["CHANNEL", "DEFAULT_OUTBOX_LEASE_S", "PgAlertStore", "redact_url"]
 

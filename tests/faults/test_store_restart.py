@@ -27,10 +27,10 @@ from prometheus_client import CollectorRegistry
 
 from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
-from aggregator.alerting.model import Alert
 from aggregator.alerting.pg_store import PgAlertStore
 from aggregator.alerting.store import StoreError
 from loadtest.procs import free_port
+from sentinel.alerts import Alert
 from tests.faults.conftest import observe, wait_until
 from tests.test_alert_manager import RecordingSink, cand
 
