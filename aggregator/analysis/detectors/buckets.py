@@ -201,12 +201,33 @@ class BucketedKeys(Generic[S]):
         """Sum ``fields`` (one array per field, NaN counts as 0) per (key, bucket) and add them."""
         if batch.n == 0:
             return
-        times = batch.numeric["time_unix_nano"]
-        codes, keys = group_by_key([batch.strings[c] for c in key_columns])
-        grouped = _pairs(codes, times, len(keys), self.width_ns)
+        keys, grouped = self._group(batch, key_columns)
         inv, n_pairs = grouped.inv, len(grouped.pair)
-        sums = np.stack(
+        sums: FloatArray = np.stack(
             [np.bincount(inv, weights=_nan_to_zero(f), minlength=n_pairs) for f in fields], axis=1)
+        self._fold(batch, keys, grouped, sums, example_weight)
+
+    def add_categories(self, batch: FeatureBatch, key_columns: Sequence[str], category: npt.NDArray[np.int64],
+                       example_weight: FloatArray) -> None:
+        """:meth:`add` of one field per category, ``(category == j)`` for j < ``n_fields`` (-1: no field),
+        in one count instead of one pass per field."""
+        if batch.n == 0:
+            return
+        keys, grouped = self._group(batch, key_columns)
+        counted = (category >= 0) & (category < self.n_fields)
+        cells = grouped.inv[counted] * self.n_fields + category[counted]
+        counts = np.bincount(cells, minlength=len(grouped.pair) * self.n_fields)
+        sums = np.asarray(counts.reshape(len(grouped.pair), self.n_fields), dtype=np.float64)
+        self._fold(batch, keys, grouped, sums, example_weight)
+
+    def _group(self, batch: FeatureBatch, key_columns: Sequence[str]) -> tuple[list[Key], _Pairs]:
+        codes, keys = group_by_key([batch.strings[c] for c in key_columns])
+        return keys, _pairs(codes, batch.numeric["time_unix_nano"], len(keys), self.width_ns)
+
+    def _fold(self, batch: FeatureBatch, keys: list[Key], grouped: _Pairs, sums: npt.NDArray[np.float64],
+              example_weight: FloatArray) -> None:
+        """Add each (key, bucket)'s sums and example rows to its open bucket; count the late ones."""
+        inv = grouped.inv
         example_weight = np.asarray(example_weight, dtype=np.float64)
         rows, starts = heaviest_rows_per_group(inv, example_weight, self.max_examples)
         trace = batch.strings["trace_id"]
@@ -220,7 +241,7 @@ class BucketedKeys(Generic[S]):
                 self.late_rows += int(grouped.counts[p])
                 if len(self.last_late) < 4 * self.keys.max_keys or key in self.last_late:
                     self.last_late[key] = max(idx, self.last_late.get(key, idx))
-        latest = int(times.max())
+        latest = int(batch.numeric["time_unix_nano"].max())
         self.watermark = latest if self.watermark is None else max(self.watermark, latest)
 
     def close(self) -> list[Closed[S]]:
