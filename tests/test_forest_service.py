@@ -318,7 +318,7 @@ def test_defaults_match_the_design() -> None:
     assert (c.window_rows, c.min_train_rows, c.retrain_every_rows, c.n_estimators, c.max_samples) == (
         10_000, 1_000, 5_000, 100, 256)
     assert c.contamination == 0.005 and c.max_groups == 100 and c.max_candidates_per_batch == 50
-    assert c.score_sample_rows == 128
+    assert c.score_sample_rows == 256
     assert fs.confidence_from_score(-0.6, -0.6) == 0.5 and fs.confidence_from_score(-1.0, -0.6) == 1.0
 
 

@@ -136,8 +136,8 @@ class ForestConfig:
     max_groups: int = 100  # ~2.6 MB each when trained
     max_candidates_per_batch: int = 50
     #: Rows of a batch scored at most (a uniform random sample; 0: every row). Every row still
-    #: trains the forest. 128 of the usual 1,024-2,048-row batches cuts scoring ~8-16x.
-    score_sample_rows: int = 128
+    #: trains the forest. 256 of the usual 1,024-2,048-row batches: a quarter to an eighth of the cost.
+    score_sample_rows: int = 256
     #: Seconds ``shutdown`` waits for fits in flight.
     shutdown_timeout_s: float = 10.0
     #: Seed of every fit (``None``: fresh randomness); tests set it for reproducibility.

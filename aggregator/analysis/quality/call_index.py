@@ -19,7 +19,6 @@ and the one before it changed, so a quality alert can say which model version it
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,13 +42,18 @@ class Call(NamedTuple):
     user: str | None
 
 
+#: A call as the tables keep it: a plain tuple of :class:`Call`'s fields (building a ``Call`` per row
+#: cost more than the rest of :meth:`CallIndex.add_batch`; :meth:`CallIndex.find` makes the one asked for).
+_Row = tuple[str | None, str | None, str | None, str | None]
+
+
 class CallIndex:
     """span id -> call and trace id -> the trace's latest call, bounded; thread-safe."""
 
     def __init__(self, max_calls: int = DEFAULT_MAX_CALLS) -> None:
         self.max_calls = max_calls
-        self._spans: OrderedDict[str, Call] = OrderedDict()
-        self._traces: OrderedDict[str, Call] = OrderedDict()
+        self._spans: OrderedDict[str, _Row] = OrderedDict()
+        self._traces: OrderedDict[str, _Row] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -59,7 +63,7 @@ class CallIndex:
         with self._lock:
             self._put(trace_id, span_id, call)
 
-    def _put(self, trace_id: str | None, span_id: str | None, call: Call) -> None:
+    def _put(self, trace_id: str | None, span_id: str | None, call: _Row) -> None:
         for table, k in ((self._spans, span_id), (self._traces, trace_id)):
             if k is None:
                 continue
@@ -73,31 +77,35 @@ class CallIndex:
         if not batch.n:
             return
         s = batch.strings
-        calls = list(map(tuple.__new__, itertools.repeat(Call),
-                         zip(s["service"], s["request_model"], s["response_model"], s["user"], strict=True)))
+        calls: list[_Row] = list(zip(s["service"], s["request_model"], s["response_model"], s["user"], strict=True))
         with self._lock:
             _put_all(self._spans, s["span_id"], calls, self.max_calls)
             _put_all(self._traces, s["trace_id"], calls, self.max_calls)
 
     def find(self, trace_id: str | None, span_id: str | None) -> Call | None:
         with self._lock:
-            if span_id is not None and (call := self._spans.get(span_id)) is not None:
-                return call
-            return self._traces.get(trace_id) if trace_id is not None else None
+            if span_id is not None and (row := self._spans.get(span_id)) is not None:
+                return Call(*row)
+            row = self._traces.get(trace_id) if trace_id is not None else None
+            return None if row is None else Call(*row)
 
 
-def _put_all(table: OrderedDict[str, Call], keys: list[str | None], calls: list[Call], max_calls: int) -> None:
+def _put_all(table: OrderedDict[str, _Row], keys: list[str | None], calls: list[_Row], max_calls: int) -> None:
     """``table[k] = call`` then ``move_to_end(k)`` for every (key, call) in order (``None`` keys skipped),
     then the oldest dropped beyond ``max_calls``: the last call of a key wins, at its position."""
-    last = dict(zip(keys, calls, strict=True))  # the value of each key's last row
-    last.pop(None, None)
+    with_none = dict(zip(keys, calls, strict=True))  # the value of each key's last row
+    with_none.pop(None, None)
+    last = cast(dict[str, _Row], with_none)  # None popped
     if len(last) < len(keys) - keys.count(None):  # a key repeats: order the keys by their last row
         at = dict(zip(keys, range(len(keys)), strict=True))
         at.pop(None, None)
-        last = {k: last[k] for k in sorted(at, key=at.__getitem__)}
-    for k in table.keys() & last.keys():  # re-added keys move to the end
-        del table[k]
-    table.update(cast(dict[str, Call], last))  # None popped above
+        last = {k: last[k] for k in sorted(cast(dict[str, int], at), key=at.__getitem__)}
+    again = not table.keys().isdisjoint(last)
+    table.update(last)
+    if again:  # keys already held keep their place in an update: move every key, in order
+        move = table.move_to_end
+        for k in last:
+            move(k)
     for _ in range(len(table) - max_calls):
         table.popitem(last=False)
 
