@@ -79,6 +79,9 @@ DETECT_AS: dict[str, tuple[str, ...]] = {
     # A jailbreak campaign from one IP: guardrail events on a share of the target's calls, many users.
     "jailbreak_campaign": ("coordinated_attack", "attack_campaign"),
     # One user with token spikes (token_abuse's extra calls) and guardrail events on those calls.
+    # Latency and output tokens each as usual, their pairing lost: a call's tokens/s is off, which
+    # only a detector of several features at once (the Isolation Forest) or of tokens/s itself sees.
+    "decoupled_latency": ("multivariate_outlier", "throughput_drop"),
     "abusive_user": ("security_correlation", "token_abuse", "coordinated_attack", "token_spike", "cost_anomaly",
                      "expensive_prompt"),
 }

@@ -161,6 +161,7 @@ INCIDENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "empty_answers": {"tokens": 1.0},
     "jailbreak_campaign": {"share": 0.05, "ip": "203.0.113.66", "signature": "dan-v12"},
     "abusive_user": {"factor": 20.0, "user": "user-abuser", "threat_share": 0.3},  # calls_per_s as token_abuse
+    "decoupled_latency": {"share": 1.0},
 }
 #: Guardrail threat types of the signals (index = the ``threat`` column).
 THREATS = ("prompt_injection", "jailbreak", "toxic", "pii_leak")
@@ -489,6 +490,11 @@ class TrafficModel:
                 keep_latency_tokens[hit] = cols["output_tokens"][hit]
             elif kind in ("token_abuse", "abusive_user"):
                 hit = cols["incident"] == e.number
+            elif kind == "decoupled_latency":
+                # Latency is computed from another hit call's output tokens: latency and tokens keep
+                # their distributions, their pairing (so tokens/s of a call) is lost.
+                moved = np.flatnonzero(hit & (u < p["share"]))
+                keep_latency_tokens[moved] = keep_latency_tokens[erng.permutation(moved)]
             elif kind == "empty_answers":
                 cols["output_tokens"][hit] = np.maximum(0.0, np.round(p["tokens"] * cols["ttft_noise"][hit] - 0.5))
             elif kind == "hallucination_regression":

@@ -29,12 +29,14 @@ def test_decode_and_analysis_report_their_figures() -> None:
     for key in ("rows_per_s", "batches_per_s", "mb_per_s", "rows", "seconds", "bytes_per_row", "rows_per_batch"):
         assert key in r["decode"], key
     a = r["analysis"]
-    for key in ("rows_per_s", "rows", "batches", "seconds", "warmup_rows", "candidates", "alerts", "forest_fits",
-                "consumers", "ratio_to_decode"):
+    for key in ("rows_per_s", "cpu_rows_per_s", "rows", "batches", "seconds", "cpu_seconds", "warmup_rows",
+                "candidates", "alerts", "forest_fits", "consumers", "ratio_to_decode"):
         assert key in a, key
     assert a["rows"] == a["batches"] * 64 == 256
-    # The consumers the aggregator builds, in its order (the forest is on by default).
-    assert list(a["consumers"]) == ["confirmer", "baselines", "detectors", "forest", "series", "alerts"]
+    # Every consumer the aggregator builds, in its order (the forest, quality and security are on by default).
+    assert list(a["consumers"]) == ["edge_alerts", "confirmer", "baselines", "quality", "security", "detectors",
+                                    "forest", "series", "alerts"]
+    assert all(v["cpu_seconds"] >= 0 and v["cpu_share"] >= 0 for v in a["consumers"].values())
 
 
 def test_analysis_with_forwarded_anomalies_raises_alerts() -> None:

@@ -72,6 +72,13 @@ def wait_trained(service: ForestConsumer, group: str | None = MODEL, *, not_this
     raise AssertionError(f"group {group!r} was not trained within {timeout} s")
 
 
+def warm(service: ForestConsumer) -> TrainedForest:
+    """Three clean batches of 500 rows, then the forest they trained."""
+    for seed in range(3):
+        feed(service, make_batch(500, seed=seed))
+    return wait_trained(service)
+
+
 class Sink:
     def __init__(self) -> None:
         self.calls: list[list[Candidate]] = []
@@ -93,8 +100,9 @@ class Fed(ForestConsumer):
 
 
 def config(**overrides: Any) -> ForestConfig:
+    # Every row scored: these tests plant outliers and look for each one (sampling has its own tests).
     base: dict[str, Any] = {"window_rows": 4000, "min_train_rows": 1000, "retrain_every_rows": 2000,
-                            "random_state": 0}
+                            "random_state": 0, "score_sample_rows": 0}
     return ForestConfig(**{**base, **overrides})
 
 
@@ -164,9 +172,7 @@ def test_missing_values_are_imputed_not_flagged(trained: ForestConsumer, sink: S
 def test_candidates_are_capped_most_anomalous_first(tmp_path: Path, sink: Sink) -> None:
     service = Fed(config(max_candidates_per_batch=2), tmp_path, sink)
     try:
-        for seed in range(3):
-            feed(service, make_batch(500, seed=seed))
-        wait_trained(service)
+        warm(service)
         sink.calls.clear()
         feed(service, make_batch(200, seed=400, latency_x=50.0, tokens_x=30.0, anomalies=10))
         assert len(sink.calls) == 1 and len(sink.calls[0]) == 2
@@ -297,6 +303,7 @@ def test_groups_train_separately(tmp_path: Path, sink: Sink) -> None:
     ({"log_features": ("is_error",)}, "forest_log_features"),
     ({"max_groups": 0}, "forest_max_groups"),
     ({"max_candidates_per_batch": -1}, "forest_max_candidates_per_batch"),
+    ({"score_sample_rows": -1}, "forest_score_sample_rows"),
 ])
 def test_config_errors_name_the_setting(overrides: dict[str, Any], key: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"^{key}:"):
@@ -311,6 +318,7 @@ def test_defaults_match_the_design() -> None:
     assert (c.window_rows, c.min_train_rows, c.retrain_every_rows, c.n_estimators, c.max_samples) == (
         10_000, 1_000, 5_000, 100, 256)
     assert c.contamination == 0.005 and c.max_groups == 100 and c.max_candidates_per_batch == 50
+    assert c.score_sample_rows == 256
     assert fs.confidence_from_score(-0.6, -0.6) == 0.5 and fs.confidence_from_score(-1.0, -0.6) == 1.0
 
 
@@ -330,6 +338,38 @@ def test_the_forest_explains_another_detection_with_the_features_that_moved(trai
     assert trained.explain(other(None, int(times[0]), int(times[-1]) + 1)) == note  # service-wide: every model
     assert trained.explain(other(MODEL, int(times[-1]) + 10, int(times[-1]) + 20)) is None  # outside the window
     assert trained.explain(other("claude", int(times[0]), int(times[-1]) + 1)) is None
+
+
+def test_a_sample_of_each_batch_is_scored_and_every_row_trains(tmp_path: Path, sink: Sink) -> None:
+    forest = Fed(config(score_sample_rows=50), tmp_path, sink)
+    try:
+        for seed in range(2):
+            feed(forest, make_batch(500, seed=seed))
+        trained = wait_trained(forest)
+        assert trained.trained_rows == 1000  # every row joined the window
+        assert forest.rows_scored == 0 and forest.rows_seen == 1000  # nothing to score with until trained
+        feed(forest, make_batch(500, seed=9))
+        feed(forest, make_batch(40, seed=10))  # no larger than the sample: every row
+        assert forest.rows_scored == 50 + 40 and forest.rows_seen == 1540
+    finally:
+        forest.shutdown()
+
+
+def test_a_sampled_explanation_estimates_the_outliers_among_all_rows(tmp_path: Path, sink: Sink) -> None:
+    forest = Fed(config(score_sample_rows=100), tmp_path, sink)
+    try:
+        warm(forest)
+        probe = make_batch(400, seed=211, latency_x=50.0, tokens_x=30.0, anomalies=200, prefix="z")
+        feed(forest, probe)
+        times = probe.numeric["time_unix_nano"]
+        note = forest.explain(Candidate(
+            anomaly_type="latency_spike", service="chat", model=MODEL, detection_method="level_shift",
+            confidence=0.9, metric="latency_ms", value=1.0, baseline=1.0, threshold=1.0,
+            deviation_sigma=float("nan"), window_start=int(times[0]), window_end=int(times[-1]) + 1, context={}))
+        assert note is not None and note["outliers"] <= 100  # found among the 100 rows scored
+        assert note["estimated_outliers"] == 4 * note["outliers"]  # each stands for 400 / 100 rows
+    finally:
+        forest.shutdown()
 
 
 async def test_the_aggregator_puts_the_forest_explanation_in_other_alerts(make_aggregator: Any) -> None:

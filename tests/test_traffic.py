@@ -306,7 +306,7 @@ SHIPPED = sorted(SCENARIOS.glob("*.yaml"))
 def test_the_expected_files_ship() -> None:
     names = {p.stem for p in SHIPPED}
     assert names >= {"quick", "quick-clean", "latency", "outage", "errors", "abuse", "cost", "swap", "throughput",
-                     "budget", "clean", "clean-long", "clean-realistic", "incidents-realistic"}
+                     "budget", "clean", "clean-long", "clean-realistic", "incidents-realistic", "forest"}
     covered = {inc.type for p in SHIPPED for inc in load_scenario(p).incidents}
     assert covered == set(DETECT_AS)
 
@@ -376,3 +376,20 @@ def test_realistic_knobs_and_the_new_incidents() -> None:
             assert 0.2 < moved.mean() < 0.4  # share 0.3 of the service's calls
         else:  # +3 %/min for 5 minutes
             assert 1.1 < np.median(b.input_tokens[hit] / c.input_tokens[hit]) < 1.25
+
+
+def test_decoupled_latency_keeps_each_distribution_and_loses_the_pairing() -> None:
+    sc = scenario()
+    inc = Incident("d", "decoupled_latency", 1200, 1800, {"service": "support-chat", "model": "gpt-4o"})
+    b, clean, _m = twin(sc, inc)
+    assert np.array_equal(b.t, clean.t) and np.array_equal(b.output_tokens, clean.output_tokens)
+    hit = (b.service == 0) & (b.model == 0) & ~b.is_error & in_window(b, inc)
+    assert hit.sum() > 500
+    assert np.allclose(b.latency_ms[~hit], clean.latency_ms[~hit])  # nothing else changes
+    # Latency is computed from another call's tokens: its distribution stays, its pairing with the
+    # call's own output tokens (so the call's tokens/s) goes.
+    q = [0.1, 0.5, 0.9]
+    assert np.allclose(np.quantile(b.latency_ms[hit], q), np.quantile(clean.latency_ms[hit], q), rtol=0.1)
+    r_clean = np.corrcoef(np.log(clean.output_tokens[hit]), np.log(clean.latency_ms[hit]))[0, 1]
+    r_hit = np.corrcoef(np.log(b.output_tokens[hit]), np.log(b.latency_ms[hit]))[0, 1]
+    assert r_clean > 0.5 and abs(r_hit) < 0.15

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.state import JsonStateFile
+from sentinel.grouping import group_by_key
 from sentinel.wire import WireBatch
 
 __all__ = ["FILE_NAME", "FORMAT_VERSION", "SeriesConsumer"]
@@ -131,8 +132,9 @@ class SeriesConsumer:
                    arrival_ns: int) -> dict[str, list[_Part]]:
         """The batch's figures per service and bucket, vectorised (no lock held)."""
         t = np.asarray(numeric["time_unix_nano"], dtype=np.int64)
-        names: dict[str | None, int] = {}
-        code = np.fromiter((names.setdefault(s, len(names)) for s in services), dtype=np.int64, count=len(services))
+        codes, keys = group_by_key([services])  # shared with the other consumers' groupings
+        code = np.asarray(codes)
+        names: dict[str | None, int] = {k: i for i, (k,) in enumerate(keys)}
         ok = t <= arrival_ns + self.max_future_ns
         if None in names:
             ok &= code != names[None]

@@ -11,13 +11,14 @@ throughput drop to nothing is seen); after a gap longer than ``max_gap`` buckets
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, top_rows_per_group
+from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, heaviest_rows_per_group
 from sentinel.model import FeatureBatch
 
 __all__ = ["NS", "BucketSeries", "BucketedDetector", "BucketedKeys", "Closed", "HasBuckets", "KeyState"]
@@ -102,14 +103,56 @@ def _key_bucket_pairs(codes: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64
     What ``np.unique(np.stack([codes, bucket], axis=1), axis=0, return_inverse=True)`` gives, from
     one integer per row (``code * span + bucket - first``) instead: ``np.unique`` along an axis sorts
     rows through a structured view and took ~60 % of this method (profile of the aggregator bench).
+    When those integers are few (a batch spans a bucket or two), a count of each replaces the sort.
     """
     first = int(bucket.min())
     span = int(bucket.max()) - first + 1
     if n_keys * span >= 2**62:  # absurd spread of event times: keep the exact general form
         pair, inv = np.unique(np.stack([codes, bucket], axis=1), axis=0, return_inverse=True)
         return pair, inv.reshape(-1)
-    combined, inv = np.unique(codes * span + (bucket - first), return_inverse=True)
+    flat = codes * span + (bucket - first)
+    if n_keys * span <= 4 * flat.size + 64:
+        present = np.bincount(flat, minlength=n_keys * span) > 0
+        combined = np.flatnonzero(present)
+        inv = (np.cumsum(present) - 1)[flat]
+    else:
+        combined, inv = np.unique(flat, return_inverse=True)
     return np.stack([combined // span, combined % span + first], axis=1), inv.reshape(-1)
+
+
+class _Pairs(NamedTuple):
+    """A batch's rows grouped by (key, bucket): what every detector with the same key and width shares."""
+
+    pair: list[list[int]]  # (key code, bucket index) per group, sorted
+    inv: npt.NDArray[np.intp]  # each row's group
+    counts: npt.NDArray[np.int64]  # rows per group
+
+
+#: The last few groupings by (key, bucket), by the identity of the key codes (memoised read-only by
+#: ``group_by_key``) and time column, and the bucket width: a dozen detectors bucket the same batch
+#: by the same key, most at the same width (profile of ``loadtest/bench_aggregator.py``). The memo
+#: keeps both arrays alive, so an identity is not reused while remembered; the analysis thread
+#: alone calls it.
+_PAIRS_MEMO: OrderedDict[tuple[int, int, int], tuple[npt.NDArray[Any], npt.NDArray[Any], _Pairs]] = OrderedDict()
+_PAIRS_MEMO_SIZE = 16
+
+
+def _pairs(codes: npt.NDArray[np.int64], times: npt.NDArray[Any], n_keys: int, width_ns: int) -> _Pairs:
+    ident = (id(codes), id(times), width_ns)
+    hit = _PAIRS_MEMO.get(ident)
+    if hit is not None and hit[0] is codes and hit[1] is times:
+        _PAIRS_MEMO.move_to_end(ident)
+        return hit[2]
+    bucket = times.astype(np.int64) // width_ns
+    pair, inv = _key_bucket_pairs(codes, bucket, n_keys)
+    inv.flags.writeable = False
+    counts = np.bincount(inv, minlength=len(pair))
+    counts.flags.writeable = False
+    grouped = _Pairs(pair.tolist(), inv, counts)
+    _PAIRS_MEMO[ident] = (codes, times, grouped)
+    while len(_PAIRS_MEMO) > _PAIRS_MEMO_SIZE:
+        _PAIRS_MEMO.popitem(last=False)
+    return grouped
 
 
 class HasBuckets(Protocol):
@@ -158,24 +201,47 @@ class BucketedKeys(Generic[S]):
         """Sum ``fields`` (one array per field, NaN counts as 0) per (key, bucket) and add them."""
         if batch.n == 0:
             return
-        t = batch.numeric["time_unix_nano"].astype(np.int64)
+        keys, grouped = self._group(batch, key_columns)
+        inv, n_pairs = grouped.inv, len(grouped.pair)
+        sums: FloatArray = np.stack(
+            [np.bincount(inv, weights=_nan_to_zero(f), minlength=n_pairs) for f in fields], axis=1)
+        self._fold(batch, keys, grouped, sums, example_weight)
+
+    def add_categories(self, batch: FeatureBatch, key_columns: Sequence[str], category: npt.NDArray[np.int64],
+                       example_weight: FloatArray) -> None:
+        """:meth:`add` of one field per category, ``(category == j)`` for j < ``n_fields`` (-1: no field),
+        in one count instead of one pass per field."""
+        if batch.n == 0:
+            return
+        keys, grouped = self._group(batch, key_columns)
+        counted = (category >= 0) & (category < self.n_fields)
+        cells = grouped.inv[counted] * self.n_fields + category[counted]
+        counts = np.bincount(cells, minlength=len(grouped.pair) * self.n_fields)
+        sums = np.asarray(counts.reshape(len(grouped.pair), self.n_fields), dtype=np.float64)
+        self._fold(batch, keys, grouped, sums, example_weight)
+
+    def _group(self, batch: FeatureBatch, key_columns: Sequence[str]) -> tuple[list[Key], _Pairs]:
         codes, keys = group_by_key([batch.strings[c] for c in key_columns])
-        bucket = t // self.width_ns
-        pair, inv = _key_bucket_pairs(codes, bucket, len(keys))
-        sums = np.stack(
-            [np.bincount(inv, weights=_nan_to_zero(f), minlength=len(pair)) for f in fields], axis=1)
-        examples = top_rows_per_group(inv.astype(np.int64), example_weight, self.max_examples)
+        return keys, _pairs(codes, batch.numeric["time_unix_nano"], len(keys), self.width_ns)
+
+    def _fold(self, batch: FeatureBatch, keys: list[Key], grouped: _Pairs, sums: npt.NDArray[np.float64],
+              example_weight: FloatArray) -> None:
+        """Add each (key, bucket)'s sums and example rows to its open bucket; count the late ones."""
+        inv = grouped.inv
+        example_weight = np.asarray(example_weight, dtype=np.float64)
+        rows, starts = heaviest_rows_per_group(inv, example_weight, self.max_examples)
         trace = batch.strings["trace_id"]
-        weight = np.nan_to_num(np.asarray(example_weight, dtype=np.float64), nan=-1.0).tolist()
-        counts = np.bincount(inv, minlength=len(pair))
-        for p, ((code, idx), s) in enumerate(zip(pair.tolist(), sums.tolist(), strict=True)):
-            ex = [(weight[r], tid) for r in examples[p] if (tid := trace[r]) is not None]
-            self._touched.add(keys[code])
-            if not self.keys.get(keys[code]).buckets.add(idx, s, ex, self.max_examples, self.closed_limit):
-                self.late_rows += int(counts[p])
-                if len(self.last_late) < 4 * self.keys.max_keys or keys[code] in self.last_late:
-                    self.last_late[keys[code]] = max(idx, self.last_late.get(keys[code], idx))
-        latest = int(t.max())
+        weight = np.nan_to_num(example_weight[rows], nan=-1.0).tolist()  # of the rows kept only
+        kept = list(zip(weight, [trace[r] for r in rows], strict=True))
+        for p, ((code, idx), s) in enumerate(zip(grouped.pair, sums.tolist(), strict=True)):
+            ex = [(w, tid) for w, tid in kept[starts[p]:starts[p + 1]] if tid is not None]
+            key = keys[code]
+            self._touched.add(key)
+            if not self.keys.get(key).buckets.add(idx, s, ex, self.max_examples, self.closed_limit):
+                self.late_rows += int(grouped.counts[p])
+                if len(self.last_late) < 4 * self.keys.max_keys or key in self.last_late:
+                    self.last_late[key] = max(idx, self.last_late.get(key, idx))
+        latest = int(batch.numeric["time_unix_nano"].max())
         self.watermark = latest if self.watermark is None else max(self.watermark, latest)
 
     def close(self) -> list[Closed[S]]:

@@ -200,12 +200,10 @@ class DriftDetector:
                 for g, key in enumerate(keys):
                     rows = order[bounds[g]:bounds[g + 1]]
                     self._bin_rows(state, key, values, rows, bin_of)
-                fields = [(bin_of == j).astype(np.float64) for j in range(c.bins)]
-                state.add(batch, KEY_COLUMNS, fields, np.nan_to_num(values, nan=-1.0))
+                state.add_categories(batch, KEY_COLUMNS, bin_of, np.nan_to_num(values, nan=-1.0))
             for col, cat in self._categorical.items():
                 slot_of = self._slot_rows(cat, batch.strings[col], keys, order, bounds)
-                cat.add(batch, KEY_COLUMNS, [(slot_of == j).astype(np.float64) for j in range(c.max_categories + 1)],
-                        np.zeros(batch.n))
+                cat.add_categories(batch, KEY_COLUMNS, slot_of, np.zeros(batch.n))
         for metric, state in self._metrics.items():
             for key, st, idx, counts, examples in state.close():
                 n = sum(counts)
@@ -255,14 +253,18 @@ class DriftDetector:
         c = self.config
         slot_of = np.full(len(column), -1, dtype=np.int64)
         vcode, values = group_by_key([column])
+        present = np.array([v is not None for (v,) in values], dtype=bool)[vcode]
+        slot_lut = np.zeros(len(values), dtype=np.int64)
         for g, key in enumerate(keys):
             rows = order[bounds[g]:bounds[g + 1]]
-            rows = rows[np.asarray([values[v][0] is not None for v in vcode[rows].tolist()], dtype=bool)]
+            rows = rows[present[rows]]
             if rows.size == 0:
                 continue
             st = cat.keys.get(key)
-            slots = {v: st.slot(str(values[v][0])) for v in dict.fromkeys(vcode[rows].tolist())}
-            row_slot = np.asarray([slots[v] for v in vcode[rows].tolist()], dtype=np.int64)
+            seen, first = np.unique(vcode[rows], return_index=True)
+            for v in seen[np.argsort(first)].tolist():  # new categories take slots in order of appearance
+                slot_lut[v] = st.slot(str(values[v][0]))
+            row_slot = slot_lut[vcode[rows]]
             need = c.reference_size - st.ref_n
             if need > 0:
                 ref = np.bincount(row_slot[:need], minlength=c.max_categories + 1)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
@@ -111,7 +112,7 @@ class _KeyState:
         return st
 
 
-def _robust_limit(ring: list[float], z: float) -> float:
+def _robust_limit(ring: list[float] | npt.NDArray[np.float64], z: float) -> float:
     """``exp(median + z · 1.4826 · MAD)`` of the log of the ring's (positive) values; 0 if ``z`` is 0."""
     if z <= 0:
         return 0.0
@@ -146,8 +147,9 @@ class ExpensivePromptDetector(BucketedDetector[ExpensivePromptConfig, _KeyState]
                 st = self._keys.keys.get(key)
                 p95, learned = math.nan, math.nan
                 if len(st.ring) >= c.warmup_calls:
-                    p95 = float(np.quantile(st.ring, c.quantile))
-                    learned = max(c.factor * p95, _robust_limit(st.ring, c.robust_z))
+                    ring = np.asarray(st.ring, dtype=np.float64)  # once, not in each statistic
+                    p95 = float(np.quantile(ring, c.quantile))
+                    learned = max(c.factor * p95, _robust_limit(ring, c.robust_z))
                 limits = [v for v in (learned, c.max_input_tokens) if v is not None and not math.isnan(v)]
                 if not limits:
                     st.push(x[rows].tolist(), c.sample_size)

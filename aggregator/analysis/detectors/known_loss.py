@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from sentinel.grouping import group_by_key
 from sentinel.model import FeatureBatch
 from sentinel.wire import SidecarStatus
 
@@ -91,9 +92,10 @@ class KnownLoss:
         if batch.n:
             times = np.asarray(batch.numeric["time_unix_nano"], dtype=np.int64)
             oldest, newest = int(times.min()), int(times.max())
-            for svc, t in zip(batch.strings["service"], times.tolist(), strict=True):
-                if svc is not None and t > services.get(svc, -(2**63)):
-                    services[svc] = t
+            codes, keys = group_by_key([batch.strings["service"]])  # shared with the detectors
+            latest = np.full(len(keys), np.iinfo(np.int64).min)
+            np.maximum.at(latest, codes, times)
+            services = {svc: t for (svc,), t in zip(keys, latest.tolist(), strict=True) if svc is not None}
         found: list[LossWindow] = []
         if status is not None and status.instance in st.earlier:
             pass  # a replayed batch of an earlier run: neither a restart nor new loss

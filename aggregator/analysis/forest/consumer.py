@@ -8,17 +8,23 @@ on a single worker thread owned by the service: the analysis thread only copies 
 submits it, keeps scoring with the previous forest, and the new one is swapped in (one reference
 assignment under a lock) when its fit completes. At most one fit per group is in flight.
 
-Every row of an accepted batch is scored with its group's current forest (one vectorised call per
-group and batch) *before* it joins the window; rows the forest predicts as outliers become
-``multivariate_outlier`` candidates, with the features that drove their isolation.
+Every row of an accepted batch joins its group's window; a uniform random sample of at most
+``score_sample_rows`` rows of the batch (every row when the batch is no larger; 0: every row) is
+scored with its group's current forest (one vectorised call per group and batch) *before* it joins
+the window; sampled rows the forest predicts as outliers become ``multivariate_outlier``
+candidates, with the features that drove their isolation. Sampling, because scoring was a fifth of
+the analysis thread's time (``loadtest/bench_aggregator.py``) while the forest's candidates change
+no alert (below): what it feeds, the explanations, needs the features outliers share, not every
+outlier (``aggregator/README.md``, "Isolation Forest", measures what sampling changes in them).
 
 **Explaining other detections.** On realistic traffic the forest's own candidates do not become
 alerts (under ``alert_min_confidence_by_type.multivariate_outlier`` 0.8 and row persistence; 0 of
 its candidates alerted on ``clean-realistic`` and ``incidents-realistic``). What it does add is
 *which features moved together*: every outlier row is remembered per (service, model) — the last
 :data:`EXPLAIN_KEEP` of each, at most :data:`EXPLAIN_MAX_KEYS` keys — and :meth:`ForestConsumer.explain`
-summarises the outliers inside another detection's window (how many, the features that isolated
-them most often, the lowest score). The aggregator adds that summary to every other candidate's
+summarises the outliers inside another detection's window (how many were found, and, when rows were
+sampled, how many that makes among all rows; the features that isolated them most often; the
+lowest score). The aggregator adds that summary to every other candidate's
 ``context.forest`` (``aggregator/app.py``), so an alert says e.g. that the throughput drop's calls
 were isolated by ``output_tokens`` and ``tokens_per_s``, not ``latency_ms``.
 
@@ -57,6 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.keys import group_by_key
 from aggregator.analysis.forest.isolation_forest import IsolationForest
 from aggregator.analysis.state import read_json, write_atomic, write_json
 from sentinel.config import ConfigError
@@ -128,6 +135,9 @@ class ForestConfig:
     log_features: tuple[str, ...] = DEFAULT_LOG_FEATURES
     max_groups: int = 100  # ~2.6 MB each when trained
     max_candidates_per_batch: int = 50
+    #: Rows of a batch scored at most (a uniform random sample; 0: every row). Every row still
+    #: trains the forest. 256 of the usual 1,024-2,048-row batches: a quarter to an eighth of the cost.
+    score_sample_rows: int = 256
     #: Seconds ``shutdown`` waits for fits in flight.
     shutdown_timeout_s: float = 10.0
     #: Seed of every fit (``None``: fresh randomness); tests set it for reproducibility.
@@ -162,6 +172,8 @@ class ForestConfig:
             raise ConfigError("forest_max_groups: must be greater than 0")
         if self.max_candidates_per_batch < 0:
             raise ConfigError("forest_max_candidates_per_batch: must not be negative")
+        if self.score_sample_rows < 0:
+            raise ConfigError("forest_score_sample_rows: must not be negative (0: score every row)")
         if not self.shutdown_timeout_s >= 0:
             raise ConfigError("forest_shutdown_timeout_s: must not be negative")
 
@@ -309,12 +321,17 @@ class ForestConsumer:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forest-fit")
         self._closed = False
+        self._sampler = np.random.default_rng(config.random_state)
+        #: Rows scored and rows seen, since start (their ratio: the share sampled).
+        self.rows_scored = 0
+        self.rows_seen = 0
         #: Outliers not returned because of ``max_candidates_per_batch``, since start.
         self.suppressed = 0
-        # (service, model) -> recent outlier rows (event time ns, score, top feature names); only the
-        # analysis thread reads and writes it (consume and explain both run there)
+        # (service, model) -> recent outlier rows (event time ns, score, top feature names, rows of
+        # the batch per row scored); only the analysis thread reads and writes it (consume and
+        # explain both run there)
         self._outliers: OrderedDict[tuple[str | None, str | None], collections.deque[
-            tuple[int, float, tuple[str, ...]]]] = OrderedDict()
+            tuple[int, float, tuple[str, ...], float]]] = OrderedDict()
 
     # -- introspection ----------------------------------------------------------------------------
 
@@ -352,17 +369,23 @@ class ForestConsumer:
         if fb.n == 0 or self._closed:
             return []
         X = self.transform(fb)
-        members: dict[GroupKey, list[int]] = {}
-        for i, key in enumerate(fb.strings["request_model"]):
-            members.setdefault(key, []).append(i)
+        codes, keys = group_by_key([fb.strings["request_model"]])
+        scored = self._sample(fb.n)
+        weight = fb.n / int(scored.sum())
+        self.rows_seen += fb.n
         found: list[tuple[float, Candidate]] = []
-        for key, index in members.items():
-            rows = np.asarray(index, dtype=np.intp)
+        by_group = np.argsort(codes, kind="stable")  # rows of each group, in batch order
+        bounds = np.searchsorted(codes[by_group], np.arange(len(keys) + 1))
+        for code, (key,) in enumerate(keys):  # first-seen order, as the groups' LRU expects
+            rows = by_group[bounds[code]:bounds[code + 1]]
             g = self._group(key)
             with self._lock:
                 model = g.model
             if model is not None:
-                found.extend(self._score(key, model, fb, rows, X[rows]))
+                picked = rows[scored[rows]]
+                self.rows_scored += picked.size
+                if picked.size:
+                    found.extend(self._score(key, model, fb, picked, X[picked], weight))
             g.append(X[rows], self.config.window_rows)
             g.rows_since_fit += rows.size
             self._maybe_fit(key, g)
@@ -372,6 +395,16 @@ class ForestConsumer:
         cap = self.config.max_candidates_per_batch
         self.suppressed += max(0, len(found) - cap)
         return [c for _, c in found[:cap]]
+
+    def _sample(self, n: int) -> npt.NDArray[np.bool_]:
+        """Which of a batch's ``n`` rows to score: all, or ``score_sample_rows`` drawn uniformly."""
+        k = self.config.score_sample_rows
+        scored = np.zeros(n, dtype=bool)
+        if k == 0 or n <= k:
+            scored[:] = True
+        else:
+            scored[self._sampler.choice(n, size=k, replace=False)] = True
+        return scored
 
     def _group(self, key: GroupKey) -> _Group:
         g = self._groups.get(key)
@@ -389,7 +422,7 @@ class ForestConsumer:
         return g
 
     def _score(self, key: GroupKey, model: TrainedForest, fb: FeatureBatch, rows: npt.NDArray[np.intp],
-               X: npt.NDArray[np.float64]) -> list[tuple[float, Candidate]]:
+               X: npt.NDArray[np.float64], weight: float) -> list[tuple[float, Candidate]]:
         prepared = model.prepare(X)
         scores = model.forest.score_samples(prepared)
         offset = model.offset
@@ -424,7 +457,7 @@ class ForestConsumer:
                 "trained_rows": model.trained_rows,
             }
             t = int(times[i])
-            self._remember(s["service"][i], key, t, score, tuple(name for name, _ in explanation))
+            self._remember(s["service"][i], key, t, score, tuple(name for name, _ in explanation), weight)
             found.append((score, Candidate(
                 anomaly_type=ANOMALY_TYPE, service=s["service"][i], model=key, detection_method=DETECTION_METHOD,
                 confidence=confidence_from_score(score, offset), metric=metric,
@@ -433,7 +466,7 @@ class ForestConsumer:
         return found
 
     def _remember(self, service: str | None, model: str | None, t: int, score: float,
-                  features: tuple[str, ...]) -> None:
+                  features: tuple[str, ...], weight: float) -> None:
         k = (service, model)
         kept = self._outliers.get(k)
         if kept is None:
@@ -442,7 +475,7 @@ class ForestConsumer:
                 self._outliers.popitem(last=False)
         else:
             self._outliers.move_to_end(k)
-        kept.append((t, score, features))
+        kept.append((t, score, features, weight))
 
     def explain(self, candidate: Candidate) -> dict[str, Any] | None:
         """The forest's outliers of the candidate's (service, model) within its window, or None."""
@@ -453,9 +486,12 @@ class ForestConsumer:
         rows = [r for k in keys for r in self._outliers[k] if start <= r[0] < end]
         if not rows:
             return None
-        counts = collections.Counter(f for _, _, features in rows for f in features[:1])
-        return {"outliers": len(rows), "features": [f for f, _ in counts.most_common(EXPLAIN_TOP)],
-                "min_score": round(min(score for _, score, _ in rows), 4)}
+        counts = collections.Counter(f for _, _, features, _ in rows for f in features[:1])
+        note: dict[str, Any] = {"outliers": len(rows), "features": [f for f, _ in counts.most_common(EXPLAIN_TOP)],
+                                "min_score": round(min(score for _, score, _, _ in rows), 4)}
+        if any(w != 1.0 for *_, w in rows):  # rows were sampled: how many outliers that makes in all
+            note["estimated_outliers"] = round(sum(w for *_, w in rows))
+        return note
 
     # -- background fits --------------------------------------------------------------------------
 

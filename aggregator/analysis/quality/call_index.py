@@ -22,9 +22,12 @@ import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
+
+import numpy as np
 
 from aggregator.analysis.detectors.candidate import Candidate
+from sentinel.grouping import group_by_key
 from sentinel.model import FeatureBatch
 
 __all__ = ["VERSIONED_TYPES", "Call", "CallIndex", "ModelVersions", "VersionInfo", "with_model_version"]
@@ -39,13 +42,18 @@ class Call(NamedTuple):
     user: str | None
 
 
+#: A call as the tables keep it: a plain tuple of :class:`Call`'s fields (building a ``Call`` per row
+#: cost more than the rest of :meth:`CallIndex.add_batch`; :meth:`CallIndex.find` makes the one asked for).
+_Row = tuple[str | None, str | None, str | None, str | None]
+
+
 class CallIndex:
     """span id -> call and trace id -> the trace's latest call, bounded; thread-safe."""
 
     def __init__(self, max_calls: int = DEFAULT_MAX_CALLS) -> None:
         self.max_calls = max_calls
-        self._spans: OrderedDict[str, Call] = OrderedDict()
-        self._traces: OrderedDict[str, Call] = OrderedDict()
+        self._spans: OrderedDict[str, _Row] = OrderedDict()
+        self._traces: OrderedDict[str, _Row] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -55,7 +63,7 @@ class CallIndex:
         with self._lock:
             self._put(trace_id, span_id, call)
 
-    def _put(self, trace_id: str | None, span_id: str | None, call: Call) -> None:
+    def _put(self, trace_id: str | None, span_id: str | None, call: _Row) -> None:
         for table, k in ((self._spans, span_id), (self._traces, trace_id)):
             if k is None:
                 continue
@@ -65,20 +73,41 @@ class CallIndex:
                 table.popitem(last=False)
 
     def add_batch(self, batch: FeatureBatch) -> None:
+        """Every row, as :meth:`add` of each in turn leaves the tables, with no Python step per row."""
         if not batch.n:
             return
         s = batch.strings
-        rows = zip(s["trace_id"], s["span_id"], s["service"], s["request_model"], s["response_model"], s["user"],
-                   strict=True)
+        calls: list[_Row] = list(zip(s["service"], s["request_model"], s["response_model"], s["user"], strict=True))
         with self._lock:
-            for trace_id, span_id, service, req, resp, user in rows:
-                self._put(trace_id, span_id, Call(service, req, resp, user))
+            _put_all(self._spans, s["span_id"], calls, self.max_calls)
+            _put_all(self._traces, s["trace_id"], calls, self.max_calls)
 
     def find(self, trace_id: str | None, span_id: str | None) -> Call | None:
         with self._lock:
-            if span_id is not None and (call := self._spans.get(span_id)) is not None:
-                return call
-            return self._traces.get(trace_id) if trace_id is not None else None
+            if span_id is not None and (row := self._spans.get(span_id)) is not None:
+                return Call(*row)
+            row = self._traces.get(trace_id) if trace_id is not None else None
+            return None if row is None else Call(*row)
+
+
+def _put_all(table: OrderedDict[str, _Row], keys: list[str | None], calls: list[_Row], max_calls: int) -> None:
+    """``table[k] = call`` then ``move_to_end(k)`` for every (key, call) in order (``None`` keys skipped),
+    then the oldest dropped beyond ``max_calls``: the last call of a key wins, at its position."""
+    with_none = dict(zip(keys, calls, strict=True))  # the value of each key's last row
+    with_none.pop(None, None)
+    last = cast(dict[str, _Row], with_none)  # None popped
+    if len(last) < len(keys) - keys.count(None):  # a key repeats: order the keys by their last row
+        at = dict(zip(keys, range(len(keys)), strict=True))
+        at.pop(None, None)
+        last = {k: last[k] for k in sorted(cast(dict[str, int], at), key=at.__getitem__)}
+    again = not table.keys().isdisjoint(last)
+    table.update(last)
+    if again:  # keys already held keep their place in an update: move every key, in order
+        move = table.move_to_end
+        for k in last:
+            move(k)
+    for _ in range(len(table) - max_calls):
+        table.popitem(last=False)
 
 
 class VersionInfo(NamedTuple):
@@ -110,17 +139,26 @@ class ModelVersions:
                 self._keys.popitem(last=False)
 
     def note_batch(self, batch: FeatureBatch) -> None:
+        """:meth:`note` of every row in event time, for the rows that change their key's version only."""
         if not batch.n:
             return
-        s, t = batch.strings, batch.numeric["time_unix_nano"].tolist()
-        order = sorted(range(batch.n), key=t.__getitem__)
-        last: dict[tuple[Any, Any], str | None] = {}
-        for i in order:  # in event time; only changes cost a lock
-            key = (s["service"][i], s["request_model"][i])
-            v = s["response_model"][i]
-            if v is not None and last.get(key) != v:
-                last[key] = v
-                self.note(key[0], key[1], v, int(t[i]))
+        s, t = batch.strings, batch.numeric["time_unix_nano"]
+        keys, versions = s["service"], s["response_model"]
+        codes, _ = group_by_key([keys, s["request_model"]])
+        version, names = group_by_key([versions])
+        has = np.array([v is not None for (v,) in names], dtype=bool)[version]
+        order = np.argsort(t, kind="stable")  # event time, ties in row order
+        order = order[has[order]]
+        # Within each key (in event time), a row whose version differs from the key's previous row.
+        by_key = order[np.argsort(codes[order], kind="stable")]
+        change = np.ones(by_key.size, dtype=bool)
+        change[1:] = (codes[by_key[1:]] != codes[by_key[:-1]]) | (version[by_key[1:]] != version[by_key[:-1]])
+        rank = np.empty(batch.n, dtype=np.intp)
+        rank[order] = np.arange(order.size)
+        noted = by_key[change]
+        model = s["request_model"]
+        for i in noted[np.argsort(rank[noted])].tolist():  # in event time, as the keys' LRU order expects
+            self.note(keys[i], model[i], versions[i], int(t[i]))
 
     def get(self, service: str | None, model: str | None) -> VersionInfo | None:
         with self._lock:
