@@ -13,6 +13,9 @@ The aggregator does the same before it starts (~90,000 objects, a full collectio
 same machine: a pause of its analysis thread), freezing what its construction made but not the
 state it restores.
 
+``gc.get_freeze_count()`` walks the whole permanent generation (26 ms at ~84,000 objects on the same
+machine, measured in the sidecar), so it is read here, at start-up, and never on a hot path.
+
 Call it once per process, when start-up is done — never from a library or a test (freezing a test
 process would keep every cycle its earlier tests left).
 """

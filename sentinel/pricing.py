@@ -1,4 +1,4 @@
-"""The cost of one LLM call in USD, from the ``genai-prices`` table or configured overrides.
+"""The cost of one LLM call in USD, from genai-prices' table (:mod:`sentinel.price_table`) or configured overrides.
 
 Prices are looked up once per (provider, model) and cached as per-token USD prices, so the
 extraction hot path pays a dict look-up per row. A span's own cost attribute, when present, wins
@@ -11,23 +11,17 @@ over both (the extractor decides that; see ``sidecar/extract.py``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any
 
-from genai_prices import Usage, calc_price
-
 from sentinel.config import ConfigError
+from sentinel.price_table import PriceTable
 
 __all__ = ["DEFAULT_CACHE_SIZE", "PriceBook", "parse_overrides"]
 
 #: Distinct (provider, model) pairs whose prices are remembered; beyond it the oldest is forgotten.
 DEFAULT_CACHE_SIZE = 4096
-
-# Prices are asked for this many tokens each way and divided back down: small enough to stay in
-# the base tier of models priced by context length, large enough to keep Decimal precision.
-_PROBE_TOKENS = 1000
 
 PerToken = tuple[float, float]  # (input, output) USD per token
 
@@ -63,7 +57,7 @@ def parse_overrides(prices: Mapping[str, Any] | None) -> dict[str, PerToken]:
 
 
 class PriceBook:
-    """Per-token prices by (provider, model): overrides first, then ``genai-prices``.
+    """Per-token prices by (provider, model): overrides first, then genai-prices' table.
 
     ``overrides`` is the ``prices`` setting, ``{model: {input: USD/M, output: USD/M}}``; it applies
     to the model under any provider. Unknown models are cached as unknown too.
@@ -76,7 +70,7 @@ class PriceBook:
         self._cache: dict[tuple[str | None, str], PerToken | None] = {}
         self._resolved: dict[tuple[str | None, str | None, str | None], PerToken | None] = {}
         self._cache_size = cache_size
-        self.lookups = 0  # calls into genai-prices, for tests and self-metrics
+        self.lookups = 0  # look-ups in the price table, for tests and self-metrics
 
     def per_token(self, provider: str | None, model: str) -> PerToken | None:
         """(input, output) USD per token for ``model``, or ``None`` if it has no known price."""
@@ -125,20 +119,15 @@ class PriceBook:
 
     @staticmethod
     def load_table() -> None:
-        """Load ``genai-prices``' table now (it loads on first use): ~16,000 objects a process that
-        freezes its start-up objects out of garbage collection (:mod:`sentinel.gc_policy`) wants frozen."""
-        with contextlib.suppress(LookupError, ValueError):
-            calc_price(Usage(input_tokens=_PROBE_TOKENS, output_tokens=_PROBE_TOKENS), model_ref="gpt-4o")
+        """Read the price table now (it is read on first use): a process that freezes its start-up
+        objects out of garbage collection (:mod:`sentinel.gc_policy`) wants its ~18,000 objects frozen."""
+        PriceTable.bundled()
 
     def _lookup(self, provider: str | None, model: str) -> PerToken | None:
         # An OTel provider name genai-prices does not know (x_ai, …) falls back to the model alone.
-        providers = (provider.lower(), None) if provider else (None,)
-        for provider_id in providers:
+        table = PriceTable.bundled()
+        for provider_id in ((provider.lower(), None) if provider else (None,)):
             self.lookups += 1
-            try:
-                calc = calc_price(Usage(input_tokens=_PROBE_TOKENS, output_tokens=_PROBE_TOKENS),
-                                  model_ref=model, provider_id=provider_id)
-            except (LookupError, ValueError):
-                continue
-            return (float(calc.input_price) / _PROBE_TOKENS, float(calc.output_price) / _PROBE_TOKENS)
+            if (found := table.per_token(provider_id, model)) is not None:
+                return found
         return None

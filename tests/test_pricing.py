@@ -1,4 +1,4 @@
-"""PriceBook: overrides, the genai-prices table, and the per-(provider, model) cache."""
+"""PriceBook: overrides, genai-prices' table (sentinel.price_table), and the per-(provider, model) cache."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from genai_prices import calc_price
 
 from sentinel.config import ConfigError
+from sentinel.price_table import PriceTable
 from sentinel.pricing import PriceBook, parse_overrides
+
+LOOKUP = "sentinel.price_table.PriceTable.per_token"
 
 
 def test_override_prices_are_per_million_tokens() -> None:
@@ -20,7 +22,7 @@ def test_override_prices_are_per_million_tokens() -> None:
 
 def test_override_wins_over_the_table() -> None:
     book = PriceBook({"gpt-4o": {"input": 0, "output": 0}})
-    with mock.patch("sentinel.pricing.calc_price") as calc:
+    with mock.patch(LOOKUP) as calc:
         assert book.cost("openai", "gpt-4o", 100, 100) == 0.0
     calc.assert_not_called()
 
@@ -34,7 +36,7 @@ def test_table_price_for_a_known_model() -> None:
 
 def test_table_prices_are_looked_up_once_per_provider_and_model() -> None:
     book = PriceBook()
-    with mock.patch("sentinel.pricing.calc_price", wraps=calc_price) as calc:
+    with mock.patch(LOOKUP, autospec=True, side_effect=PriceTable.per_token) as calc:
         for _ in range(50):
             book.cost("openai", "gpt-4o", 10, 10)
             book.cost("openai", "gpt-4o-mini", 10, 10)
@@ -43,7 +45,7 @@ def test_table_prices_are_looked_up_once_per_provider_and_model() -> None:
 
 def test_unknown_model_is_none_and_cached_too() -> None:
     book = PriceBook()
-    with mock.patch("sentinel.pricing.calc_price", wraps=calc_price) as calc:
+    with mock.patch(LOOKUP, autospec=True, side_effect=PriceTable.per_token) as calc:
         for _ in range(20):
             assert book.cost("openai", "no-such-model-xyz", 10, 10) is None
         # one try with the provider, one with the model alone, then never again
@@ -65,7 +67,7 @@ def test_no_tokens_no_cost() -> None:
 
 def test_cache_is_bounded() -> None:
     book = PriceBook(cache_size=3)
-    with mock.patch("sentinel.pricing.calc_price", side_effect=LookupError("unknown")):
+    with mock.patch(LOOKUP, return_value=None):
         for i in range(10):
             book.per_token(None, f"m{i}")
     assert len(book._cache) == 3

@@ -40,28 +40,36 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _services() -> dict[str, tuple[str, type, str]]:
-    """Each long-running subcommand: (help, settings class, module whose ``run(settings)`` runs it).
-    The settings' YAML section is the command's name; the module is imported only when chosen, so
-    a sidecar does not load the aggregator's or the webhook's dependencies."""
-    from aggregator.config import AggregatorConfig
-    from sidecar.config import SidecarConfig
-    from webhook_injector.settings import InjectorSettings
-
-    return {
-        "sidecar": ("run the sidecar (OTLP receiver, local detection, forwarder)", SidecarConfig, "sidecar.app"),
-        "aggregator": ("run the aggregator (ingest, baselines, detectors, Isolation Forest, alerts, API, page)",
-                       AggregatorConfig, "aggregator.app"),
-        "webhook": ("run the mutating admission webhook that injects the sidecar", InjectorSettings,
-                    "webhook_injector.server"),
-    }
+#: Each long-running subcommand: (help, "module:settings class", module whose ``run(settings)`` runs it).
+#: The settings' YAML section is the command's name. Both modules are imported only when the command is
+#: chosen (all of them only for ``sentinel --help``): the aggregator's settings alone import its detectors,
+#: alerting, API, JWT, RE2 and SQLite, the webhook's cryptography and kubernetes — ~60 MiB a sidecar
+#: process would carry for nothing (``tests/test_sidecar_imports.py`` pins that it does not).
+_SERVICES: dict[str, tuple[str, str, str]] = {
+    "sidecar": ("run the sidecar (OTLP receiver, local detection, forwarder)", "sidecar.config:SidecarConfig",
+                "sidecar.app"),
+    "aggregator": ("run the aggregator (ingest, baselines, detectors, Isolation Forest, alerts, API, page)",
+                   "aggregator.config:AggregatorConfig", "aggregator.app"),
+    "webhook": ("run the mutating admission webhook that injects the sidecar",
+                "webhook_injector.settings:InjectorSettings", "webhook_injector.server"),
+}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _settings_class(command: str) -> type:
+    module, _, name = _SERVICES[command][1].partition(":")
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def _parser(command: str | None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (a service named first on it), only that service's
+    settings become options, so only its settings module is imported."""
     p = argparse.ArgumentParser(prog="sentinel", description="LLM-Sentinel: anomaly detection for LLM apps")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, (help_text, settings_cls, _) in _services().items():
-        add_arguments(sub.add_parser(name, help=help_text), settings_cls)
+    for name, (help_text, _, _) in _SERVICES.items():
+        service = sub.add_parser(name, help=help_text)
+        if command in (None, name):
+            add_arguments(service, _settings_class(name))
     sub.add_parser("alerts", help="list the aggregator's alerts (--follow for live ones); "
                    "`sentinel alerts --help` for its options", add_help=False)
     sub.add_parser("config", help="the aggregator's live settings: show, history, diff FILE, apply FILE, "
@@ -85,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sentinel.cli.config import main as config_main
 
         return config_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser(argv[0] if argv[:1] and argv[0] in _SERVICES else None).parse_args(argv)
     if args.command == "demo":
         from sentinel.cli.demo import run_demo
 
@@ -95,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         keep_running=args.keep_running))
         except KeyboardInterrupt:
             return 130
-    _, settings_cls, module = _services()[args.command]
+    settings_cls, module = _settings_class(args.command), _SERVICES[args.command][2]
     try:
         settings: Any = load(settings_cls, args=args, section=args.command)
     except ConfigError as e:
