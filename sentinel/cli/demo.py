@@ -57,12 +57,16 @@ def format_alert(event: dict[str, Any], t: float) -> str:
 
 async def _print_alerts(sub: Subscription, start: float, seen: Counter[tuple[str, str]],
                         notified: dict[str, int]) -> None:
+    raised: set[str] = set()  # ids announced as alerts (a symptom folded later is taken back out)
     async for event in sub:
         a = event["alert"]
         if event["event"] == "alert":
             seen[(a["anomaly_type"], a["service_name"] or "")] += 1
+            raised.add(a["alert_id"])
         elif str(a.get("resolved_reason") or "").startswith("folded into"):  # an explained symptom: not its own alert
-            seen[(a["anomaly_type"], a["service_name"] or "")] -= 1
+            if a["alert_id"] in raised:
+                raised.discard(a["alert_id"])
+                seen[(a["anomaly_type"], a["service_name"] or "")] -= 1
             print(format_alert({"event": "folded", "alert": a}, time.monotonic() - start), flush=True)
         sent = int(a.get("notifications") or 0)
         if sent > notified.get(a["alert_id"], 0):  # what a pager would get: one per group (group_wait)
