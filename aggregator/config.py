@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aggregator.alerting.grouping import DEFAULT_GROUP_ACROSS, DEFAULT_GROUP_BY, DEFAULT_GROUP_BY_TYPE
+from aggregator.alerting.grouping import (
+    DEFAULT_FOLD_INTO,
+    DEFAULT_GROUP_ACROSS,
+    DEFAULT_GROUP_BY,
+    DEFAULT_GROUP_BY_TYPE,
+)
 from aggregator.alerting.manager import (
     DEFAULT_ALERT_MIN_CONFIDENCE,
     DEFAULT_CORRELATION_WINDOW_S,
@@ -291,6 +296,11 @@ class AggregatorConfig:
                                                  "(a provider's storm on several services: one alert)", flag=False,
                                                  factory=lambda: {k: list(v)
                                                                   for k, v in DEFAULT_GROUP_ACROSS.items()})
+    alert_fold_into: dict[str, Any] = setting(None, "per secondary anomaly type, the primary types whose open alert "
+                                              "on the same service explains it: its series joins that alert as "
+                                              "an explained_by member instead of raising its own (a tokens/s "
+                                              "drop during a latency spike)", flag=False,
+                                              factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_INTO.items()})
     alert_group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long "
                                         "to collect the other series of its group", kind="duration")
     alert_group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are "
@@ -350,7 +360,7 @@ class AggregatorConfig:
             retention_s=self.alert_retention_s, severity=dict(self.alert_severity),
             runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url,
             group_by=self.alert_group_by, group_by_type=dict(self.alert_group_by_type),
-            group_across=dict(self.alert_group_across),
+            group_across=dict(self.alert_group_across), fold_into=dict(self.alert_fold_into),
             group_wait_s=self.alert_group_wait_s,
             group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
             group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale,

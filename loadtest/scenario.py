@@ -66,8 +66,8 @@ DETECT_AS: dict[str, tuple[str, ...]] = {
     "finish_length": ("finish_length", "token_spike", "drift"),
     # Tokens (so cost) compounding up by a few percent per simulated minute.
     "cost_creep": ("cost_anomaly", "token_spike", "budget_warning", "budget_exceeded"),
-    # Outputs collapse to a few tokens at an unchanged latency: tokens per second fall.
-    "output_collapse": ("throughput_drop", "token_spike", "drift"),
+    # Outputs collapse to a few tokens at an unchanged latency: (almost) empty answers, tokens per second fall.
+    "output_collapse": ("empty_answer", "throughput_drop", "token_spike", "drift"),
     # A request model the service never used before takes a share of its calls.
     "new_model": ("model_swap",),
     # Quality and security (issue 18): a new model version whose answers score worse on hallucination.

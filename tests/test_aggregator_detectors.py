@@ -152,6 +152,26 @@ def test_cost_cusum_fires_once_on_runaway(seed: int) -> None:
     assert len(c.context["trace_ids"]) == 3
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cost_cusum_per_call_ignores_a_diurnal_ramp_and_catches_a_creep(seed: int) -> None:
+    """Calls +60 % over two hours at the same price: no cost anomaly per call (the bucket totals' CUSUM
+    fires on the ramp). Each call 3 % dearer per minute from minute 90: caught within 10 minutes."""
+    def ramp(m: int, p: dict[str, Any]) -> None:
+        p["rate"] *= 1 + 0.6 * min(m, 120) / 120
+
+    def creep(m: int, p: dict[str, Any]) -> None:
+        ramp(m, p)
+        if m >= 90:
+            p["cost"] *= 1.03 ** (m - 90)
+
+    assert run(CostCusumDetector(), traffic(150, seed, rate=120.0, incident=ramp)) == []
+    [c] = run(CostCusumDetector(), traffic(150, seed, rate=120.0, incident=creep))
+    assert c.metric == "cost_usd_per_call" and T0 + 90 * MIN < c.window_end <= T0 + 100 * MIN
+    assert c.context["cost_usd"] == pytest.approx(c.value * c.context["calls"])
+    totals = run(CostCusumDetector(CostCusumConfig(per_call=False)), traffic(150, seed, rate=120.0, incident=ramp))
+    assert [x.metric for x in totals] == ["cost_usd_per_bucket"]  # a spend rate: the ramp reads as a rise
+
+
 def test_cost_cusum_out_of_order_within_lateness_same_result() -> None:
     """Batches of 10 s swapped pairwise (10 s out of order, lateness 30 s) give the same output."""
     minutes = traffic(70, 5, incident=runaway)
@@ -442,6 +462,7 @@ def test_model_swap_state_round_trip() -> None:
     (lambda: CostCusumConfig(h=0), "detectors.cost_cusum.h"),
     (lambda: CostCusumConfig(bucket_s=-1), "detectors.cost_cusum.bucket_s"),
     (lambda: CostCusumConfig(warmup_buckets=1), "detectors.cost_cusum.warmup_buckets"),
+    (lambda: CostCusumConfig(per_call="yes"), "detectors.cost_cusum.per_call"),  # type: ignore[arg-type]
     (lambda: BudgetConfig(soft_ratio=1.5), "detectors.budget.soft_ratio"),
     (lambda: BudgetConfig(limits={"team": {"day": 1.0}}), "detectors.budget.limits.team"),
     (lambda: BudgetConfig(limits={"user": {"week": 1.0}}), "detectors.budget.limits.user.week"),

@@ -4,6 +4,7 @@ in its members, pending notifications that survive a restart exactly once, the t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -21,9 +22,9 @@ S = 1_000_000_000
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude")
 
 
-def drop(model: str, value: float = 3.0) -> Candidate:
-    return cand(anomaly_type="throughput_drop", model=model, metric="tokens_per_s", value=value, baseline=40.0,
-                threshold=20.0, sigma=-5.0)
+def drop(model: str, value: float = 3.0, service: str = "chat") -> Candidate:
+    return cand(anomaly_type="throughput_drop", service=service, model=model, metric="tokens_per_s", value=value,
+                baseline=40.0, threshold=20.0, sigma=-5.0)
 
 
 @pytest.fixture
@@ -283,3 +284,96 @@ def test_a_provider_wide_error_storm_is_one_alert_with_the_services_inside(store
         make(store, clock, group_by_type=["provider"])
     with pytest.raises(ConfigError, match=r"alert_group_across\.error_burst: must name at least one label"):
         make(store, clock, group_across={"error_burst": []})
+
+
+def test_a_symptom_folds_into_the_alert_that_explains_it(store: SQLiteAlertStore) -> None:
+    """fold_into: a tokens/s drop during a latency spike of its service, and a drift during a truncation
+    surge, are members of the explaining alert (labelled explained_by), not pages of their own."""
+    clock = Clock()
+    sink = RecordingSink()
+    m = make(store, clock, [sink])
+    m.emit([cand(model="gpt-4o"), cand(model="claude")])  # latency_spike on chat
+    clock.advance(3)
+    m.emit([drop("gpt-4o", 2.0), drop("claude", 3.0)])  # critical on their own (a fifth of the baseline)
+    m.emit([drop("gpt-4o", 2.0, service="search")])  # another service: nothing explains it
+    alerts = all_alerts(store)
+    [spike] = [a for a in alerts if a.service_name == "chat"]
+    assert spike.anomaly_type == "latency_spike" and spike.severity != "critical"  # the primary leads
+    assert [x.labels.get("explained_by") for x in spike.members] == [None, None, "latency_spike", "latency_spike"]
+    assert "2 models (gpt-4o, claude)" in spike.summary and "explains throughput drop (2 series)" in spike.summary
+    assert spike.labels["anomaly_type"] == "latency_spike"
+    assert [a.anomaly_type for a in alerts if a.service_name == "search"] == ["throughput_drop"]
+    clock.advance(10)
+    m.tick()
+    assert [json.loads(i.payload)["anomaly_type"] for i in store.outbox_pending("rec", 10)] == [
+        "latency_spike", "throughput_drop"]
+    # joining after the notification: context for the next one, no page of its own
+    clock.advance(5)
+    m.emit([cand("drift", model="gpt-4o", metric="output_tokens", sigma=2.0)])
+    clock.advance(120)
+    m.tick()
+    [spike] = [a for a in all_alerts(store) if a.service_name == "chat"]
+    assert spike.members[-1].labels["explained_by"] == "latency_spike" and spike.notifications == 1
+    # the other order: a symptom raised first and not sent yet is folded into the primary when it comes
+    other = make(SQLiteAlertStore(store.path + "-o"), clock, [RecordingSink()])
+    other.emit([drop("gpt-4o", 2.0)])
+    clock.advance(2)
+    other.emit([cand(model="gpt-4o")])
+    alerts = all_alerts(other.store)
+    [folded] = [a for a in alerts if a.anomaly_type == "throughput_drop"]
+    [primary] = [a for a in alerts if a.anomaly_type == "latency_spike"]
+    assert folded.status == "resolved" and folded.notifications == 0 and "folded into" in (folded.resolved_reason or "")
+    assert [x.labels.get("explained_by") for x in primary.members] == [None, "latency_spike"]
+    assert primary.members[1].status == "firing" and folded.alert_id not in primary.related_alerts
+    clock.advance(10)
+    other.tick()
+    assert [i.alert_id for i in other.store.outbox_pending("rec", 10)] == [primary.alert_id]
+    # off when the operator says so
+    plain = make(SQLiteAlertStore(store.path + "-p"), clock, fold_into={})
+    plain.emit([cand(), drop("gpt-4o")])
+    assert len(all_alerts(plain.store)) == 2
+    with pytest.raises(ConfigError, match=r"alert_fold_into\.drift: a type cannot explain itself"):
+        make(store, clock, fold_into={"drift": ["drift"]})
+
+
+def test_a_cause_takes_over_its_symptom_already_sent_and_explains_a_later_drift(store: SQLiteAlertStore) -> None:
+    """Empty answers counted after the tokens/s drop they cause was sent: the drop's alert becomes the
+    empty_answer alert (one alert, its next notification under the right type). A 15-minute drift whose
+    window overlaps a truncation surge alerted and resolved inside it joins that alert, resolved."""
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()], resolve_after_s=60)
+    m.emit([drop("gpt-4o", 2.0)])
+    clock.advance(10)
+    m.tick()  # the drop is sent
+    clock.advance(20)
+    m.emit([cand("empty_answer", metric="empty_answer_share", value=0.7, baseline=0.01, threshold=0.05, sigma=40.0)])
+    m.emit([drop("claude", 2.0)])  # more of the symptom: the same alert
+    [a] = all_alerts(store)
+    assert a.anomaly_type == "empty_answer" and a.labels["anomaly_type"] == "empty_answer"
+    assert [x.labels.get("explained_by") for x in a.members] == ["empty_answer", None, "empty_answer"]
+    assert "explains throughput drop (2 series)" in a.summary and "almost no output" in (a.root_cause or "")
+    clock.advance(60)
+    m.tick()
+    sent = [json.loads(i.payload) for i in store.outbox_pending("rec", 10)]
+    assert [(p["alert_id"], p["anomaly_type"]) for p in sent] == [(a.alert_id, "throughput_drop"),
+                                                                   (a.alert_id, "empty_answer")]
+    # a truncation surge alerted at minute 5 and resolved; the drift of minutes 0-15 comes after it
+    other = make(SQLiteAlertStore(store.path + "-d"), clock, [RecordingSink()], resolve_after_s=60)
+    other.emit([cand("finish_length", metric="finish_length_share", value=0.4, baseline=0.04, threshold=0.1,
+                     sigma=20.0, t=T0 + 5 * 60 * S)])
+    clock.advance(10)
+    other.tick()
+    clock.advance(70)
+    other.consume(_rows("chat", T0), arrival_ns=clock.now)
+    [surge] = all_alerts(other.store)
+    assert surge.status == "resolved"
+    drift = cand("drift", metric="output_tokens", value=0.3, baseline=0.0, threshold=0.2, sigma=float("nan"))
+    other.emit([dataclasses.replace(drift, window_end=T0 + 15 * 60 * S)])
+    other.emit([cand("drift", service="search", metric="output_tokens", t=T0)])  # nothing explains it
+    clock.advance(10)
+    other.tick()
+    alerts = all_alerts(other.store)
+    [surge] = [a for a in alerts if a.service_name == "chat"]
+    assert len(alerts) == 2 and surge.status == "resolved" and surge.notifications == 1
+    assert surge.members[-1].labels == {**surge.members[-1].labels, "explained_by": "finish_length",
+                                        "anomaly_type": "drift"} and surge.members[-1].status == "resolved"

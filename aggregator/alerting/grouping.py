@@ -17,12 +17,25 @@ no open alert **joins** an open alert of its type that has a firing member shari
 is one alert with a member per service and model, and a burst of one service across providers is
 one alert too (its series share the service).
 
+Some detections are the symptom of another's cause: tokens/s fall when latency rises or outputs are
+cut off, and output-token or latency distributions drift during most incidents. ``fold_into``
+names, per such secondary type, the primary types that explain it (:data:`DEFAULT_FOLD_INTO`). A
+secondary series whose own group has no open alert joins an open alert of one of its primary types
+on the same service as a member labelled ``explained_by`` (the primary's type): it is context in
+the primary's notification, not a page of its own; the alert's type, severity, labels and summary
+head stay the primary members'. An alert resolved shortly before still explains a symptom whose
+event-time window overlaps its own (a 15-minute drift window; the member joins resolved). A
+secondary alert raised first and not sent yet is folded into the primary when that is raised (the
+alert manager's ``_absorb``); one already sent is taken over by it (``_adopter``: the same alert,
+its next notification under the primary's type).
+
 Pure logic here (the group key, the alert's aggregate fields from its members, the summary); the
 timers (``group_wait``, ``group_interval``, ``repeat_interval``) are the alert manager's.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -33,10 +46,13 @@ from sentinel.config import ConfigError
 
 __all__ = [
     "ALL_LABELS",
+    "DEFAULT_FOLD_INTO",
     "DEFAULT_GROUP_ACROSS",
     "DEFAULT_GROUP_BY",
     "DEFAULT_GROUP_BY_TYPE",
+    "EXPLAINED_BY",
     "GROUP_LABELS",
+    "explains",
     "group_by_for",
     "group_key",
     "joins_across",
@@ -44,6 +60,7 @@ __all__ = [
     "member_labels",
     "refresh",
     "summary",
+    "validate_fold_into",
     "validate_group_across",
     "validate_group_by",
     "validate_group_by_type",
@@ -59,6 +76,16 @@ DEFAULT_GROUP_BY: tuple[str, ...] = ("service_name", "anomaly_type")
 DEFAULT_GROUP_BY_TYPE: dict[str, tuple[str, ...]] = {}
 #: Per anomaly type: labels a new series may share with an open alert's member to join it (across groups).
 DEFAULT_GROUP_ACROSS: dict[str, tuple[str, ...]] = {"error_burst": ("provider",)}
+#: Per secondary anomaly type: the primary types whose open alert on the same service explains it.
+#: A tokens/s drop is what a slow provider, a late first token or cut-off / empty outputs look like
+#: per call; an output-token or latency distribution drifts over 15 minutes during all of them.
+DEFAULT_FOLD_INTO: dict[str, tuple[str, ...]] = {
+    "throughput_drop": ("latency_spike", "ttft_regression", "finish_length", "empty_answer"),
+    "drift": ("finish_length", "empty_answer", "throughput_drop", "latency_spike", "ttft_regression",
+              "error_burst", "model_swap", "quality_regression"),
+}
+#: The member label of a folded secondary series: the type of the alert that explains it.
+EXPLAINED_BY = "explained_by"
 # Labels that tell members apart in a summary, most telling first.
 _BREAKDOWN = (("model", "models"), ("region", "regions"), ("user", "users"), ("service_name", "services"),
               ("anomaly_type", "types"), ("metric", "metrics"))
@@ -95,6 +122,29 @@ def validate_group_across(across: object) -> None:
             raise ConfigError(f"alert_group_across.{anomaly_type}: must name at least one label (not {ALL_LABELS!r})")
 
 
+def validate_fold_into(fold: object) -> None:
+    if not isinstance(fold, Mapping) or not all(isinstance(k, str) and k for k in fold):
+        raise ConfigError("alert_fold_into: must be a map of anomaly type to a list of anomaly types")
+    for anomaly_type, primaries in fold.items():
+        if not isinstance(primaries, list | tuple) or not all(isinstance(x, str) and x for x in primaries):
+            raise ConfigError(f"alert_fold_into.{anomaly_type}: must be a list of anomaly types")
+        if anomaly_type in primaries:
+            raise ConfigError(f"alert_fold_into.{anomaly_type}: a type cannot explain itself")
+
+
+def explains(alert: Alert, service: str | None) -> bool:
+    """Whether ``alert`` has a primary member on ``service``, firing unless the alert is resolved (a
+    secondary series of that service may fold in)."""
+    return bool(service) and any((m.status == "firing" or alert.status == "resolved") and EXPLAINED_BY not in m.labels
+                                 and m.labels.get("service_name") == service for m in alert.members)
+
+
+def _primary(members: Sequence[AlertMember]) -> Sequence[AlertMember]:
+    """The members the alert is about: all but the folded secondary ones (all when only those are left)."""
+    own = [m for m in members if EXPLAINED_BY not in m.labels]
+    return own or members
+
+
 def joins_across(names: Sequence[str], labels: Mapping[str, str], alert: Alert) -> bool:
     """Whether a series with ``labels`` may join ``alert`` (of its type): a firing member shares every
     label of ``names``, none of them empty."""
@@ -127,7 +177,8 @@ def _common(members: Sequence[AlertMember]) -> dict[str, str]:
 
 def lead(alert: Alert) -> AlertMember:
     """The member the alert's top-level ``details`` show: the most severe firing one, the first on ties."""
-    live = [m for m in alert.members if m.status == "firing"] or alert.members
+    members = _primary(alert.members)
+    live = [m for m in members if m.status == "firing"] or members
     return min(live, key=lambda m: (SEVERITY_RANK[m.severity], m.first_seen))
 
 
@@ -137,7 +188,7 @@ def refresh(alert: Alert) -> None:
     if not members:
         return
     top = lead(alert)
-    common = _common(members)
+    common = _common(_primary(members))
     alert.severity = top.severity
     alert.details = AlertDetails(**top.details.to_dict())
     alert.peak_value = top.peak_value
@@ -191,16 +242,21 @@ def summary(a: Alert) -> str:
         head += f" in {region} only"
         if isinstance(ratio, int | float):
             head += f" ({a.details.metric} x{ratio:.1f})"
-    if len(a.members) <= 1:
+    members = _primary(a.members)
+    if len(members) <= 1:
         text = f"{head}: {_measured(a.details)}"
     else:
-        common = _common(a.members)
-        varying = [k for k, _ in _BREAKDOWN if k not in common and any(k in m.labels for m in a.members)]
+        common = _common(members)
+        varying = [k for k, _ in _BREAKDOWN if k not in common and any(k in m.labels for m in members)]
         noun = next((n for k, n in _BREAKDOWN if k in varying), "series")
-        names = [_name(m, varying) for m in a.members[:_SUMMARY_MEMBERS]]
-        more = len(a.members) - len(names)
+        names = [_name(m, varying) for m in members[:_SUMMARY_MEMBERS]]
+        more = len(members) - len(names)
         listed = ", ".join(names) + (f" and {more} more" if more > 0 else "")
-        text = f"{head}: {len(a.members)} {noun} ({listed}); worst {_name(lead(a), varying)}: {_measured(a.details)}"
+        text = f"{head}: {len(members)} {noun} ({listed}); worst {_name(lead(a), varying)}: {_measured(a.details)}"
+    explained = collections.Counter(m.labels.get("anomaly_type", "") for m in a.members
+                                    if len(members) < len(a.members) and EXPLAINED_BY in m.labels)
+    if explained:
+        text += "; explains " + ", ".join(f"{t.replace('_', ' ')} ({n} series)" for t, n in sorted(explained.items()))
     if a.count > 1:
         text += f", seen {a.count} times"
     return text

@@ -40,6 +40,7 @@ sets 30, so de-duplication, persistence, resolution, grouping and the storm wind
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 import math
 import threading
@@ -52,14 +53,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aggregator.alerting.edge import edge_paged, reconcile
 from aggregator.alerting.grouping import (
+    DEFAULT_FOLD_INTO,
     DEFAULT_GROUP_ACROSS,
     DEFAULT_GROUP_BY,
     DEFAULT_GROUP_BY_TYPE,
+    EXPLAINED_BY,
+    explains,
     group_by_for,
     group_key,
     joins_across,
     member_labels,
     refresh,
+    validate_fold_into,
     validate_group_across,
     validate_group_by,
     validate_group_by_type,
@@ -113,6 +118,8 @@ OTHER_SERVICE = "(other)"
 DEFAULT_RUNBOOK_URL_TEMPLATE = "{public_url}/static/runbooks.html#{anomaly_type}"
 MAX_TRACE_IDS = 5
 MAX_STORM_RELATED = 100
+#: Resolved alerts kept to explain a later symptom (``fold_into``) whose event-time window overlaps theirs.
+MAX_RECENT = 256
 
 
 class AlertStateError(ValueError):
@@ -140,6 +147,8 @@ class AlertManagerConfig:
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_BY_TYPE.items()})
     group_across: dict[str, list[str]] = field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_ACROSS.items()})
+    fold_into: dict[str, list[str]] = field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_INTO.items()})
     group_wait_s: float = DEFAULT_GROUP_WAIT_S
     group_interval_s: float = DEFAULT_GROUP_INTERVAL_S
     repeat_interval_s: float = DEFAULT_REPEAT_INTERVAL_S
@@ -163,6 +172,7 @@ class AlertManagerConfig:
         validate_group_by(self.group_by)
         validate_group_by_type(self.group_by_type)
         validate_group_across(self.group_across)
+        validate_fold_into(self.fold_into)
         if self.metric_max_services < 1:
             raise ConfigError("baseline_max_keys: must be greater than 0")
         if not 0 <= self.min_confidence <= 1:
@@ -261,6 +271,7 @@ class AlertManager:
         self._sent: collections.deque[int] = collections.deque()  # wall times of alerts sent (storm limit)
         self._storm: _Storm | None = None
         self._silences: list[Silence] = []
+        self._recent: collections.deque[Alert] = collections.deque(maxlen=MAX_RECENT)  # resolved, newest last
         self.metrics = _Metrics(registry, config.metric_max_services)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -321,13 +332,23 @@ class AlertManager:
             # e.g. a provider's storm on another service: it joins the alert already open for it
             group = next((a for a in self._open.values() if a.anomaly_type == c.anomaly_type and a is not group
                           and now - a.last_seen <= dedup and joins_across(across, labels, a)), group)
+        explained_by = None
+        primaries = cfg.fold_into.get(c.anomaly_type)
+        if (group is None or now - group.last_seen > dedup) and primaries:
+            # a symptom of an open incident on its service (tokens/s down while latency is up): context
+            # of that alert, not a page of its own
+            primary = self._explaining(c, primaries, group, now)
+            if primary is not None:
+                group, explained_by = primary, primary.anomaly_type
+        elif group is not None and primaries and group.anomaly_type in primaries:
+            explained_by = group.anomaly_type  # its own group's alert was taken over by its cause (_adopter)
         member = group.member(fp) if group is not None else None
         if group is not None and member is not None and member.status == "firing" and now - member.last_seen <= dedup:
             self._fold(group, member, c, now)
             updated[group.alert_id] = group
             self.metrics.deduplicated.inc()
             return
-        if group is not None and now - group.last_seen > dedup:  # silent for longer than the window: a new incident
+        if group is not None and now - group.last_seen > dedup and explained_by is None:  # a new incident
             self._resolve(group, now, "no detection within the de-duplication window")
             updated[group.alert_id] = group
             if self.store.shared:  # resolved there before the new incident's alert takes its fingerprint
@@ -347,7 +368,13 @@ class AlertManager:
                 self.metrics.suppressed.labels("persistence").inc()
                 return
             del self._pending[fp]
+        if group is None:
+            group = self._adopter(c, gk, now)
         new = self._member(c, fp, severity, labels, now, needed)
+        if explained_by is not None:
+            new.labels[EXPLAINED_BY] = explained_by
+            if group is not None and group.status == "resolved":  # explains what was: context, resolved too
+                new.status, new.resolved_at = "resolved", now
         if new.silenced_by:
             self.metrics.suppressed.labels("silenced").inc()
         if group is not None:  # a new series of an open group (or one that fired again): a member
@@ -365,12 +392,13 @@ class AlertManager:
             refresh(group)
             if edge_paged(group, now, dedup):
                 new.notified = True  # the edge's page covered this incident (aggregator/alerting/edge_alerts.py)
-            else:
-                self._schedule(group)
+            elif group.status != "resolved" and (explained_by is None or group.notified_at is None):
+                self._schedule(group)  # a folded symptom rides along with the next notification: no page of its own
             updated[group.alert_id] = group
             self.metrics.grouped.inc()
             return
         alert = self._new_alert(c, gk, new, now)
+        self._absorb(alert, now, raised, updated)
         self._correlate(alert, now, updated)
         stored = self.store.insert(alert, ())  # its notification follows group_wait later (_flush)
         if stored is not None:  # another replica raised it first (a shared store): the detection joins that one
@@ -401,6 +429,66 @@ class AlertManager:
         for other in updated.values():
             if alert.alert_id in other.related_alerts:
                 other.related_alerts.remove(alert.alert_id)
+
+    def _explaining(self, c: Candidate, primaries: Sequence[str], own: Alert | None, now: int) -> Alert | None:
+        """The alert of one of ``primaries`` on ``c``'s service that explains ``c``: an open one seen within
+        the de-duplication window, else one (open or recently resolved) whose event-time window overlaps
+        ``c``'s (a 15-minute drift window that saw a truncation surge alerted and resolved inside it)."""
+        dedup = self.config.window_ns("dedup_window_s")
+        fits = [a for a in [*self._open.values(), *reversed(self._recent)]
+                if a is not own and a.anomaly_type in primaries and explains(a, c.service)]
+        return next((a for a in fits if a.status != "resolved" and now - a.last_seen <= dedup),
+                    next((a for a in fits if _overlaps(a, c)), None))
+
+    def _adopter(self, c: Candidate, gk: str, now: int) -> Alert | None:
+        """An open alert already sent whose every series ``c``'s type explains (``fold_into``), e.g. a
+        tokens/s drop sent before the empty answers that cause it were counted: it becomes ``c``'s alert
+        (its series ``explained_by`` ``c``'s type, keyed on ``c``'s group), so the incident stays one
+        alert, its next notification under the right type."""
+        cfg = self.config
+        target = next((a for a in self._open.values()
+                       if a.notified_at is not None and a.storm_id is None and a.anomaly_type != c.anomaly_type
+                       and c.anomaly_type in cfg.fold_into.get(a.anomaly_type, ())
+                       and now - a.last_seen <= cfg.window_ns("dedup_window_s")
+                       and all(m.labels.get("service_name") == c.service for m in a.members)), None)
+        if target is None:
+            return None
+        for m in target.members:
+            m.labels.setdefault(EXPLAINED_BY, c.anomaly_type)
+        del self._open[target.fingerprint]
+        target.fingerprint = gk
+        self._open[gk] = target
+        target.root_cause = CAUSE.get(c.anomaly_type)
+        target.remediation = list(REMEDIATION.get(c.anomaly_type, []))
+        target.runbook_url = cfg.runbook_url_template.format(
+            public_url=cfg.public_url, anomaly_type=c.anomaly_type, service=c.service or "",
+            model=c.model or "") or None
+        return target
+
+    def _absorb(self, alert: Alert, now: int, raised: list[Alert], updated: dict[str, Alert]) -> None:
+        """A new alert folds in the open, not yet sent alerts of its service that it explains (``fold_into``):
+        their series become its members, and they resolve without ever being sent."""
+        cfg = self.config
+        for other in list(self._open.values()):
+            if (alert.anomaly_type not in cfg.fold_into.get(other.anomaly_type, ()) or other.notified_at is not None
+                    or other.storm_id is not None or not any(m.status == "firing" for m in other.members)
+                    or not all(m.labels.get("service_name") == alert.service_name for m in other.members)):
+                continue
+            room = cfg.group_max_members - len(alert.members)
+            # copies: resolving the folded alert below must not resolve its series in this one
+            moved = [copy.deepcopy(m) for m in other.members if m.status == "firing"][:max(0, room)]
+            for m in moved:
+                m.labels[EXPLAINED_BY] = alert.anomaly_type
+            alert.members = [*alert.members, *moved]
+            self._add_trace_ids(alert, [t for m in moved for t in m.trace_ids])
+            refresh(alert)
+            self._resolve(other, now, f"folded into alert {alert.alert_id} ({alert.anomaly_type}), which explains it")
+            for a in self._open.values():
+                if other.alert_id in a.related_alerts:
+                    a.related_alerts.remove(other.alert_id)
+            if other in raised:  # raised in this same batch: announced as an update (resolved), not an alert
+                raised.remove(other)
+            updated[other.alert_id] = other
 
     def _series(self, c: Candidate) -> tuple[str, str, dict[str, str], str]:
         """The candidate's series fingerprint, severity, labels and group key."""
@@ -716,6 +804,8 @@ class AlertManager:
             if m.status == "firing":
                 m.status, m.resolved_at = "resolved", now
         self._open.pop(alert.fingerprint, None)
+        if alert.anomaly_type != "alert_storm" and not reason.startswith("folded into"):
+            self._recent.append(alert)  # may still explain a slower detector's symptom (_explaining)
         self.metrics.resolved.inc()
 
     def _expire(self, now: int) -> None:
@@ -813,6 +903,12 @@ class AlertManager:
 
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
+
+
+def _overlaps(alert: Alert, c: Candidate) -> bool:
+    """Whether the alert's event-time window (first detection's start to the latest's end) overlaps ``c``'s."""
+    start, end = alert.context.get("window_start"), alert.context.get("window_end")
+    return isinstance(start, int) and isinstance(end, int) and c.window_start <= end and start <= c.window_end
 
 
 def _worse(anomaly_type: str, value: float, peak: float) -> bool:

@@ -57,10 +57,17 @@ def format_alert(event: dict[str, Any], t: float) -> str:
 
 async def _print_alerts(sub: Subscription, start: float, seen: Counter[tuple[str, str]],
                         notified: dict[str, int]) -> None:
+    raised: set[str] = set()  # ids announced as alerts (a symptom folded later is taken back out)
     async for event in sub:
         a = event["alert"]
         if event["event"] == "alert":
             seen[(a["anomaly_type"], a["service_name"] or "")] += 1
+            raised.add(a["alert_id"])
+        elif str(a.get("resolved_reason") or "").startswith("folded into"):  # an explained symptom: not its own alert
+            if a["alert_id"] in raised:
+                raised.discard(a["alert_id"])
+                seen[(a["anomaly_type"], a["service_name"] or "")] -= 1
+            print(format_alert({"event": "folded", "alert": a}, time.monotonic() - start), flush=True)
         sent = int(a.get("notifications") or 0)
         if sent > notified.get(a["alert_id"], 0):  # what a pager would get: one per group (group_wait)
             notified[a["alert_id"]] = sent
@@ -164,7 +171,7 @@ async def run_demo(*, seconds: float = 35.0, rate: float = 1000.0, listen: str =
     slow = sum(n for (kind, svc), n in seen.items()
                if svc == SPIKE_SERVICE and kind in ("latency_spike", "throughput_drop"))
     bursts = seen[("error_burst", BURST_SERVICE)]
-    by_type = Counter(kind for (kind, _svc) in seen.elements())
+    by_type = Counter(kind for (kind, _svc) in (+seen).elements())
     print(f"\nalerts raised: {dict(by_type) or 'none'}; notifications sent: {sum(notified.values())} "
           f"(one per alert group after alert_group_wait_s; its members are the models, regions, users)")
     print(f"slow provider on {SPIKE_SERVICE} alerted: {'yes' if slow else 'NO'}; "

@@ -7,6 +7,12 @@ each bucket's standardised cost ``z = (x − mean)/std`` feeds Page's upper CUSU
 at 0. The baseline keeps learning (EWMA, weight ``alpha``, values clipped to mean ± ``clip_sigma``·std)
 only while ``S <= h``, so a runaway does not become the new normal while it is being reported.
 
+With ``per_call`` (the default) the value judged is the bucket's cost **per call** (its cost over
+its calls): a diurnal ramp or a quiet hour changes how many calls there are, not what each costs,
+so it is no cost anomaly, while dearer calls (longer prompts or outputs, a pricier model, a creep of
+a few percent a minute) move it as they move the total. Off, the bucket's total cost is judged (a
+spend rate: more calls at the same price count too).
+
 Buckets without calls are skipped (neither scored nor learned): a key with no calls has no cost
 *rate* to judge — a silent sidecar or a restart is the throughput detector's business — and learning
 their zeros would drag the mean down so that the recovery reads as a cost rise.
@@ -28,6 +34,7 @@ import numpy as np
 from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_min, check_positive
+from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 
 __all__ = [
@@ -49,6 +56,7 @@ DEFAULT_CLIP_SIGMA = 4.0
 DEFAULT_MIN_STD_RATIO = 0.1
 DEFAULT_MIN_STD_USD = 1e-6
 DEFAULT_MAX_KEYS = 10_000
+DEFAULT_PER_CALL = True
 KEY_COLUMNS = ("service", "request_model")
 
 
@@ -65,6 +73,7 @@ class CostCusumConfig:
     clip_sigma: float = DEFAULT_CLIP_SIGMA
     min_std_ratio: float = DEFAULT_MIN_STD_RATIO
     min_std_usd: float = DEFAULT_MIN_STD_USD
+    per_call: bool = DEFAULT_PER_CALL
     max_keys: int = DEFAULT_MAX_KEYS
 
     def validate(self) -> CostCusumConfig:
@@ -79,11 +88,13 @@ class CostCusumConfig:
         check_min(NAME, "min_std_ratio", self.min_std_ratio, 0)
         check_positive(NAME, "min_std_usd", self.min_std_usd)
         check_min(NAME, "max_keys", self.max_keys, 1)
+        if not isinstance(self.per_call, bool):
+            raise ConfigError(f"detectors.{NAME}.per_call: must be true or false, got {self.per_call!r}")
         return self
 
 
 class _KeyState:
-    __slots__ = ("armed", "buckets", "mean", "n", "s", "var")
+    __slots__ = ("armed", "buckets", "mean", "n", "per_call", "s", "var")
 
     def __init__(self) -> None:
         self.buckets = BucketSeries()
@@ -92,15 +103,18 @@ class _KeyState:
         self.var = 0.0
         self.s = 0.0
         self.armed = True
+        self.per_call: bool | None = None  # what mean and var are of (None: nothing learned yet)
 
     def to_state(self) -> dict[str, Any]:
-        return {"n": self.n, "mean": self.mean, "var": self.var, "s": self.s, "armed": self.armed}
+        return {"n": self.n, "mean": self.mean, "var": self.var, "s": self.s, "armed": self.armed,
+                "per_call": self.per_call}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
         st = cls()
         st.n, st.mean, st.var = int(d["n"]), float(d["mean"]), float(d["var"])
         st.s, st.armed = float(d["s"]), bool(d["armed"])
+        st.per_call = d.get("per_call", False if st.n else None)  # saved before per_call: bucket totals
         return st
 
 
@@ -124,9 +138,12 @@ class CostCusumDetector(BucketedDetector[CostCusumConfig, _KeyState]):
             self._keys.add(batch, KEY_COLUMNS, [cost, np.ones(batch.n)], cost)
         out: list[Candidate] = []
         c = self.config
-        for key, st, idx, (x, calls), examples in self._keys.close():
+        for key, st, idx, (total, calls), examples in self._keys.close():
             if calls <= 0:
                 continue
+            if st.per_call is not c.per_call:  # learned in the other unit (a changed setting): learn afresh
+                st.n, st.mean, st.var, st.s, st.armed, st.per_call = 0, 0.0, 0.0, 0.0, True, c.per_call
+            x = total / calls if c.per_call else total
             if st.n < c.warmup_buckets:
                 st.n += 1
                 d = x - st.mean
@@ -141,11 +158,12 @@ class CostCusumDetector(BucketedDetector[CostCusumConfig, _KeyState]):
                 start, end = self._keys.window(idx)
                 out.append(Candidate(
                     anomaly_type="cost_anomaly", service=key[0], model=key[1], detection_method="cusum",
-                    confidence=min(1.0, st.s / (2 * c.h)), metric="cost_usd_per_bucket", value=x,
+                    confidence=min(1.0, st.s / (2 * c.h)),
+                    metric="cost_usd_per_call" if c.per_call else "cost_usd_per_bucket", value=x,
                     baseline=st.mean, threshold=st.mean + c.k * sigma, deviation_sigma=z,
                     window_start=start, window_end=end,
                     context={"trace_ids": examples, "cusum": st.s, "h": c.h, "k": c.k, "calls": int(calls),
-                             "bucket_s": c.bucket_s}))
+                             "cost_usd": total, "bucket_s": c.bucket_s}))
             if st.s == 0.0:
                 st.armed = True
             if st.s <= c.h:

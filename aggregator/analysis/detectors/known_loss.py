@@ -12,6 +12,12 @@ they say into loss windows per service:
 * **counted loss** (``dropped_rows`` or ``refused_exports`` of the same run went up): the services
   of that sidecar lost rows between its previous batch's newest row and this batch's newest row.
 
+A sidecar is **behind** while the ``queue_batches`` of its last batch (sealed batches waiting in
+its forward queue when it sealed that one) is at or above a threshold: some of its rows are still
+queued, so its services' recent windows are incomplete, not quiet (:meth:`KnownLoss.behind`;
+``throughput_drop`` holds such drops as for silence, and its late-rows check drops them when the
+backlog arrives).
+
 It also tells whether a service's sidecars went **silent**: every sidecar that carried the
 service sent no row newer than a given time. A drop that starts as its sidecar falls silent may be
 a restart whose first batch has not arrived yet, so ``throughput_drop`` holds it for a while
@@ -68,6 +74,7 @@ class _Sidecar:
     refused: int = 0
     services: dict[str, int] = field(default_factory=dict)  # service -> newest event time of its rows
     earlier: list[str] = field(default_factory=list)  # the runs before ``instance``, newest last
+    queue: int = 0  # queue_batches of its last batch of the current run
 
 
 class KnownLoss:
@@ -112,6 +119,7 @@ class KnownLoss:
                 if start is not None and end is not None:
                     found += self._record(sidecar, st, services, min(start, end), max(start, end), "dropped")
             st.instance, st.dropped, st.refused = status.instance, status.dropped_rows, status.refused_exports
+            st.queue = status.queue_batches
         if newest is not None:
             st.newest_ns = newest if st.newest_ns is None else max(st.newest_ns, newest)
             for svc, t in services.items():
@@ -144,11 +152,18 @@ class KnownLoss:
         carriers = [st for st in self._sidecars.values() if service in st.services]
         return bool(carriers) and all(st.newest_ns is not None and st.newest_ns < since_ns for st in carriers)
 
+    def behind(self, service: str | None, min_batches: int) -> bool:
+        """Whether a sidecar that carries ``service`` had ``min_batches`` or more batches queued when it
+        sealed its last one: rows of any recent window may still be in its queue (spilled batches are
+        sent after younger ones, so even a window older than its newest row may be incomplete)."""
+        return any(service in st.services and st.queue >= min_batches for st in self._sidecars.values())
+
     def to_state(self) -> dict[str, Any]:
         return {
             "version": 1,
             "sidecars": {k: {"instance": s.instance, "newest_ns": s.newest_ns, "dropped": s.dropped,
-                             "refused": s.refused, "services": s.services, "earlier": s.earlier}
+                             "refused": s.refused, "services": s.services, "earlier": s.earlier,
+                             "queue": s.queue}
                          for k, s in self._sidecars.items()},
             "windows": [[w.service, w.start_ns, w.end_ns, w.reason, w.sidecar]
                         for ws in self._windows.values() for w in ws],
@@ -163,7 +178,7 @@ class KnownLoss:
             out._sidecars[str(k)] = _Sidecar(
                 instance=s.get("instance"), newest_ns=s.get("newest_ns"), dropped=int(s.get("dropped", 0)),
                 refused=int(s.get("refused", 0)), services={str(a): int(b) for a, b in s.get("services", {}).items()},
-                earlier=[str(x) for x in s.get("earlier", [])])
+                earlier=[str(x) for x in s.get("earlier", [])], queue=int(s.get("queue", 0)))
         for svc, start, end, reason, sidecar in state.get("windows", []):
             out._windows.setdefault(str(svc), []).append(LossWindow(str(svc), int(start), int(end), str(reason),
                                                                     str(sidecar)))

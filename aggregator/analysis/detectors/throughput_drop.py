@@ -36,7 +36,10 @@ was down are gone), rows a sidecar dropped or exports it refused — is not rais
 in ``known_loss``). A drop that begins as every sidecar carrying the service falls silent may be
 a restart whose first batch is still to come: it is held up to ``silent_hold_buckets`` more
 closed buckets while they stay silent, then raised unless a loss window turned up meanwhile (a
-service whose only sidecar is down for longer is reported, that much later).
+service whose only sidecar is down for longer is reported, that much later). So is a drop whose
+service's sidecar is *behind* (its last batch said ``behind_queue_batches`` or more sealed batches
+were queued): the drop's rows may be in that queue, and when they arrive late the drop is dropped
+as known loss.
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ DEFAULT_MAX_KEYS = 10_000
 DEFAULT_HOLD_BUCKETS = 1
 DEFAULT_MIN_HISTORY_BUCKETS = 30
 DEFAULT_SILENT_HOLD_BUCKETS = 5
+#: A sidecar whose forward queue held this many sealed batches when it sealed one is behind (a
+#: healthy one sends each batch within a batch timeout: 0 or 1 waiting).
+DEFAULT_BEHIND_QUEUE_BATCHES = 4
 KEY_COLUMNS = ("service", "request_model")
 #: bucket sums: calls, tokens/s sum, calls with tokens/s, log latency sum, calls with both
 N_FIELDS = 5
@@ -101,6 +107,7 @@ class ThroughputDropConfig:
     hold_buckets: int = DEFAULT_HOLD_BUCKETS
     min_history_buckets: int = DEFAULT_MIN_HISTORY_BUCKETS
     silent_hold_buckets: int = DEFAULT_SILENT_HOLD_BUCKETS
+    behind_queue_batches: int = DEFAULT_BEHIND_QUEUE_BATCHES
     max_keys: int = DEFAULT_MAX_KEYS
 
     def validate(self) -> ThroughputDropConfig:
@@ -120,6 +127,7 @@ class ThroughputDropConfig:
         check_min(NAME, "hold_buckets", self.hold_buckets, 0)
         check_min(NAME, "min_history_buckets", self.min_history_buckets, 0)
         check_min(NAME, "silent_hold_buckets", self.silent_hold_buckets, 0)
+        check_min(NAME, "behind_queue_batches", self.behind_queue_batches, 1)
         check_min(NAME, "max_keys", self.max_keys, 1)
         return self
 
@@ -235,8 +243,10 @@ class ThroughputDropDetector:
                 keep.append((release, cand))
                 continue
             if (loss is not None and limit is not None and limit <= release + self.config.silent_hold_buckets
-                    and loss.silent(cand.service, cand.window_end)):
-                keep.append((release, cand))  # its sidecars fell silent: a restart may be reported yet
+                    and (loss.silent(cand.service, cand.window_end)
+                         or loss.behind(cand.service, self.config.behind_queue_batches))):
+                # its sidecars fell silent (a restart may be reported yet) or one is behind (its rows are queued)
+                keep.append((release, cand))
                 continue
             late = self._keys.last_late.get((cand.service, cand.model))
             if late is not None and late >= cand.window_start // width:
