@@ -289,6 +289,7 @@ def test_a_provider_wide_error_storm_is_one_alert_with_the_services_inside(store
 def test_a_symptom_folds_into_the_alert_that_explains_it(store: SQLiteAlertStore) -> None:
     """fold_into: a tokens/s drop during a latency spike of its service, and a drift during a truncation
     surge, are members of the explaining alert (labelled explained_by), not pages of their own."""
+    sqlite_only(store)
     clock = Clock()
     sink = RecordingSink()
     m = make(store, clock, [sink])
@@ -340,6 +341,7 @@ def test_a_cause_takes_over_its_symptom_already_sent_and_explains_a_later_drift(
     """Empty answers counted after the tokens/s drop they cause was sent: the drop's alert becomes the
     empty_answer alert (one alert, its next notification under the right type). A 15-minute drift whose
     window overlaps a truncation surge alerted and resolved inside it joins that alert, resolved."""
+    sqlite_only(store)
     clock = Clock()
     m = make(store, clock, [RecordingSink()], resolve_after_s=60)
     m.emit([drop("gpt-4o", 2.0)])

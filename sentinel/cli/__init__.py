@@ -61,7 +61,7 @@ def _settings_class(command: str) -> type:
     return cls
 
 
-def _parser(command: str | None) -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with ``command`` (a service named first on it), only that service's
     settings become options, so only its settings module is imported."""
     p = argparse.ArgumentParser(prog="sentinel", description="LLM-Sentinel: anomaly detection for LLM apps")
