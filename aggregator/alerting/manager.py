@@ -402,7 +402,7 @@ class AlertManager:
         self._correlate(alert, now, updated)
         stored = self.store.insert(alert, ())  # its notification follows group_wait later (_flush)
         if stored is not None:  # another replica raised it first (a shared store): the detection joins that one
-            self._uncorrelate(alert, updated)
+            self._uncorrelate(alert, updated.values())
             self._open[gk] = stored
             self._join(stored, new, c, now, updated)
             return
@@ -424,11 +424,16 @@ class AlertManager:
         self.metrics.deduplicated.inc()
 
     @staticmethod
-    def _uncorrelate(alert: Alert, updated: dict[str, Alert]) -> None:
-        """Undo the links :meth:`_correlate` made to an alert that was not stored."""
-        for other in updated.values():
+    def _uncorrelate(alert: Alert, others: Iterable[Alert]) -> None:
+        """Undo the links :meth:`_correlate` made to an alert that is not stored, or folded into another."""
+        for other in others:
             if alert.alert_id in other.related_alerts:
                 other.related_alerts.remove(alert.alert_id)
+
+    def _runbook(self, anomaly_type: str, service: str | None, model: str | None) -> str | None:
+        cfg = self.config
+        return cfg.runbook_url_template.format(public_url=cfg.public_url, anomaly_type=anomaly_type,
+                                               service=service or "", model=model or "") or None
 
     def _explaining(self, c: Candidate, primaries: Sequence[str], own: Alert | None, now: int) -> Alert | None:
         """The alert of one of ``primaries`` on ``c``'s service that explains ``c``: an open one seen within
@@ -460,9 +465,7 @@ class AlertManager:
         self._open[gk] = target
         target.root_cause = CAUSE.get(c.anomaly_type)
         target.remediation = list(REMEDIATION.get(c.anomaly_type, []))
-        target.runbook_url = cfg.runbook_url_template.format(
-            public_url=cfg.public_url, anomaly_type=c.anomaly_type, service=c.service or "",
-            model=c.model or "") or None
+        target.runbook_url = self._runbook(c.anomaly_type, c.service, c.model)
         return target
 
     def _absorb(self, alert: Alert, now: int, raised: list[Alert], updated: dict[str, Alert]) -> None:
@@ -483,9 +486,7 @@ class AlertManager:
             self._add_trace_ids(alert, [t for m in moved for t in m.trace_ids])
             refresh(alert)
             self._resolve(other, now, f"folded into alert {alert.alert_id} ({alert.anomaly_type}), which explains it")
-            for a in self._open.values():
-                if other.alert_id in a.related_alerts:
-                    a.related_alerts.remove(other.alert_id)
+            self._uncorrelate(other, self._open.values())
             if other in raised:  # raised in this same batch: announced as an update (resolved), not an alert
                 raised.remove(other)
             updated[other.alert_id] = other
@@ -524,8 +525,7 @@ class AlertManager:
             service_name=c.service, model=c.model, detection_method=c.detection_method,
             confidence=float(c.confidence), details=member.details, context=context,
             root_cause=CAUSE.get(c.anomaly_type), remediation=list(REMEDIATION.get(c.anomaly_type, [])),
-            runbook_url=cfg.runbook_url_template.format(public_url=cfg.public_url, anomaly_type=c.anomaly_type,
-                                                        service=c.service or "", model=c.model or "") or None,
+            runbook_url=self._runbook(c.anomaly_type, c.service, c.model),
             fingerprint=gk, first_seen=now, last_seen=now, members=[member],
             notify_due=now + cfg.window_ns("group_wait_s"),
         )
@@ -604,7 +604,7 @@ class AlertManager:
                     raised.append(fresh)
                     self.metrics.count_raised(fresh)
                 else:  # raised by another replica meanwhile (a shared store): the edge's alert is taken by that one
-                    self._uncorrelate(fresh, updated)
+                    self._uncorrelate(fresh, updated.values())
                     self._open[gk] = group
             if group is not None:
                 existing = group.member(fp)
@@ -738,8 +738,7 @@ class AlertManager:
                        f"{self.config.storm_max_alerts}; most common: {top}",
             remediation=list(REMEDIATION["alert_storm"]),
             related_alerts=[a.alert_id for a in storm.alerts[:MAX_STORM_RELATED]],
-            runbook_url=self.config.runbook_url_template.format(
-                public_url=self.config.public_url, anomaly_type="alert_storm", service="", model="") or None,
+            runbook_url=self._runbook("alert_storm", None, None),
             fingerprint=f"storm-{storm.id}", first_seen=storm.started, last_seen=now, count=n,
             labels={"anomaly_type": "alert_storm", "severity": severity, "detection_method": "rate_limit"},
             notifications=1, notified_at=now,

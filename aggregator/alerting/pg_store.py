@@ -42,7 +42,15 @@ import psycopg_pool
 from prometheus_client import CollectorRegistry, Counter
 
 from aggregator.alerting.silences import Silence
-from aggregator.alerting.store import AlertQuery, OutboxItem, SqlCursor, StoreError, silence_of_row, where_of
+from aggregator.alerting.store import (
+    AlertQuery,
+    OutboxItem,
+    SqlCursor,
+    StoreError,
+    alert_doc,
+    silence_of_row,
+    where_of,
+)
 from sentinel.alerts import Alert
 
 __all__ = ["CHANNEL", "DEFAULT_OUTBOX_LEASE_S", "PgAlertStore", "redact_url"]
@@ -126,10 +134,6 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
-def _doc(alert: Alert) -> str:
-    return json.dumps(alert.to_dict(), separators=(",", ":"), allow_nan=False)
-
-
 def _update_row(a: Alert, doc: str) -> tuple[Any, ...]:
     return (a.last_seen, a.severity, a.status, a.service_name, a.model, a.anomaly_type, doc, a.alert_id, a.status)
 
@@ -211,10 +215,11 @@ class PgAlertStore:
                                          f"this aggregator's {SCHEMA_VERSION}: upgrade it")
                     db.execute("INSERT INTO meta (k, v) VALUES ('schema_version', %s) ON CONFLICT (k) DO UPDATE "
                                "SET v = excluded.v", (str(SCHEMA_VERSION),))
-            except (psycopg.Error, psycopg_pool.PoolTimeout, StoreError) as e:
+            except StoreError:
                 pool.close()
-                if isinstance(e, StoreError):
-                    raise
+                raise
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+                pool.close()
                 raise StoreError(f"alert store {self.redacted_url}: {e}") from e
             self._pool = pool
         log.info("alert store: PostgreSQL %s (shared by the replicas)", self.redacted_url)
@@ -258,7 +263,7 @@ class PgAlertStore:
     def insert(self, alert: Alert, sinks: Sequence[str]) -> Alert | None:
         """The alert and its outbox rows in one transaction, unless an unresolved alert with its fingerprint
         is stored (another replica raised it first): then nothing is written and that one is returned."""
-        doc = _doc(alert)
+        doc = alert_doc(alert)
         for _ in range(3):  # the one found may resolve before it is read: insert again
             with self._tx() as db:
                 row = db.execute(
@@ -281,7 +286,7 @@ class PgAlertStore:
     def notify(self, alert: Alert, sinks: Sequence[str], key: str) -> None:
         """One notification: the alert's new state and its outbox rows (keyed ``key``: a replica writing the
         same notification again adds none), in one transaction."""
-        doc = _doc(alert)
+        doc = alert_doc(alert)
         with self._tx() as db:
             db.execute(_UPDATE, _update_row(alert, doc))
             # Keyed apart from the outbox, whose row is gone once delivered: a replica sending the same
@@ -304,7 +309,7 @@ class PgAlertStore:
             return
         with self._tx() as db:
             with db.cursor() as cur:
-                cur.executemany(_UPDATE, [_update_row(a, _doc(a)) for a in todo])
+                cur.executemany(_UPDATE, [_update_row(a, alert_doc(a)) for a in todo])
             for event in ("update", "resolved"):
                 ids = [a.alert_id for a in todo if _event(a) == event]
                 if ids:

@@ -31,7 +31,7 @@ from aggregator.alerting.silences import Silence
 from sentinel.alerts import SEVERITIES, STATUSES, Alert
 
 __all__ = ["AlertQuery", "AlertStore", "OutboxItem", "SQLiteAlertStore", "SideTable",
-           "SideTableHost", "SqlConnection", "SqlCursor", "StoreError", "pg_schema", "silence_of_row",
+           "SideTableHost", "SqlConnection", "SqlCursor", "StoreError", "alert_doc", "pg_schema", "silence_of_row",
            "where_of"]
 
 MAX_PAGE = 1000
@@ -247,7 +247,8 @@ def silence_of_row(row: Any) -> Silence:
     return s
 
 
-def _doc(alert: Alert) -> str:
+def alert_doc(alert: Alert) -> str:
+    """The alert as its stored JSON document (compact; NaN refused)."""
     return json.dumps(alert.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
@@ -311,7 +312,7 @@ class SQLiteAlertStore:
 
     def insert(self, alert: Alert, sinks: Sequence[str]) -> Alert | None:
         """The alert and its outbox rows, in one transaction (``None``: this store is not shared)."""
-        doc = _doc(alert)
+        doc = alert_doc(alert)
         with self._lock:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
@@ -331,7 +332,7 @@ class SQLiteAlertStore:
     def notify(self, alert: Alert, sinks: Sequence[str], key: str) -> None:
         """One notification of a stored alert: its new state and the outbox rows (keyed ``key``), in one
         transaction — a restart before it leaves the notification due, after it leaves it sent."""
-        doc = _doc(alert)
+        doc = alert_doc(alert)
         with self._lock:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
@@ -350,7 +351,7 @@ class SQLiteAlertStore:
                             (sink, key, self._seq, doc.encode()))
 
     def update(self, alerts: Iterable[Alert]) -> None:
-        rows = [_update_row(a, _doc(a)) for a in alerts]
+        rows = [_update_row(a, alert_doc(a)) for a in alerts]
         if not rows:
             return
         with self._lock:
