@@ -12,12 +12,11 @@ values: a changed key may be a token or a URL holding a password.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, get_key, leaves, replace_keys
 
 __all__ = ["LOG_LEVEL_KEY", "SettingsReloader", "apply_log_level", "changed_keys"]
 
@@ -30,8 +29,9 @@ LOG_LEVEL_KEY = "log_level"
 
 
 def changed_keys(old: Any, new: Any) -> list[str]:
-    """The dataclass fields whose values differ between ``old`` and ``new``, in declaration order."""
-    return [f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+    """The settings whose values differ between ``old`` and ``new``, in declaration order; a section's
+    settings by their dotted keys (``alerts.group_wait_s``), so each is live or not on its own."""
+    return [leaf.key for leaf in leaves(type(old)) if get_key(old, leaf.key) != get_key(new, leaf.key)]
 
 
 def apply_log_level(level: str) -> None:
@@ -84,7 +84,7 @@ class SettingsReloader(Generic[T]):
                 apply_log_level(getattr(new, LOG_LEVEL_KEY))
             # What runs now: the old settings with the applied keys replaced (restart-needed keys
             # keep their running value, so the next reload reports them again).
-            self.current = dataclasses.replace(self.current, **{k: getattr(new, k) for k in live})  # type: ignore[type-var]
+            self.current = replace_keys(self.current, {k: get_key(new, k) for k in live})
             if live:
                 log.info("reload: applied %s", ", ".join(live))
             return live
