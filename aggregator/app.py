@@ -75,7 +75,7 @@ from aggregator.metrics import AggregatorMetrics
 from aggregator.web import add_web_routes
 from sentinel import service
 from sentinel.alerts import Alert
-from sentinel.config import ConfigError, load
+from sentinel.config import ConfigError, get_key, load, replace_keys, resolve
 from sentinel.gc_policy import freeze_startup
 from sentinel.reload import SettingsReloader
 from sentinel.service import add_ops_routes, run_until_signalled
@@ -96,7 +96,7 @@ class Aggregator:
         self.config = config
         self.metrics = AggregatorMetrics(registry)
         self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_aggregator")
-        self.baselines = BaselineConsumer(config.baseline_config(), config.data_dir)
+        self.baselines = BaselineConsumer(config.baselines, config.data_dir)
         self.candidates = CandidateLog(registry=self.metrics.registry)
         self.hub = AlertHub()
         # A cluster's replicas share one PostgreSQL store (store_url); alone, SQLite in data_dir.
@@ -108,16 +108,16 @@ class Aggregator:
         self.sinks: list[Sink] = [self._sink(c) for c in self._sink_configs.values()]
         self.roles = _roles(config, None)
         self.series = SeriesConsumer(config.data_dir)
-        self.alerts = AlertManager(config.alert_manager_config(), self.alert_store, self.hub, sinks=self.sinks,
+        self.alerts = AlertManager(_copy(config.alerts), self.alert_store, self.hub, sinks=self.sinks,
                                    registry=self.metrics.registry)
         self.feedback = FeedbackLog(self.alert_store)
         self.audit = AuditLog(self.alert_store)
         self.versions = ConfigVersions(self.alert_store)
-        self.guard = PrecisionGuard(config.precision_guard_config(), self.feedback, self.audit,
+        self.guard = PrecisionGuard(config.feedback, self.feedback, self.audit,
                                     base_floor=lambda t: self.config.configured_floor(t),
                                     apply=lambda floors: self.alerts.reconfigure(self._alert_config(self.config)),
                                     clock=time.time_ns)
-        self.confirmer = LocalAnomalyConfirmer(config.confirm_config(), self.baselines.store,
+        self.confirmer = LocalAnomalyConfirmer(config.confirm, self.baselines.store,
                                                outcome=self.metrics.count_local_anomaly)
         emit = self.metrics.observing(self._emit)  # + detection latency of every candidate
         self.model_versions = ModelVersions()
@@ -205,7 +205,7 @@ class Aggregator:
     def _alert_config(self, config: AggregatorConfig) -> AlertManagerConfig:
         """The alert manager's settings from ``config``, its public URL as running, and the confidence
         floors raised from feedback over the configured ones (:mod:`aggregator.alerting.precision_guard`)."""
-        alerts = config.alert_manager_config()
+        alerts = _copy(config.alerts)
         alerts.public_url = self.alerts.config.public_url  # possibly derived from the listener at start
         floors = alerts.min_confidence_by_type
         for anomaly_type, floor in self.guard.floors().items():
@@ -364,7 +364,7 @@ class Aggregator:
 
     def live_settings(self) -> dict[str, Any]:
         """The running live settings (:meth:`AggregatorConfig.live_keys`), as JSON values; secrets as digests."""
-        live = {k: redact(getattr(self.config, k)) if k in SECRET_KEYS else getattr(self.config, k)
+        live = {k: redact(get_key(self.config, k)) if k in SECRET_KEYS else get_key(self.config, k)
                 for k in sorted(AggregatorConfig.live_keys())}
         return dict(json.loads(json.dumps(live)))
 
@@ -394,12 +394,12 @@ class Aggregator:
 
     async def _apply_settings(self, new: AggregatorConfig, keys: list[str], *, who: str, comment: str,
                               role: str) -> ConfigVersion | None:
-        merged = dataclasses.replace(self.config, **{k: getattr(new, k) for k in keys})
+        merged = replace_keys(self.config, {k: get_key(new, k) for k in keys})
         merged.validate()
         self._check_live(merged)
         alerts = await asyncio.to_thread(self._alert_config, merged)
-        confirm = merged.confirm_config()
-        roles = _roles(merged, self.roles.jwt if merged.jwt_config() == self.config.jwt_config() else None)
+        confirm = merged.confirm
+        roles = _roles(merged, self.roles.jwt if merged.jwt == self.config.jwt else None)
         sink_configs = _sink_configs(merged)
         changed_sinks = [n for n, c in self._sink_configs.items() if sink_configs.get(n) != c]
         kept = {s.name: s for s in self.sinks if s.name not in changed_sinks}
@@ -453,14 +453,12 @@ class Aggregator:
 
     async def put_settings(self, changes: dict[str, Any], who: str, comment: str,
                            role: str = "") -> ConfigVersion | None:
-        """``PUT /api/v1/config``: ``changes`` (setting -> value, as in the YAML file) applied live."""
-        known = {f.name for f in dataclasses.fields(AggregatorConfig)}
+        """``PUT /api/v1/config``: ``changes`` (setting -> value, as in the YAML file: a section as a map,
+        or its keys dotted as ``GET`` shows them, ``alerts.group_wait_s``) applied live."""
         live = AggregatorConfig.live_keys()
         running = self.live_settings()
-        changes = dict(changes)
+        changes = resolve(AggregatorConfig, changes)  # dotted keys; an unknown one raises naming it
         for key in list(changes):
-            if key not in known:
-                raise ConfigError(f"{key}: unknown setting")
             if key not in live:
                 raise ConfigError(f"{key}: restart needed for {key} (not a live setting)")
             if key in SECRET_KEYS and is_digest(changes[key]):
@@ -472,9 +470,8 @@ class Aggregator:
         if not changes:
             return None
         # The loader's conversions (durations, maps); the checks run on the merged settings (apply_settings),
-        # since some need settings not changed (a new jwt_jwks_file with the running jwt_audience).
-        converted = load(AggregatorConfig, args=changes, env={}, validate=False)
-        new = dataclasses.replace(self.config, **{k: getattr(converted, k) for k in changes})
+        # since some need settings not changed (a new jwt.jwks_file with the running jwt.audience).
+        new = load(AggregatorConfig, data=changes, env={}, base=self.config, validate=False)
         return await self.apply_settings(new, sorted(changes), who=who or "anonymous", comment=comment, role=role)
 
     def _record_start_version(self) -> None:
@@ -538,12 +535,16 @@ async def run(config: AggregatorConfig, reload_settings: Callable[[], Aggregator
                                      on_reload=reloader.reload if reloader is not None else None)
 
 
+def _copy(alerts: AlertManagerConfig) -> AlertManagerConfig:
+    """The alert manager's own copy of its settings (it sets its public URL, the guard raises floors)."""
+    return dataclasses.replace(alerts, min_confidence_by_type=dict(alerts.min_confidence_by_type))
+
+
 def _sink_configs(config: AggregatorConfig) -> dict[str, AmqpSinkConfig | WebhookConfig]:
     """Every sink's settings by its outbox name (``amqp``, ``webhook:<name>``)."""
     out: dict[str, AmqpSinkConfig | WebhookConfig] = {}
-    if config.amqp_url:
-        out["amqp"] = AmqpSinkConfig(url=config.amqp_url, exchange=config.amqp_exchange, queue=config.amqp_queue,
-                                     min_severity=config.amqp_min_severity)
+    if config.amqp.url:
+        out["amqp"] = config.amqp
     for w in parse_webhooks(config.webhooks):
         out[w.sink_name] = w
     return out
@@ -555,7 +556,7 @@ def _roles(config: AggregatorConfig, jwt: JwtVerifier | None) -> Roles:
     bound = parse_sidecar_tokens(config.sidecar_tokens)
     ingest: list[tuple[str, str]] = [(f"tokens[{i}]", t) for i, t in enumerate(config.tokens)]
     ingest += [(f"sidecar_tokens.{p}[{i}]", t) for p, tokens in bound.items() for i, t in enumerate(tokens)]
-    settings = config.jwt_config()
+    settings = config.jwt
     if jwt is None and settings.enabled:
         jwt = JwtVerifier(settings)
     return Roles(config.viewer_tokens, config.operator_tokens, config.admin_tokens, ingest, jwt=jwt)

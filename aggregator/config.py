@@ -1,58 +1,26 @@
-"""The aggregator's settings: one dataclass, its defaults as named constants, and ``validate()``."""
+"""The aggregator's settings: one dataclass, its defaults as named constants, and ``validate()``.
+
+Top-level settings are the process's own; each component's settings are a section, the component's
+own config dataclass beside it (``alerts``: :class:`~aggregator.alerting.manager.AlertManagerConfig`,
+``confirm``, ``baselines``, ``jwt``, ``amqp``, ``feedback``), given in YAML as a nested map.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aggregator.alerting.grouping import (
-    DEFAULT_FOLD_INTO,
-    DEFAULT_GROUP_ACROSS,
-    DEFAULT_GROUP_BY,
-    DEFAULT_GROUP_BY_TYPE,
-)
-from aggregator.alerting.manager import (
-    DEFAULT_ALERT_MIN_CONFIDENCE,
-    DEFAULT_CORRELATION_WINDOW_S,
-    DEFAULT_DEDUP_WINDOW_S,
-    DEFAULT_GROUP_INTERVAL_S,
-    DEFAULT_GROUP_MAX_MEMBERS,
-    DEFAULT_GROUP_WAIT_S,
-    DEFAULT_MIN_CONFIDENCE_BY_TYPE,
-    DEFAULT_PERSISTENCE,
-    DEFAULT_PERSISTENCE_WINDOW_S,
-    DEFAULT_REPEAT_INTERVAL_S,
-    DEFAULT_RESOLVE_AFTER_S,
-    DEFAULT_RETENTION_S,
-    DEFAULT_ROW_PERSISTENCE,
-    DEFAULT_RUNBOOK_URL_TEMPLATE,
-    DEFAULT_STORM_MAX_ALERTS,
-    DEFAULT_STORM_WINDOW_S,
-    DEFAULT_TIME_SCALE,
-    AlertManagerConfig,
-)
-from aggregator.alerting.precision_guard import DEFAULT_MAX_FLOOR as DEFAULT_FEEDBACK_MAX_FLOOR
-from aggregator.alerting.precision_guard import DEFAULT_MIN_VERDICTS as DEFAULT_FEEDBACK_MIN_VERDICTS
-from aggregator.alerting.precision_guard import DEFAULT_STEP as DEFAULT_FEEDBACK_STEP
-from aggregator.alerting.precision_guard import DEFAULT_WINDOW_S as DEFAULT_FEEDBACK_WINDOW_S
+from aggregator.alerting.amqp_sink import AmqpSinkConfig
+from aggregator.alerting.manager import AlertManagerConfig
 from aggregator.alerting.precision_guard import PrecisionGuardConfig
-from aggregator.analysis.baselines.store import DEFAULT_METRICS, DEFAULT_RELATIVE_ACCURACY, BaselineConfig
-from aggregator.analysis.confirm import (
-    DEFAULT_LEVEL_SHIFT_QUANTILE,
-    DEFAULT_MARGIN,
-    DEFAULT_MIN_CONFIDENCE,
-    DEFAULT_MIN_GLOBAL_COUNT,
-    DEFAULT_QUANTILE,
-    DEFAULT_UNCHECKED_MIN_SIGMA,
-    ConfirmConfig,
-)
-from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
+from aggregator.analysis.baselines.store import BaselineConfig
+from aggregator.analysis.confirm import ConfirmConfig
 from aggregator.api.jwt_auth import JwtConfig
 from aggregator.ingest.auth import parse_sidecar_services, parse_sidecar_tokens
 from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
-from sentinel.alerts import SEVERITIES
-from sentinel.config import ConfigError, load_map, setting
+from sentinel.config import ConfigError, leaves, load_map, section, setting
 
 if TYPE_CHECKING:
     from aggregator.analysis.forest.consumer import ForestConfig
@@ -87,16 +55,16 @@ DEFAULT_SHUTDOWN_GRACE_S = 5.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Settings a reload (SIGHUP, ``PUT /api/v1/config``) applies without a restart, swapped between
-#: analysis batches: the alert manager's and the local-anomaly confirmation's (by prefix), the
-#: detectors and the forest, the sinks, the API and ingest tokens and the JWT settings. Every other
-#: changed key (listeners, TLS, stores, baselines, queues) needs a restart.
-LIVE_KEY_PREFIXES = ("alert_", "confirm_", "jwt_")
-LIVE_KEYS = frozenset({"detectors", "forest", "amqp_url", "amqp_exchange", "amqp_queue", "amqp_min_severity",
-                       "webhooks", "tokens", "sidecar_tokens", "viewer_tokens", "operator_tokens", "admin_tokens"})
+#: analysis batches: every key of the alert manager's, the local-anomaly confirmation's, the JWT and
+#: the RabbitMQ sink's sections, the detectors and the forest, the webhooks, the API and ingest
+#: tokens. Every other changed key (listeners, TLS, stores, baselines, feedback, queues) needs a restart.
+LIVE_SECTIONS = ("alerts", "confirm", "jwt", "amqp")
+LIVE_KEYS = frozenset({"detectors", "forest", "webhooks", "tokens", "sidecar_tokens", "viewer_tokens",
+                       "operator_tokens", "admin_tokens"})
 #: Keys whose values are secrets (tokens, a broker password, webhook URLs and headers, the store's URL):
 #: the configuration API, its versions and their diffs show a digest of the value, never the value.
 SECRET_KEYS = frozenset({"tokens", "sidecar_tokens", "viewer_tokens", "operator_tokens", "admin_tokens",
-                         "amqp_url", "webhooks", "store_url"})
+                         "amqp.url", "webhooks", "store_url"})
 
 
 def _hostport(key: str, value: str) -> None:
@@ -182,13 +150,8 @@ class AggregatorConfig:
                                     "0.0.0.0:4317) through the sidecar's receiver and extraction; empty: off")
     otlp_http_listen: str = setting("", "standalone topology: also receive OTLP/HTTP here (e.g. 0.0.0.0:4318); "
                                     "empty: off")
-    baseline_metrics: list[str] = setting(None, "metrics with global baselines (comma-separated in env)",
-                                          factory=lambda: list(DEFAULT_METRICS))
-    baseline_seasonality: bool = setting(False, "also keep one baseline per hour of week (UTC) per key")
-    baseline_max_keys: int = setting(2000, "baselines kept (global, regional and seasonal each count); the "
-                                     "least recently updated are evicted beyond it (~55 KiB each)")
-    baseline_relative_accuracy: float = setting(DEFAULT_RELATIVE_ACCURACY, "relative error bound of the "
-                                                "baseline quantiles (DDSketch)")
+    baselines: BaselineConfig = section(BaselineConfig, "global baselines (aggregator/analysis/baselines)",
+                                        old_prefix="baseline_")
     detectors: dict[str, Any] = setting(None, "detector settings, one map per detector (see "
                                         "aggregator/analysis/detectors/README.md); `enabled: false` turns one off",
                                         flag=False, factory=dict)
@@ -201,40 +164,14 @@ class AggregatorConfig:
     forest: dict[str, Any] = setting(None, "Isolation Forest settings (aggregator/README.md, 'Isolation "
                                      "Forest in the pipeline'); `enabled: false` turns it off",
                                      flag=False, factory=dict)
-    confirm_enabled: bool = setting(True, "confirm or dismiss sidecars' local anomalies against the global "
-                                    "baselines (confirmed ones become candidates)")
-    confirm_min_global_count: int = setting(DEFAULT_MIN_GLOBAL_COUNT, "global values a key needs before the "
-                                            "check applies; below it the sidecar is trusted for |sigma| >= "
-                                            "confirm_unchecked_min_sigma")
-    confirm_quantile: float = setting(DEFAULT_QUANTILE, "global quantile a value must pass (p99 high, p1 low)")
-    confirm_margin: float = setting(DEFAULT_MARGIN, "log-scale distance past the quantile, in units of "
-                                    "quantile-to-median; 0 = the plain quantile")
-    confirm_min_confidence: float = setting(DEFAULT_MIN_CONFIDENCE, "statistical confirmations below this "
-                                            "confidence are dismissed")
-    confirm_unchecked_min_sigma: float = setting(DEFAULT_UNCHECKED_MIN_SIGMA, "local |sigma| needed while the "
-                                                 "global history is too short")
-    confirm_level_shift_quantile: float = setting(DEFAULT_LEVEL_SHIFT_QUANTILE, "global quantile a sidecar's "
-                                                  "latency/TTFT level shift (up) must pass to be confirmed")
+    confirm: ConfirmConfig = section(ConfirmConfig, "confirmation of sidecars' local anomalies "
+                                     "(aggregator/analysis/confirm.py)", old_prefix="confirm_")
     viewer_tokens: list[str] = setting(None, "bearer tokens that may read the API, the stream and gRPC Watch "
                                        "(comma-separated in SENTINEL_VIEWER_TOKENS)", flag=False, factory=list)
     operator_tokens: list[str] = setting(None, "bearer tokens that may also acknowledge alerts and manage "
                                          "silences", flag=False, factory=list)
     admin_tokens: list[str] = setting(None, "bearer tokens with every permission", flag=False, factory=list)
-    jwt_jwks_url: str = setting("", "accept JWTs (e.g. OIDC access tokens) signed by a key of this JWKS URL, beside "
-                                "the static tokens (aggregator/api/README.md, 'JWT'); empty: off")
-    jwt_jwks_file: str = setting("", "the same from a JWKS file (re-read when it changes), instead of jwt_jwks_url")
-    jwt_issuer: str = setting("", "the iss a JWT must carry (needed with a JWKS)")
-    jwt_audience: str = setting("", "the aud a JWT must carry (needed with a JWKS)")
-    jwt_role_claim: str = setting("roles", "the JWT claim (a string or a list, e.g. groups) mapped to a role")
-    jwt_role_map: dict[str, Any] = setting(None, "claim value -> viewer, operator or admin; a JWT gets the most "
-                                           "privileged role of its mapped values", flag=False, factory=dict)
-    jwt_algorithms: list[str] = setting(None, "signature algorithms accepted (asymmetric only)",
-                                        factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
-    jwt_jwks_cache_s: float = setting(300.0, "how long a fetched JWKS is used before it is fetched again",
-                                      kind="duration")
-    jwt_jwks_refetch_s: float = setting(30.0, "a token with a key id the cached JWKS lacks (a rotated key) fetches it "
-                                        "again, at most this often", kind="duration")
-    jwt_leeway_s: float = setting(30.0, "clock skew allowed on exp, nbf and iat", kind="duration")
+    jwt: JwtConfig = section(JwtConfig, "JWT authentication (aggregator/api/jwt_auth.py)", old_prefix="jwt_")
     allow_unauthenticated: bool = setting(False, "with no token of any kind configured, keep the configured "
                                           "listen addresses (default: bind to 127.0.0.1 and say so); only "
                                           "behind something that authenticates, e.g. an Istio "
@@ -252,143 +189,43 @@ class AggregatorConfig:
                                "GetAlert, ListAlerts); empty: off")
     public_url: str = setting("", "the URL people reach the aggregator's page at (runbook and page links in "
                               "alerts); empty: derived from listen")
-    amqp_url: str = setting("", "RabbitMQ sink: amqp:// URL (prefer SENTINEL_AMQP_URL: it holds the password); "
-                            "empty: no broker, alerts stay in the store, API and page")
-    amqp_exchange: str = setting("incidents", "RabbitMQ topic exchange alerts are published to")
-    amqp_queue: str = setting("incidents.all", "queue declared and bound to incidents.# (24 h TTL, dead letters "
-                              "to incidents.dlq); empty: declare none")
-    amqp_min_severity: str = setting("low", "least severe alert published to RabbitMQ")
+    amqp: AmqpSinkConfig = section(AmqpSinkConfig, "the RabbitMQ sink (aggregator/alerting/amqp_sink.py)",
+                                   old_prefix="amqp_")
     webhooks: list[Any] = setting(None, "webhook sinks, a list of maps (aggregator/alerting/SINKS.md)",
                                   flag=False, factory=list)
-    alert_dedup_window_s: float = setting(DEFAULT_DEDUP_WINDOW_S, "a detection with the fingerprint of an "
-                                          "unresolved alert seen within this window updates it", kind="duration")
-    alert_min_confidence: float = setting(DEFAULT_ALERT_MIN_CONFIDENCE, "detections below this confidence "
-                                          "raise no alert")
-    alert_min_confidence_by_type: dict[str, Any] = setting(None, "a higher confidence floor per anomaly type",
-                                                           flag=False,
-                                                           factory=lambda: dict(DEFAULT_MIN_CONFIDENCE_BY_TYPE))
-    alert_persistence: dict[str, Any] = setting(None, "detections of one series needed within "
-                                                "alert_persistence_window_s before an alert, per anomaly type",
-                                                flag=False, factory=lambda: dict(DEFAULT_PERSISTENCE))
-    alert_row_persistence: int = setting(DEFAULT_ROW_PERSISTENCE, "detections of one series needed within "
-                                         "alert_persistence_window_s when each is about a single call (confirmed "
-                                         "local anomalies, forest outliers)")
-    alert_persistence_window_s: float = setting(DEFAULT_PERSISTENCE_WINDOW_S, "window of alert_persistence",
-                                                kind="duration")
-    alert_correlation_window_s: float = setting(DEFAULT_CORRELATION_WINDOW_S, "unresolved alerts of one service "
-                                                "seen within this window are linked as related", kind="duration")
-    alert_resolve_after_s: float = setting(DEFAULT_RESOLVE_AFTER_S, "an alert resolves after this long (wall "
-                                           "clock) without a detection while its service keeps sending",
-                                           kind="duration")
-    alert_storm_max_alerts: int = setting(DEFAULT_STORM_MAX_ALERTS, "alerts sent within alert_storm_window_s "
-                                          "before the rest are summarised into one alert_storm alert")
-    alert_storm_window_s: float = setting(DEFAULT_STORM_WINDOW_S, "window of the storm rate limit", kind="duration")
-    alert_group_by: list[str] = setting(None, "labels whose values make one alert (one notification) of several "
-                                        "series, comma-separated in env: service_name, anomaly_type, model, region, "
-                                        "user, provider, detection_method, severity; '...' alone: one alert per series",
-                                        factory=lambda: list(DEFAULT_GROUP_BY))
-    alert_group_by_type: dict[str, Any] = setting(None, "alert_group_by per anomaly type (a series without every "
-                                                  "label named uses alert_group_by)", flag=False,
-                                                  factory=lambda: {k: list(v)
-                                                                   for k, v in DEFAULT_GROUP_BY_TYPE.items()})
-    alert_group_across: dict[str, Any] = setting(None, "per anomaly type, labels a series may share with a firing "
-                                                 "member of an open alert of its type to join it across groups "
-                                                 "(a provider's storm on several services: one alert)", flag=False,
-                                                 factory=lambda: {k: list(v)
-                                                                  for k, v in DEFAULT_GROUP_ACROSS.items()})
-    alert_fold_into: dict[str, Any] = setting(None, "per secondary anomaly type, the primary types whose open alert "
-                                              "on the same service explains it: its series joins that alert as "
-                                              "an explained_by member instead of raising its own (a tokens/s "
-                                              "drop during a latency spike)", flag=False,
-                                              factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_INTO.items()})
-    alert_group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long "
-                                        "to collect the other series of its group", kind="duration")
-    alert_group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are "
-                                            "sent at most this often", kind="duration")
-    alert_repeat_interval_s: float = setting(DEFAULT_REPEAT_INTERVAL_S, "a firing alert is sent again after this "
-                                             "long", kind="duration")
-    alert_group_max_members: int = setting(DEFAULT_GROUP_MAX_MEMBERS, "series listed in one alert; more firing "
-                                           "ones are counted in context.series_left_out")
-    alert_time_scale: float = setting(DEFAULT_TIME_SCALE, "every alert window (de-duplication, persistence, "
-                                      "correlation, resolution, grouping, storm) is divided by this: event time "
-                                      "replayed N times faster sets N")
-    alert_retention_s: float = setting(DEFAULT_RETENTION_S, "how long resolved alerts are kept", kind="duration")
-    alert_severity: dict[str, Any] = setting(None, "base severity per anomaly type, overriding the rules' table",
-                                             flag=False, factory=dict)
-    alert_runbook_url_template: str = setting(DEFAULT_RUNBOOK_URL_TEMPLATE, "runbook_url of alerts; "
-                                              "placeholders {public_url}, {anomaly_type}, {service}, {model}")
-    feedback_min_precision: float = setting(0.0, "an anomaly type whose precision from operators' feedback falls "
-                                            "under this gets its confidence floor raised (logged, audited, "
-                                            "reversible); 0: off, precision is only measured")
-    feedback_min_verdicts: int = setting(DEFAULT_FEEDBACK_MIN_VERDICTS, "true and false positive verdicts a type "
-                                         "needs (since its last raise) before its precision counts")
-    feedback_floor_step: float = setting(DEFAULT_FEEDBACK_STEP, "how much one raise adds to a type's confidence floor")
-    feedback_max_floor: float = setting(DEFAULT_FEEDBACK_MAX_FLOOR, "the highest floor raises reach")
-    feedback_window_s: float = setting(DEFAULT_FEEDBACK_WINDOW_S, "verdicts on alerts raised within this long "
-                                       "count towards the precision", kind="duration")
+    alerts: AlertManagerConfig = section(AlertManagerConfig, "the alert manager (aggregator/alerting/manager.py)",
+                                         old_prefix="alert_")
+    feedback: PrecisionGuardConfig = section(PrecisionGuardConfig, "the precision guard over operators' "
+                                             "feedback (aggregator/alerting/precision_guard.py)",
+                                             old_prefix="feedback_")
     save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
                                      kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
 
-    def confirm_config(self) -> ConfirmConfig:
-        return ConfirmConfig(enabled=self.confirm_enabled, min_global_count=self.confirm_min_global_count,
-                             quantile=self.confirm_quantile, margin=self.confirm_margin,
-                             unchecked_min_sigma=self.confirm_unchecked_min_sigma,
-                             min_confidence=self.confirm_min_confidence, late_after_s=self.late_after_s,
-                             level_shift_quantile=self.confirm_level_shift_quantile)
+    def __post_init__(self) -> None:
+        # The few component fields that are other settings of the process, not settings of their own.
+        if (self.alerts.public_url, self.alerts.metric_max_services) != (self.public_url, self.baselines.max_keys):
+            self.alerts = dataclasses.replace(self.alerts, public_url=self.public_url,
+                                              metric_max_services=self.baselines.max_keys)
+        if self.confirm.late_after_s != self.late_after_s:
+            self.confirm = dataclasses.replace(self.confirm, late_after_s=self.late_after_s)
 
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)
 
-    def precision_guard_config(self) -> PrecisionGuardConfig:
-        return PrecisionGuardConfig(min_precision=self.feedback_min_precision, min_verdicts=self.feedback_min_verdicts,
-                                    step=self.feedback_floor_step, max_floor=self.feedback_max_floor,
-                                    window_s=self.feedback_window_s)
-
     def configured_floor(self, anomaly_type: str) -> float:
         """The confidence floor the settings give ``anomaly_type`` (before any raise from feedback)."""
-        return max(self.alert_min_confidence, float(self.alert_min_confidence_by_type.get(anomaly_type, 0.0)))
-
-    def alert_manager_config(self) -> AlertManagerConfig:
-        return AlertManagerConfig(
-            dedup_window_s=self.alert_dedup_window_s, min_confidence=self.alert_min_confidence,
-            min_confidence_by_type=dict(self.alert_min_confidence_by_type),
-            persistence=dict(self.alert_persistence), row_persistence=self.alert_row_persistence,
-            persistence_window_s=self.alert_persistence_window_s,
-            correlation_window_s=self.alert_correlation_window_s, resolve_after_s=self.alert_resolve_after_s,
-            storm_max_alerts=self.alert_storm_max_alerts, storm_window_s=self.alert_storm_window_s,
-            retention_s=self.alert_retention_s, severity=dict(self.alert_severity),
-            runbook_url_template=self.alert_runbook_url_template, public_url=self.public_url,
-            group_by=self.alert_group_by, group_by_type=dict(self.alert_group_by_type),
-            group_across=dict(self.alert_group_across), fold_into=dict(self.alert_fold_into),
-            group_wait_s=self.alert_group_wait_s,
-            group_interval_s=self.alert_group_interval_s, repeat_interval_s=self.alert_repeat_interval_s,
-            group_max_members=self.alert_group_max_members, time_scale=self.alert_time_scale,
-            metric_max_services=self.baseline_max_keys)
+        return max(self.alerts.min_confidence, float(self.alerts.min_confidence_by_type.get(anomaly_type, 0.0)))
 
     @classmethod
     def live_keys(cls) -> frozenset[str]:
-        """The keys a reload applies live (:data:`LIVE_KEY_PREFIXES`, :data:`LIVE_KEYS`; ``log_level`` too)."""
-        import dataclasses
-
-        return frozenset(f.name for f in dataclasses.fields(cls)
-                         if f.name.startswith(LIVE_KEY_PREFIXES) or f.name in LIVE_KEYS)
-
-    def jwt_config(self) -> JwtConfig:
-        return JwtConfig(jwks_url=self.jwt_jwks_url, jwks_file=self.jwt_jwks_file, issuer=self.jwt_issuer,
-                         audience=self.jwt_audience, role_claim=self.jwt_role_claim, role_map=dict(self.jwt_role_map),
-                         algorithms=tuple(self.jwt_algorithms), jwks_cache_s=self.jwt_jwks_cache_s,
-                         jwks_refetch_s=self.jwt_jwks_refetch_s, leeway_s=self.jwt_leeway_s)
+        """The (dotted) keys a reload applies live (:data:`LIVE_SECTIONS`, :data:`LIVE_KEYS`; ``log_level`` too)."""
+        return frozenset(leaf.key for leaf in leaves(cls) if leaf.section in LIVE_SECTIONS or leaf.key in LIVE_KEYS)
 
     @property
     def auth_enabled(self) -> bool:
         return bool(self.tokens or self.sidecar_tokens or self.viewer_tokens or self.operator_tokens
-                    or self.admin_tokens or self.jwt_jwks_url or self.jwt_jwks_file)
-
-    def baseline_config(self) -> BaselineConfig:
-        return BaselineConfig(metrics=tuple(self.baseline_metrics), seasonality=self.baseline_seasonality,
-                              max_keys=self.baseline_max_keys,
-                              relative_accuracy=self.baseline_relative_accuracy)
+                    or self.admin_tokens or self.jwt.enabled)
 
     def validate(self) -> None:
         _hostport("listen", self.listen)
@@ -416,17 +253,12 @@ class AggregatorConfig:
                               "are plaintext-only for now; run a separate sidecar with TLS instead")
         if self.store_url and not self.store_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("store_url: must start with postgresql:// (or be empty: SQLite in data_dir)")
-        if self.amqp_url and not self.amqp_url.startswith(("amqp://", "amqps://")):
-            raise ConfigError("amqp_url: must start with amqp:// or amqps://")
-        if self.amqp_min_severity not in SEVERITIES:
-            raise ConfigError(f"amqp_min_severity: {self.amqp_min_severity!r} is not one of {', '.join(SEVERITIES)}")
-        if not self.amqp_exchange:
-            raise ConfigError("amqp_exchange: must not be empty")
+        self.amqp.validate()
         if not isinstance(self.webhooks, list):
             raise ConfigError("webhooks: must be a list of maps")
-        self.alert_manager_config().validate()
-        self.precision_guard_config().validate()
-        self.jwt_config().validate()
+        self.alerts.validate()
+        self.feedback.validate()
+        self.jwt.validate()
         for key in ("max_body_bytes", "ingest_queue_max_batches", "analysis_queue_max_rows", "retry_after_s",
                     "dedup_window", "max_anomalies_per_batch"):
             if getattr(self, key) <= 0:
@@ -440,8 +272,8 @@ class AggregatorConfig:
             raise ConfigError("max_future_skew_s: must not be negative")
         if self.save_interval_s <= 0:
             raise ConfigError("save_interval_s: must be greater than 0")
-        self.baseline_config().validate()
-        self.confirm_config().validate()
+        self.baselines.validate()
+        self.confirm.validate()
         from aggregator.analysis.detectors.consumer import parse_detector_settings  # imports every detector
 
         parse_detector_settings(self.detectors)

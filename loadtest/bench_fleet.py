@@ -29,12 +29,12 @@ raises an ``error_burst`` alert at once. The latency of an injection is the arri
 on RabbitMQ minus the injection's wall time (one clock: one host). An alert belongs to an
 injection when one of its example trace ids is one of the burst's (else: same service and model,
 type ``error_burst``, the first to arrive after the injection). De-duplication: the fingerprint is
-(type, service, model, metric, scope), and a detection within ``alert_dedup_window_s`` of an open
+(type, service, model, metric, scope), and a detection within ``alerts.dedup_window_s`` of an open
 alert with that fingerprint only updates it (not published again). The key rotation gives each of
 16 consecutive injections its own fingerprint, and the window (30 s here; the default is 300 s)
 is shorter than the rotation's period (16 x ``--inject-every-s`` = 80 s), so a repeated key raises
 a new alert too, while the burst's own follow-up detections still fold into its alert. Grouping is
-off (``alert_group_by: ["..."]``, ``alert_group_wait_s: 0``): one alert per series, sent as raised.
+off (``alerts.group_by: ["..."]``, ``alerts.group_wait_s: 0``): one alert per series, sent as raised.
 
 **Nothing dropped**: every sidecar's ``sentinel_sidecar_dropped_rows_total`` is 0, the rows the
 aggregator ingested equal the spans the sidecars acknowledged to the sender (every span is an LLM
@@ -484,10 +484,10 @@ async def run_fleet(settings: FleetSettings, say: Callable[[str], None], *, log_
     agg_url = f"http://127.0.0.1:{agg_port}"
     agg_args = [sys.executable, "-m", "sentinel.cli", "aggregator", "--listen", f"127.0.0.1:{agg_port}",
                 "--data-dir", os.path.join(log_dir, "aggregator-data"), "--grpc-listen", "", "--log-level", "warning",
-                "--alert-dedup-window-s", str(s.alert_dedup_window_s), "--alert-storm-max-alerts", "100000",
+                "--alerts-dedup-window-s", str(s.alert_dedup_window_s), "--alerts-storm-max-alerts", "100000",
                 # One alert per series, sent as raised: each injection is its own key, and what is measured
                 # is the pipeline's latency, not the grouping timers (group_wait would add 10 s to each).
-                "--alert-group-by", "...", "--alert-group-wait-s", "0",
+                "--alerts-group-by", "...", "--alerts-group-wait-s", "0",
                 "--amqp-exchange", exchange, "--amqp-queue", queue]
     agg_env = {"SENTINEL_AMQP_URL": s.broker_url} if use_amqp else {}
     agg = Child("aggregator", agg_args, log_dir=log_dir, env=agg_env)
@@ -784,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--burst-spans", type=int, help="failed calls per injected burst [100]")
     p.add_argument("--inject-every-s", type=float, help="seconds between injections [5]")
     p.add_argument("--warmup-s", type=float, help="clean traffic before the first injection [6]")
-    p.add_argument("--alert-dedup-window-s", type=float, help="the aggregator's alert_dedup_window_s [30]")
+    p.add_argument("--alert-dedup-window-s", type=float, help="the aggregator's alerts.dedup_window_s [30]")
     p.add_argument("--broker-url", help=f"RabbitMQ [{BROKER_URL}]")
     p.add_argument("--step-down", default="", metavar="RATES",
                    help="if --rate is not carried, try these lower rates (comma-separated spans/s, e.g. 15000,10000) "

@@ -12,7 +12,7 @@ Reported for each:
 * **cost**: thread CPU seconds of ``consume`` and rows/s (the fits, on their own thread, excluded);
 * **detection**: the incidents' rows (calls of an incident's target inside its window) and the
   other rows flagged as ``multivariate_outlier`` (candidates), and those at or above the alert
-  floor ``alert_min_confidence_by_type.multivariate_outlier`` (0.8 by default): per incident, the
+  floor ``alerts.min_confidence_by_type.multivariate_outlier`` (0.8 by default): per incident, the
   share of its rows flagged and the minutes of it with at least one flagged row, against the
   rate on rows outside incidents (what the forest would page on clean traffic);
 * **explanations** (``context.forest``, what the forest adds to other detections): for every

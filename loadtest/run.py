@@ -11,7 +11,7 @@ What one run does (everything on loopback; every child is stopped, SIGTERM then 
    (so an alert's arrival time is taken when it arrives, not when the load generator yields);
 2. starts the aggregator (``python -m sentinel.cli aggregator``: a temporary ``data_dir``, a free
    loopback port, no gRPC listener, the scenario's ``aggregator:`` settings as its ``--config``, with
-   ``alert_time_scale`` set to the scenario's speedup unless given (every alert window scaled alike),
+   ``alerts.time_scale`` set to the scenario's speedup unless given (every alert window scaled alike),
    publishing to that exchange with no queue of its own) and ``N`` sidecars (``--sidecars``, default
    the scenario's ``sidecars``; each with free gRPC/HTTP/metrics ports, ``--sidecar-id lt-<i>`` and
    the scenario's ``sidecar:`` settings), and waits for every ``/readyz``;
@@ -261,15 +261,20 @@ def aggregator_settings(scenario: Scenario, alert_time_scale: float | None = Non
     """The scenario's ``aggregator:`` settings, every alert window scaled to its compressed time.
 
     The alert manager's windows (de-duplication, persistence, correlation, resolution, grouping, the
-    storm window) are wall clock; divided by ``alert_time_scale`` they span the simulated time they
+    storm window) are wall clock; divided by ``alerts.time_scale`` they span the simulated time they
     would in production. ``alert_time_scale`` (``--alert-time-scale``; 1 keeps real wall-clock
-    windows) wins over the scenario's own setting, which wins over the scenario's ``speedup``. With
-    compressed time, ``max_future_skew_s`` covers the simulated duration (event time runs ahead).
+    windows) wins over the scenario's own ``alerts.time_scale``, which wins over the scenario's
+    ``speedup``. With compressed time, ``max_future_skew_s`` covers the simulated duration (event time
+    runs ahead).
     """
     settings = dict(scenario.aggregator)
+    alerts = dict(settings.get("alerts") or {})
+    if "alert_time_scale" in settings:  # the deprecated flat spelling: one key, not both
+        alerts.setdefault("time_scale", settings.pop("alert_time_scale"))
     if alert_time_scale is not None:
-        settings["alert_time_scale"] = alert_time_scale
-    settings.setdefault("alert_time_scale", scenario.speedup)
+        alerts["time_scale"] = alert_time_scale
+    alerts.setdefault("time_scale", scenario.speedup)
+    settings["alerts"] = alerts
     if scenario.speedup > 1:
         # Compressed event time runs ahead of the wall clock on purpose (it starts at the current
         # minute): rows up to the whole simulated duration "in the future" are the scenario, not a
@@ -344,7 +349,7 @@ async def run_scenario(scenario: Scenario, out_dir: str | Path, *, mode: str = "
     record: dict[str, Any] = {
         "scenario": _scenario_dict(scenario), "mode": mode, "sidecars": n_sidecars, "exchange": exchange,
         "drain_s": drain_s, "incident_wall": {}, "alerts": [], "late_alerts": [], "errors": [],
-        "alert_time_scale": aggregator_settings(scenario, alert_time_scale)["alert_time_scale"],
+        "alert_time_scale": aggregator_settings(scenario, alert_time_scale)["alerts"]["time_scale"],
         "wall": {"play_start_ns": time.time_ns(), "play_end_ns": time.time_ns()},
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
     }

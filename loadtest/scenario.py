@@ -26,7 +26,7 @@ A scenario is a YAML file (``loadtest/scenarios/*.yaml``)::
         target: {service: support-chat, model: gpt-4o}
         params: {factor: 8}
         detect_as: [latency_spike, throughput_drop]   # optional; default: DETECT_AS[type]
-    aggregator: {alert_resolve_after_s: 30}           # extra aggregator settings (AggregatorConfig keys)
+    aggregator: {alerts: {resolve_after_s: 30}}       # extra aggregator settings (AggregatorConfig keys)
     sidecar: {}                                       # extra sidecar settings (SidecarConfig keys)
 
 Times in the file are simulated seconds from the scenario's start. An alert **detects** an incident

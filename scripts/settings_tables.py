@@ -9,8 +9,9 @@ A table sits between two HTML comments that say where it comes from:
     ...
     <!-- /settings-table -->
 
-``process``: a process's flat settings (``sentinel.config.settings_table``: YAML key, flag,
-environment variable, default, meaning - all from the dataclass and its field metadata).
+``process``: a process's settings (``sentinel.config.settings_table``: YAML key, a section's dotted,
+flag, environment variable, default, meaning - all from the dataclass and its field metadata).
+``deprecated``: its sections' old flat spellings and their new keys (``sentinel.config.deprecated_table``).
 ``component``: a component config's fields and defaults; an optional ``fields=a,b,c`` limits the
 table to those fields, in that order (a config documented in two places). The meaning column is
 the field's ``help`` metadata where it has one, else the text already in the table (kept across
@@ -32,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sentinel.config import settings_table  # noqa: E402
+from sentinel.config import deprecated_table, settings_table  # noqa: E402
 
 READMES = ["sidecar/README.md", "aggregator/README.md", "webhook_injector/README.md",
            "aggregator/analysis/detectors/README.md", "sidecar/detectors/README.md", "aggregator/alerting/README.md"]
@@ -100,6 +101,8 @@ def render(text: str, covered: dict[type, set[str]]) -> str:
         cls = _cls(module, name)
         if kind == "process":
             table = settings_table(cls)
+        elif kind == "deprecated":
+            table = deprecated_table(cls)
         elif kind == "component":
             wanted = fields.split(",") if fields else None
             table = component_table(cls, wanted, _old_meanings(body))

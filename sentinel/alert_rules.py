@@ -3,7 +3,7 @@
 Severity (``classify``), in this order:
 
 1. the base severity of the anomaly type (:data:`BASE_SEVERITY`, overridable per type with the
-   ``alert_severity`` setting);
+   ``alerts.severity`` setting);
 2. one step up when the deviation is extreme: ``|deviation_sigma| >= 6``, or the value is at least
    5x its baseline (for ``throughput_drop``: at most a fifth of it);
 3. ``error_burst`` with an error rate of 50 % or more is ``critical``;

@@ -133,7 +133,7 @@ class SidecarConfig:
                                      "batch", kind="duration")
     summary_max_keys: int = setting(10_000, "forward: summaries: key-minutes held before they are sealed early")
     summary_relative_accuracy: float = setting(0.01, "forward: summaries: DDSketch relative accuracy; must equal "
-                                               "the aggregator's baseline_relative_accuracy")
+                                               "the aggregator's baselines.relative_accuracy")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def validate(self) -> None:

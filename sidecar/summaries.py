@@ -8,7 +8,7 @@ sidecar still detects on every row, but forwards
   metric the moments and DDSketch bins the aggregator's baselines keep — with the same DDSketch
   mapping as its :class:`~aggregator.analysis.baselines.store.MetricBaseline`, so they merge into its baselines
   exactly (same relative accuracy: ``summary_relative_accuracy`` must equal the aggregator's
-  ``baseline_relative_accuracy``, both 0.01 by default);
+  ``baselines.relative_accuracy``, both 0.01 by default);
 * every row a local anomaly was raised on, with the anomaly (so confirmation, trace ids and edge
   alerts work as before), and a random ``summary_sample_rate`` share of the other rows (for the
   Isolation Forest and for examples), all marked ``summarised`` (already counted in a summary).

@@ -24,6 +24,7 @@ from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
 from loadtest.recorder import RecordingAggregator
+from sentinel.config import load
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 
@@ -94,7 +95,8 @@ async def make_aggregator(tmp_path: Path) -> AsyncIterator[AggregatorFactory]:
                                     "data_dir": str(tmp_path / "aggregator"),
                                     "shutdown_grace_s": 1.0}
         settings.update(overrides)
-        agg = Aggregator(AggregatorConfig(**settings), registry=CollectorRegistry())
+        # Through the loader: a section is given as a map (alerts={"group_wait_s": 1}), as in the YAML file.
+        agg = Aggregator(load(AggregatorConfig, data=settings, env={}, validate=False), registry=CollectorRegistry())
         await agg.start()
         started.append(agg)
         return agg

@@ -71,11 +71,11 @@ async def test_baselines_survive_a_restart(make_aggregator: AggregatorFactory, t
     assert after == before
 
 
-@pytest.mark.parametrize("key", ["baseline_max_keys", "baseline_relative_accuracy", "baseline_metrics"])
+@pytest.mark.parametrize("key", ["max_keys", "relative_accuracy", "metrics"])
 def test_baseline_settings_are_validated(key: str) -> None:
     from aggregator.config import AggregatorConfig
-    from sentinel.config import ConfigError
+    from sentinel.config import ConfigError, load
 
-    bad = {"baseline_max_keys": 0, "baseline_relative_accuracy": 2.0, "baseline_metrics": ["bogus"]}[key]
-    with pytest.raises(ConfigError, match=f"^{key}"):
-        AggregatorConfig(**{key: bad}).validate()  # type: ignore[arg-type]
+    bad = {"max_keys": 0, "relative_accuracy": 2.0, "metrics": ["bogus"]}[key]
+    with pytest.raises(ConfigError, match=f"^baselines.{key}"):
+        load(AggregatorConfig, data={"baselines": {key: bad}}, env={})

@@ -168,15 +168,15 @@ def test_group_by_choices(store: SQLiteAlertStore) -> None:
     by_region = make(SQLiteAlertStore(store.path + "-2"), clock, group_by=["service_name", "region"])
     by_region.emit([cand(region="eu"), cand(model="claude", region="eu"), cand(region="us")])
     assert sorted(len(x.members) for x in all_alerts(by_region.store)) == [1, 2]
-    with pytest.raises(ConfigError, match="alert_group_by: unknown label 'pod'"):
+    with pytest.raises(ConfigError, match=r"alerts\.group_by: unknown label 'pod'"):
         make(store, clock, group_by=["pod"])
-    with pytest.raises(ConfigError, match="alert_group_by"):
+    with pytest.raises(ConfigError, match=r"alerts\.group_by"):
         make(store, clock, group_by="service_name")
-    with pytest.raises(ConfigError, match="alert_group_wait_s"):
+    with pytest.raises(ConfigError, match=r"alerts\.group_wait_s"):
         make(store, clock, group_wait_s=-1)
-    with pytest.raises(ConfigError, match="alert_group_wait_s: must be shorter than alert_dedup_window_s"):
+    with pytest.raises(ConfigError, match=r"alerts\.group_wait_s: must be shorter than alerts.dedup_window_s"):
         make(store, clock, group_wait_s=600)
-    with pytest.raises(ConfigError, match="alert_time_scale"):
+    with pytest.raises(ConfigError, match=r"alerts\.time_scale"):
         make(store, clock, time_scale=0)
     # ["..."]: the series' own fingerprint, as without grouping.
     assert group_key(["..."], {"service_name": "x"}, "fp") == "fp"
@@ -235,7 +235,7 @@ def test_a_full_group_counts_the_series_it_cannot_list(store: SQLiteAlertStore) 
     m.emit([cand(user="u-4")])
     [a] = all_alerts(store)
     assert [x.labels["user"] for x in a.members] == ["u-2", "u-4"]
-    with pytest.raises(ConfigError, match="alert_group_max_members"):
+    with pytest.raises(ConfigError, match=r"alerts\.group_max_members"):
         make(store, clock, group_max_members=0)
 
 
@@ -278,11 +278,11 @@ def test_a_provider_wide_error_storm_is_one_alert_with_the_services_inside(store
     by_provider = make(SQLiteAlertStore(store.path + "-3"), clock, group_by_type={"error_burst": ["provider"]})
     by_provider.emit([storm("a"), storm("b"), storm("c", provider=None)])
     assert sorted(len(a.members) for a in all_alerts(by_provider.store)) == [1, 2]
-    with pytest.raises(ConfigError, match=r"alert_group_by_type\.error_burst: unknown label 'pod'"):
+    with pytest.raises(ConfigError, match=r"alerts.group_by_type\.error_burst: unknown label 'pod'"):
         make(store, clock, group_by_type={"error_burst": ["pod"]})
-    with pytest.raises(ConfigError, match="alert_group_by_type: must be a map"):
+    with pytest.raises(ConfigError, match=r"alerts\.group_by_type: must be a map"):
         make(store, clock, group_by_type=["provider"])
-    with pytest.raises(ConfigError, match=r"alert_group_across\.error_burst: must name at least one label"):
+    with pytest.raises(ConfigError, match=r"alerts.group_across\.error_burst: must name at least one label"):
         make(store, clock, group_across={"error_burst": []})
 
 
@@ -333,7 +333,7 @@ def test_a_symptom_folds_into_the_alert_that_explains_it(store: SQLiteAlertStore
     plain = make(SQLiteAlertStore(store.path + "-p"), clock, fold_into={})
     plain.emit([cand(), drop("gpt-4o")])
     assert len(all_alerts(plain.store)) == 2
-    with pytest.raises(ConfigError, match=r"alert_fold_into\.drift: a type cannot explain itself"):
+    with pytest.raises(ConfigError, match=r"alerts.fold_into\.drift: a type cannot explain itself"):
         make(store, clock, fold_into={"drift": ["drift"]})
 
 

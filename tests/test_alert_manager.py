@@ -346,11 +346,11 @@ def test_severity_rules(anomaly_type: str, value: float, baseline: float, sigma:
 def test_severity_override_and_config_errors(store: SQLiteAlertStore) -> None:
     assert classify("latency_spike", value=1, baseline=1, deviation_sigma=1, confidence=1,
                     overrides={"latency_spike": "critical"}) == "critical"
-    with pytest.raises(ConfigError, match=r"alert_severity\.latency_spike"):
+    with pytest.raises(ConfigError, match=r"alerts.severity\.latency_spike"):
         AlertManagerConfig(severity={"latency_spike": "urgent"}).validate()
-    with pytest.raises(ConfigError, match="alert_runbook_url_template"):
+    with pytest.raises(ConfigError, match=r"alerts\.runbook_url_template"):
         AlertManagerConfig(runbook_url_template="{nope}").validate()
-    with pytest.raises(ConfigError, match=r"alert_persistence\.drift"):
+    with pytest.raises(ConfigError, match=r"alerts.persistence\.drift"):
         AlertManagerConfig(persistence={"drift": 0}).validate()
 
 
@@ -387,5 +387,5 @@ def test_alerts_metric_has_a_bounded_service_label(store: SQLiteAlertStore) -> N
 
 
 def test_metric_max_services_is_validated() -> None:
-    with pytest.raises(ConfigError, match=r"^baseline_max_keys:"):
+    with pytest.raises(ConfigError, match=r"^baselines.max_keys:"):
         AlertManagerConfig(metric_max_services=0).validate()

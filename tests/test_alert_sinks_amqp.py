@@ -167,19 +167,19 @@ def sample(metrics: SinkMetrics, name: str, **labels: str) -> float:
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
-    ({"url": "http://localhost"}, "amqp_url"),
-    ({"url": "amqp://localhost:notaport/"}, "amqp_url"),
-    ({"exchange": ""}, "amqp_exchange"),
-    ({"exchange": "has space"}, "amqp_exchange"),
-    ({"binding_key": ""}, "amqp_binding_key"),
-    ({"dlx": "", "dlq": "q"}, "amqp_dlq"),
-    ({"dlx": "incidents"}, "amqp_dlx"),
-    ({"dlq": "incidents.all"}, "amqp_dlq"),
-    ({"message_ttl_s": -1}, "amqp_message_ttl_s"),
-    ({"min_severity": "urgent"}, "amqp_min_severity"),
-    ({"batch_size": 0}, "amqp_batch_size"),
-    ({"reconnect_max_backoff_s": 0.0}, "amqp_reconnect_max_backoff_s"),
-    ({"timeout_s": float("inf")}, "amqp_timeout_s"),
+    ({"url": "http://localhost"}, "amqp.url"),
+    ({"url": "amqp://localhost:notaport/"}, "amqp.url"),
+    ({"exchange": ""}, "amqp.exchange"),
+    ({"exchange": "has space"}, "amqp.exchange"),
+    ({"binding_key": ""}, "amqp.binding_key"),
+    ({"dlx": "", "dlq": "q"}, "amqp.dlq"),
+    ({"dlx": "incidents"}, "amqp.dlx"),
+    ({"dlq": "incidents.all"}, "amqp.dlq"),
+    ({"message_ttl_s": -1}, "amqp.message_ttl_s"),
+    ({"min_severity": "urgent"}, "amqp.min_severity"),
+    ({"batch_size": 0}, "amqp.batch_size"),
+    ({"reconnect_max_backoff_s": 0.0}, "amqp.reconnect_max_backoff_s"),
+    ({"timeout_s": float("inf")}, "amqp.timeout_s"),
 ])
 def test_config_validate_names_the_key(overrides: dict[str, Any], key: str) -> None:
     settings: dict[str, Any] = {"url": BROKER_URL, **overrides}

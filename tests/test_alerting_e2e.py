@@ -84,9 +84,9 @@ async def test_sdk_span_becomes_an_alert_everywhere(make_aggregator: AggregatorF
                                                     make_sidecar: SidecarFactory) -> None:
     suffix = uuid.uuid4().hex[:8]
     exchange_name = f"incidents-e2e-{suffix}"
-    agg = await make_aggregator(amqp_url=AMQP_URL, amqp_exchange=exchange_name, amqp_queue=f"incidents.all-{suffix}",
+    agg = await make_aggregator(amqp={"url": AMQP_URL, "exchange": exchange_name, "queue": f"incidents.all-{suffix}"},
                                 grpc_listen="127.0.0.1:0", tokens=[INGEST], viewer_tokens=[VIEWER],
-                                alert_group_wait_s=1)  # grouping timers: tests/test_alert_grouping.py
+                                alerts={"group_wait_s": 1})  # grouping timers: tests/test_alert_grouping.py
     assert agg.grpc is not None
     connection = await aio_pika.connect(AMQP_URL)
     sse: list[dict[str, Any]] = []

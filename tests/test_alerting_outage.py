@@ -14,6 +14,8 @@ from pathlib import Path
 import aio_pika
 from prometheus_client import CollectorRegistry
 
+from aggregator.alerting.amqp_sink import AmqpSinkConfig
+from aggregator.alerting.manager import AlertManagerConfig
 from aggregator.alerting.store import AlertQuery
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.app import Aggregator
@@ -35,9 +37,10 @@ def candidate(i: int) -> Candidate:
 async def start(data_dir: Path, port: int, exchange: str, suffix: str) -> Aggregator:
     agg = Aggregator(AggregatorConfig(
         listen="127.0.0.1:0", data_dir=str(data_dir), grpc_listen="", shutdown_grace_s=1.0,
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/", amqp_exchange=exchange,
-        amqp_queue=f"incidents.all-{suffix}",
-        alert_group_wait_s=0), registry=CollectorRegistry())  # outbox rows as raised: the outage is the subject
+        amqp=AmqpSinkConfig(url=f"amqp://guest:guest@127.0.0.1:{port}/", exchange=exchange,
+                            queue=f"incidents.all-{suffix}"),
+        # Outbox rows as raised: the outage is the subject.
+        alerts=AlertManagerConfig(group_wait_s=0)), registry=CollectorRegistry())
     await agg.start()
     return agg
 

@@ -102,11 +102,11 @@ def test_a_rotated_jwks_file_is_read_again(tmp_path: Path, keys: Keys) -> None:
 
 def test_settings_are_checked(tmp_path: Path, keys: Keys) -> None:
     good = _file_config(tmp_path, keys)
-    for change, key in (({"issuer": ""}, "jwt_issuer"), ({"audience": ""}, "jwt_audience"),
-                        ({"role_map": {}}, "jwt_role_map"), ({"role_map": {"g": "root"}}, "jwt_role_map.g"),
-                        ({"algorithms": ("HS256",)}, "jwt_algorithms"),
-                        ({"jwks_url": "https://idp.test/jwks"}, "jwt_jwks_url"),
-                        ({"jwks_file": str(tmp_path / "missing.json")}, "jwt_jwks_file")):
+    for change, key in (({"issuer": ""}, "jwt.issuer"), ({"audience": ""}, "jwt.audience"),
+                        ({"role_map": {}}, "jwt.role_map"), ({"role_map": {"g": "root"}}, "jwt.role_map.g"),
+                        ({"algorithms": ("HS256",)}, "jwt.algorithms"),
+                        ({"jwks_url": "https://idp.test/jwks"}, "jwt.jwks_url"),
+                        ({"jwks_file": str(tmp_path / "missing.json")}, "jwt.jwks_file")):
         bad = JwtConfig(**{**vars(good), **change})
         with pytest.raises(ConfigError, match=f"^{key}"):
             bad.validate()
@@ -122,9 +122,9 @@ async def test_the_aggregator_enforces_jwt_roles_from_a_jwks_url(make_aggregator
     app = web.Application()
     app.router.add_get("/jwks", jwks)
     async with serve(app) as port:
-        agg = await make_aggregator(grpc_listen="", jwt_jwks_url=f"http://127.0.0.1:{port}/jwks",
-                                    jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_role_claim="groups",
-                                    jwt_role_map=dict(ROLE_MAP), jwt_jwks_refetch_s=0.0)
+        agg = await make_aggregator(grpc_listen="", jwt={"jwks_url": f"http://127.0.0.1:{port}/jwks", "issuer": ISSUER,
+                                                              "audience": AUDIENCE, "role_claim": "groups",
+                                                              "role_map": dict(ROLE_MAP), "jwks_refetch_s": 0.0})
         assert agg.config.auth_enabled
         alert = make_alert()
         agg.alert_store.insert(alert, [])

@@ -269,13 +269,13 @@ def _row(model: str) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
-    ({"metrics": ("latency_ms", "bogus")}, "baseline_metrics"),
-    ({"metrics": ("is_error",)}, "baseline_metrics"),
-    ({"metrics": ()}, "baseline_metrics"),
-    ({"metrics": ("cost_usd", "cost_usd")}, "baseline_metrics"),
-    ({"max_keys": 0}, "baseline_max_keys"),
-    ({"relative_accuracy": 0.0}, "baseline_relative_accuracy"),
-    ({"relative_accuracy": 1.0}, "baseline_relative_accuracy"),
+    ({"metrics": ("latency_ms", "bogus")}, "baselines.metrics"),
+    ({"metrics": ("is_error",)}, "baselines.metrics"),
+    ({"metrics": ()}, "baselines.metrics"),
+    ({"metrics": ("cost_usd", "cost_usd")}, "baselines.metrics"),
+    ({"max_keys": 0}, "baselines.max_keys"),
+    ({"relative_accuracy": 0.0}, "baselines.relative_accuracy"),
+    ({"relative_accuracy": 1.0}, "baselines.relative_accuracy"),
 ])
 def test_config_errors_name_the_key(overrides: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{key}:"):

@@ -183,14 +183,14 @@ def test_disabled_and_unknown_metrics_emit_nothing() -> None:
 
 
 @pytest.mark.parametrize(("settings", "key"), [
-    ({"min_global_count": 0}, "confirm_min_global_count"),
-    ({"min_global_count": 1.5}, "confirm_min_global_count"),
-    ({"quantile": 1.0}, "confirm_quantile"),
-    ({"quantile": 0.3}, "confirm_quantile"),
-    ({"enabled": "yes"}, "confirm_enabled"),
-    ({"margin": -1}, "confirm_margin"),
-    ({"min_confidence": 1.5}, "confirm_min_confidence"),
-    ({"unchecked_min_sigma": math.inf}, "confirm_unchecked_min_sigma"),
+    ({"min_global_count": 0}, "confirm.min_global_count"),
+    ({"min_global_count": 1.5}, "confirm.min_global_count"),
+    ({"quantile": 1.0}, "confirm.quantile"),
+    ({"quantile": 0.3}, "confirm.quantile"),
+    ({"enabled": "yes"}, "confirm.enabled"),
+    ({"margin": -1}, "confirm.margin"),
+    ({"min_confidence": 1.5}, "confirm.min_confidence"),
+    ({"unchecked_min_sigma": math.inf}, "confirm.unchecked_min_sigma"),
 ])
 def test_config_errors_name_the_setting(settings: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
@@ -351,7 +351,7 @@ def test_a_local_level_shift_is_judged_against_the_fleets_level_not_its_tail(tmp
     m.emit([c])
     assert [a.anomaly_type for a in all_alerts(store)] == ["latency_spike"]
     store.close()
-    with pytest.raises(ConfigError, match="confirm_level_shift_quantile"):
+    with pytest.raises(ConfigError, match=r"confirm\.level_shift_quantile"):
         ConfirmConfig(level_shift_quantile=1.0).validate()
 
 

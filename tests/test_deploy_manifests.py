@@ -410,23 +410,21 @@ def test_aggregator_settings_load(tmp_path: Path) -> None:
     assert cfg.viewer_tokens and cfg.operator_tokens and cfg.admin_tokens
     everything = cfg.tokens + cfg.viewer_tokens + cfg.operator_tokens + cfg.admin_tokens
     assert len(set(everything)) == len(everything), "a token in two roles"
-    assert cfg.amqp_url == ""                           # no broker unless the optional Secret exists
-    assert cfg.amqp_exchange == "incidents" and cfg.amqp_queue == "incidents.all"
+    assert cfg.amqp.url == ""                           # no broker unless the optional Secret exists
+    assert cfg.amqp.exchange == "incidents" and cfg.amqp.queue == "incidents.all"
     # With the optional Secret, its URL is accepted (the aggregator builds its RabbitMQ sink).
     env["SENTINEL_AMQP_URL"] = "amqps://sentinel:pw@rabbitmq.messaging.svc.cluster.local:5671/%2F"
     with_broker = load(AggregatorConfig, args=args, env=env, config_file=local, section="aggregator")
     with_broker.validate()
-    assert with_broker.amqp_url.startswith("amqps://")
+    assert with_broker.amqp.url.startswith("amqps://")
 
 
 def test_aggregator_env_names_are_settings() -> None:
     """Every SENTINEL_* variable the aggregator container gets names a real AggregatorConfig setting."""
-    import dataclasses
-
     from aggregator.config import AggregatorConfig
-    from sentinel.config import ENV_PREFIX
+    from sentinel.config import ENV_PREFIX, leaves
 
-    settings = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(AggregatorConfig)}
+    settings = {leaf.env for leaf in leaves(AggregatorConfig)}
     names = _aggregator_env_names(_aggregator_container())
     assert {"SENTINEL_TOKENS", *ROLE_TOKEN_KEYS, "SENTINEL_AMQP_URL"} <= names
     sentinel = {n for n in names if n.startswith(ENV_PREFIX)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import re
@@ -20,7 +19,7 @@ from aiohttp import web
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.consumer import DetectorConsumer
 from aggregator.app import Aggregator
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, replace_keys
 from sentinel.reload import SettingsReloader
 from tests.conftest import serve
 from tests.test_alert_sinks_amqp import BROKER_URL, needs_broker
@@ -102,7 +101,7 @@ async def test_a_webhook_added_live_receives_the_next_alert(make_aggregator: Any
     app = web.Application()
     app.router.add_post("/hook", hook)
     async with serve(app) as port:
-        agg: Aggregator = await make_aggregator(grpc_listen="", alert_row_persistence=1, alert_group_wait_s=0)
+        agg: Aggregator = await make_aggregator(grpc_listen="", alerts={"row_persistence": 1, "group_wait_s": 0})
         assert agg.sinks == []
         hooks = [{"name": "ops", "url": f"http://127.0.0.1:{port}/hook"}]
         version = await agg.put_settings({"webhooks": hooks}, who="ops", comment="")
@@ -151,12 +150,12 @@ async def test_tokens_change_live_but_auth_cannot_be_switched_off(make_aggregato
             await agg.put_settings({"admin_tokens": "sha256:0000000000000000"}, who="x", comment="")
 
     # SIGHUP's path: a file that turns auth off is refused whole, named, the running tokens kept.
-    off = dataclasses.replace(agg.config, admin_tokens=[], tokens=[], alert_min_confidence=0.9)
+    off = replace_keys(agg.config, {"admin_tokens": [], "tokens": [], "alerts.min_confidence": 0.9})
     reloader = SettingsReloader(agg.config, lambda: off, live_keys=agg.config.live_keys(), apply=agg.apply_settings)
     with caplog.at_level(logging.ERROR):
         assert await reloader.reload() == []
     assert "reload refused: tokens: restart needed" in caplog.text
-    assert agg.config.alert_min_confidence == 0.5 and agg.roles.role_of("new-admin") == "admin"
+    assert agg.config.alerts.min_confidence == 0.5 and agg.roles.role_of("new-admin") == "admin"
 
 
 @needs_broker
@@ -165,10 +164,10 @@ async def test_a_broker_sink_added_live_publishes_the_next_alert(make_aggregator
 
     suffix = uuid.uuid4().hex[:8]
     exchange, queue = f"live-incidents-{suffix}", f"live-incidents-{suffix}.all"
-    agg: Aggregator = await make_aggregator(grpc_listen="", alert_row_persistence=1, alert_group_wait_s=0)
+    agg: Aggregator = await make_aggregator(grpc_listen="", alerts={"row_persistence": 1, "group_wait_s": 0})
     connection = await aio_pika.connect_robust(BROKER_URL)
     try:
-        version = await agg.put_settings({"amqp_url": BROKER_URL, "amqp_exchange": exchange, "amqp_queue": queue},
+        version = await agg.put_settings({"amqp": {"url": BROKER_URL, "exchange": exchange, "queue": queue}},
                                          who="ops", comment="")
         assert version is not None and BROKER_URL not in json.dumps(version.diff)  # the password stays out
         assert [s.name for s in agg.sinks] == ["amqp"]
@@ -212,9 +211,9 @@ async def test_jwt_settings_change_live(make_aggregator: Any, tmp_path: Path) ->
     old_file.write_text(json.dumps(old.jwks()))
     new_file.write_text(json.dumps(new.jwks()))
     new_issuer = "https://idp2.example.test/realms/ops"
-    agg: Aggregator = await make_aggregator(grpc_listen="", admin_tokens=["admin"], jwt_jwks_file=str(old_file),
-                                            jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_role_claim="groups",
-                                            jwt_role_map=dict(ROLE_MAP))
+    agg: Aggregator = await make_aggregator(grpc_listen="", admin_tokens=["admin"], jwt={
+        "jwks_file": str(old_file), "issuer": ISSUER, "audience": AUDIENCE, "role_claim": "groups",
+        "role_map": dict(ROLE_MAP)})
     async with httpx.AsyncClient(base_url=agg.url, timeout=5) as c:
         async def status(token: str) -> int:
             return (await c.get("/api/v1/alerts", headers={"Authorization": f"Bearer {token}"})).status_code
@@ -222,10 +221,10 @@ async def test_jwt_settings_change_live(make_aggregator: Any, tmp_path: Path) ->
         old_token, new_token = old.token("k-old"), new.token("k-new", iss=new_issuer)
         assert (await status(old_token), await status(new_token)) == (200, 401)
         r = await c.put("/api/v1/config", headers={"Authorization": "Bearer admin"},
-                        json={"settings": {"jwt_jwks_file": str(new_file), "jwt_issuer": new_issuer},
+                        json={"settings": {"jwt": {"jwks_file": str(new_file), "issuer": new_issuer}},
                               "comment": "new identity provider"})
         assert r.status_code == 200, r.text
-        assert r.json()["changed"] and set(r.json()["diff"]) == {"jwt_jwks_file", "jwt_issuer"}, r.json()
+        assert r.json()["changed"] and set(r.json()["diff"]) == {"jwt.jwks_file", "jwt.issuer"}, r.json()
         assert (await status(old_token), await status(new_token)) == (401, 200)
         # The new key with the old issuer, and the old key with the new issuer: refused.
         assert await status(new.token("k-new")) == 401
@@ -233,8 +232,8 @@ async def test_jwt_settings_change_live(make_aggregator: Any, tmp_path: Path) ->
         assert await status(new.token("k-new", iss=new_issuer, groups=["sre-admins"])) == 200
 
         # SIGHUP's path: the file read again names the old provider; it applies as the PUT did.
-        back = dataclasses.replace(agg.config, jwt_jwks_file=str(old_file), jwt_issuer=ISSUER)
+        back = replace_keys(agg.config, {"jwt.jwks_file": str(old_file), "jwt.issuer": ISSUER})
         reloader = SettingsReloader(agg.config, lambda: back, live_keys=agg.config.live_keys(),
                                     apply=agg.apply_settings)
-        assert sorted(await reloader.reload()) == ["jwt_issuer", "jwt_jwks_file"]
+        assert sorted(await reloader.reload()) == ["jwt.issuer", "jwt.jwks_file"]
         assert (await status(old_token), await status(new_token)) == (200, 401)

@@ -67,9 +67,9 @@ def test_the_runner_scales_every_alert_window_by_the_speedup() -> None:
     from loadtest.run import aggregator_settings
 
     quick = load_scenario(suite.SCENARIO_DIR / "quick.yaml")
-    assert aggregator_settings(quick)["alert_time_scale"] == quick.speedup == 30
-    assert "alert_resolve_after_s" not in quick.aggregator  # the scaled 300 s default, not a wall override
-    assert aggregator_settings(quick, 1.0)["alert_time_scale"] == 1.0  # --alert-time-scale 1: wall-clock windows
+    assert aggregator_settings(quick)["alerts"]["time_scale"] == quick.speedup == 30
+    assert "resolve_after_s" not in quick.aggregator.get("alerts", {})  # the scaled 300 s default, not a wall override
+    assert aggregator_settings(quick, 1.0)["alerts"]["time_scale"] == 1.0  # --alert-time-scale 1: wall-clock windows
 
 
 def test_compressed_event_time_is_not_clamped_as_a_clock_ahead() -> None:

@@ -150,7 +150,7 @@ async def test_no_secret_in_logs_rows_or_alerts(
     agg = await make_aggregator(
         tokens=[SECRETS["ingest token"]], viewer_tokens=[SECRETS["viewer token"]],
         admin_tokens=[SECRETS["admin token"]],
-        amqp_url=f"amqp://sentinel:{SECRETS['amqp password']}@127.0.0.1:{_closed_port()}/",
+        amqp={"url": f"amqp://sentinel:{SECRETS['amqp password']}@127.0.0.1:{_closed_port()}/"},
         webhooks=[{"name": "ops", "attempts": 2, "backoff_s": 0.05,
                    "url": f"{hook_url}/services/{SECRETS['webhook url secret']}?token={SECRETS['webhook url secret']}",
                    "headers": {"Authorization": f"Bearer {SECRETS['webhook header']}"}}],

@@ -13,11 +13,12 @@ from prometheus_client import CollectorRegistry
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
+from sentinel.config import load, replace_keys
 from tests.test_api_support import make_alert
 
 MINUTE_NS = 60_000_000_000
-SETTINGS: dict[str, Any] = {"grpc_listen": "", "feedback_min_precision": 0.6, "feedback_min_verdicts": 4,
-                            "feedback_floor_step": 0.1, "alert_row_persistence": 1}
+SETTINGS: dict[str, Any] = {"grpc_listen": "", "feedback": {"min_precision": 0.6, "min_verdicts": 4, "floor_step": 0.1},
+                            "alerts": {"row_persistence": 1}}
 
 
 def _spike(confidence: float, service: str) -> Candidate:
@@ -69,7 +70,8 @@ async def test_low_precision_raises_the_floor_and_an_admin_reverses_it(make_aggr
 
 
 async def test_a_raise_survives_a_restart_and_a_reload(tmp_path: Path) -> None:
-    config = AggregatorConfig(listen="127.0.0.1:0", data_dir=str(tmp_path / "agg"), shutdown_grace_s=1.0, **SETTINGS)
+    config = load(AggregatorConfig, data={"listen": "127.0.0.1:0", "data_dir": str(tmp_path / "agg"),
+                                          "shutdown_grace_s": 1.0, **SETTINGS}, env={})
     agg = Aggregator(config, registry=CollectorRegistry())
     await agg.start()
     try:
@@ -82,8 +84,8 @@ async def test_a_raise_survives_a_restart_and_a_reload(tmp_path: Path) -> None:
     try:
         assert again.alerts.config.min_confidence_by_type["latency_spike"] == 0.6
         # A reload rebuilds the alert settings from the file: the raise stays over them.
-        new = AggregatorConfig(**{**vars(config), "alert_min_confidence": 0.55})
-        await again.apply_settings(new, ["alert_min_confidence"])
+        new = replace_keys(config, {"alerts.min_confidence": 0.55})
+        await again.apply_settings(new, ["alerts.min_confidence"])
         assert again.alerts.config.min_confidence == 0.55
         assert again.alerts.config.min_confidence_by_type["latency_spike"] == 0.6
     finally:

@@ -60,23 +60,23 @@ def test_sighup_reloads_the_aggregator_which_keeps_running(
         tmp_path: Path, start: Callable[..., tuple[subprocess.Popen[bytes], Path]]) -> None:
     port = free_port()
     config = tmp_path / "aggregator.yaml"
-    config.write_text("alert_min_confidence: 0.5\nsave_interval_s: 60\n")
+    config.write_text("alerts:\n  min_confidence: 0.5\nsave_interval_s: 60\n")
     url = f"http://127.0.0.1:{port}"
     proc, log = start(["aggregator", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--grpc-listen", "",
                        "--data-dir", str(tmp_path / "data")], url + "/readyz")
 
-    config.write_text("alert_min_confidence: 0.9\nsave_interval_s: 30\n")
+    config.write_text("alerts:\n  min_confidence: 0.9\nsave_interval_s: 30\n")
     os.kill(proc.pid, signal.SIGHUP)
-    _until(lambda: "reload: applied alert_min_confidence" in log.read_text(), "the reload to apply")
+    _until(lambda: "reload: applied alerts.min_confidence" in log.read_text(), "the reload to apply")
     text = log.read_text()
     assert "reload requested (SIGHUP)" in text
     assert "restart needed for save_interval_s" in text
     assert proc.poll() is None and _ok(url + "/readyz") and _ok(url + "/healthz")
 
-    config.write_text("alert_min_confidence: 7\n")  # invalid: refused whole, the running settings kept
+    config.write_text("alerts: {min_confidence: 7}\n")  # invalid: refused whole, the running settings kept
     os.kill(proc.pid, signal.SIGHUP)
     _until(lambda: "reload refused" in log.read_text(), "the reload to be refused")
-    assert "invalid setting alert_min_confidence" in log.read_text()
+    assert "invalid setting alerts.min_confidence" in log.read_text()
     assert proc.poll() is None and _ok(url + "/readyz")
 
     proc.send_signal(signal.SIGTERM)
@@ -113,17 +113,17 @@ def test_sentinel_config_apply_changes_a_running_aggregator_in_place(tmp_path: P
     try:
         _until(lambda: proc.poll() is not None or _ok(url + "/readyz"), "the aggregator to be ready")
         settings = tmp_path / "live.yaml"
-        settings.write_text("alert_min_confidence: 0.85\nalert_storm_max_alerts: 5\n")
+        settings.write_text("alerts:\n  min_confidence: 0.85\n  storm_max_alerts: 5\n")
         cli = [sys.executable, "-m", "sentinel.cli", "config", "--url", url]
         cli_env = {**os.environ, "SENTINEL_API_TOKEN": "admin-secret"}
         r = subprocess.run([*cli, "apply", str(settings), "--comment", "tighten"], capture_output=True, text=True,
                            env=cli_env, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert "alert_min_confidence: 0.5 -> 0.85" in r.stdout and "version 2" in r.stdout
+        assert "alerts.min_confidence: 0.5 -> 0.85" in r.stdout and "version 2" in r.stdout
         assert proc.poll() is None  # the same process, not restarted
         headers = {"Authorization": "Bearer admin-secret"}
         doc = httpx.get(url + "/api/v1/config", headers=headers, timeout=5).json()
-        assert doc["version"] == 2 and doc["settings"]["alert_storm_max_alerts"] == 5
+        assert doc["version"] == 2 and doc["settings"]["alerts.storm_max_alerts"] == 5
         audit = httpx.get(url + "/api/v1/audit", headers=headers, timeout=5).json()["entries"]
         assert {"config.apply", "config.version"} <= {e["action"] for e in audit}
         r = subprocess.run([*cli, "history"], capture_output=True, text=True, env=cli_env, timeout=60)

@@ -47,7 +47,7 @@ from aio_pika.exceptions import DeliveryError, PublishError
 from aggregator.alerting.sink import OutboxSink, SinkMetrics
 from aggregator.alerting.store import AlertStore, OutboxItem, StoreError
 from sentinel.alerts import SEVERITIES, parse_time
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 from sentinel.retry import backoff_s
 
 __all__ = [
@@ -109,54 +109,65 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class AmqpSinkConfig:
-    """Settings of the RabbitMQ sink; :meth:`validate` names the setting at fault (``amqp_<field>``)."""
+    """The RabbitMQ sink's settings: the aggregator's ``amqp:`` section; :meth:`validate` names the key
+    (``amqp.<field>``)."""
 
-    url: str
-    exchange: str = DEFAULT_EXCHANGE
-    queue: str = DEFAULT_QUEUE  # "" = declare no queue (the incident manager owns its own)
-    binding_key: str = DEFAULT_BINDING_KEY
-    dlx: str = DEFAULT_DLX  # "" = no dead-lettering
-    dlq: str = DEFAULT_DLQ  # "" = no queue on the dead-letter exchange
-    message_ttl_s: int = DEFAULT_MESSAGE_TTL_S  # 0 = no TTL on the queue
-    min_severity: str = DEFAULT_MIN_SEVERITY
-    batch_size: int = DEFAULT_BATCH_SIZE
-    reconnect_max_backoff_s: float = DEFAULT_RECONNECT_MAX_BACKOFF_S
+    url: str = setting("", "RabbitMQ sink: amqp:// URL (prefer SENTINEL_AMQP_URL: it holds the password); empty: no "
+                       "broker, alerts stay in the store, API and page")
+    exchange: str = setting(DEFAULT_EXCHANGE, "RabbitMQ topic exchange alerts are published to")
+    queue: str = setting(DEFAULT_QUEUE, "queue declared and bound to binding_key (message_ttl_s TTL, dead letters "
+                         "to dlq); empty: declare none (the incident manager owns its own)")
+    binding_key: str = setting(DEFAULT_BINDING_KEY, "routing-key pattern queue is bound with")
+    dlx: str = setting(DEFAULT_DLX, "dead-letter exchange of queue; empty: no dead-lettering")
+    dlq: str = setting(DEFAULT_DLQ, "queue bound to dlx; empty: none")
+    message_ttl_s: int = setting(DEFAULT_MESSAGE_TTL_S, "TTL of messages in queue (whole seconds); 0: none")
+    min_severity: str = setting(DEFAULT_MIN_SEVERITY, "least severe alert published to RabbitMQ")
+    batch_size: int = setting(DEFAULT_BATCH_SIZE, "alerts published per confirmed batch")
+    reconnect_max_backoff_s: float = setting(DEFAULT_RECONNECT_MAX_BACKOFF_S, "longest wait between reconnects")
     #: Connect, declare and publisher-confirm timeout; an unconfirmed publish is retried on a new connection.
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = setting(DEFAULT_TIMEOUT_S, "connect, declare and publisher-confirm timeout; an unconfirmed "
+                               "publish is retried on a new connection")
 
     def validate(self) -> None:
+        if self.url:  # empty: no broker (the sink is not started)
+            self._validate_url()
+        self._validate_rest()
+
+    def _validate_url(self) -> None:
         try:
             parts = urllib.parse.urlsplit(self.url)
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as e:
-            raise ConfigError(f"amqp_url: {e}") from None
+            raise ConfigError(f"amqp.url: {e}") from None
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ConfigError("amqp_url: must be amqp://[user:password@]host[:port][/vhost] or amqps://…")
+            raise ConfigError("amqp.url: must be amqp://[user:password@]host[:port][/vhost] or amqps://…")
+
+    def _validate_rest(self) -> None:
         for key, value in (("exchange", self.exchange), ("queue", self.queue), ("dlx", self.dlx),
                            ("dlq", self.dlq)):
             if value and not _NAME_RE.match(value):
-                raise ConfigError(f"amqp_{key}: {value!r} must be 1-255 letters, digits, '.', '_', ':' or '-'")
+                raise ConfigError(f"amqp.{key}: {value!r} must be 1-255 letters, digits, '.', '_', ':' or '-'")
         if not self.exchange:
-            raise ConfigError("amqp_exchange: must not be empty")
+            raise ConfigError("amqp.exchange: must not be empty")
         if self.queue and not self.binding_key:
-            raise ConfigError("amqp_binding_key: must not be empty when amqp_queue is set")
+            raise ConfigError("amqp.binding_key: must not be empty when amqp.queue is set")
         if self.dlq and not self.dlx:
-            raise ConfigError("amqp_dlq: needs amqp_dlx (the exchange it is bound to)")
+            raise ConfigError("amqp.dlq: needs amqp.dlx (the exchange it is bound to)")
         if self.dlx and self.dlx == self.exchange:
-            raise ConfigError("amqp_dlx: must differ from amqp_exchange")
+            raise ConfigError("amqp.dlx: must differ from amqp.exchange")
         if self.queue and self.queue == self.dlq:
-            raise ConfigError("amqp_dlq: must differ from amqp_queue")
+            raise ConfigError("amqp.dlq: must differ from amqp.queue")
         if isinstance(self.message_ttl_s, bool) or not isinstance(self.message_ttl_s, int) or not (
                 0 <= self.message_ttl_s <= 2**32 // 1000):
-            raise ConfigError("amqp_message_ttl_s: must be a whole number of seconds, 0 (no TTL) or more")
+            raise ConfigError("amqp.message_ttl_s: must be a whole number of seconds, 0 (no TTL) or more")
         if self.min_severity not in SEVERITIES:
-            raise ConfigError(f"amqp_min_severity: {self.min_severity!r} is not one of {', '.join(SEVERITIES)}")
+            raise ConfigError(f"amqp.min_severity: {self.min_severity!r} is not one of {', '.join(SEVERITIES)}")
         if self.batch_size < 1:
-            raise ConfigError("amqp_batch_size: must be greater than 0")
+            raise ConfigError("amqp.batch_size: must be greater than 0")
         if not (self.reconnect_max_backoff_s > 0 and math.isfinite(self.reconnect_max_backoff_s)):
-            raise ConfigError("amqp_reconnect_max_backoff_s: must be a positive number of seconds")
+            raise ConfigError("amqp.reconnect_max_backoff_s: must be a positive number of seconds")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
-            raise ConfigError("amqp_timeout_s: must be a positive number of seconds")
+            raise ConfigError("amqp.timeout_s: must be a positive number of seconds")
 
     def queue_arguments(self) -> dict[str, Any]:
         """The ``x-`` arguments of the declared queue (a consumer re-declaring it must pass the same)."""

@@ -95,7 +95,7 @@ _SUMMARY_MEMBERS = 5
 _SCOPE_KEYS = ("user", "api_key_hash", "region", "scope", "scope_value")
 
 
-def validate_group_by(group_by: object, setting: str = "alert_group_by") -> None:
+def validate_group_by(group_by: object, setting: str = "alerts.group_by") -> None:
     if not isinstance(group_by, list | tuple) or not all(isinstance(x, str) for x in group_by):
         raise ConfigError(f"{setting}: must be a list of label names")
     if ALL_LABELS in group_by and len(group_by) > 1:
@@ -108,28 +108,28 @@ def validate_group_by(group_by: object, setting: str = "alert_group_by") -> None
 
 def validate_group_by_type(by_type: object) -> None:
     if not isinstance(by_type, Mapping) or not all(isinstance(k, str) and k for k in by_type):
-        raise ConfigError("alert_group_by_type: must be a map of anomaly type to a list of label names")
+        raise ConfigError("alerts.group_by_type: must be a map of anomaly type to a list of label names")
     for anomaly_type, group_by in by_type.items():
-        validate_group_by(group_by, f"alert_group_by_type.{anomaly_type}")
+        validate_group_by(group_by, f"alerts.group_by_type.{anomaly_type}")
 
 
 def validate_group_across(across: object) -> None:
     if not isinstance(across, Mapping) or not all(isinstance(k, str) and k for k in across):
-        raise ConfigError("alert_group_across: must be a map of anomaly type to a list of label names")
+        raise ConfigError("alerts.group_across: must be a map of anomaly type to a list of label names")
     for anomaly_type, names in across.items():
-        validate_group_by(names, f"alert_group_across.{anomaly_type}")
+        validate_group_by(names, f"alerts.group_across.{anomaly_type}")
         if not names or ALL_LABELS in names:
-            raise ConfigError(f"alert_group_across.{anomaly_type}: must name at least one label (not {ALL_LABELS!r})")
+            raise ConfigError(f"alerts.group_across.{anomaly_type}: must name at least one label (not {ALL_LABELS!r})")
 
 
 def validate_fold_into(fold: object) -> None:
     if not isinstance(fold, Mapping) or not all(isinstance(k, str) and k for k in fold):
-        raise ConfigError("alert_fold_into: must be a map of anomaly type to a list of anomaly types")
+        raise ConfigError("alerts.fold_into: must be a map of anomaly type to a list of anomaly types")
     for anomaly_type, primaries in fold.items():
         if not isinstance(primaries, list | tuple) or not all(isinstance(x, str) and x for x in primaries):
-            raise ConfigError(f"alert_fold_into.{anomaly_type}: must be a list of anomaly types")
+            raise ConfigError(f"alerts.fold_into.{anomaly_type}: must be a list of anomaly types")
         if anomaly_type in primaries:
-            raise ConfigError(f"alert_fold_into.{anomaly_type}: a type cannot explain itself")
+            raise ConfigError(f"alerts.fold_into.{anomaly_type}: a type cannot explain itself")
 
 
 def explains(alert: Alert, service: str | None) -> bool:

@@ -77,7 +77,7 @@ from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.state import StateFile
 from sentinel.alert_rules import CAUSE, REMEDIATION, classify, correlated_cause
 from sentinel.alerts import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails, AlertMember, fingerprint
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 from sentinel.edge_alerts import EdgeAlert
 from sentinel.wire import WireBatch
 
@@ -128,80 +128,111 @@ class AlertStateError(ValueError):
 
 @dataclass
 class AlertManagerConfig:
-    dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S
-    min_confidence: float = DEFAULT_ALERT_MIN_CONFIDENCE
-    min_confidence_by_type: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIN_CONFIDENCE_BY_TYPE))
-    persistence: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PERSISTENCE))
-    row_persistence: int = DEFAULT_ROW_PERSISTENCE
-    persistence_window_s: float = DEFAULT_PERSISTENCE_WINDOW_S
-    correlation_window_s: float = DEFAULT_CORRELATION_WINDOW_S
-    resolve_after_s: float = DEFAULT_RESOLVE_AFTER_S
-    storm_max_alerts: int = DEFAULT_STORM_MAX_ALERTS
-    storm_window_s: float = DEFAULT_STORM_WINDOW_S
-    retention_s: float = DEFAULT_RETENTION_S
-    severity: dict[str, str] = field(default_factory=dict)
-    runbook_url_template: str = DEFAULT_RUNBOOK_URL_TEMPLATE
-    public_url: str = ""
-    group_by: list[str] = field(default_factory=lambda: list(DEFAULT_GROUP_BY))
-    group_by_type: dict[str, list[str]] = field(
-        default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_BY_TYPE.items()})
-    group_across: dict[str, list[str]] = field(
-        default_factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_ACROSS.items()})
-    fold_into: dict[str, list[str]] = field(
-        default_factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_INTO.items()})
-    group_wait_s: float = DEFAULT_GROUP_WAIT_S
-    group_interval_s: float = DEFAULT_GROUP_INTERVAL_S
-    repeat_interval_s: float = DEFAULT_REPEAT_INTERVAL_S
-    time_scale: float = DEFAULT_TIME_SCALE
-    group_max_members: int = DEFAULT_GROUP_MAX_MEMBERS
+    """The alert manager's settings: the aggregator's ``alerts:`` section (``alerts.<field>``)."""
+
+    dedup_window_s: float = setting(DEFAULT_DEDUP_WINDOW_S, "a detection with the fingerprint of an unresolved "
+                                    "alert seen within this window updates it")
+    min_confidence: float = setting(DEFAULT_ALERT_MIN_CONFIDENCE, "detections below this confidence raise no alert")
+    min_confidence_by_type: dict[str, float] = setting(None, "a higher confidence floor per anomaly type",
+                                                       flag=False, factory=lambda: dict(DEFAULT_MIN_CONFIDENCE_BY_TYPE))
+    persistence: dict[str, int] = setting(None, "detections of one series needed within persistence_window_s "
+                                          "before an alert, per anomaly type", flag=False,
+                                          factory=lambda: dict(DEFAULT_PERSISTENCE))
+    row_persistence: int = setting(DEFAULT_ROW_PERSISTENCE, "detections of one series needed within "
+                                   "persistence_window_s when each is about a single call (confirmed local "
+                                   "anomalies, forest outliers)")
+    persistence_window_s: float = setting(DEFAULT_PERSISTENCE_WINDOW_S, "window of persistence")
+    correlation_window_s: float = setting(DEFAULT_CORRELATION_WINDOW_S, "unresolved alerts of one service seen "
+                                          "within this window are linked as related")
+    resolve_after_s: float = setting(DEFAULT_RESOLVE_AFTER_S, "an alert resolves after this long (wall clock) "
+                                     "without a detection while its service keeps sending")
+    storm_max_alerts: int = setting(DEFAULT_STORM_MAX_ALERTS, "alerts sent within storm_window_s before the rest "
+                                    "are summarised into one alert_storm alert")
+    storm_window_s: float = setting(DEFAULT_STORM_WINDOW_S, "window of the storm rate limit")
+    retention_s: float = setting(DEFAULT_RETENTION_S, "how long resolved alerts are kept")
+    severity: dict[str, str] = setting(None, "base severity per anomaly type, overriding the rules' table",
+                                       flag=False, factory=dict)
+    runbook_url_template: str = setting(DEFAULT_RUNBOOK_URL_TEMPLATE, "runbook_url of alerts; placeholders "
+                                        "{public_url}, {anomaly_type}, {service}, {model}")
+    #: The aggregator's public_url (or its listener's URL): set by the aggregator, not a setting here.
+    public_url: str = setting("", "the aggregator's public_url", config=False)
+    group_by: list[str] = setting(None, "labels whose values make one alert (one notification) of several series, "
+                                  "comma-separated in env: service_name, anomaly_type, model, region, user, "
+                                  "provider, detection_method, severity; '...' alone: one alert per series",
+                                  factory=lambda: list(DEFAULT_GROUP_BY))
+    group_by_type: dict[str, list[str]] = setting(None, "group_by per anomaly type (a series without every label "
+                                                  "named uses group_by)", flag=False,
+                                                  factory=lambda: {k: list(v)
+                                                                   for k, v in DEFAULT_GROUP_BY_TYPE.items()})
+    group_across: dict[str, list[str]] = setting(None, "per anomaly type, labels a series may share with a firing "
+                                                 "member of an open alert of its type to join it across groups (a "
+                                                 "provider's storm on several services: one alert)", flag=False,
+                                                 factory=lambda: {k: list(v) for k, v in DEFAULT_GROUP_ACROSS.items()})
+    fold_into: dict[str, list[str]] = setting(None, "per secondary anomaly type, the primary types whose open alert "
+                                              "on the same service explains it: its series joins that alert as an "
+                                              "explained_by member instead of raising its own (a tokens/s drop "
+                                              "during a latency spike)", flag=False,
+                                              factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_INTO.items()})
+    group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long to "
+                                  "collect the other series of its group")
+    group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are sent at "
+                                      "most this often")
+    repeat_interval_s: float = setting(DEFAULT_REPEAT_INTERVAL_S, "a firing alert is sent again after this long")
+    time_scale: float = setting(DEFAULT_TIME_SCALE, "every alert window (de-duplication, persistence, correlation, "
+                                "resolution, grouping, storm) is divided by this: event time replayed N times "
+                                "faster sets N")
+    group_max_members: int = setting(DEFAULT_GROUP_MAX_MEMBERS, "series listed in one alert; more firing ones are "
+                                     "counted in context.series_left_out")
     #: Distinct ``service`` label values of ``sentinel_aggregator_alerts_total``; later services count as
-    #: ``(other)``, so a flood of service names cannot grow the metrics without bound.
-    metric_max_services: int = DEFAULT_METRIC_MAX_SERVICES
+    #: ``(other)``, so a flood of service names cannot grow the metrics without bound. The aggregator
+    #: sets it to baselines.max_keys.
+    metric_max_services: int = setting(DEFAULT_METRIC_MAX_SERVICES, "services of the alert metrics "
+                                       "(baselines.max_keys)", config=False)
 
     def validate(self) -> None:
         for key in ("dedup_window_s", "persistence_window_s", "correlation_window_s", "resolve_after_s",
                     "storm_window_s", "retention_s", "group_interval_s", "repeat_interval_s", "time_scale"):
             if not getattr(self, key) > 0:
-                raise ConfigError(f"alert_{key}: must be greater than 0")
+                raise ConfigError(f"alerts.{key}: must be greater than 0")
         if not self.group_wait_s >= 0:
-            raise ConfigError("alert_group_wait_s: must not be negative")
+            raise ConfigError("alerts.group_wait_s: must not be negative")
         if not self.group_wait_s < min(self.dedup_window_s, self.resolve_after_s):
             # An alert that resolves before its group_wait is over would never be sent.
-            raise ConfigError("alert_group_wait_s: must be shorter than alert_dedup_window_s and "
-                              "alert_resolve_after_s")
+            raise ConfigError("alerts.group_wait_s: must be shorter than alerts.dedup_window_s and "
+                              "alerts.resolve_after_s")
         validate_group_by(self.group_by)
         validate_group_by_type(self.group_by_type)
         validate_group_across(self.group_across)
         validate_fold_into(self.fold_into)
         if self.metric_max_services < 1:
-            raise ConfigError("baseline_max_keys: must be greater than 0")
+            raise ConfigError("baselines.max_keys: must be greater than 0")
         if not 0 <= self.min_confidence <= 1:
-            raise ConfigError("alert_min_confidence: must be between 0 and 1")
+            raise ConfigError("alerts.min_confidence: must be between 0 and 1")
         if not isinstance(self.min_confidence_by_type, dict):
-            raise ConfigError("alert_min_confidence_by_type: must be a map of anomaly type to a confidence")
+            raise ConfigError("alerts.min_confidence_by_type: must be a map of anomaly type to a confidence")
         for k, x in self.min_confidence_by_type.items():
             if not isinstance(x, int | float) or not 0 <= x <= 1:
-                raise ConfigError(f"alert_min_confidence_by_type.{k}: must be a number between 0 and 1")
+                raise ConfigError(f"alerts.min_confidence_by_type.{k}: must be a number between 0 and 1")
         if self.row_persistence < 1:
-            raise ConfigError("alert_row_persistence: must be at least 1")
+            raise ConfigError("alerts.row_persistence: must be at least 1")
         if self.group_max_members < 1:
-            raise ConfigError("alert_group_max_members: must be at least 1")
+            raise ConfigError("alerts.group_max_members: must be at least 1")
         if self.storm_max_alerts < 1:
-            raise ConfigError("alert_storm_max_alerts: must be at least 1")
+            raise ConfigError("alerts.storm_max_alerts: must be at least 1")
         if not isinstance(self.persistence, dict):
-            raise ConfigError("alert_persistence: must be a map of anomaly type to a count")
+            raise ConfigError("alerts.persistence: must be a map of anomaly type to a count")
         for k, n in self.persistence.items():
             if not isinstance(n, int) or n < 1:
-                raise ConfigError(f"alert_persistence.{k}: must be an integer >= 1")
+                raise ConfigError(f"alerts.persistence.{k}: must be an integer >= 1")
         if not isinstance(self.severity, dict):
-            raise ConfigError("alert_severity: must be a map of anomaly type to a severity")
+            raise ConfigError("alerts.severity: must be a map of anomaly type to a severity")
         for k, sev in self.severity.items():
             if sev not in SEVERITIES:
-                raise ConfigError(f"alert_severity.{k}: {sev!r} is not one of {', '.join(SEVERITIES)}")
+                raise ConfigError(f"alerts.severity.{k}: {sev!r} is not one of {', '.join(SEVERITIES)}")
         try:
             self.runbook_url_template.format(public_url="", anomaly_type="x", service="s", model="m")
         except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(f"alert_runbook_url_template: {e!r}: placeholders are {{public_url}}, "
+            raise ConfigError(f"alerts.runbook_url_template: {e!r}: placeholders are {{public_url}}, "
                               "{anomaly_type}, {service} and {model}") from None
 
     def window_ns(self, key: str) -> int:

@@ -4,7 +4,7 @@ After each verdict (:class:`aggregator.api.feedback_api.FeedbackApi`), the type'
 measured over the newest verdicts on its alerts raised within ``window_s`` and after its last raise
 (so the alerts that caused one raise cannot cause the next). With at least ``min_verdicts`` true or
 false positives and a precision under ``min_precision``, the type's floor goes up by ``step`` from
-its current one (the configured ``alert_min_confidence_by_type`` or ``alert_min_confidence``), at most
+its current one (the configured ``alerts.min_confidence_by_type`` or ``alerts.min_confidence``), at most
 to ``max_floor``. The raise is stored in ``alerts.db`` (table ``confidence_floors``, so it survives a
 restart), logged, written to the audit log, and applied to the alert manager at once; an admin
 reverses it with ``DELETE /api/v1/feedback/floors/{anomaly_type}`` (the configured floor applies again).
@@ -23,7 +23,7 @@ from aggregator.alerting.audit import AuditEntry, AuditLog
 from aggregator.alerting.feedback import FeedbackLog, precision
 from aggregator.alerting.store import SideTable
 from sentinel.alerts import iso_time
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 
 __all__ = ["FloorRaise", "PrecisionGuard", "PrecisionGuardConfig"]
 
@@ -47,23 +47,29 @@ CREATE TABLE IF NOT EXISTS confidence_floors (
 
 @dataclass(frozen=True)
 class PrecisionGuardConfig:
-    min_precision: float = 0.0
-    min_verdicts: int = DEFAULT_MIN_VERDICTS
-    step: float = DEFAULT_STEP
-    max_floor: float = DEFAULT_MAX_FLOOR
-    window_s: float = DEFAULT_WINDOW_S
+    """The precision guard's settings: the aggregator's ``feedback:`` section (``feedback.<field>``)."""
+
+    min_precision: float = setting(0.0, "an anomaly type whose precision from operators' feedback falls under this "
+                                   "gets its confidence floor raised (logged, audited, reversible); 0: off, "
+                                   "precision is only measured")
+    min_verdicts: int = setting(DEFAULT_MIN_VERDICTS, "true and false positive verdicts a type needs (since its "
+                                "last raise) before its precision counts")
+    floor_step: float = setting(DEFAULT_STEP, "how much one raise adds to a type's confidence floor")
+    max_floor: float = setting(DEFAULT_MAX_FLOOR, "the highest floor raises reach")
+    window_s: float = setting(DEFAULT_WINDOW_S, "verdicts on alerts raised within this long count towards the "
+                              "precision")
 
     def validate(self) -> None:
         if not 0 <= self.min_precision <= 1:
-            raise ConfigError("feedback_min_precision: must be between 0 and 1")
+            raise ConfigError("feedback.min_precision: must be between 0 and 1")
         if self.min_verdicts < 1:
-            raise ConfigError("feedback_min_verdicts: must be at least 1")
-        if not 0 < self.step <= 1:
-            raise ConfigError("feedback_floor_step: must be greater than 0 and at most 1")
+            raise ConfigError("feedback.min_verdicts: must be at least 1")
+        if not 0 < self.floor_step <= 1:
+            raise ConfigError("feedback.floor_step: must be greater than 0 and at most 1")
         if not 0 < self.max_floor <= 1:
-            raise ConfigError("feedback_max_floor: must be greater than 0 and at most 1")
+            raise ConfigError("feedback.max_floor: must be greater than 0 and at most 1")
         if not self.window_s > 0:
-            raise ConfigError("feedback_window_s: must be greater than 0")
+            raise ConfigError("feedback.window_s: must be greater than 0")
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ class PrecisionGuard:
             if p is None or verdicts < self.config.min_verdicts or p >= self.config.min_precision:
                 return None
             floor_now = current.floor if current is not None else self._base_floor(anomaly_type)
-            new_floor = round(min(self.config.max_floor, floor_now + self.config.step), 6)
+            new_floor = round(min(self.config.max_floor, floor_now + self.config.floor_step), 6)
             if new_floor <= floor_now:
                 return None  # already at max_floor
             raised = FloorRaise(anomaly_type, new_floor, now, p, verdicts)

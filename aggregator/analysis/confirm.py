@@ -36,7 +36,7 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.dete
   high for the fleet too, not a sidecar whose baseline was low. Confidence ``0.8 + 0.2·g`` (the
   CUSUM's evidence counts as a full local strength); the method is ``local_level_shift+global_p90``;
   ``context.sustained = true`` tells the alert manager it is not a single call (no
-  ``alert_row_persistence``: the CUSUM already asked for a run of values). A TTFT shift whose call
+  ``alerts.row_persistence``: the CUSUM already asked for a run of values). A TTFT shift whose call
   is slow as a whole too (its ``latency_ms``, found in the batch by span id, above the global
   latency quantile) is a slow provider, not a late first token: it becomes ``latency_spike``, as
   in the aggregator's own ``level_shift`` detector. Shifts down and of
@@ -46,7 +46,7 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.dete
 
 **Provider.** Each candidate names the ``provider`` (``gen_ai.system``) of its (service, model),
 learned from the rows of the batches that carry anomalies, so a provider's error storm seen by
-several sidecars joins the one provider-wide alert (``alert_group_across``).
+several sidecars joins the one provider-wide alert (``alerts.group_across``).
 
 **Regional baselines.** When the anomaly's call is in its batch with a region (found by span id)
 and that region's baseline holds ``min_global_count`` values of the metric (calls, for the error
@@ -55,7 +55,7 @@ carries ``context.region`` (its alert is regional) and ``context.baseline_scope 
 
 **Too little global history.** While the global baseline holds fewer than ``min_global_count``
 values of the metric (calls, for the error rate) — a new key, a fresh aggregator, a metric not
-kept in ``baseline_metrics`` — its p99 is not a trustworthy yardstick, so the sidecar is
+kept in ``baselines.metrics`` — its p99 is not a trustworthy yardstick, so the sidecar is
 trusted: the anomaly is confirmed with :data:`UNCHECKED_CONFIDENCE` and the detection method
 ``local_<method>`` (without ``+global_p99``) and ``context.global_checked = false`` — for a
 statistical method only when the sidecar is sure, ``|sigma| ≥ unchecked_min_sigma`` (default 6,
@@ -96,7 +96,7 @@ from aggregator.analysis.baselines.store import BaselineKey, BaselineStore, KeyB
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.providers import ProviderMap
 from aggregator.analysis.state import StateFile
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 from sentinel.edge_alerts import LOCAL_ANOMALY_TYPES
 from sentinel.model import FeatureBatch, LocalAnomaly
 from sentinel.wire import WireBatch
@@ -147,41 +147,48 @@ Outcome = Callable[[str], None]
 
 @dataclass(kw_only=True)
 class ConfirmConfig:
-    """Settings of the confirmer; :meth:`validate` names the aggregator setting at fault.
+    """The confirmer's settings: the aggregator's ``confirm:`` section; :meth:`validate` names the key at fault.
 
     >>> ConfirmConfig(min_global_count=50, quantile=0.995).validate()
     """
 
-    enabled: bool = True
-    min_global_count: int = DEFAULT_MIN_GLOBAL_COUNT
-    quantile: float = DEFAULT_QUANTILE
-    margin: float = DEFAULT_MARGIN
-    unchecked_min_sigma: float = DEFAULT_UNCHECKED_MIN_SIGMA
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE
-    level_shift_quantile: float = DEFAULT_LEVEL_SHIFT_QUANTILE
+    enabled: bool = setting(True, "confirm or dismiss sidecars' local anomalies against the global baselines "
+                            "(confirmed ones become candidates)")
+    min_global_count: int = setting(DEFAULT_MIN_GLOBAL_COUNT, "global values a key needs before the check "
+                                    "applies; below it the sidecar is trusted for |sigma| >= unchecked_min_sigma")
+    quantile: float = setting(DEFAULT_QUANTILE, "global quantile a value must pass (p99 high, p1 low)")
+    margin: float = setting(DEFAULT_MARGIN, "log-scale distance past the quantile, in units of quantile-to-median; "
+                            "0 = the plain quantile")
+    unchecked_min_sigma: float = setting(DEFAULT_UNCHECKED_MIN_SIGMA, "local |sigma| needed while the global "
+                                         "history is too short")
+    min_confidence: float = setting(DEFAULT_MIN_CONFIDENCE, "statistical confirmations below this confidence are "
+                                    "dismissed")
+    level_shift_quantile: float = setting(DEFAULT_LEVEL_SHIFT_QUANTILE, "global quantile a sidecar's latency/TTFT "
+                                          "level shift (up) must pass to be confirmed")
     #: Anomalies of calls older than arrival minus this are late (a replayed spool, a clock hours
     #: behind): counted as ``late`` and not confirmed, so old incidents do not page as if they were now.
-    late_after_s: float = 300.0
+    #: The aggregator sets it to its late_after_s.
+    late_after_s: float = setting(300.0, "the aggregator's late_after_s", config=False)
 
     def validate(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise ConfigError("confirm_enabled: must be true or false")
+            raise ConfigError("confirm.enabled: must be true or false")
         if isinstance(self.min_global_count, bool) or not isinstance(self.min_global_count, int) \
                 or self.min_global_count < 1:
-            raise ConfigError("confirm_min_global_count: must be an integer greater than 0")
+            raise ConfigError("confirm.min_global_count: must be an integer greater than 0")
         if isinstance(self.quantile, bool) or not isinstance(self.quantile, int | float) \
                 or not 0.5 < self.quantile < 1.0:
-            raise ConfigError("confirm_quantile: must be between 0.5 and 1 (exclusive)")
+            raise ConfigError("confirm.quantile: must be between 0.5 and 1 (exclusive)")
         for name in ("margin", "unchecked_min_sigma"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-                raise ConfigError(f"confirm_{name}: must be a number, 0 or more")
+                raise ConfigError(f"confirm.{name}: must be a number, 0 or more")
         lq = self.level_shift_quantile
         if isinstance(lq, bool) or not isinstance(lq, int | float) or not 0.5 <= lq < 1.0:
-            raise ConfigError("confirm_level_shift_quantile: must be at least 0.5 and below 1")
+            raise ConfigError("confirm.level_shift_quantile: must be at least 0.5 and below 1")
         c = self.min_confidence
         if isinstance(c, bool) or not isinstance(c, int | float) or not 0.0 <= c <= 1.0:
-            raise ConfigError("confirm_min_confidence: must be between 0 and 1")
+            raise ConfigError("confirm.min_confidence: must be between 0 and 1")
 
 
 class LocalAnomalyConfirmer:

@@ -1,9 +1,10 @@
 """``/api/v1/config``: the live settings, changed without a restart, versioned, rolled back (admin).
 
-``GET /api/v1/config`` answers the running live settings (the keys a reload applies: every
-``alert_*``, ``confirm_*`` and ``jwt_*`` setting, the detectors, the forest, the sinks and the
-tokens; secrets as ``sha256:…`` digests) and their version; ``PUT`` changes some of them
-(``{"settings": {key: value}, "comment": "..."}``): validated whole first — an unknown key, a key
+``GET /api/v1/config`` answers the running live settings by dotted key (the keys a reload applies:
+every ``alerts.*``, ``confirm.*``, ``jwt.*`` and ``amqp.*`` setting, the detectors, the forest, the
+webhooks and the tokens; secrets as ``sha256:…`` digests) and their version; ``PUT`` changes some
+of them (``{"settings": {key: value}, "comment": "..."}``, a key dotted, a section as a map, or a
+deprecated flat key as the YAML file takes them): validated whole first — an unknown key, a key
 that needs a restart or a bad value is refused with 400 naming the key, and nothing changes — then
 applied between two analysis batches and recorded as a new version (who, when, comment, diff).
 ``GET /api/v1/config/history`` lists the versions; ``POST /api/v1/config/rollback``

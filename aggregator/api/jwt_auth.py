@@ -1,12 +1,12 @@
 """JWT bearer tokens from an identity provider, beside the static tokens (OIDC access or ID tokens).
 
 A JWT (``Authorization: Bearer eyJ...``) is verified with PyJWT against a JWKS — fetched from
-``jwt_jwks_url`` (cached for ``jwt_jwks_cache_s``; a token signed with a key id the cache does not
-know makes one refetch, at most every ``jwt_jwks_refetch_s``, which is how key rotation is followed
-without letting made-up key ids hammer the identity provider) or read from ``jwt_jwks_file``
-(re-read when the file changes). It must be signed with one of ``jwt_algorithms``, carry ``exp``,
-and match ``jwt_issuer`` and ``jwt_audience`` (``jwt_leeway_s`` of clock skew allowed). Its role is
-the most privileged one that ``jwt_role_map`` gives any value of the ``jwt_role_claim`` claim (a
+``jwt.jwks_url`` (cached for ``jwt.jwks_cache_s``; a token signed with a key id the cache does not
+know makes one refetch, at most every ``jwt.jwks_refetch_s``, which is how key rotation is followed
+without letting made-up key ids hammer the identity provider) or read from ``jwt.jwks_file``
+(re-read when the file changes). It must be signed with one of ``jwt.algorithms``, carry ``exp``,
+and match ``jwt.issuer`` and ``jwt.audience`` (``jwt.leeway_s`` of clock skew allowed). Its role is
+the most privileged one that ``jwt.role_map`` gives any value of the ``jwt.role_claim`` claim (a
 string or a list, e.g. ``groups``); no mapped value: 401 as for an unknown token. Tokens and claims
 are never logged; a refused token is logged at debug level with PyJWT's reason only.
 """
@@ -18,12 +18,12 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 
 __all__ = ["JWT_ROLES", "JwtConfig", "JwtVerifier", "looks_like_jwt"]
 
@@ -42,16 +42,21 @@ def looks_like_jwt(token: str) -> bool:
 
 @dataclass
 class JwtConfig:
-    jwks_url: str = ""
-    jwks_file: str = ""
-    issuer: str = ""
-    audience: str = ""
-    role_claim: str = "roles"
-    role_map: dict[str, str] = field(default_factory=dict)
-    algorithms: Sequence[str] = DEFAULT_ALGORITHMS
-    jwks_cache_s: float = 300.0
-    jwks_refetch_s: float = 30.0
-    leeway_s: float = 30.0
+    """JWT verification's settings: the aggregator's ``jwt:`` section (``jwt.<field>``)."""
+
+    jwks_url: str = setting("", "accept JWTs (e.g. OIDC access tokens) signed by a key of this JWKS URL, beside the "
+                            "static tokens (aggregator/api/README.md, 'JWT'); empty: off")
+    jwks_file: str = setting("", "the same from a JWKS file (re-read when it changes), instead of jwks_url")
+    issuer: str = setting("", "the iss a JWT must carry (needed with a JWKS)")
+    audience: str = setting("", "the aud a JWT must carry (needed with a JWKS)")
+    role_claim: str = setting("roles", "the JWT claim (a string or a list, e.g. groups) mapped to a role")
+    role_map: dict[str, str] = setting(None, "claim value -> viewer, operator or admin; a JWT gets the most "
+                                       "privileged role of its mapped values", flag=False, factory=dict)
+    algorithms: Sequence[str] = setting(DEFAULT_ALGORITHMS, "signature algorithms accepted (asymmetric only)")
+    jwks_cache_s: float = setting(300.0, "how long a fetched JWKS is used before it is fetched again")
+    jwks_refetch_s: float = setting(30.0, "a token with a key id the cached JWKS lacks (a rotated key) fetches it "
+                                    "again, at most this often")
+    leeway_s: float = setting(30.0, "clock skew allowed on exp, nbf and iat")
 
     @property
     def enabled(self) -> bool:
@@ -61,30 +66,30 @@ class JwtConfig:
         if not self.enabled:
             return
         if self.jwks_url and self.jwks_file:
-            raise ConfigError("jwt_jwks_url: give jwt_jwks_url or jwt_jwks_file, not both")
+            raise ConfigError("jwt.jwks_url: give jwt.jwks_url or jwt.jwks_file, not both")
         if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
-            raise ConfigError("jwt_jwks_url: must be an https:// (or http://) URL")
+            raise ConfigError("jwt.jwks_url: must be an https:// (or http://) URL")
         for key in ("issuer", "audience"):
             if not getattr(self, key):
-                raise ConfigError(f"jwt_{key}: needed with jwt_jwks_url or jwt_jwks_file (tokens of other "
+                raise ConfigError(f"jwt.{key}: needed with jwt.jwks_url or jwt.jwks_file (tokens of other "
                                   "issuers or audiences must not be accepted)")
         if not self.role_claim:
-            raise ConfigError("jwt_role_claim: must not be empty")
+            raise ConfigError("jwt.role_claim: must not be empty")
         if not isinstance(self.role_map, dict) or not self.role_map:
-            raise ConfigError("jwt_role_map: a map of claim value to viewer, operator or admin is needed")
+            raise ConfigError("jwt.role_map: a map of claim value to viewer, operator or admin is needed")
         for value, role in self.role_map.items():
             if role not in JWT_ROLES:
-                raise ConfigError(f"jwt_role_map.{value}: {role!r} is not one of {', '.join(JWT_ROLES)}")
+                raise ConfigError(f"jwt.role_map.{value}: {role!r} is not one of {', '.join(JWT_ROLES)}")
         bad = [a for a in self.algorithms if a not in _ASYMMETRIC]
         if not self.algorithms or bad:
-            raise ConfigError(f"jwt_algorithms: {bad or 'none'}: only asymmetric algorithms "
+            raise ConfigError(f"jwt.algorithms: {bad or 'none'}: only asymmetric algorithms "
                               f"({', '.join(sorted(_ASYMMETRIC))}) verify against a JWKS")
         if self.jwks_cache_s <= 0:
-            raise ConfigError("jwt_jwks_cache_s: must be greater than 0")
+            raise ConfigError("jwt.jwks_cache_s: must be greater than 0")
         if self.jwks_refetch_s < 0:
-            raise ConfigError("jwt_jwks_refetch_s: must not be negative")
+            raise ConfigError("jwt.jwks_refetch_s: must not be negative")
         if self.leeway_s < 0:
-            raise ConfigError("jwt_leeway_s: must not be negative")
+            raise ConfigError("jwt.leeway_s: must not be negative")
         if self.jwks_file:
             _read_jwks(self.jwks_file)
 
@@ -94,9 +99,9 @@ def _read_jwks(path: str) -> jwt.PyJWKSet:
         with open(path, encoding="utf-8") as f:
             return jwt.PyJWKSet.from_dict(json.load(f))
     except OSError as e:
-        raise ConfigError(f"jwt_jwks_file: cannot read {path}: {e.strerror}") from None
+        raise ConfigError(f"jwt.jwks_file: cannot read {path}: {e.strerror}") from None
     except (ValueError, jwt.PyJWTError) as e:
-        raise ConfigError(f"jwt_jwks_file: {path} is not a JWKS: {e}") from None
+        raise ConfigError(f"jwt.jwks_file: {path} is not a JWKS: {e}") from None
 
 
 class JwtVerifier:

@@ -7,9 +7,9 @@
     sentinel config rollback N [--comment C]  apply version N's settings again (a new version)
 
 FILE is a settings file as ``sentinel aggregator --config`` reads it (its ``aggregator:`` section when it
-has one); only its live keys (those ``GET /api/v1/config`` lists: ``alert_*``, ``confirm_*``, ``jwt_*``,
-the detectors, the forest, the sinks, the tokens) are sent, the others are named as needing a restart.
-Secrets (tokens, ``amqp_url``, ``webhooks``) are compared by digest, and never printed.
+has one); only its live keys (those ``GET /api/v1/config`` lists, dotted: ``alerts.*``, ``confirm.*``,
+``jwt.*``, ``amqp.*``, the detectors, the forest, the webhooks, the tokens) are sent, the others are named
+as needing a restart. Secrets (tokens, ``amqp.url``, ``webhooks``) are compared by digest, never printed.
 ``--url`` or ``SENTINEL_URL``; the token ``SENTINEL_API_TOKEN`` or ``--token-file``.
 Exit status: 0 done, 1 the aggregator cannot be reached or refused, 2 a bad option, file or setting.
 """
@@ -30,15 +30,16 @@ import yaml
 from aggregator.config import SECRET_KEYS
 from aggregator.config_versions import is_digest, redact
 from sentinel.cli.alerts import DEFAULT_URL, CliError, _Api, _token, run_cli
+from sentinel.config import ConfigError, resolve
 
 __all__ = ["file_settings", "main"]
 
 def file_settings(path: str, live_keys: Collection[str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """(live settings, other keys) of a settings file; ``live_keys``: the running aggregator's (default: this
     version's, :meth:`aggregator.config.AggregatorConfig.live_keys`)."""
-    if live_keys is None:
-        from aggregator.config import AggregatorConfig
+    from aggregator.config import AggregatorConfig
 
+    if live_keys is None:
         live_keys = AggregatorConfig.live_keys()
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -50,6 +51,10 @@ def file_settings(path: str, live_keys: Collection[str] | None = None) -> tuple[
         data = data["aggregator"]
     if not isinstance(data, dict):
         raise CliError(f"{path}: must hold a map of settings", 2)
+    try:  # the keys dotted (alerts.min_confidence), as the API shows them; deprecated flat ones mapped
+        data = resolve(AggregatorConfig, data, where=f"in {path}")
+    except ConfigError as e:
+        raise CliError(str(e), 2) from None
     live = {k: v for k, v in data.items() if k in live_keys}
     return live, sorted(str(k) for k in data if k not in live)
 

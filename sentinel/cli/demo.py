@@ -24,6 +24,7 @@ from aggregator.alerting.hub import Subscription
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
 from sentinel.cli.spans import DEFAULT_SERVICES, build_trace_request
+from sentinel.config import load
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 
@@ -80,9 +81,9 @@ async def _start_aggregator(data_dir: str, listen: str) -> Aggregator:
     settings: dict[str, Any] = {
         "listen": listen, "data_dir": data_dir, "grpc_listen": "127.0.0.1:0", "shutdown_grace_s": 1.0,
         # Fast enough to see resolutions within the demo; production defaults are five minutes.
-        "alert_resolve_after_s": 20.0,
+        "alerts": {"resolve_after_s": 20.0},
     }
-    agg = Aggregator(AggregatorConfig(**settings), registry=CollectorRegistry())
+    agg = Aggregator(load(AggregatorConfig, data=settings, env={}), registry=CollectorRegistry())
     try:
         await agg.start()
     except OSError:
@@ -173,7 +174,7 @@ async def run_demo(*, seconds: float = 35.0, rate: float = 1000.0, listen: str =
     bursts = seen[("error_burst", BURST_SERVICE)]
     by_type = Counter(kind for (kind, _svc) in (+seen).elements())
     print(f"\nalerts raised: {dict(by_type) or 'none'}; notifications sent: {sum(notified.values())} "
-          f"(one per alert group after alert_group_wait_s; its members are the models, regions, users)")
+          f"(one per alert group after alerts.group_wait_s; its members are the models, regions, users)")
     print(f"slow provider on {SPIKE_SERVICE} alerted: {'yes' if slow else 'NO'}; "
           f"error burst on {BURST_SERVICE} alerted: {'yes' if bursts else 'NO'}")
     return 0 if slow and bursts else 1

@@ -1,6 +1,6 @@
 """Fault 7: RabbitMQ unreachable, then its connection cut, while alerts are raised — with real
 processes: a sidecar forwarding error bursts of several services to an aggregator whose
-``amqp_url`` goes through a killable TCP proxy to the real broker. The aggregator is also
+``amqp.url`` goes through a killable TCP proxy to the real broker. The aggregator is also
 SIGKILLed while alerts wait in its outbox.
 
 aggregator/alerting/SINKS.md, "Delivery guarantees": a row leaves the outbox only once the broker
@@ -38,11 +38,11 @@ def _outbox(agg: AggregatorProc) -> float:
 def test_alerts_raised_while_broker_is_away_all_reach_it(faults: FaultEnv) -> None:
     queue = faults.amqp_queue()
     proxy = faults.proxy(5672, start=False)  # the broker is unreachable: nothing listens on the proxy's port
-    # One alert per burst service: the bursts share a provider, which alert_group_across would make one
+    # One alert per burst service: the bursts share a provider, which alerts.group_across would make one
     # provider-wide alert; this test counts alerts through the outages, so it groups per service.
     agg = faults.aggregator(extra=["--amqp-url", f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
                                    "--amqp-exchange", queue.exchange, "--amqp-queue", queue.sink_queue],
-                            config={"alert_group_across": {}}).start()
+                            config={"alerts": {"group_across": {}}}).start()
     sc = faults.sidecar("pod-alerts", aggregator_url=agg.url).start()
     ex = faults.exporter(sc)
     # Event time: four consecutive minutes ending ~1 min ago (not late: late_after_s is 5 min).

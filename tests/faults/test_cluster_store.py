@@ -27,7 +27,7 @@ PASSWORD = "cluster-secret-0f3a"  # trust authentication ignores it; it must sti
 def test_an_alert_raised_through_one_replica_is_on_both_apis(faults: FaultEnv) -> None:
     with pg_database() as url:
         url = url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
-        settings = {"store_url": url, "detectors": {"error_burst": {"window_s": 1.0}}, "alert_group_wait_s": 1}
+        settings = {"store_url": url, "detectors": {"error_burst": {"window_s": 1.0}}, "alerts": {"group_wait_s": 1}}
         one = AggregatorProc(faults, "replica-1", config=settings).start()
         two = AggregatorProc(faults, "replica-2", config=settings).start()
         now = time.time_ns()

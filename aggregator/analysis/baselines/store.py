@@ -29,7 +29,7 @@ from ddsketch.pb import ddsketch_pb2
 from ddsketch.pb.proto import DDSketchProto
 
 from aggregator.analysis.state import read_json, write_json
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 from sentinel.model import NUMERIC_COLUMNS, FeatureBatch
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
 DEFAULT_METRICS: tuple[str, ...] = ("latency_ms", "ttft_ms", "input_tokens", "output_tokens", "tokens_per_s",
                                     "cost_usd")
 #: Upper bound on stored baselines (global, regional and seasonal together); the least recently updated go first.
-DEFAULT_MAX_KEYS = 10_000
+DEFAULT_MAX_KEYS = 2000
 #: DDSketch's guarantee: every quantile is within this fraction of the true value.
 DEFAULT_RELATIVE_ACCURACY = 0.01
 #: The quantiles served for every metric.
@@ -84,28 +84,30 @@ def hour_of_week(time_unix_nano: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]
 
 @dataclass(kw_only=True)
 class BaselineConfig:
-    """Settings of the baseline store; :meth:`validate` names the aggregator setting at fault.
+    """The baseline store's settings: the aggregator's ``baselines:`` section; :meth:`validate` names the key.
 
     >>> BaselineConfig(seasonality=True, max_keys=50_000).validate()
     """
 
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    seasonality: bool = False
-    max_keys: int = DEFAULT_MAX_KEYS
-    relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY
+    metrics: tuple[str, ...] = setting(DEFAULT_METRICS, "metrics with global baselines (comma-separated in env)")
+    seasonality: bool = setting(False, "also keep one baseline per hour of week (UTC) per key")
+    max_keys: int = setting(DEFAULT_MAX_KEYS, "baselines kept (global, regional and seasonal each count); the least "
+                            "recently updated are evicted beyond it (~55 KiB each)")
+    relative_accuracy: float = setting(DEFAULT_RELATIVE_ACCURACY, "relative error bound of the baseline quantiles "
+                                       "(DDSketch)")
 
     def validate(self) -> None:
         if not self.metrics:
-            raise ConfigError("baseline_metrics: must name at least one metric")
+            raise ConfigError("baselines.metrics: must name at least one metric")
         for name in self.metrics:
             if name not in _METRIC_COLUMNS:
-                raise ConfigError(f"baseline_metrics: {name!r} is not one of {', '.join(sorted(_METRIC_COLUMNS))}")
+                raise ConfigError(f"baselines.metrics: {name!r} is not one of {', '.join(sorted(_METRIC_COLUMNS))}")
         if len(set(self.metrics)) != len(self.metrics):
-            raise ConfigError("baseline_metrics: names a metric twice")
+            raise ConfigError("baselines.metrics: names a metric twice")
         if self.max_keys < 1:
-            raise ConfigError("baseline_max_keys: must be greater than 0")
+            raise ConfigError("baselines.max_keys: must be greater than 0")
         if not 0.0 < self.relative_accuracy < 1.0:
-            raise ConfigError("baseline_relative_accuracy: must be between 0 and 1 (exclusive)")
+            raise ConfigError("baselines.relative_accuracy: must be between 0 and 1 (exclusive)")
 
 
 class MetricBaseline:

@@ -11,7 +11,7 @@ and re-arms after a window that is not a burst; burst windows do not update the 
 
 A candidate names the key's ``provider`` (``gen_ai.system``, the latest one its calls carried) in
 its context, so a provider-wide storm on several services can be grouped into one alert
-(``alert_group_across``).
+(``alerts.group_across``).
 """
 
 from __future__ import annotations

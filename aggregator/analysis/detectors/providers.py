@@ -1,7 +1,7 @@
 """Which provider (``gen_ai.system``) a (service, request model) key calls, learned from its rows.
 
 A provider's incident (a 429 storm, an outage) spans services; naming the provider on a candidate
-lets the alert manager group it across them (``alert_group_across``). Bounded: past ``max_keys``
+lets the alert manager group it across them (``alerts.group_across``). Bounded: past ``max_keys``
 the map is cleared and learned again from the next batches (a key's provider rarely changes).
 """
 

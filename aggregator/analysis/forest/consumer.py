@@ -18,7 +18,7 @@ no alert (below): what it feeds, the explanations, needs the features outliers s
 outlier (``aggregator/README.md``, "Isolation Forest", measures what sampling changes in them).
 
 **Explaining other detections.** On realistic traffic the forest's own candidates do not become
-alerts (under ``alert_min_confidence_by_type.multivariate_outlier`` 0.8 and row persistence; 0 of
+alerts (under ``alerts.min_confidence_by_type.multivariate_outlier`` 0.8 and row persistence; 0 of
 its candidates alerted on ``clean-realistic`` and ``incidents-realistic``). What it does add is
 *which features moved together*: every outlier row is remembered per (service, model) — the last
 :data:`EXPLAIN_KEEP` of each, at most :data:`EXPLAIN_MAX_KEYS` keys — and :meth:`ForestConsumer.explain`
