@@ -65,3 +65,17 @@ def test_the_detectors_forest_and_webhooks_follow_the_process_rules() -> None:
 def test_component_map_errors_name_the_full_key(call: Callable[[], object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         call()
+
+
+def test_the_sidecars_detection_map_takes_the_same_rule() -> None:
+    """``detection.error_rate.window: 5m`` (sidecar) and ``detectors.error_burst.window_s: 5m`` (aggregator):
+    one parser (load_map), so one rule for durations and one form of error."""
+    from sidecar.detectors.local_config import LocalDetectionConfig
+
+    local = LocalDetectionConfig.from_mapping({"error_rate": {"window": "5m"}, "zscore": {"half_life": "1.5h"}})
+    burst = parse_detector_settings({"error_burst": {"window_s": "5m"}})["error_burst"]
+    assert local.error_rate.window == burst.window_s == 300.0 and local.zscore.half_life == 5400.0
+    with pytest.raises(ConfigError, match=r"^detection\.error_rate\.window: not a duration"):
+        LocalDetectionConfig.from_mapping({"error_rate": {"window": "soon"}})
+    with pytest.raises(ConfigError, match=r"^detection\.robust\.windw: unknown setting"):
+        LocalDetectionConfig.from_mapping({"robust": {"windw": 5}})

@@ -10,12 +10,11 @@ MetricConfig(method='mad', direction='high', transform='log')
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.config import ConfigError, parse_duration
+from sentinel.config import ConfigError, load_map
 from sidecar.detectors.error_rate import (
     DEFAULT_ERROR_RATE_THRESHOLD,
     DEFAULT_ERROR_WINDOW_S,
@@ -74,12 +73,15 @@ DEFAULT_TRANSFORMS: dict[str, str] = {m: "log" for m in METRICS}
 LOG_UNITS: dict[str, float] = {"cost_usd": 1e-6}
 DEFAULT_MAX_KEYS = 10_000
 DEFAULT_MAX_ANOMALIES_PER_BATCH = 100
+#: A setting given as a duration ("90s", "1h", or seconds) although its name has no ``_s``.
+_DURATION = {"kind": "duration"}
+
 @dataclass
 class ZScoreConfig:
     """``detection.zscore``: the time-decayed mean / robust-std baseline."""
 
     threshold: float = DEFAULT_Z_THRESHOLD
-    half_life: float = DEFAULT_HALF_LIFE_S  # seconds of event time
+    half_life: float = field(default=DEFAULT_HALF_LIFE_S, metadata=_DURATION)  # seconds of event time
     clip_sigma: float = DEFAULT_CLIP_SIGMA
 
 
@@ -91,7 +93,7 @@ class LevelShiftConfig:
     drift: float = DEFAULT_DRIFT
     threshold: float = DEFAULT_SHIFT_THRESHOLD
     cap_sigma: float = DEFAULT_CAP_SIGMA
-    relearn_after: float = DEFAULT_RELEARN_AFTER_S  # seconds of event time
+    relearn_after: float = field(default=DEFAULT_RELEARN_AFTER_S, metadata=_DURATION)  # seconds of event time
 
 
 @dataclass
@@ -117,7 +119,7 @@ class ErrorRateConfig:
     """``detection.error_rate``: the share of failed calls over a sliding window."""
 
     enabled: bool = True
-    window: float = DEFAULT_ERROR_WINDOW_S
+    window: float = field(default=DEFAULT_ERROR_WINDOW_S, metadata=_DURATION)
     threshold: float = DEFAULT_ERROR_RATE_THRESHOLD
     min_calls: int = DEFAULT_MIN_CALLS
 
@@ -168,23 +170,27 @@ class LocalDetectionConfig:
         """Parse and validate the ``detection:`` map; unknown keys and bad values raise
         :class:`ConfigError` naming the key (``detection.zscore.threshold: ...``)."""
         d = _as_map("detection", {} if d is None else d)
-        out = cls()
-        for key, raw in d.items():
-            name = f"detection.{key}"
-            if key in ("zscore", "level_shift", "robust", "persistence", "error_rate"):
-                setattr(out, key, _fill(type(getattr(out, key)), raw, name))
-            elif key == "metrics":
-                for metric, sub in _as_map(name, raw).items():
-                    _known_metric(f"{name}.{metric}", metric)
-                    out.metrics[metric] = _fill(MetricConfig, sub, f"{name}.{metric}", base=out.metrics[metric])
-            elif key == "thresholds":
-                for metric, sub in _as_map(name, raw).items():
-                    _known_metric(f"{name}.{metric}", metric)
-                    out.thresholds[metric] = _fill(ThresholdConfig, sub, f"{name}.{metric}")
-            elif key in _SCALARS:
-                setattr(out, key, _convert(name, raw, _SCALARS[key]))
-            else:
-                raise ConfigError(f"{name}: unknown setting")
+        defaults = cls()
+        # The loader's rules (sentinel.config.load_map), as for every other map of settings.
+        nested: dict[str, Any] = {}
+        for key in _SECTIONS:
+            if key in d:
+                raw = _as_map(f"detection.{key}", d[key])
+                if key == "zscore" and "alpha" in raw:
+                    raise ConfigError("detection.zscore.alpha: replaced by detection.zscore.half_life (a duration "
+                                      "of event time, e.g. 1h)")
+                nested[key] = load_map(type(getattr(defaults, key)), raw, f"detection.{key}")
+        metrics = dict(defaults.metrics)
+        for metric, sub in _as_map("detection.metrics", d.get("metrics", {})).items():
+            _known_metric(f"detection.metrics.{metric}", metric)
+            metrics[metric] = load_map(MetricConfig, sub, f"detection.metrics.{metric}",
+                                       base=dataclasses.asdict(metrics[metric]))
+        thresholds = {}
+        for metric, sub in _as_map("detection.thresholds", d.get("thresholds", {})).items():
+            _known_metric(f"detection.thresholds.{metric}", metric)
+            thresholds[metric] = load_map(ThresholdConfig, sub, f"detection.thresholds.{metric}")
+        scalars = {k: v for k, v in d.items() if k not in (*_SECTIONS, "metrics", "thresholds")}
+        out = load_map(cls, scalars, "detection", base={**nested, "metrics": metrics, "thresholds": thresholds})
         out.validate()
         return out
 
@@ -238,20 +244,8 @@ class LocalDetectionConfig:
                 _check(f"{key}.min", tc.min <= tc.max, "must not be above max")
 
 
-#: Settings given as durations ("90s", "1h", or seconds).
-_DURATIONS: set[tuple[type, str]] = {
-    (ErrorRateConfig, "window"),
-    (ZScoreConfig, "half_life"),
-    (LevelShiftConfig, "relearn_after"),
-}
-
-_SCALARS: dict[str, type] = {
-    "warmup": int,
-    "max_keys": int,
-    "max_anomalies_per_batch": int,
-    "min_std_ratio": float,
-    "min_std": float,
-}
+#: The sub-maps of ``detection:`` that are one dataclass each.
+_SECTIONS = ("zscore", "level_shift", "robust", "persistence", "error_rate")
 
 
 def _check(key: str, ok: bool, message: str) -> None:
@@ -267,50 +261,3 @@ def _as_map(key: str, raw: Any) -> Mapping[str, Any]:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{key}: expected a map, got {type(raw).__name__}")
     return raw
-
-
-def _convert(key: str, raw: Any, tp: Any) -> Any:
-    """One YAML scalar to ``tp`` (``int``, ``float``, ``str``, ``bool``, ``float | None``)."""
-    bad = ConfigError(f"{key}: expected {getattr(tp, '__name__', str(tp))}, got {raw!r}")
-    if tp == "float | None":
-        return None if raw is None else _convert(key, raw, float)
-    if isinstance(raw, bool) != (tp is bool) or isinstance(raw, Mapping | list):
-        raise bad
-    if tp is int:
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        if not isinstance(raw, int):
-            raise bad
-        return raw
-    if tp is float:
-        try:
-            value = float(raw)  # YAML reads "1e-9" (no dot) as a string
-        except (TypeError, ValueError):
-            raise bad from None
-        if not math.isfinite(value):
-            raise bad
-        return value
-    if tp is str and not isinstance(raw, str):
-        raise bad
-    return raw
-
-
-def _fill(cls: type[Any], raw: Any, prefix: str, base: Any = None) -> Any:
-    """A ``cls`` dataclass from the map ``raw`` (over ``base`` or the defaults)."""
-    values = dataclasses.asdict(base) if base is not None else {}
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
-    for key, v in _as_map(prefix, raw).items():
-        name = f"{prefix}.{key}"
-        if cls is ZScoreConfig and key == "alpha":
-            raise ConfigError(f"{name}: replaced by detection.zscore.half_life (a duration of event time, e.g. 1h)")
-        if key not in types:
-            raise ConfigError(f"{name}: unknown setting (one of {', '.join(types)})")
-        if (cls, key) in _DURATIONS:
-            try:
-                values[key] = parse_duration(v)
-            except ValueError as e:
-                raise ConfigError(f"{name}: {e}") from None
-        else:
-            tp = {"int": int, "float": float, "str": str, "bool": bool}.get(str(types[key]), types[key])
-            values[key] = _convert(name, v, tp)
-    return cls(**values)
