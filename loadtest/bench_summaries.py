@@ -10,7 +10,7 @@ as the sidecar's pipeline does it:
 * ``rows``: the rows sealed into wire batches of ``batch_max_rows`` (2,048) with their anomalies;
 * ``summaries``: every request counted into per-minute per-key summaries (``sidecar/summaries.py``),
   its anomalous rows and a ``--sample-rate`` sample sealed as rows, the summaries sealed into a batch
-  of their own every ``summary_flush_s`` (10 s of simulated time).
+  of their own every ``summaries.flush_s`` (10 s of simulated time).
 
 Printed: wire bytes (the exact ``POST /v1/ingest`` bodies, uncompressed, as the forwarder sends them)
 per span in each mode, their ratio and the reduction (target: at least 90 % fewer bytes), how many

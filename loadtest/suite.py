@@ -86,8 +86,9 @@ async def run_suite(paths: Sequence[Path], out: Path, *, quick: bool = False, mo
     if forward:
         # Compressed time: the summaries' flush period is a wall-clock window like the others, so it is
         # divided by the speedup too (10 s in production, a third of a second at 30x).
-        scenarios = [dataclasses.replace(sc, sidecar={"summary_flush_s": 10.0 / sc.speedup, **sc.sidecar,
-                                                      "forward": forward}) for sc in scenarios]
+        scenarios = [dataclasses.replace(sc, sidecar={
+            **sc.sidecar, "forward": forward,
+            "summaries": {"flush_s": 10.0 / sc.speedup, **sc.sidecar.get("summaries", {})}}) for sc in scenarios]
     names = [s.name for s in scenarios]
     if len(set(names)) != len(names):
         raise ValueError(f"scenario names must be unique: {names}")

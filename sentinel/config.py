@@ -169,7 +169,7 @@ def _kind(f: dataclasses.Field[Any], tp: Any) -> str:
     return ""
 
 
-def section(cls: type, help: str, *, old_prefix: str = "") -> Any:
+def section(cls: type, help: str, *, old_prefix: str = "", old_keys: Mapping[str, str] | None = None) -> Any:
     """A field holding a component's config dataclass ``cls``: a section of the process settings.
 
     YAML gives it as a nested map (``alerts: {fold_into: ...}``), the environment as
@@ -177,8 +177,10 @@ def section(cls: type, help: str, *, old_prefix: str = "") -> Any:
     (``alerts.fold_into``). ``old_prefix`` is the prefix its fields had when they were flat process
     settings (``alert_``): ``alert_fold_into``, ``SENTINEL_ALERT_FOLD_INTO`` and ``--alert-fold-into``
     stay accepted as deprecated aliases (:func:`load` warns once per key and refuses both forms at once).
+    ``old_keys`` names a field's old key where it was not ``old_prefix`` + its name (``genai_metrics``
+    for ``genai_metrics.enabled``: YAML ``genai_metrics: false`` still means that field).
     """
-    meta = {"help": help, "section": True, "old_prefix": old_prefix}
+    meta = {"help": help, "section": True, "old_prefix": old_prefix, "old_keys": dict(old_keys or {})}
     return dataclasses.field(default_factory=cls, metadata=meta)
 
 
@@ -237,9 +239,11 @@ def leaves(cls: type) -> list[Leaf]:
             out.append(Leaf(f.name, f, tp))
             continue
         prefix = str(f.metadata.get("old_prefix", ""))
+        old_keys = f.metadata.get("old_keys") or {}
         for sf, stp in _fields(tp):
             if _configurable(sf):
-                out.append(Leaf(f"{f.name}.{sf.name}", sf, stp, f.name, prefix + sf.name if prefix else ""))
+                old = old_keys.get(sf.name, prefix + sf.name if prefix else "")
+                out.append(Leaf(f"{f.name}.{sf.name}", sf, stp, f.name, old))
     return out
 
 
@@ -276,7 +280,11 @@ def resolve(cls: type, data: Mapping[str, Any], *, where: str = "") -> dict[str,
 
     for name, value in data.items():
         name = str(name)
-        if name in sections:
+        if name in sections and not isinstance(value, Mapping) and name in old:
+            # A setting that became a section (genai_metrics: false -> genai_metrics.enabled).
+            _deprecated(name, old[name].key)
+            put(old[name].key, f"{name} (deprecated)", value)
+        elif name in sections:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{name}: must be a map of settings{suffix}")
             for sub, subvalue in value.items():

@@ -27,9 +27,9 @@ from sidecar.detectors.local import LocalDetectionConfig, LocalDetector
 from sidecar.extract import ExtractConfig, Extractor
 from sidecar.forward_queue import ForwardQueue
 from sidecar.forwarder import Forwarder, ForwarderConfig
-from sidecar.genai_metrics import GenAiMetricsReader, MetricsConfig
+from sidecar.genai_metrics import GenAiMetricsReader
 from sidecar.inflight import InFlightBudget
-from sidecar.local_alerts import LocalAlerter, LocalAlertsConfig
+from sidecar.local_alerts import LocalAlerter
 from sidecar.metrics import SidecarMetrics
 from sidecar.ops_server import OpsServer
 from sidecar.otlp_grpc import OtlpGrpcReceiver
@@ -38,7 +38,7 @@ from sidecar.passthrough import Passthrough, PassthroughConfig
 from sidecar.pipeline import SeqSource, TracePipeline
 from sidecar.spool import Spool, SpoolConfig, SpoolLockedError
 from sidecar.status import StatusSource
-from sidecar.summaries import Summariser, SummaryConfig
+from sidecar.summaries import Summariser
 
 __all__ = ["Sidecar", "run"]
 
@@ -88,7 +88,7 @@ class Sidecar:
         c = self.config
         detector = LocalDetector(LocalDetectionConfig.from_mapping(c.detection))
         extractor = Extractor(ExtractConfig.from_settings(c, api_key_attributes=c.api_key_attributes))
-        metrics_config = MetricsConfig.from_settings(c)
+        metrics_config = c.genai_metrics
         last_seq: int | None = None
         if c.spool_dir:
             self.spool = Spool(SpoolConfig(
@@ -134,8 +134,8 @@ class Sidecar:
                 self.metrics,
             )
             await self.passthrough.start()
-        summaries = SummaryConfig.from_settings(c)
-        alerts_config = LocalAlertsConfig.from_settings(c)
+        summaries = c.summaries
+        alerts_config = c.local_alerts
         if alerts_config.mode != "off":
             forwarder = self.forwarder
             self.local_alerts = LocalAlerter(

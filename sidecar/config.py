@@ -1,13 +1,16 @@
-"""The sidecar's settings: one dataclass, its defaults as named constants, and ``validate()``."""
+"""The sidecar's settings: one dataclass of top-level settings and sections (the components' own config
+dataclasses: ``genai_metrics``, ``local_alerts``, ``summaries``), its defaults as named constants, and
+``validate()``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel.config import ConfigError, setting
+from sentinel.config import ConfigError, section, setting
 from sidecar.genai_metrics import MetricsConfig
 from sidecar.local_alerts import LocalAlertsConfig
 from sidecar.summaries import SummaryConfig
@@ -104,36 +107,14 @@ class SidecarConfig:
                                         flag=False, factory=dict)
     prices: dict[str, Any] = setting(None, "price overrides: model -> {input, output} USD per million "
                                      "tokens", flag=False, factory=dict)
-    genai_metrics: bool = setting(True, "turn OTel GenAI metric histograms into rows for keys no spans "
-                                  "come for (see sidecar/README.md)")
-    genai_metrics_span_window_s: float = setting(300.0, "a key whose span rows came within this long is "
-                                                 "not rowed from metrics", kind="duration")
-    genai_metrics_max_rows_per_point: int = setting(1000, "rows one histogram point may become per "
-                                                    "interval; beyond it the values are thinned (counted)")
-    genai_metrics_max_series: int = setting(10_000, "metric streams (and span-covered keys) remembered; "
-                                            "beyond it they are forgotten and start over")
-    local_alerts: str = setting("offline", "when the sidecar pages its own sinks for local detections: offline "
-                                "(while the aggregator is unreachable), always, or off (see sidecar/README.md, "
-                                "Local alerts)")
-    local_alert_min_severity: str = setting("high", "least severity of a local detection that pages locally "
-                                            "(critical, high, medium, low)")
-    local_alert_webhook_url: str = setting("", "webhook receiving local alerts as the aggregator's alert JSON "
-                                           "document (empty: none)")
-    local_alert_slack_url: str = setting("", "Slack incoming webhook receiving local alerts (empty: none)")
-    local_alert_dedup_s: float = setting(300.0, "a series that paged locally is not paged again until this "
-                                         "long after its last detection", kind="duration")
-    local_alert_row_persistence: int = setting(3, "detections about single calls of one series, within "
-                                               "local_alert_dedup_s, before they page locally")
-    local_alert_timeout_s: float = setting(5.0, "timeout of one local alert POST", kind="duration")
-    local_alert_attempts: int = setting(3, "tries per local alert sink before it counts as failed")
+    genai_metrics: MetricsConfig = section(MetricsConfig, "GenAI metric histograms as rows (sidecar/genai_metrics.py)",
+                                           old_prefix="genai_metrics_", old_keys={"enabled": "genai_metrics"})
+    local_alerts: LocalAlertsConfig = section(LocalAlertsConfig, "local alerts (sidecar/local_alerts.py)",
+                                              old_prefix="local_alert_", old_keys={"mode": "local_alerts"})
     forward: str = setting("rows", "what is forwarded: rows (every row) or summaries (per-minute per-key "
                            "summaries, every anomalous row and a sample; see sidecar/README.md, Bandwidth mode)")
-    summary_sample_rate: float = setting(0.01, "forward: summaries: share of the other rows forwarded as rows")
-    summary_flush_s: float = setting(10.0, "forward: summaries: how often the summaries held are sealed into a "
-                                     "batch", kind="duration")
-    summary_max_keys: int = setting(10_000, "forward: summaries: key-minutes held before they are sealed early")
-    summary_relative_accuracy: float = setting(0.01, "forward: summaries: DDSketch relative accuracy; must equal "
-                                               "the aggregator's baselines.relative_accuracy")
+    summaries: SummaryConfig = section(SummaryConfig, "bandwidth mode's summaries (sidecar/summaries.py)",
+                                       old_prefix="summary_")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def validate(self) -> None:
@@ -180,13 +161,18 @@ class SidecarConfig:
                 raise ConfigError(f"{key}: {value!r} must start with http:// or https://")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
-        MetricsConfig.from_settings(self).validate()
-        LocalAlertsConfig.from_settings(self).validate()
-        SummaryConfig.from_settings(self).validate()
+        self.genai_metrics.validate()
+        self.local_alerts.validate()
+        self.summaries.validate()
         if not isinstance(self.detection, dict):
             raise ConfigError("detection: must be a map")
         if not isinstance(self.prices, dict):
             raise ConfigError("prices: must be a map")
+
+    def __post_init__(self) -> None:
+        # The summaries' forward is the process's top-level forward, not a setting of the section.
+        if self.summaries.forward != self.forward:
+            self.summaries = dataclasses.replace(self.summaries, forward=self.forward)
 
     @property
     def effective_fsync(self) -> str:

@@ -71,7 +71,7 @@ class Forwarder:
         self._stopping = asyncio.Event()
         self.last_error: str = ""
         #: Whether the last delivery attempt found the aggregator away (connection error, 502/503/504);
-        #: what ``local_alerts: offline`` pages on (:mod:`sidecar.local_alerts`).
+        #: what ``local_alerts.mode: offline`` pages on (:mod:`sidecar.local_alerts`).
         self.unreachable = False
 
     async def start(self) -> None:

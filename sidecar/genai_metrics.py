@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 from sentinel.model import Row
 from sentinel.pricing import PriceBook
 from sidecar.attributes import normalize_error_type
@@ -59,26 +59,23 @@ _RESOURCE_KEYS = ("service.name", "k8s.namespace.name", "k8s.pod.name", "cloud.r
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
-    """``MetricsConfig(span_window_s=60)``; from the sidecar's ``genai_metrics*`` settings."""
+    """The sidecar's ``genai_metrics.enabled:`` section (``MetricsConfig(span_window_s=60)``)."""
 
-    enabled: bool = True
-    span_window_s: float = 300.0
-    max_rows_per_point: int = 1000
-    max_series: int = 10_000
+    enabled: bool = setting(True, "turn OTel GenAI metric histograms into rows for keys no spans come for (see "
+                            "sidecar/README.md)")
+    span_window_s: float = setting(300.0, "a key whose span rows came within this long is not rowed from metrics")
+    max_rows_per_point: int = setting(1000, "rows one histogram point may become per interval; beyond it the "
+                                      "values are thinned (counted)")
+    max_series: int = setting(10_000, "metric streams (and span-covered keys) remembered; beyond it they are "
+                              "forgotten and start over")
 
     def validate(self) -> None:
         if self.span_window_s < 0:
-            raise ConfigError("genai_metrics_span_window_s: must not be negative")
+            raise ConfigError("genai_metrics.span_window_s: must not be negative")
         if self.max_rows_per_point <= 0:
-            raise ConfigError("genai_metrics_max_rows_per_point: must be greater than 0")
+            raise ConfigError("genai_metrics.max_rows_per_point: must be greater than 0")
         if self.max_series <= 0:
-            raise ConfigError("genai_metrics_max_series: must be greater than 0")
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> MetricsConfig:
-        return cls(enabled=settings.genai_metrics, span_window_s=settings.genai_metrics_span_window_s,
-                   max_rows_per_point=settings.genai_metrics_max_rows_per_point,
-                   max_series=settings.genai_metrics_max_series)
+            raise ConfigError("genai_metrics.max_series: must be greater than 0")
 
 
 @dataclass(slots=True)

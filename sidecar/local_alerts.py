@@ -7,18 +7,18 @@ sidecar may have sinks of its own: a webhook receiving the aggregator's alert do
 message as the aggregator's, :func:`sentinel.slack.slack_body`), and always a log line and
 ``sentinel_sidecar_local_alerts_total``.
 
-Which detections page (``local_alerts`` setting):
+Which detections page (``local_alerts.mode`` setting):
 
 * ``offline`` (default): only while the aggregator is unreachable — the forwarder's last attempt
   failed with a connection error or 502/503/504 (or no ``aggregator_url`` is set);
 * ``always``: whatever the aggregator's state; ``off``: never.
 
-A detection becomes an alert at ``local_alert_min_severity`` or worse (severity by the aggregator's
+A detection becomes an alert at ``local_alerts.min_severity`` or worse (severity by the aggregator's
 rules, :func:`sentinel.alert_rules.classify`, confidence 1); a detection about one call (a
-z-score, MAD, IQR or threshold anomaly) needs ``local_alert_row_persistence`` of the same series
-within ``local_alert_dedup_s`` (one slow call is not an incident); an error-rate detection is over a
+z-score, MAD, IQR or threshold anomaly) needs ``local_alerts.row_persistence`` of the same series
+within ``local_alerts.dedup_s`` (one slow call is not an incident); an error-rate detection is over a
 window already and pages at once. A series that paged is not paged again for
-``local_alert_dedup_s`` after its last detection (repeats are counted on the alert).
+``local_alerts.dedup_s`` after its last detection (repeats are counted on the alert).
 
 Each alert is also handed to the pipeline (:meth:`LocalAlerter.take`) to travel in the batch that
 carries its anomalies — spooled with it while the aggregator is away — so the aggregator can show it
@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from sentinel.alert_rules import classify
 from sentinel.alerts import SEVERITIES, SEVERITY_RANK, Alert, AlertDetails
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 from sentinel.edge_alerts import LOCAL_ANOMALY_TYPES, MAX_TRACE_IDS, EdgeAlert
 from sentinel.model import LocalAnomaly
 from sentinel.retry import backoff_s
@@ -65,40 +65,38 @@ _MAX_SERIES = 10_000
 
 @dataclass(kw_only=True)
 class LocalAlertsConfig:
-    """The ``local_alert*`` settings of :class:`sidecar.config.SidecarConfig`."""
+    """The sidecar's ``local_alerts.mode:`` section (:class:`sidecar.config.SidecarConfig`)."""
 
-    mode: str = "offline"
-    min_severity: str = DEFAULT_MIN_SEVERITY
-    webhook_url: str = ""
-    slack_url: str = ""
-    dedup_s: float = DEFAULT_DEDUP_S
-    row_persistence: int = DEFAULT_ROW_PERSISTENCE
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    attempts: int = DEFAULT_ATTEMPTS
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_settings(cls, c: Any) -> LocalAlertsConfig:
-        return cls(mode=c.local_alerts, min_severity=c.local_alert_min_severity,
-                   webhook_url=c.local_alert_webhook_url, slack_url=c.local_alert_slack_url,
-                   dedup_s=c.local_alert_dedup_s, row_persistence=c.local_alert_row_persistence,
-                   timeout_s=c.local_alert_timeout_s, attempts=c.local_alert_attempts)
+    mode: str = setting("offline", "when the sidecar pages its own sinks for local detections: offline (while "
+                        "the aggregator is unreachable), always, or off (see sidecar/README.md, Local alerts)")
+    min_severity: str = setting(DEFAULT_MIN_SEVERITY, "least severity of a local detection that pages locally "
+                                "(critical, high, medium, low)")
+    webhook_url: str = setting("", "webhook receiving local alerts as the aggregator's alert JSON document "
+                               "(empty: none)")
+    slack_url: str = setting("", "Slack incoming webhook receiving local alerts (empty: none)")
+    dedup_s: float = setting(DEFAULT_DEDUP_S, "a series that paged locally is not paged again until this long "
+                             "after its last detection")
+    row_persistence: int = setting(DEFAULT_ROW_PERSISTENCE, "detections about single calls of one series, within "
+                                   "dedup_s, before they page locally")
+    timeout_s: float = setting(DEFAULT_TIMEOUT_S, "timeout of one local alert POST")
+    attempts: int = setting(DEFAULT_ATTEMPTS, "tries per local alert sink before it counts as failed")
+    headers: dict[str, str] = setting(None, "headers of the local alert POSTs", factory=dict, config=False)
 
     def validate(self) -> None:
         if self.mode not in LOCAL_ALERT_MODES:
-            raise ConfigError(f"local_alerts: {self.mode!r} is not one of {', '.join(LOCAL_ALERT_MODES)}")
+            raise ConfigError(f"local_alerts.mode: {self.mode!r} is not one of {', '.join(LOCAL_ALERT_MODES)}")
         if self.min_severity not in SEVERITIES:
-            raise ConfigError(f"local_alert_min_severity: {self.min_severity!r} is not one of {', '.join(SEVERITIES)}")
+            raise ConfigError(f"local_alerts.min_severity: {self.min_severity!r} is not one of {', '.join(SEVERITIES)}")
         for key in ("webhook_url", "slack_url"):
             url = getattr(self, key)
             if url and not url.startswith(("http://", "https://")):
-                raise ConfigError(f"local_alert_{key}: {url!r} must start with http:// or https://")
+                raise ConfigError(f"local_alerts.{key}: {url!r} must start with http:// or https://")
         for key in ("dedup_s", "timeout_s"):
             if not getattr(self, key) > 0:
-                raise ConfigError(f"local_alert_{key}: must be greater than 0")
+                raise ConfigError(f"local_alerts.{key}: must be greater than 0")
         for key in ("row_persistence", "attempts"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"local_alert_{key}: must be at least 1")
+                raise ConfigError(f"local_alerts.{key}: must be at least 1")
 
 
 @dataclass

@@ -7,13 +7,13 @@ sidecar still detects on every row, but forwards
   :class:`~sentinel.summary.Summary`: calls, errors, calls per error type and finish reason, and per
   metric the moments and DDSketch bins the aggregator's baselines keep — with the same DDSketch
   mapping as its :class:`~aggregator.analysis.baselines.store.MetricBaseline`, so they merge into its baselines
-  exactly (same relative accuracy: ``summary_relative_accuracy`` must equal the aggregator's
+  exactly (same relative accuracy: ``summaries.relative_accuracy`` must equal the aggregator's
   ``baselines.relative_accuracy``, both 0.01 by default);
 * every row a local anomaly was raised on, with the anomaly (so confirmation, trace ids and edge
-  alerts work as before), and a random ``summary_sample_rate`` share of the other rows (for the
+  alerts work as before), and a random ``summaries.sample_rate`` share of the other rows (for the
   Isolation Forest and for examples), all marked ``summarised`` (already counted in a summary).
 
-Summaries are sealed into a batch of their own every ``summary_flush_s`` (a minute still open is
+Summaries are sealed into a batch of their own every ``summaries.flush_s`` (a minute still open is
 sent as a partial; summaries of the same key and minute add up).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from ddsketch import DDSketch
 
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, setting
 from sentinel.model import FeatureBatch, LocalAnomaly
 from sentinel.summary import KEY_COLUMNS, MAX_CATEGORIES, SUMMARY_METRICS, MetricSummary, Summary
 
@@ -44,31 +44,30 @@ _OTHER = "(other)"
 
 @dataclass(kw_only=True)
 class SummaryConfig:
-    """The ``forward`` and ``summary_*`` settings of :class:`sidecar.config.SidecarConfig`."""
+    """The sidecar's ``summaries:`` section, and its ``forward`` setting (:class:`sidecar.config.SidecarConfig`)."""
 
-    forward: str = "rows"
-    sample_rate: float = DEFAULT_SAMPLE_RATE
-    flush_s: float = DEFAULT_FLUSH_S
-    width_s: int = DEFAULT_WIDTH_S
-    max_keys: int = DEFAULT_MAX_KEYS
-    relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY
-
-    @classmethod
-    def from_settings(cls, c: Any) -> SummaryConfig:
-        return cls(forward=c.forward, sample_rate=c.summary_sample_rate, flush_s=c.summary_flush_s,
-                   max_keys=c.summary_max_keys, relative_accuracy=c.summary_relative_accuracy)
+    #: The sidecar's top-level ``forward`` (rows or summaries), set by it: not a setting of the section.
+    forward: str = setting("rows", "the sidecar's forward", config=False)
+    sample_rate: float = setting(DEFAULT_SAMPLE_RATE, "forward: summaries: share of the other rows forwarded as "
+                                 "rows")
+    flush_s: float = setting(DEFAULT_FLUSH_S, "forward: summaries: how often the summaries held are sealed into a "
+                             "batch")
+    width_s: int = setting(DEFAULT_WIDTH_S, "width of one summary (a minute)", config=False)
+    max_keys: int = setting(DEFAULT_MAX_KEYS, "forward: summaries: key-minutes held before they are sealed early")
+    relative_accuracy: float = setting(DEFAULT_RELATIVE_ACCURACY, "forward: summaries: DDSketch relative accuracy; "
+                                       "must equal the aggregator's baselines.relative_accuracy")
 
     def validate(self) -> None:
         if self.forward not in FORWARD_MODES:
             raise ConfigError(f"forward: {self.forward!r} is not one of {', '.join(FORWARD_MODES)}")
         if not 0.0 <= self.sample_rate <= 1.0:
-            raise ConfigError("summary_sample_rate: must be between 0 and 1")
+            raise ConfigError("summaries.sample_rate: must be between 0 and 1")
         if not self.flush_s > 0:
-            raise ConfigError("summary_flush_s: must be greater than 0")
+            raise ConfigError("summaries.flush_s: must be greater than 0")
         if self.max_keys < 1:
-            raise ConfigError("summary_max_keys: must be greater than 0")
+            raise ConfigError("summaries.max_keys: must be greater than 0")
         if not 0.0 < self.relative_accuracy < 1.0:
-            raise ConfigError("summary_relative_accuracy: must be between 0 and 1 (exclusive)")
+            raise ConfigError("summaries.relative_accuracy: must be between 0 and 1 (exclusive)")
 
 
 @dataclass

@@ -73,7 +73,7 @@ async def make_sidecar() -> AsyncIterator[SidecarFactory]:
             "shutdown_grace_s": 1.0,
         }
         settings.update(overrides)
-        sc = Sidecar(SidecarConfig(**settings), registry=CollectorRegistry())
+        sc = Sidecar(load(SidecarConfig, data=settings, env={}, validate=False), registry=CollectorRegistry())
         await sc.start()
         started.append(sc)
         return sc

@@ -77,10 +77,10 @@ def test_cli_refuses_invalid_setting_with_exit_2() -> None:
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    import dataclasses
+    from sentinel.config import leaves
 
     readme = (Path(__file__).resolve().parents[1] / "sidecar" / "README.md").read_text()
-    missing = [f.name for f in dataclasses.fields(SidecarConfig) if f"`{f.name}`" not in readme]
+    missing = [leaf.key for leaf in leaves(SidecarConfig) if f"`{leaf.key}`" not in readme]
     assert missing == []
 
 

@@ -179,3 +179,22 @@ def test_tables_show_dotted_keys_and_the_deprecated_ones() -> None:
             "`--alert-group-wait-s` |") in old
     assert "| `amqp_url` | `amqp.url` | (unchanged) | (unchanged) |" in old
     assert [leaf.key for leaf in leaves(Process)][:3] == ["store_url", "retry_after_s", "alerts.group_wait_s"]
+
+
+def test_a_setting_that_became_a_section_keeps_its_scalar_form(caplog: pytest.LogCaptureFixture) -> None:
+    # genai_metrics: false (a flat boolean before) -> genai_metrics.enabled; local_alerts: always -> .mode.
+    from sidecar.config import SidecarConfig
+
+    caplog.set_level(logging.WARNING, "sentinel.config")
+    c = load(SidecarConfig, data={"genai_metrics": False, "local_alerts": "always",
+                                  "local_alert_slack_url": "https://hooks.example/x"}, env={})
+    assert (c.genai_metrics.enabled, c.local_alerts.mode, c.local_alerts.slack_url) == (
+        False, "always", "https://hooks.example/x")
+    assert any("genai_metrics is deprecated: use genai_metrics.enabled" in r.getMessage() for r in caplog.records)
+    c = load(SidecarConfig, data={"genai_metrics": {"span_window_s": "5m"}, "forward": "summaries",
+                                  "summaries": {"flush_s": "2s"}}, env={"SENTINEL_LOCAL_ALERTS_MODE": "off"})
+    assert (c.genai_metrics.enabled, c.genai_metrics.span_window_s, c.local_alerts.mode) == (True, 300.0, "off")
+    assert (c.summaries.forward, c.summaries.flush_s) == ("summaries", 2.0)  # forward: the top-level setting
+    with pytest.raises(ConfigError, match=r"^local_alerts\.mode: given twice"):
+        load(SidecarConfig, data={"local_alerts": {"mode": "off"}}, env={"SENTINEL_LOCAL_ALERTS": "always",
+                                                                         "SENTINEL_LOCAL_ALERTS_MODE": "off"})

@@ -164,7 +164,7 @@ def test_a_latency_and_ttft_regression_in_metrics_is_detected(memory_app: tuple[
 
 
 def test_config_names_the_bad_key() -> None:
-    with pytest.raises(ConfigError, match="genai_metrics_max_rows_per_point"):
+    with pytest.raises(ConfigError, match=r"genai_metrics\.max_rows_per_point"):
         MetricsConfig(max_rows_per_point=0).validate()
 
 

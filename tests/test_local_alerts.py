@@ -67,11 +67,11 @@ async def _wait(cond: Any, timeout_s: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"mode": "sometimes"}, "local_alerts: 'sometimes' is not one of off, offline, always"),
-    ({"min_severity": "urgent"}, "local_alert_min_severity"),
-    ({"webhook_url": "ftp://x"}, "local_alert_webhook_url: 'ftp://x' must start with http"),
-    ({"row_persistence": 0}, "local_alert_row_persistence: must be at least 1"),
-    ({"dedup_s": 0}, "local_alert_dedup_s: must be greater than 0"),
+    ({"mode": "sometimes"}, "local_alerts.mode: 'sometimes' is not one of off, offline, always"),
+    ({"min_severity": "urgent"}, "local_alerts.min_severity"),
+    ({"webhook_url": "ftp://x"}, "local_alerts.webhook_url: 'ftp://x' must start with http"),
+    ({"row_persistence": 0}, "local_alerts.row_persistence: must be at least 1"),
+    ({"dedup_s": 0}, "local_alerts.dedup_s: must be greater than 0"),
 ])
 def test_bad_settings_name_the_key(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
@@ -87,7 +87,7 @@ async def test_offline_error_burst_pages_the_webhook_once_and_travels_to_the_agg
         assert alerter.observe([anomaly()]) == []  # aggregator reachable: it pages, not the edge
         offline[0] = True
         [raised] = alerter.observe([anomaly()])
-        assert alerter.observe([anomaly()]) == []  # a repeat within local_alert_dedup_s: counted, not paged
+        assert alerter.observe([anomaly()]) == []  # a repeat within local_alerts.dedup_s: counted, not paged
         await _wait(lambda: rx.bodies)
         await alerter.shutdown()
     [doc] = rx.bodies
@@ -110,7 +110,7 @@ async def test_single_call_anomalies_need_persistence_and_severity() -> None:
     [a] = alerter.observe([spike])  # the third of the series within the window
     assert a.severity == "high" and a.anomaly_type == "latency_spike" and not a.paged and a.delivery == "none"
     mild = anomaly("latency_ms", 2000.0, method="zscore", sigma=3.5, service="other", baseline=1500.0)
-    assert all(alerter.observe([mild]) == [] for _ in range(5))  # medium: below local_alert_min_severity
+    assert all(alerter.observe([mild]) == [] for _ in range(5))  # medium: below local_alerts.min_severity
 
 
 async def test_every_sink_failing_is_reported_so_the_aggregator_pages() -> None:

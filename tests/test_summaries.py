@@ -95,8 +95,8 @@ def test_the_sidecar_forwards_the_anomalous_rows_and_a_sample() -> None:
 
 @pytest.mark.parametrize("kw, message", [
     ({"forward": "some"}, "forward: 'some' is not one of rows, summaries"),
-    ({"sample_rate": 2.0}, "summary_sample_rate: must be between 0 and 1"),
-    ({"flush_s": 0}, "summary_flush_s: must be greater than 0"),
+    ({"sample_rate": 2.0}, "summaries.sample_rate: must be between 0 and 1"),
+    ({"flush_s": 0}, "summaries.flush_s: must be greater than 0"),
 ])
 def test_bad_settings_name_the_key(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -209,8 +209,8 @@ async def test_summaries_mode_end_to_end(make_aggregator: Any, make_sidecar: Any
     from loadtest.spans import DEFAULT_MODELS, DEFAULT_START_UNIX_NANO, anomalous_span, build_trace_request
 
     agg = await make_aggregator(late_after_s=10 * 365 * 86400.0)
-    sc = await make_sidecar(aggregator_url=agg.url, forward="summaries", summary_sample_rate=0.0,
-                            summary_flush_s=0.2)
+    sc = await make_sidecar(aggregator_url=agg.url, forward="summaries",
+                            summaries={"sample_rate": 0.0, "flush_s": 0.2})
     url = f"http://127.0.0.1:{sc.ports()['http']}/v1/traces"
     one: dict[str, Any] = {"services": ("support-chat",), "models": DEFAULT_MODELS[:1], "error_rate": 0.05}
     warm = build_trace_request(400, rng=random.Random(3), **one)
