@@ -34,7 +34,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.ops_server import OpsServer
 from sidecar.otlp_grpc import OtlpGrpcReceiver
 from sidecar.otlp_http import OtlpHttpReceiver
-from sidecar.passthrough import Passthrough, PassthroughConfig
+from sidecar.passthrough import Passthrough
 from sidecar.pipeline import SeqSource, TracePipeline
 from sidecar.spool import Spool, SpoolConfig, SpoolLockedError
 from sidecar.status import StatusSource
@@ -127,12 +127,8 @@ class Sidecar:
             await self.forwarder.start()
         else:
             log.warning("no aggregator_url: rows are detected locally and counted, not forwarded")
-        if c.upstream:
-            self.passthrough = Passthrough(
-                PassthroughConfig(url=c.upstream, protocol=c.upstream_protocol, queue_size=c.upstream_queue,
-                                  timeout_s=c.upstream_timeout_s),
-                self.metrics,
-            )
+        if c.upstream.url:
+            self.passthrough = Passthrough(c.upstream, self.metrics)
             await self.passthrough.start()
         summaries = c.summaries
         alerts_config = c.local_alerts

@@ -1,5 +1,5 @@
 """The sidecar's settings: one dataclass of top-level settings and sections (the components' own config
-dataclasses: ``genai_metrics``, ``local_alerts``, ``summaries``), its defaults as named constants, and
+dataclasses: ``genai_metrics``, ``local_alerts``, ``summaries``, ``upstream``), its defaults as named constants, and
 ``validate()``."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from sentinel.config import ConfigError, section, setting
 from sidecar.genai_metrics import MetricsConfig
 from sidecar.local_alerts import LocalAlertsConfig
+from sidecar.passthrough import PassthroughConfig
 from sidecar.summaries import SummaryConfig
 
 __all__ = ["MODES", "SPOOL_FSYNC_POLICIES", "SPOOL_FULL_POLICIES", "SidecarConfig"]
@@ -30,12 +31,10 @@ DEFAULT_BATCH_TIMEOUT_S = 1.0
 DEFAULT_QUEUE_MAX_BATCHES = 64
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_SPOOL_SEGMENT_BYTES = 8 * 1024 * 1024
-DEFAULT_UPSTREAM_QUEUE = 256
 
 MODES = ("sidecar", "store-and-forward")
 SPOOL_FULL_POLICIES = ("drop_oldest", "refuse")
 SPOOL_FSYNC_POLICIES = ("always", "interval", "never")
-UPSTREAM_PROTOCOLS = ("grpc", "http/protobuf")
 
 
 def _hostport(key: str, value: str) -> None:
@@ -90,12 +89,9 @@ class SidecarConfig:
     spool_fsync: str = setting("", "always (fsync every batch), interval, or never [default: always in "
                                "store-and-forward mode, interval otherwise]")
     spool_fsync_interval_s: float = setting(1.0, "fsync period for spool_fsync=interval", kind="duration")
-    upstream: str = setting("", "the team's own OTLP endpoint; every received request is passed on to it "
-                            "unchanged (empty: no pass-through)")
-    upstream_protocol: str = setting("grpc", "grpc or http/protobuf")
-    upstream_queue: int = setting(DEFAULT_UPSTREAM_QUEUE, "requests queued for the upstream before new "
-                                  "ones are dropped (counted)")
-    upstream_timeout_s: float = setting(10.0, "timeout of one upstream export", kind="duration")
+    upstream: PassthroughConfig = section(PassthroughConfig, "pass-through to the team's own OTLP endpoint "
+                                          "(sidecar/passthrough.py)", old_prefix="upstream_",
+                                          old_keys={"url": "upstream"})
     shutdown_grace_s: float = setting(5.0, "on SIGTERM, how long to keep forwarding before spooling or "
                                       "dropping what is left", kind="duration")
     capture_user: bool = setting(True, "forward the end-user id attribute (set false to drop it)")
@@ -130,11 +126,10 @@ class SidecarConfig:
         for key in ("grpc_max_recv_bytes", "http_max_body_bytes", "receive_queue_max_bytes", "batch_max_rows",
                     "receive_max_bytes_in_flight",
                     "queue_max_batches",
-                    "spool_max_bytes", "spool_segment_bytes", "upstream_queue"):
+                    "spool_max_bytes", "spool_segment_bytes"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
-        for key in ("forward_timeout_s", "retry_max_backoff_s", "batch_timeout_s", "upstream_timeout_s",
-                    "spool_fsync_interval_s"):
+        for key in ("forward_timeout_s", "retry_max_backoff_s", "batch_timeout_s", "spool_fsync_interval_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         if self.shutdown_grace_s < 0:
@@ -152,13 +147,9 @@ class SidecarConfig:
                               f"{', '.join(SPOOL_FULL_POLICIES)}")
         if self.spool_fsync and self.spool_fsync not in SPOOL_FSYNC_POLICIES:
             raise ConfigError(f"spool_fsync: {self.spool_fsync!r} is not one of {', '.join(SPOOL_FSYNC_POLICIES)}")
-        if self.upstream_protocol not in UPSTREAM_PROTOCOLS:
-            raise ConfigError(f"upstream_protocol: {self.upstream_protocol!r} is not one of "
-                              f"{', '.join(UPSTREAM_PROTOCOLS)}")
-        for key in ("aggregator_url", "upstream"):
-            value = getattr(self, key)
-            if value and not value.startswith(("http://", "https://")):
-                raise ConfigError(f"{key}: {value!r} must start with http:// or https://")
+        if self.aggregator_url and not self.aggregator_url.startswith(("http://", "https://")):
+            raise ConfigError(f"aggregator_url: {self.aggregator_url!r} must start with http:// or https://")
+        self.upstream.validate()
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: {self.log_level!r} is not debug, info, warning or error")
         self.genai_metrics.validate()

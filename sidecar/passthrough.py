@@ -22,9 +22,10 @@ import grpc
 import grpc.aio
 import httpx
 
+from sentinel.config import ConfigError, setting
 from sidecar.metrics import SidecarMetrics
 
-__all__ = ["GRPC_METHODS", "Passthrough", "PassthroughConfig", "Signal"]
+__all__ = ["GRPC_METHODS", "UPSTREAM_PROTOCOLS", "Passthrough", "PassthroughConfig", "Signal"]
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +46,37 @@ _ATTEMPTS = 3
 _WORKERS = 2
 
 
+UPSTREAM_PROTOCOLS = ("grpc", "http/protobuf")
+DEFAULT_UPSTREAM_QUEUE = 256
+
+
 @dataclass(frozen=True)
 class PassthroughConfig:
-    url: str
-    protocol: str = "grpc"
-    queue_size: int = 256
-    timeout_s: float = 10.0
+    """The sidecar's ``upstream:`` section: where every received request is passed on, unchanged."""
+
+    url: str = setting("", "the team's own OTLP endpoint; every received request is passed on to it unchanged "
+                       "(empty: no pass-through)")
+    protocol: str = setting("grpc", "grpc or http/protobuf")
+    queue: int = setting(DEFAULT_UPSTREAM_QUEUE, "requests queued for the upstream before new ones are dropped "
+                         "(counted)")
+    timeout_s: float = setting(10.0, "timeout of one upstream export")
+
+    def validate(self) -> None:
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"upstream.url: {self.url!r} must start with http:// or https://")
+        if self.protocol not in UPSTREAM_PROTOCOLS:
+            raise ConfigError(f"upstream.protocol: {self.protocol!r} is not one of {', '.join(UPSTREAM_PROTOCOLS)}")
+        if self.queue <= 0:
+            raise ConfigError("upstream.queue: must be greater than 0")
+        if not self.timeout_s > 0:
+            raise ConfigError("upstream.timeout_s: must be greater than 0")
 
 
 class Passthrough:
     def __init__(self, config: PassthroughConfig, metrics: SidecarMetrics) -> None:
         self._config = config
         self._metrics = metrics
-        self._queue: asyncio.Queue[tuple[Signal, bytes]] = asyncio.Queue(maxsize=config.queue_size)
+        self._queue: asyncio.Queue[tuple[Signal, bytes]] = asyncio.Queue(maxsize=config.queue)
         self._workers: list[asyncio.Task[None]] = []
         self._channel: grpc.aio.Channel | None = None
         self._client: httpx.AsyncClient | None = None

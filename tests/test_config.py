@@ -48,7 +48,7 @@ def test_precedence_defaults_yaml_env_flags(tmp_path: Path) -> None:
     ({"mode": "store-and-forward", "spool_dir": "/tmp/x"}, "aggregator_url"),
     ({"aggregator_url": "ftp://x"}, "aggregator_url"),
     ({"spool_full_policy": "panic"}, "spool_full_policy"),
-    ({"upstream_protocol": "thrift"}, "upstream_protocol"),
+    ({"upstream.protocol": "thrift"}, "upstream.protocol"),
     ({"capture_user": "maybe"}, "capture_user"),
 ])
 def test_invalid_settings_name_the_key(settings: dict[str, str], key: str) -> None:

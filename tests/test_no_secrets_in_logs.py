@@ -156,7 +156,7 @@ async def test_no_secret_in_logs_rows_or_alerts(
                    "headers": {"Authorization": f"Bearer {SECRETS['webhook header']}"}}],
         detectors={"budget": {"limits": {"user": {"day": 2.0}, "api_key_hash": {"day": 2.0}}}})
     common: dict[str, Any] = {"aggregator_url": agg.url, "hash_user": True, "api_key_attributes": [API_KEY_ATTRIBUTE],
-                              "upstream": f"http://127.0.0.1:{_closed_port()}", "upstream_protocol": "http/protobuf"}
+                              "upstream": {"url": f"http://127.0.0.1:{_closed_port()}", "protocol": "http/protobuf"}}
     wrong = await make_sidecar(token=SECRETS["wrong ingest token"], sidecar_id="wrong-token", **common)
     right = await make_sidecar(token=SECRETS["ingest token"], sidecar_id="right-token", **common)
 

@@ -52,7 +52,7 @@ async def test_grpc_upstream_gets_identical_bytes(make_sidecar: SidecarFactory) 
     collector = GrpcCollector()
     await collector.server.start()
     try:
-        sc = await make_sidecar(upstream=f"http://127.0.0.1:{collector.port}")
+        sc = await make_sidecar(upstream={"url": f"http://127.0.0.1:{collector.port}"})
         body = build_trace_request(20, rng=random.Random(3)).SerializeToString()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{sc.ports()['grpc']}") as ch:
             await ch.unary_unary(GRPC_METHODS["traces"], None, None)(body, timeout=5)
@@ -89,8 +89,8 @@ async def test_http_upstream_and_drops_are_counted(make_sidecar: SidecarFactory)
     await site.start()
     port = runner.addresses[0][1]
     try:
-        sc = await make_sidecar(upstream=f"http://127.0.0.1:{port}", upstream_protocol="http/protobuf",
-                                upstream_queue=2)
+        sc = await make_sidecar(upstream={"url": f"http://127.0.0.1:{port}", "protocol": "http/protobuf",
+                                          "queue": 2})
         async with httpx.AsyncClient() as c:
             for i in range(8):
                 body = build_trace_request(5, rng=random.Random(i)).SerializeToString()

@@ -52,7 +52,7 @@ def _imported_by_a_started_sidecar(tmp_path: Path) -> set[str]:
         proc = subprocess.Popen(
             [sys.executable, "-X", "importtime", "-m", "sentinel.cli", "sidecar", "--grpc-listen", "127.0.0.1:0",
              "--http-listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{metrics}",
-             "--aggregator-url", "http://127.0.0.1:9", "--upstream", "http://127.0.0.1:9",
+             "--aggregator-url", "http://127.0.0.1:9", "--upstream-url", "http://127.0.0.1:9",
              "--log-level", "warning"],
             cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=err)

@@ -173,7 +173,7 @@ def test_sidecar_container() -> None:
     assert e["SENTINEL_HTTP_LISTEN"] == "127.0.0.1:4318"
     assert e["SENTINEL_METRICS_LISTEN"] == "0.0.0.0:8081"
     assert e["SENTINEL_SPOOL_DIR"] == "/var/lib/sentinel/spool"
-    assert "SENTINEL_UPSTREAM" not in e
+    assert "SENTINEL_UPSTREAM_URL" not in e
     assert sidecar["volumeMounts"] == [{"name": "sentinel-spool", "mountPath": "/var/lib/sentinel/spool"},
                                        {"name": "sentinel-no-sa-token", "readOnly": True,
                                         "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
@@ -214,9 +214,9 @@ def test_app_exporter_points_at_sidecar(app_env: list[dict[str, Any]] | None, ex
         assert app_vars.get(name) == value, name
     sidecar_vars = env(container(pod, SIDECAR_NAME))
     if upstream is None:
-        assert "SENTINEL_UPSTREAM" not in sidecar_vars
+        assert "SENTINEL_UPSTREAM_URL" not in sidecar_vars
     else:
-        assert (sidecar_vars["SENTINEL_UPSTREAM"], sidecar_vars["SENTINEL_UPSTREAM_PROTOCOL"]) == upstream
+        assert (sidecar_vars["SENTINEL_UPSTREAM_URL"], sidecar_vars["SENTINEL_UPSTREAM_PROTOCOL"]) == upstream
     # a second pass (reinvocation) keeps the upstream though the app now points at the sidecar
     assert inject(pod, SETTINGS) == pod
 
@@ -228,7 +228,7 @@ def test_every_app_container_is_pointed_at_the_sidecar() -> None:
     out = mutate(pod, {}, SETTINGS)
     for name in ("app", "worker"):
         assert env(container(out, name))["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
-    assert env(container(out, SIDECAR_NAME))["SENTINEL_UPSTREAM"] == "http://collector:4317"
+    assert env(container(out, SIDECAR_NAME))["SENTINEL_UPSTREAM_URL"] == "http://collector:4317"
 
 
 @pytest.mark.parametrize(("annotations", "expected"), [
@@ -311,3 +311,14 @@ def test_injected_pods_carry_the_label_the_network_policy_selects() -> None:
     out = mutate(pod, {}, InjectorSettings())
     assert out["metadata"]["labels"] == {"app": "chat", LABEL_INJECTED: "true"}
     assert mutate(out, {}, InjectorSettings()) == out
+
+
+def test_a_pod_injected_before_upstream_was_a_section_keeps_its_upstream() -> None:
+    # Injected by an older injector: the sidecar carries SENTINEL_UPSTREAM (now upstream.url, deprecated).
+    pod = mutate(make_pod({ANNOTATION_INJECT: "true"}, env=[
+        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector:4317"}]), {}, SETTINGS)
+    for item in container(pod, SIDECAR_NAME)["env"]:
+        if item["name"] == "SENTINEL_UPSTREAM_URL":
+            item["name"] = "SENTINEL_UPSTREAM"
+    again = env(container(inject(pod, SETTINGS), SIDECAR_NAME))
+    assert again["SENTINEL_UPSTREAM_URL"] == "http://collector:4317" and "SENTINEL_UPSTREAM" not in again

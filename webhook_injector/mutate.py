@@ -303,7 +303,7 @@ def _sidecar(mode: str, native: bool, resources: dict[str, dict[str, str]], upst
         env.append({"name": "SENTINEL_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": settings.token_secret_name, "key": settings.token_secret_key, "optional": True}}})
     if upstream[0]:
-        env.append({"name": "SENTINEL_UPSTREAM", "value": upstream[0]})
+        env.append({"name": "SENTINEL_UPSTREAM_URL", "value": upstream[0]})
         env.append({"name": "SENTINEL_UPSTREAM_PROTOCOL", "value": upstream[1]})
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
@@ -346,7 +346,9 @@ def _existing_upstream(pod: Pod) -> tuple[str, str]:
     for kind in ("containers", "initContainers"):
         for c in _containers(pod, kind):
             if c.get("name") == SIDECAR_NAME:
-                _, url = _env_value(c, "SENTINEL_UPSTREAM")
+                # SENTINEL_UPSTREAM: the name before upstream became a section (pods injected earlier).
+                _, url = _env_value(c, "SENTINEL_UPSTREAM_URL")
+                url = url or _env_value(c, "SENTINEL_UPSTREAM")[1]
                 _, protocol = _env_value(c, "SENTINEL_UPSTREAM_PROTOCOL")
                 if url:
                     return url, protocol or "grpc"
