@@ -36,7 +36,7 @@ from sidecar.otlp_grpc import OtlpGrpcReceiver
 from sidecar.otlp_http import OtlpHttpReceiver
 from sidecar.passthrough import Passthrough
 from sidecar.pipeline import SeqSource, TracePipeline
-from sidecar.spool import Spool, SpoolConfig, SpoolLockedError
+from sidecar.spool import Spool, SpoolLockedError
 from sidecar.status import StatusSource
 from sidecar.summaries import Summariser
 
@@ -90,15 +90,8 @@ class Sidecar:
         extractor = Extractor(ExtractConfig.from_settings(c, api_key_attributes=c.api_key_attributes))
         metrics_config = c.genai_metrics
         last_seq: int | None = None
-        if c.spool_dir:
-            self.spool = Spool(SpoolConfig(
-                directory=c.spool_dir,
-                max_bytes=c.spool_max_bytes,
-                segment_bytes=c.spool_segment_bytes,
-                full_policy=c.spool_full_policy,
-                fsync=c.effective_fsync,
-                fsync_interval_s=c.spool_fsync_interval_s,
-            ))
+        if c.spool.directory:
+            self.spool = Spool(c.effective_spool)
             report = await asyncio.to_thread(self.spool.open)
             # A torn tail (a write cut by a crash) is one damaged record too.
             damaged = report.records_skipped + (1 if report.bytes_truncated else 0)
@@ -107,7 +100,7 @@ class Sidecar:
                 log.warning("spool recovery skipped %d damaged records (torn tail: %d bytes)", damaged,
                             report.bytes_truncated)
             log.info("spool %s: %d batches (%d rows) waiting to be forwarded",
-                     c.spool_dir, report.pending_records, report.pending_rows)
+                     c.spool.directory, report.pending_records, report.pending_rows)
             last_seq = report.last_seq
             self.metrics.spool_bytes.set(self.spool.bytes_used)
             self.metrics.spool_records.set(self.spool.pending_records)

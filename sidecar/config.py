@@ -1,6 +1,6 @@
 """The sidecar's settings: one dataclass of top-level settings and sections (the components' own config
-dataclasses: ``genai_metrics``, ``local_alerts``, ``summaries``, ``upstream``), its defaults as named constants, and
-``validate()``."""
+dataclasses: ``genai_metrics``, ``local_alerts``, ``spool``, ``summaries``, ``upstream``), its defaults as
+named constants, and ``validate()``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from sentinel.config import ConfigError, section, setting
 from sidecar.genai_metrics import MetricsConfig
 from sidecar.local_alerts import LocalAlertsConfig
 from sidecar.passthrough import PassthroughConfig
+from sidecar.spool import SpoolConfig
 from sidecar.summaries import SummaryConfig
 
-__all__ = ["MODES", "SPOOL_FSYNC_POLICIES", "SPOOL_FULL_POLICIES", "SidecarConfig"]
+__all__ = ["MODES", "SidecarConfig"]
 
 DEFAULT_GRPC_LISTEN = "127.0.0.1:4317"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:4318"
@@ -29,12 +30,8 @@ DEFAULT_RECEIVE_MAX_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 DEFAULT_BATCH_MAX_ROWS = 2048
 DEFAULT_BATCH_TIMEOUT_S = 1.0
 DEFAULT_QUEUE_MAX_BATCHES = 64
-DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
-DEFAULT_SPOOL_SEGMENT_BYTES = 8 * 1024 * 1024
 
 MODES = ("sidecar", "store-and-forward")
-SPOOL_FULL_POLICIES = ("drop_oldest", "refuse")
-SPOOL_FSYNC_POLICIES = ("always", "interval", "never")
 
 
 def _hostport(key: str, value: str) -> None:
@@ -80,15 +77,8 @@ class SidecarConfig:
     queue_max_batches: int = setting(DEFAULT_QUEUE_MAX_BATCHES, "sealed batches held in memory for the "
                                      "forwarder; beyond it they spill to the spool, or new exports get UNAVAILABLE "
                                      "(batches of exports already acknowledged are kept)")
-    spool_dir: str = setting("", "directory of the durable spool (required in store-and-forward mode)")
-    spool_max_bytes: int = setting(DEFAULT_SPOOL_MAX_BYTES, "size bound of the spool", kind="size")
-    spool_segment_bytes: int = setting(DEFAULT_SPOOL_SEGMENT_BYTES, "size at which a spool segment file "
-                                       "is closed and a new one begun", kind="size")
-    spool_full_policy: str = setting("drop_oldest", "when the spool is full: drop_oldest (counted) or "
-                                     "refuse (exports get UNAVAILABLE)")
-    spool_fsync: str = setting("", "always (fsync every batch), interval, or never [default: always in "
-                               "store-and-forward mode, interval otherwise]")
-    spool_fsync_interval_s: float = setting(1.0, "fsync period for spool_fsync=interval", kind="duration")
+    spool: SpoolConfig = section(SpoolConfig, "the durable spool (sidecar/spool.py)", old_prefix="spool_",
+                                 old_keys={"directory": "spool_dir"})
     upstream: PassthroughConfig = section(PassthroughConfig, "pass-through to the team's own OTLP endpoint "
                                           "(sidecar/passthrough.py)", old_prefix="upstream_",
                                           old_keys={"url": "upstream"})
@@ -125,28 +115,21 @@ class SidecarConfig:
                 _hostport(key, value)
         for key in ("grpc_max_recv_bytes", "http_max_body_bytes", "receive_queue_max_bytes", "batch_max_rows",
                     "receive_max_bytes_in_flight",
-                    "queue_max_batches",
-                    "spool_max_bytes", "spool_segment_bytes"):
+                    "queue_max_batches"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
-        for key in ("forward_timeout_s", "retry_max_backoff_s", "batch_timeout_s", "spool_fsync_interval_s"):
+        for key in ("forward_timeout_s", "retry_max_backoff_s", "batch_timeout_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be greater than 0")
         if self.shutdown_grace_s < 0:
             raise ConfigError("shutdown_grace_s: must not be negative")
-        if self.spool_segment_bytes > self.spool_max_bytes:
-            raise ConfigError("spool_segment_bytes: must not be greater than spool_max_bytes")
-        if self.mode == "store-and-forward" and not self.spool_dir:
-            raise ConfigError("spool_dir: required when mode is store-and-forward")
+        self.spool.validate()
+        if self.mode == "store-and-forward" and not self.spool.directory:
+            raise ConfigError("spool.directory: required when mode is store-and-forward")
         if self.mode == "store-and-forward" and not self.aggregator_url:
             raise ConfigError("aggregator_url: required when mode is store-and-forward")
         if not all(isinstance(k, str) and k for k in self.api_key_attributes):
             raise ConfigError("api_key_attributes: must be a list of attribute names")
-        if self.spool_full_policy not in SPOOL_FULL_POLICIES:
-            raise ConfigError(f"spool_full_policy: {self.spool_full_policy!r} is not one of "
-                              f"{', '.join(SPOOL_FULL_POLICIES)}")
-        if self.spool_fsync and self.spool_fsync not in SPOOL_FSYNC_POLICIES:
-            raise ConfigError(f"spool_fsync: {self.spool_fsync!r} is not one of {', '.join(SPOOL_FSYNC_POLICIES)}")
         if self.aggregator_url and not self.aggregator_url.startswith(("http://", "https://")):
             raise ConfigError(f"aggregator_url: {self.aggregator_url!r} must start with http:// or https://")
         self.upstream.validate()
@@ -167,9 +150,17 @@ class SidecarConfig:
 
     @property
     def effective_fsync(self) -> str:
-        if self.spool_fsync:
-            return self.spool_fsync
+        """``spool.fsync``, or when unset the mode's: store-and-forward acknowledges an export once its
+        batch is in the spool, so every batch is fsynced; in sidecar mode the spool is an overflow and
+        an fsync a second is enough."""
+        if self.spool.fsync:
+            return self.spool.fsync
         return "always" if self.mode == "store-and-forward" else "interval"
+
+    @property
+    def effective_spool(self) -> SpoolConfig:
+        """The spool's settings with the fsync policy the mode chose (what :class:`Spool` is given)."""
+        return dataclasses.replace(self.spool, fsync=self.effective_fsync)
 
     def effective_sidecar_id(self, env: dict[str, str] | None = None) -> str:
         if self.sidecar_id:

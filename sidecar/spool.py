@@ -41,6 +41,7 @@ is at-least-once: a cursor that was lost, or not yet fsynced, makes records be d
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -53,17 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from sentinel.config import ConfigError
-from sidecar.config import (
-    DEFAULT_SPOOL_MAX_BYTES,
-    DEFAULT_SPOOL_SEGMENT_BYTES,
-    SPOOL_FSYNC_POLICIES,
-    SPOOL_FULL_POLICIES,
-    SidecarConfig,
-)
+from sentinel.config import ConfigError, setting
 
 __all__ = [
     "HEADER_SIZE",
+    "SPOOL_FSYNC_POLICIES",
+    "SPOOL_FULL_POLICIES",
     "Dropped",
     "RecoveryReport",
     "Spool",
@@ -76,9 +72,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_SPOOL_SEGMENT_BYTES = 8 * 1024 * 1024
 DEFAULT_FULL_POLICY = "drop_oldest"
+#: What an unset ``fsync`` means to a spool on its own; the sidecar chooses by its mode instead
+#: (:attr:`sidecar.config.SidecarConfig.effective_fsync`).
 DEFAULT_FSYNC = "always"
 DEFAULT_FSYNC_INTERVAL_S = 1.0
+SPOOL_FULL_POLICIES = ("drop_oldest", "refuse")
+SPOOL_FSYNC_POLICIES = ("always", "interval", "never")
 
 _MAGIC = b"LSP1"
 _PREFIX = struct.Struct("<4sIIQ")
@@ -106,39 +108,41 @@ class SpoolFullError(Exception):
     """
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SpoolConfig:
-    """Settings of one spool, e.g. ``SpoolConfig(directory="/spool", max_bytes=64 << 20)``."""
+    """The sidecar's ``spool:`` section, e.g. ``SpoolConfig(directory="/spool", max_bytes=64 << 20)``.
 
-    directory: str | os.PathLike[str]
-    max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
-    segment_bytes: int = DEFAULT_SPOOL_SEGMENT_BYTES
-    full_policy: str = DEFAULT_FULL_POLICY
-    fsync: str = DEFAULT_FSYNC
-    fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S
+    An empty ``directory`` is no spool (the sidecar then runs without one; :class:`Spool` refuses it),
+    and an empty ``fsync`` is chosen by whoever runs the spool: the sidecar by its mode, a
+    :class:`Spool` on its own takes ``always``.
+    """
 
-    @classmethod
-    def from_sidecar(cls, cfg: SidecarConfig) -> SpoolConfig:
-        return cls(directory=cfg.spool_dir, max_bytes=cfg.spool_max_bytes, segment_bytes=cfg.spool_segment_bytes,
-                   full_policy=cfg.spool_full_policy, fsync=cfg.effective_fsync,
-                   fsync_interval_s=cfg.spool_fsync_interval_s)
+    directory: str = setting("", "directory of the durable spool (required in store-and-forward mode; empty: "
+                             "no spool)")
+    max_bytes: int = setting(DEFAULT_SPOOL_MAX_BYTES, "size bound of the spool", kind="size")
+    segment_bytes: int = setting(DEFAULT_SPOOL_SEGMENT_BYTES, "size at which a spool segment file is closed and "
+                                 "a new one begun", kind="size")
+    full_policy: str = setting(DEFAULT_FULL_POLICY, "when the spool is full: drop_oldest (counted) or refuse "
+                               "(exports get UNAVAILABLE)")
+    fsync: str = setting("", "always (fsync every batch), interval, or never [default: always in "
+                         "store-and-forward mode, interval otherwise]")
+    fsync_interval_s: float = setting(DEFAULT_FSYNC_INTERVAL_S, "fsync period for spool.fsync=interval",
+                                      kind="duration")
 
     def validate(self) -> None:
-        # Messages name the sidecar's setting keys, which is what a user can change.
-        if not os.fspath(self.directory):
-            raise ConfigError("spool_dir: required")
+        # Messages name the sidecar's dotted keys, which is what a user can change.
         if self.max_bytes <= HEADER_SIZE:
-            raise ConfigError(f"spool_max_bytes: must be greater than {HEADER_SIZE}")
+            raise ConfigError(f"spool.max_bytes: must be greater than {HEADER_SIZE}")
         if self.segment_bytes <= 0:
-            raise ConfigError("spool_segment_bytes: must be greater than 0")
+            raise ConfigError("spool.segment_bytes: must be greater than 0")
         if self.segment_bytes > self.max_bytes:
-            raise ConfigError("spool_segment_bytes: must not be greater than spool_max_bytes")
+            raise ConfigError("spool.segment_bytes: must not be greater than spool.max_bytes")
         if self.full_policy not in SPOOL_FULL_POLICIES:
-            raise ConfigError(f"spool_full_policy: {self.full_policy!r} is not one of {', '.join(SPOOL_FULL_POLICIES)}")
-        if self.fsync not in SPOOL_FSYNC_POLICIES:
-            raise ConfigError(f"spool_fsync: {self.fsync!r} is not one of {', '.join(SPOOL_FSYNC_POLICIES)}")
-        if self.fsync_interval_s <= 0:
-            raise ConfigError("spool_fsync_interval_s: must be greater than 0")
+            raise ConfigError(f"spool.full_policy: {self.full_policy!r} is not one of {', '.join(SPOOL_FULL_POLICIES)}")
+        if self.fsync and self.fsync not in SPOOL_FSYNC_POLICIES:
+            raise ConfigError(f"spool.fsync: {self.fsync!r} is not one of {', '.join(SPOOL_FSYNC_POLICIES)}")
+        if not self.fsync_interval_s > 0:
+            raise ConfigError("spool.fsync_interval_s: must be greater than 0")
 
 
 class SpoolPosition(NamedTuple):
@@ -254,6 +258,10 @@ class Spool:
 
     def __init__(self, config: SpoolConfig) -> None:
         config.validate()
+        if not os.fspath(config.directory):
+            raise ConfigError("spool.directory: required")
+        if not config.fsync:
+            config = dataclasses.replace(config, fsync=DEFAULT_FSYNC)
         self.config = config
         self._dir = Path(config.directory)
         self._lock = threading.Lock()
@@ -375,7 +383,7 @@ class Spool:
                 raise ValueError(f"seq must be in [0, 2**64), got {seq}")
             size = HEADER_SIZE + len(body)
             if len(body) >= _U32 or size > self.config.max_bytes:
-                raise ValueError(f"record of {size} bytes is larger than spool_max_bytes ({self.config.max_bytes})")
+                raise ValueError(f"record of {size} bytes is larger than spool.max_bytes ({self.config.max_bytes})")
             dropped: list[Dropped] = []
             if self._bytes_used + size > self.config.max_bytes:
                 if self.config.full_policy == "refuse":

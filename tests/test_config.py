@@ -26,13 +26,13 @@ def test_parse_duration(raw: object, expected: float) -> None:
 
 def test_precedence_defaults_yaml_env_flags(tmp_path: Path) -> None:
     cfg = tmp_path / "sentinel.yaml"
-    cfg.write_text("sidecar:\n  batch_max_rows: 100\n  queue_max_batches: 7\n  spool_max_bytes: 16MiB\n"
+    cfg.write_text("sidecar:\n  batch_max_rows: 100\n  queue_max_batches: 7\n  spool: {max_bytes: 16MiB}\n"
                    "  detection:\n    warmup: 5\n")
     env = {"SENTINEL_QUEUE_MAX_BATCHES": "9", "SENTINEL_BATCH_TIMEOUT_S": "250ms"}
     c = load(SidecarConfig, args={"config": str(cfg), "batch_max_rows": "300"}, env=env, section="sidecar")
     assert c.batch_max_rows == 300          # flag beats YAML
     assert c.queue_max_batches == 9         # env beats YAML
-    assert c.spool_max_bytes == 16 * 1024 * 1024  # YAML beats default
+    assert c.spool.max_bytes == 16 * 1024 * 1024  # YAML beats default
     assert c.batch_timeout_s == 0.25
     assert c.detection == {"warmup": 5}
     assert c.grpc_listen == "127.0.0.1:4317"
@@ -43,11 +43,13 @@ def test_precedence_defaults_yaml_env_flags(tmp_path: Path) -> None:
     ({"grpc_listen": "nowhere"}, "grpc_listen"),
     ({"batch_max_rows": "0"}, "batch_max_rows"),
     ({"batch_max_rows": "many"}, "batch_max_rows"),
-    ({"spool_max_bytes": "lots"}, "spool_max_bytes"),
-    ({"mode": "store-and-forward", "aggregator_url": "http://a:9090"}, "spool_dir"),
-    ({"mode": "store-and-forward", "spool_dir": "/tmp/x"}, "aggregator_url"),
+    ({"spool.max_bytes": "lots"}, "spool.max_bytes"),
+    ({"mode": "store-and-forward", "aggregator_url": "http://a:9090"}, "spool.directory"),
+    ({"mode": "store-and-forward", "spool.directory": "/tmp/x"}, "aggregator_url"),
     ({"aggregator_url": "ftp://x"}, "aggregator_url"),
-    ({"spool_full_policy": "panic"}, "spool_full_policy"),
+    ({"spool.full_policy": "panic"}, "spool.full_policy"),
+    ({"spool.fsync": "sometimes"}, "spool.fsync"),
+    ({"spool.segment_bytes": "2MiB", "spool.max_bytes": "1MiB"}, "spool.segment_bytes"),
     ({"upstream.protocol": "thrift"}, "upstream.protocol"),
     ({"capture_user": "maybe"}, "capture_user"),
 ])

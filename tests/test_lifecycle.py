@@ -13,6 +13,7 @@ from loadtest.recorder import RecordingAggregator
 from loadtest.spans import build_trace_request
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
+from sidecar.spool import SpoolConfig
 from tests.conftest import SidecarFactory
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -64,7 +65,7 @@ async def test_graceful_shutdown_spools_and_restart_delivers(tmp_path: Path, rec
     recorder.status = 503
     settings = {
         "grpc_listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
-        "aggregator_url": recorder.url, "spool_dir": str(tmp_path / "spool"), "sidecar_id": "a",
+        "aggregator_url": recorder.url, "spool": SpoolConfig(directory=str(tmp_path / "spool")), "sidecar_id": "a",
         "batch_timeout_s": 0.05, "retry_max_backoff_s": 0.1, "shutdown_grace_s": 0.2, "queue_max_batches": 2,
         "batch_max_rows": 10,
     }

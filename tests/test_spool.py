@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sentinel.config import ConfigError
+from sentinel import config as config_mod
+from sentinel.config import ConfigError, load
+from sidecar.config import SidecarConfig
 from sidecar.spool import _SCAN_CHUNK, HEADER_SIZE, Spool, SpoolConfig, SpoolFullError, SpoolRecord
+from tests.conftest import SidecarFactory
 
 
 def body_of(seq: int, size: int = 40) -> bytes:
@@ -20,7 +24,7 @@ def body_of(seq: int, size: int = 40) -> bytes:
 def make(directory: Path, **kw: object) -> Spool:
     settings: dict[str, object] = {"max_bytes": 1 << 20, "segment_bytes": 1 << 16, "fsync": "never"}
     settings.update(kw)
-    return Spool(SpoolConfig(directory=directory, **settings))  # type: ignore[arg-type]
+    return Spool(SpoolConfig(directory=str(directory), **settings))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -362,7 +366,7 @@ def test_oversize_record_is_refused(spool_dir: Path) -> None:
     spool = make(spool_dir, max_bytes=1000, segment_bytes=500)
     spool.open()
     spool.append(b"x" * (1000 - HEADER_SIZE), rows=1, seq=0)  # exactly max_bytes fits
-    with pytest.raises(ValueError, match="larger than spool_max_bytes"):
+    with pytest.raises(ValueError, match=r"larger than spool\.max_bytes"):
         spool.append(b"x" * (1001 - HEADER_SIZE), rows=1, seq=1)
     with pytest.raises(ValueError):
         spool.append(b"x", rows=-1, seq=1)
@@ -401,17 +405,16 @@ def test_close_is_idempotent_and_closed_spool_refuses_work(spool_dir: Path) -> N
 @pytest.mark.parametrize(
     ("change", "key"),
     [
-        ({"directory": ""}, "spool_dir"),
-        ({"max_bytes": 0}, "spool_max_bytes"),
-        ({"segment_bytes": 0}, "spool_segment_bytes"),
-        ({"segment_bytes": 2 << 20}, "spool_segment_bytes"),
-        ({"full_policy": "block"}, "spool_full_policy"),
-        ({"fsync": "sometimes"}, "spool_fsync"),
-        ({"fsync_interval_s": 0}, "spool_fsync_interval_s"),
+                ({"max_bytes": 0}, "spool.max_bytes"),
+        ({"segment_bytes": 0}, "spool.segment_bytes"),
+        ({"segment_bytes": 2 << 20}, "spool.segment_bytes"),
+        ({"full_policy": "block"}, "spool.full_policy"),
+        ({"fsync": "sometimes"}, "spool.fsync"),
+        ({"fsync_interval_s": 0}, "spool.fsync_interval_s"),
     ],
 )
 def test_config_validation_names_the_key(tmp_path: Path, change: dict[str, object], key: str) -> None:
-    settings: dict[str, object] = {"directory": tmp_path, "max_bytes": 1 << 20, "segment_bytes": 1 << 16}
+    settings: dict[str, object] = {"directory": str(tmp_path), "max_bytes": 1 << 20, "segment_bytes": 1 << 16}
     settings.update(change)
     with pytest.raises(ConfigError, match=f"^{key}:"):
         SpoolConfig(**settings).validate()  # type: ignore[arg-type]
@@ -420,11 +423,68 @@ def test_config_validation_names_the_key(tmp_path: Path, change: dict[str, objec
 def test_a_second_opener_is_refused(tmp_path: Path) -> None:
     from sidecar.spool import SpoolLockedError
 
-    first = Spool(SpoolConfig(directory=tmp_path))
+    first = Spool(SpoolConfig(directory=str(tmp_path)))
     first.open()
-    second = Spool(SpoolConfig(directory=tmp_path))
+    second = Spool(SpoolConfig(directory=str(tmp_path)))
     with pytest.raises(SpoolLockedError, match="in use by another process"):
         second.open()
     first.close()
     second.open()  # released on close
     second.close()
+
+
+def test_a_spool_needs_a_directory() -> None:
+    # The section's empty directory means "no spool" to the sidecar; a Spool itself cannot do without one.
+    SpoolConfig().validate()
+    with pytest.raises(ConfigError, match=r"^spool\.directory: required"):
+        Spool(SpoolConfig())
+
+
+def test_a_spool_on_its_own_fsyncs_every_batch(tmp_path: Path) -> None:
+    assert Spool(SpoolConfig(directory=str(tmp_path))).config.fsync == "always"
+
+
+SAF = {"mode": "store-and-forward", "aggregator_url": "http://127.0.0.1:9"}
+
+
+@pytest.mark.parametrize(("settings", "fsync"), [
+    (SAF, "always"),  # acknowledged means on disk: weakening this default loses acknowledged rows on a crash
+    ({}, "interval"),  # sidecar mode: the spool is only an overflow
+    ({**SAF, "spool.fsync": "interval"}, "interval"),
+    ({"spool.fsync": "always"}, "always"),
+])
+def test_the_fsync_policy_is_chosen_by_the_mode_unless_set(tmp_path: Path, settings: dict[str, str],
+                                                           fsync: str) -> None:
+    c = load(SidecarConfig, data={"spool": {"directory": str(tmp_path)}, **settings}, env={})
+    assert c.effective_spool.fsync == fsync
+    assert c.spool.fsync == settings.get("spool.fsync", "")
+
+
+async def test_a_store_and_forward_sidecar_opens_its_spool_fsyncing_every_batch(
+        make_sidecar: SidecarFactory, tmp_path: Path) -> None:
+    sc = await make_sidecar(**SAF, spool={"directory": str(tmp_path / "spool")})
+    assert sc.spool is not None and sc.spool.config.fsync == "always"
+
+
+@pytest.fixture
+def _fresh_warnings() -> Iterator[None]:
+    config_mod._warned.clear()
+    yield
+    config_mod._warned.clear()
+
+
+@pytest.mark.usefixtures("_fresh_warnings")
+def test_the_flat_spool_keys_are_deprecated_aliases(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tmp_path / "sidecar.yaml"
+    cfg.write_text("spool_dir: /var/spool/a\nspool_fsync: never\nspool_max_bytes: 16MiB\n")
+    with caplog.at_level(logging.WARNING, logger="sentinel.config"):
+        c = load(SidecarConfig, config_file=cfg, env={"SENTINEL_SPOOL_FSYNC_INTERVAL_S": "2s"})
+    assert (c.spool.directory, c.spool.fsync, c.spool.max_bytes, c.spool.fsync_interval_s) == (
+        "/var/spool/a", "never", 16 << 20, 2.0)
+    assert "setting spool_dir is deprecated: use spool.directory" in caplog.text
+    assert load(SidecarConfig, env={"SENTINEL_SPOOL_DIR": "/b"}).spool.directory == "/b"
+    assert load(SidecarConfig, args={"spool_dir": "/c"}, env={}).spool.directory == "/c"
+    with pytest.raises(ConfigError, match=r"^spool\.directory: given twice"):
+        load(SidecarConfig, data={"spool_dir": "/a", "spool": {"directory": "/b"}}, env={})
+    with pytest.raises(ConfigError, match=r"^spool\.directory: given twice"):
+        load(SidecarConfig, env={"SENTINEL_SPOOL_DIR": "/a", "SENTINEL_SPOOL_DIRECTORY": "/b"})

@@ -32,7 +32,7 @@ def _start_sidecar(spool: Path, agg_port: int, grpc_port: int, metrics_port: int
     cmd = [
         sys.executable, "-m", "sentinel.cli", "sidecar",
         "--mode", "store-and-forward",
-        "--spool-dir", str(spool),
+        "--spool-directory", str(spool),
         "--sidecar-id", "edge-1",
         "--aggregator-url", f"http://127.0.0.1:{agg_port}",
         "--grpc-listen", f"127.0.0.1:{grpc_port}",

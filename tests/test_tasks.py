@@ -34,7 +34,8 @@ async def _export(c: httpx.AsyncClient, port: int, seed: int) -> None:
 async def test_forwarder_survives_a_read_only_spool_and_shows_in_readyz(
         make_aggregator: AggregatorFactory, make_sidecar: SidecarFactory, tmp_path: Path) -> None:
     agg = await make_aggregator()
-    sc = await make_sidecar(aggregator_url=agg.url, mode="store-and-forward", spool_dir=str(tmp_path / "spool"))
+    sc = await make_sidecar(aggregator_url=agg.url, mode="store-and-forward",
+                            spool={"directory": str(tmp_path / "spool")})
     sc.tasks.settle_s = 0.5
     assert sc.spool is not None
     read_only = True

@@ -172,7 +172,7 @@ def test_sidecar_container() -> None:
     assert e["SENTINEL_GRPC_LISTEN"] == "127.0.0.1:4317"
     assert e["SENTINEL_HTTP_LISTEN"] == "127.0.0.1:4318"
     assert e["SENTINEL_METRICS_LISTEN"] == "0.0.0.0:8081"
-    assert e["SENTINEL_SPOOL_DIR"] == "/var/lib/sentinel/spool"
+    assert e["SENTINEL_SPOOL_DIRECTORY"] == "/var/lib/sentinel/spool"
     assert "SENTINEL_UPSTREAM_URL" not in e
     assert sidecar["volumeMounts"] == [{"name": "sentinel-spool", "mountPath": "/var/lib/sentinel/spool"},
                                        {"name": "sentinel-no-sa-token", "readOnly": True,
@@ -314,11 +314,13 @@ def test_injected_pods_carry_the_label_the_network_policy_selects() -> None:
 
 
 def test_a_pod_injected_before_upstream_was_a_section_keeps_its_upstream() -> None:
-    # Injected by an older injector: the sidecar carries SENTINEL_UPSTREAM (now upstream.url, deprecated).
+    # Injected by an older injector: the sidecar carries SENTINEL_UPSTREAM (now upstream.url, deprecated)
+    # and SENTINEL_SPOOL_DIR (now spool.directory); both spellings at once would stop the sidecar.
     pod = mutate(make_pod({ANNOTATION_INJECT: "true"}, env=[
         {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector:4317"}]), {}, SETTINGS)
+    old = {"SENTINEL_UPSTREAM_URL": "SENTINEL_UPSTREAM", "SENTINEL_SPOOL_DIRECTORY": "SENTINEL_SPOOL_DIR"}
     for item in container(pod, SIDECAR_NAME)["env"]:
-        if item["name"] == "SENTINEL_UPSTREAM_URL":
-            item["name"] = "SENTINEL_UPSTREAM"
+        item["name"] = old.get(item["name"], item["name"])
     again = env(container(inject(pod, SETTINGS), SIDECAR_NAME))
     assert again["SENTINEL_UPSTREAM_URL"] == "http://collector:4317" and "SENTINEL_UPSTREAM" not in again
+    assert again["SENTINEL_SPOOL_DIRECTORY"] == SETTINGS.spool_mount_path and "SENTINEL_SPOOL_DIR" not in again

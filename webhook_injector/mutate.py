@@ -294,7 +294,7 @@ def _sidecar(mode: str, native: bool, resources: dict[str, dict[str, str]], upst
         {"name": "SENTINEL_GRPC_LISTEN", "value": f"127.0.0.1:{GRPC_PORT}"},
         {"name": "SENTINEL_HTTP_LISTEN", "value": f"127.0.0.1:{HTTP_PORT}"},
         {"name": "SENTINEL_METRICS_LISTEN", "value": f"0.0.0.0:{OPS_PORT}"},
-        {"name": "SENTINEL_SPOOL_DIR", "value": settings.spool_mount_path},
+        {"name": "SENTINEL_SPOOL_DIRECTORY", "value": settings.spool_mount_path},
     ]
     if settings.aggregator_url:
         env.append({"name": "SENTINEL_AGGREGATOR_URL", "value": settings.aggregator_url})

@@ -113,7 +113,7 @@ class InjectorSettings:
     spool_size_limit: str = setting(DEFAULT_SPOOL_SIZE_LIMIT, "sizeLimit of the emptyDir spool volume "
                                     "(a Kubernetes quantity)")
     spool_mount_path: str = setting(DEFAULT_SPOOL_MOUNT_PATH, "where the spool volume is mounted in the "
-                                    "sidecar (SENTINEL_SPOOL_DIR)")
+                                    "sidecar (SENTINEL_SPOOL_DIRECTORY)")
     run_as_user: int = setting(DEFAULT_RUN_AS_USER, "UID the sidecar runs as (non-root)")
     log_level: str = setting("info", "debug, info, warning or error")
 

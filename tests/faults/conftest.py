@@ -197,7 +197,7 @@ class SidecarProc(Proc):
             "--log-level", "info",
         ]
         if self.spool_dir is not None:
-            argv += ["--spool-dir", str(self.spool_dir)]
+            argv += ["--spool-directory", str(self.spool_dir)]
         return argv + self.extra
 
 

@@ -1,4 +1,4 @@
-"""Fault 5: the spool fills up (a tiny ``spool_max_bytes``) while the aggregator is away.
+"""Fault 5: the spool fills up (a tiny ``spool.max_bytes``) while the aggregator is away.
 
 sidecar/README.md, "The spool": ``drop_oldest`` deletes the oldest segment and counts its rows
 (``sentinel_sidecar_dropped_rows_total{reason="spool_full"}``); ``refuse`` answers new exports with
