@@ -1,8 +1,11 @@
 """Every component with ``start``/``shutdown`` (:mod:`sentinel.service`'s contract): shut down
 without being started, and started then shut down twice, each without an error or a thread left.
 
-The process objects (sidecar, aggregator, webhook) and the parts they start: the ingest stage, the
-analysis stage and its consumers, the gRPC AlertService and the alert sinks.
+The process objects (sidecar, aggregator, webhook) and the parts they start: the sidecar's receivers,
+pipeline, forwarder, pass-through, local alerter and ops server; the aggregator's ingest stage, security
+events queue, analysis stage and its consumers, the gRPC AlertService and the alert sinks.
+(``tests/test_import_graph.py``-style completeness: :func:`test_every_component_is_here` finds every
+class of the packages with both ``start`` and ``shutdown`` and wants it here.)
 """
 
 from __future__ import annotations
@@ -25,10 +28,22 @@ from aggregator.analysis.pipeline import Analysis
 from aggregator.app import Aggregator
 from aggregator.config import AggregatorConfig
 from aggregator.ingest.config import IngestConfig
+from aggregator.ingest.security_amqp import SecurityEventConsumer
 from aggregator.ingest.service import IngestService
 from aggregator.metrics import AggregatorMetrics
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
+from sidecar.detectors import LocalDetectionConfig, LocalDetector
+from sidecar.extract import ExtractConfig, Extractor
+from sidecar.forward_queue import ForwardQueue
+from sidecar.forwarder import Forwarder, ForwarderConfig
+from sidecar.local_alerts import LocalAlerter, LocalAlertsConfig
+from sidecar.metrics import SidecarMetrics
+from sidecar.ops_server import OpsServer
+from sidecar.otlp_grpc import OtlpGrpcReceiver
+from sidecar.otlp_http import OtlpHttpReceiver
+from sidecar.passthrough import Passthrough, PassthroughConfig
+from sidecar.pipeline import ConsumeResult, SeqSource, TracePipeline
 from webhook_injector.metrics import WebhookMetrics
 from webhook_injector.server import WebhookServer
 from webhook_injector.settings import InjectorSettings
@@ -61,6 +76,41 @@ def _analysis(tmp_path: Path) -> Analysis:
     return Analysis(agg.analysis.consumers[:-1], on_candidates=lambda found: None)  # the consumers, not alerts
 
 
+class _NoTraces:
+    async def consume_traces(self, request: Any, size: int = 0) -> ConsumeResult:
+        return ConsumeResult()
+
+    async def consume_metrics(self, request: Any, size: int = 0) -> ConsumeResult:
+        return ConsumeResult()
+
+
+def _queue(metrics: SidecarMetrics) -> ForwardQueue:
+    return ForwardQueue(max_batches=4, spool=None, metrics=metrics)
+
+
+class _Pipeline(TracePipeline):
+    """The trace pipeline starts synchronously (from the sidecar's start, on its loop)."""
+
+    async def start(self) -> None:  # type: ignore[override]
+        super().start()
+
+
+def _pipeline(tmp_path: Path) -> _Pipeline:
+    metrics = SidecarMetrics(CollectorRegistry())
+    return _Pipeline(extractor=Extractor(ExtractConfig()), detector=LocalDetector(LocalDetectionConfig()),
+                     queue=_queue(metrics), metrics=metrics, sidecar_id="s", seq=SeqSource(), durable=False,
+                     batch_max_rows=10, batch_timeout_s=0.05)
+
+
+def _receiver_args() -> dict[str, Any]:
+    return {"listen": "127.0.0.1:0", "consumer": _NoTraces(), "metrics": SidecarMetrics(CollectorRegistry())}
+
+
+def _forwarder(tmp_path: Path) -> Forwarder:
+    metrics = SidecarMetrics(CollectorRegistry())
+    return Forwarder(ForwarderConfig(aggregator_url=f"http://{NOWHERE}"), _queue(metrics), metrics)
+
+
 COMPONENTS: dict[str, Callable[[Path], Any]] = {
     "sidecar": lambda tmp: Sidecar(SidecarConfig(grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
                                                  metrics_listen="127.0.0.1:0"), registry=CollectorRegistry()),
@@ -72,6 +122,18 @@ COMPONENTS: dict[str, Callable[[Path], Any]] = {
     "alert-grpc": lambda tmp: AlertGrpcServer("127.0.0.1:0", AlertHub(), _store(tmp), registry=CollectorRegistry()),
     "amqp-sink": lambda tmp: AmqpSink(AmqpSinkConfig(url=f"amqp://guest:guest@{NOWHERE}/"), _store(tmp)),
     "webhook-sink": lambda tmp: WebhookSink(WebhookConfig(name="hook", url=f"http://{NOWHERE}/hook"), _store(tmp)),
+    "security-events-amqp": lambda tmp: SecurityEventConsumer(
+        url=f"amqp://guest:guest@{NOWHERE}/", exchange="x", queue="q", binding_key="#", submit=lambda events: None),
+    "sidecar-grpc": lambda tmp: OtlpGrpcReceiver(max_recv_bytes=1 << 20, **_receiver_args()),
+    "sidecar-http": lambda tmp: OtlpHttpReceiver(max_body_bytes=1 << 20, **_receiver_args()),
+    "sidecar-pipeline": _pipeline,
+    "sidecar-forwarder": _forwarder,
+    "sidecar-passthrough": lambda tmp: Passthrough(PassthroughConfig(url=f"http://{NOWHERE}"),
+                                                   SidecarMetrics(CollectorRegistry())),
+    "sidecar-local-alerts": lambda tmp: LocalAlerter(LocalAlertsConfig(webhook_url=f"http://{NOWHERE}/hook"),
+                                                     sidecar_id="s", offline=lambda: True,
+                                                     registry=CollectorRegistry()),
+    "sidecar-ops": lambda tmp: OpsServer(listen="127.0.0.1:0", registry=CollectorRegistry(), ready=lambda: ""),
 }
 
 
@@ -99,3 +161,24 @@ async def test_start_then_shutdown_twice(name: str, tmp_path: Path) -> None:
     for t in left:  # executors' workers end once their queue is drained: bounded wait
         t.join(timeout=10)
     assert not {t.name for t in left if t.is_alive()}, "threads left running"
+
+
+def test_every_component_is_here(tmp_path: Path) -> None:
+    """Every class of the runtime packages with async ``start`` and ``shutdown`` has a row above (or is
+    a base or a sub-class of one that has: the process sidecar, the sink contract)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    covered = {type(make(tmp_path)) for make in COMPONENTS.values()}
+    found: set[type] = set()
+    for package in ("sidecar", "aggregator", "webhook_injector"):
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+            for _, cls in inspect.getmembers(importlib.import_module(info.name), inspect.isclass):
+                if cls.__module__ != info.name or getattr(cls, "_is_protocol", False):
+                    continue  # imported here, or a contract (sentinel.service, the sink protocol)
+                if all(inspect.iscoroutinefunction(getattr(cls, m, None)) for m in ("start", "shutdown")):
+                    found.add(cls)
+    missing = {f"{c.__module__}.{c.__qualname__}" for c in found
+               if not any(issubclass(k, c) or issubclass(c, k) for k in covered)}
+    assert missing == set(), "components without a lifecycle row in COMPONENTS"
