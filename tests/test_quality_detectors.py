@@ -226,6 +226,8 @@ def test_versions_are_added_only_to_answer_types() -> None:
     ({"feedback": {"floor": 1.5}}, "quality.feedback.floor"),
     ({"evaluations": {"bucket_s": 0}}, "quality.evaluations.bucket_s"),
     ({"max_calls": 0}, "quality.max_calls"),
+    ({"max_calls": "many"}, "quality.max_calls: "),
+    ({"evaluations": {"bucket_s": "soon"}}, "quality.evaluations.bucket_s: not a duration"),
 ])
 def test_bad_settings_name_their_key(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
@@ -258,3 +260,9 @@ async def test_feedback_api(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json()["service"] == "chat"
         assert "Jane" not in repr(h.quality.feedback.to_state())
         assert h.quality.received["feedback"] == 3
+
+
+def test_quality_settings_follow_the_loaders_rules() -> None:
+    c = parse_quality_settings({"join_wait_s": "2m", "evaluations": {"bucket_s": "5m"}, "feedback": None})
+    assert c.join_wait_s == 120.0
+    assert c.evaluations_config().bucket_s == 300.0 and c.feedback_config().bucket_s == 300.0  # FEEDBACK_DEFAULTS

@@ -114,6 +114,7 @@ def test_a_users_token_anomaly_and_security_events_correlate(tmp_path: Path, ord
     ({"nope": 1}, "security.nope"), ({"max_events": 0}, "security.max_events"),
     ({"window_s": -1}, "security.window_s"), ({"amqp_url": "http://x"}, "security.amqp_url"),
     ({"action_webhook_url": "ftp://x"}, "security.action_webhook_url"),
+    ({"max_events": "many"}, "security.max_events: "),
 ])
 def test_bad_settings_name_their_key(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
@@ -250,3 +251,8 @@ def test_security_events_in_sidecar_batches_reach_the_detector(tmp_path: Path) -
     again = SecurityConsumer(svc.config, tmp_path)
     restore(again)
     assert again.attacks.to_state() == svc.attacks.to_state()
+
+
+def test_security_settings_follow_the_loaders_rules() -> None:
+    c = parse_security_settings({"window_s": "5m", "action_duration_s": "1h", "correlated_types": ["token_abuse"]})
+    assert (c.window_s, c.action_duration_s, c.correlated_types) == (300.0, 3600.0, ("token_abuse",))

@@ -33,7 +33,7 @@ from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.quality_score import QualityScoreConfig, QualityScoreDetector
 from aggregator.analysis.quality.call_index import DEFAULT_MAX_CALLS, CallIndex, ModelVersions
 from aggregator.analysis.state import JsonStateFile
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, load_map
 from sentinel.quality import QualityEvent
 from sentinel.wire import WireBatch
 
@@ -77,40 +77,16 @@ class QualityConfig:
 
 
 def _score_config(raw: Any, section: str, base: Mapping[str, Any]) -> QualityScoreConfig:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{section}: must be a map")
-    known = {f.name for f in dataclasses.fields(QualityScoreConfig)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"{section}.{key}: unknown setting")
-    values = {**base, **raw}
-    if "higher_is_worse" in values:
-        values["higher_is_worse"] = tuple(str(v) for v in values["higher_is_worse"])
-    try:
-        return QualityScoreConfig(**values).validate(section)
-    except TypeError as e:
-        raise ConfigError(f"{section}: {e}") from None
+    # The loader's rules (sentinel.config.load_map): durations by field kind, errors naming section.<key>.
+    return load_map(QualityScoreConfig, {} if raw is None else raw, section, base=base).validate(section)
 
 
 def parse_quality_settings(settings: Mapping[str, Any] | None) -> QualityConfig:
     """A validated :class:`QualityConfig` from the YAML ``quality:`` map; errors name ``quality.<key>``."""
-    raw = dict(settings or {})
-    if not isinstance(settings or {}, Mapping):
-        raise ConfigError("quality: must be a map")
-    known = {f.name for f in dataclasses.fields(QualityConfig)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"quality.{key}: unknown setting")
-    for name in ("evaluations", "feedback"):
-        if not isinstance(raw.get(name) or {}, Mapping):
-            raise ConfigError(f"quality.{name}: must be a map")
-        raw[name] = dict(raw.get(name) or {})
-    try:
-        return QualityConfig(**raw).validate()
-    except TypeError as e:
-        raise ConfigError(f"quality: {e}") from None
+    raw = {} if settings is None else settings
+    if isinstance(raw, Mapping):  # an empty YAML map (``evaluations:``) reads as None: the defaults
+        raw = {k: v for k, v in raw.items() if not (k in ("evaluations", "feedback") and v is None)}
+    return load_map(QualityConfig, raw, "quality").validate()
 
 
 class QualityConsumer:

@@ -21,7 +21,6 @@ Settings (YAML ``security:``): :class:`SecurityConfig`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
@@ -36,7 +35,7 @@ from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.coordinated_attack import CoordinatedAttackConfig, CoordinatedAttackDetector
 from aggregator.analysis.security.actions import ActionHook
 from aggregator.analysis.state import JsonStateFile
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, load_map
 from sentinel.security_event import SecurityEvent
 from sentinel.wire import WireBatch
 
@@ -92,20 +91,9 @@ class SecurityConfig:
 
 
 def parse_security_settings(settings: Mapping[str, Any] | None) -> SecurityConfig:
-    """A validated :class:`SecurityConfig` from the YAML ``security:`` map; errors name ``security.<key>``."""
-    if not isinstance(settings or {}, Mapping):
-        raise ConfigError("security: must be a map")
-    raw = dict(settings or {})
-    known = {f.name for f in dataclasses.fields(SecurityConfig)}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"security.{key}: unknown setting")
-    if "correlated_types" in raw:
-        raw["correlated_types"] = tuple(str(t) for t in raw["correlated_types"])
-    try:
-        return SecurityConfig(**raw).validate()
-    except TypeError as e:
-        raise ConfigError(f"security: {e}") from None
+    """A validated :class:`SecurityConfig` from the YAML ``security:`` map; errors name ``security.<key>``
+    (the loader's rules, :func:`sentinel.config.load_map`)."""
+    return load_map(SecurityConfig, {} if settings is None else settings, "security").validate()
 
 
 @dataclass
