@@ -14,6 +14,8 @@ import pytest
 
 from aggregator.alerting.webhook_sink import parse_webhooks
 from aggregator.analysis.detectors.consumer import parse_detector_settings
+from aggregator.analysis.quality.consumer import parse_quality_settings
+from aggregator.analysis.security.consumer import parse_security_settings
 from aggregator.config import AggregatorConfig, forest_config
 from sentinel.config import ConfigError, load, load_map
 
@@ -61,6 +63,9 @@ def test_the_detectors_forest_and_webhooks_follow_the_process_rules() -> None:
     (lambda: forest_config({"retrain_interval_s": "soon"}), r"^forest\.retrain_interval_s:"),
     (lambda: forest_config({"trees": 5}), r"^forest\.trees: unknown"),
     (lambda: parse_webhooks([{"name": "a", "url": "https://x/", "backoff_s": "later"}]), r"^webhooks\[0\]\.backoff_s:"),
+    (lambda: parse_webhooks([{"name": "a", "url": "https://x/", "retries": 3}]), r"^webhooks\[0\]\.retries: unknown"),
+    (lambda: parse_quality_settings({"join_wait_s": "soon"}), r"^quality\.join_wait_s:"),
+    (lambda: parse_security_settings({"window_s": "soon"}), r"^security\.window_s:"),
 ])
 def test_component_map_errors_name_the_full_key(call: Callable[[], object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
