@@ -106,6 +106,19 @@ def test_group_by_key_codes_and_keys() -> None:
     assert codes.tolist() == [0, 0] and keys == [("a", "x")]
 
 
+def test_group_by_key_with_remembered_columns_equals_fresh_columns() -> None:
+    # Each column's encoding is remembered and shared by every grouping that uses it (speed, issue
+    # 16); whatever the combination and the order of calls, the result is that of fresh copies.
+    rng = np.random.default_rng(5)
+    cols = [rng.choice(values, 300).tolist()
+            for values in (["a", "b", "c"], ["x"], ["p", "q", None], list("klmnopqrst"))]
+    for combo in ([0], [0, 1], [2, 0], [0, 2, 3], [3, 3], [1], [0, 1, 2, 3], [2]):
+        codes, keys = group_by_key([cols[i] for i in combo])
+        fresh_codes, fresh_keys = group_by_key([list(cols[i]) for i in combo])
+        assert codes.tolist() == fresh_codes.tolist() and keys == fresh_keys
+        assert [keys[c] for c in codes.tolist()] == list(zip(*[cols[i] for i in combo], strict=True))
+
+
 def test_keyed_state_evicts_least_recently_used() -> None:
     ks: KeyedState[list[int]] = KeyedState(2, list)
     ks.get(("a",)).append(1)
