@@ -26,7 +26,7 @@ from aggregator.analysis.detectors import (
 )
 from aggregator.analysis.detectors.budget import period_bounds
 from aggregator.analysis.detectors.divergence import js_divergence, psi
-from aggregator.analysis.detectors.keys import KeyedState, group_by_key
+from aggregator.analysis.detectors.keys import KeyedState, group_by_key, top_rows_per_group
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
 
@@ -117,6 +117,24 @@ def test_group_by_key_with_remembered_columns_equals_fresh_columns() -> None:
         fresh_codes, fresh_keys = group_by_key([list(cols[i]) for i in combo])
         assert codes.tolist() == fresh_codes.tolist() and keys == fresh_keys
         assert [keys[c] for c in codes.tolist()] == list(zip(*[cols[i] for i in combo], strict=True))
+
+
+
+@pytest.mark.parametrize("kind", ["lognormal", "binary", "zeros", "nan", "inf"])
+def test_heaviest_rows_per_group_equals_a_lexsort(kind: str) -> None:
+    # The sort was replaced (issue 16: radix sort by group of the rows in weight order, no sort at
+    # all for equal weights); the order must stay lexsort's: group, heaviest first, earlier rows first.
+    rng = np.random.default_rng(9)
+    for n, k in [(0, 3), (1, 3), (700, 3), (2000, 1), (300, 5)]:
+        group = np.unique(rng.integers(0, 40, n), return_inverse=True)[1].astype(np.int64)
+        weight = {"lognormal": rng.lognormal(0, 1, n), "binary": (rng.random(n) < 0.05).astype(float),
+                  "zeros": np.zeros(n), "nan": np.where(rng.random(n) < 0.2, np.nan, rng.integers(0, 4, n) * 1.0),
+                  "inf": np.where(rng.random(n) < 0.1, np.inf, np.where(rng.random(n) < 0.1, -np.inf, rng.random(n)))
+                  }[kind]
+        w = np.nan_to_num(weight, nan=-np.inf)
+        order = np.lexsort((np.arange(n), -w, group))
+        expected = [[r for r in order.tolist() if group[r] == g][:k] for g in range(int(group.max()) + 1 if n else 0)]
+        assert top_rows_per_group(group, weight, k) == expected
 
 
 def test_keyed_state_evicts_least_recently_used() -> None:

@@ -24,15 +24,18 @@ def heaviest_rows_per_group(group: npt.NDArray[np.integer[Any]], weight: npt.NDA
     heaviest first (ties: earlier rows first; NaN lightest), and where each group's rows start
     (``starts[g]:starts[g + 1]``)."""
     n = group.size
-    by_weight = np.argsort(-np.nan_to_num(weight, nan=-np.inf), kind="stable")
-    # One sort of distinct integers (group, rank by weight) orders as lexsort((row, -weight, group))
-    # does, at a third of its cost (its three stable passes over 1,024 rows took ~100 us a call,
-    # a dozen calls a batch: profile of loadtest/bench_aggregator.py).
-    rank = np.empty(n, dtype=np.int64)
-    rank[by_weight] = np.arange(n)
-    combined = np.sort(group.astype(np.int64) * n + rank)
-    order = by_weight[combined % n]
-    g = combined // n
+    neg = -weight if np.isfinite(weight).all() else -np.nan_to_num(weight, nan=-np.inf)
+    # All weights equal (a detector's zeros, or no row flagged): the rows' own order already is.
+    by_weight = np.arange(n) if n == 0 or neg.min() == neg.max() else np.argsort(neg, kind="stable")
+    # Rows by (group, rank by weight): a stable sort by group of the rows in weight order. With fewer
+    # than 2**15 groups the group is sorted as int16, for which numpy's stable sort is a radix sort
+    # (a sort of distinct (group, rank) integers before; issue 16). The order is the same.
+    g_by_weight = group[by_weight]
+    if n and int(g_by_weight.max()) < 2**15:
+        g_by_weight = g_by_weight.astype(np.int16)
+    within = np.argsort(g_by_weight, kind="stable")
+    order = by_weight[within]
+    g = g_by_weight[within].astype(np.int64)
     n_groups = int(g[-1]) + 1 if n else 0
     starts = np.searchsorted(g, np.arange(n_groups + 1))
     kept = np.arange(n) - starts[g] < k
