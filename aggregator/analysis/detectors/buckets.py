@@ -27,6 +27,10 @@ NS = 1_000_000_000
 FloatArray = npt.NDArray[np.float64]
 
 
+def _heaviest_first(e: tuple[float, str]) -> tuple[float, str]:
+    return -e[0], e[1]
+
+
 class BucketSeries:
     """One key's open buckets (index → sums, example trace ids) and the first bucket not yet closed."""
 
@@ -51,9 +55,12 @@ class BucketSeries:
             return False
         cur = self.open.get(idx)
         self.open[idx] = list(sums) if cur is None else [a + b for a, b in zip(cur, sums, strict=True)]
-        ex = self.examples.get(idx, []) + examples
-        ex.sort(key=lambda e: (-e[0], e[1]))
-        self.examples[idx] = ex[:max_examples]
+        held = self.examples.get(idx)
+        if examples or held is None:  # nothing new: the kept examples stay as they are (sorted, cut)
+            ex = examples if held is None else held + examples
+            if len(ex) > 1:
+                ex = sorted(ex, key=_heaviest_first)
+            self.examples[idx] = ex[:max_examples]
         return True
 
     def close(self, limit: int, n_fields: int, max_gap: int) -> list[tuple[int, list[float], list[str]]]:
