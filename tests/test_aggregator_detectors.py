@@ -26,7 +26,7 @@ from aggregator.analysis.detectors import (
 )
 from aggregator.analysis.detectors.budget import period_bounds
 from aggregator.analysis.detectors.divergence import js_divergence, psi
-from aggregator.analysis.detectors.keys import KeyedState, group_by_key, top_rows_per_group
+from aggregator.analysis.detectors.keys import KeyedState, group_by_key, nan_filled, top_rows_per_group
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
 
@@ -135,6 +135,18 @@ def test_heaviest_rows_per_group_equals_a_lexsort(kind: str) -> None:
         order = np.lexsort((np.arange(n), -w, group))
         expected = [[r for r in order.tolist() if group[r] == g][:k] for g in range(int(group.max()) + 1 if n else 0)]
         assert top_rows_per_group(group, weight, k) == expected
+
+
+
+def test_nan_filled_is_nan_to_num() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1e300, 400)
+    m = rng.random(400)
+    x[m < 0.2], x[(m > 0.2) & (m < 0.3)], x[(m > 0.3) & (m < 0.35)] = np.nan, np.inf, -np.inf
+    for fill in (-1.0, -np.inf, 0.0):
+        assert np.array_equal(nan_filled(x, fill), np.nan_to_num(x, nan=fill))
+    finite = rng.random(10)
+    assert nan_filled(finite, -1.0) is finite
 
 
 def test_keyed_state_evicts_least_recently_used() -> None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, Protocol, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, heaviest_rows_per_group
+from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, heaviest_rows_per_group, nan_filled
 from sentinel.model import FeatureBatch
 
 __all__ = ["NS", "BucketSeries", "BucketedDetector", "BucketedKeys", "Closed", "HasBuckets", "KeyState"]
@@ -238,7 +238,7 @@ class BucketedKeys(Generic[S]):
         example_weight = np.asarray(example_weight, dtype=np.float64)
         rows, starts = heaviest_rows_per_group(inv, example_weight, self.max_examples)
         trace = batch.strings["trace_id"]
-        weight = np.nan_to_num(example_weight[rows], nan=-1.0).tolist()  # of the rows kept only
+        weight = nan_filled(example_weight[rows], -1.0).tolist()  # of the rows kept only
         kept = list(zip(weight, [trace[r] for r in rows], strict=True))
         for p, ((code, idx), s) in enumerate(zip(grouped.pair, sums.tolist(), strict=True)):
             ex = [(w, tid) for w, tid in kept[starts[p]:starts[p + 1]] if tid is not None]

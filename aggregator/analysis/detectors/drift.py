@@ -33,7 +33,7 @@ import numpy as np
 from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.divergence import js_divergence, psi
-from aggregator.analysis.detectors.keys import Key, group_by_key
+from aggregator.analysis.detectors.keys import Key, group_by_key, nan_filled
 from aggregator.analysis.detectors.validation import check_min, check_positive
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
@@ -197,7 +197,7 @@ class DriftDetector:
             for metric, state in self._metrics.items():
                 values = batch.numeric[metric]
                 bin_of = self._bin_rows(state, keys, codes, values, order, bounds)
-                state.add_categories(batch, KEY_COLUMNS, bin_of, np.nan_to_num(values, nan=-1.0))
+                state.add_categories(batch, KEY_COLUMNS, bin_of, nan_filled(values, -1.0))
             for col, cat in self._categorical.items():
                 slot_of = self._slot_rows(cat, batch.strings[col], keys, codes, order, bounds)
                 cat.add_categories(batch, KEY_COLUMNS, slot_of, np.zeros(batch.n))

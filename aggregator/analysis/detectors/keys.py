@@ -12,10 +12,23 @@ import numpy.typing as npt
 
 from sentinel.grouping import Key, group_by_key
 
-__all__ = ["Key", "KeyedState", "group_by_key", "heaviest_rows_per_group", "top_rows_per_group"]
+__all__ = ["Key", "KeyedState", "group_by_key", "heaviest_rows_per_group", "nan_filled", "top_rows_per_group"]
 
 IntArray = npt.NDArray[np.int64]
 S = TypeVar("S")
+_LARGEST = float(np.finfo(np.float64).max)
+
+
+def nan_filled(values: npt.ArrayLike, fill: float) -> npt.NDArray[np.float64]:
+    """``np.nan_to_num(values, nan=fill)`` (±inf to the largest finite floats) at a fraction of its cost
+    (~50 µs a call on 1,024 values, several calls a batch: issue 16). All finite: ``values`` itself
+    (not a copy: do not change it)."""
+    x = np.asarray(values, dtype=np.float64)
+    if np.isfinite(x).all():
+        return x
+    out = np.clip(x, -_LARGEST, _LARGEST)
+    out[np.isnan(x)] = fill  # after the clip, as nan_to_num's masks are taken before any replacement
+    return out
 
 
 def heaviest_rows_per_group(group: npt.NDArray[np.integer[Any]], weight: npt.NDArray[np.float64], k: int
@@ -24,7 +37,7 @@ def heaviest_rows_per_group(group: npt.NDArray[np.integer[Any]], weight: npt.NDA
     heaviest first (ties: earlier rows first; NaN lightest), and where each group's rows start
     (``starts[g]:starts[g + 1]``)."""
     n = group.size
-    neg = -weight if np.isfinite(weight).all() else -np.nan_to_num(weight, nan=-np.inf)
+    neg = -nan_filled(weight, -np.inf)
     # All weights equal (a detector's zeros, or no row flagged): the rows' own order already is.
     by_weight = np.arange(n) if n == 0 or neg.min() == neg.max() else np.argsort(neg, kind="stable")
     # Rows by (group, rank by weight): a stable sort by group of the rows in weight order. With fewer
