@@ -7,10 +7,20 @@ jitter, capped, and raised to a server's ``Retry-After`` hint (up to the same ca
 from __future__ import annotations
 
 import random
-
-import httpx
+from typing import Protocol
 
 __all__ = ["backoff_s", "retry_after"]
+
+
+class _HasHeaders(Protocol):
+    """A response of either HTTP client in use (httpx's in the aggregator, aiohttp's in the sidecar)."""
+
+    @property
+    def headers(self) -> _Headers: ...
+
+
+class _Headers(Protocol):
+    def get(self, key: str, /) -> str | None: ...
 
 
 def backoff_s(attempt: int, max_backoff_s: float, *, base_s: float = 0.1, retry_after_s: float | None = None) -> float:
@@ -26,7 +36,7 @@ def backoff_s(attempt: int, max_backoff_s: float, *, base_s: float = 0.1, retry_
     return float(delay)
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: _HasHeaders) -> float | None:
     """The response's ``Retry-After`` in seconds; ``None`` when absent or an HTTP date."""
     value = response.headers.get("Retry-After")
     if value is None:

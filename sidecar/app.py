@@ -8,13 +8,10 @@ then keep the rest in the spool (or count it dropped when there is none).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from prometheus_client import CollectorRegistry
 
 from sentinel.gc_policy import freeze_startup
@@ -53,16 +50,12 @@ class Sidecar:
         config: SidecarConfig,
         *,
         registry: CollectorRegistry | None = None,
-        forward_transport: httpx.AsyncBaseTransport | None = None,
-        local_alert_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         config.validate()
         self.config = config
         self.metrics = SidecarMetrics(registry)
         self.tasks = TaskSupervisor(self.metrics.registry, "sentinel_sidecar")
         self.sidecar_id = config.effective_sidecar_id()
-        self._forward_transport = forward_transport
-        self._local_alert_transport = local_alert_transport
         self.spool: Spool | None = None
         self.queue: ForwardQueue | None = None
         self.forwarder: Forwarder | None = None
@@ -115,7 +108,7 @@ class Sidecar:
                     client_cert_file=c.client_cert_file, client_key_file=c.client_key_file,
                     timeout_s=c.forward_timeout_s, max_backoff_s=c.retry_max_backoff_s,
                 ),
-                self.queue, self.metrics, transport=self._forward_transport, tasks=self.tasks,
+                self.queue, self.metrics, tasks=self.tasks,
             )
             await self.forwarder.start()
         else:
@@ -130,8 +123,7 @@ class Sidecar:
             self.local_alerts = LocalAlerter(
                 alerts_config, sidecar_id=self.sidecar_id, registry=self.metrics.registry,
                 # No aggregator: nobody else can page, so the sidecar is "offline" for good.
-                offline=lambda: forwarder is None or forwarder.unreachable,
-                transport=self._local_alert_transport)
+                offline=lambda: forwarder is None or forwarder.unreachable)
             await self.local_alerts.start()
         self.pipeline = TracePipeline(
             extractor=extractor, detector=detector, queue=self.queue, metrics=self.metrics,
@@ -207,10 +199,6 @@ class _ProcessSidecar(Sidecar):
     async def start(self) -> None:
         await super().start()
         PriceBook.load_table()
-        # The forwarder's first POST would import httpcore's asyncio backend (anyio, ~1.4 MiB): a
-        # 15-30 ms turn of the event loop under load, and objects left out of the freeze. Now, not then.
-        with contextlib.suppress(ImportError):
-            importlib.import_module("anyio._backends._asyncio")
         log.info("start-up objects frozen out of garbage collection: %d", freeze_startup())
 
 

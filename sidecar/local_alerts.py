@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 
 from sentinel.alert_rules import classify
@@ -113,18 +113,17 @@ class LocalAlerter:
     """
 
     def __init__(self, config: LocalAlertsConfig, *, sidecar_id: str, offline: Callable[[], bool],
-                 registry: CollectorRegistry, transport: httpx.AsyncBaseTransport | None = None,
+                 registry: CollectorRegistry,
                  clock: Callable[[], int] = time.time_ns) -> None:
         config.validate()
         self.config = config
         self._sidecar = sidecar_id
         self._offline = offline
-        self._transport = transport
         self._clock = clock
         self._series: dict[tuple[Any, ...], _Series] = {}
         self._pending: collections.deque[EdgeAlert] = collections.deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self.alerts = Counter("sentinel_sidecar_local_alerts", "Alerts the sidecar raised itself, by severity, "
                               "anomaly type and whether the aggregator was unreachable",
                               ["severity", "anomaly_type", "offline"], registry=registry)
@@ -146,8 +145,10 @@ class LocalAlerter:
 
     async def start(self) -> None:
         if self.sinks:
-            self._client = httpx.AsyncClient(timeout=self.config.timeout_s, transport=self._transport,
-                                             headers={"User-Agent": "llm-sentinel-sidecar", **self.config.headers})
+            # aiohttp's client, already loaded for the receivers (no httpx in the sidecar: issue 16).
+            self._client = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s), trust_env=True,
+                headers={"User-Agent": "llm-sentinel-sidecar", **self.config.headers})
 
     async def shutdown(self) -> None:
         """Wait briefly for pages in flight, then close; idempotent."""
@@ -156,7 +157,7 @@ class LocalAlerter:
         for t in list(self._tasks):
             t.cancel()
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     # --- detections -------------------------------------------------------------------------------
@@ -281,13 +282,16 @@ class LocalAlerter:
     async def _post(self, name: str, url: str, body: dict[str, Any]) -> bool:
         assert self._client is not None
         for attempt in range(self.config.attempts):
-            with contextlib.suppress(httpx.HTTPError):
-                r = await self._client.post(url, json=body)
-                if 200 <= r.status_code < 300:
-                    self.deliveries.labels(name, "delivered").inc()
-                    return True
-                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
-                    break  # the receiver refuses this alert: retrying would not help
+            status = 0
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self._client.post(url, json=body) as r:
+                    status = r.status
+                    await r.read()
+            if 200 <= status < 300:
+                self.deliveries.labels(name, "delivered").inc()
+                return True
+            if 400 <= status < 500 and status not in (408, 429):
+                break  # the receiver refuses this alert: retrying would not help
             if attempt + 1 < self.config.attempts:
                 await asyncio.sleep(backoff_s(attempt, 5.0, base_s=0.5))
         self.deliveries.labels(name, "failed").inc()

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+import aiohttp
 import grpc
 import grpc.aio
-import httpx
 
 from sentinel.config import ConfigError, setting
 from sidecar.metrics import SidecarMetrics
@@ -79,7 +79,7 @@ class Passthrough:
         self._queue: asyncio.Queue[tuple[Signal, bytes]] = asyncio.Queue(maxsize=config.queue)
         self._workers: list[asyncio.Task[None]] = []
         self._channel: grpc.aio.Channel | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self._config.protocol == "grpc":
@@ -90,7 +90,9 @@ class Passthrough:
             else:
                 self._channel = grpc.aio.insecure_channel(target)
         else:
-            self._client = httpx.AsyncClient(timeout=self._config.timeout_s)
+            # aiohttp's client, already loaded for the receivers (no httpx in the sidecar: issue 16).
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+                                                 trust_env=True)
         self._workers = [asyncio.create_task(self._work(), name=f"passthrough-{i}") for i in range(_WORKERS)]
 
     def offer(self, signal: Signal, body: bytes) -> None:
@@ -136,12 +138,14 @@ class Passthrough:
         assert self._client is not None
         url = self._config.url.rstrip("/") + f"/v1/{signal}"
         try:
-            r = await self._client.post(url, content=body, headers={"Content-Type": "application/x-protobuf"})
-        except httpx.HTTPError as e:
+            async with self._client.post(url, data=body, headers={"Content-Type": "application/x-protobuf"}) as r:
+                status = r.status
+                await r.read()  # the whole answer, so the connection is reused
+        except (aiohttp.ClientError, TimeoutError) as e:
             return True, f"{type(e).__name__}: {e}"
-        if 200 <= r.status_code < 300:
+        if 200 <= status < 300:
             return False, ""
-        return r.status_code in _RETRYABLE_HTTP, f"HTTP {r.status_code}"
+        return status in _RETRYABLE_HTTP, f"HTTP {status}"
 
     async def flush(self, timeout_s: float) -> None:
         """Wait (bounded) for queued requests to be sent."""
@@ -160,5 +164,5 @@ class Passthrough:
             await self._channel.close(None)
             self._channel = None
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None

@@ -26,7 +26,7 @@ from aggregator.analysis.detectors import (
 )
 from aggregator.analysis.detectors.budget import period_bounds
 from aggregator.analysis.detectors.divergence import js_divergence, psi
-from aggregator.analysis.detectors.keys import KeyedState, group_by_key
+from aggregator.analysis.detectors.keys import KeyedState, group_by_key, nan_filled, top_rows_per_group
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
 
@@ -104,6 +104,49 @@ def test_group_by_key_codes_and_keys() -> None:
     assert [keys[c] for c in codes.tolist()] == [("a", "x"), ("b", "x"), ("a", "y"), (None, "x")]
     codes, keys = group_by_key([["a", "a"], ["x", "x"]])
     assert codes.tolist() == [0, 0] and keys == [("a", "x")]
+
+
+def test_group_by_key_with_remembered_columns_equals_fresh_columns() -> None:
+    # Each column's encoding is remembered and shared by every grouping that uses it (speed, issue
+    # 16); whatever the combination and the order of calls, the result is that of fresh copies.
+    rng = np.random.default_rng(5)
+    cols = [rng.choice(values, 300).tolist()
+            for values in (["a", "b", "c"], ["x"], ["p", "q", None], list("klmnopqrst"))]
+    for combo in ([0], [0, 1], [2, 0], [0, 2, 3], [3, 3], [1], [0, 1, 2, 3], [2]):
+        codes, keys = group_by_key([cols[i] for i in combo])
+        fresh_codes, fresh_keys = group_by_key([list(cols[i]) for i in combo])
+        assert codes.tolist() == fresh_codes.tolist() and keys == fresh_keys
+        assert [keys[c] for c in codes.tolist()] == list(zip(*[cols[i] for i in combo], strict=True))
+
+
+
+@pytest.mark.parametrize("kind", ["lognormal", "binary", "zeros", "nan", "inf"])
+def test_heaviest_rows_per_group_equals_a_lexsort(kind: str) -> None:
+    # The sort was replaced (issue 16: radix sort by group of the rows in weight order, no sort at
+    # all for equal weights); the order must stay lexsort's: group, heaviest first, earlier rows first.
+    rng = np.random.default_rng(9)
+    for n, k in [(0, 3), (1, 3), (700, 3), (2000, 1), (300, 5)]:
+        group = np.unique(rng.integers(0, 40, n), return_inverse=True)[1].astype(np.int64)
+        weight = {"lognormal": rng.lognormal(0, 1, n), "binary": (rng.random(n) < 0.05).astype(float),
+                  "zeros": np.zeros(n), "nan": np.where(rng.random(n) < 0.2, np.nan, rng.integers(0, 4, n) * 1.0),
+                  "inf": np.where(rng.random(n) < 0.1, np.inf, np.where(rng.random(n) < 0.1, -np.inf, rng.random(n)))
+                  }[kind]
+        w = np.nan_to_num(weight, nan=-np.inf)
+        order = np.lexsort((np.arange(n), -w, group))
+        expected = [[r for r in order.tolist() if group[r] == g][:k] for g in range(int(group.max()) + 1 if n else 0)]
+        assert top_rows_per_group(group, weight, k) == expected
+
+
+
+def test_nan_filled_is_nan_to_num() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1e300, 400)
+    m = rng.random(400)
+    x[m < 0.2], x[(m > 0.2) & (m < 0.3)], x[(m > 0.3) & (m < 0.35)] = np.nan, np.inf, -np.inf
+    for fill in (-1.0, -np.inf, 0.0):
+        assert np.array_equal(nan_filled(x, fill), np.nan_to_num(x, nan=fill))
+    finite = rng.random(10)
+    assert nan_filled(finite, -1.0) is finite
 
 
 def test_keyed_state_evicts_least_recently_used() -> None:

@@ -19,6 +19,7 @@ from aggregator.analysis.detectors import (
     TokenAbuseConfig,
     TokenAbuseDetector,
 )
+from aggregator.analysis.detectors.expensive_prompt import _KeyState, _robust_limit, ring_limits
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from tests.test_aggregator_detectors import MIN, MODEL, NS, SVC, T0, flush, make_batch, run
@@ -307,3 +308,32 @@ def test_categorical_drift_state_round_trip_and_version_1() -> None:
     run(saved, batches[:30])
     other = DriftDetector.from_state(saved.to_state(), DriftConfig(metrics=(), max_categories=4))
     assert len(other._categorical["finish_reason"].keys) == 0  # max_categories changed: that column afresh
+
+
+def test_expensive_prompt_ring_limits_equal_the_per_ring_statistics_bit_for_bit() -> None:
+    # The batch's rings are stacked by length and reduced along an axis (speed, issue 16); the
+    # thresholds must be exactly those of np.quantile and the robust limit computed ring by ring.
+    rng = np.random.default_rng(7)
+    rings = [np.round(400 * rng.lognormal(0.0, s, n)) for n, s in
+             [(500, 0.5), (500, 0.9), (200, 0.3), (350, 1.2), (500, 0.1), (350, 0.7), (1, 0.0)]]
+    for z in (6.0, 0.0):
+        p95, learned = ring_limits(rings, 0.95, 4.0, z)
+        for ring, q, lim in zip(rings, p95, learned, strict=True):
+            assert q == float(np.quantile(ring, 0.95))
+            assert lim == max(4.0 * q, _robust_limit(ring, z))
+
+
+def test_expensive_prompt_ring_push_is_the_value_by_value_ring() -> None:
+    rng = np.random.default_rng(3)
+    st, pos, size = _KeyState(), 0, 50
+    ring: list[float] = []
+    for n in [0, 7, 30, 20, 1, 120, 0, 49, 50, 3]:
+        values = rng.random(n)
+        st.push(values, size)
+        for v in values[-size:].tolist():  # the ring as it was kept before: a list, one value at a time
+            if len(ring) < size:
+                ring.append(v)
+            else:
+                ring[pos] = v
+                pos = (pos + 1) % size
+        assert (st.ring.tolist(), st.pos) == (ring, pos)

@@ -340,3 +340,39 @@ def test_store_update_equals_per_key_sketches_of_the_same_rows() -> None:
                 reference.add(float(batch.numeric[m][i]))
             for q in (0.5, 0.95, 0.99):
                 assert got.metrics[m].sketch.get_quantile_value(q) == reference.get_quantile_value(q)
+
+
+def test_deferred_bins_give_the_same_saved_store_as_adding_each_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sketch bins wait up to PENDING_BATCHES batches and are added together (speed, issue 16): the
+    # saved store, layout of every dense store included, must equal adding each batch's bins at once.
+    import aggregator.analysis.baselines.store as store_module
+
+    batch = make_batch(6_000, seed=14, keys=6, regions=("eu", None, "us"))
+    batches = [FeatureBatch(n=min(250, batch.n - lo), numeric={k: v[lo:lo + 250] for k, v in batch.numeric.items()},
+                            strings={k: v[lo:lo + 250] for k, v in batch.strings.items()})
+               for lo in range(0, batch.n, 250)]
+    docs = []
+    for pending in (store_module.PENDING_BATCHES, 1):
+        monkeypatch.setattr(store_module, "PENDING_BATCHES", pending)
+        store = BaselineStore(BaselineConfig(seasonality=True))
+        for i, b in enumerate(batches):
+            store.update(b)
+            if i == 5:  # a read in between adds that baseline's pending bins on its own
+                store.query(service="svc0")
+        docs.append(json.dumps(store.to_doc(), sort_keys=True))
+    assert docs[0] == docs[1]
+
+
+def test_labels_in_order_of_first_appearance() -> None:
+    from aggregator.analysis.baselines.store import _labels
+
+    batch = make_batch(500, seed=15, keys=5, regions=("us", None, "eu"), step_ns=HOUR_NS // 7)
+    s = batch.strings
+    hours = hour_of_week(batch.numeric["time_unix_nano"])
+    for h in (None, hours):
+        rows = list(zip(zip(s["service"], s["request_model"], s["operation"], s["region"], strict=True),
+                        [None] * batch.n if h is None else h.tolist(), strict=True))
+        index: dict[Any, int] = {}
+        expected = [index.setdefault(r, len(index)) for r in rows]  # what the store did row by row before
+        labels, codes = _labels(batch, h)
+        assert labels == list(index) and codes.tolist() == expected

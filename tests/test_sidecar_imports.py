@@ -34,6 +34,8 @@ NOT_IMPORTED = {
     "genai_prices": "prices come from the compact sentinel/price_table.json (~14 MiB with pydantic and httpx2)",
     "pydantic": "only genai-prices needed it",
     "httpx2": "only genai-prices' auto-update needed it",
+    "httpx": "the forwarder, pass-through and local alerts use aiohttp's client (aiohttp serves the receivers)",
+    "anyio": "httpx's asyncio backend",
     "sklearn": "the reference IsolationForest of tests and benchmarks",
     "matplotlib": "the load-test reports",
 }

@@ -140,9 +140,6 @@ class SeriesConsumer:
             ok &= code != names[None]
         kept = np.flatnonzero(ok)
         self.dropped_rows += int(t.size - kept.size)
-        # Rows of each service contiguous (one sort instead of one pass per service).
-        order = kept[np.argsort(code[kept], kind="stable")]
-        bounds = np.searchsorted(code[order], np.arange(len(names) + 1))
 
         def finite(name: str) -> F64:
             return np.nan_to_num(np.asarray(numeric[name], dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -156,29 +153,43 @@ class SeriesConsumer:
         bins = self._bins(lat0)
         buckets = np.floor_divide(t, self._step_ns)
         out: dict[str, list[_Part]] = {}
-        for name, c in names.items():
-            rows = order[bounds[c]:bounds[c + 1]]
-            if name is None or rows.size == 0:
-                continue
-            uniq, inv = np.unique(buckets[rows], return_inverse=True)
-            inv = inv.reshape(-1)
-            k = uniq.size
-            sums = np.zeros((k, _FIELDS))
-            for col, values in columns.items():
-                sums[:, col] = np.bincount(inv, weights=values[rows], minlength=k)
-            lat_rows = has_lat[rows]
-            lat_inv, lat_values = inv[lat_rows], latency[rows][lat_rows]
-            sums[:, _LAT_MIN], sums[:, _LAT_MAX] = np.inf, -np.inf
-            np.minimum.at(sums[:, _LAT_MIN], lat_inv, lat_values)
-            np.maximum.at(sums[:, _LAT_MAX], lat_inv, lat_values)
-            flat = lat_inv * self._n_bins + bins[rows][lat_rows]
-            hists = np.bincount(flat, minlength=k * self._n_bins).astype(np.int32).reshape(k, self._n_bins)
-            oldest = np.full(k, np.iinfo(np.int64).max)
-            newest = np.full(k, np.iinfo(np.int64).min)
-            np.minimum.at(oldest, inv, t[rows])
-            np.maximum.at(newest, inv, t[rows])
-            out[name] = [_Part(int(b), sums[i], hists[i], int(oldest[i]), int(newest[i]))
-                         for i, b in enumerate(uniq.tolist())]
+        rows = kept  # no row without a service among them
+        if rows.size == 0:
+            return out
+        # Every (service, bucket) at once, not one pass per service (issue 16): one integer per row,
+        # its groups in (service, bucket) order, each group's rows in the batch's order as before.
+        b = buckets[rows]
+        first = int(b.min())
+        span = int(b.max()) - first + 1
+        pair = code[rows] * span + (b - first) if len(names) * span < 2**62 else None
+        if pair is not None:
+            uniq, inv = np.unique(pair, return_inverse=True)
+            group_service, group_bucket = uniq // span, uniq % span + first
+        else:  # an absurd spread of event times: the general (slower) form
+            stacked, inv = np.unique(np.stack([code[rows], b], axis=1), axis=0, return_inverse=True)
+            group_service, group_bucket = stacked[:, 0], stacked[:, 1]
+        inv = inv.reshape(-1)
+        k = group_service.size
+        sums = np.zeros((k, _FIELDS))
+        for col, values in columns.items():
+            sums[:, col] = np.bincount(inv, weights=values[rows], minlength=k)
+        lat_rows = has_lat[rows]
+        lat_inv, lat_values = inv[lat_rows], latency[rows][lat_rows]
+        sums[:, _LAT_MIN], sums[:, _LAT_MAX] = np.inf, -np.inf
+        np.minimum.at(sums[:, _LAT_MIN], lat_inv, lat_values)
+        np.maximum.at(sums[:, _LAT_MAX], lat_inv, lat_values)
+        flat = lat_inv * self._n_bins + bins[rows][lat_rows]
+        hists = np.bincount(flat, minlength=k * self._n_bins).astype(np.int32).reshape(k, self._n_bins)
+        oldest = np.full(k, np.iinfo(np.int64).max)
+        newest = np.full(k, np.iinfo(np.int64).min)
+        np.minimum.at(oldest, inv, t[rows])
+        np.maximum.at(newest, inv, t[rows])
+        service_names = list(names)
+        old_l, new_l = oldest.tolist(), newest.tolist()
+        for i, (svc, bucket) in enumerate(zip(group_service.tolist(), group_bucket.tolist(), strict=True)):
+            name = service_names[svc]
+            assert name is not None  # rows without a service were dropped above
+            out.setdefault(name, []).append(_Part(int(bucket), sums[i], hists[i], old_l[i], new_l[i]))
         return out
 
     def _bins(self, latency_ms: F64) -> I64:

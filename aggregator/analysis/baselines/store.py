@@ -15,7 +15,7 @@ import base64
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +30,7 @@ from ddsketch.pb.proto import DDSketchProto
 
 from aggregator.analysis.state import read_json, write_json
 from sentinel.config import ConfigError, setting
+from sentinel.grouping import Key, group_by_key
 from sentinel.model import NUMERIC_COLUMNS, FeatureBatch
 
 __all__ = [
@@ -60,6 +61,11 @@ QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.50), ("p95", 0.95), ("p99"
 ALL_REGIONS = "*"
 #: Version of the saved file; :meth:`BaselineStore.load` refuses others.
 FORMAT_VERSION = 1
+#: Batches whose sketch bins wait before the store adds them together (``_add_parts``): a batch's
+#: bins of a key mostly fall where the previous batches' did, and adding them bin by bin in Python,
+#: for six metrics and two baselines per group and batch, was a third of the store's cost (issue 16).
+#: Bounds what waits to this many batches' bins (their arrays are views of each batch's own).
+PENDING_BATCHES = 16
 
 _METRIC_COLUMNS = frozenset(k for k, v in NUMERIC_COLUMNS.items() if v == "<f8")
 _NS_PER_HOUR = 3_600_000_000_000
@@ -115,9 +121,12 @@ class MetricBaseline:
 
     Mean and variance are merged with Chan et al.'s pairwise formula, so a batch update equals the
     values added one by one, and two baselines merge into the baseline of all their values.
+
+    The sketch's bins of the last few batches may wait in ``_pending`` (:meth:`add_reduced` with
+    ``defer``); :attr:`sketch` adds them before anyone reads it (:meth:`flush`).
     """
 
-    __slots__ = ("count", "m2", "max", "mean", "min", "relative_accuracy", "sketch")
+    __slots__ = ("_pending", "_sketch", "count", "m2", "max", "mean", "min", "relative_accuracy")
 
     def __init__(self, relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY) -> None:
         self.relative_accuracy = relative_accuracy
@@ -126,7 +135,21 @@ class MetricBaseline:
         self.m2 = 0.0  # sum of squared deviations from the mean
         self.min = math.inf
         self.max = -math.inf
-        self.sketch: BaseDDSketch = DDSketch(relative_accuracy)
+        self._sketch: BaseDDSketch = DDSketch(relative_accuracy)
+        self._pending: list[_Reduced] = []
+
+    @property
+    def sketch(self) -> BaseDDSketch:
+        """The DDSketch of every value added (pending bins added first)."""
+        if self._pending:
+            self.flush()
+        return self._sketch
+
+    def flush(self) -> None:
+        """Add the pending bins to the sketch's stores (:func:`_add_parts`)."""
+        parts, self._pending = self._pending, []
+        _add_parts(self._sketch._store, [(p.keys, p.weights) for p in parts])
+        _add_parts(self._sketch._negative_store, [(p.neg_keys, p.neg_weights) for p in parts])
 
     @classmethod
     def of(cls, values: npt.NDArray[np.float64], relative_accuracy: float = DEFAULT_RELATIVE_ACCURACY
@@ -143,10 +166,23 @@ class MetricBaseline:
         if reduced is not None:
             self.add_reduced(reduced)
 
-    def add_reduced(self, r: _Reduced) -> None:
-        """Fold in values already reduced to moments and sketch bins (the same as adding them one by one)."""
+    def add_reduced(self, r: _Reduced, *, defer: bool = False) -> bool:
+        """Fold in values already reduced to moments and sketch bins (the same as adding them one by one).
+
+        With ``defer`` the bins wait for :meth:`flush` (or the next read of :attr:`sketch`); ``True``
+        when they are the first to wait (the caller then has this baseline to flush).
+        """
         self._merge_moments(r.n, r.mean, r.m2, r.lo, r.hi)
-        _add_bins(self.sketch, r)
+        sketch = self._sketch
+        sketch._zero_count += r.zeros
+        sketch._count += r.n
+        sketch._sum += r.total
+        sketch._min = min(sketch._min, r.lo)
+        sketch._max = max(sketch._max, r.hi)
+        self._pending.append(r)
+        if not defer:
+            self.flush()
+        return defer and len(self._pending) == 1
 
     def merge(self, other: MetricBaseline) -> None:
         """Fold ``other`` into this baseline (``other`` is not changed)."""
@@ -264,6 +300,9 @@ class BaselineStore:
     config: BaselineConfig
     _entries: OrderedDict[_Entry, KeyBaseline] = field(default_factory=OrderedDict, init=False, repr=False)
     evicted: int = field(default=0, init=False)
+    # Metric baselines whose sketch bins may wait (MetricBaseline.flush), and batches since the start.
+    _pending: list[MetricBaseline] = field(default_factory=list, init=False, repr=False)
+    _batches: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.config.validate()
@@ -275,21 +314,22 @@ class BaselineStore:
         """Fold a batch into the baselines of its keys, at the event time of each row."""
         if batch.n == 0:
             return
-        s = batch.strings
-        fine = zip(s["service"], s["request_model"], s["operation"], s["region"], strict=True)
-        if self.config.seasonality:
-            hours = hour_of_week(batch.numeric["time_unix_nano"]).tolist()
-            labels, codes = _codes(zip(fine, hours, strict=True))
-        else:
-            labels, codes = _codes(zip(fine, [None] * batch.n, strict=True))
+        hours = hour_of_week(batch.numeric["time_unix_nano"]) if self.config.seasonality else None
+        labels, codes = _labels(batch, hours)
         g = len(labels)
         calls = np.bincount(codes, minlength=g).tolist()
         errors = np.bincount(codes, weights=batch.numeric["is_error"], minlength=g).astype(np.int64).tolist()
         # Each metric is reduced for every (key, region, hour) group at once, then each group's
         # moments and sketch bins are added to every baseline it belongs to.
+        # All metrics in one reduction: group (metric j, label i) is j * g + i. Each group's values are
+        # the same rows in the same order as in a reduction per metric, so every sum is the same to the
+        # bit; one call instead of one per metric (numpy's per-call cost dominated on 1,024-row batches).
         template = DDSketch(self.config.relative_accuracy)
-        reduced = {m: _reduce_groups(np.asarray(batch.numeric[m], dtype=np.float64), codes, g, template)
-                   for m in self.config.metrics}
+        metrics = self.config.metrics
+        columns = np.concatenate([np.asarray(batch.numeric[m], dtype=np.float64) for m in metrics])
+        all_codes = (np.arange(len(metrics), dtype=np.intp)[:, None] * g + codes).reshape(-1)
+        flat = _reduce_groups(columns, all_codes, len(metrics) * g, template)
+        reduced = {m: flat[j * g:(j + 1) * g] for j, m in enumerate(metrics)}
         for i, ((service, model, operation, region), hour) in enumerate(labels):
             keys = [BaselineKey(service, model, operation, None)]
             if region is not None:
@@ -307,7 +347,17 @@ class BaselineStore:
                             metric = entry.metrics.get(m)
                             if metric is None:
                                 metric = entry.metrics[m] = MetricBaseline(self.config.relative_accuracy)
-                            metric.add_reduced(r)
+                            if metric.add_reduced(r, defer=True):
+                                self._pending.append(metric)
+        self._batches += 1
+        if self._batches % PENDING_BATCHES == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add every baseline's pending sketch bins now (a read of a sketch adds its own)."""
+        for metric in self._pending:
+            metric.flush()
+        self._pending.clear()
 
     def merge_part(self, key: BaselineKey, part: KeyBaseline, hour: int | None = None) -> None:
         """Fold the baseline of some calls of ``key`` (and ``hour``) into its global and regional baselines.
@@ -415,11 +465,29 @@ class BaselineStore:
             self.evicted += 1
 
 
-def _codes(labels: Iterable[Any]) -> tuple[list[Any], npt.NDArray[np.intp]]:
-    """The distinct labels in order of first appearance, and each row's index into them."""
-    index: dict[Any, int] = {}
-    codes = np.fromiter((index.setdefault(label, len(index)) for label in labels), dtype=np.intp)
-    return list(index), codes
+def _labels(batch: FeatureBatch, hours: npt.NDArray[np.int64] | None
+            ) -> tuple[list[tuple[Key, int | None]], npt.NDArray[np.intp]]:
+    """The distinct ((service, model, operation, region), hour or None) of the rows in order of first
+    appearance (the order baselines are touched in, so the LRU order), and each row's index into them.
+
+    From :func:`sentinel.grouping.group_by_key`, which the detectors' grouping of the same batch
+    shares, rather than a tuple and a dict probe per row (a sixth of the store's cost, issue 16).
+    """
+    s = batch.strings
+    codes, keys = group_by_key([s["service"], s["request_model"], s["operation"], s["region"]])
+    labels: list[tuple[Key, int | None]]
+    if hours is None:
+        labels = [(k, None) for k in keys]
+    else:
+        pairs, inverse = np.unique(codes * 168 + hours, return_inverse=True)
+        labels = [(keys[p // 168], p % 168) for p in pairs.tolist()]
+        codes = inverse.reshape(-1)
+    first = np.full(len(labels), batch.n, dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(batch.n))
+    order = np.argsort(first)
+    rank = np.empty(len(labels), dtype=np.intp)
+    rank[order] = np.arange(len(labels))
+    return [labels[i] for i in order.tolist()], rank[codes]
 
 
 class _Reduced(NamedTuple):
@@ -435,45 +503,60 @@ class _Reduced(NamedTuple):
     lo: float
     hi: float
     total: float
-    keys: list[int]
-    weights: list[float]
-    neg_keys: list[int]
-    neg_weights: list[float]
+    keys: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float64]
+    neg_keys: npt.NDArray[np.int64]
+    neg_weights: npt.NDArray[np.float64]
     zeros: float
 
 
 _LN2 = math.log(2.0)
+# How near a whole number (relative to 1 + |scaled log|) a key is recomputed with math.log. The two
+# logarithms differ by an ulp or two, so the scaled values by ~4.4e-16 of their size whatever the
+# accuracy (the multiplier scales both): 1e-11 leaves a margin of over ten thousand.
+_BOUNDARY = 1e-11
 
 
 def _sketch_keys(mapping: LogarithmicMapping, v: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     """``mapping.key(x)`` for every (positive) ``x``: ``ceil(log(x) / log(2) * multiplier) + offset``, the
     operations of ``LogarithmicMapping.key`` in the same order (``math.log(x, 2)`` is ``log(x) / log(2)``).
 
-    The logarithm is ``math.log`` mapped over the values (~40 ns each), not ``np.log``: numpy's own
-    implementation differs from the C library's in the last bit for some values, which moves a value
-    sitting on a bucket boundary into the next bucket (tests/test_baselines.py found one at 5 %
-    accuracy); with the same ``log`` the keys, and so the sketches, are exactly the library's.
+    numpy's ``np.log`` differs from the C library's ``math.log`` in the last bit for some values,
+    which moves a value sitting on a bucket boundary into the next bucket (tests/test_baselines.py
+    found one at 5 % accuracy). So ``np.log`` gives every key, and the few values whose scaled
+    logarithm lies near a whole number (``_BOUNDARY``) (where one bit could matter) are redone
+    with ``math.log``: the keys, and so the sketches, are exactly the library's, without a Python
+    call per value (``math.log`` mapped over every value was a sixth of the store's cost, issue 16).
     """
-    logs = np.fromiter(map(math.log, v.tolist()), dtype=np.float64, count=v.size)
-    return (np.ceil(logs / _LN2 * mapping._multiplier) + mapping._offset).astype(np.int64)
+    scaled = np.log(v) / _LN2 * mapping._multiplier
+    near = np.abs(scaled - np.rint(scaled)) < _BOUNDARY * (1.0 + np.abs(scaled))
+    if near.any():
+        idx = np.flatnonzero(near)
+        exact = np.fromiter(map(math.log, v[idx].tolist()), dtype=np.float64, count=idx.size)
+        scaled[idx] = exact / _LN2 * mapping._multiplier
+    return (np.ceil(scaled) + mapping._offset).astype(np.int64)
+
+
+_NO_KEYS: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+_NO_WEIGHTS: npt.NDArray[np.float64] = np.empty(0, dtype=np.float64)
 
 
 def _bins_by_group(codes: npt.NDArray[np.intp], keys: npt.NDArray[np.int64], n_groups: int
-                   ) -> list[tuple[list[int], list[float]]]:
-    """Per group, its distinct keys (ascending) and how many values each holds."""
-    out: list[tuple[list[int], list[float]]] = [([], [])] * n_groups
+                   ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]:
+    """Per group, its distinct keys (ascending) and how many values each holds (views of two arrays)."""
+    out: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]] = [(_NO_KEYS, _NO_WEIGHTS)] * n_groups
     if keys.size == 0:
         return out
     lo = int(keys.min())
     span = int(keys.max()) - lo + 1
     pairs, counts = np.unique(codes.astype(np.int64) * span + (keys - lo), return_counts=True)
     groups = pairs // span
-    bounds = np.searchsorted(groups, np.arange(n_groups + 1))
-    key_list = (pairs % span + lo).tolist()
-    count_list = counts.astype(np.float64).tolist()
+    bounds = np.searchsorted(groups, np.arange(n_groups + 1)).tolist()
+    key_array = pairs % span + lo
+    count_array = counts.astype(np.float64)
     for i in np.flatnonzero(np.diff(bounds)).tolist():
-        a, b = int(bounds[i]), int(bounds[i + 1])
-        out[i] = (key_list[a:b], count_list[a:b])
+        a, b = bounds[i], bounds[i + 1]
+        out[i] = (key_array[a:b], count_array[a:b])
     return out
 
 
@@ -510,33 +593,34 @@ def _reduce_groups(values: npt.NDArray[np.float64], codes: npt.NDArray[np.intp],
     zeros = np.bincount(c[~(pos | neg)], minlength=n_groups).tolist()
     count_l, mean_l, m2_l, total_l = count.tolist(), mean.tolist(), m2.tolist(), total.tolist()
     for j, i in enumerate(present.tolist()):
-        neg_keys, neg_weights = neg_bins[i] if neg_bins is not None else ([], [])
+        neg_keys, neg_weights = neg_bins[i] if neg_bins is not None else (_NO_KEYS, _NO_WEIGHTS)
         out[i] = _Reduced(count_l[i], mean_l[i], m2_l[i], float(lo[j]), float(hi[j]), total_l[i],
                           bins[i][0], bins[i][1], neg_keys, neg_weights, float(zeros[i]))
     return out
 
 
-def _add_to_store(store: Any, keys: list[int], weights: list[float]) -> None:
-    """``store.add(key, weight)`` for each bin, with the dense store's range grown once."""
-    if not keys:
+def _add_parts(store: Any, parts: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]) -> None:
+    """``store.add(key, weight)`` for each bin of each part, all parts' bins in a few numpy calls.
+
+    The dense store's range is grown part by part to its first and last key exactly as adding the
+    parts one after the other would (so its layout, and the saved sketch, are the same), then every
+    bin is added at once to the slice the parts cover. The counts are whole numbers, so they sum
+    exactly in any order: the bins equal those of ``DDSketch.add`` value by value.
+    """
+    parts = [p for p in parts if p[0].size]
+    if not parts:
         return
-    store.add(keys[0], 0.0)  # grows the range to both ends (keys ascend) before the bins move
-    store.add(keys[-1], 0.0)
-    bins, offset = store.bins, store.offset
-    for key, weight in zip(keys, weights, strict=True):
-        bins[key - offset] += weight
-    store.count += sum(weights)
-
-
-def _add_bins(sketch: BaseDDSketch, r: _Reduced) -> None:
-    """What ``sketch.add(x)`` for each of ``r``'s values does, bin by bin instead of value by value."""
-    _add_to_store(sketch._store, r.keys, r.weights)
-    _add_to_store(sketch._negative_store, r.neg_keys, r.neg_weights)
-    sketch._zero_count += r.zeros
-    sketch._count += r.n
-    sketch._sum += r.total
-    sketch._min = min(sketch._min, r.lo)
-    sketch._max = max(sketch._max, r.hi)
+    for keys, _ in parts:  # keys ascend in each part
+        store.add(int(keys[0]), 0.0)
+        store.add(int(keys[-1]), 0.0)
+    keys = parts[0][0] if len(parts) == 1 else np.concatenate([k for k, _ in parts])
+    weights = parts[0][1] if len(parts) == 1 else np.concatenate([w for _, w in parts])
+    first = int(keys.min())
+    added = np.bincount(keys - first, weights=weights)
+    a = first - store.offset
+    bins = store.bins
+    bins[a:a + added.size] = (np.array(bins[a:a + added.size], dtype=np.float64) + added).tolist()
+    store.count += float(weights.sum())
 
 
 def _served(key: BaselineKey, hour: int | None, baseline: KeyBaseline) -> dict[str, Any]:

@@ -18,13 +18,17 @@ from typing import Any, ClassVar, Generic, NamedTuple, Protocol, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, heaviest_rows_per_group
+from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, heaviest_rows_per_group, nan_filled
 from sentinel.model import FeatureBatch
 
 __all__ = ["NS", "BucketSeries", "BucketedDetector", "BucketedKeys", "Closed", "HasBuckets", "KeyState"]
 
 NS = 1_000_000_000
 FloatArray = npt.NDArray[np.float64]
+
+
+def _heaviest_first(e: tuple[float, str]) -> tuple[float, str]:
+    return -e[0], e[1]
 
 
 class BucketSeries:
@@ -51,9 +55,12 @@ class BucketSeries:
             return False
         cur = self.open.get(idx)
         self.open[idx] = list(sums) if cur is None else [a + b for a, b in zip(cur, sums, strict=True)]
-        ex = self.examples.get(idx, []) + examples
-        ex.sort(key=lambda e: (-e[0], e[1]))
-        self.examples[idx] = ex[:max_examples]
+        held = self.examples.get(idx)
+        if examples or held is None:  # nothing new: the kept examples stay as they are (sorted, cut)
+            ex = examples if held is None else held + examples
+            if len(ex) > 1:
+                ex = sorted(ex, key=_heaviest_first)
+            self.examples[idx] = ex[:max_examples]
         return True
 
     def close(self, limit: int, n_fields: int, max_gap: int) -> list[tuple[int, list[float], list[str]]]:
@@ -231,7 +238,7 @@ class BucketedKeys(Generic[S]):
         example_weight = np.asarray(example_weight, dtype=np.float64)
         rows, starts = heaviest_rows_per_group(inv, example_weight, self.max_examples)
         trace = batch.strings["trace_id"]
-        weight = np.nan_to_num(example_weight[rows], nan=-1.0).tolist()  # of the rows kept only
+        weight = nan_filled(example_weight[rows], -1.0).tolist()  # of the rows kept only
         kept = list(zip(weight, [trace[r] for r in rows], strict=True))
         for p, ((code, idx), s) in enumerate(zip(grouped.pair, sums.tolist(), strict=True)):
             ex = [(w, tid) for w, tid in kept[starts[p]:starts[p + 1]] if tid is not None]

@@ -33,7 +33,7 @@ import numpy as np
 from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.divergence import js_divergence, psi
-from aggregator.analysis.detectors.keys import Key, group_by_key
+from aggregator.analysis.detectors.keys import Key, group_by_key, nan_filled
 from aggregator.analysis.detectors.validation import check_min, check_positive
 from sentinel.config import ConfigError
 from sentinel.model import NUMERIC_COLUMNS, STRING_COLUMNS, FeatureBatch
@@ -196,13 +196,10 @@ class DriftDetector:
             bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
             for metric, state in self._metrics.items():
                 values = batch.numeric[metric]
-                bin_of = np.full(batch.n, -1, dtype=np.int64)
-                for g, key in enumerate(keys):
-                    rows = order[bounds[g]:bounds[g + 1]]
-                    self._bin_rows(state, key, values, rows, bin_of)
-                state.add_categories(batch, KEY_COLUMNS, bin_of, np.nan_to_num(values, nan=-1.0))
+                bin_of = self._bin_rows(state, keys, codes, values, order, bounds)
+                state.add_categories(batch, KEY_COLUMNS, bin_of, nan_filled(values, -1.0))
             for col, cat in self._categorical.items():
-                slot_of = self._slot_rows(cat, batch.strings[col], keys, order, bounds)
+                slot_of = self._slot_rows(cat, batch.strings[col], keys, codes, order, bounds)
                 cat.add_categories(batch, KEY_COLUMNS, slot_of, np.zeros(batch.n))
         for metric, state in self._metrics.items():
             for key, st, idx, counts, examples in state.close():
@@ -247,53 +244,89 @@ class DriftDetector:
 
     def _slot_rows(
         self, cat: BucketedKeys[_CatState], column: list[str | None], keys: list[Key],
-        order: np.ndarray[Any, np.dtype[np.int64]], bounds: np.ndarray[Any, np.dtype[np.int64]],
+        codes: np.ndarray[Any, np.dtype[np.int64]], order: np.ndarray[Any, np.dtype[np.int64]],
+        bounds: np.ndarray[Any, np.dtype[np.int64]],
     ) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Category slot per row (−1: null or still reference); the reference of a new key is filled first."""
+        """Category slot per row (−1: null or still reference); the reference of a new key is filled first.
+
+        The distinct (key, category) pairs of the batch come from one ``np.unique`` (not one per key,
+        issue 16); each key's new categories still take slots in order of appearance, keys in order.
+        """
         c = self.config
         slot_of = np.full(len(column), -1, dtype=np.int64)
         vcode, values = group_by_key([column])
         present = np.array([v is not None for (v,) in values], dtype=bool)[vcode]
-        slot_lut = np.zeros(len(values), dtype=np.int64)
-        for g, key in enumerate(keys):
+        rows_p = np.flatnonzero(present)
+        if rows_p.size == 0:
+            return slot_of
+        n_values = len(values)
+        pair = codes[rows_p] * n_values + vcode[rows_p]
+        uniq, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+        pair_key = uniq // n_values
+        slot = np.empty(uniq.size, dtype=np.int64)
+        states: dict[int, _CatState] = {}
+        for u in np.lexsort((first, pair_key)).tolist():  # key after key, each in order of appearance
+            g, v = divmod(int(uniq[u]), n_values)
+            st = states.get(g)
+            if st is None:
+                st = states[g] = cat.keys.get(keys[g])
+            slot[u] = st.slot(str(values[v][0]))
+        slot_of[rows_p] = slot[inverse.reshape(-1)]
+        for g, st in states.items():
+            need = c.reference_size - st.ref_n
+            if need <= 0:
+                continue
             rows = order[bounds[g]:bounds[g + 1]]
             rows = rows[present[rows]]
-            if rows.size == 0:
-                continue
-            st = cat.keys.get(key)
-            seen, first = np.unique(vcode[rows], return_index=True)
-            for v in seen[np.argsort(first)].tolist():  # new categories take slots in order of appearance
-                slot_lut[v] = st.slot(str(values[v][0]))
-            row_slot = slot_lut[vcode[rows]]
-            need = c.reference_size - st.ref_n
-            if need > 0:
-                ref = np.bincount(row_slot[:need], minlength=c.max_categories + 1)
-                st.reference_counts = [a + float(b) for a, b in zip(st.reference_counts, ref.tolist(), strict=True)]
-                st.ref_n += min(need, rows.size)
-                rows, row_slot = rows[need:], row_slot[need:]
-            slot_of[rows] = row_slot
+            row_slot = slot_of[rows]
+            ref = np.bincount(row_slot[:need], minlength=c.max_categories + 1)
+            st.reference_counts = [a + float(b) for a, b in zip(st.reference_counts, ref.tolist(), strict=True)]
+            st.ref_n += min(need, rows.size)
+            slot_of[rows[:need]] = -1
         return slot_of
 
     def _bin_rows(
-        self, state: BucketedKeys[_KeyState], key: Key, values: np.ndarray[Any, np.dtype[np.float64]],
-        rows: np.ndarray[Any, np.dtype[np.int64]], bin_of: np.ndarray[Any, np.dtype[np.int64]],
-    ) -> None:
-        """Fill the reference of a new key first; bin the rest with the key's reference edges."""
-        st = state.keys.get(key)
-        rows = rows[~np.isnan(values[rows])]
-        if st.edges is None:
+        self, state: BucketedKeys[_KeyState], keys: list[Key], codes: np.ndarray[Any, np.dtype[np.int64]],
+        values: np.ndarray[Any, np.dtype[np.float64]], order: np.ndarray[Any, np.dtype[np.int64]],
+        bounds: np.ndarray[Any, np.dtype[np.int64]],
+    ) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Bin per row (−1: NaN or still reference): a new key's reference is filled first; the keys
+        with edges are binned together, a row's bin being how many of its key's edges are ≤ it (what
+        ``np.searchsorted(edges, v, side="right")`` gives, without a call per key: issue 16)."""
+        bin_of = np.full(len(values), -1, dtype=np.int64)
+        ready: dict[int, list[float]] = {}
+        for g, key in enumerate(keys):
+            st = state.keys.get(key)
+            if st.edges is not None:
+                ready[g] = st.edges
+                continue
+            rows = order[bounds[g]:bounds[g + 1]]
+            rows = rows[~np.isnan(values[rows])]
             take = rows[: self.config.reference_size - len(st.reference)]
             st.reference.extend(values[take].tolist())
             rows = rows[take.size:]
             if len(st.reference) < self.config.reference_size:
-                return
+                continue
             ref = np.asarray(st.reference)
             qs = np.quantile(ref, np.arange(1, self.config.bins) / self.config.bins)
             st.edges = np.unique(qs).tolist()
             st.reference_counts = np.bincount(np.searchsorted(st.edges, ref, side="right"),
                                               minlength=len(st.edges) + 1).astype(np.float64).tolist()
             st.reference = []
-        bin_of[rows] = np.searchsorted(np.asarray(st.edges), values[rows], side="right")
+            bin_of[rows] = np.searchsorted(np.asarray(st.edges), values[rows], side="right")
+        if ready:
+            width = max(len(e) for e in ready.values())
+            edges = np.full((len(keys), width), np.inf)
+            used = np.zeros((len(keys), width), dtype=bool)
+            for g, e in ready.items():
+                edges[g, :len(e)] = e
+                used[g, :len(e)] = True
+            is_ready = np.zeros(len(keys), dtype=bool)
+            is_ready[list(ready)] = True
+            rows = np.flatnonzero(is_ready[codes] & ~np.isnan(values))
+            k = codes[rows]
+            bin_of[rows] = ((edges[k] <= values[rows, None]) & used[k]).sum(axis=1)
+        return bin_of
 
     def to_state(self) -> dict[str, Any]:
         return {"detector": NAME, "version": 2,

@@ -86,27 +86,32 @@ class _KeyState:
 
     def __init__(self) -> None:
         self.buckets = BucketSeries()
-        self.ring: list[float] = []
+        # An array, not a list: the batch's statistics stack the rings of every key without a
+        # conversion per key and batch (profile of loadtest/bench_aggregator.py).
+        self.ring: npt.NDArray[np.float64] = np.empty(0, dtype=np.float64)
         self.pos = 0  # next slot to overwrite once the ring is full
         # window index -> [largest flagged input tokens, p95, threshold] at the time
         self.peaks: dict[int, list[float]] = {}
 
-    def push(self, values: list[float], size: int) -> None:
-        for v in values[-size:]:
-            if len(self.ring) < size:
-                self.ring.append(v)
-            else:
-                self.ring[self.pos] = v
-                self.pos = (self.pos + 1) % size
+    def push(self, values: npt.NDArray[np.float64], size: int) -> None:
+        """Append, then overwrite the oldest from ``pos`` on: what a value-by-value ring does."""
+        values = values[-size:]
+        room = size - self.ring.size
+        if room > 0:
+            self.ring = np.concatenate([self.ring, values[:room]])
+            values = values[room:]
+        if values.size:
+            self.ring[(self.pos + np.arange(values.size)) % size] = values
+            self.pos = (self.pos + values.size) % size
 
     def to_state(self) -> dict[str, Any]:
         peaks = [[i, [None if math.isnan(v) else v for v in p]] for i, p in sorted(self.peaks.items())]
-        return {"ring": self.ring, "pos": self.pos, "peaks": peaks}
+        return {"ring": self.ring.tolist(), "pos": self.pos, "peaks": peaks}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
         st = cls()
-        st.ring = [float(v) for v in d["ring"]]
+        st.ring = np.asarray([float(v) for v in d["ring"]], dtype=np.float64)
         st.pos = int(d["pos"])
         st.peaks = {int(i): [math.nan if v is None else float(v) for v in p] for i, p in d["peaks"]}
         return st
@@ -120,6 +125,36 @@ def _robust_limit(ring: list[float] | npt.NDArray[np.float64], z: float) -> floa
     median = float(np.median(logs))
     mad = float(np.median(np.abs(logs - median)))
     return math.exp(median + z * MAD_TO_SIGMA * mad)
+
+
+def ring_limits(rings: list[npt.NDArray[np.float64]], quantile: float, factor: float, z: float
+                ) -> tuple[list[float], list[float]]:
+    """Per ring, its ``quantile`` and ``max(factor · quantile, robust limit)``.
+
+    Equal to ``np.quantile`` and :func:`_robust_limit` ring by ring, bit for bit (the same numpy
+    functions along an axis, the same scalar arithmetic after), but rings of one length (a key's
+    ring is full after its first ``sample_size`` calls) are stacked and reduced in one call each:
+    three numpy calls per key and batch were a sixth of the analysis (profile of the aggregator bench).
+    """
+    p95 = [math.nan] * len(rings)
+    learned = [math.nan] * len(rings)
+    by_size: dict[int, list[int]] = {}
+    for i, r in enumerate(rings):
+        by_size.setdefault(r.size, []).append(i)
+    for members in by_size.values():
+        stack = np.stack([rings[i] for i in members])
+        qs = np.quantile(stack, quantile, axis=1).tolist()
+        if z > 0:
+            logs = np.log(np.maximum(stack, 1.0))
+            medians = np.median(logs, axis=1)
+            mads = np.median(np.abs(logs - medians[:, None]), axis=1).tolist()
+            robust = [math.exp(m + z * MAD_TO_SIGMA * d) for m, d in zip(medians.tolist(), mads, strict=True)]
+        else:
+            robust = [0.0] * len(members)
+        for i, q, lim in zip(members, qs, robust, strict=True):
+            p95[i] = q
+            learned[i] = max(factor * q, lim)
+    return p95, learned
 
 
 class ExpensivePromptDetector(BucketedDetector[ExpensivePromptConfig, _KeyState]):
@@ -137,30 +172,30 @@ class ExpensivePromptDetector(BucketedDetector[ExpensivePromptConfig, _KeyState]
             x = np.asarray(batch.numeric["input_tokens"], dtype=np.float64)
             t = batch.numeric["time_unix_nano"].astype(np.int64)
             window = t // self._keys.width_ns
-            flagged = np.zeros(batch.n, dtype=bool)
             codes, keys = group_by_key([batch.strings[k] for k in KEY_COLUMNS])
+            states = [self._keys.keys.get(key) for key in keys]
+            warm = [g for g, st in enumerate(states) if st.ring.size >= c.warmup_calls]
+            key_p95 = [math.nan] * len(keys)
+            limit = [math.nan] * len(keys)  # NaN: no limit yet (warm-up, no max_input_tokens)
+            if warm:
+                qs, learned = ring_limits([states[g].ring for g in warm], c.quantile, c.factor, c.robust_z)
+                for g, q, lim in zip(warm, qs, learned, strict=True):
+                    key_p95[g], limit[g] = q, lim
+            if c.max_input_tokens is not None:
+                limit = [c.max_input_tokens if math.isnan(t) else min(t, c.max_input_tokens) for t in limit]
+            valid = ~np.isnan(x)
+            with np.errstate(invalid="ignore"):
+                flagged = valid & (x > np.asarray(limit, dtype=np.float64)[codes])  # NaN limit: never
             order = np.argsort(codes, kind="stable")
-            bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
-            for g, key in enumerate(keys):
+            bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1)).tolist()
+            kept = valid & ~flagged
+            for g, st in enumerate(states):
                 rows = order[bounds[g]:bounds[g + 1]]
-                rows = rows[~np.isnan(x[rows])]
-                st = self._keys.keys.get(key)
-                p95, learned = math.nan, math.nan
-                if len(st.ring) >= c.warmup_calls:
-                    ring = np.asarray(st.ring, dtype=np.float64)  # once, not in each statistic
-                    p95 = float(np.quantile(ring, c.quantile))
-                    learned = max(c.factor * p95, _robust_limit(ring, c.robust_z))
-                limits = [v for v in (learned, c.max_input_tokens) if v is not None and not math.isnan(v)]
-                if not limits:
-                    st.push(x[rows].tolist(), c.sample_size)
-                    continue
-                threshold = min(limits)
-                flag = x[rows] > threshold
-                flagged[rows[flag]] = True
-                st.push(x[rows[~flag]].tolist(), c.sample_size)
-                for r in rows[flag].tolist():
-                    peak = st.peaks.setdefault(int(window[r]), [0.0, p95, threshold])
-                    peak[0] = max(peak[0], float(x[r]))
+                st.push(x[rows[kept[rows]]], c.sample_size)
+            for r in np.flatnonzero(flagged).tolist():
+                g = int(codes[r])
+                peak = states[g].peaks.setdefault(int(window[r]), [0.0, key_p95[g], limit[g]])
+                peak[0] = max(peak[0], float(x[r]))
             weight = np.where(flagged, x, -1.0)
             self._keys.add(batch, KEY_COLUMNS, [flagged.astype(np.float64), np.ones(batch.n)], weight)
         out: list[Candidate] = []
