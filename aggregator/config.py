@@ -48,6 +48,8 @@ from aggregator.analysis.confirm import (
 )
 from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
 from aggregator.api.jwt_auth import JwtConfig
+from aggregator.cluster.config import DEFAULT_PARTITIONS as DEFAULT_CLUSTER_PARTITIONS
+from aggregator.cluster.config import ClusterConfig
 from aggregator.ingest.auth import parse_sidecar_services, parse_sidecar_tokens
 from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
@@ -96,7 +98,7 @@ LIVE_KEYS = frozenset({"detectors", "forest", "amqp_url", "amqp_exchange", "amqp
 #: Keys whose values are secrets (tokens, a broker password, webhook URLs and headers, the store's URL):
 #: the configuration API, its versions and their diffs show a digest of the value, never the value.
 SECRET_KEYS = frozenset({"tokens", "sidecar_tokens", "viewer_tokens", "operator_tokens", "admin_tokens",
-                         "amqp_url", "webhooks", "store_url"})
+                         "amqp_url", "webhooks", "store_url", "cluster_amqp_url"})
 
 
 def _hostport(key: str, value: str) -> None:
@@ -329,6 +331,35 @@ class AggregatorConfig:
     save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
                                      kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
+    # -- cluster mode (aggregator/cluster/, README "Cluster mode"): flat keys, gathered by cluster_config() --
+    cluster_amqp_url: str = setting("", "cluster mode (with a postgresql:// store_url): RabbitMQ amqp:// URL the "
+                                    "replicas partition analysis over (prefer SENTINEL_CLUSTER_AMQP_URL); empty: "
+                                    "one process", flag=False)
+    cluster_partitions: int = setting(DEFAULT_CLUSTER_PARTITIONS, "analysis partitions (CRC-32 of the service "
+                                      "name modulo this); the same on every replica, changed only with the "
+                                      "cluster stopped")
+    cluster_queue_prefix: str = setting("sentinel.cluster", "names of the partition queues (<prefix>.p<n>) and "
+                                        "the advisory-lock namespace")
+    cluster_replica_id: str = setting("", "this replica's name in the heartbeat table; empty: host name and "
+                                      "process id")
+    cluster_heartbeat_interval_s: float = setting(1.0, "how often a replica renews its heartbeat and rebalances",
+                                                  kind="duration")
+    cluster_heartbeat_ttl_s: float = setting(5.0, "a replica whose heartbeat is older is not counted live (its "
+                                             "partitions' share moves to the others)", kind="duration")
+    cluster_checkpoint_interval_s: float = setting(1.0, "how often a partition's state is checkpointed to "
+                                                   "PostgreSQL; its messages are acknowledged then",
+                                                   kind="duration")
+    cluster_prefetch: int = setting(256, "messages of a partition delivered and not yet acknowledged (bounds "
+                                    "what a takeover replays)")
+
+    def cluster_config(self) -> ClusterConfig:
+        return ClusterConfig(amqp_url=self.cluster_amqp_url, store_url=self.store_url,
+                             partitions=self.cluster_partitions, queue_prefix=self.cluster_queue_prefix,
+                             replica_id=self.cluster_replica_id,
+                             heartbeat_interval_s=self.cluster_heartbeat_interval_s,
+                             heartbeat_ttl_s=self.cluster_heartbeat_ttl_s,
+                             checkpoint_interval_s=self.cluster_checkpoint_interval_s,
+                             prefetch=self.cluster_prefetch, dedup_retention_s=self.journal_retention_s)
 
     def confirm_config(self) -> ConfirmConfig:
         return ConfirmConfig(enabled=self.confirm_enabled, min_global_count=self.confirm_min_global_count,
@@ -441,6 +472,7 @@ class AggregatorConfig:
         if self.save_interval_s <= 0:
             raise ConfigError("save_interval_s: must be greater than 0")
         self.baseline_config().validate()
+        self.cluster_config().validate()
         self.confirm_config().validate()
         from aggregator.analysis.detectors.consumer import parse_detector_settings  # imports every detector
 

@@ -1,0 +1,160 @@
+"""Cluster mode in process (aggregator/cluster/): partitioning, ingest through PostgreSQL and RabbitMQ,
+two replicas sharing the partitions. Real PostgreSQL (a database per test) and RabbitMQ (queues with a
+prefix per test, deleted after); skipped when either is unreachable. The multi-process failover suite is
+tests/test_cluster_system.py."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from aggregator.app import Aggregator
+from aggregator.cluster.checkpoint import PartitionCounts, pack, unpack
+from aggregator.cluster.config import ClusterConfig
+from aggregator.cluster.partition import partition_of, split
+from aggregator.config import AggregatorConfig
+from sentinel import wire
+from sentinel.config import ConfigError
+from sentinel.model import FeatureBatch
+from tests.conftest import free_port, pg_database, wait_for
+from tests.test_alert_sinks_amqp import BROKER_URL, _broker_up, needs_broker
+from tests.test_event_time import MSGPACK, _rows
+
+T0 = 1_762_432_501_234_000_000
+
+
+def test_partition_is_crc32_of_the_service() -> None:
+    assert partition_of("checkout", 32) == zlib.crc32(b"checkout") % 32  # not Python's salted hash()
+    assert partition_of(None, 32) == partition_of("", 32) == 0
+    assert {partition_of(f"svc-{i}", 8) for i in range(200)} == set(range(8))
+
+
+def test_split_keeps_every_row_once_and_groups_by_service() -> None:
+    rows = [r for s in ("a", "b", "c", "d", "e") for r in _rows(s, T0, 7, 2)]
+    batch = wire.decode(wire.encode(FeatureBatch.from_rows(rows), sidecar="s1", seq=5, created_unix_nano=T0))
+    parts = split(batch, 4)
+    seen: list[str | None] = []
+    for p, body in parts.items():
+        b = wire.decode(body)
+        assert (b.sidecar, b.seq, b.created_unix_nano) == ("s1", 5, T0)
+        assert {partition_of(s, 4) for s in b.batch.strings["service"]} <= {p}
+        seen += b.batch.strings["service"]
+    assert sorted(s or "" for s in seen) == sorted(s or "" for s in batch.batch.strings["service"])
+    empty = split(wire.decode(wire.encode(FeatureBatch.empty(), sidecar="s1", seq=6)), 4)
+    assert list(empty) == [partition_of("s1", 4)]
+
+
+def test_checkpoint_round_trip() -> None:
+    counts = PartitionCounts()
+    counts.record("s1", 3, 10)
+    back, files = unpack(pack(counts, {"x.json": b"{}"}))
+    assert back.rows == 10 and back.is_seen("s1", 3) and not back.is_seen("s1", 4) and files == {"x.json": b"{}"}
+
+
+def test_cluster_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="cluster_amqp_url: cluster mode needs store_url"):
+        AggregatorConfig(cluster_amqp_url=BROKER_URL).validate()
+    with pytest.raises(ConfigError, match="cluster_partitions"):
+        ClusterConfig(partitions=0).validate()
+    assert not AggregatorConfig().cluster_config().enabled  # the default stays one process
+
+
+async def _delete_queues(prefix: str, partitions: int) -> None:
+    connection = await aio_pika.connect(BROKER_URL)
+    async with connection:
+        channel = await connection.channel()
+        for p in range(partitions):
+            await channel.queue_delete(f"{prefix}.p{p}")
+
+
+@pytest.fixture
+async def cluster_settings(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    if not _broker_up():
+        pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
+    prefix = f"sentinel.test.{uuid.uuid4().hex[:10]}"
+    with pg_database() as url:
+        yield {"store_url": url, "cluster_amqp_url": BROKER_URL, "cluster_queue_prefix": prefix,
+               "cluster_partitions": 8, "cluster_heartbeat_interval_s": 0.3, "cluster_heartbeat_ttl_s": 2.0,
+               "cluster_checkpoint_interval_s": 0.3, "forest": {"enabled": False}}
+        await _delete_queues(prefix, 8)
+
+
+async def _replica(tmp_path: Path, name: str, settings: dict[str, Any]) -> Aggregator:
+    agg = Aggregator(AggregatorConfig(listen="127.0.0.1:0", grpc_listen="", data_dir=str(tmp_path / name),
+                                      shutdown_grace_s=1.0, cluster_replica_id=name, **settings),
+                     registry=CollectorRegistry())
+    await agg.start()
+    return agg
+
+
+def _analysed_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT coalesce(sum(rows), 0) FROM cluster_partitions").fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_two_replicas_share_partitions_and_analyse_each_row_once(
+        tmp_path: Path, cluster_settings: dict[str, Any]) -> None:
+    a = await _replica(tmp_path, "a", cluster_settings)
+    b = await _replica(tmp_path, "b", cluster_settings)
+    try:
+        await wait_for(lambda: len(a.cluster.owned) == 4 and len(b.cluster.owned) == 4,  # type: ignore[union-attr]
+                       timeout=20, what="partitions spread 4/4")
+        sent = 0
+        async with httpx.AsyncClient() as client:
+            for seq in range(20):
+                rows = [r for s in ("checkout", "search", "chat", "billing") for r in _rows(s, T0 + seq, 5, 0)]
+                body = wire.encode(FeatureBatch.from_rows(rows), sidecar="s1", seq=seq)
+                target = a if seq % 2 else b
+                r = await client.post(target.url + "/v1/ingest", content=body, headers=MSGPACK)
+                assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
+                sent += len(rows)
+                # The same batch at the other replica: a duplicate, across replicas.
+                r = await client.post((b if seq % 2 else a).url + "/v1/ingest", content=body, headers=MSGPACK)
+                assert r.json()["status"] == "duplicate"
+            url = cluster_settings["store_url"]
+            for _ in range(200):
+                if await asyncio.to_thread(_analysed_rows, url) == sent:
+                    break
+                await asyncio.sleep(0.1)
+            assert await asyncio.to_thread(_analysed_rows, url) == sent
+            status = (await client.get(a.url + "/api/v1/cluster")).json()
+        assert {r["replica"] for r in status["replicas"]} == {"a", "b"}
+        assert sorted(p for r in status["replicas"] for p in r["partitions"]) == list(range(8))
+        assert all(p["epoch"] >= 1 for p in status["partition_table"])
+    finally:
+        await b.shutdown()
+    # b left gracefully: a takes its partitions, from their checkpoints.
+    try:
+        await wait_for(lambda: len(a.cluster.owned) == 8, timeout=20, what="a owns all")  # type: ignore[union-attr]
+        assert await asyncio.to_thread(_analysed_rows, cluster_settings["store_url"]) == sent
+    finally:
+        await a.shutdown()
+
+
+@needs_broker
+async def test_ingest_answers_503_when_the_broker_is_down_and_does_not_mark_the_batch_seen(
+        tmp_path: Path) -> None:
+    with pg_database() as url:
+        settings = {"store_url": url, "cluster_amqp_url": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+                    "cluster_partitions": 4, "forest": {"enabled": False}}
+        agg = await _replica(tmp_path, "a", settings)
+        try:
+            body = wire.encode(FeatureBatch.from_rows(_rows("checkout", T0, 3, 0)), sidecar="s1", seq=1)
+            async with httpx.AsyncClient() as client:
+                r = await client.post(agg.url + "/v1/ingest", content=body, headers=MSGPACK)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT count(*) FROM cluster_dedup").fetchone() == (0,)
+        finally:
+            await agg.shutdown()
