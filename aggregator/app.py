@@ -348,8 +348,7 @@ class Aggregator:
             QualityApi(self.quality, time.time_ns).add_routes(app)
         if self.security is not None:
             SecurityApi(self.security).add_routes(app)
-        if self.cluster is not None:
-            ClusterApi(self.cluster).add_routes(app)
+        ClusterApi(self.cluster).add_routes(app)  # 404 unless a cluster
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)
         try:

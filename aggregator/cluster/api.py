@@ -17,14 +17,15 @@ __all__ = ["ClusterApi"]
 
 
 class ClusterApi:
-    def __init__(self, coordinator: Coordinator) -> None:
+    """The route; ``coordinator`` ``None``: a single process (404, as the API answers for what is not there)."""
+
+    def __init__(self, coordinator: Coordinator | None) -> None:
         self.coordinator = coordinator
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/cluster", self.handle)
 
-    async def status(self) -> dict[str, Any]:
-        c = self.coordinator
+    async def status(self, c: Coordinator) -> dict[str, Any]:
         ttl = c.config.heartbeat_ttl_s
         async with await psycopg.AsyncConnection.connect(c.config.store_url, autocommit=True,
                                                          connect_timeout=5) as db:
@@ -50,8 +51,11 @@ class ClusterApi:
         }
 
     async def handle(self, request: web.Request) -> web.Response:
+        if self.coordinator is None:
+            return web.json_response({"status": "error", "error": "not a cluster: set store_url (postgresql://) and "
+                                      "cluster_amqp_url"}, status=404)
         try:
-            body = await self.status()
+            body = await self.status(self.coordinator)
         except psycopg.Error as e:
             return web.json_response({"status": "error", "error": f"cluster state unavailable: {e}"}, status=503,
                                      headers={"Retry-After": "1"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sentinel.config import ConfigError
 
@@ -22,17 +22,21 @@ DEFAULT_PREFETCH = 256
 class ClusterConfig:
     """Cluster mode's settings; ``enabled`` when both the broker and the PostgreSQL store are given."""
 
-    amqp_url: str = ""
-    store_url: str = ""
-    partitions: int = DEFAULT_PARTITIONS
-    queue_prefix: str = DEFAULT_QUEUE_PREFIX
-    replica_id: str = ""
-    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
-    heartbeat_ttl_s: float = DEFAULT_HEARTBEAT_TTL_S
-    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
-    prefetch: int = DEFAULT_PREFETCH
-    #: How long ingest's (sidecar, seq) pairs are remembered (the journal's retention).
-    dedup_retention_s: float = 24 * 3600.0
+    amqp_url: str = field(default="", metadata={
+        "help": "`cluster_amqp_url`: the broker of the partition queues; empty: one process"})
+    store_url: str = field(default="", metadata={
+        "help": "`store_url`: the PostgreSQL database of the alerts, dedup, heartbeats and checkpoints"})
+    partitions: int = field(default=DEFAULT_PARTITIONS, metadata={"help": "`cluster_partitions`"})
+    queue_prefix: str = field(default=DEFAULT_QUEUE_PREFIX, metadata={"help": "`cluster_queue_prefix`"})
+    replica_id: str = field(default="", metadata={"help": "`cluster_replica_id`"})
+    heartbeat_interval_s: float = field(default=DEFAULT_HEARTBEAT_INTERVAL_S,
+                                        metadata={"help": "`cluster_heartbeat_interval_s`"})
+    heartbeat_ttl_s: float = field(default=DEFAULT_HEARTBEAT_TTL_S, metadata={"help": "`cluster_heartbeat_ttl_s`"})
+    checkpoint_interval_s: float = field(default=DEFAULT_CHECKPOINT_INTERVAL_S,
+                                         metadata={"help": "`cluster_checkpoint_interval_s`"})
+    prefetch: int = field(default=DEFAULT_PREFETCH, metadata={"help": "`cluster_prefetch`"})
+    dedup_retention_s: float = field(default=24 * 3600.0, metadata={
+        "help": "`journal_retention_s`: how long ingest's (sidecar, seq) pairs are remembered in cluster_dedup"})
 
     @property
     def enabled(self) -> bool:
