@@ -48,8 +48,8 @@ from aggregator.analysis.confirm import (
 )
 from aggregator.api.jwt_auth import DEFAULT_ALGORITHMS as DEFAULT_JWT_ALGORITHMS
 from aggregator.api.jwt_auth import JwtConfig
+from aggregator.cluster.config import DEFAULT_CHECKPOINT_INTERVAL_S, DEFAULT_PREFETCH, ClusterConfig
 from aggregator.cluster.config import DEFAULT_PARTITIONS as DEFAULT_CLUSTER_PARTITIONS
-from aggregator.cluster.config import ClusterConfig
 from aggregator.ingest.auth import parse_sidecar_services, parse_sidecar_tokens
 from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
@@ -346,11 +346,12 @@ class AggregatorConfig:
                                                   kind="duration")
     cluster_heartbeat_ttl_s: float = setting(5.0, "a replica whose heartbeat is older is not counted live (its "
                                              "partitions' share moves to the others)", kind="duration")
-    cluster_checkpoint_interval_s: float = setting(1.0, "how often a partition's state is checkpointed to "
-                                                   "PostgreSQL; its messages are acknowledged then",
+    cluster_checkpoint_interval_s: float = setting(DEFAULT_CHECKPOINT_INTERVAL_S, "how often a partition with new "
+                                                   "messages is checkpointed to PostgreSQL (and early at half "
+                                                   "cluster_prefetch); its messages are acknowledged then",
                                                    kind="duration")
-    cluster_prefetch: int = setting(256, "messages of a partition delivered and not yet acknowledged (bounds "
-                                    "what a takeover replays)")
+    cluster_prefetch: int = setting(DEFAULT_PREFETCH, "messages of a partition delivered and not yet acknowledged "
+                                    "(bounds memory and what a takeover replays)")
 
     def cluster_config(self) -> ClusterConfig:
         return ClusterConfig(amqp_url=self.cluster_amqp_url, store_url=self.store_url,

@@ -175,6 +175,11 @@ class Coordinator:
         while True:
             try:
                 await self._connect()
+                for p in [p for p, o in self.owned.items() if o.channel.is_closed]:
+                    # The broker closed the channel (or the connection): its unacknowledged messages went
+                    # back to the queue. Dropped, and taken again from its checkpoint at the next rebalance.
+                    log.warning("partition %d: its channel closed; dropped until taken again", p)
+                    await self._drop(p)
                 await self._checkpoint_due()
                 if time.monotonic() >= self._next_heartbeat:
                     await self._rebalance()
@@ -304,7 +309,9 @@ class Coordinator:
     async def _checkpoint_due(self) -> None:
         now = time.time()
         for p, owned in list(self.owned.items()):
-            if now - owned.checkpoint_at >= self.config.checkpoint_interval_s:
+            # Early when half the prefetch is unacknowledged: the broker stops delivering at the full prefetch.
+            if (now - owned.checkpoint_at >= self.config.checkpoint_interval_s
+                    or len(owned.unacked) >= max(1, self.config.prefetch // 2)):
                 await self._checkpoint(p, owned)
 
     def _snapshot(self, partition: Partition) -> tuple[bytes, int, int, int, int]:
