@@ -158,3 +158,31 @@ async def test_ingest_answers_503_when_the_broker_is_down_and_does_not_mark_the_
                 assert conn.execute("SELECT count(*) FROM cluster_dedup").fetchone() == (0,)
         finally:
             await agg.shutdown()
+
+
+async def test_a_stale_owner_cannot_overwrite_the_checkpoint_and_drops_the_partition(
+        tmp_path: Path, cluster_settings: dict[str, Any]) -> None:
+    settings = {**cluster_settings, "cluster_partitions": 8, "cluster_checkpoint_interval_s": 60.0}
+    a = await _replica(tmp_path, "a", settings)
+    try:
+        coordinator = a.cluster
+        assert coordinator is not None
+        await wait_for(lambda: len(coordinator.owned) == 8, timeout=20, what="a owns all")
+        p = partition_of("checkout", 8)
+        epoch = coordinator.epochs[p]
+        async with httpx.AsyncClient() as client:
+            body = wire.encode(FeatureBatch.from_rows(_rows("checkout", T0, 5, 0)), sidecar="s1", seq=1)
+            assert (await client.post(a.url + "/v1/ingest", content=body, headers=MSGPACK)).status_code == 200
+        await wait_for(lambda: bool(coordinator.owned[p].unacked), what="the message delivered")
+        # Another replica took the partition meanwhile (its epoch is newer): a's checkpoint must not land.
+        with psycopg.connect(cluster_settings["store_url"], autocommit=True) as conn:
+            conn.execute("UPDATE cluster_partitions SET epoch = epoch + 1, owner = 'b', rows = 0 WHERE partition = %s",
+                         (p,))
+        assert not await coordinator._checkpoint(p, coordinator.owned[p])
+        assert p not in coordinator.owned and p not in coordinator.epochs
+        with psycopg.connect(cluster_settings["store_url"]) as conn:
+            assert conn.execute("SELECT epoch, owner, rows FROM cluster_partitions WHERE partition = %s",
+                                (p,)).fetchone() == (epoch + 1, "b", 0)
+        assert coordinator.metrics.fenced._value.get() == 1
+    finally:
+        await a.shutdown()
