@@ -212,3 +212,40 @@ def test_three_replicas_lose_nothing_and_count_nothing_twice_when_one_is_killed(
     finally:
         for r in replicas:
             r.child.stop(10)
+
+
+def test_a_replica_stopped_and_restarted_hands_its_partitions_over_and_back(
+        tmp_path: Path, cluster_env: tuple[str, dict[str, Any]]) -> None:
+    url, settings = cluster_env
+    ttl = settings["cluster_heartbeat_ttl_s"]
+    replicas = [Replica(tmp_path, f"r{i}", settings) for i in range(2)]
+    try:
+        for r in replicas:
+            r.child.start()
+        wait_until(lambda: all(r.ready() for r in replicas), 60, "two replicas ready")
+        wait_until(lambda: sorted(_owners(url, ttl).values()) == ["r0"] * 6 + ["r1"] * 6, 30, "6 partitions each")
+        sender = Sender(replicas)
+        sender.load(20)
+        # SIGTERM: r1 checkpoints and releases its partitions (nothing to replay), r0 takes them.
+        assert replicas[1].child.stop(20) == 0, replicas[1].child.tail()
+        sender.replicas = replicas[:1]
+        wait_until(lambda: list(_owners(url, ttl).values()) == ["r0"] * PARTITIONS, 15, "r0 owning every partition")
+        sender.load(20)
+        wait_until(lambda: _analysed(url) == sender.acked_rows, 30, "every row analysed by r0")
+        # Back (same id and data directory): the partitions spread again, from their checkpoints.
+        replicas[1].child.start()
+        wait_until(replicas[1].ready, 60, "r1 ready again")
+        wait_until(lambda: sorted(_owners(url, ttl).values()) == ["r0"] * 6 + ["r1"] * 6, 30, "6 each again")
+        sender.replicas = replicas
+        sender.load(20)
+        wait_until(lambda: _analysed(url) == sender.acked_rows, 30, f"every row analysed ({sender.acked_rows})")
+        time.sleep(2 * settings["cluster_checkpoint_interval_s"])
+        assert _analysed(url) == sender.acked_rows
+        m = Metrics(httpx.get(replicas[0].url + "/metrics", timeout=5).text)
+        assert m("sentinel_aggregator_cluster_skipped_rows_total") == 0  # graceful: nothing redelivered twice
+        sender.client.close()
+        for r in replicas:
+            assert r.child.stop(20) == 0, r.child.tail()
+    finally:
+        for r in replicas:
+            r.child.stop(10)
