@@ -60,11 +60,15 @@ class Publisher:
         channel = await self._ready()
         exchange = channel.default_exchange
         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            await asyncio.gather(*(exchange.publish(
+            # Every publish awaited to its end (a failure of one must not leave the others unobserved).
+            results = await asyncio.gather(*(exchange.publish(
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                  message_id=f"{sidecar}/{seq}/{p}",
                                  headers={"sidecar": sidecar, "seq": seq, "arrival_ns": arrival_ns}),
-                routing_key=self.config.queue(p), mandatory=True) for p, body in parts.items()))
+                routing_key=self.config.queue(p), mandatory=True) for p, body in parts.items()), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     async def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

@@ -76,9 +76,12 @@ class ClusterIngest(IngestService):
                 if new:
                     fresh.append(p)
             # Still inside the transaction: the pairs commit only if every part of every batch is confirmed.
-            await asyncio.gather(*(self.publisher.publish(split(p.batch, self.cluster.partitions),
-                                                          sidecar=p.entry.sidecar, seq=p.entry.seq,
-                                                          arrival_ns=p.entry.received_at) for p in fresh))
+            results = await asyncio.gather(*(self.publisher.publish(
+                split(p.batch, self.cluster.partitions), sidecar=p.entry.sidecar, seq=p.entry.seq,
+                arrival_ns=p.entry.received_at) for p in fresh), return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r  # rolls the transaction back: no pair of the group is marked seen
         return outcomes
 
     async def prune_journal(self) -> int:
