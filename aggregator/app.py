@@ -27,6 +27,7 @@ import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -65,6 +66,10 @@ from aggregator.api.jwt_auth import JwtVerifier
 from aggregator.api.quality_api import QualityApi
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.api.security_api import SecurityApi
+from aggregator.cluster.api import ClusterApi
+from aggregator.cluster.checkpoint import Shared
+from aggregator.cluster.ingest import ClusterIngest
+from aggregator.cluster.owner import Coordinator
 from aggregator.config import SECRET_KEYS, AggregatorConfig
 from aggregator.config_versions import ConfigVersion, ConfigVersions, diff, is_digest, redact
 from aggregator.ingest.auth import parse_sidecar_tokens
@@ -150,8 +155,18 @@ class Aggregator:
         # Answer-quality candidates of the row detectors name the model version they correlate with.
         self.analysis = Analysis(self._consumers(), on_candidates=with_model_version(emit, self.model_versions),
                                  save_interval_s=config.save_interval_s, tasks=self.tasks)
-        self.ingest = IngestService(IngestConfig.from_settings(config), self.metrics, analysis=self.analysis,
-                                    tasks=self.tasks)
+        # Cluster mode (aggregator/cluster/): ingest publishes to partitions, owned partitions are analysed here.
+        cluster = config.cluster
+        self.cluster: Coordinator | None = None
+        self.ingest: IngestService
+        if cluster.enabled:
+            self.ingest = ClusterIngest(IngestConfig.from_settings(config), cluster, self.metrics, tasks=self.tasks)
+            self.cluster = Coordinator(cluster, config.data_dir, self._partition_consumers,
+                                       with_model_version(emit, self.model_versions), registry=self.metrics.registry,
+                                       url=lambda: self.url)
+        else:
+            self.ingest = IngestService(IngestConfig.from_settings(config), self.metrics, analysis=self.analysis,
+                                        tasks=self.tasks)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
             lambda: self.analysis.backlog_rows)
@@ -174,6 +189,25 @@ class Aggregator:
         return pipeline(edge_alerts=self.edge_alerts, confirm=self.confirmer, baselines=views["baselines"],
                         quality=self.quality, security=self.security, detectors=views["detectors"],
                         forest=self.forest, series=views["series"], alerts=views["alerts"])
+
+    def _partition_consumers(self, directory: Path) -> list[Consumer]:
+        """One cluster partition's pipeline (pipeline() order), its state in ``directory``; the alert manager and
+        the edge-alert reconciler are the replica's. Quality and security stay per replica (not partitioned)."""
+        c = self.config
+        baselines = BaselineConsumer(c.baseline_config(), directory)
+        accuracy = baselines.store.config.relative_accuracy
+        settings = c.forest_config()
+        forest = (ForestConsumer(settings, directory, on_fit=self.metrics.model_train_seconds.observe)
+                  if settings is not None else None)
+        return pipeline(edge_alerts=Shared(self.edge_alerts),
+                        confirm=LocalAnomalyConfirmer(c.confirm_config(), baselines.store,
+                                                      outcome=self.metrics.count_local_anomaly),
+                        baselines=SummaryBaselines(baselines),
+                        detectors=FromSummaries(DetectorConsumer(c.detectors, directory, late_after_s=c.late_after_s,
+                                                                 max_future_skew_s=c.max_future_skew_s),
+                                                relative_accuracy=accuracy),
+                        forest=forest, series=FromSummaries(SeriesConsumer(directory), relative_accuracy=accuracy),
+                        alerts=FromSummaries(Shared(self.alerts), relative_accuracy=accuracy))
 
     def _signal_counts(self) -> dict[str, dict[str, float]]:
         """The quality and security counts for /metrics (aggregator/metrics.py SIGNAL_COUNTERS), read at a scrape."""
@@ -247,6 +281,8 @@ class Aggregator:
             return "shutting down"
         if not self._ready:
             return "starting"
+        if self.cluster is not None and not self.cluster.balanced.is_set():
+            return "cluster: partitions not yet balanced"
         return self.tasks.problem()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -312,6 +348,7 @@ class Aggregator:
             QualityApi(self.quality, time.time_ns).add_routes(app)
         if self.security is not None:
             SecurityApi(self.security).add_routes(app)
+        ClusterApi(self.cluster).add_routes(app)  # 404 unless a cluster
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)
         try:
@@ -342,6 +379,8 @@ class Aggregator:
             await self.grpc.start()
         for sink in self.sinks:
             await sink.start()  # a broker that is down is retried in the background; alerts wait in the outbox
+        if self.cluster is not None:  # after the listener: its heartbeat names this replica's URL
+            await self.cluster.start()  # PostgreSQL or RabbitMQ down: retried in the background
         self._ticker = self.tasks.spawn("alert-tick", self._tick)
         if self.security_queue is not None:
             await self.security_queue.start()  # a broker that is down is retried in the background
@@ -510,6 +549,8 @@ class Aggregator:
         if self.security_queue is not None:
             await self.security_queue.shutdown()
         await self.ingest.shutdown()
+        if self.cluster is not None:
+            await self.cluster.shutdown()  # partitions checkpointed and released for the other replicas
         await self.analysis.shutdown()  # after ingest: every committed batch is analysed and saved
         if self._ticker is not None:
             self._ticker.cancel()

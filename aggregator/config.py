@@ -17,6 +17,7 @@ from aggregator.alerting.precision_guard import PrecisionGuardConfig
 from aggregator.analysis.baselines.store import BaselineConfig
 from aggregator.analysis.confirm import ConfirmConfig
 from aggregator.api.jwt_auth import JwtConfig
+from aggregator.cluster.config import ClusterConfig
 from aggregator.ingest.auth import parse_sidecar_services, parse_sidecar_tokens
 from aggregator.ingest.clock_check import DEFAULT_CLOCK_OFFSET_WARN_S
 from aggregator.ingest.event_time import DEFAULT_MAX_FUTURE_SKEW_S
@@ -64,7 +65,7 @@ LIVE_KEYS = frozenset({"detectors", "forest", "webhooks", "tokens", "sidecar_tok
 #: Keys whose values are secrets (tokens, a broker password, webhook URLs and headers, the store's URL):
 #: the configuration API, its versions and their diffs show a digest of the value, never the value.
 SECRET_KEYS = frozenset({"tokens", "sidecar_tokens", "viewer_tokens", "operator_tokens", "admin_tokens",
-                         "amqp.url", "webhooks", "store_url"})
+                         "amqp.url", "webhooks", "store_url", "cluster.amqp_url"})
 
 
 def _hostport(key: str, value: str) -> None:
@@ -201,6 +202,9 @@ class AggregatorConfig:
     save_interval_s: float = setting(60.0, "how often baselines are saved to data_dir (and at shutdown)",
                                      kind="duration")
     log_level: str = setting("info", "debug, info, warning or error")
+    cluster: ClusterConfig = section(ClusterConfig, "cluster mode: analysis partitioned across replicas "
+                                     "(aggregator/cluster/, README 'Cluster mode')",
+                                     old_keys={"amqp_url": "cluster_amqp_url"})
 
     def __post_init__(self) -> None:
         # The few component fields that are other settings of the process, not settings of their own.
@@ -209,6 +213,9 @@ class AggregatorConfig:
                                               metric_max_services=self.baselines.max_keys)
         if self.confirm.late_after_s != self.late_after_s:
             self.confirm = dataclasses.replace(self.confirm, late_after_s=self.late_after_s)
+        if (self.cluster.store_url, self.cluster.dedup_retention_s) != (self.store_url, self.journal_retention_s):
+            self.cluster = dataclasses.replace(self.cluster, store_url=self.store_url,
+                                               dedup_retention_s=self.journal_retention_s)
 
     def forest_config(self) -> ForestConfig | None:
         return forest_config(self.forest)
@@ -273,6 +280,7 @@ class AggregatorConfig:
         if self.save_interval_s <= 0:
             raise ConfigError("save_interval_s: must be greater than 0")
         self.baselines.validate()
+        self.cluster.validate()
         self.confirm.validate()
         from aggregator.analysis.detectors.consumer import parse_detector_settings  # imports every detector
 

@@ -31,6 +31,7 @@ from aggregator.analysis.series import SeriesConsumer
 from aggregator.api import Api, Roles, add_api_routes
 from aggregator.api.quality_api import QualityApi
 from aggregator.api.security_api import SecurityApi
+from aggregator.cluster.api import ClusterApi
 from sentinel.alerts import Alert, AlertDetails
 from sentinel.model import COLUMNS, FeatureBatch
 from sentinel.service import add_ops_routes
@@ -84,6 +85,7 @@ async def start_api(tmp_path: Path, *, tokens: bool = True, keepalive_s: float =
     QualityApi(quality, time.time_ns).add_routes(app)
     security = SecurityConsumer(SecurityConfig(), tmp_path, on_candidates=manager.emit)
     SecurityApi(security).add_routes(app)
+    ClusterApi(None).add_routes(app)  # a single process: 404
     add_ops_routes(app, CollectorRegistry(), lambda: "")
     api = add_api_routes(app, actions=manager, series=series, baselines=baselines, roles=roles,
                          keepalive_s=keepalive_s)

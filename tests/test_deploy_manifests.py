@@ -660,6 +660,66 @@ def test_kustomize_builds(tmp_path: Path) -> None:
             kubernetes_validate.validate(d, K8S_VERSION, strict=True)
 
 
+CLUSTER = DEPLOY / "k8s" / "cluster"
+
+
+def test_cluster_component_env_names_are_settings() -> None:
+    """The cluster component's patch gives the aggregator settings only, the broker and store URLs from Secrets."""
+    import dataclasses
+
+    from aggregator.config import AggregatorConfig
+    from sentinel.config import ENV_PREFIX
+
+    settings = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(AggregatorConfig)}
+    (c,) = _load(CLUSTER / "patch-aggregator-cluster.yaml")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["valueFrom"] for e in c["env"]}
+    assert set(env) <= settings
+    assert env["SENTINEL_CLUSTER_AMQP_URL"]["secretKeyRef"]["name"] == "sentinel-aggregator-cluster"
+    assert env["SENTINEL_STORE_URL"]["secretKeyRef"]["optional"] is False  # cluster mode needs both
+    assert env["SENTINEL_CLUSTER_REPLICA_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="needs kubectl >= 1.27 on PATH (its built-in kustomize v5)")
+def test_cluster_component_builds(tmp_path: Path) -> None:
+    """deploy/k8s with the cluster component: 3 replicas on different nodes, PDB, HPA; every object valid."""
+    from aggregator.config import AggregatorConfig
+    from sentinel.config import load
+
+    copy = tmp_path / "k8s"
+    shutil.copytree(DEPLOY / "k8s", copy)
+    kfile = copy / "kustomization.yaml"
+    kfile.write_text(kfile.read_text() + "components:\n  - cluster\n")
+    built = _kustomize(copy)
+    for d in built:
+        if _group(d) != CERT_MANAGER_GROUP:
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    (sts,) = [d for d in built if d["kind"] == "StatefulSet"]
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["podManagementPolicy"] == "Parallel"
+    pod = sts["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"  # 503 until the replica has taken its partitions
+    names = [e["name"] for e in c["env"]]
+    assert len(names) == len(set(names))
+    (pdb,) = [d for d in built if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == sts["metadata"]
+              ["name"]]
+    assert pdb["spec"] == {"minAvailable": 2, "selector": {"matchLabels": {"app.kubernetes.io/name":
+                                                                           "sentinel-aggregator"}}}
+    (hpa,) = [d for d in built if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                             "name": sts["metadata"]["name"]}
+    assert hpa["spec"]["minReplicas"] == 3 <= hpa["spec"]["maxReplicas"]
+    # The settings the pod gets turn cluster mode on.
+    env = {"SENTINEL_STORE_URL": "postgresql://sentinel:pw@postgres.db.svc:5432/sentinel",
+           "SENTINEL_CLUSTER_AMQP_URL": "amqps://sentinel:pw@rabbitmq.messaging.svc:5671/%2F",
+           "SENTINEL_CLUSTER_REPLICA_ID": "sentinel-aggregator-0"}
+    cfg = load(AggregatorConfig, args={}, env=env)
+    cfg.validate()
+    assert cfg.cluster.enabled and cfg.cluster.replica() == "sentinel-aggregator-0"
+
+
 def test_edge_unit_starts_a_valid_store_and_forward_sidecar() -> None:
     import shlex
 

@@ -161,9 +161,10 @@ def test_empty_wire_batch_is_still_accepted(aggregator_url: str) -> None:
 
 #: Operations no fuzzed request can succeed at: ingest's random bytes (400); the WebSocket, which a
 #: plain GET cannot open (400; the upgrade is tested in tests/test_api_plan_names.py); and the live
-#: configuration's changes, which need a real setting name or version (tests/test_config_api.py).
+#: configuration's changes, which need a real setting name or version (tests/test_config_api.py); and
+#: the cluster's state, 404 for this single process (tests/test_cluster.py serves it).
 NO_PLAIN_SUCCESS = frozenset({"POST /v1/ingest", "GET /ws/realtime", "PUT /api/v1/config",
-                              "POST /api/v1/config/rollback"})
+                              "POST /api/v1/config/rollback", "GET /api/v1/cluster"})
 
 
 def test_the_fuzzing_reached_the_handlers() -> None:

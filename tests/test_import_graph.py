@@ -4,7 +4,7 @@ Bottom to top: the shared package ``sentinel`` (data model, wire format, configu
 process shares); the components ``sidecar`` and ``webhook_injector``; the ``aggregator`` (which
 embeds a sidecar for its standalone OTLP receiver); the ``sentinel`` command (``sentinel.cli``,
 which starts any of them); ``loadtest`` (benchmarks and load tests, not in the runtime's imports).
-Inside the aggregator the stages read top to bottom too: app → config → ingest → api / web →
+Inside the aggregator the stages read top to bottom too: app → config → cluster → ingest → api / web →
 metrics / config_versions → alerting → analysis. Every import is counted, also those inside
 functions and under ``TYPE_CHECKING``.
 """
@@ -32,9 +32,10 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("aggregator.api", 13),
     ("aggregator.web", 13),
     ("aggregator.ingest", 14),
-    ("aggregator.config", 15),
-    ("aggregator.app", 16),
-    ("aggregator", 16),
+    ("aggregator.cluster", 15),
+    ("aggregator.config", 16),
+    ("aggregator.app", 17),
+    ("aggregator", 17),
     ("sentinel.cli", 20),
     ("loadtest", 30),
 )

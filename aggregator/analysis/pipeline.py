@@ -29,7 +29,7 @@ from aggregator.analysis.state import StateFile
 from sentinel.tasks import TaskSupervisor
 from sentinel.wire import WireBatch
 
-__all__ = ["Analysis", "Consumer", "pipeline", "restore", "save"]
+__all__ = ["Analysis", "Consumer", "feed", "pipeline", "restore", "save"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,22 @@ def save(consumer: Consumer) -> None:
         consumer.state_file.write(state)
 
 
+def feed(consumers: Sequence[Consumer], batch: WireBatch, arrival_ns: int,
+         on_candidates: Callable[[list[Candidate]], None]) -> None:
+    """``batch`` through ``consumers`` in order, each one's candidates to ``on_candidates`` before the next."""
+    for consumer in consumers:
+        try:
+            found = consumer.consume(batch, arrival_ns=arrival_ns)
+        except Exception:  # one consumer's bug must not stop the others or lose the batch
+            log.exception("%s failed on batch %s/%d", type(consumer).__name__, batch.sidecar, batch.seq)
+            continue
+        if found:
+            try:
+                on_candidates(found)
+            except Exception:
+                log.exception("the candidates of %s could not be handed on", type(consumer).__name__)
+
+
 class Analysis:
     """Runs consumers on accepted batches, in order, off the event loop; ``start``/``shutdown``.
 
@@ -174,17 +190,7 @@ class Analysis:
         self.consumers = tuple(consumers)
 
     def _consume(self, batch: WireBatch, arrival_ns: int) -> None:
-        for consumer in self.consumers:
-            try:
-                found = consumer.consume(batch, arrival_ns=arrival_ns)
-            except Exception:  # one consumer's bug must not stop the others or lose the batch
-                log.exception("%s failed on batch %s/%d", type(consumer).__name__, batch.sidecar, batch.seq)
-                continue
-            if found:
-                try:
-                    self.on_candidates(found)
-                except Exception:
-                    log.exception("the candidates of %s could not be handed on", type(consumer).__name__)
+        feed(self.consumers, batch, arrival_ns, self.on_candidates)
 
     def _save(self) -> None:
         for consumer in self.consumers:

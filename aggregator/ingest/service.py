@@ -311,7 +311,7 @@ class IngestService:
     async def _commit(self, group: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            stored: list[bool] = await self._in_thread(self.journal.append_many, [p.entry for p in group])
+            stored = await self._store(group)
         except Exception as e:  # any storage failure is retryable for the sidecar: 503, never lost silently
             if is_full(e):
                 self.metrics.journal_full.inc()
@@ -352,6 +352,14 @@ class IngestService:
                 m.duplicate_batches.inc()
             if not p.done.done():
                 p.done.set_result(ok)
+
+    async def _store(self, group: list[_Pending]) -> list[bool]:
+        """Store the group durably; per batch True (stored) or False (a duplicate). Raises: nothing stored.
+
+        The journal here; cluster mode (:mod:`aggregator.cluster.ingest`) publishes to the partitions instead.
+        """
+        stored: list[bool] = await self._in_thread(self.journal.append_many, [p.entry for p in group])
+        return stored
 
     def _warn_future(self, sidecar: str, rows: int) -> None:
         # A sidecar whose clock is ahead sends such rows in every batch: one line a minute is enough.
