@@ -194,13 +194,13 @@ class Aggregator:
         """One cluster partition's pipeline (pipeline() order), its state in ``directory``; the alert manager and
         the edge-alert reconciler are the replica's. Quality and security stay per replica (not partitioned)."""
         c = self.config
-        baselines = BaselineConsumer(c.baseline_config(), directory)
+        baselines = BaselineConsumer(c.baselines, directory)
         accuracy = baselines.store.config.relative_accuracy
         settings = c.forest_config()
         forest = (ForestConsumer(settings, directory, on_fit=self.metrics.model_train_seconds.observe)
                   if settings is not None else None)
         return pipeline(edge_alerts=Shared(self.edge_alerts),
-                        confirm=LocalAnomalyConfirmer(c.confirm_config(), baselines.store,
+                        confirm=LocalAnomalyConfirmer(c.confirm, baselines.store,
                                                       outcome=self.metrics.count_local_anomaly),
                         baselines=SummaryBaselines(baselines),
                         detectors=FromSummaries(DetectorConsumer(c.detectors, directory, late_after_s=c.late_after_s,

@@ -63,9 +63,9 @@ def test_checkpoint_round_trip() -> None:
 
 
 def test_cluster_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="cluster.amqp_url: cluster mode needs store_url"):
+    with pytest.raises(ConfigError, match=r"cluster\.amqp_url: cluster mode needs store_url"):
         AggregatorConfig(cluster=ClusterConfig(amqp_url=BROKER_URL)).validate()
-    with pytest.raises(ConfigError, match="cluster.partitions"):
+    with pytest.raises(ConfigError, match=r"cluster\.partitions"):
         ClusterConfig(partitions=0).validate()
     assert not AggregatorConfig().cluster.enabled  # the default stays one process
 
@@ -82,7 +82,7 @@ def test_cluster_section_from_env_and_yaml(tmp_path: Path) -> None:
     path.write_text("store_url: postgresql://db/sentinel\ncluster: {amqp_url: 'amqp://h/', prefetch: 64}\n")
     c = load(AggregatorConfig, env={}, config_file=path)
     assert (c.cluster.amqp_url, c.cluster.prefetch) == ("amqp://h/", 64)
-    with pytest.raises(ConfigError, match="cluster.prefetch: must be greater than 0"):
+    with pytest.raises(ConfigError, match=r"cluster\.prefetch: must be greater than 0"):
         load(AggregatorConfig, env={"SENTINEL_CLUSTER_PREFETCH": "0"})
     assert "cluster.amqp_url" in SECRET_KEYS
 

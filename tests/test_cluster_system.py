@@ -48,7 +48,8 @@ class Replica:
         self.name = name
         self.port = free_port()
         config = tmp / f"{name}.yaml"
-        config.write_text(json.dumps({"aggregator": {**settings, "cluster": {**settings["cluster"], "replica_id": name}}}))
+        own = {**settings, "cluster": {**settings["cluster"], "replica_id": name}}
+        config.write_text(json.dumps({"aggregator": own}))
         self.child = Child(name, [sys.executable, "-m", "sentinel.cli", "aggregator", "--listen",
                                   f"127.0.0.1:{self.port}", "--grpc-listen", "", "--data-dir", str(tmp / name),
                                   "--shutdown-grace-s", "2", "--config", str(config)], log_dir=tmp)

@@ -665,12 +665,10 @@ CLUSTER = DEPLOY / "k8s" / "cluster"
 
 def test_cluster_component_env_names_are_settings() -> None:
     """The cluster component's patch gives the aggregator settings only, the broker and store URLs from Secrets."""
-    import dataclasses
-
     from aggregator.config import AggregatorConfig
-    from sentinel.config import ENV_PREFIX
+    from sentinel.config import leaves
 
-    settings = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(AggregatorConfig)}
+    settings = {leaf.env for leaf in leaves(AggregatorConfig)}  # SENTINEL_CLUSTER_AMQP_URL: cluster.amqp_url
     (c,) = _load(CLUSTER / "patch-aggregator-cluster.yaml")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["valueFrom"] for e in c["env"]}
     assert set(env) <= settings

@@ -44,6 +44,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "aggregator.analysis.forest": ["ForestConfig", "ForestConsumer", "ForestFiles", "IsolationForest", "TrainedForest"],
     "aggregator.alerting": ["AlertHub", "AlertManager", "AlertManagerConfig", "AlertStore", "AmqpSink",
                             "SQLiteAlertStore", "Sink", "WebhookSink"],
+    "aggregator.cluster": ["ClusterApi", "ClusterConfig", "ClusterIngest", "Coordinator", "partition_of"],
     "aggregator.api": ["AlertActions", "Api", "Roles", "add_api_routes", "auth_middleware", "load_openapi",
                        "route_coverage"],
     "aggregator.web": ["STATIC_DIR", "WEB_DIR", "add_web_routes"],
