@@ -3,7 +3,7 @@ without being started, and started then shut down twice, each without an error o
 
 The process objects (sidecar, aggregator, webhook) and the parts they start: the sidecar's receivers,
 pipeline, forwarder, pass-through, local alerter and ops server; the aggregator's ingest stage, security
-events queue, analysis stage and its consumers, the gRPC AlertService and the alert sinks.
+events queue, analysis stage and its consumers, the cluster coordinator, the gRPC AlertService and the alert sinks.
 (``tests/test_import_graph.py``-style completeness: :func:`test_every_component_is_here` finds every
 class of the packages with both ``start`` and ``shutdown`` and wants it here.)
 """
@@ -26,6 +26,8 @@ from aggregator.alerting.store import SQLiteAlertStore
 from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink
 from aggregator.analysis.pipeline import Analysis
 from aggregator.app import Aggregator
+from aggregator.cluster.config import ClusterConfig
+from aggregator.cluster.owner import Coordinator
 from aggregator.config import AggregatorConfig
 from aggregator.ingest.config import IngestConfig
 from aggregator.ingest.security_amqp import SecurityEventConsumer
@@ -124,6 +126,9 @@ COMPONENTS: dict[str, Callable[[Path], Any]] = {
     "webhook-sink": lambda tmp: WebhookSink(WebhookConfig(name="hook", url=f"http://{NOWHERE}/hook"), _store(tmp)),
     "security-events-amqp": lambda tmp: SecurityEventConsumer(
         url=f"amqp://guest:guest@{NOWHERE}/", exchange="x", queue="q", binding_key="#", submit=lambda events: None),
+    "cluster-coordinator": lambda tmp: Coordinator(
+        ClusterConfig(amqp_url=f"amqp://guest:guest@{NOWHERE}/", store_url=f"postgresql://sentinel@{NOWHERE}/x"),
+        tmp / "data", lambda directory: [], lambda found: None, registry=CollectorRegistry()),
     "sidecar-grpc": lambda tmp: OtlpGrpcReceiver(max_recv_bytes=1 << 20, **_receiver_args()),
     "sidecar-http": lambda tmp: OtlpHttpReceiver(max_body_bytes=1 << 20, **_receiver_args()),
     "sidecar-pipeline": _pipeline,
