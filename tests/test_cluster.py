@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import uuid
 import zlib
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from aggregator.config import SECRET_KEYS, AggregatorConfig
 from sentinel import wire
 from sentinel.config import ConfigError, load
 from sentinel.model import FeatureBatch
-from tests.conftest import free_port, pg_database, wait_for
+from tests.conftest import pg_database, wait_for
 from tests.test_alert_sinks_amqp import BROKER_URL, _broker_up, needs_broker
 from tests.test_event_time import MSGPACK, _rows
 
@@ -166,13 +167,16 @@ async def test_two_replicas_share_partitions_and_analyse_each_row_once(
 @needs_broker
 async def test_ingest_answers_503_when_the_broker_is_down_and_does_not_mark_the_batch_seen(
         tmp_path: Path) -> None:
-    with pg_database() as url:
+    # A port bound and not listening: refused at once, and no other test (xdist worker) can take it meanwhile.
+    with pg_database() as url, socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
         settings = {"store_url": url, "forest": {"enabled": False},
-                    "cluster": ClusterConfig(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/", partitions=4)}
+                    "cluster": ClusterConfig(amqp_url=f"amqp://guest:guest@127.0.0.1:{port}/", partitions=4)}
         agg = await _replica(tmp_path, "a", settings)
         try:
             body = wire.encode(FeatureBatch.from_rows(_rows("checkout", T0, 3, 0)), sidecar="s1", seq=1)
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(timeout=30) as client:  # a loaded machine: the 503 may be slow
                 r = await client.post(agg.url + "/v1/ingest", content=body, headers=MSGPACK)
             assert r.status_code == 503 and r.headers["Retry-After"] == "1"
             with psycopg.connect(url) as conn:
