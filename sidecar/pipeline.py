@@ -219,6 +219,10 @@ class TracePipeline:
                     work.done.set_result(None)
             finally:
                 self._queued_bytes -= work.size
+            # Drop the request before waiting for the next: ``work`` would otherwise keep the last
+            # parsed request (its protobuf arena and the bytes of every attribute) alive while the
+            # pipeline is idle (issue 16, the sidecar's RSS).
+            del work
 
     async def _process(self, work: _Work) -> None:
         if work.logs:
@@ -253,6 +257,10 @@ class TracePipeline:
                     quality.extend(result.quality)
                     security.extend(result.security)
                     await asyncio.sleep(0)  # let the receivers answer other exports
+        # Everything extraction reads is in ``rows`` now: let the parsed request (its protobuf arena
+        # and attribute bytes, about the size of the request) go before detection and batching
+        # allocate theirs, so the two are never held at once (issue 16, the sidecar's peak RSS).
+        work.request = None
         if self._metrics_reader is not None and rows:
             self._note_span_keys(rows)
         await self._emit(rows, quality, security)
@@ -411,7 +419,7 @@ class TracePipeline:
         await self.flush_summaries()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: _process drops ``request`` once it is extracted
 class _Work:
     request: Any
     size: int

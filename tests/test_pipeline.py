@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import weakref
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -50,3 +52,34 @@ async def test_a_single_request_larger_than_the_bound_is_taken_when_idle() -> No
     await p.consume_traces(parse_traces(raw), len(raw))
     await p.shutdown()
     assert metrics.llm_calls._value.get() == 20
+
+
+class _Request:
+    """A parsed request that can be watched with a weak reference (upb messages cannot)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.resource_spans = parse_traces(raw).resource_spans
+
+
+async def test_a_request_is_let_go_once_extracted() -> None:
+    # Issue 16: the parsed request (its protobuf arena) must not be held while detection and
+    # batching allocate theirs, nor by the idle worker afterwards: both raised the sidecar's RSS.
+    raw = build_trace_request(20, rng=random.Random(1)).SerializeToString()
+    p, metrics = _pipeline(max_bytes=len(raw) * 4)
+    request = _Request(raw)
+    watch = weakref.ref(request)
+    alive_at_detection: list[bool] = []
+    detect = p._detector.process
+
+    def process(batch: Any) -> Any:
+        alive_at_detection.append(watch() is not None)
+        return detect(batch)
+
+    p._detector.process = process  # type: ignore[method-assign]
+    await p.consume_traces(request, len(raw))
+    del request
+    await p.flush()
+    assert alive_at_detection == [False]
+    assert watch() is None  # the idle worker holds nothing of it either
+    assert metrics.llm_calls._value.get() == 20
+    await p.shutdown()
