@@ -38,15 +38,16 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
     """One batch per minute of calls over two regions: log-normal latency (sigma 0.5) with the odd 60 s
     timeout, streamed TTFT, heavy-tailed prompts (sigma 0.9), Zipf users, 4 % finish_reason length.
 
-    ``incident(minute, p)`` may set ``latency`` / ``ttft`` factors (``p["region"]`` limits them to one
-    region), ``length_share``, ``models`` (request model -> share) or ``rate``.
+    ``incident(minute, p)`` may set ``latency`` / ``ttft`` / ``output`` factors (``p["region"]`` limits them
+    to one region; longer outputs take longer), ``length_share``, ``models`` (request model -> share) or ``rate``.
     """
     rng = np.random.default_rng(seed)
     users = [f"user-{i}" for i in range(40)]
     zipf = 1.0 / np.arange(1, 41)
     out = []
     for m in range(minutes):
-        p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "region": None, "length_share": 0.04,
+        p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "output": 1.0, "region": None,
+                             "length_share": 0.04,
                              "models": {MODEL: 1.0}}
         if incident is not None:
             incident(m, p)
@@ -60,11 +61,14 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
                           0.95 * latency)
         ttft = np.where(rng.random(n) < 0.5, ttft, np.nan)
         names = list(p["models"])
+        input_tokens = np.round(1500 * rng.lognormal(0, 0.9, n))
+        output = np.round(200 * rng.lognormal(0, 0.5, n) * p["output"])
         out.append(make_batch(
-            t.tolist(), latency_ms=latency, ttft_ms=ttft, region=region.tolist(),
-            input_tokens=np.round(1500 * rng.lognormal(0, 0.9, n)),
-            output_tokens=np.round(200 * rng.lognormal(0, 0.5, n)),
-            tokens_per_s=50 * rng.lognormal(0, 0.3, n), cost_usd=np.full(n, 0.001),
+            t.tolist(), latency_ms=latency * np.where(hit, p["output"], 1.0), ttft_ms=ttft, region=region.tolist(),
+            input_tokens=input_tokens, output_tokens=output,
+            # as the sidecar computes it: output over the generation time after the first token
+            tokens_per_s=output * 1000 / (latency * np.where(hit, p["output"], 1.0) - np.nan_to_num(ttft)),
+            cost_usd=np.full(n, 0.001),
             user=rng.choice(users, size=n, p=zipf / zipf.sum()).tolist(),
             request_model=rng.choice(names, size=n, p=[p["models"][k] for k in names]).tolist(),
             finish_reason=np.where(rng.random(n) < p["length_share"], "length", "stop").tolist()))
@@ -115,6 +119,25 @@ def test_ttft_x5_with_latency_unchanged_is_a_ttft_regression() -> None:
 
 def test_slow_calls_with_late_first_tokens_are_a_latency_spike_only() -> None:
     found = run(LevelShiftDetector(), traffic(60, 5, incident=during(30, 40, latency=3.0)))
+    assert {c.anomaly_type for c in found} == {"latency_spike"}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_longer_outputs_taking_longer_are_no_latency_spike(seed: int) -> None:
+    """Outputs x5 (a cost runaway): latency x5 at an unchanged tokens/s is the outputs, not slower calls."""
+    det = LevelShiftDetector()
+    assert run(det, traffic(60, seed, incident=during(30, 40, output=5.0))) == [] and det.explained >= 1
+
+
+@pytest.mark.parametrize("minutes", [4, 6, 8, 10])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_latency_drift_is_a_latency_spike_not_a_ttft_regression(minutes: int, seed: int) -> None:
+    """Latency and TTFT x1 -> x4 over some minutes (latency.yaml's drift): the whole call slows, TTFT with it;
+    TTFT's level, less spread than latency's, crossed first and was raised as a late first token."""
+    def ramp(m: int, p: dict[str, Any]) -> None:
+        if 30 <= m < 30 + minutes:
+            p["latency"] = 1.0 + 3.0 * (m - 30) / minutes
+    found = run(LevelShiftDetector(), traffic(35 + minutes, seed, incident=ramp))
     assert {c.anomaly_type for c in found} == {"latency_spike"}
 
 
@@ -280,3 +303,23 @@ def test_error_burst_names_the_provider_of_its_key() -> None:
                                   is_error=rng.random(n) < (0.3 if m >= 20 else 0.01)))
     [c] = run(ErrorBurstDetector(), batches)
     assert c.context["provider"] == "anthropic" and c.model == "claude"
+
+
+def test_a_whole_service_drop_in_the_detectors_first_half_hour_is_raised() -> None:
+    """Keys seen since the detector began are not young: their drop before ``min_history_buckets`` is raised
+    (the throughput scenario's search-rag went to 10 % at minute 20 and was missed)."""
+    batches = traffic(30, 12, incident=during(20, 30, rate=10.0))
+    found = run(ThroughputDropDetector(), batches)
+    assert [(c.metric, c.window_start) for c in found] == [("calls_per_bucket", T0 + 20 * MIN)]
+    # a key that appears after the detector began still needs its history (a model that came and went)
+    late = traffic(30, 12, incident=during(20, 30, rate=10.0))
+    other = [make_batch([T0 + m * MIN + 1], service="other") for m in range(30)]
+    det = ThroughputDropDetector()
+    run(det, other[:5])
+    assert run(det, [b for pair in zip(other[5:], late[5:], strict=True) for b in pair]) == []
+    # and a detector restored from a state saved before the start was kept exempts no key
+    det = ThroughputDropDetector()
+    run(det, batches[:10])
+    state = det.to_state()
+    del state["first_bucket"]
+    assert run(ThroughputDropDetector.from_state(json.loads(json.dumps(state))), batches[10:]) == []

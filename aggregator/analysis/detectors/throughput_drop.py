@@ -28,7 +28,10 @@ behind, a forward queue that filled up) are not traffic that stopped: every drop
 ``hold_buckets`` more closed buckets, and dropped (counted in ``known_loss``) when late rows of that
 key for the drop's window arrived meanwhile. A key needs ``min_history_buckets`` closed buckets
 (warm-up included) of history before its drop began for the drop to be raised, so a model that appeared for ten
-minutes (reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away.
+minutes (reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away. A key
+seen since the detector's first closed buckets (``START_GRACE_BUCKETS``) is exempt: it did not appear
+while the detector was watching, its history is all the detector has, and without the exemption a fresh
+aggregator could not report a whole service going down in its first ``min_history_buckets``.
 
 What sidecars report (:mod:`aggregator.analysis.detectors.known_loss`, given as :attr:`ThroughputDropDetector.loss`):
 a drop whose window overlaps a loss window of its service — a sidecar restart (spans sent while it
@@ -86,6 +89,11 @@ N_FIELDS = 5
 #: A tokens/s drop whose latency rise explains at least this share of it (latency ratio x tokens/s
 #: ratio) is a slow provider, reported by level_shift as latency_spike, not a throughput drop.
 SLOW_PROVIDER_SHARE = 0.7
+#: A key whose first bucket is at most this many buckets after the detector's first is as old as the
+#: detector (it was there when watching began, not new), so ``min_history_buckets`` does not apply to it.
+START_GRACE_BUCKETS = 1
+#: ``_first_bucket`` of a state saved before it was kept: no key is known to be as old as the detector.
+_START_UNKNOWN = -(2**62)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +186,8 @@ class ThroughputDropDetector:
         self.slow_provider = 0  # tokens/s drops not raised because the latency rise explains them
         #: What sidecars report about restarts and lost rows (set by the detector service; None: nothing)
         self.loss: KnownLoss | None = None
+        #: The first bucket the detector closed (None: none yet; saved before it was kept: unknown)
+        self._first_bucket: int | None = None
 
     @property
     def late_rows(self) -> int:
@@ -197,6 +207,8 @@ class ThroughputDropDetector:
         c = self.config
         for key, st, idx, (calls, tps_sum, tps_calls, lat_sum, lat_calls), examples in self._keys.close():
             st.age += 1
+            if self._first_bucket is None:
+                self._first_bucket = idx
             if tps_calls >= c.tps_min_calls:
                 mean_log_lat = lat_sum / lat_calls if lat_calls > 0 else math.nan
                 found.extend(self._tps(key, st, idx, tps_sum / tps_calls, mean_log_lat, int(tps_calls), examples))
@@ -211,7 +223,8 @@ class ThroughputDropDetector:
             if not low:
                 st.armed = True
             # the history must precede the drop: a young key that goes silent does not age into a drop
-            if st.run >= c.min_buckets and st.armed and st.age - st.run >= c.min_history_buckets:
+            if st.run >= c.min_buckets and st.armed and (st.age - st.run >= c.min_history_buckets
+                                                          or self._since_start(st, idx)):
                 st.armed = False
                 start, end = self._keys.window(idx - st.run + 1)
                 _, end = self._keys.window(idx)
@@ -225,6 +238,11 @@ class ThroughputDropDetector:
             elif st.run >= c.relearn_buckets:
                 st.n, st.mean, st.run, st.armed = 0, 0.0, 0, True
         return self._release(found)
+
+    def _since_start(self, st: _KeyState, idx: int) -> bool:
+        """Whether the key (``st`` closing bucket ``idx``) has been seen since the detector's first buckets."""
+        first = self._first_bucket
+        return first is not None and idx - st.age + 1 <= first + START_GRACE_BUCKETS
 
     def _release(self, found: list[Candidate]) -> list[Candidate]:
         """Hold new drops; emit the held ones whose hold is over and that no known loss explains."""
@@ -305,7 +323,8 @@ class ThroughputDropDetector:
 
     def to_state(self) -> dict[str, Any]:
         return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state()),
-                "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss}
+                "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss,
+                "first_bucket": self._first_bucket}
 
     @classmethod
     def from_state(
@@ -317,6 +336,10 @@ class ThroughputDropDetector:
         det._keys.load_state(dict(state), _KeyState.from_state)
         det._held = [(int(r), Candidate.from_dict(d)) for r, d in state.get("held", [])]
         det.known_loss = int(state.get("known_loss", 0))
+        first = state.get("first_bucket")
+        det._first_bucket = None if first is None else int(first)
+        if first is None and det._keys.watermark is not None:
+            det._first_bucket = _START_UNKNOWN  # the first bucket closed after loading is not the detector's first
         for _, st in det._keys.keys:  # version 1: calls only; before latency sums: 3 fields
             st.buckets.open = {i: [*s, *[0.0] * (N_FIELDS - len(s))] for i, s in st.buckets.open.items()}
         return det
