@@ -39,16 +39,16 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
     timeout, streamed TTFT, heavy-tailed prompts (sigma 0.9), Zipf users, 4 % finish_reason length.
 
     ``incident(minute, p)`` may set ``latency`` / ``ttft`` / ``output`` factors (``p["region"]`` limits them
-    to one region; longer outputs take longer), ``length_share``, ``models`` (request model -> share) or ``rate``.
+    to one region; longer outputs take longer; ``prefill``: TTFT's rise adds to the latency), ``length_share``,
+    ``models`` (request model -> share) or ``rate``.
     """
     rng = np.random.default_rng(seed)
     users = [f"user-{i}" for i in range(40)]
     zipf = 1.0 / np.arange(1, 41)
     out = []
     for m in range(minutes):
-        p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "output": 1.0, "region": None,
-                             "length_share": 0.04,
-                             "models": {MODEL: 1.0}}
+        p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "prefill": False, "output": 1.0,
+                             "region": None, "length_share": 0.04, "models": {MODEL: 1.0}}
         if incident is not None:
             incident(m, p)
         n = int(rng.poisson(p["rate"]))
@@ -57,8 +57,11 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
         hit = np.ones(n, bool) if p["region"] is None else region == p["region"]
         latency = 2000 * rng.lognormal(0, 0.5, n) * np.where(hit, p["latency"], 1.0)
         latency = np.where(rng.random(n) < 0.0005, 60_000.0, latency)
-        ttft = np.minimum(400 * rng.lognormal(0, 0.3, n) * np.where(hit, p["ttft"] * p["latency"], 1.0),
-                          0.95 * latency)
+        first = 400 * rng.lognormal(0, 0.3, n) * np.where(hit, p["latency"], 1.0)
+        ttft = first * np.where(hit, p["ttft"], 1.0)
+        if p["prefill"]:  # the first token's delay adds to the call's latency
+            latency = latency + ttft - first
+        ttft = np.minimum(ttft, 0.95 * latency)
         ttft = np.where(rng.random(n) < 0.5, ttft, np.nan)
         names = list(p["models"])
         input_tokens = np.round(1500 * rng.lognormal(0, 0.9, n))
@@ -115,6 +118,12 @@ def test_ttft_x5_with_latency_unchanged_is_a_ttft_regression() -> None:
     assert {(c.anomaly_type, c.metric) for c in found} == {("ttft_regression", "ttft_ms")}
     assert {c.context["region"] for c in found} == set(REGIONS)
     assert all(c.window_start >= T0 + 30 * MIN and c.window_end <= T0 + 32 * MIN for c in found)
+
+
+def test_a_late_first_token_that_slows_the_call_is_a_ttft_regression_not_a_latency_spike() -> None:
+    """TTFT x5 added to the latency (x1.8 here, at an unchanged generation speed): the first token is late."""
+    found = run(LevelShiftDetector(), traffic(60, 4, incident=during(30, 40, ttft=5.0, prefill=True)))
+    assert {(c.anomaly_type, c.metric) for c in found} == {("ttft_regression", "ttft_ms")}
 
 
 def test_slow_calls_with_late_first_tokens_are_a_latency_spike_only() -> None:

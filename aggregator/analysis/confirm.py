@@ -36,10 +36,13 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.dete
   high for the fleet too, not a sidecar whose baseline was low. Confidence ``0.8 + 0.2·g`` (the
   CUSUM's evidence counts as a full local strength); the method is ``local_level_shift+global_p90``;
   ``context.sustained = true`` tells the alert manager it is not a single call (no
-  ``alert_row_persistence``: the CUSUM already asked for a run of values). A TTFT shift whose call
-  is slow as a whole too (its ``latency_ms``, found in the batch by span id, above the global
-  latency quantile) is a slow provider, not a late first token: it becomes ``latency_spike``, as
-  in the aggregator's own ``level_shift`` detector. Shifts down and of
+  ``alert_row_persistence``: the CUSUM already asked for a run of values). What moved is read from
+  the batch's successful calls of the key (median log values against the baseline's medians), as in
+  the aggregator's own ``level_shift`` detector: a TTFT shift whose calls' latency rose by at least
+  half as much is a slow provider, not a late first token, and becomes ``latency_spike``; a latency
+  shift whose calls' tokens/s did not fall by half as much is longer outputs taking longer, and is
+  dismissed (one reported call's latency said neither: a drift's TTFT crossed first, a cost
+  runaway's longer outputs raised latency). Shifts down and of
   other metrics are dismissed (a faster provider is no incident; tokens/s and cost have their own
   windowed detectors). Without enough global history a level shift is dismissed: a young sidecar
   baseline is not evidence enough on its own.
@@ -92,8 +95,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from aggregator.analysis.baselines.store import BaselineKey, BaselineStore, KeyBaseline
 from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.level_shift import shift_explained
 from aggregator.analysis.detectors.providers import ProviderMap
 from aggregator.analysis.state import StateFile
 from sentinel.config import ConfigError
@@ -305,9 +312,13 @@ class LocalAnomalyConfirmer:
         if not a.value > limit:
             return None
         context = _context(a, sidecar, region)
-        if a.metric == "ttft_ms" and key is not None and self._slow_call(a, key, batch):
+        rise = self._batch_rises(a, key, batch, region) if key is not None and batch is not None else {}
+        if a.metric == "ttft_ms" and _explained("ttft_ms", rise.get("ttft_ms"), rise.get("latency_ms")):
             anomaly_type = "latency_spike"  # the whole call is slow: a slow provider, not a late first token
             context["call_slow_too"] = True
+        if anomaly_type == "latency_spike" and _explained("latency_ms", rise.get("latency_ms"),
+                                                          rise.get("tokens_per_s")):
+            return None  # longer outputs taking longer (tokens/s did not fall): not slower calls
         context.update(global_checked=True, global_count=metric.count, global_beyond=True, global_quantile=limit,
                        sustained=True)
         sigma = (a.value - metric.mean) / metric.std if metric.std > 0 else math.nan
@@ -315,26 +326,30 @@ class LocalAnomalyConfirmer:
                           _confidence(1.0 - limit / a.value if a.value > 0 else 0.0, 1.0),
                           baseline=metric.quantile(0.5), threshold=limit, sigma=sigma, context=context)
 
-    def _slow_call(self, a: LocalAnomaly, key: KeyBaseline, batch: FeatureBatch | None) -> bool:
-        """Whether the call ``a`` was reported on is above the global latency quantile as a whole."""
-        latency = key.metrics.get("latency_ms")
-        if batch is None or not batch.n or a.span_id is None or latency is None \
-                or latency.count < self.config.min_global_count:
-            return False
-        try:
-            i = batch.strings["span_id"].index(a.span_id)
-        except ValueError:
-            return False
-        value = float(batch.numeric["latency_ms"][i])
-        if not (math.isfinite(value) and value > latency.quantile(self.config.level_shift_quantile)):
-            return False
-        # A late first token makes the whole call slower too, but raises TTFT's share of it; a slow
-        # provider leaves that share as it was. Slow as a whole: the share is under twice the fleet's.
-        ttft = key.metrics.get("ttft_ms")
-        lat_median = latency.quantile(0.5)
-        if ttft is None or not ttft.count or not lat_median > 0 or not value > 0:
-            return True
-        return a.value / value < 2.0 * ttft.quantile(0.5) / lat_median
+    def _batch_rises(self, a: LocalAnomaly, key: KeyBaseline, batch: FeatureBatch,
+                     region: str | None) -> dict[str, float]:
+        """Metric -> how far the median of ``a``'s key's successful calls in ``batch`` (of ``region`` when
+        the regional baseline is used; for a TTFT shift the streamed ones) lies above the baseline's
+        median, log scale. Metrics without values or with too little global history are left out."""
+        if not batch.n:
+            return {}
+        s, num = batch.strings, batch.numeric
+        mask = (np.asarray(num["is_error"]) == 0) & _equals(s.get("service"), a.service) \
+            & _equals(s.get("request_model"), a.model) & _equals(s.get("operation"), a.operation)
+        if region is not None:
+            mask &= _equals(s.get("region"), region)
+        if a.metric == "ttft_ms":  # the calls that had a first token: their latency and tokens/s beside it
+            mask &= np.asarray(num["ttft_ms"], dtype=np.float64) > 0
+        out: dict[str, float] = {}
+        for m in ("latency_ms", "ttft_ms", "tokens_per_s"):
+            base = key.metrics.get(m)
+            x = np.asarray(num[m], dtype=np.float64)[mask]
+            x = x[np.isfinite(x) & (x > 0)]
+            if base is None or base.count < self.config.min_global_count or not x.size \
+                    or not base.quantile(0.5) > 0:
+                continue
+            out[m] = float(np.median(np.log(x))) - math.log(base.quantile(0.5))
+        return out
 
     def _regional(self, a: LocalAnomaly, region: str | None) -> KeyBaseline | None:
         """The baseline of ``a``'s region when it has enough history of ``a``'s metric, else ``None``."""
@@ -365,6 +380,19 @@ class LocalAnomalyConfirmer:
         context.update(global_checked=True, global_count=calls, global_beyond=True)
         return _candidate(a, anomaly_type, "local_error_rate+global_rate", _confidence(1.0 - rate / a.value, 1.0),
                           baseline=rate, threshold=rate, sigma=math.nan, context=context)
+
+
+def _explained(metric: str, rise: float | None, evidence: float | None) -> bool:
+    """:func:`~aggregator.analysis.detectors.level_shift.shift_explained` of the batch's rises; a batch whose
+    calls do not show the shift explains nothing."""
+    return rise is not None and rise > 0 and shift_explained(metric, rise, evidence)
+
+
+def _equals(column: list[Any] | None, value: Any) -> npt.NDArray[np.bool_]:
+    """Rows of a string column equal to ``value`` (every row when the batch has no such column)."""
+    if column is None:
+        return np.ones(1, dtype=bool)
+    return np.asarray([v == value for v in column], dtype=bool)
 
 
 def _is_low(a: LocalAnomaly) -> bool:

@@ -15,10 +15,11 @@ log-sigma of its calls over √n) — robust to heavy tails, since the log of a 
 calls moves a bucket mean by 3/n. A bucket is *high* when its mean is at least ``log(min_ratio)``
 above the baseline **and** ``z_threshold`` scales above it; ``min_buckets`` high buckets in a row
 emit one candidate: ``latency_spike`` for latency, ``ttft_regression`` for TTFT — unless the same
-key's latency is high in that bucket (then the first token is late because everything is slow, and
-the latency candidate says so). High buckets do not update the baseline (a shift stays flagged
-instead of being learned as the new normal); after ``relearn_buckets`` high buckets in a row the new
-level is accepted (the key warms up afresh; TTFT too when latency does). Re-armed by a normal bucket.
+key's calls are slower in that bucket (latency high, tokens/s down with it: the first token is late
+because everything is slow, and the latency candidate says so). High buckets do not update the
+baseline (a shift stays flagged instead of being learned as the new normal); after ``relearn_buckets``
+high buckets in a row the new level is accepted (the key warms up afresh; TTFT too when latency does).
+Re-armed by a normal bucket.
 
 A shift that another metric of the same calls explains is a symptom, not raised (and the metric is
 disarmed until it is normal again, counted in ``explained``). The level of ``log(tokens_per_s)`` is kept
@@ -27,7 +28,8 @@ alongside (learned while latency is not high): a **latency** shift whose tokens/
 token spike), not slower calls — a slow provider's tokens/s falls as its latency rises. A **TTFT** shift
 whose bucket's latency rose by at least ``EXPLAINED_SHARE`` of TTFT's rise is the whole call slower (a
 slow provider, a latency drift): the latency candidate says so once latency is high itself, while a late
-first token at an unchanged latency (a prefill regression) stays a ``ttft_regression``.
+first token (a prefill regression) stays a ``ttft_regression``, also when it lifts the latency: its
+tokens/s after the first token is unchanged, so that latency shift is explained and not raised.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
-__all__ = ["LevelShiftConfig", "LevelShiftDetector"]
+__all__ = ["EXPLAINED_SHARE", "LevelShiftConfig", "LevelShiftDetector", "shift_explained"]
 
 NAME = "level_shift"
 DEFAULT_BUCKET_S = 30.0
@@ -154,9 +156,9 @@ def _mark_regional(cand: Candidate, regions: dict[Any, bool]) -> None:
     cand.context["normal_regions"] = normal[:10]
 
 
-def _explains(metric: str, rise: float, evidence: float | None) -> bool:
-    """Whether ``evidence`` (the same bucket's rise over its level, log scale: of tokens/s for a latency
-    shift, of latency for a TTFT shift) explains a shift of ``metric`` by ``rise`` (module docstring)."""
+def shift_explained(metric: str, rise: float, evidence: float | None) -> bool:
+    """Whether ``evidence`` (the same calls' rise over their level, log scale: of tokens/s for a latency
+    shift, of latency for a TTFT shift) explains a shift of ``metric`` by ``rise`` > 0 (module docstring)."""
     if evidence is None:
         return False
     if metric == "latency_ms":
@@ -201,7 +203,7 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
         # (service, model, bucket, metric) -> region -> high: tells a one-region shift from a wider one
         judged: dict[tuple[Any, Any, int, str], dict[Any, bool]] = {}
         for key, st, idx, sums, examples in self._keys.close():
-            latency_high = False
+            latency_high = slow_calls = False
             latency_d: float | None = None  # the bucket's latency rise (log) over its level, when judged
             tps = st.levels[TOKENS_PER_S]
             tps_d = self._rise(tps, sums[-3], sums[-2])
@@ -211,10 +213,12 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
                     continue
                 evidence = tps_d if metric == "latency_ms" else latency_d
                 high, cand, d = self._judge(key, st.levels[metric], idx, metric, anomaly_type, n, s1, s2, examples,
-                                            suppress=latency_high, evidence=evidence)
+                                            suppress=slow_calls, evidence=evidence)
                 judged.setdefault((key[0], key[1], idx, metric), {})[key[2]] = high
                 if metric == "latency_ms":
                     latency_high, latency_d = high, d
+                    # slower calls, not longer outputs (nor a late first token at an unchanged generation speed)
+                    slow_calls = high and not (d is not None and shift_explained(metric, d, tps_d))
                     if high and st.levels[metric].n == 0:
                         # latency accepted its new level: so does TTFT, whose rise it explained meanwhile
                         st.levels["ttft_ms"] = _Level()
@@ -269,7 +273,7 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
             lv.var = (1 - c.alpha) * (lv.var + c.alpha * u * u)
         elif lv.run >= c.relearn_buckets:
             lv.n, lv.mean, lv.var, lv.run, lv.armed = 0, 0.0, 0.0, 0, True
-        elif lv.run >= c.min_buckets and lv.armed and not suppress and _explains(metric, d, evidence):
+        elif lv.run >= c.min_buckets and lv.armed and not suppress and shift_explained(metric, d, evidence):
             lv.armed = False  # a symptom of another metric's change (module docstring): not raised
             self.explained += 1
         elif lv.run >= c.min_buckets and lv.armed and not suppress:
