@@ -26,6 +26,7 @@ from aggregator.analysis.detectors import (
     TokenAbuseConfig,
     TokenAbuseDetector,
 )
+from aggregator.analysis.detectors.binomial import binomial_z
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from tests.test_aggregator_detectors import MIN, MODEL, NS, SVC, T0, flush, make_batch, run
@@ -174,6 +175,23 @@ def test_finish_length_surge_is_alerted_in_its_first_bucket_once() -> None:
     c = found[0]
     assert (c.anomaly_type, c.metric, c.window_start) == ("finish_length", "finish_length_share", T0 + 30 * MIN)
     assert c.value > 0.3 and c.baseline < 0.06 and c.deviation_sigma > 4
+
+
+def test_finish_length_judges_a_few_calls_at_the_limit_by_the_exact_binomial_tail() -> None:
+    """13 of 86 calls at the limit against a 4 % baseline: z 5.3 by the normal approximation, 3.96 by the exact
+    tail, not a surge (latency.yaml's false finish_length on doc-summarizer was 12 of 86 at 3.9 %); 40 of 86 is."""
+    def minute(m: int, hits: int, n: int = 100) -> FeatureBatch:
+        t = [T0 + m * MIN + i * (MIN // n) for i in range(n)]
+        return make_batch(t, finish_reason=["length"] * hits + ["stop"] * (n - hits))
+
+    warm = [minute(m, 4) for m in range(12)]
+    for hits, raised in ((13, False), (40, True)):
+        det = FinishLengthDetector()
+        found = run(det, [*warm, minute(12, hits, 86), minute(13, 4), minute(14, 4)])
+        assert bool(found) is raised
+    normal_z = (12 - 86 * 0.04) / (86 * 0.04 * 0.96) ** 0.5
+    assert 3.58 < binomial_z(12, 86, 0.04) < 3.61 and normal_z > 4.5
+    assert binomial_z(500, 10_000, 0.04) == pytest.approx(5.0, abs=0.15)  # large counts: close to the normal z
 
 
 # --- new request models -----------------------------------------------------------------------
