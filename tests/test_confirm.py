@@ -382,3 +382,22 @@ def test_a_level_shift_is_judged_by_its_calls_in_the_batch_and_the_provider_is_n
     assert feed(latency_shift, latency=2.2) == []  # longer outputs taking longer
     # a batch whose calls do not show the shift explains nothing: judged as before
     assert [c.anomaly_type for c in feed(latency_shift)] == ["latency_spike"]
+
+
+def test_a_long_call_of_a_huge_prompt_is_the_prompts_alert_not_a_latency_spike() -> None:
+    """abuse.yaml: the abuser's 20x prompts took seconds to their first token, and those single TTFT values were
+    confirmed as latency spikes beside the prompts' own token_spike; a long call with ordinary tokens still is one."""
+    h = Harness()
+    rows = normal_batch(4, seed=9, error_p=0.0)
+    rows.strings["span_id"] = ["s" * 16, "a" * 16, "b" * 16, "c" * 16]
+
+    def feed(metric: str, value: float, **tokens: float) -> list[Candidate]:
+        for name, v in {"input_tokens": 500.0, "output_tokens": 150.0, **tokens}.items():
+            rows.numeric[name][0] = v
+        return h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows, anomalies=[anomaly(metric, value)]),
+                                   arrival_ns=0)
+
+    assert [c.anomaly_type for c in feed("ttft_ms", 5_000.0)] == ["latency_spike"]
+    assert feed("ttft_ms", 5_000.0, input_tokens=20_000.0) == []  # the prompt's prefill
+    assert feed("latency_ms", 5_000.0, output_tokens=8_000.0) == []  # a huge answer
+    assert [c.anomaly_type for c in feed("ttft_ms", 5_000.0, output_tokens=8_000.0)] == ["latency_spike"]

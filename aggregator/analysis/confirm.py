@@ -17,7 +17,10 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.dete
   extreme single values are, by construction, past the fleet's p99 too (1 % of all calls are).
   The margin is scale-free (a tight key needs a smaller jump than a wide one); with the default
   1.0 a lognormal key needs ~4.7 log-sigmas, which clean traffic of ~10⁴ calls almost never
-  reaches and a 10x spike always does. ``margin: 0`` is the plain p99 check. The limit used is
+  reaches and a 10x spike always does. ``margin: 0`` is the plain p99 check. A long call whose
+  tokens explain it (``TOKEN_CAUSES``: a TTFT whose prompt, a latency whose prompt or answer lies
+  past the global ``quantile`` of its token count; the call found in the batch by span id) is
+  dismissed: the huge prompt's ``token_spike`` is the alert, not the provider's latency. The limit used is
   the candidate's ``threshold`` (the global p99 itself is in ``context.global_quantile``);
   The direction is the side of the sidecar's own baseline the value fell on (so a metric
   configured ``direction: both`` is checked on the side it fired), else the metric's default.
@@ -146,6 +149,9 @@ DEFAULT_LEVEL_SHIFT_QUANTILE = 0.9
 LEVEL_SHIFT_TYPES: dict[str, str] = {"latency_ms": "latency_spike", "ttft_ms": "ttft_regression"}
 #: ``LocalAnomaly.method`` of the sidecar's level shifts (sidecar.detectors.local.LEVEL_SHIFT).
 LEVEL_SHIFT = "level_shift"
+#: The token counts whose extreme value explains a long call: TTFT is the prompt's prefill, latency both.
+TOKEN_CAUSES: dict[str, tuple[str, ...]] = {"ttft_ms": ("input_tokens",),
+                                            "latency_ms": ("input_tokens", "output_tokens")}
 #: Metrics whose anomalous side is low by default (when the local baseline does not tell).
 LOW_METRICS: frozenset[str] = frozenset({"tokens_per_s"})
 
@@ -294,6 +300,8 @@ class LocalAnomalyConfirmer:
         confidence = _confidence(g, _local_strength(a))
         if a.method != "threshold" and confidence < self.config.min_confidence:
             return None
+        if a.method != "threshold" and not low and self._tokens_explain(a, key, batch):
+            return None  # a huge prompt (or answer) takes long: its token_spike is the alert, not the latency
         sigma = (a.value - metric.mean) / metric.std if metric.std > 0 else math.nan
         context.update(global_checked=True, global_count=metric.count, global_beyond=beyond,
                        global_quantile=quantile)
@@ -325,6 +333,24 @@ class LocalAnomalyConfirmer:
         return _candidate(a, anomaly_type, f"local_level_shift+global_p{_pct(q)}",
                           _confidence(1.0 - limit / a.value if a.value > 0 else 0.0, 1.0),
                           baseline=metric.quantile(0.5), threshold=limit, sigma=sigma, context=context)
+
+    def _tokens_explain(self, a: LocalAnomaly, key: KeyBaseline | None, batch: FeatureBatch | None) -> bool:
+        """Whether the call of a high latency or TTFT value (found in ``batch`` by span id) had a prompt (or,
+        for latency, an answer) above the baseline's ``quantile``: the tokens explain the time."""
+        metrics = TOKEN_CAUSES.get(a.metric, ())
+        if not metrics or key is None or batch is None or not batch.n or a.span_id is None:
+            return False
+        try:
+            i = batch.strings["span_id"].index(a.span_id)
+        except (KeyError, ValueError):
+            return False
+        for m in metrics:
+            base = key.metrics.get(m)
+            value = float(batch.numeric[m][i])
+            if base is not None and base.count >= self.config.min_global_count and math.isfinite(value) \
+                    and value > base.quantile(self.config.quantile):
+                return True
+        return False
 
     def _batch_rises(self, a: LocalAnomaly, key: KeyBaseline, batch: FeatureBatch,
                      region: str | None) -> dict[str, float]:
