@@ -350,3 +350,15 @@ def test_a_whole_service_drop_in_the_detectors_first_half_hour_is_raised() -> No
     state = det.to_state()
     del state["first_bucket"]
     assert run(ThroughputDropDetector.from_state(json.loads(json.dumps(state))), batches[10:]) == []
+
+
+def test_the_end_of_a_surge_is_not_a_throughput_drop() -> None:
+    """budget.yaml: 20x the calls for 5 minutes were learned into the baseline, and the return to normal was a
+    critical drop. A surge is not learned; a lasting one becomes the new normal after relearn_buckets."""
+    found = run(ThroughputDropDetector(), traffic(50, 13, incident=during(35, 40, rate=2400.0)))
+    assert found == []
+    # a lasting surge is the new normal after relearn_buckets: a fall to a tenth of it is a drop
+    after = run(ThroughputDropDetector(ThroughputDropConfig(relearn_buckets=10)),
+                traffic(70, 13, incident=lambda m, p: p.update(rate=1200.0 if 35 <= m < 60 else 100.0 if m >= 60
+                                                               else 120.0)))
+    assert [c.window_start for c in after] == [T0 + 60 * MIN]

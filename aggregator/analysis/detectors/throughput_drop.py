@@ -8,7 +8,11 @@ A bucket is *low* when the baseline is at least ``min_baseline_calls``, the coun
 ``(baseline − calls)/sqrt(baseline) >= z_threshold``. After ``min_buckets`` low buckets in a row
 the key fires once; it re-arms after a bucket that is not low. Low buckets do not update the
 baseline (the drop is measured against the rate before it); after ``relearn_buckets`` low buckets in
-a row the lower rate is taken as the new normal (the key warms up afresh).
+a row the lower rate is taken as the new normal (the key warms up afresh). Nor do *high* buckets, as
+far above the baseline as a low one is below it (above baseline / ``drop_ratio``, as significant): a
+surge learned into the baseline made its own end a drop (budget.yaml's 20× calls for 5 minutes, then
+a critical ``throughput_drop``); after ``relearn_buckets`` high buckets in a row the higher rate is
+the new normal.
 
 Tokens per second, the same way in the same buckets: the mean ``tokens_per_s`` of a bucket's calls
 (buckets with fewer than ``tps_min_calls`` such calls are skipped) against the key's baseline (mean of
@@ -146,7 +150,7 @@ class ThroughputDropConfig:
 
 
 class _KeyState:
-    __slots__ = ("age", "armed", "buckets", "mean", "n", "run", "tps")
+    __slots__ = ("age", "armed", "buckets", "high_run", "mean", "n", "run", "tps")
 
     def __init__(self) -> None:
         self.buckets = BucketSeries()
@@ -154,13 +158,14 @@ class _KeyState:
         self.n = 0
         self.mean = 0.0
         self.run = 0
+        self.high_run = 0  # buckets in a row far above the baseline (not learned)
         self.armed = True
         # tokens/s: [buckets learned, mean, low run, armed (0/1), high run]
         self.tps: list[float] = [0, 0.0, 0, 1, 0]
 
     def to_state(self) -> dict[str, Any]:
         return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps,
-                "age": self.age}
+                "age": self.age, "high_run": self.high_run}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
@@ -169,6 +174,7 @@ class _KeyState:
         if "tps" in d:  # version 1 had calls only
             st.tps = [float(v) for v in d["tps"]]
         st.age = int(d.get("age", 10**9))  # saved before ages were kept: old enough
+        st.high_run = int(d.get("high_run", 0))
         return st
 
 
@@ -233,10 +239,13 @@ class ThroughputDropDetector:
                     confidence=min(1.0, 1.0 - calls / base), metric="calls_per_bucket", value=calls, baseline=base,
                     threshold=c.drop_ratio * base, deviation_sigma=-z, window_start=start, window_end=end,
                     context={"trace_ids": examples, "bucket_s": c.bucket_s, "low_buckets": st.run}))
-            if not low:
+            # a surge is an excursion too: not learned, or its end reads as a drop (module docstring)
+            high = base > 0 and calls * c.drop_ratio > base and (calls - base) / math.sqrt(base) >= c.z_threshold
+            st.high_run = st.high_run + 1 if high else 0
+            if not low and not high:
                 st.mean += c.alpha * (calls - st.mean)
-            elif st.run >= c.relearn_buckets:
-                st.n, st.mean, st.run, st.armed = 0, 0.0, 0, True
+            elif st.run >= c.relearn_buckets or st.high_run >= c.relearn_buckets:
+                st.n, st.mean, st.run, st.armed, st.high_run = 0, 0.0, 0, True, 0
         return self._release(found)
 
     def _since_start(self, st: _KeyState, idx: int) -> bool:
