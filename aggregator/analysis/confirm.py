@@ -355,8 +355,9 @@ class LocalAnomalyConfirmer:
     def _batch_rises(self, a: LocalAnomaly, key: KeyBaseline, batch: FeatureBatch,
                      region: str | None) -> dict[str, float]:
         """Metric -> how far the median of ``a``'s key's successful calls in ``batch`` (of ``region`` when
-        the regional baseline is used; for a TTFT shift the streamed ones) lies above the baseline's
-        median, log scale. Metrics without values or with too little global history are left out."""
+        the regional baseline is used) lies above the baseline's median, log scale: TTFT of the streamed
+        ones, latency and tokens/s of all (more calls, less noise: a batch holds few of one key). Metrics
+        without values or with too little global history are left out."""
         if not batch.n:
             return {}
         s, num = batch.strings, batch.numeric
@@ -364,8 +365,6 @@ class LocalAnomalyConfirmer:
             & _equals(s.get("request_model"), a.model) & _equals(s.get("operation"), a.operation)
         if region is not None:
             mask &= _equals(s.get("region"), region)
-        if a.metric == "ttft_ms":  # the calls that had a first token: their latency and tokens/s beside it
-            mask &= np.asarray(num["ttft_ms"], dtype=np.float64) > 0
         out: dict[str, float] = {}
         for m in ("latency_ms", "ttft_ms", "tokens_per_s"):
             base = key.metrics.get(m)
