@@ -380,6 +380,13 @@ def test_a_level_shift_is_judged_by_its_calls_in_the_batch_and_the_provider_is_n
     [spike] = feed(latency_shift, latency=2.2, tps=1 / 2.2)
     assert spike.anomaly_type == "latency_spike" and "call_slow_too" not in spike.context
     assert feed(latency_shift, latency=2.2) == []  # longer outputs taking longer
+    # two calls, TTFT x1.6 and latency x1.2: too few to tell a late first token from a slow call
+    h.confirmer.dismissed = 0
+    rows2 = normal_batch(2, seed=9, error_p=0.0)
+    rows2.numeric["ttft_ms"] = rows2.numeric["ttft_ms"] * 1.6
+    rows2.numeric["latency_ms"] = rows2.numeric["latency_ms"] * 1.2
+    assert h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows2, anomalies=[ttft_shift]),
+                               arrival_ns=0) == [] and h.confirmer.dismissed == 1
     # a batch whose calls do not show the shift explains nothing: judged as before
     assert [c.anomaly_type for c in feed(latency_shift)] == ["latency_spike"]
 

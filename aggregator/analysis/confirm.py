@@ -45,7 +45,10 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.dete
   half as much is a slow provider, not a late first token, and becomes ``latency_spike``; a latency
   shift whose calls' tokens/s did not fall by half as much is longer outputs taking longer, and is
   dismissed (one reported call's latency said neither: a drift's TTFT crossed first, a cost
-  runaway's longer outputs raised latency). Shifts down and of
+  runaway's longer outputs raised latency). A TTFT shift is a late first token only when its calls'
+  latency stayed that far below half TTFT's rise by twice the median's standard error (from the
+  baseline's log spread); in between, too few calls to tell, it is dismissed and the aggregator's
+  own ``level_shift`` judges the key's buckets. Shifts down and of
   other metrics are dismissed (a faster provider is no incident; tokens/s and cost have their own
   windowed detectors). Without enough global history a level shift is dismissed: a young sidecar
   baseline is not evidence enough on its own.
@@ -103,7 +106,7 @@ import numpy.typing as npt
 
 from aggregator.analysis.baselines.store import BaselineKey, BaselineStore, KeyBaseline
 from aggregator.analysis.detectors.candidate import Candidate
-from aggregator.analysis.detectors.level_shift import shift_explained
+from aggregator.analysis.detectors.level_shift import EXPLAINED_SHARE, shift_explained
 from aggregator.analysis.detectors.providers import ProviderMap
 from aggregator.analysis.state import StateFile
 from sentinel.config import ConfigError
@@ -324,6 +327,9 @@ class LocalAnomalyConfirmer:
         if a.metric == "ttft_ms" and _explained("ttft_ms", rise.get("ttft_ms"), rise.get("latency_ms")):
             anomaly_type = "latency_spike"  # the whole call is slow: a slow provider, not a late first token
             context["call_slow_too"] = True
+        elif a.metric == "ttft_ms" and "latency_ms" in rise and "ttft_ms" in rise and \
+                EXPLAINED_SHARE * rise["ttft_ms"] - rise["latency_ms"] < 2.0 * rise["latency_se"]:
+            return None  # too few calls to tell a late first token from a slow call: level_shift's buckets will
         if anomaly_type == "latency_spike" and _explained("latency_ms", rise.get("latency_ms"),
                                                           rise.get("tokens_per_s")):
             return None  # longer outputs taking longer (tokens/s did not fall): not slower calls
@@ -374,6 +380,9 @@ class LocalAnomalyConfirmer:
                     or not base.quantile(0.5) > 0:
                 continue
             out[m] = float(np.median(np.log(x))) - math.log(base.quantile(0.5))
+            if m == "latency_ms":  # the median's standard error, from the baseline's log spread
+                spread = math.log(base.quantile(0.8413) / base.quantile(0.5)) if base.quantile(0.8413) > 0 else 0.0
+                out["latency_se"] = 1.2533 * spread / math.sqrt(x.size)
         return out
 
     def _regional(self, a: LocalAnomaly, region: str | None) -> KeyBaseline | None:
