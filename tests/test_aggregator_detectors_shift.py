@@ -26,6 +26,7 @@ from aggregator.analysis.detectors import (
     TokenAbuseConfig,
     TokenAbuseDetector,
 )
+from aggregator.analysis.detectors.binomial import binomial_z
 from sentinel.config import ConfigError
 from sentinel.model import FeatureBatch
 from tests.test_aggregator_detectors import MIN, MODEL, NS, SVC, T0, flush, make_batch, run
@@ -38,16 +39,17 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
     """One batch per minute of calls over two regions: log-normal latency (sigma 0.5) with the odd 60 s
     timeout, streamed TTFT, heavy-tailed prompts (sigma 0.9), Zipf users, 4 % finish_reason length.
 
-    ``incident(minute, p)`` may set ``latency`` / ``ttft`` factors (``p["region"]`` limits them to one
-    region), ``length_share``, ``models`` (request model -> share) or ``rate``.
+    ``incident(minute, p)`` may set ``latency`` / ``ttft`` / ``output`` factors (``p["region"]`` limits them
+    to one region; longer outputs take longer; ``prefill``: TTFT's rise adds to the latency), ``length_share``,
+    ``models`` (request model -> share) or ``rate``.
     """
     rng = np.random.default_rng(seed)
     users = [f"user-{i}" for i in range(40)]
     zipf = 1.0 / np.arange(1, 41)
     out = []
     for m in range(minutes):
-        p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "region": None, "length_share": 0.04,
-                             "models": {MODEL: 1.0}}
+        p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "prefill": False, "output": 1.0,
+                             "region": None, "length_share": 0.04, "models": {MODEL: 1.0}}
         if incident is not None:
             incident(m, p)
         n = int(rng.poisson(p["rate"]))
@@ -56,15 +58,21 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
         hit = np.ones(n, bool) if p["region"] is None else region == p["region"]
         latency = 2000 * rng.lognormal(0, 0.5, n) * np.where(hit, p["latency"], 1.0)
         latency = np.where(rng.random(n) < 0.0005, 60_000.0, latency)
-        ttft = np.minimum(400 * rng.lognormal(0, 0.3, n) * np.where(hit, p["ttft"] * p["latency"], 1.0),
-                          0.95 * latency)
+        first = 400 * rng.lognormal(0, 0.3, n) * np.where(hit, p["latency"], 1.0)
+        ttft = first * np.where(hit, p["ttft"], 1.0)
+        if p["prefill"]:  # the first token's delay adds to the call's latency
+            latency = latency + ttft - first
+        ttft = np.minimum(ttft, 0.95 * latency)
         ttft = np.where(rng.random(n) < 0.5, ttft, np.nan)
         names = list(p["models"])
+        input_tokens = np.round(1500 * rng.lognormal(0, 0.9, n))
+        output = np.round(200 * rng.lognormal(0, 0.5, n) * p["output"])
         out.append(make_batch(
-            t.tolist(), latency_ms=latency, ttft_ms=ttft, region=region.tolist(),
-            input_tokens=np.round(1500 * rng.lognormal(0, 0.9, n)),
-            output_tokens=np.round(200 * rng.lognormal(0, 0.5, n)),
-            tokens_per_s=50 * rng.lognormal(0, 0.3, n), cost_usd=np.full(n, 0.001),
+            t.tolist(), latency_ms=latency * np.where(hit, p["output"], 1.0), ttft_ms=ttft, region=region.tolist(),
+            input_tokens=input_tokens, output_tokens=output,
+            # as the sidecar computes it: output over the generation time after the first token
+            tokens_per_s=output * 1000 / (latency * np.where(hit, p["output"], 1.0) - np.nan_to_num(ttft)),
+            cost_usd=np.full(n, 0.001),
             user=rng.choice(users, size=n, p=zipf / zipf.sum()).tolist(),
             request_model=rng.choice(names, size=n, p=[p["models"][k] for k in names]).tolist(),
             finish_reason=np.where(rng.random(n) < p["length_share"], "length", "stop").tolist()))
@@ -113,8 +121,33 @@ def test_ttft_x5_with_latency_unchanged_is_a_ttft_regression() -> None:
     assert all(c.window_start >= T0 + 30 * MIN and c.window_end <= T0 + 32 * MIN for c in found)
 
 
+def test_a_late_first_token_that_slows_the_call_is_a_ttft_regression_not_a_latency_spike() -> None:
+    """TTFT x5 added to the latency (x1.8 here, at an unchanged generation speed): the first token is late."""
+    found = run(LevelShiftDetector(), traffic(60, 4, incident=during(30, 40, ttft=5.0, prefill=True)))
+    assert {(c.anomaly_type, c.metric) for c in found} == {("ttft_regression", "ttft_ms")}
+
+
 def test_slow_calls_with_late_first_tokens_are_a_latency_spike_only() -> None:
     found = run(LevelShiftDetector(), traffic(60, 5, incident=during(30, 40, latency=3.0)))
+    assert {c.anomaly_type for c in found} == {"latency_spike"}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_longer_outputs_taking_longer_are_no_latency_spike(seed: int) -> None:
+    """Outputs x5 (a cost runaway): latency x5 at an unchanged tokens/s is the outputs, not slower calls."""
+    det = LevelShiftDetector()
+    assert run(det, traffic(60, seed, incident=during(30, 40, output=5.0))) == [] and det.explained >= 1
+
+
+@pytest.mark.parametrize("minutes", [4, 6, 8, 10])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_latency_drift_is_a_latency_spike_not_a_ttft_regression(minutes: int, seed: int) -> None:
+    """Latency and TTFT x1 -> x4 over some minutes (latency.yaml's drift): the whole call slows, TTFT with it;
+    TTFT's level, less spread than latency's, crossed first and was raised as a late first token."""
+    def ramp(m: int, p: dict[str, Any]) -> None:
+        if 30 <= m < 30 + minutes:
+            p["latency"] = 1.0 + 3.0 * (m - 30) / minutes
+    found = run(LevelShiftDetector(), traffic(35 + minutes, seed, incident=ramp))
     assert {c.anomaly_type for c in found} == {"latency_spike"}
 
 
@@ -142,6 +175,23 @@ def test_finish_length_surge_is_alerted_in_its_first_bucket_once() -> None:
     c = found[0]
     assert (c.anomaly_type, c.metric, c.window_start) == ("finish_length", "finish_length_share", T0 + 30 * MIN)
     assert c.value > 0.3 and c.baseline < 0.06 and c.deviation_sigma > 4
+
+
+def test_finish_length_judges_a_few_calls_at_the_limit_by_the_exact_binomial_tail() -> None:
+    """13 of 86 calls at the limit against a 4 % baseline: z 5.3 by the normal approximation, 3.96 by the exact
+    tail, not a surge (latency.yaml's false finish_length on doc-summarizer was 12 of 86 at 3.9 %); 40 of 86 is."""
+    def minute(m: int, hits: int, n: int = 100) -> FeatureBatch:
+        t = [T0 + m * MIN + i * (MIN // n) for i in range(n)]
+        return make_batch(t, finish_reason=["length"] * hits + ["stop"] * (n - hits))
+
+    warm = [minute(m, 4) for m in range(12)]
+    for hits, raised in ((13, False), (40, True)):
+        det = FinishLengthDetector()
+        found = run(det, [*warm, minute(12, hits, 86), minute(13, 4), minute(14, 4)])
+        assert bool(found) is raised
+    normal_z = (12 - 86 * 0.04) / (86 * 0.04 * 0.96) ** 0.5
+    assert 3.58 < binomial_z(12, 86, 0.04) < 3.61 and normal_z > 4.5
+    assert binomial_z(500, 10_000, 0.04) == pytest.approx(5.0, abs=0.15)  # large counts: close to the normal z
 
 
 # --- new request models -----------------------------------------------------------------------
@@ -280,3 +330,35 @@ def test_error_burst_names_the_provider_of_its_key() -> None:
                                   is_error=rng.random(n) < (0.3 if m >= 20 else 0.01)))
     [c] = run(ErrorBurstDetector(), batches)
     assert c.context["provider"] == "anthropic" and c.model == "claude"
+
+
+def test_a_whole_service_drop_in_the_detectors_first_half_hour_is_raised() -> None:
+    """Keys seen since the detector began are not young: their drop before ``min_history_buckets`` is raised
+    (the throughput scenario's search-rag went to 10 % at minute 20 and was missed)."""
+    batches = traffic(30, 12, incident=during(20, 30, rate=10.0))
+    found = run(ThroughputDropDetector(), batches)
+    assert [(c.metric, c.window_start) for c in found] == [("calls_per_bucket", T0 + 20 * MIN)]
+    # a key that appears after the detector began still needs its history (a model that came and went)
+    late = traffic(30, 12, incident=during(20, 30, rate=10.0))
+    other = [make_batch([T0 + m * MIN + 1], service="other") for m in range(30)]
+    det = ThroughputDropDetector()
+    run(det, other[:5])
+    assert run(det, [b for pair in zip(other[5:], late[5:], strict=True) for b in pair]) == []
+    # and a detector restored from a state saved before the start was kept exempts no key
+    det = ThroughputDropDetector()
+    run(det, batches[:10])
+    state = det.to_state()
+    del state["first_bucket"]
+    assert run(ThroughputDropDetector.from_state(json.loads(json.dumps(state))), batches[10:]) == []
+
+
+def test_the_end_of_a_surge_is_not_a_throughput_drop() -> None:
+    """budget.yaml: 20x the calls for 5 minutes were learned into the baseline, and the return to normal was a
+    critical drop. A surge is not learned; a lasting one becomes the new normal after relearn_buckets."""
+    found = run(ThroughputDropDetector(), traffic(50, 13, incident=during(35, 40, rate=2400.0)))
+    assert found == []
+    # a lasting surge is the new normal after relearn_buckets: a fall to a tenth of it is a drop
+    after = run(ThroughputDropDetector(ThroughputDropConfig(relearn_buckets=10)),
+                traffic(70, 13, incident=lambda m, p: p.update(rate=1200.0 if 35 <= m < 60 else 100.0 if m >= 60
+                                                               else 120.0)))
+    assert [c.window_start for c in after] == [T0 + 60 * MIN]

@@ -355,22 +355,56 @@ def test_a_local_level_shift_is_judged_against_the_fleets_level_not_its_tail(tmp
         ConfirmConfig(level_shift_quantile=1.0).validate()
 
 
-def test_a_ttft_shift_of_a_call_slow_as_a_whole_is_a_latency_spike_and_the_provider_is_named() -> None:
+def test_a_level_shift_is_judged_by_its_calls_in_the_batch_and_the_provider_is_named() -> None:
+    """A TTFT shift whose calls are slower as a whole is a slow provider (latency_spike); a latency shift
+    whose calls' tokens/s did not fall is longer outputs taking longer (dismissed); a late first token at
+    the usual latency stays a TTFT regression. The batch's calls of the key say which, not the one call
+    the shift was reported at (latency.yaml's drift raised ttft_regression, cost.yaml's x6 outputs
+    latency_spike)."""
     h = Harness()
-    rows = normal_batch(4, seed=9)
-    rows.strings["span_id"] = ["s" * 16, "a" * 16, "b" * 16, "c" * 16]
-    rows.strings["provider"] = ["openai"] * 4
-    shift = anomaly("ttft_ms", 150.0, method="level_shift", baseline=55.0, sigma=2.5)  # span "s"*16 = row 0
+    ttft_shift = anomaly("ttft_ms", 150.0, method="level_shift", baseline=55.0, sigma=2.5)
+    latency_shift = anomaly("latency_ms", 320.0, method="level_shift", baseline=150.0, sigma=2.5)
 
-    def feed(latency_ms: float) -> Candidate:
-        rows.numeric["latency_ms"][0] = latency_ms
-        [c] = h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows, anomalies=[shift]), arrival_ns=0)
-        return c
+    def feed(shift: LocalAnomaly, *, ttft: float = 1.0, latency: float = 1.0, tps: float = 1.0) -> list[Candidate]:
+        rows = normal_batch(8, seed=9, error_p=0.0)
+        rows.strings["provider"] = ["openai"] * 8
+        for name, factor in (("ttft_ms", ttft), ("latency_ms", latency), ("tokens_per_s", tps)):
+            rows.numeric[name] = rows.numeric[name] * factor
+        return h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows, anomalies=[shift]), arrival_ns=0)
 
-    late_first_token = feed(150.0)  # the call's latency is ordinary: the first token came late
+    [late_first_token] = feed(ttft_shift, ttft=3.0)
     assert late_first_token.anomaly_type == "ttft_regression" and late_first_token.context["provider"] == "openai"
-    slow = feed(2_000.0)  # the whole call is slow: a slow provider
+    [slow] = feed(ttft_shift, ttft=3.0, latency=3.0, tps=1 / 3)  # a slow provider
     assert slow.anomaly_type == "latency_spike" and slow.context["call_slow_too"] is True
-    # a call slow because its first token came very late (TTFT most of the latency) stays a TTFT regression
-    shift = dataclasses.replace(shift, value=350.0)
-    assert feed(400.0).anomaly_type == "ttft_regression"
+    assert feed(ttft_shift, ttft=3.0, latency=3.0) == []  # slower, but as many more tokens per second
+    [spike] = feed(latency_shift, latency=2.2, tps=1 / 2.2)
+    assert spike.anomaly_type == "latency_spike" and "call_slow_too" not in spike.context
+    assert feed(latency_shift, latency=2.2) == []  # longer outputs taking longer
+    # two calls, TTFT x1.6 and latency x1.2: too few to tell a late first token from a slow call
+    h.confirmer.dismissed = 0
+    rows2 = normal_batch(2, seed=9, error_p=0.0)
+    rows2.numeric["ttft_ms"] = rows2.numeric["ttft_ms"] * 1.6
+    rows2.numeric["latency_ms"] = rows2.numeric["latency_ms"] * 1.2
+    assert h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows2, anomalies=[ttft_shift]),
+                               arrival_ns=0) == [] and h.confirmer.dismissed == 1
+    # a batch whose calls do not show the shift explains nothing: judged as before
+    assert [c.anomaly_type for c in feed(latency_shift)] == ["latency_spike"]
+
+
+def test_a_long_call_of_a_huge_prompt_is_the_prompts_alert_not_a_latency_spike() -> None:
+    """abuse.yaml: the abuser's 20x prompts took seconds to their first token, and those single TTFT values were
+    confirmed as latency spikes beside the prompts' own token_spike; a long call with ordinary tokens still is one."""
+    h = Harness()
+    rows = normal_batch(4, seed=9, error_p=0.0)
+    rows.strings["span_id"] = ["s" * 16, "a" * 16, "b" * 16, "c" * 16]
+
+    def feed(metric: str, value: float, **tokens: float) -> list[Candidate]:
+        for name, v in {"input_tokens": 500.0, "output_tokens": 150.0, **tokens}.items():
+            rows.numeric[name][0] = v
+        return h.confirmer.consume(WireBatch(sidecar="sc-1", seq=1, batch=rows, anomalies=[anomaly(metric, value)]),
+                                   arrival_ns=0)
+
+    assert [c.anomaly_type for c in feed("ttft_ms", 5_000.0)] == ["latency_spike"]
+    assert feed("ttft_ms", 5_000.0, input_tokens=20_000.0) == []  # the prompt's prefill
+    assert feed("latency_ms", 5_000.0, output_tokens=8_000.0) == []  # a huge answer
+    assert [c.anomaly_type for c in feed("ttft_ms", 5_000.0, output_tokens=8_000.0)] == ["latency_spike"]

@@ -17,7 +17,10 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.dete
   extreme single values are, by construction, past the fleet's p99 too (1 % of all calls are).
   The margin is scale-free (a tight key needs a smaller jump than a wide one); with the default
   1.0 a lognormal key needs ~4.7 log-sigmas, which clean traffic of ~10⁴ calls almost never
-  reaches and a 10x spike always does. ``margin: 0`` is the plain p99 check. The limit used is
+  reaches and a 10x spike always does. ``margin: 0`` is the plain p99 check. A long call whose
+  tokens explain it (``TOKEN_CAUSES``: a TTFT whose prompt, a latency whose prompt or answer lies
+  past the global ``quantile`` of its token count; the call found in the batch by span id) is
+  dismissed: the huge prompt's ``token_spike`` is the alert, not the provider's latency. The limit used is
   the candidate's ``threshold`` (the global p99 itself is in ``context.global_quantile``);
   The direction is the side of the sidecar's own baseline the value fell on (so a metric
   configured ``direction: both`` is checked on the side it fired), else the metric's default.
@@ -36,10 +39,16 @@ sidecars — and turns the confirmed ones into :class:`~aggregator.analysis.dete
   high for the fleet too, not a sidecar whose baseline was low. Confidence ``0.8 + 0.2·g`` (the
   CUSUM's evidence counts as a full local strength); the method is ``local_level_shift+global_p90``;
   ``context.sustained = true`` tells the alert manager it is not a single call (no
-  ``alerts.row_persistence``: the CUSUM already asked for a run of values). A TTFT shift whose call
-  is slow as a whole too (its ``latency_ms``, found in the batch by span id, above the global
-  latency quantile) is a slow provider, not a late first token: it becomes ``latency_spike``, as
-  in the aggregator's own ``level_shift`` detector. Shifts down and of
+  ``alerts.row_persistence``: the CUSUM already asked for a run of values). What moved is read from
+  the batch's successful calls of the key (median log values against the baseline's medians), as in
+  the aggregator's own ``level_shift`` detector: a TTFT shift whose calls' latency rose by at least
+  half as much is a slow provider, not a late first token, and becomes ``latency_spike``; a latency
+  shift whose calls' tokens/s did not fall by half as much is longer outputs taking longer, and is
+  dismissed (one reported call's latency said neither: a drift's TTFT crossed first, a cost
+  runaway's longer outputs raised latency). A TTFT shift is a late first token only when its calls'
+  latency stayed that far below half TTFT's rise by twice the median's standard error (from the
+  baseline's log spread); in between, too few calls to tell, it is dismissed and the aggregator's
+  own ``level_shift`` judges the key's buckets. Shifts down and of
   other metrics are dismissed (a faster provider is no incident; tokens/s and cost have their own
   windowed detectors). Without enough global history a level shift is dismissed: a young sidecar
   baseline is not evidence enough on its own.
@@ -92,8 +101,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from aggregator.analysis.baselines.store import BaselineKey, BaselineStore, KeyBaseline
 from aggregator.analysis.detectors.candidate import Candidate
+from aggregator.analysis.detectors.level_shift import EXPLAINED_SHARE, shift_explained
 from aggregator.analysis.detectors.providers import ProviderMap
 from aggregator.analysis.state import StateFile
 from sentinel.config import ConfigError, setting
@@ -139,6 +152,9 @@ DEFAULT_LEVEL_SHIFT_QUANTILE = 0.9
 LEVEL_SHIFT_TYPES: dict[str, str] = {"latency_ms": "latency_spike", "ttft_ms": "ttft_regression"}
 #: ``LocalAnomaly.method`` of the sidecar's level shifts (sidecar.detectors.local.LEVEL_SHIFT).
 LEVEL_SHIFT = "level_shift"
+#: The token counts whose extreme value explains a long call: TTFT is the prompt's prefill, latency both.
+TOKEN_CAUSES: dict[str, tuple[str, ...]] = {"ttft_ms": ("input_tokens",),
+                                            "latency_ms": ("input_tokens", "output_tokens")}
 #: Metrics whose anomalous side is low by default (when the local baseline does not tell).
 LOW_METRICS: frozenset[str] = frozenset({"tokens_per_s"})
 
@@ -294,6 +310,8 @@ class LocalAnomalyConfirmer:
         confidence = _confidence(g, _local_strength(a))
         if a.method != "threshold" and confidence < self.config.min_confidence:
             return None
+        if a.method != "threshold" and not low and self._tokens_explain(a, key, batch):
+            return None  # a huge prompt (or answer) takes long: its token_spike is the alert, not the latency
         sigma = (a.value - metric.mean) / metric.std if metric.std > 0 else math.nan
         context.update(global_checked=True, global_count=metric.count, global_beyond=beyond,
                        global_quantile=quantile)
@@ -312,9 +330,16 @@ class LocalAnomalyConfirmer:
         if not a.value > limit:
             return None
         context = _context(a, sidecar, region)
-        if a.metric == "ttft_ms" and key is not None and self._slow_call(a, key, batch):
+        rise = self._batch_rises(a, key, batch, region) if key is not None and batch is not None else {}
+        if a.metric == "ttft_ms" and _explained("ttft_ms", rise.get("ttft_ms"), rise.get("latency_ms")):
             anomaly_type = "latency_spike"  # the whole call is slow: a slow provider, not a late first token
             context["call_slow_too"] = True
+        elif a.metric == "ttft_ms" and "latency_ms" in rise and "ttft_ms" in rise and \
+                EXPLAINED_SHARE * rise["ttft_ms"] - rise["latency_ms"] < 2.0 * rise["latency_se"]:
+            return None  # too few calls to tell a late first token from a slow call: level_shift's buckets will
+        if anomaly_type == "latency_spike" and _explained("latency_ms", rise.get("latency_ms"),
+                                                          rise.get("tokens_per_s")):
+            return None  # longer outputs taking longer (tokens/s did not fall): not slower calls
         context.update(global_checked=True, global_count=metric.count, global_beyond=True, global_quantile=limit,
                        sustained=True)
         sigma = (a.value - metric.mean) / metric.std if metric.std > 0 else math.nan
@@ -322,26 +347,50 @@ class LocalAnomalyConfirmer:
                           _confidence(1.0 - limit / a.value if a.value > 0 else 0.0, 1.0),
                           baseline=metric.quantile(0.5), threshold=limit, sigma=sigma, context=context)
 
-    def _slow_call(self, a: LocalAnomaly, key: KeyBaseline, batch: FeatureBatch | None) -> bool:
-        """Whether the call ``a`` was reported on is above the global latency quantile as a whole."""
-        latency = key.metrics.get("latency_ms")
-        if batch is None or not batch.n or a.span_id is None or latency is None \
-                or latency.count < self.config.min_global_count:
+    def _tokens_explain(self, a: LocalAnomaly, key: KeyBaseline | None, batch: FeatureBatch | None) -> bool:
+        """Whether the call of a high latency or TTFT value (found in ``batch`` by span id) had a prompt (or,
+        for latency, an answer) above the baseline's ``quantile``: the tokens explain the time."""
+        metrics = TOKEN_CAUSES.get(a.metric, ())
+        if not metrics or key is None or batch is None or not batch.n or a.span_id is None:
             return False
         try:
             i = batch.strings["span_id"].index(a.span_id)
-        except ValueError:
+        except (KeyError, ValueError):
             return False
-        value = float(batch.numeric["latency_ms"][i])
-        if not (math.isfinite(value) and value > latency.quantile(self.config.level_shift_quantile)):
-            return False
-        # A late first token makes the whole call slower too, but raises TTFT's share of it; a slow
-        # provider leaves that share as it was. Slow as a whole: the share is under twice the fleet's.
-        ttft = key.metrics.get("ttft_ms")
-        lat_median = latency.quantile(0.5)
-        if ttft is None or not ttft.count or not lat_median > 0 or not value > 0:
-            return True
-        return a.value / value < 2.0 * ttft.quantile(0.5) / lat_median
+        for m in metrics:
+            base = key.metrics.get(m)
+            value = float(batch.numeric[m][i])
+            if base is not None and base.count >= self.config.min_global_count and math.isfinite(value) \
+                    and value > base.quantile(self.config.quantile):
+                return True
+        return False
+
+    def _batch_rises(self, a: LocalAnomaly, key: KeyBaseline, batch: FeatureBatch,
+                     region: str | None) -> dict[str, float]:
+        """Metric -> how far the median of ``a``'s key's successful calls in ``batch`` (of ``region`` when
+        the regional baseline is used) lies above the baseline's median, log scale: TTFT of the streamed
+        ones, latency and tokens/s of all (more calls, less noise: a batch holds few of one key). Metrics
+        without values or with too little global history are left out."""
+        if not batch.n:
+            return {}
+        s, num = batch.strings, batch.numeric
+        mask = (np.asarray(num["is_error"]) == 0) & _equals(s.get("service"), a.service) \
+            & _equals(s.get("request_model"), a.model) & _equals(s.get("operation"), a.operation)
+        if region is not None:
+            mask &= _equals(s.get("region"), region)
+        out: dict[str, float] = {}
+        for m in ("latency_ms", "ttft_ms", "tokens_per_s"):
+            base = key.metrics.get(m)
+            x = np.asarray(num[m], dtype=np.float64)[mask]
+            x = x[np.isfinite(x) & (x > 0)]
+            if base is None or base.count < self.config.min_global_count or not x.size \
+                    or not base.quantile(0.5) > 0:
+                continue
+            out[m] = float(np.median(np.log(x))) - math.log(base.quantile(0.5))
+            if m == "latency_ms":  # the median's standard error, from the baseline's log spread
+                spread = math.log(base.quantile(0.8413) / base.quantile(0.5)) if base.quantile(0.8413) > 0 else 0.0
+                out["latency_se"] = 1.2533 * spread / math.sqrt(x.size)
+        return out
 
     def _regional(self, a: LocalAnomaly, region: str | None) -> KeyBaseline | None:
         """The baseline of ``a``'s region when it has enough history of ``a``'s metric, else ``None``."""
@@ -372,6 +421,19 @@ class LocalAnomalyConfirmer:
         context.update(global_checked=True, global_count=calls, global_beyond=True)
         return _candidate(a, anomaly_type, "local_error_rate+global_rate", _confidence(1.0 - rate / a.value, 1.0),
                           baseline=rate, threshold=rate, sigma=math.nan, context=context)
+
+
+def _explained(metric: str, rise: float | None, evidence: float | None) -> bool:
+    """:func:`~aggregator.analysis.detectors.level_shift.shift_explained` of the batch's rises; a batch whose
+    calls do not show the shift explains nothing."""
+    return rise is not None and rise > 0 and shift_explained(metric, rise, evidence)
+
+
+def _equals(column: list[Any] | None, value: Any) -> npt.NDArray[np.bool_]:
+    """Rows of a string column equal to ``value`` (every row when the batch has no such column)."""
+    if column is None:
+        return np.ones(1, dtype=bool)
+    return np.asarray([v == value for v in column], dtype=bool)
 
 
 def _is_low(a: LocalAnomaly) -> bool:

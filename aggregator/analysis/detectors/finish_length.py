@@ -8,20 +8,22 @@ and those that stopped at the limit (``length``; Anthropic's ``max_tokens``) are
 baseline share is the pooled share of its first ``warmup_buckets`` buckets, then an EWMA (weight
 ``alpha``) of bucket shares. A bucket with at least ``min_calls`` such calls is *high* when its share
 is at least ``ratio`` × the baseline and ``min_delta`` above it, and the excess is significant for a
-binomial count: ``(k − n·p) / sqrt(n·p·(1 − p)) >= z_threshold``. ``min_buckets`` high buckets in a
+binomial count: the z of its exact tail ``P(X ≥ k)`` (:func:`~aggregator.analysis.detectors.binomial.binomial_z`;
+the normal approximation ``(k − n·p) / sqrt(n·p·(1 − p))`` is far too bold at a few expected calls)
+``>= z_threshold``. ``min_buckets`` high buckets in a
 row (one by default: an early warning) emit one ``finish_length`` candidate; high buckets do not
 update the baseline; re-armed by a bucket that is not high.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from aggregator.analysis.detectors.binomial import binomial_z
 from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
@@ -170,7 +172,7 @@ class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
                 continue
             share = k / n
             p = min(max(st.share, MIN_BASE_SHARE), 1 - MIN_BASE_SHARE)  # a key always at the limit: no 0/0
-            z = (k - n * p) / math.sqrt(n * p * (1 - p))
+            z = binomial_z(k, n, p)
             high = share >= c.ratio * p and share >= p + c.min_delta and z >= c.z_threshold
             st.run = st.run + 1 if high else 0
             if not high:

@@ -15,10 +15,21 @@ log-sigma of its calls over √n) — robust to heavy tails, since the log of a 
 calls moves a bucket mean by 3/n. A bucket is *high* when its mean is at least ``log(min_ratio)``
 above the baseline **and** ``z_threshold`` scales above it; ``min_buckets`` high buckets in a row
 emit one candidate: ``latency_spike`` for latency, ``ttft_regression`` for TTFT — unless the same
-key's latency is high in that bucket (then the first token is late because everything is slow, and
-the latency candidate says so). High buckets do not update the baseline (a shift stays flagged
-instead of being learned as the new normal); after ``relearn_buckets`` high buckets in a row the new
-level is accepted (the key warms up afresh). Re-armed by a normal bucket.
+key's calls are slower in that bucket (latency high, tokens/s down with it: the first token is late
+because everything is slow, and the latency candidate says so). High buckets do not update the
+baseline (a shift stays flagged instead of being learned as the new normal); after ``relearn_buckets``
+high buckets in a row the new level is accepted (the key warms up afresh; TTFT too when latency does).
+Re-armed by a normal bucket.
+
+A shift that another metric of the same calls explains is a symptom, not raised (and the metric is
+disarmed until it is normal again, counted in ``explained``). The level of ``log(tokens_per_s)`` is kept
+alongside (learned while latency is not high): a **latency** shift whose tokens/s did not fall by at least
+``EXPLAINED_SHARE`` of the latency's rise (log scale) is longer outputs taking longer (a cost runaway, a
+token spike), not slower calls — a slow provider's tokens/s falls as its latency rises. A **TTFT** shift
+whose bucket's latency rose by at least ``EXPLAINED_SHARE`` of TTFT's rise is the whole call slower (a
+slow provider, a latency drift): the latency candidate says so once latency is high itself, while a late
+first token (a prefill regression) stays a ``ttft_regression``, also when it lifts the latency: its
+tokens/s after the first token is unchanged, so that latency shift is explained and not raised.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
 
-__all__ = ["LevelShiftConfig", "LevelShiftDetector"]
+__all__ = ["EXPLAINED_SHARE", "LevelShiftConfig", "LevelShiftDetector", "shift_explained"]
 
 NAME = "level_shift"
 DEFAULT_BUCKET_S = 30.0
@@ -52,6 +63,10 @@ DEFAULT_MAX_KEYS = 10_000
 KEY_COLUMNS = ("service", "request_model", "region")
 #: metric -> anomaly type; the order matters: latency is judged first (see the module docstring).
 METRICS: dict[str, str] = {"latency_ms": "latency_spike", "ttft_ms": "ttft_regression"}
+#: The level kept as evidence only: a latency rise without a tokens/s fall is longer outputs.
+TOKENS_PER_S = "tokens_per_s"
+#: Share of a shift (log scale) that another metric of the same calls must move to explain it.
+EXPLAINED_SHARE = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +110,13 @@ class _Level:
         self.run = 0
         self.armed = True
 
+    def warm_up(self, m: float) -> None:
+        """One more bucket mean ``m`` into the warm-up's mean and variance of bucket means."""
+        self.n += 1
+        d = m - self.mean
+        self.mean += d / self.n
+        self.var += (d * (m - self.mean) - self.var) / self.n
+
     def to_state(self) -> list[float]:
         return [self.n, self.mean, self.var, self.run, 1 if self.armed else 0]
 
@@ -110,7 +132,7 @@ class _KeyState:
 
     def __init__(self) -> None:
         self.buckets = BucketSeries()
-        self.levels = {m: _Level() for m in METRICS}
+        self.levels = {m: _Level() for m in (*METRICS, TOKENS_PER_S)}
 
     def to_state(self) -> dict[str, Any]:
         return {m: lv.to_state() for m, lv in self.levels.items()}
@@ -118,7 +140,7 @@ class _KeyState:
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
         st = cls()
-        for m in METRICS:
+        for m in st.levels:
             if m in d:
                 st.levels[m] = _Level.from_state(d[m])
         return st
@@ -134,57 +156,110 @@ def _mark_regional(cand: Candidate, regions: dict[Any, bool]) -> None:
     cand.context["normal_regions"] = normal[:10]
 
 
+def shift_explained(metric: str, rise: float, evidence: float | None) -> bool:
+    """Whether ``evidence`` (the same calls' rise over their level, log scale: of tokens/s for a latency
+    shift, of latency for a TTFT shift) explains a shift of ``metric`` by ``rise`` > 0 (module docstring)."""
+    if evidence is None:
+        return False
+    if metric == "latency_ms":
+        return evidence > -EXPLAINED_SHARE * rise  # tokens/s did not fall with it: longer outputs
+    return evidence >= EXPLAINED_SHARE * rise  # latency rose with it: the whole call slower
+
+
 class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
     """Sustained shifts of log latency and log TTFT per (service, request_model, region)."""
 
     NAME = NAME
     CONFIG = LevelShiftConfig
     KEY_STATE = _KeyState
-    # fields per metric: values, sum of logs, sum of squared logs
-    N_FIELDS = 3 * len(METRICS)
+    # fields per metric (and tokens/s last): values, sum of logs, sum of squared logs
+    N_FIELDS = 3 * (len(METRICS) + 1)
+
+    def __init__(self, config: LevelShiftConfig | None = None) -> None:
+        super().__init__(config)
+        self.explained = 0  # shifts not raised because another metric of the same calls explains them
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], config: LevelShiftConfig | None = None) -> LevelShiftDetector:
+        det = super().from_state(state, config)
+        for _, st in det._keys.keys:  # open buckets saved before tokens/s was kept: 6 fields
+            st.buckets.open = {i: [*v, *[0.0] * (cls.N_FIELDS - len(v))] for i, v in st.buckets.open.items()}
+        return det
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:
             ok = np.asarray(batch.numeric["is_error"]) == 0
             fields: list[np.ndarray[Any, np.dtype[np.float64]]] = []
             weight = np.zeros(batch.n)
-            for m in METRICS:
+            for m in (*METRICS, TOKENS_PER_S):
                 x = np.asarray(batch.numeric[m], dtype=np.float64)
                 has = ok & np.isfinite(x) & (x > 0)
                 lx = np.where(has, np.log(np.where(has, x, 1.0)), 0.0)
                 fields += [has.astype(np.float64), lx, lx * lx]
-                weight = np.maximum(weight, lx)
+                if m in METRICS:
+                    weight = np.maximum(weight, lx)
             self._keys.add(batch, KEY_COLUMNS, fields, weight)
         found: list[tuple[int, Candidate]] = []
         # (service, model, bucket, metric) -> region -> high: tells a one-region shift from a wider one
         judged: dict[tuple[Any, Any, int, str], dict[Any, bool]] = {}
         for key, st, idx, sums, examples in self._keys.close():
-            latency_high = False
+            latency_high = slow_calls = False
+            latency_d: float | None = None  # the bucket's latency rise (log) over its level, when judged
+            tps = st.levels[TOKENS_PER_S]
+            tps_d = self._rise(tps, sums[-3], sums[-2])
             for i, (metric, anomaly_type) in enumerate(METRICS.items()):
                 n, s1, s2 = sums[3 * i:3 * i + 3]
                 if n < self.config.min_calls:
                     continue
-                high, cand = self._judge(key, st.levels[metric], idx, metric, anomaly_type, n, s1, s2, examples,
-                                         suppress=latency_high)
+                evidence = tps_d if metric == "latency_ms" else latency_d
+                high, cand, d = self._judge(key, st.levels[metric], idx, metric, anomaly_type, n, s1, s2, examples,
+                                            suppress=slow_calls, evidence=evidence)
                 judged.setdefault((key[0], key[1], idx, metric), {})[key[2]] = high
-                latency_high = latency_high or (high and metric == "latency_ms")
+                if metric == "latency_ms":
+                    latency_high, latency_d = high, d
+                    # slower calls, not longer outputs (nor a late first token at an unchanged generation speed)
+                    slow_calls = high and not (d is not None and shift_explained(metric, d, tps_d))
+                    if high and st.levels[metric].n == 0:
+                        # latency accepted its new level: so does TTFT, whose rise it explained meanwhile
+                        st.levels["ttft_ms"] = _Level()
                 if cand is not None:
                     found.append((idx, cand))
+            if not latency_high:  # tokens/s is learned while latency is normal (a slow provider's is frozen)
+                self._learn(tps, *sums[-3:])
         for idx, cand in found:
             _mark_regional(cand, judged.get((cand.service, cand.model, idx, cand.metric), {}))
         return [cand for _, cand in found]
 
+    def _rise(self, lv: _Level, n: float, s1: float) -> float | None:
+        """The bucket's mean log over the warmed-up level ``lv`` (None: too few values or not warmed up)."""
+        if n < self.config.min_calls or lv.n < self.config.warmup_buckets:
+            return None
+        return s1 / n - lv.mean
+
+    def _learn(self, lv: _Level, n: float, s1: float, s2: float) -> None:
+        """Learn a bucket into an evidence level: warm-up mean, then a clipped EWMA either way."""
+        c = self.config
+        if n < c.min_calls:
+            return
+        m = s1 / n
+        if lv.n < c.warmup_buckets:
+            lv.warm_up(m)
+            return
+        scale = max(math.sqrt(lv.var), math.sqrt(max(s2 / n - m * m, 0.0) / n), 1e-6)
+        u = max(-3 * scale, min(m - lv.mean, 3 * scale))
+        lv.mean += c.alpha * u
+        lv.var = (1 - c.alpha) * (lv.var + c.alpha * u * u)
+
     def _judge(self, key: Key, lv: _Level, idx: int, metric: str, anomaly_type: str, n: float, s1: float,
-               s2: float, examples: list[str], *, suppress: bool) -> tuple[bool, Candidate | None]:
+               s2: float, examples: list[str], *, suppress: bool,
+               evidence: float | None) -> tuple[bool, Candidate | None, float | None]:
+        """Judge one metric's bucket: (high, the candidate it emits, its rise over the level; None in warm-up)."""
         c = self.config
         m = s1 / n
         within_var = max(s2 / n - m * m, 0.0)
         if lv.n < c.warmup_buckets:
-            lv.n += 1
-            d = m - lv.mean
-            lv.mean += d / lv.n
-            lv.var += (d * (m - lv.mean) - lv.var) / lv.n
-            return False, None
+            lv.warm_up(m)
+            return False, None, None
         scale = max(math.sqrt(lv.var), math.sqrt(within_var / n), 1e-6)
         d = m - lv.mean
         z = d / scale
@@ -198,6 +273,9 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
             lv.var = (1 - c.alpha) * (lv.var + c.alpha * u * u)
         elif lv.run >= c.relearn_buckets:
             lv.n, lv.mean, lv.var, lv.run, lv.armed = 0, 0.0, 0.0, 0, True
+        elif lv.run >= c.min_buckets and lv.armed and not suppress and shift_explained(metric, d, evidence):
+            lv.armed = False  # a symptom of another metric's change (module docstring): not raised
+            self.explained += 1
         elif lv.run >= c.min_buckets and lv.armed and not suppress:
             lv.armed = False
             start, _ = self._keys.window(idx - lv.run + 1)
@@ -210,4 +288,4 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
                 window_start=start, window_end=end,
                 context={"trace_ids": examples, "region": key[2], "calls": int(n), "ratio": value / base,
                          "bucket_s": c.bucket_s, "high_buckets": lv.run})
-        return high, cand
+        return high, cand, d

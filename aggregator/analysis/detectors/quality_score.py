@@ -12,7 +12,7 @@ not feature rows. Per (service, model, evaluation name) and event-time bucket of
   ``min_delta`` worse than the baseline; re-armed when ``S`` returns to 0;
 - **bad labels** (evaluations with a label, :func:`sentinel.quality.label_is_bad`): the bucket's bad
   share against the baseline share, high when at least ``ratio`` × and ``min_delta`` above it and
-  ``(k − n·p) / sqrt(n·p·(1 − p)) >= z_threshold`` (as :mod:`aggregator.analysis.detectors.finish_length`);
+  the binomial z of the exact tail >= ``z_threshold`` (as :mod:`aggregator.analysis.detectors.finish_length`);
 - **satisfaction** (user feedback, name ``user_feedback``; bad = thumbs down, a low rating or
   score): satisfaction = 1 − bad share, alerted as ``satisfaction_drop`` when under ``floor`` (the
   plan's 85 %) from a baseline at least 0.03 above it, or — for a key whose baseline is already near
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.analysis.detectors.binomial import binomial_z
 from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
@@ -143,8 +144,7 @@ def _batch(events: Sequence[QualityEvent]) -> FeatureBatch:
 
 
 def _binomial_z(k: float, n: float, p: float) -> float:
-    p = min(max(p, MIN_BASE_SHARE), 1 - MIN_BASE_SHARE)
-    return (k - n * p) / math.sqrt(n * p * (1 - p))
+    return binomial_z(k, n, min(max(p, MIN_BASE_SHARE), 1 - MIN_BASE_SHARE))
 
 
 class QualityScoreDetector:

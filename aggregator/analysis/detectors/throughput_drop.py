@@ -8,7 +8,11 @@ A bucket is *low* when the baseline is at least ``min_baseline_calls``, the coun
 ``(baseline − calls)/sqrt(baseline) >= z_threshold``. After ``min_buckets`` low buckets in a row
 the key fires once; it re-arms after a bucket that is not low. Low buckets do not update the
 baseline (the drop is measured against the rate before it); after ``relearn_buckets`` low buckets in
-a row the lower rate is taken as the new normal (the key warms up afresh).
+a row the lower rate is taken as the new normal (the key warms up afresh). Nor do *high* buckets, as
+far above the baseline as a low one is below it (above baseline / ``drop_ratio``, as significant): a
+surge learned into the baseline made its own end a drop (budget.yaml's 20× calls for 5 minutes, then
+a critical ``throughput_drop``); after ``relearn_buckets`` high buckets in a row the higher rate is
+the new normal.
 
 Tokens per second, the same way in the same buckets: the mean ``tokens_per_s`` of a bucket's calls
 (buckets with fewer than ``tps_min_calls`` such calls are skipped) against the key's baseline (mean of
@@ -28,7 +32,10 @@ behind, a forward queue that filled up) are not traffic that stopped: every drop
 ``hold_buckets`` more closed buckets, and dropped (counted in ``known_loss``) when late rows of that
 key for the drop's window arrived meanwhile. A key needs ``min_history_buckets`` closed buckets
 (warm-up included) of history before its drop began for the drop to be raised, so a model that appeared for ten
-minutes (reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away.
+minutes (reported by ``model_swap`` when it appeared) is not reported as a drop when it goes away. A key
+seen since the detector's first closed buckets (``START_GRACE_BUCKETS``) is exempt: it did not appear
+while the detector was watching, its history is all the detector has, and without the exemption a fresh
+aggregator could not report a whole service going down in its first ``min_history_buckets``.
 
 What sidecars report (:mod:`aggregator.analysis.detectors.known_loss`, given as :attr:`ThroughputDropDetector.loss`):
 a drop whose window overlaps a loss window of its service — a sidecar restart (spans sent while it
@@ -86,6 +93,11 @@ N_FIELDS = 5
 #: A tokens/s drop whose latency rise explains at least this share of it (latency ratio x tokens/s
 #: ratio) is a slow provider, reported by level_shift as latency_spike, not a throughput drop.
 SLOW_PROVIDER_SHARE = 0.7
+#: A key whose first bucket is at most this many buckets after the detector's first is as old as the
+#: detector (it was there when watching began, not new), so ``min_history_buckets`` does not apply to it.
+START_GRACE_BUCKETS = 1
+#: ``_first_bucket`` of a state saved before it was kept: no key is known to be as old as the detector.
+_START_UNKNOWN = -(2**62)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +150,7 @@ class ThroughputDropConfig:
 
 
 class _KeyState:
-    __slots__ = ("age", "armed", "buckets", "mean", "n", "run", "tps")
+    __slots__ = ("age", "armed", "buckets", "high_run", "mean", "n", "run", "tps")
 
     def __init__(self) -> None:
         self.buckets = BucketSeries()
@@ -146,13 +158,14 @@ class _KeyState:
         self.n = 0
         self.mean = 0.0
         self.run = 0
+        self.high_run = 0  # buckets in a row far above the baseline (not learned)
         self.armed = True
         # tokens/s: [buckets learned, mean, low run, armed (0/1), high run]
         self.tps: list[float] = [0, 0.0, 0, 1, 0]
 
     def to_state(self) -> dict[str, Any]:
         return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps,
-                "age": self.age}
+                "age": self.age, "high_run": self.high_run}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
@@ -161,6 +174,7 @@ class _KeyState:
         if "tps" in d:  # version 1 had calls only
             st.tps = [float(v) for v in d["tps"]]
         st.age = int(d.get("age", 10**9))  # saved before ages were kept: old enough
+        st.high_run = int(d.get("high_run", 0))
         return st
 
 
@@ -178,6 +192,8 @@ class ThroughputDropDetector:
         self.slow_provider = 0  # tokens/s drops not raised because the latency rise explains them
         #: What sidecars report about restarts and lost rows (set by the detector service; None: nothing)
         self.loss: KnownLoss | None = None
+        #: The first bucket the detector closed (None: none yet; saved before it was kept: unknown)
+        self._first_bucket: int | None = None
 
     @property
     def late_rows(self) -> int:
@@ -197,6 +213,8 @@ class ThroughputDropDetector:
         c = self.config
         for key, st, idx, (calls, tps_sum, tps_calls, lat_sum, lat_calls), examples in self._keys.close():
             st.age += 1
+            if self._first_bucket is None:
+                self._first_bucket = idx
             if tps_calls >= c.tps_min_calls:
                 mean_log_lat = lat_sum / lat_calls if lat_calls > 0 else math.nan
                 found.extend(self._tps(key, st, idx, tps_sum / tps_calls, mean_log_lat, int(tps_calls), examples))
@@ -211,7 +229,8 @@ class ThroughputDropDetector:
             if not low:
                 st.armed = True
             # the history must precede the drop: a young key that goes silent does not age into a drop
-            if st.run >= c.min_buckets and st.armed and st.age - st.run >= c.min_history_buckets:
+            if st.run >= c.min_buckets and st.armed and (st.age - st.run >= c.min_history_buckets
+                                                          or self._since_start(st, idx)):
                 st.armed = False
                 start, end = self._keys.window(idx - st.run + 1)
                 _, end = self._keys.window(idx)
@@ -220,11 +239,19 @@ class ThroughputDropDetector:
                     confidence=min(1.0, 1.0 - calls / base), metric="calls_per_bucket", value=calls, baseline=base,
                     threshold=c.drop_ratio * base, deviation_sigma=-z, window_start=start, window_end=end,
                     context={"trace_ids": examples, "bucket_s": c.bucket_s, "low_buckets": st.run}))
-            if not low:
+            # a surge is an excursion too: not learned, or its end reads as a drop (module docstring)
+            high = base > 0 and calls * c.drop_ratio > base and (calls - base) / math.sqrt(base) >= c.z_threshold
+            st.high_run = st.high_run + 1 if high else 0
+            if not low and not high:
                 st.mean += c.alpha * (calls - st.mean)
-            elif st.run >= c.relearn_buckets:
-                st.n, st.mean, st.run, st.armed = 0, 0.0, 0, True
+            elif st.run >= c.relearn_buckets or st.high_run >= c.relearn_buckets:
+                st.n, st.mean, st.run, st.armed, st.high_run = 0, 0.0, 0, True, 0
         return self._release(found)
+
+    def _since_start(self, st: _KeyState, idx: int) -> bool:
+        """Whether the key (``st`` closing bucket ``idx``) has been seen since the detector's first buckets."""
+        first = self._first_bucket
+        return first is not None and idx - st.age + 1 <= first + START_GRACE_BUCKETS
 
     def _release(self, found: list[Candidate]) -> list[Candidate]:
         """Hold new drops; emit the held ones whose hold is over and that no known loss explains."""
@@ -305,7 +332,8 @@ class ThroughputDropDetector:
 
     def to_state(self) -> dict[str, Any]:
         return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state()),
-                "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss}
+                "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss,
+                "first_bucket": self._first_bucket}
 
     @classmethod
     def from_state(
@@ -317,6 +345,10 @@ class ThroughputDropDetector:
         det._keys.load_state(dict(state), _KeyState.from_state)
         det._held = [(int(r), Candidate.from_dict(d)) for r, d in state.get("held", [])]
         det.known_loss = int(state.get("known_loss", 0))
+        first = state.get("first_bucket")
+        det._first_bucket = None if first is None else int(first)
+        if first is None and det._keys.watermark is not None:
+            det._first_bucket = _START_UNKNOWN  # the first bucket closed after loading is not the detector's first
         for _, st in det._keys.keys:  # version 1: calls only; before latency sums: 3 fields
             st.buckets.open = {i: [*s, *[0.0] * (N_FIELDS - len(s))] for i, s in st.buckets.open.items()}
         return det
