@@ -16,6 +16,7 @@ the outbox) and closes the stores.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -68,6 +69,7 @@ from aggregator.api.routes import Api, add_api_routes
 from aggregator.api.security_api import SecurityApi
 from aggregator.cluster.api import ClusterApi
 from aggregator.cluster.checkpoint import Shared
+from aggregator.cluster.events import EventRouter
 from aggregator.cluster.ingest import ClusterIngest
 from aggregator.cluster.owner import Coordinator
 from aggregator.config import SECRET_KEYS, AggregatorConfig
@@ -124,22 +126,19 @@ class Aggregator:
                                     clock=time.time_ns)
         self.confirmer = LocalAnomalyConfirmer(config.confirm, self.baselines.store,
                                                outcome=self.metrics.count_local_anomaly)
-        emit = self.metrics.observing(self._emit)  # + detection latency of every candidate
+        emit = self._emit_observed = self.metrics.observing(self._emit)  # + detection latency of every candidate
         self.model_versions = ModelVersions()
-        quality = parse_quality_settings(config.quality)
+        quality = self._quality_settings = parse_quality_settings(config.quality)
         # Events posted to the API raise candidates outside a batch: handed on as the pipeline's are.
         self.quality = (QualityConsumer(quality, config.data_dir, on_candidates=emit, versions=self.model_versions)
                         if quality.enabled else None)
         self.detectors = DetectorConsumer(config.detectors, config.data_dir, late_after_s=config.late_after_s,
                                           max_future_skew_s=config.max_future_skew_s)
-        security = parse_security_settings(config.security)
+        security = self._security_settings = parse_security_settings(config.security)
         self.security = (SecurityConsumer(security, config.data_dir, on_candidates=emit)
                          if security.enabled else None)
         self.metrics.watch_signals(self._signal_counts)
-        self.security_queue = (SecurityEventConsumer(
-            url=security.amqp_url, exchange=security.amqp_exchange, queue=security.amqp_queue,
-            binding_key=security.amqp_binding_key, submit=self.security.submit,
-            max_events=security.max_events_per_request) if self.security is not None and security.amqp_url else None)
+        self.security_queue: SecurityEventConsumer | None = None
         # First: an alert raised at the edge exists before the anomalies it was raised on are confirmed.
         self.edge_alerts = EdgeAlertReconciler(self.alerts, late_after_s=config.late_after_s,
                                                registry=self.metrics.registry)
@@ -158,15 +157,25 @@ class Aggregator:
         # Cluster mode (aggregator/cluster/): ingest publishes to partitions, owned partitions are analysed here.
         cluster = config.cluster
         self.cluster: Coordinator | None = None
+        #: Cluster mode: where quality and security events from the API and the queue go (their partitions).
+        self.events: EventRouter | None = None
         self.ingest: IngestService
         if cluster.enabled:
-            self.ingest = ClusterIngest(IngestConfig.from_settings(config), cluster, self.metrics, tasks=self.tasks)
+            cluster_ingest = ClusterIngest(IngestConfig.from_settings(config), cluster, self.metrics, tasks=self.tasks)
+            self.ingest = cluster_ingest
+            self.events = EventRouter(cluster, cluster_ingest.publisher)
             self.cluster = Coordinator(cluster, config.data_dir, self._partition_consumers,
                                        with_model_version(emit, self.model_versions), registry=self.metrics.registry,
                                        url=lambda: self.url)
         else:
             self.ingest = IngestService(IngestConfig.from_settings(config), self.metrics, analysis=self.analysis,
                                         tasks=self.tasks)
+        if self.security is not None and security.amqp_url:
+            self.security_queue = SecurityEventConsumer(
+                url=security.amqp_url, exchange=security.amqp_exchange, queue=security.amqp_queue,
+                binding_key=security.amqp_binding_key,
+                submit=self.events.submit_security if self.events is not None else self.security.submit,
+                max_events=security.max_events_per_request)
         Gauge("sentinel_aggregator_analysis_backlog_rows", "Rows accepted and not yet analysed (ingest answers 503 "
               "beyond analysis_queue_max_rows)", registry=self.metrics.registry).set_function(
             lambda: self.analysis.backlog_rows)
@@ -192,8 +201,15 @@ class Aggregator:
 
     def _partition_consumers(self, directory: Path) -> list[Consumer]:
         """One cluster partition's pipeline (pipeline() order), its state in ``directory``; the alert manager and
-        the edge-alert reconciler are the replica's. Quality and security stay per replica (not partitioned)."""
+        the edge-alert reconciler are the replica's. Quality and security are per partition: their state is per
+        (service, model) and per user of the partition's services, checkpointed and moved with it; the action
+        hook (operators' approvals) stays the replica's (:meth:`_emit`)."""
         c = self.config
+        q, sec = self._quality_settings, self._security_settings
+        quality = (QualityConsumer(q, directory, on_candidates=self._emit_observed, versions=self.model_versions)
+                   if q.enabled else None)
+        security = (SecurityConsumer(dataclasses.replace(sec, action_webhook_url="", amqp_url=""), directory,
+                                     on_candidates=self._emit_observed) if sec.enabled else None)
         baselines = BaselineConsumer(c.baselines, directory)
         accuracy = baselines.store.config.relative_accuracy
         settings = c.forest_config()
@@ -202,7 +218,7 @@ class Aggregator:
         return pipeline(edge_alerts=Shared(self.edge_alerts),
                         confirm=LocalAnomalyConfirmer(c.confirm, baselines.store,
                                                       outcome=self.metrics.count_local_anomaly),
-                        baselines=SummaryBaselines(baselines),
+                        baselines=SummaryBaselines(baselines), quality=quality, security=security,
                         detectors=FromSummaries(DetectorConsumer(c.detectors, directory, late_after_s=c.late_after_s,
                                                                  max_future_skew_s=c.max_future_skew_s),
                                                 relative_accuracy=accuracy),
@@ -213,12 +229,22 @@ class Aggregator:
         """The quality and security counts for /metrics (aggregator/metrics.py SIGNAL_COUNTERS), read at a scrape."""
         out: dict[str, dict[str, float]] = {"sentinel_aggregator_answer_signals": {
             name: d.hit_rows for name, d in self.detectors.detectors.items() if isinstance(d, FinishLengthDetector)}}
+        # Cluster mode: the sums over the partitions this replica owns (a partition's counts move with it).
+        qualities = [self.quality] if self.cluster is None and self.quality is not None else []
+        securities = [self.security] if self.cluster is None and self.security is not None else []
+        if self.cluster is not None:
+            consumers = [c for p in self.cluster.partitions() for c in p.consumers]
+            qualities = [c for c in consumers if isinstance(c, QualityConsumer)]
+            securities = [c for c in consumers if isinstance(c, SecurityConsumer)]
         if self.quality is not None:
-            out["sentinel_aggregator_quality_events"] = dict(self.quality.received)
-            out["sentinel_aggregator_quality_events_joined"] = {"": self.quality.joined}
-            out["sentinel_aggregator_quality_events_unjoined"] = {"": self.quality.dropped_unjoined}
+            received: collections.Counter[str] = collections.Counter()
+            for q in qualities:
+                received.update(q.received)
+            out["sentinel_aggregator_quality_events"] = {"evaluation": 0, "feedback": 0, **received}
+            out["sentinel_aggregator_quality_events_joined"] = {"": sum(q.joined for q in qualities)}
+            out["sentinel_aggregator_quality_events_unjoined"] = {"": sum(q.dropped_unjoined for q in qualities)}
         if self.security is not None:
-            out["sentinel_aggregator_security_events"] = {"": self.security.received}
+            out["sentinel_aggregator_security_events"] = {"": sum(s.received for s in securities)}
             out["sentinel_aggregator_security_actions"] = dict(self.security.actions.decided)
         return out
 
@@ -257,8 +283,12 @@ class Aggregator:
                         c.context["forest"] = note
         self.candidates.emit(batch)
         self.alerts.emit(batch)
-        if self.security is not None:  # a user's token or cost anomaly may correlate with security events
+        if self.security is None:
+            pass
+        elif self.cluster is None:  # a user's token or cost anomaly may correlate with security events
             self.security.observe_candidates(batch)
+        else:  # correlated in the partition (Partition's observers); the approvals are this replica's
+            self.security.actions.observe(batch)
 
     async def _tick(self) -> None:
         while True:
@@ -344,10 +374,14 @@ class Aggregator:
                                   allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts),
                                   registry=self.metrics.registry, feedback=self.feedback,
                                   audit=self.audit, guard=self.guard, live=self)
+        events = self.events
+        if events is not None:
+            events.bind(asyncio.get_running_loop())
         if self.quality is not None:
-            QualityApi(self.quality, time.time_ns).add_routes(app)
+            QualityApi(self.quality, time.time_ns, submit=events.submit_quality if events is not None else None
+                       ).add_routes(app)
         if self.security is not None:
-            SecurityApi(self.security).add_routes(app)
+            SecurityApi(self.security, submit=events.submit_security if events is not None else None).add_routes(app)
         ClusterApi(self.cluster).add_routes(app)  # 404 unless a cluster
         add_web_routes(app)
         add_ops_routes(app, self.metrics.registry, self._readiness, self.ingest.clock_check.warning)

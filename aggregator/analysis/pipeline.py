@@ -22,14 +22,14 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.state import StateFile
 from sentinel.tasks import TaskSupervisor
 from sentinel.wire import WireBatch
 
-__all__ = ["Analysis", "Consumer", "feed", "pipeline", "restore", "save"]
+__all__ = ["Analysis", "CandidateObserver", "Consumer", "feed", "pipeline", "restore", "save"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ class Consumer(Protocol):
 
     def shutdown(self) -> None:
         """Stop threads of its own, if any; idempotent (called after the last batch and snapshot)."""
+
+
+@runtime_checkable
+class CandidateObserver(Protocol):
+    """A consumer that also learns from the other consumers' candidates (the security correlation)."""
+
+    def observe_candidates(self, candidates: Sequence[Candidate]) -> None: ...
 
 
 def pipeline(*, edge_alerts: Consumer | None = None, confirm: Consumer, baselines: Consumer,

@@ -98,9 +98,14 @@ def parse_feedback_items(body: object, now_ns: int, max_items: int) -> list[Qual
 
 
 class QualityApi:
-    def __init__(self, service: QualityConsumer, clock: Callable[[], int]) -> None:
+    def __init__(self, service: QualityConsumer, clock: Callable[[], int], *,
+                 submit: Callable[[list[QualityEvent]], int] | None = None,
+                 series: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
         self.service = service
         self.clock = clock
+        # A cluster replica: events go to their partitions, the series come from every partition's summary.
+        self.submit = submit if submit is not None else service.submit
+        self.series = series if series is not None else service.series
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/feedback", self.post_feedback)
@@ -112,10 +117,13 @@ class QualityApi:
                                           self.service.config.max_feedback_per_request)
         except ParamError as e:
             return error_response(400, str(e))
-        joined = await asyncio.to_thread(self.service.submit, events)
+        try:
+            joined = await asyncio.to_thread(self.submit, events)
+        except ConnectionError as e:
+            return error_response(503, str(e), headers={"Retry-After": "1"})
         return web.json_response({"status": "accepted", "accepted": len(events), "joined": joined}, status=202)
 
     async def get_quality(self, request: web.Request) -> web.Response:
         service = request.match_info["service"]
-        series = await asyncio.to_thread(self.service.series, service)
+        series = await asyncio.to_thread(self.series, service)
         return web.json_response({"service": service, "series": series})

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.security.actions import STATUSES
 from aggregator.analysis.security.consumer import SecurityConsumer
 from aggregator.api.auth import request_who
@@ -48,8 +50,11 @@ def parse_security_events(body: object, max_items: int, now_ns: int) -> list[Sec
 
 
 class SecurityApi:
-    def __init__(self, service: SecurityConsumer) -> None:
+    def __init__(self, service: SecurityConsumer, *,
+                 submit: Callable[[list[SecurityEvent]], Sequence[Candidate]] | None = None) -> None:
         self.service = service
+        # A cluster replica: events go to their partitions (their detections are raised there, not answered).
+        self.submit = submit if submit is not None else service.submit
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/security-events", self.post_events)
@@ -63,7 +68,10 @@ class SecurityApi:
                                            time.time_ns())
         except ParamError as e:
             return error_response(400, str(e))
-        found = await asyncio.to_thread(self.service.submit, events)
+        try:
+            found = await asyncio.to_thread(self.submit, events)
+        except ConnectionError as e:
+            return error_response(503, str(e), headers={"Retry-After": "1"})
         return web.json_response({"status": "accepted", "accepted": len(events),
                                   "detections": [c.anomaly_type for c in found]}, status=202)
 

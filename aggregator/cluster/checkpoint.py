@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from aggregator.analysis.detectors.candidate import Candidate
-from aggregator.analysis.pipeline import Consumer, feed, restore, save
+from aggregator.analysis.pipeline import CandidateObserver, Consumer, feed, restore, save
 from sentinel import wire
 
 __all__ = ["FORMAT_VERSION", "SEEN_PER_SIDECAR", "Partition", "PartitionCounts", "Shared"]
@@ -84,6 +84,9 @@ class Partition:
         self.directory = directory
         self.consumers = tuple(consumers)
         self.on_candidates = on_candidates
+        # The partition's security consumer correlates its own partition's token and cost anomalies (as the
+        # single process's _emit hands it every candidate): a user's rows and events share the service's partition.
+        self._observers = [c.observe_candidates for c in self.consumers if isinstance(c, CandidateObserver)]
         self.counts = counts
         #: Messages skipped as already analysed, and rows of redelivered messages analysed (replayed).
         self.skipped_rows = 0
@@ -112,10 +115,15 @@ class Partition:
         if self.counts.is_seen(batch.sidecar, batch.seq):
             self.skipped_rows += rows
             return
-        feed(self.consumers, batch, arrival_ns, self.on_candidates)
+        feed(self.consumers, batch, arrival_ns, self._hand_on)
         self.counts.record(batch.sidecar, batch.seq, rows)
         if redelivered:
             self.replayed_rows += rows
+
+    def _hand_on(self, found: list[Candidate]) -> None:
+        self.on_candidates(found)
+        for observe in self._observers:
+            observe(found)
 
     def checkpoint(self) -> bytes:
         """Every consumer's state saved into the directory, packed with the counts (errors propagate)."""

@@ -197,6 +197,10 @@ class Coordinator:
             self.metrics.owned.set(len(self.owned))
             await asyncio.sleep(tick)
 
+    def partitions(self) -> list[Partition]:
+        """The analysis of each partition owned now (read them on the analysis thread, or only counters)."""
+        return [o.partition for o in list(self.owned.values())]
+
     # -- ownership -------------------------------------------------------------------------------
 
     def _conn(self) -> psycopg.AsyncConnection[Any]:

@@ -4,7 +4,10 @@ A partition is ``CRC-32(service name) mod partitions``: stable across processes,
 replicas (unlike Python's salted ``hash``), so every replica routes a service to the same queue and
 every piece of state kept per key (baselines, detector windows, series) lives in one partition.
 Rows, local anomalies, summaries, edge alerts, quality and security events go with their service;
-what names none (and the sidecar's status) goes with the partition of the sidecar's id.
+what names none (and the sidecar's status) goes with the partition of the sidecar's id — except a
+quality event naming no service: it joins its call by span or trace id, so it goes with the service of
+its call's row when that row is in the same batch, and to every partition otherwise (its call may be
+in any of them; the partition whose call index knows it joins it, the others drop it unjoined).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import numpy as np
 
 from sentinel import wire
 from sentinel.model import FeatureBatch
+from sentinel.quality import QualityEvent
 
-__all__ = ["partition_of", "split"]
+__all__ = ["partition_of", "quality_parts", "split"]
 
 
 def partition_of(service: str | None, partitions: int) -> int:
@@ -41,10 +45,45 @@ def _by_service(items: Iterable[Any], service: Any, partitions: int, default: in
     return out
 
 
+def quality_parts(events: Sequence[QualityEvent], rows: FeatureBatch, partitions: int) -> dict[int, list[QualityEvent]]:
+    """Each quality event's partitions: its service's; else its call's service in ``rows`` (span id, then
+    trace id); else every partition.
+
+    >>> e = QualityEvent(kind="feedback", name="thumbs", time_unix_nano=1, score=1.0, trace_id="t")
+    >>> sorted(quality_parts([e], FeatureBatch.empty(), 3))
+    [0, 1, 2]
+    """
+    out: dict[int, list[QualityEvent]] = defaultdict(list)
+    calls: dict[str, str | None] | None = None
+    for e in events:
+        service = e.service
+        if service is None:
+            if calls is None:  # built once, and only for a batch with such an event
+                calls = _calls_by_id(rows)
+            service = calls.get(e.span_id or "") or calls.get(e.trace_id or "")
+        if service is None:
+            for p in range(partitions):
+                out[p].append(e)
+        else:
+            out[partition_of(service, partitions)].append(e)
+    return out
+
+
+def _calls_by_id(rows: FeatureBatch) -> dict[str, str | None]:
+    if not rows.n:
+        return {}
+    services = rows.strings["service"]
+    calls: dict[str, str | None] = {}
+    for ids in (rows.strings["trace_id"], rows.strings["span_id"]):  # a trace's last call, as CallIndex
+        calls.update((i, s) for i, s in zip(ids, services, strict=True) if i)
+    return calls
+
+
 def split(batch: wire.WireBatch, partitions: int) -> dict[int, bytes]:
     """``batch`` as one wire body per partition it has something for (same sidecar, seq and seal time).
 
     >>> from sentinel.model import FeatureBatch
+from sentinel.quality import QualityEvent
     >>> split(wire.WireBatch("s", 1, FeatureBatch.empty()), 4) == {partition_of("s", 4): split(
     ...     wire.WireBatch("s", 1, FeatureBatch.empty()), 1)[0]}
     True
@@ -60,7 +99,7 @@ def split(batch: wire.WireBatch, partitions: int) -> dict[int, bytes]:
     anomalies = _by_service(batch.anomalies, lambda a: a.service, partitions, home)
     summaries = _by_service(batch.summaries, lambda s: s.key.get("service"), partitions, home)
     edge = _by_service(batch.edge_alerts, lambda a: a.service, partitions, home)
-    quality = _by_service(batch.quality, lambda q: q.service, partitions, home)
+    quality = quality_parts(batch.quality, batch.batch, partitions)
     security = _by_service(batch.security, lambda e: e.service, partitions, home)
     parts = {home, *rows, *anomalies, *summaries, *edge, *quality, *security}
     if not (batch.batch.n or batch.anomalies or batch.summaries or batch.edge_alerts or batch.quality

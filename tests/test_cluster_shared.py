@@ -1,0 +1,104 @@
+"""What the replicas of a cluster share beyond the partitions' rows (aggregator/cluster/): quality and
+security analysis per partition, fed by sidecar batches, the API and the security queue; the services
+and baselines every replica answers for the whole cluster; live settings that reach every replica.
+Real PostgreSQL and RabbitMQ (cluster_settings of tests/test_cluster.py), two replicas in one process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from aggregator.alerting.store import AlertQuery
+from aggregator.analysis.quality.consumer import QualityConsumer
+from aggregator.analysis.security.consumer import SecurityConsumer
+from aggregator.app import Aggregator
+from aggregator.cluster.partition import partition_of, quality_parts, split
+from sentinel import wire
+from sentinel.quality import QualityEvent
+from tests.conftest import wait_for
+from tests.test_cluster import T0, _replica, cluster_settings  # noqa: F401  (the fixture)
+from tests.test_event_time import MSGPACK
+from tests.test_quality_detectors import NS
+from tests.test_quality_detectors import T0 as Q0
+from tests.test_quality_detectors import rows as quality_rows
+from tests.test_security_signals import ev
+
+
+def test_a_quality_event_goes_with_its_service_or_its_calls_or_to_every_partition() -> None:
+    calls = quality_rows(0, 3, rng=np.random.default_rng(0))  # service "support", span ids s0-0..s0-2
+    named = QualityEvent(kind="evaluation", name="x", time_unix_nano=1, score=0.1, service="chat")
+    by_span = QualityEvent(kind="evaluation", name="x", time_unix_nano=1, score=0.1, span_id="s0-1")
+    by_trace = QualityEvent(kind="feedback", name="thumbs", time_unix_nano=1, score=1.0, trace_id="t0-2")
+    unknown = QualityEvent(kind="feedback", name="thumbs", time_unix_nano=1, score=1.0, trace_id="elsewhere")
+    parts = quality_parts([named, by_span, by_trace, unknown], calls, 8)
+    assert parts[partition_of("chat", 8)][0] is named
+    assert [e for e in parts[partition_of("support", 8)] if e is not unknown] == [by_span, by_trace]
+    assert all(unknown in events for events in parts.values()) and len(parts) == 8
+    bodies = split(wire.WireBatch("s1", 1, calls, quality=[by_span]), 8)
+    assert list(bodies) == [partition_of("support", 8)]  # the event and its call's row in one body
+
+
+def _alerts(agg: Aggregator, anomaly_type: str) -> list[Any]:
+    return [a for a in agg.alert_store.query(AlertQuery(anomaly_type=anomaly_type))[0]]
+
+
+def _owner(replicas: list[Aggregator], service: str, partitions: int) -> Aggregator:
+    p = partition_of(service, partitions)
+    return next(r for r in replicas if r.cluster is not None and p in r.cluster.owned)
+
+
+async def test_quality_and_security_run_in_the_partitions(
+        tmp_path: Path, cluster_settings: dict[str, Any]) -> None:  # noqa: F811
+    settings = {**cluster_settings, "security": {"max_events": 2},
+                "quality": {"evaluations": {"min_events": 5, "warmup_buckets": 3}}}
+    a = await _replica(tmp_path, "a", settings)
+    b = await _replica(tmp_path, "b", settings)
+    n = settings["cluster"].partitions
+    try:
+        await wait_for(lambda: len(a.cluster.owned) == 4 and len(b.cluster.owned) == 4,  # type: ignore[union-attr]
+                       timeout=20, what="partitions spread 4/4")
+        rng = np.random.default_rng(7)
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Sidecar batches: calls of "support" and evaluations naming only their span (joined in the
+            # partition of "support"), and guardrail events of one user of "chat".
+            for m in range(12):
+                mean = 0.1 if m < 8 else 0.6
+                events = [QualityEvent(kind="evaluation", name="hallucination",
+                                       score=float(np.clip(rng.normal(mean, 0.05), 0, 1)), span_id=f"s{m}-{i}",
+                                       time_unix_nano=Q0 + m * 60 * NS + i * NS) for i in range(20)]
+                body = wire.encode(quality_rows(m, 20, rng=rng), sidecar="s1", seq=m, quality=events,
+                                   security=[ev(m, user="mallory")] if m < 3 else [])
+                r = await client.post((a if m % 2 else b).url + "/v1/ingest", content=body, headers=MSGPACK)
+                assert r.status_code == 200, r.text
+            # The API and the replica that is not the service's owner: published to the partition.
+            api_events = [{"event_id": f"e{i}", "timestamp": T0 / 1e9 + i, "threat_type": "prompt_injection",
+                           "service_name": "search", "user_id": "trudy", "confidence": 0.8} for i in range(3)]
+            other = next(r for r in (a, b) if r is not _owner([a, b], "search", n))
+            r = await client.post(other.url + "/api/v1/security-events", json=api_events)
+            assert r.status_code == 202 and r.json()["accepted"] == 3, r.text
+            feedback = [{"trace_id": "t11-3", "score": 0.0, "name": "thumbs"}]  # joins only where its call is
+            r = await client.post(other.url + "/api/v1/feedback", json={"feedback": feedback})
+            assert r.status_code == 202, r.text
+        await wait_for(lambda: {a.anomaly_type for a in a.alert_store.query(AlertQuery())[0]}
+                       >= {"coordinated_attack", "quality_regression"}, timeout=30,
+                       what="quality and security alerts from the partitions")
+        attacks = _alerts(a, "coordinated_attack")
+        assert {x.service_name for x in attacks} == {"chat", "search"}
+        regression = _alerts(a, "quality_regression")[0]
+        assert (regression.service_name, regression.model) == ("support", "gpt-4o")
+        owner = _owner([a, b], "support", n)
+        quality = [c for p in owner.cluster.partitions() for c in p.consumers  # type: ignore[union-attr]
+                   if isinstance(c, QualityConsumer) and c.received["evaluation"]]
+        assert len(quality) == 1 and quality[0].joined >= 240
+        await wait_for(lambda: quality[0].received["feedback"] == 1, timeout=10, what="the feedback joined")
+        security = [c for r in (a, b) for p in r.cluster.partitions() for c in p.consumers  # type: ignore[union-attr]
+                    if isinstance(c, SecurityConsumer) and c.received]
+        assert sorted(c.received for c in security) == [3, 3]
+    finally:
+        await b.shutdown()
+        await a.shutdown()
+    await asyncio.sleep(0)
