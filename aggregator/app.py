@@ -72,6 +72,7 @@ from aggregator.cluster.checkpoint import Shared
 from aggregator.cluster.events import EventRouter
 from aggregator.cluster.ingest import ClusterIngest
 from aggregator.cluster.owner import Coordinator
+from aggregator.cluster.views import ClusterView, summarise
 from aggregator.config import SECRET_KEYS, AggregatorConfig
 from aggregator.config_versions import ConfigVersion, ConfigVersions, diff, is_digest, redact
 from aggregator.ingest.auth import parse_sidecar_tokens
@@ -159,14 +160,17 @@ class Aggregator:
         self.cluster: Coordinator | None = None
         #: Cluster mode: where quality and security events from the API and the queue go (their partitions).
         self.events: EventRouter | None = None
+        #: Cluster mode: services, series and baselines of every partition, as each replica answers them.
+        self.view: ClusterView | None = None
         self.ingest: IngestService
         if cluster.enabled:
             cluster_ingest = ClusterIngest(IngestConfig.from_settings(config), cluster, self.metrics, tasks=self.tasks)
             self.ingest = cluster_ingest
             self.events = EventRouter(cluster, cluster_ingest.publisher)
+            self.view = ClusterView(self.alert_store, partitions=cluster.partitions, baselines=config.baselines)
             self.cluster = Coordinator(cluster, config.data_dir, self._partition_consumers,
                                        with_model_version(emit, self.model_versions), registry=self.metrics.registry,
-                                       url=lambda: self.url)
+                                       url=lambda: self.url, summarise=summarise)
         else:
             self.ingest = IngestService(IngestConfig.from_settings(config), self.metrics, analysis=self.analysis,
                                         tasks=self.tasks)
@@ -367,9 +371,11 @@ class Aggregator:
         # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
         app = web.Application(client_max_size=c.max_body_bytes)
         app.router.add_post("/v1/ingest", self.ingest.handle)
-        app.router.add_get("/api/v1/baselines", self.baselines.handle)
+        view = self.view
+        app.router.add_get("/api/v1/baselines", view.handle_baselines if view is not None else self.baselines.handle)
         app.router.add_get("/api/v1/candidates", self.candidates.handle)
-        self.api = add_api_routes(app, actions=self.alerts, series=self.series, baselines=self.baselines,
+        self.api = add_api_routes(app, actions=self.alerts, series=view or self.series, baselines=self.baselines,
+                                  cluster=view,
                                   roles=self.roles,
                                   allowed_hosts=allowed_host_names(c.listen, c.public_url, c.allowed_hosts),
                                   registry=self.metrics.registry, feedback=self.feedback,
@@ -378,8 +384,8 @@ class Aggregator:
         if events is not None:
             events.bind(asyncio.get_running_loop())
         if self.quality is not None:
-            QualityApi(self.quality, time.time_ns, submit=events.submit_quality if events is not None else None
-                       ).add_routes(app)
+            QualityApi(self.quality, time.time_ns, submit=events.submit_quality if events is not None else None,
+                       series=view.quality_series if view is not None else None).add_routes(app)
         if self.security is not None:
             SecurityApi(self.security, submit=events.submit_security if events is not None else None).add_routes(app)
         ClusterApi(self.cluster).add_routes(app)  # 404 unless a cluster

@@ -13,15 +13,17 @@ import httpx
 import numpy as np
 
 from aggregator.alerting.store import AlertQuery
+from aggregator.analysis.baselines.store import BaselineConfig
 from aggregator.analysis.quality.consumer import QualityConsumer
 from aggregator.analysis.security.consumer import SecurityConsumer
 from aggregator.app import Aggregator
 from aggregator.cluster.partition import partition_of, quality_parts, split
 from sentinel import wire
+from sentinel.model import FeatureBatch
 from sentinel.quality import QualityEvent
 from tests.conftest import wait_for
 from tests.test_cluster import T0, _replica, cluster_settings  # noqa: F401  (the fixture)
-from tests.test_event_time import MSGPACK
+from tests.test_event_time import MSGPACK, _rows
 from tests.test_quality_detectors import NS
 from tests.test_quality_detectors import T0 as Q0
 from tests.test_quality_detectors import rows as quality_rows
@@ -102,3 +104,59 @@ async def test_quality_and_security_run_in_the_partitions(
         await b.shutdown()
         await a.shutdown()
     await asyncio.sleep(0)
+
+
+async def test_every_replica_answers_services_and_baselines_for_the_whole_cluster(
+        tmp_path: Path, cluster_settings: dict[str, Any]) -> None:  # noqa: F811
+    settings = {**cluster_settings, "baselines": BaselineConfig(seasonality=True)}
+    a = await _replica(tmp_path, "a", settings)
+    b = await _replica(tmp_path, "b", settings)
+    try:
+        await wait_for(lambda: len(a.cluster.owned) == 4 and len(b.cluster.owned) == 4,  # type: ignore[union-attr]
+                       timeout=20, what="partitions spread 4/4")
+        # Two services analysed by each replica.
+        names = [f"svc-{i}" for i in range(50)]
+        services = sorted([n for n in names if partition_of(n, 8) in a.cluster.owned][:2]  # type: ignore[union-attr]
+                          + [n for n in names if partition_of(n, 8) in b.cluster.owned][:2])  # type: ignore[union-attr]
+        async with httpx.AsyncClient(timeout=30) as client:
+            for seq in range(10):
+                rows = [r for s in services for r in _rows(s, T0 + seq * 10**9, 5, 1)]
+                body = wire.encode(FeatureBatch.from_rows(rows), sidecar="s1", seq=seq)
+                r = await client.post((a, b)[seq % 2].url + "/v1/ingest", content=body, headers=MSGPACK)
+                assert r.status_code == 200, r.text
+
+            async def listed(replica: Aggregator) -> dict[str, int]:
+                doc = (await client.get(replica.url + "/api/v1/services")).json()
+                return {s["service"]: s["calls"] for s in doc["services"]}
+
+            for replica in (a, b):
+                for _ in range(100):
+                    if await listed(replica) == dict.fromkeys(services, 50):
+                        break
+                    await asyncio.sleep(0.1)
+                assert await listed(replica) == dict.fromkeys(services, 50)
+            docs = [(await client.get(r.url + "/api/v1/baselines?region=global")).json() for r in (a, b)]
+            assert docs[0] == docs[1] and docs[0]["count"] == 4
+            assert [i["service"] for i in docs[0]["baselines"]] == services
+            assert all(i["calls"] == 50 and i["errors"] == 10 for i in docs[0]["baselines"])
+            health = (await client.get(b.url + f"/api/v1/services/{services[0]}/health")).json()
+            assert health["calls"] == 50 and health["baseline"]["latency_ms_p50"] is not None
+            # Beyond the summaries: a range of the series, seasonal baselines, one metric's baselines.
+            series = (await client.get(a.url + f"/api/v1/services/{services[-1]}/series?start={T0 // 10**9 - 60}"
+                                                f"&end={T0 // 10**9 + 120}")).json()
+            assert sum(p["calls"] for p in series["points"]) == 50
+            hour = docs[0]["baselines"][0]
+            seasonal = [(await client.get(r.url + "/api/v1/baselines?region=global&hour="
+                                          f"{_hour_of_week(T0)}")).json() for r in (a, b)]
+            assert seasonal[0] == seasonal[1] and seasonal[0]["count"] == 4, (hour, seasonal)
+            latency = (await client.get(b.url + "/api/v1/baselines/latency_ms?region=global")).json()
+            assert latency["count"] == 4 and {i["service"] for i in latency["baselines"]} == set(services)
+    finally:
+        await b.shutdown()
+        await a.shutdown()
+
+
+def _hour_of_week(t_ns: int) -> int:
+    from aggregator.analysis.baselines.store import hour_of_week
+
+    return int(hour_of_week(np.array([t_ns], dtype=np.int64))[0])

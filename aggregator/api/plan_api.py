@@ -11,19 +11,20 @@ is one metric's baselines across every key (service, model, operation, region), 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from aggregator.alerting.store import AlertQuery
 from aggregator.analysis.baselines.consumer import BaselineConsumer, baseline_filters
-from aggregator.analysis.baselines.store import BaselineStore
+from aggregator.analysis.baselines.store import ALL_REGIONS, BaselineStore
 from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import alert_page, parse_alert_query
 from aggregator.api.params import ParamError, error_response
 
-__all__ = ["ALIASES", "PlanApi", "metric_baselines", "parse_anomaly_query"]
+__all__ = ["ALIASES", "BaselineQuery", "PlanApi", "metric_baselines", "parse_anomaly_query"]
 
 #: The plan's names for the alert list's filters.
 ALIASES = {"service_name": "service", "anomaly_type": "type"}
@@ -41,13 +42,14 @@ def parse_anomaly_query(query: Mapping[str, str]) -> AlertQuery:
     return parse_alert_query(merged)
 
 
-def metric_baselines(store: BaselineStore, metric: str, query: Mapping[str, str]) -> list[dict[str, Any]]:
+def metric_baselines(store: BaselineStore | BaselineQuery, metric: str,
+                     query: Mapping[str, str]) -> list[dict[str, Any]]:
     """``metric``'s summary under every key matching ``query`` (those of ``GET /api/v1/baselines``).
 
     Call with the baselines' lock held (the analysis thread updates them); a bad filter raises ``ValueError``.
     """
     out = []
-    for item in store.query(**baseline_filters(query)):
+    for item in store.query(**baseline_filters(query)):  # a store, or a cluster's view of every partition
         # The error rate is counted per key, not sketched: its calls, errors and their ratio.
         summary = ({"errors": item["errors"], "error_rate": item["error_rate"]} if metric == "error_rate"
                    else item["metrics"].get(metric))
@@ -58,10 +60,20 @@ def metric_baselines(store: BaselineStore, metric: str, query: Mapping[str, str]
     return out
 
 
+class BaselineQuery(Protocol):
+    """``BaselineStore.query``'s signature: a cluster's :class:`aggregator.cluster.views.ClusterView` has it."""
+
+    def query(self, service: str | None = None, model: str | None = None, operation: str | None = None,
+              region: str | None = ALL_REGIONS, hour: int | None = None) -> list[dict[str, Any]]: ...
+
+
 class PlanApi:
-    def __init__(self, actions: AlertActions, baselines: BaselineConsumer | None) -> None:
+    def __init__(self, actions: AlertActions, baselines: BaselineConsumer | None, *,
+                 cluster: BaselineQuery | None = None) -> None:
         self.actions = actions
         self.baselines = baselines
+        #: A cluster replica: the baselines of every partition (``baselines`` gives the metrics' names only).
+        self.cluster = cluster
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/anomalies", self.anomalies)
@@ -78,9 +90,13 @@ class PlanApi:
         if metric not in known:
             return error_response(404, f"metric: {metric!r} has no baselines; the metrics are {', '.join(known)}")
         try:
-            # BaselineConsumer's lock: the analysis thread updates (and reorders) the baselines while we read.
-            with self.baselines._lock:
-                items = metric_baselines(self.baselines.store, metric, request.query)
+            if self.cluster is not None:
+                cluster = self.cluster
+                items = await asyncio.to_thread(metric_baselines, cluster, metric, request.query)
+            else:
+                # BaselineConsumer's lock: the analysis thread updates (and reorders) the baselines while we read.
+                with self.baselines._lock:
+                    items = metric_baselines(self.baselines.store, metric, request.query)
         except ValueError as e:
             return error_response(400, str(e))
         return web.json_response({"metric": metric, "baselines": items, "count": len(items)})

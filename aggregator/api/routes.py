@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -14,7 +15,6 @@ from aggregator.alerting.feedback import FeedbackLog
 from aggregator.alerting.precision_guard import PrecisionGuard
 from aggregator.alerting.store import SideTableHost
 from aggregator.analysis.baselines.consumer import BaselineConsumer
-from aggregator.analysis.series import SeriesConsumer
 from aggregator.api.actions import AlertActions
 from aggregator.api.alerts_api import AlertsApi
 from aggregator.api.audit_api import AuditApi, audit_middleware
@@ -25,9 +25,12 @@ from aggregator.api.guard import guard_middleware
 from aggregator.api.openapi import handle_openapi
 from aggregator.api.plan_api import PlanApi
 from aggregator.api.realtime import Realtime
-from aggregator.api.services_api import HEALTH_WINDOW_S, ServicesApi
+from aggregator.api.services_api import HEALTH_WINDOW_S, ServicesApi, ServiceSeries
 from aggregator.api.silences_api import SilencesApi
 from aggregator.api.stream import DEFAULT_KEEPALIVE_S, Streams
+
+if TYPE_CHECKING:  # the cluster's view imports this package's services module
+    from aggregator.cluster.views import ClusterView
 
 __all__ = ["Api", "add_api_routes"]
 
@@ -47,18 +50,19 @@ class Api:
     config: ConfigApi
 
 
-def add_api_routes(app: web.Application, *, actions: AlertActions, series: SeriesConsumer,
+def add_api_routes(app: web.Application, *, actions: AlertActions, series: ServiceSeries,
                    baselines: BaselineConsumer | None, roles: Roles, keepalive_s: float = DEFAULT_KEEPALIVE_S,
                    health_window_s: float = HEALTH_WINDOW_S, clock: Callable[[], int] = time.time_ns,
                    allowed_hosts: frozenset[str] = frozenset(),
                    registry: CollectorRegistry | None = None, feedback: FeedbackLog | None = None,
                    audit: AuditLog | None = None, guard: PrecisionGuard | None = None,
-                   live: LiveSettings | None = None) -> Api:
+                   live: LiveSettings | None = None, cluster: ClusterView | None = None) -> Api:
     """Register every API v1 route except baselines and candidates, and the guard, auth and audit
     middlewares (for the whole app). ``registry`` takes the API's metrics (a private one when not
     given); ``feedback`` and ``audit`` default to tables in the actions' store; ``guard`` raises
     confidence floors from the feedback (none: measured only); ``live`` serves ``/api/v1/config``
-    (none: 404).
+    (none: 404); ``cluster`` (a cluster replica) answers services, their series and baselines for every
+    partition (``series`` is then the view too, ``baselines`` gives the metrics' names).
 
     Call before the application starts (routes and middlewares freeze then). First the browser guard
     (:mod:`aggregator.api.guard`) refuses foreign ``Host``s (other than IP literals, ``localhost`` and
@@ -75,10 +79,11 @@ def add_api_routes(app: web.Application, *, actions: AlertActions, series: Serie
     app.middlewares.append(auth_middleware(roles))
     app.middlewares.append(audit_middleware(audit, clock))
     api = Api(alerts=AlertsApi(actions, clock, feedback.precision_by_type), silences=SilencesApi(actions, clock),
-              services=ServicesApi(actions, series, baselines, clock, window_s=health_window_s),
+              services=ServicesApi(actions, series, baselines, clock, window_s=health_window_s,
+                                   latency=cluster.latency if cluster is not None else None),
               streams=Streams(actions.hub, keepalive_s=keepalive_s),
               realtime=Realtime(actions.hub, keepalive_s=keepalive_s),
-              plan=PlanApi(actions, baselines),
+              plan=PlanApi(actions, baselines, cluster=cluster),
               feedback=FeedbackApi(actions, feedback, clock, registry if registry is not None else CollectorRegistry(),
                                    guard),
               audit=AuditApi(audit), config=ConfigApi(live))

@@ -12,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from aggregator.alerting.store import MAX_PAGE, AlertQuery
 from aggregator.analysis.baselines.consumer import BaselineConsumer
 from aggregator.analysis.baselines.store import BaselineKey, MetricBaseline
-from aggregator.analysis.series import SeriesConsumer
 from aggregator.api.actions import AlertActions
 from aggregator.api.params import ParamError, error_response, opt_time
 from sentinel.alerts import SEVERITIES, Alert, iso_time
 
-__all__ = ["HEALTH_WINDOW_S", "ServicesApi", "baseline_latency", "health_doc", "health_status"]
+__all__ = ["HEALTH_WINDOW_S", "ServiceSeries", "ServicesApi", "baseline_latency", "health_doc", "health_status"]
 
 HEALTH_WINDOW_S = 300
 _CRITICAL = frozenset({"critical", "high"})
@@ -74,14 +73,36 @@ def baseline_latency(baselines: BaselineConsumer, services: Iterable[str]) -> di
     return out
 
 
+class ServiceSeries(Protocol):
+    """What the API reads of the services' series: a :class:`SeriesConsumer`, or a cluster's
+    :class:`aggregator.cluster.views.ClusterView` (every partition's)."""
+
+    @property
+    def step_s(self) -> int: ...
+
+    def services(self) -> list[str]: ...
+
+    def health_window(self, service: str, now_ns: int | None = None,
+                      window_s: float = HEALTH_WINDOW_S) -> dict[str, Any] | None: ...
+
+    def series(self, service: str, start_ns: int | None = None,
+               end_ns: int | None = None) -> dict[str, Any] | None: ...
+
+
 class ServicesApi:
-    def __init__(self, actions: AlertActions, series: SeriesConsumer, baselines: BaselineConsumer | None,
-                 clock: Callable[[], int], *, window_s: float = HEALTH_WINDOW_S) -> None:
+    def __init__(self, actions: AlertActions, series: ServiceSeries, baselines: BaselineConsumer | None,
+                 clock: Callable[[], int], *, window_s: float = HEALTH_WINDOW_S,
+                 latency: Callable[[list[str]], dict[str, dict[str, float | None]]] | None = None) -> None:
         self.actions = actions
         self.series = series
         self.baselines = baselines
         self.clock = clock
         self.window_s = window_s
+        # Each service's global latency baseline; a cluster's comes from every partition's summary.
+        self.latency = latency if latency is not None else self._latency
+
+    def _latency(self, names: list[str]) -> dict[str, dict[str, float | None]]:
+        return baseline_latency(self.baselines, names) if self.baselines is not None else {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/services", self.list)
@@ -96,7 +117,7 @@ class ServicesApi:
                 by_service[a.service_name].append(a)
         known = set(self.series.services()) | set(by_service)
         names = sorted(known) if only is None else [only] if only in known else []
-        baselines = baseline_latency(self.baselines, names) if self.baselines is not None else {}
+        baselines = self.latency(names)
         return [health_doc(n, self.series.health_window(n, window_s=self.window_s), by_service.get(n, []),
                            baselines.get(n), self.window_s) for n in names]
 

@@ -8,7 +8,8 @@
 - ``cluster_partitions``: per partition its owner, its ``epoch`` (the fencing token, one more at
   every change of owner) and its last checkpoint (the analysis state and the seqs it covers).
   A checkpoint is written only ``WHERE epoch = <the writer's epoch>``: a replica that lost the
-  partition (paused, partitioned away) cannot overwrite its successor's state.
+  partition (paused, partitioned away) cannot overwrite its successor's state. With each checkpoint
+  its ``summary`` (services, series, baselines: :mod:`aggregator.cluster.views`), read by every replica.
 
 Ownership itself is a session advisory lock per partition (``pg_try_advisory_lock(namespace,
 partition)``), held on one connection per replica: it is released by PostgreSQL the moment that
@@ -47,8 +48,10 @@ CREATE TABLE IF NOT EXISTS cluster_partitions (
     checkpoint_at TIMESTAMPTZ,
     rows BIGINT NOT NULL DEFAULT 0,
     batches BIGINT NOT NULL DEFAULT 0,
-    state BYTEA
+    state BYTEA,
+    summary BYTEA
 );
+ALTER TABLE cluster_partitions ADD COLUMN IF NOT EXISTS summary BYTEA;
 """
 
 _SCHEMA_LOCK = 0x5E17C1  # one schema creation at a time across replicas starting together

@@ -98,18 +98,20 @@ class Coordinator:
 
     ``build(directory)`` makes the consumers of one partition's pipeline with their state in
     ``directory``; their candidates go to ``on_candidates``; ``url`` is this replica's API URL
-    (shown in ``GET /api/v1/cluster``).
+    (shown in ``GET /api/v1/cluster``); ``summarise(consumers)`` the summary written with each checkpoint.
     """
 
     def __init__(self, config: ClusterConfig, data_dir: str | Path, build: Callable[[Path], Sequence[Consumer]],
                  on_candidates: Callable[[list[Candidate]], None], *, registry: CollectorRegistry | None = None,
-                 url: Callable[[], str] = lambda: "") -> None:
+                 url: Callable[[], str] = lambda: "",
+                 summarise: Callable[[Sequence[Consumer]], bytes] | None = None) -> None:
         self.config = config
         self.replica = config.replica()
         self.directory = Path(data_dir) / "partitions"
         self._build = build
         self._on_candidates = on_candidates
         self._url = url
+        self._summarise = summarise
         self.metrics = _Metrics(registry)
         self.metrics.checkpoint_age.set_function(self._checkpoint_age)
         self.owned: dict[int, _Owned] = {}
@@ -318,9 +320,15 @@ class Coordinator:
                     or len(owned.unacked) >= max(1, self.config.prefetch // 2)):
                 await self._checkpoint(p, owned)
 
-    def _snapshot(self, partition: Partition) -> tuple[bytes, int, int, int, int]:
+    def _snapshot(self, partition: Partition) -> tuple[bytes, bytes | None, int, int, int, int]:
         c = partition.counts
-        return partition.checkpoint(), c.rows, c.batches, partition.skipped_rows, partition.replayed_rows
+        summary = None
+        if self._summarise is not None:
+            try:
+                summary = self._summarise(partition.consumers)
+            except Exception:  # the API's view of this partition lags; the checkpoint itself must not fail
+                log.exception("partition %d: summary failed; the previous one is kept", partition.number)
+        return partition.checkpoint(), summary, c.rows, c.batches, partition.skipped_rows, partition.replayed_rows
 
     async def _checkpoint(self, p: int, owned: _Owned) -> bool:
         """Checkpoint ``owned`` and acknowledge what it covers; False when the partition was fenced."""
@@ -331,16 +339,16 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         try:
             # Queued behind the consumption of every message in ``messages``: the state covers them all.
-            blob, rows, batches, skipped, replayed = await loop.run_in_executor(
+            blob, summary, rows, batches, skipped, replayed = await loop.run_in_executor(
                 self._executor, self._snapshot, owned.partition)
         except Exception:
             owned.unacked = messages + owned.unacked
             log.exception("partition %d: checkpoint failed; its messages stay unacknowledged", p)
             return True
         cur = await self._conn().execute(
-            "UPDATE cluster_partitions SET state = %s, rows = %s, batches = %s, checkpoint_at = now() "
-            "WHERE partition = %s AND epoch = %s AND owner = %s", (blob, rows, batches, p, owned.partition.epoch,
-                                                                  self.replica))
+            "UPDATE cluster_partitions SET state = %s, summary = coalesce(%s, summary), rows = %s, batches = %s, "
+            "checkpoint_at = now() WHERE partition = %s AND epoch = %s AND owner = %s",
+            (blob, summary, rows, batches, p, owned.partition.epoch, self.replica))
         if cur.rowcount != 1:
             self.metrics.fenced.inc()
             log.warning("partition %d: taken by another replica (epoch moved on); dropped", p)
