@@ -55,7 +55,7 @@ from aggregator.analysis.detectors.consumer import DetectorConsumer
 from aggregator.analysis.detectors.finish_length import FinishLengthDetector
 from aggregator.analysis.forest.consumer import ANOMALY_TYPE as FOREST_TYPE
 from aggregator.analysis.forest.consumer import ForestConsumer
-from aggregator.analysis.pipeline import Analysis, Consumer, pipeline, restore, save
+from aggregator.analysis.pipeline import Analysis, Consumer, innermost, pipeline, restore, save
 from aggregator.analysis.quality.call_index import ModelVersions, with_model_version
 from aggregator.analysis.quality.consumer import QualityConsumer, parse_quality_settings
 from aggregator.analysis.security.consumer import SecurityConsumer, parse_security_settings
@@ -68,7 +68,7 @@ from aggregator.api.quality_api import QualityApi
 from aggregator.api.routes import Api, add_api_routes
 from aggregator.api.security_api import SecurityApi
 from aggregator.cluster.api import ClusterApi
-from aggregator.cluster.checkpoint import Shared
+from aggregator.cluster.checkpoint import Partition, Shared
 from aggregator.cluster.events import EventRouter
 from aggregator.cluster.ingest import ClusterIngest
 from aggregator.cluster.owner import Coordinator
@@ -195,6 +195,9 @@ class Aggregator:
         self.api: Api | None = None
         self.grpc: AlertGrpcServer | None = None
         self._applying = asyncio.Lock()
+        #: The configuration version this process runs (0: none yet); a cluster's replicas follow the newest.
+        self.config_version = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _consumers(self) -> list[Consumer]:
         """The analysis consumers; the order, and why, is pipeline()'s docstring."""
@@ -363,11 +366,16 @@ class Aggregator:
             await self.analysis.start()  # restores every consumer (pipeline order), the alerts last
             # Floors raised from feedback before a restart still apply.
             await asyncio.to_thread(lambda: self.alerts.reconfigure(self._alert_config(self.config)))
-            await asyncio.to_thread(self._record_start_version)
+            if self.cluster is None:
+                await asyncio.to_thread(self._record_start_version)
+            else:
+                await self._join_cluster_config()
         except (StoreError, sqlite3.Error) as e:
             raise OSError(str(e)) from e
-        if isinstance(self.alert_store, PgAlertStore):  # the other replicas' alerts, live
-            self.alert_store.listen(self._remote_alert, self.alerts.reload_silences)
+        self._loop = asyncio.get_running_loop()
+        if isinstance(self.alert_store, PgAlertStore):  # the other replicas' alerts (and settings), live
+            self.alert_store.listen(self._remote_alert, self.alerts.reload_silences,
+                                    self._remote_config if self.cluster is not None else None)
         # Bodies beyond the limit are refused by aiohttp while reading; the handler turns that into 413.
         app = web.Application(client_max_size=c.max_body_bytes)
         app.router.add_post("/v1/ingest", self.ingest.handle)
@@ -472,7 +480,8 @@ class Aggregator:
             return await self._apply_settings(new, keys, who=who, comment=comment, role=role)
 
     async def _apply_settings(self, new: AggregatorConfig, keys: list[str], *, who: str, comment: str,
-                              role: str) -> ConfigVersion | None:
+                              role: str, record: bool = True) -> ConfigVersion | None:
+        old = self.config
         merged = replace_keys(self.config, {k: get_key(new, k) for k in keys})
         merged.validate()
         self._check_live(merged)
@@ -510,7 +519,9 @@ class Aggregator:
 
         before = self.live_settings()
         await self.analysis.between_batches(swap)
-        self.config = merged
+        self.config = merged  # before the partitions: one taken from now on is built with the new settings
+        if self.cluster is not None:
+            await self.cluster.between_batches(lambda part: self._reconfigure_partition(part, merged, old))
         self._sink_configs = sink_configs
         self.sinks = sinks
         for sink in stopped:
@@ -519,10 +530,11 @@ class Aggregator:
             if self._ready:
                 await sink.start()
         after = self.live_settings()
-        if before == after:
+        if before == after or not record:
             return None
         version = await asyncio.to_thread(lambda: self.versions.add(
             at=time.time_ns(), who=who, comment=comment, settings=after, changes=diff(before, after)))
+        self.config_version = version.version
         entry = AuditEntry(at=version.at, who=who, role=role or ("process" if who == "SIGHUP" else ""),
                            action="config.version", target=str(version.version),
                            detail={"keys": sorted(version.diff), "comment": comment})
@@ -553,14 +565,88 @@ class Aggregator:
         new = load(AggregatorConfig, data=changes, env={}, base=self.config, validate=False)
         return await self.apply_settings(new, sorted(changes), who=who or "anonymous", comment=comment, role=role)
 
+    def _reconfigure_partition(self, part: Partition, merged: AggregatorConfig, old: AggregatorConfig) -> None:
+        """A reload's new settings in one owned partition's consumers (on the analysis thread), as :meth:`swap`
+        does for the single process's: confirmation, detectors (state kept where their settings allow), and a
+        changed forest rebuilt from the saved state (the whole pipeline, built by :meth:`_partition_consumers`)."""
+        for consumer in part.consumers:
+            inner = innermost(consumer)
+            if isinstance(inner, LocalAnomalyConfirmer):
+                inner.config = merged.confirm
+            elif isinstance(inner, DetectorConsumer) and merged.detectors != old.detectors:
+                inner.reconfigure(merged.detectors)
+        if merged.forest != old.forest:
+            for consumer in part.consumers:
+                save(consumer)
+                consumer.shutdown()
+            consumers = self._partition_consumers(part.directory)
+            for consumer in consumers:
+                restore(consumer)
+            part.set_consumers(consumers)
+
+    def _config_changes(self, version: ConfigVersion) -> dict[str, Any]:
+        """What applying ``version`` here changes (resolved keys), secrets left out: a version has their digests."""
+        running = self.live_settings()
+        live = AggregatorConfig.live_keys()
+        changes = {k: v for k, v in version.settings.items() if k in live and running.get(k) != v}
+        for key in [k for k in changes if k in SECRET_KEYS and is_digest(changes[k])]:
+            log.warning("configuration version %d changed %s; a version holds a digest of it only: set it on this "
+                        "replica too (its settings file, then SIGHUP)", version.version, key)
+            del changes[key]
+        return resolve(AggregatorConfig, changes)
+
+    async def follow_config(self) -> ConfigVersion | None:
+        """Cluster mode: apply the newest configuration version when it is newer than this replica's (another
+        replica recorded it: a PUT, a rollback, a SIGHUP, a start); not versioned again. The version applied."""
+        async with self._applying:
+            latest = await asyncio.to_thread(self.versions.latest)
+            if latest is None or latest.version <= self.config_version:
+                return None
+            self.config_version = latest.version  # also when refused below: the next version is the next chance
+            changes = self._config_changes(latest)
+            if not changes:
+                return latest
+            try:
+                new = load(AggregatorConfig, data=changes, env={}, base=self.config, validate=False)
+                await self._apply_settings(new, sorted(changes), who=latest.who, comment=latest.comment, role="",
+                                           record=False)
+            except ConfigError as e:  # e.g. auth turned on or off: needs a restart here
+                log.error("configuration version %d not applied on this replica: %s", latest.version, e)
+                return None
+            log.info("configuration version %d (by %s on another replica) applied: %s", latest.version, latest.who,
+                     ", ".join(sorted(changes)))
+            return latest
+
+    def _remote_config(self, version: int) -> None:
+        """The alert store's listener (a thread): a configuration version was recorded somewhere."""
+        if self._loop is not None and not self._stopped:
+            future = asyncio.run_coroutine_threadsafe(self.follow_config(), self._loop)
+            future.add_done_callback(_log_failure)
+
+    async def _join_cluster_config(self) -> None:
+        """At the start of a replica: the cluster's newest version applies (a replica restarting with an older
+        file does not undo a change made through the API); the settings file only when there is none yet."""
+        latest = await asyncio.to_thread(self.versions.latest)
+        if latest is None:
+            await asyncio.to_thread(self._record_start_version)
+            return
+        differs = sorted(self._config_changes(latest))
+        await self.follow_config()
+        if differs:
+            log.warning("the settings file differs from the cluster's configuration version %d in %s: the version "
+                        "applies (SIGHUP after changing the file, or PUT /api/v1/config, makes a new one)",
+                        latest.version, ", ".join(differs))
+
     def _record_start_version(self) -> None:
         """Version the settings file's live settings at start when they differ from the newest version."""
         latest = self.versions.latest()
         now = self.live_settings()
         if latest is not None and latest.settings == now:
+            self.config_version = latest.version
             return
         version = self.versions.add(at=time.time_ns(), who="startup", comment="the settings at start",
                                     settings=now, changes=diff(latest.settings if latest else {}, now))
+        self.config_version = version.version
         if latest is not None:
             log.warning("the settings file differs from configuration version %d in %s: the file applies, as "
                         "version %d (sentinel config rollback %d returns to the stored one)", latest.version,
@@ -614,6 +700,11 @@ async def run(config: AggregatorConfig, reload_settings: Callable[[], Aggregator
     # A port in use, an unwritable data_dir: exit status 1 with the reason.
     return await run_until_signalled(aggregator, (OSError, sqlite3.Error),
                                      on_reload=reloader.reload if reloader is not None else None)
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("following another replica's configuration failed", exc_info=future.exception())
 
 
 def _copy(alerts: AlertManagerConfig) -> AlertManagerConfig:

@@ -6,6 +6,8 @@ a comment, the whole set of live settings after it and the diff from the one bef
 (``{key: {"from": old, "to": new}}``). Versions are never changed or deleted (triggers refuse it).
 Secrets (tokens, the broker URL, webhooks: ``SECRET_KEYS`` of :mod:`aggregator.config`) are kept
 and shown only as a digest (:func:`redact`), so a version tells that a token changed, never what to.
+In PostgreSQL (a cluster) a new version also sends ``NOTIFY sentinel_config`` with its number, in the
+same transaction: every replica follows it (:meth:`aggregator.app.Aggregator.follow_config`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 from aggregator.alerting.store import MAX_PAGE, SideTable
 from sentinel.alerts import iso_time
 
-__all__ = ["DIGEST_PREFIX", "ConfigVersion", "ConfigVersions", "diff", "is_digest", "redact"]
+__all__ = ["CONFIG_CHANNEL", "DIGEST_PREFIX", "ConfigVersion", "ConfigVersions", "diff", "is_digest", "redact"]
 
+#: The NOTIFY channel of new versions in PostgreSQL (the payload: the version's number).
+CONFIG_CHANNEL = "sentinel_config"
 #: How a secret is shown: this prefix and the first 16 hex digits of the SHA-256 of its JSON value.
 DIGEST_PREFIX = "sha256:"
 
@@ -88,6 +92,8 @@ class ConfigVersions(SideTable):
             cur = db.execute("INSERT INTO config_versions (at, who, comment, settings, diff) VALUES (?,?,?,?,?) "
                              "RETURNING version", (at, who, comment, doc, changed))
             number = int(cur.fetchone()[0])
+            if self.store.dialect == "postgresql":  # delivered on commit, to every replica listening
+                db.execute("SELECT pg_notify(?, ?)", (CONFIG_CHANNEL, str(number)))
         return ConfigVersion(number, at, who, comment, json.loads(doc), json.loads(changed))
 
     def get(self, version: int) -> ConfigVersion | None:

@@ -14,6 +14,8 @@ import numpy as np
 
 from aggregator.alerting.store import AlertQuery
 from aggregator.analysis.baselines.store import BaselineConfig
+from aggregator.analysis.detectors.consumer import DetectorConsumer
+from aggregator.analysis.pipeline import innermost
 from aggregator.analysis.quality.consumer import QualityConsumer
 from aggregator.analysis.security.consumer import SecurityConsumer
 from aggregator.app import Aggregator
@@ -160,3 +162,48 @@ def _hour_of_week(t_ns: int) -> int:
     from aggregator.analysis.baselines.store import hour_of_week
 
     return int(hour_of_week(np.array([t_ns], dtype=np.int64))[0])
+
+
+def _detector_configs(agg: Aggregator) -> list[Any]:
+    """The budget settings each owned partition's detectors run with."""
+    return [innermost(c)._configs["budget"] for p in agg.cluster.partitions()  # type: ignore[union-attr]
+            for c in p.consumers if isinstance(innermost(c), DetectorConsumer)]
+
+
+async def test_a_live_change_at_one_replica_reaches_every_replica_and_their_partitions(
+        tmp_path: Path, cluster_settings: dict[str, Any]) -> None:  # noqa: F811
+    a = await _replica(tmp_path, "a", cluster_settings)
+    b = await _replica(tmp_path, "b", cluster_settings)
+    c: Aggregator | None = None
+    try:
+        await wait_for(lambda: len(a.cluster.owned) == 4 and len(b.cluster.owned) == 4,  # type: ignore[union-attr]
+                       timeout=20, what="partitions spread 4/4")
+        assert a.config_version == b.config_version == 1  # the first replica's start; b took it over
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.put(a.url + "/api/v1/config", json={"settings": {
+                "alerts": {"min_confidence": 0.8},
+                "detectors": {"budget": {"limits": {"service": {"hour": 2.5}}}}}, "comment": "tighter"})
+            assert r.status_code == 200 and r.json()["version"] == 2, r.text
+            await wait_for(lambda: b.config_version == 2, timeout=10, what="b follows version 2")
+            for replica in (a, b):
+                doc = (await client.get(replica.url + "/api/v1/config")).json()
+                assert doc["version"] == 2 and doc["settings"]["alerts.min_confidence"] == 0.8
+                assert replica.alerts.config.min_confidence == 0.8
+                budgets = _detector_configs(replica)
+                assert len(budgets) == 4 and {str(x.limits) for x in budgets} == {str(budgets[0].limits)}
+                assert "2.5" in str(budgets[0].limits)
+            history = (await client.get(b.url + "/api/v1/config/history")).json()
+            assert [v["version"] for v in history["versions"]] == [2, 1]  # followed, not versioned again
+            # A replica starting with the old settings file takes the cluster's version, and does not undo it.
+            c = await _replica(tmp_path, "c", cluster_settings)
+            assert c.config_version == 2 and c.alerts.config.min_confidence == 0.8
+            assert (await client.get(c.url + "/api/v1/config/history")).json()["versions"][0]["version"] == 2
+            # A rollback at the new replica: a version the others follow.
+            r = await client.post(c.url + "/api/v1/config/rollback", json={"version": 1})
+            assert r.status_code == 200 and r.json()["version"] == 3, r.text
+            await wait_for(lambda: a.config_version == b.config_version == 3, timeout=10, what="all at version 3")
+            assert a.alerts.config.min_confidence == b.alerts.config.min_confidence == 0.5
+    finally:
+        for replica in (c, b, a):
+            if replica is not None:
+                await replica.shutdown()

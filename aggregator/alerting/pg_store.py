@@ -51,6 +51,7 @@ from aggregator.alerting.store import (
     silence_of_row,
     where_of,
 )
+from aggregator.config_versions import CONFIG_CHANNEL
 from sentinel.alerts import Alert
 
 __all__ = ["CHANNEL", "DEFAULT_OUTBOX_LEASE_S", "PgAlertStore", "redact_url"]
@@ -438,32 +439,42 @@ class PgAlertStore:
 
     # --- other replicas' changes ----------------------------------------------------------------
 
-    def listen(self, on_alert: Callable[[str, Alert], None], on_silences: Callable[[], None]) -> None:
+    def listen(self, on_alert: Callable[[str, Alert], None], on_silences: Callable[[], None],
+               on_config: Callable[[int], None] | None = None) -> None:
         """From now on, in a thread: ``on_alert(event, alert)`` for each alert another replica raised
-        (``alert``) or changed (``update``, ``resolved``), ``on_silences()`` when it changed the silences.
-        After a reconnection (notifications sent meanwhile are lost) both again: the silences, and every
-        unresolved alert as an ``update``. Stopped by :meth:`close`."""
+        (``alert``) or changed (``update``, ``resolved``), ``on_silences()`` when it changed the silences,
+        ``on_config(version)`` when any replica recorded a configuration version. After a reconnection
+        (notifications sent meanwhile are lost) all again: the silences, every unresolved alert as an
+        ``update``, ``on_config(0)`` (look at the newest version). Stopped by :meth:`close`."""
         if self._listener is not None:
             return
         self._stop.clear()
-        self._listener = threading.Thread(target=self._listen, args=(on_alert, on_silences),
+        self._listener = threading.Thread(target=self._listen, args=(on_alert, on_silences, on_config),
                                           name="alert-store-listen", daemon=True)
         self._listener.start()
 
-    def _listen(self, on_alert: Callable[[str, Alert], None], on_silences: Callable[[], None]) -> None:
+    def _listen(self, on_alert: Callable[[str, Alert], None], on_silences: Callable[[], None],
+                on_config: Callable[[int], None] | None) -> None:
         failing = False
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    if on_config is not None:
+                        conn.execute(f"LISTEN {CONFIG_CHANNEL}")
                     self.listening.set()
                     if failing:
                         log.info("alert store: listening to the other replicas' changes again")
                         failing = False
                         self._resync(on_alert, on_silences)
+                        if on_config is not None:
+                            on_config(0)
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.5):
-                            self._received(n.payload, on_alert, on_silences)
+                            if n.channel == CONFIG_CHANNEL and on_config is not None:
+                                self._config_received(n.payload, on_config)
+                            else:
+                                self._received(n.payload, on_alert, on_silences)
             except (psycopg.Error, StoreError) as e:
                 self.listening.clear()
                 if not failing:
@@ -478,6 +489,12 @@ class PgAlertStore:
         on_silences()
         for alert in self.unresolved():
             on_alert("update", alert)
+
+    def _config_received(self, payload: str, on_config: Callable[[int], None]) -> None:
+        try:
+            on_config(int(payload))
+        except Exception:  # a bad payload or a failing callback must not stop the listener
+            log.exception("alert store: a configuration version of another replica could not be followed")
 
     def _received(self, payload: str, on_alert: Callable[[str, Alert], None],
                   on_silences: Callable[[], None]) -> None:

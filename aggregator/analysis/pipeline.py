@@ -29,7 +29,7 @@ from aggregator.analysis.state import StateFile
 from sentinel.tasks import TaskSupervisor
 from sentinel.wire import WireBatch
 
-__all__ = ["Analysis", "CandidateObserver", "Consumer", "feed", "pipeline", "restore", "save"]
+__all__ = ["Analysis", "CandidateObserver", "Consumer", "feed", "innermost", "pipeline", "restore", "save"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,14 @@ def pipeline(*, edge_alerts: Consumer | None = None, confirm: Consumer, baseline
     """
     return [c for c in (edge_alerts, confirm, baselines, quality, security, detectors, forest, series, alerts)
             if c is not None]
+
+
+def innermost(consumer: Consumer) -> Any:
+    """The consumer a wrapper (the summaries' views, a cluster's ``Shared``: an ``inner`` each) stands for."""
+    inner: Any = consumer
+    while hasattr(inner, "inner"):
+        inner = inner.inner
+    return inner
 
 
 def restore(consumer: Consumer) -> None:

@@ -82,11 +82,8 @@ class Partition:
         self.number = number
         self.epoch = epoch
         self.directory = directory
-        self.consumers = tuple(consumers)
         self.on_candidates = on_candidates
-        # The partition's security consumer correlates its own partition's token and cost anomalies (as the
-        # single process's _emit hands it every candidate): a user's rows and events share the service's partition.
-        self._observers = [c.observe_candidates for c in self.consumers if isinstance(c, CandidateObserver)]
+        self.set_consumers(consumers)
         self.counts = counts
         #: Messages skipped as already analysed, and rows of redelivered messages analysed (replayed).
         self.skipped_rows = 0
@@ -119,6 +116,13 @@ class Partition:
         self.counts.record(batch.sidecar, batch.seq, rows)
         if redelivered:
             self.replayed_rows += rows
+
+    def set_consumers(self, consumers: Sequence[Consumer]) -> None:
+        """Analyse with ``consumers`` from now on (at start, or a reload that rebuilt them; on the analysis thread)."""
+        self.consumers = tuple(consumers)
+        # The partition's security consumer correlates its own partition's token and cost anomalies (as the
+        # single process's _emit hands it every candidate): a user's rows and events share the service's partition.
+        self._observers = [c.observe_candidates for c in self.consumers if isinstance(c, CandidateObserver)]
 
     def _hand_on(self, found: list[Candidate]) -> None:
         self.on_candidates(found)

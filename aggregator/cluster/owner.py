@@ -199,6 +199,12 @@ class Coordinator:
             self.metrics.owned.set(len(self.owned))
             await asyncio.sleep(tick)
 
+    async def between_batches(self, fn: Callable[[Partition], None]) -> None:
+        """Run ``fn`` on each owned partition, on the analysis thread between two of its messages (a reload)."""
+        loop = asyncio.get_running_loop()
+        for owned in list(self.owned.values()):
+            await loop.run_in_executor(self._executor, fn, owned.partition)
+
     def partitions(self) -> list[Partition]:
         """The analysis of each partition owned now (read them on the analysis thread, or only counters)."""
         return [o.partition for o in list(self.owned.values())]

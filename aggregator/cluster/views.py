@@ -29,7 +29,7 @@ from aggregator.alerting.store import SideTableHost
 from aggregator.analysis.baselines import consumer as baselines_file
 from aggregator.analysis.baselines.consumer import BaselineConsumer, baseline_filters
 from aggregator.analysis.baselines.store import ALL_REGIONS, BaselineConfig, BaselineStore
-from aggregator.analysis.pipeline import Consumer
+from aggregator.analysis.pipeline import Consumer, innermost
 from aggregator.analysis.quality.consumer import QualityConsumer
 from aggregator.analysis.series import FILE_NAME as SERIES_FILE
 from aggregator.analysis.series import SeriesConsumer
@@ -44,19 +44,9 @@ SUMMARY_VERSION = 1
 REFRESH_S = 1.0
 
 
-def _unwrapped(consumers: Iterable[Consumer]) -> list[Any]:
-    out: list[Any] = []
-    for c in consumers:
-        inner: Any = c
-        while hasattr(inner, "inner"):  # the summaries' wrappers, Shared
-            inner = inner.inner
-        out.append(inner)
-    return out
-
-
 def summarise(consumers: Sequence[Consumer], *, window_s: float = HEALTH_WINDOW_S) -> bytes:
     """One partition's summary (msgpack), from its consumers; call it on the analysis thread."""
-    inner = _unwrapped(consumers)
+    inner = [innermost(c) for c in consumers]
     series = next((c for c in inner if isinstance(c, SeriesConsumer)), None)
     baselines = next((c for c in inner if isinstance(c, BaselineConsumer)), None)
     quality = next((c for c in inner if isinstance(c, QualityConsumer)), None)
