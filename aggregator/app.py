@@ -639,14 +639,11 @@ class Aggregator:
 
     def _record_start_version(self) -> None:
         """Version the settings file's live settings at start when they differ from the newest version."""
-        latest = self.versions.latest()
-        now = self.live_settings()
-        if latest is not None and latest.settings == now:
-            self.config_version = latest.version
-            return
-        version = self.versions.add(at=time.time_ns(), who="startup", comment="the settings at start",
-                                    settings=now, changes=diff(latest.settings if latest else {}, now))
+        latest, version = self.versions.add_unless_latest(
+            at=time.time_ns(), who="startup", comment="the settings at start", settings=self.live_settings())
         self.config_version = version.version
+        if latest is version:
+            return
         if latest is not None:
             log.warning("the settings file differs from configuration version %d in %s: the file applies, as "
                         "version %d (sentinel config rollback %d returns to the stored one)", latest.version,

@@ -17,13 +17,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aggregator.alerting.store import MAX_PAGE, SideTable
+from aggregator.alerting.store import MAX_PAGE, SideTable, SqlConnection
 from sentinel.alerts import iso_time
 
 __all__ = ["CONFIG_CHANNEL", "DIGEST_PREFIX", "ConfigVersion", "ConfigVersions", "diff", "is_digest", "redact"]
 
 #: The NOTIFY channel of new versions in PostgreSQL (the payload: the version's number).
 CONFIG_CHANNEL = "sentinel_config"
+#: pg_advisory_xact_lock key of :meth:`ConfigVersions.add_unless_latest` ("sentinel config", as a number).
+_ADD_LOCK = 0x5E17C0F
 #: How a secret is shown: this prefix and the first 16 hex digits of the SHA-256 of its JSON value.
 DIGEST_PREFIX = "sha256:"
 
@@ -87,14 +89,37 @@ class ConfigVersions(SideTable):
 
     def add(self, *, at: int, who: str, comment: str, settings: dict[str, Any],
             changes: dict[str, Any]) -> ConfigVersion:
-        doc, changed = json.dumps(settings, sort_keys=True), json.dumps(changes, sort_keys=True)
         with self.connection() as db:
-            cur = db.execute("INSERT INTO config_versions (at, who, comment, settings, diff) VALUES (?,?,?,?,?) "
-                             "RETURNING version", (at, who, comment, doc, changed))
-            number = int(cur.fetchone()[0])
-            if self.store.dialect == "postgresql":  # delivered on commit, to every replica listening
-                db.execute("SELECT pg_notify(?, ?)", (CONFIG_CHANNEL, str(number)))
+            return self._insert(db, at=at, who=who, comment=comment, settings=settings, changes=changes)
+
+    def _insert(self, db: SqlConnection, *, at: int, who: str, comment: str, settings: dict[str, Any],
+                changes: dict[str, Any]) -> ConfigVersion:
+        doc, changed = json.dumps(settings, sort_keys=True), json.dumps(changes, sort_keys=True)
+        cur = db.execute("INSERT INTO config_versions (at, who, comment, settings, diff) VALUES (?,?,?,?,?) "
+                         "RETURNING version", (at, who, comment, doc, changed))
+        number = int(cur.fetchone()[0])
+        if self.store.dialect == "postgresql":  # delivered on commit, to every replica listening
+            db.execute("SELECT pg_notify(?, ?)", (CONFIG_CHANNEL, str(number)))
         return ConfigVersion(number, at, who, comment, json.loads(doc), json.loads(changed))
+
+    def add_unless_latest(self, *, at: int, who: str, comment: str,
+                          settings: dict[str, Any]) -> tuple[ConfigVersion | None, ConfigVersion]:
+        """``settings`` as a new version unless they are the newest one's: (the newest before, the newest after).
+
+        One transaction, in PostgreSQL under a lock: replicas starting together with the same file add one
+        version, not one each.
+        """
+        settings = json.loads(json.dumps(settings, sort_keys=True))  # as stored and read back
+        with self.connection() as db:
+            if self.store.dialect == "postgresql":
+                db.execute("SELECT pg_advisory_xact_lock(?)", (_ADD_LOCK,))
+            row = db.execute("SELECT version, at, who, comment, settings, diff FROM config_versions "
+                             "ORDER BY version DESC LIMIT 1").fetchone()
+            latest = _version(row) if row else None
+            if latest is not None and latest.settings == settings:
+                return latest, latest
+            return latest, self._insert(db, at=at, who=who, comment=comment, settings=settings,
+                                        changes=diff(latest.settings if latest else {}, settings))
 
     def get(self, version: int) -> ConfigVersion | None:
         with self.connection() as db:

@@ -204,6 +204,6 @@ async def test_a_live_change_at_one_replica_reaches_every_replica_and_their_part
             await wait_for(lambda: a.config_version == b.config_version == 3, timeout=10, what="all at version 3")
             assert a.alerts.config.min_confidence == b.alerts.config.min_confidence == 0.5
     finally:
-        for replica in (c, b, a):
-            if replica is not None:
-                await replica.shutdown()
+        for x in (c, b, a):
+            if x is not None:
+                await x.shutdown()

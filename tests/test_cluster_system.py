@@ -208,11 +208,25 @@ def test_three_replicas_lose_nothing_and_count_nothing_twice_when_one_is_killed(
         sender.client.close()
         print(f"handoff {handoff:.2f} s (wait {took:.2f} s), {sender.acked_rows} rows, {sender.retries} retries, "
               f"{replayed:.0f} rows replayed")
-        for r in survivors:
-            assert r.child.stop(20) == 0, r.child.tail()
+        _stop_cleanly(survivors)
     finally:
         for r in replicas:
             r.child.stop(10)
+
+
+def _stop_cleanly(replicas: list[Replica]) -> None:
+    """SIGTERM each; each exits 0 (its partitions checkpointed and released)."""
+    for r in replicas:
+        assert r.child.stop(20) == 0, r.child.tail()
+
+
+def _start_two(replicas: list[Replica], url: str, ttl: float) -> None:
+    """Start r0 and r1 and wait until each owns half the partitions."""
+    for r in replicas:
+        r.child.start()
+    wait_until(lambda: all(r.ready() for r in replicas), 60, "two replicas ready")
+    half = PARTITIONS // 2
+    wait_until(lambda: sorted(_owners(url, ttl).values()) == ["r0"] * half + ["r1"] * half, 30, "6 partitions each")
 
 
 def test_a_replica_stopped_and_restarted_hands_its_partitions_over_and_back(
@@ -221,10 +235,7 @@ def test_a_replica_stopped_and_restarted_hands_its_partitions_over_and_back(
     ttl = settings["cluster"]["heartbeat_ttl_s"]
     replicas = [Replica(tmp_path, f"r{i}", settings) for i in range(2)]
     try:
-        for r in replicas:
-            r.child.start()
-        wait_until(lambda: all(r.ready() for r in replicas), 60, "two replicas ready")
-        wait_until(lambda: sorted(_owners(url, ttl).values()) == ["r0"] * 6 + ["r1"] * 6, 30, "6 partitions each")
+        _start_two(replicas, url, ttl)
         sender = Sender(replicas)
         sender.load(20)
         # SIGTERM: r1 checkpoints and releases its partitions (nothing to replay), r0 takes them.
@@ -245,8 +256,83 @@ def test_a_replica_stopped_and_restarted_hands_its_partitions_over_and_back(
         m = Metrics(httpx.get(replicas[0].url + "/metrics", timeout=5).text)
         assert m("sentinel_aggregator_cluster_skipped_rows_total") == 0  # graceful: nothing redelivered twice
         sender.client.close()
-        for r in replicas:
-            assert r.child.stop(20) == 0, r.child.tail()
+        _stop_cleanly(replicas)
     finally:
         for r in replicas:
             r.child.stop(10)
+
+
+def _services(r: Replica) -> dict[str, int]:
+    doc = httpx.get(r.url + "/api/v1/services", timeout=5).json()
+    return {s["service"]: s["calls"] for s in doc["services"]}
+
+
+def _get(r: Replica, path: str) -> Any:
+    resp = httpx.get(r.url + path, timeout=5)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def test_two_replicas_answer_for_the_whole_cluster_and_follow_one_configuration(
+        tmp_path: Path, cluster_env: tuple[str, dict[str, Any]]) -> None:
+    """Security events from the security.events queue analysed in their service's partition, services and
+    baselines answered alike by both replicas, a configuration change at one followed by the other."""
+    url, settings = cluster_env
+    ttl = settings["cluster"]["heartbeat_ttl_s"]
+    own = uuid.uuid4().hex[:10]
+    exchange, queue = f"sentinel.systest.security.{own}", f"sentinel.systest.security-events.{own}"
+    settings = {**settings, "security": {"amqp_url": BROKER_URL, "amqp_exchange": exchange, "amqp_queue": queue,
+                                         "max_events": 2}}
+    replicas = [Replica(tmp_path, f"r{i}", settings) for i in range(2)]
+    loop = BackgroundLoop()
+    try:
+        _start_two(replicas, url, ttl)
+        sender = Sender(replicas)
+        sender.load(12)
+        now = time.time()
+
+        async def publish() -> None:
+            connection = await aio_pika.connect(BROKER_URL)
+            async with connection:
+                channel = await connection.channel()
+                ex = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+                events = [{"threat_type": "jailbreak", "timestamp": now + i, "confidence": 0.7,
+                           "service_name": SERVICES[1], "user_id": "mallory"} for i in range(3)]
+                await ex.publish(aio_pika.Message(json.dumps(events).encode()), routing_key="guardrail")
+
+        loop.run(publish())
+        wait_until(lambda: all(sum(_services(r).values()) == sender.acked_rows for r in replicas), 30,
+                   f"every replica lists every service's calls ({sender.acked_rows})")
+        assert _services(replicas[0]) == _services(replicas[1]) and set(_services(replicas[0])) == set(SERVICES)
+        baselines = [_get(r, "/api/v1/baselines?region=global") for r in replicas]
+        assert baselines[0] == baselines[1] and baselines[0]["count"] == len(SERVICES)
+
+        def attacks(r: Replica) -> list[str]:
+            alerts = _get(r, "/api/v1/alerts?limit=1000")["alerts"]
+            return [a["service_name"] for a in alerts if a["anomaly_type"] == "coordinated_attack"]
+
+        wait_until(lambda: all(attacks(r) == [SERVICES[1]] for r in replicas), 30,
+                   "the attack alerted from the service's partition, on both replicas")
+        resp = httpx.put(replicas[0].url + "/api/v1/config", json={"settings": {"alerts.min_confidence": 0.8}},
+                         timeout=30)
+        assert resp.status_code == 200 and resp.json()["version"] == 2, resp.text
+        wait_until(lambda: _get(replicas[1], "/api/v1/config")["settings"]["alerts.min_confidence"] == 0.8, 10,
+                   "r1 follows the change made at r0")
+        assert [v["version"] for v in _get(replicas[1], "/api/v1/config/history")["versions"]] == [2, 1]
+        sender.client.close()
+        _stop_cleanly(replicas)
+    finally:
+        for r in replicas:
+            r.child.stop(10)
+
+        async def delete() -> None:
+            connection = await aio_pika.connect(BROKER_URL)
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(queue)
+                await channel.exchange_delete(exchange)
+
+        try:
+            loop.run(delete())
+        finally:
+            loop.close()
