@@ -22,6 +22,8 @@ one alerting system:
   commit); :meth:`PgAlertStore.listen` runs a thread that LISTENs and hands other replicas' alerts
   (read back from the table: a notification carries only ids) and silence changes to callbacks —
   the aggregator feeds them to its alert manager and its live hub (SSE, gRPC ``Watch``).
+- **configuration versions**: the same listener follows ``NOTIFY sentinel_config`` (sent by
+  :class:`aggregator.config_versions.ConfigVersions` with each new version) for a cluster replica.
 
 Thread-safe: a connection pool; each method is one transaction.
 """

@@ -9,6 +9,7 @@ that needs a restart or a bad value is refused with 400 naming the key, and noth
 applied between two analysis batches and recorded as a new version (who, when, comment, diff).
 ``GET /api/v1/config/history`` lists the versions; ``POST /api/v1/config/rollback``
 (``{"version": n}``) applies version n's settings as a new version. ``sentinel config`` is the CLI.
+In a cluster a version made at one replica is applied at every replica (aggregator/README.md).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "ClusterApi": "aggregator.cluster.api",
     "ClusterConfig": "aggregator.cluster.config",
     "ClusterIngest": "aggregator.cluster.ingest",
+    "ClusterView": "aggregator.cluster.views",
     "Coordinator": "aggregator.cluster.owner",
+    "EventRouter": "aggregator.cluster.events",
     "partition_of": "aggregator.cluster.partition",
 })
