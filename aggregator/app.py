@@ -602,17 +602,19 @@ class Aggregator:
             latest = await asyncio.to_thread(self.versions.latest)
             if latest is None or latest.version <= self.config_version:
                 return None
-            self.config_version = latest.version  # also when refused below: the next version is the next chance
             changes = self._config_changes(latest)
-            if not changes:
-                return latest
             try:
-                new = load(AggregatorConfig, data=changes, env={}, base=self.config, validate=False)
-                await self._apply_settings(new, sorted(changes), who=latest.who, comment=latest.comment, role="",
-                                           record=False)
+                if changes:
+                    new = load(AggregatorConfig, data=changes, env={}, base=self.config, validate=False)
+                    await self._apply_settings(new, sorted(changes), who=latest.who, comment=latest.comment,
+                                               role="", record=False)
             except ConfigError as e:  # e.g. auth turned on or off: needs a restart here
                 log.error("configuration version %d not applied on this replica: %s", latest.version, e)
                 return None
+            finally:  # once applied (or refused: the next version is the next chance)
+                self.config_version = latest.version
+            if not changes:
+                return latest
             log.info("configuration version %d (by %s on another replica) applied: %s", latest.version, latest.who,
                      ", ".join(sorted(changes)))
             return latest

@@ -17,13 +17,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from aggregator.alerting.pg_store import CONFIG_CHANNEL
 from aggregator.alerting.store import MAX_PAGE, SideTable, SqlConnection
 from sentinel.alerts import iso_time
 
-__all__ = ["CONFIG_CHANNEL", "DIGEST_PREFIX", "ConfigVersion", "ConfigVersions", "diff", "is_digest", "redact"]
+__all__ = ["DIGEST_PREFIX", "ConfigVersion", "ConfigVersions", "diff", "is_digest", "redact"]
 
-#: The NOTIFY channel of new versions in PostgreSQL (the payload: the version's number).
-CONFIG_CHANNEL = "sentinel_config"
 #: pg_advisory_xact_lock key of :meth:`ConfigVersions.add_unless_latest` ("sentinel config", as a number).
 _ADD_LOCK = 0x5E17C0F
 #: How a secret is shown: this prefix and the first 16 hex digits of the SHA-256 of its JSON value.

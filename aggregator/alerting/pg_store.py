@@ -53,15 +53,16 @@ from aggregator.alerting.store import (
     silence_of_row,
     where_of,
 )
-from aggregator.config_versions import CONFIG_CHANNEL
 from sentinel.alerts import Alert
 
-__all__ = ["CHANNEL", "DEFAULT_OUTBOX_LEASE_S", "PgAlertStore", "redact_url"]
+__all__ = ["CHANNEL", "CONFIG_CHANNEL", "DEFAULT_OUTBOX_LEASE_S", "PgAlertStore", "redact_url"]
 
 log = logging.getLogger(__name__)
 
 #: The NOTIFY channel of alert and silence changes.
 CHANNEL = "sentinel_alerts"
+#: The NOTIFY channel of new configuration versions (:mod:`aggregator.config_versions`; payload: the number).
+CONFIG_CHANNEL = "sentinel_config"
 #: How long a replica's claim on outbox rows holds: a delivery (with its retries' backoff) is well
 #: under it; a replica that died holding rows has them delivered by another one after it.
 DEFAULT_OUTBOX_LEASE_S = 60.0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -23,16 +23,19 @@ from aggregator.api.config_api import ConfigApi, LiveSettings
 from aggregator.api.feedback_api import FeedbackApi
 from aggregator.api.guard import guard_middleware
 from aggregator.api.openapi import handle_openapi
-from aggregator.api.plan_api import PlanApi
+from aggregator.api.plan_api import BaselineQuery, PlanApi
 from aggregator.api.realtime import Realtime
 from aggregator.api.services_api import HEALTH_WINDOW_S, ServicesApi, ServiceSeries
 from aggregator.api.silences_api import SilencesApi
 from aggregator.api.stream import DEFAULT_KEEPALIVE_S, Streams
 
-if TYPE_CHECKING:  # the cluster's view imports this package's services module
-    from aggregator.cluster.views import ClusterView
-
 __all__ = ["Api", "add_api_routes"]
+
+
+class ClusterView(BaselineQuery, Protocol):
+    """What the API reads of a cluster's partitions besides the series (aggregator.cluster.views.ClusterView)."""
+
+    def latency(self, services: Iterable[str]) -> dict[str, dict[str, float | None]]: ...
 
 
 @dataclass(frozen=True)
