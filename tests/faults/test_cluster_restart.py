@@ -50,7 +50,6 @@ pytestmark = pytest.mark.system
 PARTITIONS = 8
 SERVICES = [f"svc-{i}" for i in range(24)]
 SIDECAR = "load"
-DOWN_S = 5.0
 
 
 @dataclass
@@ -148,12 +147,12 @@ def _exactly_once(url: str, stream: Stream) -> bool:
     return False
 
 
-def _outage(stream: Stream, down: Callable[[], None], up: Callable[[], float]) -> dict[str, Any]:
-    """``down()``, ``DOWN_S`` of traffic, ``up()``; the answers while down, and how soon batches were acked."""
+def _outage(stream: Stream, down: Callable[[], None], up: Callable[[], float], down_s: float) -> dict[str, Any]:
+    """``down()``, ``down_s`` of traffic, ``up()``; the answers while down, and how soon batches were acked."""
     t_down = time.monotonic()
     down()
     stopped = time.monotonic()
-    time.sleep(DOWN_S)
+    time.sleep(down_s)
     t_up = time.monotonic()
     boot_s = up()
     back = time.monotonic()
@@ -207,15 +206,15 @@ def _finish(url: str, stream: Stream, replicas: list[Replica]) -> dict[str, Any]
 
 
 def _two_outages(tmp: Path, settings: dict[str, Any], url: str, what: str,
-                 outages: list[tuple[str, Callable[[], None], Callable[[], float]]]) -> None:
+                 outages: list[tuple[str, Callable[[], None], Callable[[], float], float]]) -> None:
     replicas = _replicas(tmp, settings, url)
     try:
         stream = Stream(replicas)
         stream.start()
         wait_until(lambda: len(stream.acked) >= 40, 30, "40 batches acknowledged before the fault")
         figures = []
-        for name, down, up in outages:
-            figures.append((name, _outage(stream, down, up)))
+        for name, down, up, down_s in outages:
+            figures.append((name, {"down_s": down_s, **_outage(stream, down, up, down_s)}))
             time.sleep(2)
         totals = _finish(url, stream, replicas)
         for name, f in figures:
@@ -229,8 +228,8 @@ def _two_outages(tmp: Path, settings: dict[str, Any], url: str, what: str,
 def test_broker_restart_under_cluster_ingest_loses_nothing(tmp_path: Path, own_rabbitmq: OwnRabbitMQ) -> None:
     with pg_database() as url:
         _two_outages(tmp_path, _settings(url, own_rabbitmq.url, "sentinel.fault15"), url, "broker",
-                     [("rabbitmqctl stop", own_rabbitmq.stop, own_rabbitmq.start),
-                      ("SIGKILL", own_rabbitmq.kill, own_rabbitmq.start)])
+                     [("rabbitmqctl stop", own_rabbitmq.stop, own_rabbitmq.start, 5),
+                      ("SIGKILL", own_rabbitmq.kill, own_rabbitmq.start, 5)])
 
 
 @needs_broker
@@ -239,8 +238,8 @@ def test_postgresql_restart_under_cluster_ingest_loses_nothing(tmp_path: Path, o
     prefix = f"sentinel.fault16.{uuid.uuid4().hex[:8]}"
     try:
         _two_outages(tmp_path, _settings(url, BROKER_URL, prefix), url, "PostgreSQL",
-                     [("fast shutdown", own_postgres.stop, own_postgres.start),
+                     [("fast shutdown", own_postgres.stop, own_postgres.start, 20),
                       # SIGQUIT: no checkpoint, WAL replayed at the next start (a crash, as far as data goes)
-                      ("immediate shutdown", lambda: own_postgres.stop(signal.SIGQUIT), own_postgres.start)])
+                      ("immediate shutdown", lambda: own_postgres.stop(signal.SIGQUIT), own_postgres.start, 5)])
     finally:
         delete_queues(BROKER_URL, prefix, PARTITIONS)
