@@ -454,13 +454,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.detection_only:
         one = await phase(1, work, warmup, concurrency=args.concurrency, kill=False, tmp=tmp)
         two = await phase(2, work, warmup, concurrency=args.concurrency, kill=True, tmp=tmp)
-        out = {"one_replica": one, "two_replicas": two, "ratio": round(two["rows_per_s"] / one["rows_per_s"], 2),
+        out |= {"one_replica": one, "two_replicas": two, "ratio": round(two["rows_per_s"] / one["rows_per_s"], 2),
                "target_ratio": TARGET_RATIO, "handoff_s": two.get("handoff_s")}
-    det = await detection(tmp)
-    out.update({"detection": det, "detection_p95_steady_s": det["steady"]["p95_s"],
-                "detection_p95_during_handoff_s": det["during_handoff"]["p95_s"],
-                "detection_missed": det["missed"], "partitions": PARTITIONS, "heartbeat_ttl_s": TTL_S,
-                "rows_per_batch": args.rows_per_batch, "machine": machine_info()})
+    if not args.skip_detection:
+        det = await detection(tmp)
+        out.update({"detection": det, "detection_p95_steady_s": det["steady"]["p95_s"],
+                    "detection_p95_during_handoff_s": det["during_handoff"]["p95_s"], "detection_missed": det["missed"]})
+    out.update({"partitions": PARTITIONS, "heartbeat_ttl_s": TTL_S, "rows_per_batch": args.rows_per_batch,
+                "machine": machine_info()})
     return out
 
 
@@ -471,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows-per-batch", type=int, default=1024)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--detection-only", action="store_true", help="only phase 4 (detection during a handoff)")
+    p.add_argument("--skip-detection", action="store_true", help="leave phase 4 out")
     p.add_argument("--capacity", action="store_true", help="first phase 0: PostgreSQL dedup insert and RabbitMQ "
                    "confirm rates on this machine")
     p.add_argument("--json", help="write the figures here too")
@@ -483,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             say_figures(key.replace("_", " "), result[key], print)
     if "capacity" in result:
         say_figures("capacity of the shared services (phase 0)", result["capacity"], print, key_width=44)
-    for key in ("steady", "during_handoff", "during_handoff_killed_partitions", "after_handoff"):
+    for key in ("steady", "during_handoff", "during_handoff_killed_partitions", "after_handoff") * ("detection" in result):
         say_figures(f"detection latency, {key.replace('_', ' ')}", result["detection"][key], print)
     say_figures("", {k: v for k, v in result.items() if not isinstance(v, dict)}, print)
     if args.json:
