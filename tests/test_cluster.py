@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
@@ -23,8 +24,12 @@ from prometheus_client import CollectorRegistry
 from aggregator.app import Aggregator
 from aggregator.cluster.checkpoint import PartitionCounts, pack, unpack
 from aggregator.cluster.config import ClusterConfig
+from aggregator.cluster.db import create_schema
+from aggregator.cluster.ingest import ClusterIngest, ClusterStoreError
 from aggregator.cluster.partition import partition_of, split
 from aggregator.config import SECRET_KEYS, AggregatorConfig
+from aggregator.ingest.config import IngestConfig
+from aggregator.metrics import AggregatorMetrics
 from sentinel import wire
 from sentinel.config import ConfigError, load
 from sentinel.model import FeatureBatch
@@ -178,11 +183,45 @@ async def test_ingest_answers_503_when_the_broker_is_down_and_does_not_mark_the_
             body = wire.encode(FeatureBatch.from_rows(_rows("checkout", T0, 3, 0)), sidecar="s1", seq=1)
             async with httpx.AsyncClient(timeout=30) as client:  # a loaded machine: the 503 may be slow
                 r = await client.post(agg.url + "/v1/ingest", content=body, headers=MSGPACK)
-            assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+                assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+                assert "not stored: broker unavailable" in r.json()["error"], r.text
+                # Within RECONNECT_INTERVAL_S of the failed connection: refused without another attempt.
+                again = await client.post(agg.url + "/v1/ingest", content=body, headers=MSGPACK)
+            assert again.status_code == 503 and "next attempt in" in again.json()["error"], again.text
             with psycopg.connect(url) as conn:
                 assert conn.execute("SELECT count(*) FROM cluster_dedup").fetchone() == (0,)
         finally:
             await agg.shutdown()
+
+
+def _ingest(tmp_path: Path, store_url: str) -> ClusterIngest:
+    config = IngestConfig.from_settings(AggregatorConfig(data_dir=str(tmp_path)))
+    return ClusterIngest(config, ClusterConfig(amqp_url=BROKER_URL, store_url=store_url),
+                         AggregatorMetrics(CollectorRegistry()))
+
+
+async def test_a_database_found_down_is_refused_at_once_and_probed_until_it_answers(
+        tmp_path: Path, pg_url: str) -> None:
+    with socket.socket() as closed:  # bound, not listening: refused at once
+        closed.bind(("127.0.0.1", 0))
+        ingest = _ingest(tmp_path / "a", f"postgresql://postgres@127.0.0.1:{closed.getsockname()[1]}/x")
+        ingest._db_down, ingest._next_probe = "connection refused", time.monotonic() + 60
+        with pytest.raises(ClusterStoreError, match="cluster database unavailable: connection refused"):
+            await ingest._store([])  # before the next probe: refused without asking the pool
+        ingest._next_probe = 0.0
+        with pytest.raises(ClusterStoreError, match="cluster database unavailable"):
+            await ingest._store([])  # the probe's own connection is refused
+        assert ingest._next_probe > time.monotonic() and ingest._db_down is not None
+    # The database answers: the probe succeeds, the pool is replaced, batches are stored again.
+    ingest = _ingest(tmp_path / "b", pg_url)
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await create_schema(conn)
+    old, ingest._db_down = ingest._pool, "was down"
+    try:
+        assert await ingest._store([]) == []
+        assert ingest._db_down is None and ingest._pool is not old
+    finally:
+        await ingest._pool.close()
 
 
 async def test_a_stale_owner_cannot_overwrite_the_checkpoint_and_drops_the_partition(

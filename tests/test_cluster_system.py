@@ -130,6 +130,21 @@ class Sender:
             self.send([r for s in SERVICES[b % 3::3] for r in _rows(s, now + b, 3, 0)])
 
 
+def delete_queues(amqp_url: str, prefix: str, partitions: int) -> None:
+    """Delete the partition queues ``<prefix>.p<n>`` a test's replicas declared."""
+    async def delete() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            for p in range(partitions):
+                await channel.queue_delete(f"{prefix}.p{p}")
+    loop = BackgroundLoop()
+    try:
+        loop.run(delete())
+    finally:
+        loop.close()
+
+
 @pytest.fixture
 def cluster_env(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     prefix = f"sentinel.systest.{uuid.uuid4().hex[:10]}"
@@ -142,17 +157,7 @@ def cluster_env(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
             yield url, settings
         finally:
-            async def delete() -> None:
-                connection = await aio_pika.connect(BROKER_URL)
-                async with connection:
-                    channel = await connection.channel()
-                    for p in range(PARTITIONS):
-                        await channel.queue_delete(f"{prefix}.p{p}")
-            loop = BackgroundLoop()
-            try:
-                loop.run(delete())
-            finally:
-                loop.close()
+            delete_queues(BROKER_URL, prefix, PARTITIONS)
 
 
 def test_three_replicas_lose_nothing_and_count_nothing_twice_when_one_is_killed(

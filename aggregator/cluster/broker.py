@@ -8,6 +8,7 @@ replica starts first creates them and a publish never meets a missing queue.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aio_pika
@@ -20,6 +21,9 @@ __all__ = ["QUEUE_ARGUMENTS", "Publisher", "declare_queue"]
 QUEUE_ARGUMENTS: dict[str, Any] = {"x-single-active-consumer": True}
 #: A publish not confirmed within this is a failure (ingest answers 503, the sidecar retries).
 PUBLISH_TIMEOUT_S = 10.0
+#: After a failed connection, publishes fail at once for this long instead of each trying (and, to a
+#: host that drops packets, waiting PUBLISH_TIMEOUT_S): a broker that is down is answered 503 quickly.
+RECONNECT_INTERVAL_S = 0.5
 
 
 async def declare_queue(channel: aio_pika.abc.AbstractChannel, name: str) -> aio_pika.abc.AbstractQueue:
@@ -38,13 +42,23 @@ class Publisher:
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
+        self._retry_at = 0.0
+        self._last_error = ""
 
     async def _ready(self) -> aio_pika.abc.AbstractChannel:
         async with self._lock:
             if self._channel is not None and not self._channel.is_closed:
                 return self._channel
             await self.close()
-            connection = await aio_pika.connect(self.config.amqp_url, timeout=PUBLISH_TIMEOUT_S)
+            if time.monotonic() < self._retry_at:
+                raise ConnectionError(f"broker unreachable ({self._last_error}); next attempt in "
+                                      f"{self._retry_at - time.monotonic():.1f} s")
+            try:
+                connection = await aio_pika.connect(self.config.amqp_url, timeout=PUBLISH_TIMEOUT_S)
+            except Exception as e:
+                self._retry_at = time.monotonic() + RECONNECT_INTERVAL_S
+                self._last_error = str(e) or type(e).__name__
+                raise
             try:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 for p in range(self.config.partitions):

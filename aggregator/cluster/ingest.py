@@ -10,6 +10,11 @@ its batch is taken), and a broker or database that is down is a 503 too, never a
 The one window left is a commit failing after the confirms: the batch is then published and not
 marked seen, and its retry is published again — the partition's consumer skips it (the seqs its
 checkpoint covers, :mod:`aggregator.cluster.owner`).
+
+A database found down is not waited for by every request (the pool would hold each one for its
+whole timeout, 5 s, before the 503: fault 16 in tests/faults/README.md): until a connection of
+its own succeeds — tried at most every ``DB_PROBE_INTERVAL_S`` — batches are refused at once, and
+then the pool is replaced, since the old one backs its reconnection off to tens of seconds.
 """
 
 from __future__ import annotations
@@ -37,19 +42,32 @@ log = logging.getLogger(__name__)
 
 #: Waiting longer than this for a database connection is a failure (503), not a queue.
 CONNECT_TIMEOUT_S = 5.0
+#: While the database is down, one connection attempt per this long; the batches between are refused at once.
+DB_PROBE_INTERVAL_S = 0.5
+
+
+class ClusterStoreError(Exception):
+    """A batch not stored because the cluster's database or broker is unavailable (its message names which)."""
 
 
 class ClusterIngest(IngestService):
     """Ingest of a cluster replica: PostgreSQL de-duplication, RabbitMQ partitions (no local journal rows)."""
+
+    store_failed = "not stored"
 
     def __init__(self, config: IngestConfig, cluster: ClusterConfig, metrics: AggregatorMetrics, *,
                  tasks: TaskSupervisor | None = None) -> None:
         super().__init__(config, metrics, tasks=tasks)
         self.cluster = cluster
         self.publisher = Publisher(cluster)
-        self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] = psycopg_pool.AsyncConnectionPool(
-            cluster.store_url, open=False, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S,
-            kwargs={"autocommit": True})
+        self._pool = self._new_pool()
+        #: Why the database was found down (``None``: it is not known to be), and when to try it next.
+        self._db_down: str | None = None
+        self._next_probe = 0.0
+
+    def _new_pool(self) -> psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        return psycopg_pool.AsyncConnectionPool(self.cluster.store_url, open=False, min_size=1, max_size=4,
+                                                timeout=CONNECT_TIMEOUT_S, kwargs={"autocommit": True})
 
     async def start(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.cluster.store_url, autocommit=True) as conn:
@@ -63,6 +81,40 @@ class ClusterIngest(IngestService):
         await self._pool.close()
 
     async def _store(self, group: list[_Pending]) -> list[bool]:
+        if self._db_down is not None:
+            await self._probe()
+        try:
+            return await self._store_group(group)
+        except psycopg.OperationalError as e:  # PoolTimeout included: no connection within CONNECT_TIMEOUT_S
+            if self._db_down is None:
+                log.error("cluster database unavailable (%s): batches refused until it is back", e)
+            self._db_down = str(e) or type(e).__name__
+            self._next_probe = time.monotonic() + DB_PROBE_INTERVAL_S
+            raise ClusterStoreError(f"cluster database unavailable: {self._db_down}") from e
+        except psycopg.Error as e:
+            raise ClusterStoreError(f"cluster database error: {e}") from e
+        except Exception as e:  # the publish: connection refused or lost, no confirm in time, a nack
+            raise ClusterStoreError(f"broker unavailable: {e or type(e).__name__}") from e
+
+    async def _probe(self) -> None:
+        """Raise unless a fresh connection to the database succeeds; when it does, a fresh pool."""
+        now = time.monotonic()
+        if now < self._next_probe:
+            raise ClusterStoreError(f"cluster database unavailable: {self._db_down}")
+        self._next_probe = now + DB_PROBE_INTERVAL_S
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.cluster.store_url, autocommit=True, connect_timeout=2)
+        except psycopg.Error as e:
+            self._db_down = str(e) or type(e).__name__
+            raise ClusterStoreError(f"cluster database unavailable: {self._db_down}") from e
+        await conn.close()
+        old, self._pool = self._pool, self._new_pool()
+        await self._pool.open(wait=False)
+        await old.close(timeout=1.0)  # its connections died with the server; its retries are cancelled
+        log.info("cluster database back: batches accepted again")
+        self._db_down = None
+
+    async def _store_group(self, group: list[_Pending]) -> list[bool]:
         outcomes: list[bool] = []
         async with self._pool.connection() as conn, conn.transaction():
             fresh: list[_Pending] = []

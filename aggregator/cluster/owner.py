@@ -216,10 +216,25 @@ class Coordinator:
             raise RuntimeError("not connected to PostgreSQL")
         return self._db
 
+    async def _heartbeat(self) -> None:
+        await self._conn().execute("INSERT INTO cluster_replicas (replica, url) VALUES (%s, %s) ON CONFLICT "
+                                   "(replica) DO UPDATE SET seen_at = now(), url = EXCLUDED.url",
+                                   (self.replica, self._url()))
+
+    async def _between_takes(self) -> None:
+        """Housekeeping between two takes of one rebalance. A take waits for its checkpoint to be restored
+        on the analysis thread, behind the redelivered messages of the partitions taken just before it,
+        so taking a dead replica's share can last longer than ``heartbeat_ttl_s``: without this the
+        taker's own heartbeat expired meanwhile (the others saw it dead too) and its partitions' checkpoints
+        and acknowledgements stopped (their prefetch filled)."""
+        if time.monotonic() >= self._next_heartbeat:
+            await self._heartbeat()
+            self._next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
+        await self._checkpoint_due()
+
     async def _rebalance(self) -> None:
         db = self._conn()
-        await db.execute("INSERT INTO cluster_replicas (replica, url) VALUES (%s, %s) ON CONFLICT (replica) "
-                         "DO UPDATE SET seen_at = now(), url = EXCLUDED.url", (self.replica, self._url()))
+        await self._heartbeat()
         ttl = self.config.heartbeat_ttl_s
         cur = await db.execute("SELECT count(*) FROM cluster_replicas WHERE seen_at > now() - make_interval("
                                "secs => %s)", (ttl,))
@@ -231,6 +246,7 @@ class Coordinator:
         cap = math.ceil(self.config.partitions / live)
         for p in sorted(self.owned)[cap:]:
             await self._release(p)
+            await self._between_takes()
         if len(self.owned) >= cap:
             return
         n = self.config.partitions
@@ -250,6 +266,7 @@ class Coordinator:
                         with contextlib.suppress(psycopg.Error):
                             await db.execute("SELECT pg_advisory_unlock(%s, %s)", (self._namespace, p))
                     raise
+                await self._between_takes()
 
     async def _take(self, p: int) -> None:
         db = self._conn()

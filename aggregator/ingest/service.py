@@ -84,6 +84,9 @@ class IngestService:
     the queue is empty and closes it. :meth:`handle` is the aiohttp handler for ``/v1/ingest``.
     """
 
+    #: What a failed :meth:`_store` is called in its 503 and its log line (cluster ingest stores elsewhere).
+    store_failed = "journal commit failed"
+
     def __init__(
         self,
         config: IngestConfig,
@@ -255,7 +258,7 @@ class IngestService:
         try:
             stored = await asyncio.shield(pending.done)
         except Exception as e:  # set by the worker: the commit failed, nothing was stored
-            return self._refuse("error", 503, f"journal commit failed: {e}", self._retry_after)
+            return self._refuse("error", 503, f"{self.store_failed}: {e}", self._retry_after)
         if not stored:
             return web.json_response({"status": "duplicate"})
         return web.json_response({"status": "accepted", "rows": entry.rows, "late_rows": entry.late_rows,
@@ -317,7 +320,7 @@ class IngestService:
                 self.metrics.journal_full.inc()
                 e = sqlite3.OperationalError(f"{e}: the volume of data_dir ({self.config.data_dir}) is full; free "
                                              "space or lower journal_retention_s (commits resume by themselves)")
-            log.error("journal commit of %d batches failed: %s", len(group), e)
+            log.error("%s (%d batches): %s", self.store_failed, len(group), e)
             for p in group:
                 self._release(p)
                 if not p.done.done():

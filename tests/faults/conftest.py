@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import aio_pika
 import grpc
 import httpx
+import psycopg
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
@@ -44,6 +45,7 @@ from loadtest.procs import Child, free_port
 from loadtest.recorder import RecordingAggregator
 from loadtest.spans import DEFAULT_SERVICES, build_trace_request
 from sentinel import wire
+from tests.faults.servers import OwnPostgres, OwnRabbitMQ, own_postgres_missing, own_rabbitmq_missing
 from tests.tcp_proxy import TcpProxy
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -700,6 +702,40 @@ def faults(tmp_path: Path) -> Iterator[FaultEnv]:
 # -- observed figures, for tests/faults/README.md -----------------------------------------------------
 
 OBSERVED: list[tuple[str, dict[str, Any]]] = []
+
+
+# -- servers of a test's own (tests/faults/servers.py) -------------------------------------------
+
+
+@pytest.fixture
+def own_rabbitmq() -> Iterator[OwnRabbitMQ]:
+    missing = own_rabbitmq_missing()
+    if missing:
+        pytest.skip(missing)
+    broker = OwnRabbitMQ()
+    try:
+        try:
+            broker.start()
+        except (AssertionError, RuntimeError, OSError) as e:
+            pytest.skip(f"rabbitmq-server could not start a node of the test's own: {e}\n{broker.tail()}")
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    missing = own_postgres_missing()
+    if missing:
+        pytest.skip(missing)
+    pg = OwnPostgres()
+    try:
+        pg.start()
+        with psycopg.connect(pg.url(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE sentinel")
+        yield pg
+    finally:
+        pg.close()
 
 
 def observe(fault: str, **figures: Any) -> None:
