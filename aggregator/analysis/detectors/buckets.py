@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, Protocol, Self, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, heaviest_rows, nan_filled
+from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, nan_filled
 from sentinel.model import FeatureBatch
 
 __all__ = ["NS", "BucketedDetector", "BucketedKeys", "Closed", "KeyState"]
@@ -67,6 +67,31 @@ class _Pairs(NamedTuple):
     counts: npt.NDArray[np.int64]  # rows per group
     idx_min: int  # the first bucket index
     latest: int  # the latest event time (ns)
+    memo: dict[int, tuple[IntArray, npt.NDArray[np.bool_], IntArray]]  # _heaviest's, by k
+
+
+def _heaviest(grouped: _Pairs, weight: FloatArray, k: int) -> tuple[IntArray, IntArray]:
+    """:func:`~aggregator.analysis.detectors.keys.heaviest_rows` of the groups, with what depends on
+    the grouping alone (rows by group, which ranks are kept, where each group's rows start) worked
+    out once per grouping and ``k``, as a dozen detectors pick examples from the same groups."""
+    got = grouped.memo.get(k)
+    if got is None:
+        by_group = np.argsort(grouped.inv, kind="stable").astype(np.int64)
+        first = np.concatenate([[0], np.cumsum(grouped.counts)[:-1]])
+        kept = np.arange(grouped.inv.size) - np.repeat(first, grouped.counts) < k
+        starts = np.concatenate([[0], np.cumsum(np.minimum(grouped.counts, k))]).astype(np.int64)
+        got = grouped.memo[k] = (by_group, kept, starts)
+    by_group, kept, starts = got
+    neg = -nan_filled(weight, -np.inf)
+    if neg.size == 0 or neg.min() == neg.max():  # all weights equal: the rows' own order already is
+        return by_group[kept], starts
+    # Rows by (group, weight descending, row): a stable sort by group of the rows in weight order,
+    # the group as int16 when it fits (numpy's stable sort of int16 is a radix sort).
+    by_weight = np.argsort(neg, kind="stable")
+    g = grouped.inv[by_weight]
+    if len(grouped.counts) < 2**15:
+        g = g.astype(np.int16)
+    return by_weight[np.argsort(g, kind="stable")][kept].astype(np.int64), starts
 
 
 #: The last few groupings by (key, bucket), by the identity of the key codes (memoised read-only by
@@ -91,7 +116,7 @@ def _pairs(codes: npt.NDArray[np.int64], times: npt.NDArray[Any], n_keys: int, w
     code, idx = np.ascontiguousarray(pair[:, 0], dtype=np.int64), np.ascontiguousarray(pair[:, 1], dtype=np.int64)
     for a in (counts, code, idx):
         a.flags.writeable = False
-    grouped = _Pairs(code, idx, inv, counts, int(idx.min()), int(times.max()))
+    grouped = _Pairs(code, idx, inv, counts, int(idx.min()), int(times.max()), {})
     _PAIRS_MEMO[ident] = (codes, times, grouped)
     while len(_PAIRS_MEMO) > _PAIRS_MEMO_SIZE:
         _PAIRS_MEMO.popitem(last=False)
@@ -164,7 +189,6 @@ class BucketedKeys(Generic[S]):
         self._next_closed: IntArray = np.empty(0, dtype=np.int64)
         self._cur_idx: IntArray = np.empty(0, dtype=np.int64)  # the slot's latest bucket (_NONE: none)
         self._cur_row: IntArray = np.empty(0, dtype=np.int64)
-        self._touched = np.empty(0, dtype=bool)  # rows since the last close
         self._live = np.empty(0, dtype=bool)
         # rows (open buckets): sums and kept examples, (weight, trace id) heaviest first
         self._free_rows: list[int] = []
@@ -195,7 +219,6 @@ class BucketedKeys(Generic[S]):
         for slot in self._dead:
             self._free_rows += self._rows_of[slot].values()
             self._rows_of[slot] = {}
-            self._touched[slot] = False
             self._cur_idx[slot] = _NONE
         self._free += self._dead
         self._dead = []
@@ -213,11 +236,9 @@ class BucketedKeys(Generic[S]):
                 self._next_closed = np.resize(self._next_closed, cap)
                 self._cur_idx = np.resize(self._cur_idx, cap)
                 self._cur_row = np.resize(self._cur_row, cap)
-                self._touched = np.resize(self._touched, cap)
                 self._live = np.resize(self._live, cap)
         self._next_closed[slot] = _NONE
         self._cur_idx[slot] = _NONE
-        self._touched[slot] = False
         self._live[slot] = True
         self._slot[key] = slot
         return slot
@@ -313,7 +334,6 @@ class BucketedKeys(Generic[S]):
             rows = np.full(len(pslot), -1, dtype=np.int64)
             rows[ok] = self._rows(pslot[ok], grouped.idx[ok], sums[ok])
         self._add_examples(batch, grouped, rows, example_weight)
-        self._touched[slot_of] = True
         self.watermark = grouped.latest if self.watermark is None else max(self.watermark, grouped.latest)
 
     def _rows(self, slot: IntArray, idx: IntArray, sums: FloatArray) -> IntArray:
@@ -353,7 +373,7 @@ class BucketedKeys(Generic[S]):
         if k == 0:
             return
         example_weight = np.asarray(example_weight, dtype=np.float64)
-        ex_rows, starts = heaviest_rows(grouped.inv, example_weight, k)
+        ex_rows, starts = _heaviest(grouped, example_weight, k)
         dest = np.repeat(rows, np.diff(starts))
         trace = batch.strings["trace_id"]
         tids = [trace[r] for r in ex_rows.tolist()]
@@ -365,8 +385,25 @@ class BucketedKeys(Generic[S]):
             ex_rows, dest = ex_rows[keep], dest[keep]
         if not tids:
             return
+        w = nan_filled(example_weight[ex_rows], -1.0)
+        # A candidate that does not come before its bucket's k-th kept example (weight descending,
+        # then trace id; on a tie the kept one, earlier, stays first) can never be kept: dropped now,
+        # so that the merge sorts few. Nearly all are, once a bucket has its examples.
+        full = self._nex[dest] == k
+        if full.any():
+            kth_w = self._exw[dest, k - 1]
+            beats = ~full | (w > kth_w)
+            tie = full & (w == kth_w)
+            if tie.any():
+                kth_t = self._ext[dest, k - 1]
+                beats[tie] = [tids[j] < kth_t[j] for j in np.flatnonzero(tie).tolist()]
+            if not beats.all():
+                tids = list(itertools.compress(tids, beats.tolist()))
+                dest, w = dest[beats], w[beats]
+                if not tids:
+                    return
         self._p_row.append(dest)
-        self._p_w.append(nan_filled(example_weight[ex_rows], -1.0))
+        self._p_w.append(w)
         self._p_t.append(tids)  # no None left (filtered above)
         self._p_n += len(tids)
         if self._p_n >= _PENDING_MERGE:
@@ -404,10 +441,12 @@ class BucketedKeys(Generic[S]):
         self._flush()
         limit = (self.watermark - self.lateness_ns) // self.width_ns
         n_slots = len(self._slot_key)
-        # Only a rising watermark can close an old key's bucket; otherwise only new rows matter.
-        rising = limit != self.closed_limit
-        cand = np.flatnonzero(self._live[:n_slots] if rising else self._touched[:n_slots])
-        self._touched[:n_slots] = False
+        if limit == self.closed_limit:
+            # Nothing to close: after the close that reached this limit every key's next bucket to
+            # close was at or after it (or it had none), and rows since then went to buckets at or
+            # after it (earlier ones are late). (The per-key series looked at each key with new rows.)
+            return []
+        cand = np.flatnonzero(self._live[:n_slots])
         self.closed_limit = limit
         self._late_bound = max(self._late_bound, limit)
         if cand.size == 0:
@@ -425,12 +464,7 @@ class BucketedKeys(Generic[S]):
         em, start = cand[emit], np.maximum(first[emit], limit - self.max_gap)
         self._next_closed[em] = limit
         starts = dict(zip(em.tolist(), start.tolist(), strict=True))
-        items = self.keys.items
-        if rising:
-            order = [(k, st) for k, st in items.items() if (s := self._slot.get(k)) is not None and s in starts]
-        else:
-            emitting = [k for s in starts if (k := self._slot_key[s]) is not None]
-            order = [(k, items[k]) for k in sorted(emitting, key=str)]
+        order = [(k, st) for k, st in self.keys.items.items() if (s := self._slot.get(k)) is not None and s in starts]
         out: list[Closed[S]] = []
         zeros = [0.0] * self.n_fields
         for key, state in order:
