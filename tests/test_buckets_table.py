@@ -185,3 +185,21 @@ def test_bucketed_keys_pads_short_saved_sums_and_keeps_examples() -> None:
     [(key, _, idx, sums, ex), (_, _, idx2, sums2, ex2)] = keys.close()
     assert (key, idx, sums, ex) == (("a",), 5, [1.0, 0.0, 0.0], ["t1"])
     assert (idx2, sums2, ex2) == (6, [0.0, 0.0, 0.0], [])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_heaviest_of_a_grouping_equals_heaviest_rows(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 600))
+    codes = rng.integers(0, int(rng.choice([1, 3, 40])), n) ** int(rng.choice([1, 2]))  # skewed groups too
+    codes = np.unique(codes, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    times = (1_700_000_000 * NS + rng.integers(0, 30, n) * NS).astype(np.int64)
+    grouped = buckets._pairs(codes, times, int(codes.max()) + 1, 10 * NS)
+    for w in (rng.random(n), np.round(rng.random(n) * 3), np.zeros(n), rng.integers(0, 2, n) * 1.0):
+        weight = np.asarray(w, dtype=np.float64)
+        weight[rng.random(n) < 0.1] = np.nan
+        weight[rng.random(n) < 0.02] = np.inf
+        for k in (1, 3):
+            want = heaviest_rows_per_group(grouped.inv, weight, k)
+            rows, starts = buckets._heaviest(grouped, weight, k)
+            assert (rows.tolist(), starts.tolist()) == want

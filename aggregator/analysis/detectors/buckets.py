@@ -26,6 +26,7 @@ __all__ = ["NS", "BucketedDetector", "BucketedKeys", "Closed", "KeyState"]
 
 NS = 1_000_000_000
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 def _nan_to_zero(f: FloatArray) -> FloatArray:
@@ -67,31 +68,67 @@ class _Pairs(NamedTuple):
     counts: npt.NDArray[np.int64]  # rows per group
     idx_min: int  # the first bucket index
     latest: int  # the latest event time (ns)
-    memo: dict[int, tuple[IntArray, npt.NDArray[np.bool_], IntArray]]  # _heaviest's, by k
+    memo: dict[int, _GroupOrder]  # _heaviest's, by k
+
+
+class _GroupOrder(NamedTuple):
+    """What :func:`_heaviest` needs of a grouping and ``k``, whatever the weights."""
+
+    by_group: IntArray  # rows by (group, row)
+    kept: npt.NDArray[np.bool_]  # of by_group: the first k of each group
+    starts: IntArray  # where each group's kept rows start (G + 1)
+    cell: IntArray | None  # of by_group: the row's cell in a (G, largest group) matrix; None: too sparse
+    width: int  # the largest group
+
+
+def _group_order(grouped: _Pairs, k: int) -> _GroupOrder:
+    got = grouped.memo.get(k)
+    if got is None:
+        counts = grouped.counts
+        by_group = np.argsort(grouped.inv, kind="stable").astype(np.int64)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.arange(grouped.inv.size) - np.repeat(first, counts)
+        starts = np.concatenate([[0], np.cumsum(np.minimum(counts, k))]).astype(np.int64)
+        width = int(counts.max()) if counts.size else 0
+        cell = None
+        if counts.size * width <= 8 * grouped.inv.size + 64:
+            cell = np.repeat(np.arange(counts.size, dtype=np.int64), counts) * width + rank
+        got = grouped.memo[k] = _GroupOrder(by_group, rank < k, starts, cell, width)
+    return got
 
 
 def _heaviest(grouped: _Pairs, weight: FloatArray, k: int) -> tuple[IntArray, IntArray]:
-    """:func:`~aggregator.analysis.detectors.keys.heaviest_rows` of the groups, with what depends on
-    the grouping alone (rows by group, which ranks are kept, where each group's rows start) worked
-    out once per grouping and ``k``, as a dozen detectors pick examples from the same groups."""
-    got = grouped.memo.get(k)
-    if got is None:
-        by_group = np.argsort(grouped.inv, kind="stable").astype(np.int64)
-        first = np.concatenate([[0], np.cumsum(grouped.counts)[:-1]])
-        kept = np.arange(grouped.inv.size) - np.repeat(first, grouped.counts) < k
-        starts = np.concatenate([[0], np.cumsum(np.minimum(grouped.counts, k))]).astype(np.int64)
-        got = grouped.memo[k] = (by_group, kept, starts)
-    by_group, kept, starts = got
+    """:func:`~aggregator.analysis.detectors.keys.heaviest_rows` of the groups (rows of the ``k``
+    largest weights of each group, heaviest first, ties by row, NaN lightest; and where each group's
+    start), with what depends on the grouping alone worked out once per grouping, as a dozen
+    detectors pick examples from the same groups."""
+    order = _group_order(grouped, k)
     neg = -nan_filled(weight, -np.inf)
     if neg.size == 0 or neg.min() == neg.max():  # all weights equal: the rows' own order already is
-        return by_group[kept], starts
+        return order.by_group[order.kept], order.starts
+    rows: IntArray
+    if order.cell is not None and order.width > k:
+        # Only rows at least as heavy as their group's k-th heaviest can be kept: that threshold of
+        # every group from one partition of a (group, rank) matrix, and only those rows sorted.
+        n_groups = len(grouped.counts)
+        mat = np.full(n_groups * order.width, np.inf)
+        mat[order.cell] = neg[order.by_group]
+        kth = np.partition(mat.reshape(n_groups, order.width), k - 1, axis=1)[:, k - 1]
+        rows = np.flatnonzero(neg <= kth[grouped.inv])
+    else:
+        rows = np.arange(neg.size, dtype=np.int64)
     # Rows by (group, weight descending, row): a stable sort by group of the rows in weight order,
     # the group as int16 when it fits (numpy's stable sort of int16 is a radix sort).
-    by_weight = np.argsort(neg, kind="stable")
-    g = grouped.inv[by_weight]
+    rows = rows[np.argsort(neg[rows], kind="stable")]
+    g = grouped.inv[rows]
     if len(grouped.counts) < 2**15:
         g = g.astype(np.int16)
-    return by_weight[np.argsort(g, kind="stable")][kept].astype(np.int64), starts
+    within = np.argsort(g, kind="stable")
+    rows, g = rows[within], g[within].astype(np.int64)
+    if rows.size == neg.size:
+        return rows[order.kept].astype(np.int64), order.starts
+    first = np.searchsorted(g, np.arange(len(grouped.counts)))
+    return rows[np.arange(rows.size) - first[g] < k].astype(np.int64), order.starts
 
 
 #: The last few groupings by (key, bucket), by the identity of the key codes (memoised read-only by
@@ -132,7 +169,6 @@ _NONE = int(np.iinfo(np.int64).min)
 _ABOVE = int(np.iinfo(np.int64).max)
 #: Example candidates gathered before they are merged into the kept examples in one sort.
 _PENDING_MERGE = 4096
-IntArray = npt.NDArray[np.int64]
 ObjArray = npt.NDArray[np.object_]
 
 
