@@ -36,19 +36,23 @@ def _nan_to_zero(f: FloatArray) -> FloatArray:
 
 
 def _key_bucket_pairs(codes: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64], n_keys: int
-                      ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
-    """The distinct (key code, bucket) pairs, sorted, and each row's index into them.
+                      ) -> tuple[IntArray, IntArray, npt.NDArray[np.intp]]:
+    """The distinct (key code, bucket) pairs, sorted (their codes, their buckets), and each row's
+    index into them; every code below ``n_keys`` has a row.
 
     What ``np.unique(np.stack([codes, bucket], axis=1), axis=0, return_inverse=True)`` gives, from
     one integer per row (``code * span + bucket - first``) instead: ``np.unique`` along an axis sorts
     rows through a structured view and took ~60 % of this method (profile of the aggregator bench).
-    When those integers are few (a batch spans a bucket or two), a count of each replaces the sort.
+    When those integers are few (a batch spans a bucket or two), a count of each replaces the sort;
+    when the batch is in one bucket (nearly always), the pairs are the keys.
     """
     first = int(bucket.min())
     span = int(bucket.max()) - first + 1
+    if span == 1:
+        return np.arange(n_keys, dtype=np.int64), np.full(n_keys, first, dtype=np.int64), codes.astype(np.intp)
     if n_keys * span >= 2**62:  # absurd spread of event times: keep the exact general form
         pair, inv = np.unique(np.stack([codes, bucket], axis=1), axis=0, return_inverse=True)
-        return pair, inv.reshape(-1)
+        return pair[:, 0].astype(np.int64), pair[:, 1].astype(np.int64), inv.reshape(-1)
     flat = codes * span + (bucket - first)
     if n_keys * span <= 4 * flat.size + 64:
         present = np.bincount(flat, minlength=n_keys * span) > 0
@@ -56,7 +60,7 @@ def _key_bucket_pairs(codes: npt.NDArray[np.int64], bucket: npt.NDArray[np.int64
         inv = (np.cumsum(present) - 1)[flat]
     else:
         combined, inv = np.unique(flat, return_inverse=True)
-    return np.stack([combined // span, combined % span + first], axis=1), inv.reshape(-1)
+    return combined // span, combined % span + first, inv.reshape(-1)
 
 
 class _Pairs(NamedTuple):
@@ -85,16 +89,17 @@ class _GroupOrder(NamedTuple):
 def _group_order(grouped: _Pairs, k: int) -> _GroupOrder:
     got = grouped.memo.get(k)
     if got is None:
-        counts = grouped.counts
-        by_group = np.argsort(grouped.inv, kind="stable").astype(np.int64)
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rank = np.arange(grouped.inv.size) - np.repeat(first, counts)
+        counts, n_groups = grouped.counts, len(grouped.counts)
+        inv = grouped.inv.astype(np.int16) if n_groups < 2**15 else grouped.inv  # int16: a radix sort
+        by_group = np.argsort(inv, kind="stable").astype(np.int64)
+        ends = np.cumsum(counts)
+        group_of = inv[by_group].astype(np.int64)
+        rank = np.arange(inv.size) - (ends - counts)[group_of]
         n_kept = np.minimum(counts, k).astype(np.int64)
-        starts = np.concatenate([[0], np.cumsum(n_kept)]).astype(np.int64)
-        width = int(counts.max()) if counts.size else 0
-        cell = None
-        if counts.size * width <= 8 * grouped.inv.size + 64:
-            cell = np.repeat(np.arange(counts.size, dtype=np.int64), counts) * width + rank
+        starts = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(n_kept, out=starts[1:])
+        width = int(counts.max()) if n_groups else 0
+        cell = group_of * width + rank if n_groups * width <= 8 * inv.size + 64 else None
         got = grouped.memo[k] = _GroupOrder(by_group, rank < k, starts, n_kept, cell, width)
     return got
 
@@ -155,11 +160,9 @@ def _pairs(codes: npt.NDArray[np.int64], times: npt.NDArray[Any], n_keys: int, w
         _PAIRS_MEMO.move_to_end(ident)
         return hit[2]
     bucket = times.astype(np.int64) // width_ns
-    pair, inv = _key_bucket_pairs(codes, bucket, n_keys)
-    inv.flags.writeable = False
-    counts = np.bincount(inv, minlength=len(pair))
-    code, idx = np.ascontiguousarray(pair[:, 0], dtype=np.int64), np.ascontiguousarray(pair[:, 1], dtype=np.int64)
-    for a in (counts, code, idx):
+    code, idx, inv = _key_bucket_pairs(codes, bucket, n_keys)
+    counts = np.bincount(inv, minlength=len(code))
+    for a in (inv, counts, code, idx):
         a.flags.writeable = False
     grouped = _Pairs(code, idx, inv, counts, int(idx.min()), int(times.max()), {})
     _PAIRS_MEMO[ident] = (codes, times, grouped)
