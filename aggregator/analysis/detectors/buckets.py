@@ -422,33 +422,38 @@ class BucketedKeys(Generic[S]):
         example_weight = np.asarray(example_weight, dtype=np.float64)
         ex_rows, order = _heaviest_rows(grouped, example_weight, k)
         dest = np.repeat(rows, order.n_kept)
-        trace = batch.strings["trace_id"]
-        tids = [trace[r] for r in ex_rows.tolist()]
-        keep = dest >= 0
-        if None in tids:
-            keep &= np.fromiter((t is not None for t in tids), dtype=bool, count=len(tids))
-        if not keep.all():
-            tids = list(itertools.compress(tids, keep.tolist()))
-            ex_rows, dest = ex_rows[keep], dest[keep]
-        if not tids:
-            return
         w = nan_filled(example_weight[ex_rows], -1.0)
+        if dest.min(initial=0) < 0:
+            keep = dest >= 0
+            ex_rows, dest, w = ex_rows[keep], dest[keep], w[keep]
         # A candidate that does not come before its bucket's k-th kept example (weight descending,
         # then trace id; on a tie the kept one, earlier, stays first) can never be kept: dropped now,
-        # so that the merge sorts few. Nearly all are, once a bucket has its examples.
+        # so that the merge sorts few (nearly all are, once a bucket has its examples), and before
+        # its trace id is looked up when its weight alone says so.
+        tie: IntArray | None = None
         full = self._nex[dest] == k
         if full.any():
             kth_w = self._exw[dest, k - 1]
-            beats = ~full | (w > kth_w)
-            tie = full & (w == kth_w)
-            if tie.any():
-                kth_t = self._ext[dest, k - 1]
-                beats[tie] = [tids[j] < kth_t[j] for j in np.flatnonzero(tie).tolist()]
-            if not beats.all():
-                tids = list(itertools.compress(tids, beats.tolist()))
-                dest, w = dest[beats], w[beats]
-                if not tids:
-                    return
+            maybe = ~full | (w >= kth_w)
+            if not maybe.all():
+                ex_rows, dest, w, full, kth_w = ex_rows[maybe], dest[maybe], w[maybe], full[maybe], kth_w[maybe]
+            tie = np.flatnonzero(full & (w == kth_w))
+        trace = batch.strings["trace_id"]
+        tids = [trace[r] for r in ex_rows.tolist()]
+        keep_l: list[bool] | None = None
+        if None in tids:
+            keep_l = [t is not None for t in tids]
+        if tie is not None and tie.size:
+            keep_l = [True] * len(tids) if keep_l is None else keep_l
+            for j, held in zip(tie.tolist(), self._ext[dest[tie], k - 1].tolist(), strict=True):
+                t = tids[j]
+                keep_l[j] = t is not None and t < held
+        if keep_l is not None and not all(keep_l):
+            tids = list(itertools.compress(tids, keep_l))
+            keep = np.array(keep_l, dtype=bool)
+            dest, w = dest[keep], w[keep]
+        if not tids:
+            return
         self._p_row.append(dest)
         self._p_w.append(w)
         self._p_t.append(tids)  # no None left (filtered above)
