@@ -420,8 +420,12 @@ class BucketedKeys(Generic[S]):
         if k == 0:
             return
         example_weight = np.asarray(example_weight, dtype=np.float64)
-        ex_rows, order = _heaviest_rows(grouped, example_weight, k)
-        dest = np.repeat(rows, order.n_kept)
+        picked = self._heaviest_of_the_heavy(grouped, rows, example_weight)
+        if picked is None:
+            ex_rows, order = _heaviest_rows(grouped, example_weight, k)
+            dest = np.repeat(rows, order.n_kept)
+        else:
+            ex_rows, dest = picked
         w = nan_filled(example_weight[ex_rows], -1.0)
         if dest.min(initial=0) < 0:
             keep = dest >= 0
@@ -460,6 +464,38 @@ class BucketedKeys(Generic[S]):
         self._p_n += len(tids)
         if self._p_n >= _PENDING_MERGE:
             self._merge_examples()
+
+    def _heaviest_of_the_heavy(self, grouped: _Pairs, rows: IntArray, weight: FloatArray
+                               ) -> tuple[IntArray, IntArray] | None:
+        """:func:`_heaviest`'s rows (and their bucket rows) among the rows that can still be kept: in a
+        group whose bucket has all its examples, a row lighter than the k-th of them never is, nor
+        is any row after it in the group's order (lighter still), so leaving those out picks the
+        same. ``None``: not worth it (too few left out), or a group's k-th example weighs -1 or less
+        (where a NaN weight, -1 when kept but lightest when picked, could come after such a row)."""
+        k = self.max_examples
+        valid = rows >= 0
+        safe = np.where(valid, rows, 0)
+        full = valid & (self._nex[safe] == k)
+        if not full.any():
+            return None
+        kth = self._exw[safe, k - 1]
+        if (kth[full] <= -1.0).any():
+            return None
+        pick = nan_filled(weight, -np.inf)
+        thr = np.where(full, kth, -np.inf)
+        thr[~valid] = np.inf  # no bucket: nothing to pick
+        heavy = np.flatnonzero(pick >= thr[grouped.inv])
+        if 2 * heavy.size > pick.size:
+            return None
+        by_weight = heavy[np.argsort(-pick[heavy], kind="stable")]
+        g = grouped.inv[by_weight]
+        if len(grouped.counts) < 2**15:
+            g = g.astype(np.int16)
+        within = np.argsort(g, kind="stable")
+        ex_rows, g64 = by_weight[within], g[within].astype(np.int64)
+        first = np.searchsorted(g64, np.arange(len(grouped.counts)))
+        kept = np.arange(ex_rows.size) - first[g64] < k
+        return ex_rows[kept].astype(np.int64), rows[g64[kept]]
 
     def _merge_examples(self) -> None:
         """The pending candidates merged into their rows' kept examples: the ``max_examples`` first of
