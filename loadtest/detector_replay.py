@@ -2,6 +2,7 @@
 
     python -m loadtest.detector_replay --out PATH [--batches 400]   # candidates + saved state, as JSON
     python -m loadtest.detector_replay --compare OLD NEW            # exit 1 and name what differs
+    python -m loadtest.detector_replay --speed                      # detectors' thread CPU per batch
 
 A speed change to the detectors must not change what they find or what they save: run this at the
 commit before and the commit after (``PYTHONPATH=<an export of the old commit>`` for the old one)
@@ -18,15 +19,21 @@ rate, so that many windows close; every run is the same (fixed seeds, fixed star
 Each setting's candidates (``Candidate.to_dict``) and the detectors' saved state at a few points
 and at the end (``DetectorConsumer.snapshot``) are written; state is also read back and the
 stream continued from it, so a restore is compared too.
+
+``--speed`` times the other side: ``loadtest.bench_aggregator``'s stream (1,024-row batches, event
+time at 100,000 rows/s) through the detectors alone, in this thread's CPU time, and the part of it
+spent in ``BucketedKeys`` (its ``add``, ``add_categories`` and ``close``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,7 @@ from loadtest.bench_aggregator import NS, Stream, build_corpus
 from sentinel import wire
 from sentinel.model import FeatureBatch
 
-__all__ = ["SETTINGS", "compare", "main", "record", "stream"]
+__all__ = ["SETTINGS", "compare", "main", "record", "speed", "stream"]
 
 START_NS = 1_764_000_000 * NS
 SEED = 16
@@ -121,6 +128,54 @@ def record(batches: int) -> dict[str, Any]:
     return out
 
 
+def speed(rows: int = 300_000, warmup_rows: int = 40_000) -> dict[str, float]:
+    """The detectors' thread CPU time per batch on the aggregator bench's stream, and BucketedKeys' part."""
+    from aggregator.analysis.detectors import buckets
+    from aggregator.analysis.detectors.consumer import DetectorConsumer
+    from loadtest.bench_aggregator import AggBenchSettings
+
+    spent = [0.0]
+    inside = [False]
+
+    def timed(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if inside[0]:
+                return f(*args, **kwargs)
+            inside[0], t0 = True, time.thread_time()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                spent[0] += time.thread_time() - t0
+                inside[0] = False
+        return run
+
+    methods = {m: getattr(buckets.BucketedKeys, m) for m in ("add", "add_categories", "close")}
+    s = AggBenchSettings()
+    corpus = build_corpus(s.corpus_payloads, s.spans_per_payload)
+    src = Stream(corpus, rows_per_batch=s.rows_per_batch, sidecars=s.sidecars, event_rows_per_s=s.event_rows_per_s,
+                 start_unix_nano=START_NS)
+    warm, feed = src.take(warmup_rows), src.take(rows)
+    try:
+        for m, f in methods.items():
+            setattr(buckets.BucketedKeys, m, timed(f))
+        with tempfile.TemporaryDirectory(prefix="detector_replay_") as d:
+            consumer = DetectorConsumer({}, d)
+            for b in warm:
+                consumer.consume(b, arrival_ns=b.created_unix_nano)
+            spent[0] = 0.0
+            t0 = time.thread_time()
+            for b in feed:
+                consumer.consume(b, arrival_ns=b.created_unix_nano)
+            total = time.thread_time() - t0
+    finally:
+        for m, f in methods.items():
+            setattr(buckets.BucketedKeys, m, f)
+    n = len(feed)
+    return {"batches": n, "detectors_ms_per_batch": total / n * 1e3, "bucketed_keys_ms_per_batch": spent[0] / n * 1e3,
+            "detectors_rows_per_s": sum(b.batch.n for b in feed) / total}
+
+
 def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """What differs, by path (empty: identical)."""
     diffs: list[str] = []
@@ -151,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the record of this code here")
     p.add_argument("--batches", type=int, default=400)
     p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"))
+    p.add_argument("--speed", action="store_true", help="time the detectors on the aggregator bench's stream")
     args = p.parse_args(argv)
+    if args.speed:
+        fig = speed()
+        print(f"detectors {fig['detectors_ms_per_batch']:.2f} ms a batch ({fig['detectors_rows_per_s']:,.0f} rows/s "
+              f"thread CPU), BucketedKeys {fig['bucketed_keys_ms_per_batch']:.2f} ms of it ({fig['batches']} batches)")
+        return 0
     if args.compare:
         old, new = (json.loads(Path(f).read_text()) for f in args.compare)
         diffs = compare(old, new)
