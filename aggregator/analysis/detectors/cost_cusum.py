@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_min, check_positive
 from sentinel.config import ConfigError
@@ -94,10 +94,9 @@ class CostCusumConfig:
 
 
 class _KeyState:
-    __slots__ = ("armed", "buckets", "mean", "n", "per_call", "s", "var")
+    __slots__ = ("armed", "mean", "n", "per_call", "s", "var")
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         self.n = 0
         self.mean = 0.0
         self.var = 0.0

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedKeys
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.divergence import js_divergence, psi
 from aggregator.analysis.detectors.keys import Key, group_by_key, nan_filled
@@ -105,10 +105,9 @@ class DriftConfig:
 
 
 class _KeyState:
-    __slots__ = ("armed", "buckets", "edges", "reference", "reference_counts")
+    __slots__ = ("armed", "edges", "reference", "reference_counts")
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         self.reference: list[float] = []
         self.edges: list[float] | None = None
         self.reference_counts: list[float] = []
@@ -131,10 +130,9 @@ class _KeyState:
 class _CatState:
     """One key's categories (slot = index; slot ``max_categories`` is "other") and reference counts."""
 
-    __slots__ = ("armed", "buckets", "ref_n", "reference_counts", "vocab")
+    __slots__ = ("armed", "ref_n", "reference_counts", "vocab")
 
     def __init__(self, max_categories: int) -> None:
-        self.buckets = BucketSeries()
         self.vocab: list[str] = []
         self.reference_counts = [0.0] * (max_categories + 1)
         self.ref_n = 0

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.providers import ProviderMap
@@ -76,10 +76,9 @@ class ErrorBurstConfig:
 
 
 class _KeyState:
-    __slots__ = ("armed", "buckets", "calls", "errors")
+    __slots__ = ("armed", "calls", "errors")
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         self.calls = 0.0
         self.errors = 0.0
         self.armed = True

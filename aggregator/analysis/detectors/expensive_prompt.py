@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import group_by_key
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
@@ -82,10 +82,9 @@ class ExpensivePromptConfig:
 
 
 class _KeyState:
-    __slots__ = ("buckets", "peaks", "pos", "ring")
+    __slots__ = ("peaks", "pos", "ring")
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         # An array, not a list: the batch's statistics stack the rings of every key without a
         # conversion per key and batch (profile of loadtest/bench_aggregator.py).
         self.ring: npt.NDArray[np.float64] = np.empty(0, dtype=np.float64)

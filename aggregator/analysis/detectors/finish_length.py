@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from aggregator.analysis.detectors.binomial import binomial_z
-from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
@@ -81,10 +81,9 @@ class FinishLengthConfig:
 
 
 class _KeyState:
-    __slots__ = ("armed", "buckets", "calls", "hits", "n", "run", "share")
+    __slots__ = ("armed", "calls", "hits", "n", "run", "share")
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         self.n = 0  # warm-up buckets seen
         self.calls = 0.0  # warm-up totals (pooled share)
         self.hits = 0.0

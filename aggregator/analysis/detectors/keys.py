@@ -12,7 +12,8 @@ import numpy.typing as npt
 
 from sentinel.grouping import Key, group_by_key
 
-__all__ = ["Key", "KeyedState", "group_by_key", "heaviest_rows_per_group", "nan_filled", "top_rows_per_group"]
+__all__ = ["Key", "KeyedState", "group_by_key", "heaviest_rows", "heaviest_rows_per_group", "nan_filled",
+           "top_rows_per_group"]
 
 IntArray = npt.NDArray[np.int64]
 S = TypeVar("S")
@@ -36,6 +37,13 @@ def heaviest_rows_per_group(group: npt.NDArray[np.integer[Any]], weight: npt.NDA
     """For groups 0..G-1 (each with a row), the rows of the ``k`` largest weights, group after group,
     heaviest first (ties: earlier rows first; NaN lightest), and where each group's rows start
     (``starts[g]:starts[g + 1]``)."""
+    rows, starts = heaviest_rows(group, weight, k)
+    return rows.tolist(), starts.tolist()
+
+
+def heaviest_rows(group: npt.NDArray[np.integer[Any]], weight: npt.NDArray[np.float64], k: int
+                  ) -> tuple[IntArray, IntArray]:
+    """:func:`heaviest_rows_per_group` as arrays (rows, and G + 1 starts)."""
     n = group.size
     neg = -nan_filled(weight, -np.inf)
     # All weights equal (a detector's zeros, or no row flagged): the rows' own order already is.
@@ -53,7 +61,7 @@ def heaviest_rows_per_group(group: npt.NDArray[np.integer[Any]], weight: npt.NDA
     starts = np.searchsorted(g, np.arange(n_groups + 1))
     kept = np.arange(n) - starts[g] < k
     kept_starts = np.concatenate([[0], np.cumsum(np.minimum(np.diff(starts), k))])
-    return order[kept].tolist(), kept_starts.astype(np.int64).tolist()
+    return order[kept].astype(np.int64), kept_starts.astype(np.int64)
 
 
 def top_rows_per_group(group: IntArray, weight: npt.NDArray[np.float64], k: int) -> list[list[int]]:
@@ -63,21 +71,26 @@ def top_rows_per_group(group: IntArray, weight: npt.NDArray[np.float64], k: int)
 
 
 class KeyedState(Generic[S]):
-    """Per-key state, at most ``max_keys`` of them; the least recently touched key is evicted."""
+    """Per-key state, at most ``max_keys`` of them; the least recently touched key is evicted
+    (and handed to ``on_evict``, for state kept beside this map)."""
 
-    def __init__(self, max_keys: int, factory: Callable[[], S]) -> None:
+    def __init__(self, max_keys: int, factory: Callable[[], S],
+                 on_evict: Callable[[Key], None] | None = None) -> None:
         self.max_keys = max_keys
         self.factory = factory
         self.items: OrderedDict[Key, S] = OrderedDict()
         self.evicted = 0
+        self.on_evict = on_evict
 
     def get(self, key: Key) -> S:
         state = self.items.get(key)
         if state is None:
             state = self.items[key] = self.factory()
             while len(self.items) > self.max_keys:
-                self.items.popitem(last=False)
+                gone, _ = self.items.popitem(last=False)
                 self.evicted += 1
+                if self.on_evict is not None:
+                    self.on_evict(gone)
         else:
             self.items.move_to_end(key)
         return state

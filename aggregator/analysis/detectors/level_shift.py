@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
@@ -128,10 +128,9 @@ class _Level:
 
 
 class _KeyState:
-    __slots__ = ("buckets", "levels")
+    __slots__ = ("levels",)
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         self.levels = {m: _Level() for m in (*METRICS, TOKENS_PER_S)}
 
     def to_state(self) -> dict[str, Any]:
@@ -179,12 +178,8 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
         super().__init__(config)
         self.explained = 0  # shifts not raised because another metric of the same calls explains them
 
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], config: LevelShiftConfig | None = None) -> LevelShiftDetector:
-        det = super().from_state(state, config)
-        for _, st in det._keys.keys:  # open buckets saved before tokens/s was kept: 6 fields
-            st.buckets.open = {i: [*v, *[0.0] * (cls.N_FIELDS - len(v))] for i, v in st.buckets.open.items()}
-        return det
+    # Open buckets saved before tokens/s was kept (6 fields) are read back with zeros for it:
+    # BucketedKeys.load_state pads short ones.
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:

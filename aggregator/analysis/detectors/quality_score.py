@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.analysis.detectors.binomial import binomial_z
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedKeys
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
 from sentinel.model import FeatureBatch
@@ -100,7 +100,6 @@ class _KeyState:
         "armed_score",
         "armed_share",
         "bad",
-        "buckets",
         "cusum",
         "labelled",
         "mean",
@@ -113,7 +112,6 @@ class _KeyState:
     )
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         self.n = 0  # warm-up buckets seen
         self.scored = self.total = self.sq = 0.0  # warm-up score totals
         self.labelled = self.bad = 0.0  # warm-up label totals
@@ -122,16 +120,15 @@ class _KeyState:
         self.armed_score = self.armed_share = True
 
     def to_state(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__slots__ if k != "buckets"}
+        out = {k: getattr(self, k) for k in self.__slots__}
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}  # JSON: no NaN
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
         st = cls()
         for k in cls.__slots__:
-            if k != "buckets":
-                v = d[k]
-                setattr(st, k, math.nan if v is None else v)
+            v = d[k]
+            setattr(st, k, math.nan if v is None else v)
         return st
 
 

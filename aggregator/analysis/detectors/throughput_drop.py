@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedKeys
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.known_loss import KnownLoss
@@ -150,10 +150,9 @@ class ThroughputDropConfig:
 
 
 class _KeyState:
-    __slots__ = ("age", "armed", "buckets", "high_run", "mean", "n", "run", "tps")
+    __slots__ = ("age", "armed", "high_run", "mean", "n", "run", "tps")
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         self.age = 0  # closed buckets seen
         self.n = 0
         self.mean = 0.0
@@ -349,6 +348,6 @@ class ThroughputDropDetector:
         det._first_bucket = None if first is None else int(first)
         if first is None and det._keys.watermark is not None:
             det._first_bucket = _START_UNKNOWN  # the first bucket closed after loading is not the detector's first
-        for _, st in det._keys.keys:  # version 1: calls only; before latency sums: 3 fields
-            st.buckets.open = {i: [*s, *[0.0] * (N_FIELDS - len(s))] for i, s in st.buckets.open.items()}
+        # version 1's open buckets (calls only) and those from before latency sums (3 fields) are
+        # padded with zeros by BucketedKeys.load_state
         return det

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedDetector, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedDetector
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.validation import check_fraction, check_min, check_positive
@@ -78,10 +78,9 @@ class TokenAbuseConfig:
 
 
 class _KeyState:
-    __slots__ = ("armed", "base", "buckets", "n")
+    __slots__ = ("armed", "base", "n")
 
     def __init__(self) -> None:
-        self.buckets = BucketSeries()
         self.armed = True
         self.n = 0  # windows with tokens learned into ``base``
         self.base = 0.0  # the identity's own tokens per window (mean, then EWMA)
