@@ -379,3 +379,59 @@ def test_a_cause_takes_over_its_symptom_already_sent_and_explains_a_later_drift(
     assert len(alerts) == 2 and surge.status == "resolved" and surge.notifications == 1
     assert surge.members[-1].labels == {**surge.members[-1].labels, "explained_by": "finish_length",
                                         "anomaly_type": "drift"} and surge.members[-1].status == "resolved"
+
+
+def test_a_provider_outage_is_one_alert_with_every_service_latency_inside(store: SQLiteAlertStore) -> None:
+    """fold_across: an outage times out a provider's calls on every service; their latency spikes are
+    members of the provider-wide error burst (explained_by), raised before it (folded in while not
+    sent), after it (joining), or sent just before it (taken over); another provider's stays its own."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    slow = {s: cand(service=s, model="claude", provider="anthropic") for s in ("chat", "search", "review", "ops")}
+    m.emit([slow["chat"], slow["search"]])  # the latency spikes come first
+    clock.advance(1)
+    m.emit([storm("chat"), storm("search")])  # the burst: folds them in before they are sent
+    clock.advance(1)
+    m.emit([slow["review"], cand(service="ledger", model="gpt-4o", provider="openai"),
+            cand(service="billing", model="claude")])  # the provider's: joins; another provider's, none: their own
+    alerts = all_alerts(store)
+    [burst] = [a for a in alerts if a.anomaly_type == "error_burst"]
+    assert burst.service_name is None and burst.severity == "critical"
+    assert sorted((x.labels["service_name"], x.labels["anomaly_type"], x.labels.get("explained_by"))
+                  for x in burst.members) == [
+        ("chat", "error_burst", None), ("chat", "latency_spike", "error_burst"), ("review", "latency_spike",
+                                                                                   "error_burst"),
+        ("search", "error_burst", None), ("search", "latency_spike", "error_burst")]
+    assert "explains latency spike (3 series)" in burst.summary
+    folded = [a for a in alerts if a.anomaly_type == "latency_spike" and a.status == "resolved"]
+    assert sorted(a.service_name or "" for a in folded) == ["chat", "search"]
+    assert all(a.notifications == 0 for a in folded)
+    assert sorted(a.service_name or "" for a in alerts if a.status != "resolved" and a is not burst) == [
+        "billing", "ledger"]
+    clock.advance(10)
+    m.tick()
+    sent = [json.loads(i.payload) for i in store.outbox_pending("rec", 10)]
+    assert sorted(p["service_name"] or "" for p in sent) == ["", "billing", "ledger"]  # one page for the outage
+    clock.advance(5)
+    m.emit([slow["review"], slow["chat"]])  # repeats: the members they are
+    m.emit([slow["ops"]])  # another service later: rides along, no page of its own
+    [burst] = [a for a in all_alerts(store) if a.anomaly_type == "error_burst"]
+    assert burst.members[-1].labels["service_name"] == "ops" and len(burst.members) == 6
+    assert {x.labels["service_name"]: x.count for x in burst.members if x.labels["anomaly_type"] == "latency_spike"
+            } == {"chat": 2, "search": 1, "review": 2, "ops": 1}
+    # a latency spike sent just before the burst is raised: the burst takes its alert over (one alert)
+    early = make(SQLiteAlertStore(store.path + "-e"), clock, [RecordingSink()])
+    early.emit([slow["chat"]])
+    clock.advance(10)
+    early.tick()
+    clock.advance(2)
+    early.emit([storm("chat"), storm("search")])
+    [one] = all_alerts(early.store)
+    assert one.anomaly_type == "error_burst" and len(one.members) == 3
+    # off when the operator says so
+    plain = make(SQLiteAlertStore(store.path + "-p"), clock, fold_across={})
+    plain.emit([storm("chat"), slow["search"]])
+    assert len(all_alerts(plain.store)) == 2
+    with pytest.raises(ConfigError, match=r"alerts.fold_across\.latency_spike: must be a list"):
+        make(store, clock, fold_across={"latency_spike": "error_burst"})

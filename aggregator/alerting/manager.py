@@ -53,17 +53,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aggregator.alerting.edge import edge_paged, reconcile
 from aggregator.alerting.grouping import (
+    DEFAULT_FOLD_ACROSS,
     DEFAULT_FOLD_INTO,
     DEFAULT_GROUP_ACROSS,
     DEFAULT_GROUP_BY,
     DEFAULT_GROUP_BY_TYPE,
     EXPLAINED_BY,
     explains,
+    explains_across,
     group_by_for,
     group_key,
     joins_across,
     member_labels,
     refresh,
+    validate_fold_across,
     validate_fold_into,
     validate_group_across,
     validate_group_by,
@@ -173,6 +176,11 @@ class AlertManagerConfig:
                                               "explained_by member instead of raising its own (a tokens/s drop "
                                               "during a latency spike)", flag=False,
                                               factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_INTO.items()})
+    fold_across: dict[str, list[str]] = setting(None, "per secondary anomaly type, the primary types whose open "
+                                                "alert explains it on any service when a firing member shares "
+                                                "the primary's group_across labels (a provider outage's latency "
+                                                "spikes inside its error burst)", flag=False,
+                                                factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_ACROSS.items()})
     group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long to "
                                   "collect the other series of its group")
     group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are sent at "
@@ -204,6 +212,7 @@ class AlertManagerConfig:
         validate_group_by_type(self.group_by_type)
         validate_group_across(self.group_across)
         validate_fold_into(self.fold_into)
+        validate_fold_across(self.fold_across)
         if self.metric_max_services < 1:
             raise ConfigError("baselines.max_keys: must be greater than 0")
         if not 0 <= self.min_confidence <= 1:
@@ -364,11 +373,11 @@ class AlertManager:
             group = next((a for a in self._open.values() if a.anomaly_type == c.anomaly_type and a is not group
                           and now - a.last_seen <= dedup and joins_across(across, labels, a)), group)
         explained_by = None
-        primaries = cfg.fold_into.get(c.anomaly_type)
+        primaries = (*cfg.fold_into.get(c.anomaly_type, ()), *cfg.fold_across.get(c.anomaly_type, ()))
         if (group is None or now - group.last_seen > dedup) and primaries:
-            # a symptom of an open incident on its service (tokens/s down while latency is up): context
-            # of that alert, not a page of its own
-            primary = self._explaining(c, primaries, group, now)
+            # a symptom of an open incident on its service (tokens/s down while latency is up) or of its
+            # provider (latency up during its error burst): context of that alert, not a page of its own
+            primary = self._explaining(c, labels, group, now)
             if primary is not None:
                 group, explained_by = primary, primary.anomaly_type
         elif group is not None and primaries and group.anomaly_type in primaries:
@@ -400,7 +409,7 @@ class AlertManager:
                 return
             del self._pending[fp]
         if group is None:
-            group = self._adopter(c, gk, now)
+            group = self._adopter(c, labels, gk, now)
         new = self._member(c, fp, severity, labels, now, needed)
         if explained_by is not None:
             new.labels[EXPLAINED_BY] = explained_by
@@ -425,6 +434,8 @@ class AlertManager:
                 new.notified = True  # the edge's page covered this incident (aggregator/alerting/edge_alerts.py)
             elif group.status != "resolved" and (explained_by is None or group.notified_at is None):
                 self._schedule(group)  # a folded symptom rides along with the next notification: no page of its own
+            if explained_by is None and group.status != "resolved":
+                self._absorb(group, now, raised, updated)  # e.g. the burst reached another service: its latency spike
             updated[group.alert_id] = group
             self.metrics.grouped.inc()
             return
@@ -466,27 +477,60 @@ class AlertManager:
         return cfg.runbook_url_template.format(public_url=cfg.public_url, anomaly_type=anomaly_type,
                                                service=service or "", model=model or "") or None
 
-    def _explaining(self, c: Candidate, primaries: Sequence[str], own: Alert | None, now: int) -> Alert | None:
-        """The alert of one of ``primaries`` on ``c``'s service that explains ``c``: an open one seen within
-        the de-duplication window, else one (open or recently resolved) whose event-time window overlaps
-        ``c``'s (a 15-minute drift window that saw a truncation surge alerted and resolved inside it)."""
-        dedup = self.config.window_ns("dedup_window_s")
+    def _explaining(self, c: Candidate, labels: dict[str, str], own: Alert | None, now: int) -> Alert | None:
+        """The alert that explains ``c``: of one of its ``fold_into`` primaries on ``c``'s service, an open one
+        seen within the de-duplication window, else one (open or recently resolved) whose event-time window
+        overlaps ``c``'s (a 15-minute drift window that saw a truncation surge alerted and resolved inside
+        it); else an open one of its ``fold_across`` primaries whose firing member shares the primary's
+        ``group_across`` labels (its provider's error burst)."""
+        cfg = self.config
+        dedup = cfg.window_ns("dedup_window_s")
+        primaries = cfg.fold_into.get(c.anomaly_type, ())
         fits = [a for a in [*self._open.values(), *reversed(self._recent)]
                 if a is not own and a.anomaly_type in primaries and explains(a, c.service)]
-        return next((a for a in fits if a.status != "resolved" and now - a.last_seen <= dedup),
-                    next((a for a in fits if _overlaps(a, c)), None))
+        same_service = next((a for a in fits if a.status != "resolved" and now - a.last_seen <= dedup),
+                            next((a for a in fits if _overlaps(a, c)), None))
+        if same_service is not None:
+            return same_service
+        across = cfg.fold_across.get(c.anomaly_type, ())
+        return next((a for a in self._open.values() if a is not own and a.anomaly_type in across
+                     and a.status != "resolved" and now - a.last_seen <= dedup
+                     and explains_across(a, cfg.group_across.get(a.anomaly_type, ()), labels)), None)
 
-    def _adopter(self, c: Candidate, gk: str, now: int) -> Alert | None:
-        """An open alert already sent whose every series ``c``'s type explains (``fold_into``), e.g. a
-        tokens/s drop sent before the empty answers that cause it were counted: it becomes ``c``'s alert
-        (its series ``explained_by`` ``c``'s type, keyed on ``c``'s group), so the incident stays one
-        alert, its next notification under the right type."""
+    def _explains_all(self, alert: Alert, other: Alert) -> bool:
+        """Whether ``alert`` explains every firing series of ``other``: on their service (``fold_into``), or
+        sharing its ``group_across`` labels (``fold_across``)."""
         cfg = self.config
+        live = [m for m in other.members if m.status == "firing"]
+        if not live or alert is other:
+            return False
+        if alert.anomaly_type in cfg.fold_into.get(other.anomaly_type, ()) and all(
+                explains(alert, m.labels.get("service_name")) for m in other.members):
+            return True
+        names = cfg.group_across.get(alert.anomaly_type, ())
+        return alert.anomaly_type in cfg.fold_across.get(other.anomaly_type, ()) and all(
+            explains_across(alert, names, m.labels) for m in live)
+
+    def _adopter(self, c: Candidate, labels: dict[str, str], gk: str, now: int) -> Alert | None:
+        """An open alert already sent whose every series ``c``'s type explains (``fold_into`` on ``c``'s
+        service, ``fold_across`` by ``c``'s ``group_across`` labels), e.g. a tokens/s drop sent before the
+        empty answers that cause it were counted, or a latency spike sent just before its provider's error
+        burst: it becomes ``c``'s alert (its series ``explained_by`` ``c``'s type, keyed on ``c``'s group),
+        so the incident stays one alert, its next notification under the right type."""
+        cfg = self.config
+        names = cfg.group_across.get(c.anomaly_type, ())
+
+        def explained(a: Alert) -> bool:
+            if c.anomaly_type in cfg.fold_into.get(a.anomaly_type, ()) and all(
+                    m.labels.get("service_name") == c.service for m in a.members):
+                return True
+            live = [m for m in a.members if m.status == "firing"]
+            return bool(names and live) and c.anomaly_type in cfg.fold_across.get(a.anomaly_type, ()) and all(
+                labels.get(k) and m.labels.get(k) == labels[k] for m in live for k in names)
+
         target = next((a for a in self._open.values()
                        if a.notified_at is not None and a.storm_id is None and a.anomaly_type != c.anomaly_type
-                       and c.anomaly_type in cfg.fold_into.get(a.anomaly_type, ())
-                       and now - a.last_seen <= cfg.window_ns("dedup_window_s")
-                       and all(m.labels.get("service_name") == c.service for m in a.members)), None)
+                       and now - a.last_seen <= cfg.window_ns("dedup_window_s") and explained(a)), None)
         if target is None:
             return None
         for m in target.members:
@@ -500,13 +544,12 @@ class AlertManager:
         return target
 
     def _absorb(self, alert: Alert, now: int, raised: list[Alert], updated: dict[str, Alert]) -> None:
-        """A new alert folds in the open, not yet sent alerts of its service that it explains (``fold_into``):
-        their series become its members, and they resolve without ever being sent."""
+        """A new alert (or one a new series joined) folds in the open, not yet sent alerts it explains
+        (``fold_into`` on its services, ``fold_across`` by its ``group_across`` labels): their series
+        become its members, and they resolve without ever being sent."""
         cfg = self.config
         for other in list(self._open.values()):
-            if (alert.anomaly_type not in cfg.fold_into.get(other.anomaly_type, ()) or other.notified_at is not None
-                    or other.storm_id is not None or not any(m.status == "firing" for m in other.members)
-                    or not all(m.labels.get("service_name") == alert.service_name for m in other.members)):
+            if other.notified_at is not None or other.storm_id is not None or not self._explains_all(alert, other):
                 continue
             room = cfg.group_max_members - len(alert.members)
             # copies: resolving the folded alert below must not resolve its series in this one
@@ -590,11 +633,15 @@ class AlertManager:
                 ids.append(t)
 
     def _correlate(self, alert: Alert, now: int, updated: dict[str, Alert]) -> None:
-        if not alert.service_name:
+        # an alert across services (a provider's burst) relates to the alerts of each service it is on
+        services = {alert.service_name} if alert.service_name else {
+            m.labels.get("service_name") for m in alert.members} - {None, ""}
+        if not services:
             return
         window = self.config.window_ns("correlation_window_s")
-        related = [a for a in self._open.values()
-                   if a.service_name == alert.service_name and now - a.last_seen <= window]
+        related = [a for a in self._open.values() if now - a.last_seen <= window and (
+            a.service_name in services if a.service_name else any(
+                m.labels.get("service_name") in services for m in a.members))]
         if not related:
             alert.labels["group"] = alert.alert_id
             return
