@@ -435,3 +435,71 @@ def test_a_provider_outage_is_one_alert_with_every_service_latency_inside(store:
     assert len(all_alerts(plain.store)) == 2
     with pytest.raises(ConfigError, match=r"alerts.fold_across\.latency_spike: must be a list"):
         make(store, clock, fold_across={"latency_spike": "error_burst"})
+
+
+def test_an_abuser_a_campaign_and_a_budget_are_one_alert_each(store: SQLiteAlertStore) -> None:
+    """The default fold_into beyond throughput and drift: the token, cost and prompt-size signals of one
+    abuser are one alert, taken over by the token abuse that explains them; a campaign's per-user
+    bursts ride inside the campaign; a budget's warning inside its being exceeded."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    spike = cand("token_spike", model="", metric="total_tokens", value=9e4, baseline=2e3, threshold=1e4, sigma=9.0)
+    cost = cand("cost_anomaly", model="", metric="cost_usd", value=9.0, baseline=0.2, threshold=1.0, sigma=9.0)
+    m.emit([cost, spike])  # the cost first in the batch: folded into the spike before either is sent
+    m.emit([dataclasses.replace(cost, service="search")])  # another service: nothing explains it
+    clock.advance(10)
+    m.tick()
+    clock.advance(2)
+    m.emit([cand("expensive_prompt", model="", metric="input_tokens", value=4e5, baseline=2e3, threshold=1e4)])
+    m.emit([cand("token_abuse", model="", metric="tokens", value=2e7, baseline=7e4, threshold=1e6, user="u-1")])
+    alerts = [a for a in all_alerts(store) if a.status != "resolved"]
+    [abuse] = [a for a in alerts if a.service_name == "chat"]
+    assert abuse.anomaly_type == "token_abuse" and abuse.notifications == 1
+    assert sorted((x.labels["anomaly_type"], x.labels.get("explained_by") or "") for x in abuse.members) == [
+        ("cost_anomaly", "token_spike"), ("expensive_prompt", "token_spike"), ("token_abuse", ""),
+        ("token_spike", "token_abuse")]
+    assert [a.anomaly_type for a in alerts if a.service_name == "search"] == ["cost_anomaly"]
+    # a campaign, its users' bursts after it; a budget exceeded, its warning after it
+    sec = make(SQLiteAlertStore(store.path + "-s"), clock, [RecordingSink()])
+    sec.emit([cand("attack_campaign", model="", metric="attack_users", value=5, baseline=0, threshold=3,
+                   scope="attack_signature", scope_value="sig")])
+    clock.advance(10)
+    sec.tick()
+    sec.emit([cand("coordinated_attack", model="", metric="security_events", value=11, baseline=0, threshold=5,
+                   scope="user", scope_value=f"user-{i}", user=f"user-{i}") for i in range(3)])
+    sec.emit([cand("budget_exceeded", model="", metric="cost_usd", value=18, baseline=float("nan"), threshold=15)])
+    clock.advance(10)
+    sec.tick()
+    sec.emit([cand("budget_warning", model="", metric="cost_usd", value=15, baseline=float("nan"), threshold=12)])
+    [campaign, budget] = sorted(all_alerts(sec.store), key=lambda a: a.anomaly_type)
+    assert campaign.anomaly_type == "attack_campaign" and len(campaign.members) == 4
+    assert budget.anomaly_type == "budget_exceeded" and budget.members[-1].labels["explained_by"] == "budget_exceeded"
+
+
+def test_a_group_firing_again_before_its_next_flush_is_the_same_alert(store: SQLiteAlertStore) -> None:
+    """As in Alertmanager, a group lives until group_interval after its last series resolved: a slow drift
+    whose first series went quiet just before the next crossed is one alert, its next notification."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()], resolve_after_s=60)
+    m.emit([cand(model="claude", metric="ttft_ms")])
+    clock.advance(10)
+    m.tick()
+    clock.advance(60)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)  # quiet for resolve_after_s: resolved
+    [a] = all_alerts(store)
+    assert a.status == "resolved"
+    clock.advance(20)
+    m.emit([cand(model="gpt-4o-mini")])  # the same group 20 s later: the same alert, open again
+    clock.advance(60)
+    m.tick()
+    [a] = all_alerts(store)
+    assert a.status == "open" and a.resolved_at is None and len(a.members) == 2 and a.notifications == 2
+    assert [i.alert_id for i in store.outbox_pending("rec", 10)] == [a.alert_id, f"{a.alert_id}#2"]
+    # quiet for longer than group_interval after resolving: a new incident, a new alert
+    clock.advance(60)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)
+    clock.advance(61)
+    m.emit([cand(model="gpt-4o")])
+    assert sorted(x.status for x in all_alerts(store)) == ["open", "resolved"]

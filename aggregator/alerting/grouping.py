@@ -92,10 +92,20 @@ DEFAULT_GROUP_ACROSS: dict[str, tuple[str, ...]] = {"error_burst": ("provider",)
 #: Per secondary anomaly type: the primary types whose open alert on the same service explains it.
 #: A tokens/s drop is what a slow provider, a late first token or cut-off / empty outputs look like
 #: per call; an output-token or latency distribution drifts over 15 minutes during all of them.
+#: More tokens cost more: a service's token spike, expensive prompts and one user's token abuse
+#: raise its cost and token figures together (the abuse explains them all). A campaign (one attack
+#: signature from many users) is its users' bursts of security events; a security correlation is
+#: one user's attack and token abuse together. A budget's warning is part of its being exceeded.
 DEFAULT_FOLD_INTO: dict[str, tuple[str, ...]] = {
     "throughput_drop": ("latency_spike", "ttft_regression", "finish_length", "empty_answer"),
     "drift": ("finish_length", "empty_answer", "throughput_drop", "latency_spike", "ttft_regression",
-              "error_burst", "model_swap", "quality_regression"),
+              "error_burst", "model_swap", "quality_regression", "cost_anomaly", "token_spike"),
+    "cost_anomaly": ("token_spike", "expensive_prompt", "token_abuse"),
+    "expensive_prompt": ("token_spike", "token_abuse"),
+    "token_spike": ("token_abuse",),
+    "coordinated_attack": ("attack_campaign", "security_correlation"),
+    "token_abuse": ("security_correlation",),
+    "budget_warning": ("budget_exceeded",),
 }
 #: Per secondary anomaly type: the primary types whose open alert explains it across services, when a
 #: firing primary member shares the primary type's ``group_across`` labels with it: a provider's

@@ -123,6 +123,7 @@ MAX_TRACE_IDS = 5
 MAX_STORM_RELATED = 100
 #: Resolved alerts kept to explain a later symptom (``fold_into``) whose event-time window overlaps theirs.
 MAX_RECENT = 256
+_QUIET = "metric back within its threshold"  # the resolved_reason of a group whose series went quiet
 
 
 class AlertStateError(ValueError):
@@ -409,7 +410,7 @@ class AlertManager:
                 return
             del self._pending[fp]
         if group is None:
-            group = self._adopter(c, labels, gk, now)
+            group = self._reopened(gk, now) or self._adopter(c, labels, gk, now)
         new = self._member(c, fp, severity, labels, now, needed)
         if explained_by is not None:
             new.labels[EXPLAINED_BY] = explained_by
@@ -429,6 +430,8 @@ class AlertManager:
                 return
             group.members = [*members, new]
             self._add_trace_ids(group, new.trace_ids)
+            if explained_by is None:  # the incident's event-time window is its own series' (a symptom's may be wider)
+                self._widen(group, c)
             refresh(group)
             if edge_paged(group, now, dedup):
                 new.notified = True  # the edge's page covered this incident (aggregator/alerting/edge_alerts.py)
@@ -510,6 +513,23 @@ class AlertManager:
         names = cfg.group_across.get(alert.anomaly_type, ())
         return alert.anomaly_type in cfg.fold_across.get(other.anomaly_type, ()) and all(
             explains_across(alert, names, m.labels) for m in live)
+
+    def _reopened(self, gk: str, now: int) -> Alert | None:
+        """The group's alert resolved less than ``group_interval_s`` ago, firing again: as in Alertmanager, a
+        group lives until its next flush after its last series resolved, so a series firing meanwhile (a
+        slow drift whose first series went quiet just before the next one crossed) is the same alert, its
+        next notification, not a new page. With a shared store another replica may have raised the group
+        anew meanwhile: not there."""
+        window = self.config.window_ns("group_interval_s")
+        alert = next((a for a in reversed(self._recent) if a.fingerprint == gk), None)
+        if (alert is None or self.store.shared or alert.resolved_at is None or now - alert.resolved_at > window
+                or not (alert.resolved_reason or "").startswith(_QUIET)):  # not one resolved as a new incident began
+            return None
+        self._recent.remove(alert)
+        alert.status = "acknowledged" if alert.acknowledged_by else "open"
+        alert.resolved_at, alert.resolved_reason = None, None
+        self._open[gk] = alert
+        return alert
 
     def _adopter(self, c: Candidate, labels: dict[str, str], gk: str, now: int) -> Alert | None:
         """An open alert already sent whose every series ``c``'s type explains (``fold_into`` on ``c``'s
@@ -620,8 +640,17 @@ class AlertManager:
             if len(member.trace_ids) < MAX_TRACE_IDS and t not in member.trace_ids:
                 member.trace_ids.append(t)
         self._add_trace_ids(alert, c.context.get("trace_ids") or [])
-        alert.context["window_end"] = max(int(alert.context.get("window_end") or 0), int(c.window_end))
+        if EXPLAINED_BY not in member.labels:
+            self._widen(alert, c)
         refresh(alert)
+
+    @staticmethod
+    def _widen(alert: Alert, c: Candidate) -> None:
+        """The alert's event-time window spans its detections' (what a later symptom's window must overlap)."""
+        start = alert.context.get("window_start")
+        alert.context["window_start"] = min(int(start), int(c.window_start)) if isinstance(start, int) else int(
+            c.window_start)
+        alert.context["window_end"] = max(int(alert.context.get("window_end") or 0), int(c.window_end))
 
     @staticmethod
     def _add_trace_ids(alert: Alert, trace_ids: Iterable[str]) -> None:
@@ -844,7 +873,7 @@ class AlertManager:
         row lies far ahead of a fast one's) and replayed history would resolve everything at once.
         """
         after = self.config.window_ns("resolve_after_s")
-        reason = (f"metric back within its threshold: no detection in "
+        reason = (f"{_QUIET}: no detection in "
                   f"{self.config.resolve_after_s / self.config.time_scale:.0f} s of traffic")
         events: list[tuple[str, Alert]] = []
         with self._lock:
