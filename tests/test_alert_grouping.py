@@ -506,3 +506,26 @@ def test_a_group_firing_again_before_its_next_flush_is_the_same_alert(store: SQL
     clock.advance(61)
     m.emit([cand(model="gpt-4o")])
     assert sorted(x.status for x in all_alerts(store)) == ["open", "resolved"]
+
+
+def test_a_quality_regression_takes_over_the_model_swap_that_brought_it(store: SQLiteAlertStore) -> None:
+    """A new model answers worse: the swap (low) was sent first; the regression (high, what users get)
+    takes its alert over, the swap inside, the combined root cause; the users' ratings falling then
+    ride along."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    m.emit([cand("model_swap", metric="response_model", value=28, baseline=0, threshold=1, sigma=float("nan"))])
+    clock.advance(10)
+    m.tick()
+    clock.advance(100)
+    m.emit([cand("quality_regression", metric="eval.hallucination", value=0.45, baseline=0.1, threshold=0.2,
+                 sigma=50.0)])
+    m.emit([cand("satisfaction_drop", metric="satisfaction_rate", value=0.6, baseline=0.9, threshold=0.8,
+                 sigma=-6.0)])
+    [a] = all_alerts(store)
+    assert a.anomaly_type == "quality_regression" and a.severity == "high"
+    assert [(x.labels["anomaly_type"], x.labels.get("explained_by")) for x in a.members] == [
+        ("model_swap", "quality_regression"), ("quality_regression", None),
+        ("satisfaction_drop", "quality_regression")]
+    assert "change of model" in (a.root_cause or "")

@@ -97,6 +97,8 @@ DEFAULT_GROUP_ACROSS: dict[str, tuple[str, ...]] = {"error_burst": ("provider",)
 #: signature from many users) is its users' bursts of security events; a security correlation is
 #: one user's attack and token abuse together. A budget's warning is part of its being exceeded.
 #: Longer prompts (a token spike, expensive prompts, an abuser's) take longer to prefill: a later first token.
+#: Users rate answers down when they come back empty, cut off or worse (the pairs of
+#: sentinel.alert_rules' combined causes).
 DEFAULT_FOLD_INTO: dict[str, tuple[str, ...]] = {
     "throughput_drop": ("latency_spike", "ttft_regression", "finish_length", "empty_answer"),
     "drift": ("finish_length", "empty_answer", "throughput_drop", "latency_spike", "ttft_regression",
@@ -109,6 +111,9 @@ DEFAULT_FOLD_INTO: dict[str, tuple[str, ...]] = {
     "coordinated_attack": ("attack_campaign", "security_correlation"),
     "token_abuse": ("security_correlation",),
     "budget_warning": ("budget_exceeded",),
+    # the regression is what users get (and its severity what pages); the swap that brought it is context
+    "model_swap": ("quality_regression",),
+    "satisfaction_drop": ("empty_answer", "finish_length", "quality_regression"),
 }
 #: Per secondary anomaly type: the primary types whose open alert explains it across services, when a
 #: firing primary member shares the primary type's ``group_across`` labels with it: a provider's

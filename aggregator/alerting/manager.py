@@ -439,6 +439,7 @@ class AlertManager:
                 self._schedule(group)  # a folded symptom rides along with the next notification: no page of its own
             if explained_by is None and group.status != "resolved":
                 self._absorb(group, now, raised, updated)  # e.g. the burst reached another service: its latency spike
+            self._combined_cause(group)
             updated[group.alert_id] = group
             self.metrics.grouped.inc()
             return
@@ -579,11 +580,19 @@ class AlertManager:
             alert.members = [*alert.members, *moved]
             self._add_trace_ids(alert, [t for m in moved for t in m.trace_ids])
             refresh(alert)
+            self._combined_cause(alert)
             self._resolve(other, now, f"folded into alert {alert.alert_id} ({alert.anomaly_type}), which explains it")
             self._uncorrelate(other, self._open.values())
             if other in raised:  # raised in this same batch: announced as an update (resolved), not an alert
                 raised.remove(other)
             updated[other.alert_id] = other
+
+    @staticmethod
+    def _combined_cause(alert: Alert) -> None:
+        """An alert with folded symptoms gets the one root-cause hint of its types together, if a rule has it."""
+        cause = correlated_cause({m.labels.get("anomaly_type", "") for m in alert.members} - {""})
+        if cause:
+            alert.root_cause = cause
 
     def _series(self, c: Candidate) -> tuple[str, str, dict[str, str], str]:
         """The candidate's series fingerprint, severity, labels and group key."""
