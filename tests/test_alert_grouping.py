@@ -529,3 +529,28 @@ def test_a_quality_regression_takes_over_the_model_swap_that_brought_it(store: S
         ("model_swap", "quality_regression"), ("quality_regression", None),
         ("satisfaction_drop", "quality_regression")]
     assert "change of model" in (a.root_cause or "")
+
+
+def test_a_drift_after_a_surge_detected_once_is_inside_it_for_resolve_after_s(store: SQLiteAlertStore) -> None:
+    """An alert fires resolve_after_s past its last detection: a drift window opening within that time
+    after a once-detected truncation surge is that surge's, one opening later is its own alert."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()], resolve_after_s=60)
+    m.emit([cand("finish_length", metric="finish_length_share", value=0.4, baseline=0.04, threshold=0.1,
+                 sigma=20.0, t=T0 + 5 * 60 * S)])  # event time minutes 5-6
+    clock.advance(10)
+    m.tick()
+    clock.advance(70)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)
+    drift = cand("drift", metric="finish_reason", value=0.06, baseline=0.0, threshold=0.05, sigma=float("nan"))
+    m.emit([dataclasses.replace(drift, window_start=T0 + 390 * S, window_end=T0 + 1290 * S)])  # from 6.5 min
+    [surge] = all_alerts(store)
+    assert surge.status == "resolved" and surge.members[-1].labels["anomaly_type"] == "drift"
+    later = make(SQLiteAlertStore(store.path + "-l"), clock, resolve_after_s=60)
+    later.emit([cand("finish_length", metric="finish_length_share", value=0.4, baseline=0.04, threshold=0.1,
+                     sigma=20.0, t=T0 + 5 * 60 * S)])
+    clock.advance(70)
+    later.consume(_rows("chat", T0), arrival_ns=clock.now)
+    later.emit([dataclasses.replace(drift, window_start=T0 + 480 * S, window_end=T0 + 1380 * S)])  # from 8 min
+    assert sorted(a.anomaly_type for a in all_alerts(later.store)) == ["drift", "finish_length"]

@@ -24,7 +24,8 @@ secondary series whose own group has no open alert joins an open alert of one of
 on the same service as a member labelled ``explained_by`` (the primary's type): it is context in
 the primary's notification, not a page of its own; the alert's type, severity, labels and summary
 head stay the primary members'. An alert resolved shortly before still explains a symptom whose
-event-time window overlaps its own (a 15-minute drift window; the member joins resolved). A
+event-time window overlaps its own, extended by ``resolve_after_s`` (it kept firing that long past
+its last detection; a 15-minute drift window; the member joins resolved). A
 secondary alert raised first and not sent yet is folded into the primary when that is raised (the
 alert manager's ``_absorb``); one already sent is taken over by it (``_adopter``: the same alert,
 its next notification under the primary's type).

@@ -492,8 +492,11 @@ class AlertManager:
         primaries = cfg.fold_into.get(c.anomaly_type, ())
         fits = [a for a in [*self._open.values(), *reversed(self._recent)]
                 if a is not own and a.anomaly_type in primaries and explains(a, c.service)]
+        # An alert keeps firing resolve_after_s past its last detection: in event time too (unscaled),
+        # so a truncation surge detected once in its first minute still covers the drift of the next ones.
+        firing_after = int(cfg.resolve_after_s * 1e9)
         same_service = next((a for a in fits if a.status != "resolved" and now - a.last_seen <= dedup),
-                            next((a for a in fits if _overlaps(a, c)), None))
+                            next((a for a in fits if _overlaps(a, c, firing_after)), None))
         if same_service is not None:
             return same_service
         across = cfg.fold_across.get(c.anomaly_type, ())
@@ -1020,10 +1023,12 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _overlaps(alert: Alert, c: Candidate) -> bool:
-    """Whether the alert's event-time window (first detection's start to the latest's end) overlaps ``c``'s."""
+def _overlaps(alert: Alert, c: Candidate, after_ns: int = 0) -> bool:
+    """Whether the alert's event-time window (first detection's start to the latest's end, ``after_ns``
+    more) overlaps ``c``'s."""
     start, end = alert.context.get("window_start"), alert.context.get("window_end")
-    return isinstance(start, int) and isinstance(end, int) and c.window_start <= end and start <= c.window_end
+    return (isinstance(start, int) and isinstance(end, int) and c.window_start <= end + after_ns
+            and start <= c.window_end)
 
 
 def _worse(anomaly_type: str, value: float, peak: float) -> bool:
