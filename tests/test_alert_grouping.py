@@ -460,9 +460,10 @@ def test_an_abuser_a_campaign_and_a_budget_are_one_alert_each(store: SQLiteAlert
         ("cost_anomaly", "token_spike"), ("expensive_prompt", "token_spike"), ("token_abuse", ""),
         ("token_spike", "token_abuse")]
     assert [a.anomaly_type for a in alerts if a.service_name == "search"] == ["cost_anomaly"]
-    m.emit([cand("ttft_regression", metric="ttft_ms", region="eu-west-1")])  # its long prompts prefill slowly
+    m.emit([cand("ttft_regression", metric="ttft_ms", region="eu-west-1"), cand()])  # long prompts: slow calls
     [abuse] = [a for a in all_alerts(store) if a.service_name == "chat" and a.status != "resolved"]
-    assert abuse.members[-1].labels["explained_by"] == "token_abuse" and abuse.anomaly_type == "token_abuse"
+    assert [x.labels["explained_by"] for x in abuse.members[-2:]] == ["token_abuse", "token_abuse"]
+    assert abuse.anomaly_type == "token_abuse" and abuse.root_cause
     # a campaign, its users' bursts after it; a budget exceeded, its warning after it
     sec = make(SQLiteAlertStore(store.path + "-s"), clock, [RecordingSink()])
     sec.emit([cand("attack_campaign", model="", metric="attack_users", value=5, baseline=0, threshold=3,

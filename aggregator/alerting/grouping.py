@@ -97,7 +97,8 @@ DEFAULT_GROUP_ACROSS: dict[str, tuple[str, ...]] = {"error_burst": ("provider",)
 #: raise its cost and token figures together (the abuse explains them all). A campaign (one attack
 #: signature from many users) is its users' bursts of security events; a security correlation is
 #: one user's attack and token abuse together. A budget's warning is part of its being exceeded.
-#: Longer prompts (a token spike, expensive prompts, an abuser's) take longer to prefill: a later first token.
+#: Longer prompts and outputs (a token spike, expensive prompts, an abuser's) take longer to prefill and
+#: to generate: a later first token, a slower call.
 #: Users rate answers down when they come back empty, cut off or worse (the pairs of
 #: sentinel.alert_rules' combined causes).
 DEFAULT_FOLD_INTO: dict[str, tuple[str, ...]] = {
@@ -107,8 +108,9 @@ DEFAULT_FOLD_INTO: dict[str, tuple[str, ...]] = {
     "cost_anomaly": ("token_spike", "expensive_prompt", "token_abuse"),
     "expensive_prompt": ("token_spike", "token_abuse"),
     "token_spike": ("token_abuse",),
-    # a longer prompt takes longer to prefill: the first token comes later
+    # a longer prompt takes longer to prefill, a longer one to answer: the first token and the call come later
     "ttft_regression": ("token_spike", "expensive_prompt", "token_abuse"),
+    "latency_spike": ("token_spike", "expensive_prompt", "token_abuse"),
     "coordinated_attack": ("attack_campaign", "security_correlation"),
     "token_abuse": ("security_correlation",),
     "budget_warning": ("budget_exceeded",),

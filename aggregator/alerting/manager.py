@@ -11,8 +11,10 @@ anomalies — goes through these stages, in order (aggregator/alerting/README.md
    scope — for the per-row ``multivariate_outlier`` only type, service and model) matches a firing
    member of an unresolved alert seen within ``dedup_window_s`` updates it (``count``, ``last_seen``,
    ``peak_value``, example trace ids); a new series whose ``group_by`` labels (default service and
-   anomaly type) match an unresolved alert joins it as a member (:mod:`aggregator.alerting.grouping`);
-   anything else raises a new alert;
+   anomaly type) match an unresolved alert joins it as a member (:mod:`aggregator.alerting.grouping`),
+   and so does a symptom of another alert's incident (``fold_into`` on its service, ``fold_across``
+   on its provider), as an ``explained_by`` member; a group that fires again within
+   ``group_interval_s`` of resolving reopens its alert; anything else raises a new alert;
 4. **enrichment**: severity by the rules of :mod:`sentinel.alert_rules`, root-cause hint,
    remediation, runbook URL from ``runbook_url_template``, a one-line summary;
 5. **correlation and grouping**: other unresolved alerts of the same service seen within
