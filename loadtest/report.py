@@ -13,6 +13,11 @@ Matching (the rule of ``loadtest/scenario.py``): an alert **detects** an inciden
 RabbitMQ** within ``[incident start, incident end + grace_s / speedup]`` in wall time (start and
 end as the player reported them crossing the incident's bounds). Every other alert is false.
 
+An **alert** is one ``alert_id``: the alert manager sends an alert again when series join it after
+``group_interval`` or on ``repeat_interval`` (message ``<alert_id>#<n>``), and those updates are
+**notifications** of the same alert, not new alerts. An alert matches an incident when any of its
+notifications does; it is false when none does.
+
 Figures: per incident detected, first matching alert, detection latency (its arrival − the
 incident's start, wall seconds); recall per incident type; precision = matched alerts / all
 alerts; false alerts per hour both per **wall** hour of the run (play + drain) and per
@@ -37,6 +42,7 @@ from loadtest.scenario import DETECT_AS, Incident
 __all__ = [
     "Matching",
     "Window",
+    "alert_ids",
     "alert_matches",
     "build_report",
     "incident_from_dict",
@@ -197,6 +203,7 @@ def build_report(record: Mapping[str, Any]) -> dict[str, Any]:
     alerts = sorted(record.get("alerts", []), key=lambda a: int(a["arrival_ns"]))
     matching = match_alerts(windows, alerts)
     sim_of = sim_time_of([int(a["arrival_ns"]) for a in alerts], _anchors(record), speedup)
+    ids = alert_ids(alerts)
 
     inc_rows: list[dict[str, Any]] = []
     for w in windows:
@@ -205,7 +212,8 @@ def build_report(record: Mapping[str, Any]) -> dict[str, Any]:
         first = alerts[hits[0]] if hits else None
         inc_rows.append({
             "id": inc.id, "type": inc.type, "target": inc.target, "start_s": inc.start_s, "end_s": inc.end_s,
-            "detect_as": list(inc.detect_as), "detected": first is not None, "matching_alerts": len(hits),
+            "detect_as": list(inc.detect_as), "detected": first is not None,
+            "matching_alerts": len({ids[i] for i in hits}), "matching_notifications": len(hits),
             "latency_s": (int(first["arrival_ns"]) - w.start_ns) / NS if first else None,
             "first_alert": _alert_brief(first["alert"]) if first else None,
             "wall_start_reported": bool(record.get("incident_wall", {}).get(inc.id, {}).get("start_ns")),
@@ -220,12 +228,17 @@ def build_report(record: Mapping[str, Any]) -> dict[str, Any]:
     latencies = [r["latency_s"] for r in inc_rows if r["latency_s"] is not None]
 
     alert_rows = []
+    sent: dict[str, int] = {}
     for i, a in enumerate(alerts):
+        sent[ids[i]] = sent.get(ids[i], 0) + 1
         alert_rows.append({**_alert_brief(a["alert"]), "arrival_ns": int(a["arrival_ns"]),
                            "arrival_s": (int(a["arrival_ns"]) - play_start) / NS,
-                           "sim_s": float(sim_of[i]), "incidents": matching.by_alert[i]})
-    matched = sum(1 for m in matching.by_alert if m)
-    false = len(alerts) - matched
+                           "sim_s": float(sim_of[i]), "incidents": matching.by_alert[i],
+                           "notification": sent[ids[i]]})
+    matched_ids = {ids[i] for i, m in enumerate(matching.by_alert) if m}
+    matched, total = len(matched_ids), len(set(ids))
+    false = total - matched
+    false_types = {ids[i]: str(a["anomaly_type"]) for i, a in enumerate(alert_rows) if ids[i] not in matched_ids}
     wall_s = (drain_end - play_start) / NS
     play_s = (play_end - play_start) / NS
     sim_h = float(sc["duration_s"]) / 3600
@@ -260,13 +273,13 @@ def build_report(record: Mapping[str, Any]) -> dict[str, Any]:
         "detection_latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                                 "max": max(latencies) if latencies else None, "n": len(latencies)},
         "alerts": {
-            "total": len(alerts), "matched": matched, "false": false,
-            "precision": matched / len(alerts) if alerts else None,
+            "total": total, "matched": matched, "false": false, "notifications": len(alerts),
+            "precision": matched / total if total else None,
             "false_per_wall_hour": false / (wall_s / 3600) if wall_s > 0 else None,
             "false_per_sim_hour": false / sim_h if sim_h > 0 else None,
             "wall_hours": wall_s / 3600, "sim_hours": sim_h,
-            "by_type": _count(a["anomaly_type"] for a in alert_rows),
-            "false_by_type": _count(a["anomaly_type"] for a in alert_rows if not a["incidents"]),
+            "by_type": _count({ids[i]: a["anomaly_type"] for i, a in enumerate(alert_rows)}.values()),
+            "false_by_type": _count(false_types.values()),
         },
         "alert_list": alert_rows,
         "throughput": {
@@ -282,6 +295,15 @@ def build_report(record: Mapping[str, Any]) -> dict[str, Any]:
         "errors": list(record.get("errors", [])),
         "warnings": list(record.get("warnings", [])),
     }
+
+
+def alert_ids(alerts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The alert each notification record is of: its ``alert_id`` (else its message id without ``#<n>``)."""
+    out = []
+    for i, rec in enumerate(alerts):
+        aid = rec["alert"].get("alert_id") or str(rec.get("message_id") or "").split("#", 1)[0]
+        out.append(str(aid) if aid else f"#{i}")
+    return out
 
 
 def _alert_brief(a: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,6 +336,12 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     return out
 
 
+def _alert_ref(a: Mapping[str, Any]) -> str:
+    """A row's alert: its id's first 8 characters, ``#<n>`` for its n-th notification after the first."""
+    n = int(a.get("notification") or 1)
+    return str(a.get("alert_id") or "")[:8] + (f" #{n}" if n > 1 else "")
+
+
 def _target(t: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in t.items()) or "(any)"
 
@@ -335,12 +363,13 @@ def render_markdown(rep: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
     if rep["incidents"]:
         lines += ["## Incidents", ""]
         lines += _table(("incident", "type", "target", "simulated s", "detected", "latency s", "first alert",
-                         "matching alerts"),
+                         "matching alerts (notifications)"),
                         ((r["id"], r["type"], _target(r["target"]), f"{r['start_s']:g}–{r['end_s']:g}",
                           "yes" if r["detected"] else "**NO**", _f(r["latency_s"]),
                           (f"{r['first_alert']['anomaly_type']} ({r['first_alert']['severity']}, "
                            f"{r['first_alert']['detection_method']})") if r["first_alert"] else "–",
-                          r["matching_alerts"]) for r in rep["incidents"]))
+                          f"{r['matching_alerts']} ({r.get('matching_notifications', r['matching_alerts'])})")
+                         for r in rep["incidents"]))
         lines += ["", "Detection latency: alert's arrival on RabbitMQ − the incident's injection (wall clock).", ""]
         lines += _table(("incident type", "detected / incidents", "recall"),
                         ((t, f"{v['detected']}/{v['incidents']}", _f(v["recall"])) for t, v in
@@ -349,13 +378,18 @@ def render_markdown(rep: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
         lines += ["", f"Detection latency over {lat['n']} detected incident(s): p50 {_f(lat['p50'])} s, "
                       f"p95 {_f(lat['p95'])} s, max {_f(lat['max'])} s.", ""]
     lines += ["## Alerts", ""]
-    lines += _table(("alerts", "matched", "false", "precision", "false / wall hour", "false / simulated hour"),
-                    [(al["total"], al["matched"], al["false"], _f(al["precision"]),
+    lines += _table(("alerts", "notifications", "matched", "false", "precision", "false / wall hour",
+                     "false / simulated hour"),
+                    [(al["total"], al.get("notifications", al["total"]), al["matched"], al["false"],
+                      _f(al["precision"]),
                       _f(al["false_per_wall_hour"], ".1f"), _f(al["false_per_sim_hour"], ".1f"))])
-    lines += ["", f"Wall hours: {al['wall_hours']:.4f} (play + drain); simulated hours: {al['sim_hours']:.3f}.", ""]
+    lines += ["", "An alert is one alert id; its later notifications (series joining after group_interval, "
+                  "repeats) are rows `#2`, `#3`... below, not new alerts. "
+                  f"Wall hours: {al['wall_hours']:.4f} (play + drain); simulated hours: {al['sim_hours']:.3f}.", ""]
     if rep["alert_list"]:
-        lines += _table(("arrival s", "simulated s", "type", "severity", "service / model", "method", "incident"),
-                        ((f"{a['arrival_s']:.1f}", f"{a['sim_s']:.0f}", a["anomaly_type"], a["severity"],
+        lines += _table(("arrival s", "simulated s", "alert", "type", "severity", "service / model", "method",
+                         "incident"),
+                        ((f"{a['arrival_s']:.1f}", f"{a['sim_s']:.0f}", _alert_ref(a), a["anomaly_type"], a["severity"],
                           f"{a['service_name']} / {a['model']}", a["detection_method"],
                           ", ".join(a["incidents"]) or "**false**") for a in rep["alert_list"][:60]))
         if len(rep["alert_list"]) > 60:
@@ -482,7 +516,7 @@ def suite_summary(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Figures over every scenario of a suite (``reports``: scenario name -> :func:`build_report` output)."""
     by_type: dict[str, dict[str, Any]] = {}
     latencies: list[float] = []
-    total = matched = 0
+    total = matched = notifications = 0
     clean_false = 0
     clean_wall_h = clean_sim_h = 0.0
     kinds: dict[str, dict[str, float]] = {}
@@ -496,6 +530,7 @@ def suite_summary(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                 latencies.append(inc["latency_s"])
         al = rep["alerts"]
         total += al["total"]
+        notifications += al.get("notifications", al["total"])
         matched += al["matched"]
         if rep["scenario"].get("clean"):
             clean_false += al["false"]
@@ -519,7 +554,8 @@ def suite_summary(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "incidents": n_inc,
         "detection_latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                                 "max": max(latencies) if latencies else None, "n": len(latencies)},
-        "alerts": total, "matched_alerts": matched, "precision": matched / total if total else None,
+        "alerts": total, "notifications": notifications, "matched_alerts": matched,
+        "precision": matched / total if total else None,
         "clean": {"false_alerts": clean_false, "wall_hours": clean_wall_h, "sim_hours": clean_sim_h,
                   "false_per_wall_hour": clean_false / clean_wall_h if clean_wall_h else None,
                   "false_per_sim_hour": clean_false / clean_sim_h if clean_sim_h else None},
@@ -566,10 +602,11 @@ def render_suite_markdown(summary: Mapping[str, Any], reports: Mapping[str, Mapp
     if header:
         lines += [header, ""]
     lines += ["## Scenarios", ""]
-    lines += _table(("scenario", "incidents detected", "alerts (false)", "precision", "latency p50 / max s",
-                     "spans/s", "rows ingested/s", "wall s", "report"),
+    lines += _table(("scenario", "incidents detected", "alerts (false)", "notifications", "precision",
+                     "latency p50 / max s", "spans/s", "rows ingested/s", "wall s", "report"),
                     ((name, f"{sum(i['detected'] for i in r['incidents'])}/{len(r['incidents'])}",
-                      f"{r['alerts']['total']} ({r['alerts']['false']})", _f(r["alerts"]["precision"]),
+                      f"{r['alerts']['total']} ({r['alerts']['false']})",
+                      r["alerts"].get("notifications", r["alerts"]["total"]), _f(r["alerts"]["precision"]),
                       f"{_f(r['detection_latency_s']['p50'])} / {_f(r['detection_latency_s']['max'])}",
                       _f(r["throughput"]["spans_per_s"], ",.0f"), _f(r["throughput"]["rows_ingested_per_s"], ",.0f"),
                       _f(r["wall_s"].get("run") or r["wall_s"]["total"], ".0f"), f"[{name}]({name}/report.md)")
@@ -586,6 +623,7 @@ def render_suite_markdown(summary: Mapping[str, Any], reports: Mapping[str, Mapp
          f"{_f(lat['p50'])} / {_f(lat['p95'])} / {_f(lat['max'])} (n={lat['n']})"),
         ("precision (matched alerts / all alerts)", f"{_f(summary['precision'])} ({summary['matched_alerts']}/"
                                                     f"{summary['alerts']})"),
+        ("notifications (an alert's first and its updates)", str(summary.get("notifications", summary["alerts"]))),
         ("false alerts on clean scenarios", f"{cl['false_alerts']}: {_f(cl['false_per_wall_hour'], '.1f')} per wall "
                                             f"hour, {_f(cl['false_per_sim_hour'], '.2f')} per simulated hour"),
         ("spans sent / s (wall, all scenarios)", _f(summary["throughput"]["spans_per_s"], ",.0f")),

@@ -65,7 +65,7 @@ _MAX_SERIES = 10_000
 
 @dataclass(kw_only=True)
 class LocalAlertsConfig:
-    """The sidecar's ``local_alerts.mode:`` section (:class:`sidecar.config.SidecarConfig`)."""
+    """The sidecar's ``local_alerts:`` section (:class:`sidecar.config.SidecarConfig`)."""
 
     mode: str = setting("offline", "when the sidecar pages its own sinks for local detections: offline (while "
                         "the aggregator is unreachable), always, or off (see sidecar/README.md, Local alerts)")

@@ -379,3 +379,179 @@ def test_a_cause_takes_over_its_symptom_already_sent_and_explains_a_later_drift(
     assert len(alerts) == 2 and surge.status == "resolved" and surge.notifications == 1
     assert surge.members[-1].labels == {**surge.members[-1].labels, "explained_by": "finish_length",
                                         "anomaly_type": "drift"} and surge.members[-1].status == "resolved"
+
+
+def test_a_provider_outage_is_one_alert_with_every_service_latency_inside(store: SQLiteAlertStore) -> None:
+    """fold_across: an outage times out a provider's calls on every service; their latency spikes are
+    members of the provider-wide error burst (explained_by), raised before it (folded in while not
+    sent), after it (joining), or sent just before it (taken over); another provider's stays its own."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    slow = {s: cand(service=s, model="claude", provider="anthropic") for s in ("chat", "search", "review", "ops")}
+    m.emit([slow["chat"], slow["search"]])  # the latency spikes come first
+    clock.advance(1)
+    m.emit([storm("chat"), storm("search")])  # the burst: folds them in before they are sent
+    clock.advance(1)
+    m.emit([slow["review"], cand(service="ledger", model="gpt-4o", provider="openai"),
+            cand(service="billing", model="claude")])  # the provider's: joins; another provider's, none: their own
+    alerts = all_alerts(store)
+    [burst] = [a for a in alerts if a.anomaly_type == "error_burst"]
+    assert burst.service_name is None and burst.severity == "critical"
+    assert sorted((x.labels["service_name"], x.labels["anomaly_type"], x.labels.get("explained_by"))
+                  for x in burst.members) == [
+        ("chat", "error_burst", None), ("chat", "latency_spike", "error_burst"), ("review", "latency_spike",
+                                                                                   "error_burst"),
+        ("search", "error_burst", None), ("search", "latency_spike", "error_burst")]
+    assert "explains latency spike (3 series)" in burst.summary
+    folded = [a for a in alerts if a.anomaly_type == "latency_spike" and a.status == "resolved"]
+    assert sorted(a.service_name or "" for a in folded) == ["chat", "search"]
+    assert all(a.notifications == 0 for a in folded)
+    assert sorted(a.service_name or "" for a in alerts if a.status != "resolved" and a is not burst) == [
+        "billing", "ledger"]
+    clock.advance(10)
+    m.tick()
+    sent = [json.loads(i.payload) for i in store.outbox_pending("rec", 10)]
+    assert sorted(p["service_name"] or "" for p in sent) == ["", "billing", "ledger"]  # one page for the outage
+    clock.advance(5)
+    m.emit([slow["review"], slow["chat"]])  # repeats: the members they are
+    m.emit([slow["ops"]])  # another service later: rides along, no page of its own
+    [burst] = [a for a in all_alerts(store) if a.anomaly_type == "error_burst"]
+    assert burst.members[-1].labels["service_name"] == "ops" and len(burst.members) == 6
+    assert {x.labels["service_name"]: x.count for x in burst.members if x.labels["anomaly_type"] == "latency_spike"
+            } == {"chat": 2, "search": 1, "review": 2, "ops": 1}
+    # a latency spike sent just before the burst is raised: the burst takes its alert over (one alert)
+    early = make(SQLiteAlertStore(store.path + "-e"), clock, [RecordingSink()])
+    early.emit([slow["chat"]])
+    clock.advance(10)
+    early.tick()
+    clock.advance(2)
+    early.emit([storm("chat"), storm("search")])
+    [one] = all_alerts(early.store)
+    assert one.anomaly_type == "error_burst" and len(one.members) == 3
+    # off when the operator says so
+    plain = make(SQLiteAlertStore(store.path + "-p"), clock, fold_across={})
+    plain.emit([storm("chat"), slow["search"]])
+    assert len(all_alerts(plain.store)) == 2
+    with pytest.raises(ConfigError, match=r"alerts.fold_across\.latency_spike: must be a list"):
+        make(store, clock, fold_across={"latency_spike": "error_burst"})
+
+
+def test_an_abuser_a_campaign_and_a_budget_are_one_alert_each(store: SQLiteAlertStore) -> None:
+    """The default fold_into beyond throughput and drift: the token, cost and prompt-size signals of one
+    abuser are one alert, taken over by the token abuse that explains them; a campaign's per-user
+    bursts ride inside the campaign; a budget's warning inside its being exceeded."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    spike = cand("token_spike", model="", metric="total_tokens", value=9e4, baseline=2e3, threshold=1e4, sigma=9.0)
+    cost = cand("cost_anomaly", model="", metric="cost_usd", value=9.0, baseline=0.2, threshold=1.0, sigma=9.0)
+    m.emit([cost, spike])  # the cost first in the batch: folded into the spike before either is sent
+    m.emit([dataclasses.replace(cost, service="search")])  # another service: nothing explains it
+    clock.advance(10)
+    m.tick()
+    clock.advance(2)
+    m.emit([cand("expensive_prompt", model="", metric="input_tokens", value=4e5, baseline=2e3, threshold=1e4)])
+    m.emit([cand("token_abuse", model="", metric="tokens", value=2e7, baseline=7e4, threshold=1e6, user="u-1")])
+    alerts = [a for a in all_alerts(store) if a.status != "resolved"]
+    [abuse] = [a for a in alerts if a.service_name == "chat"]
+    assert abuse.anomaly_type == "token_abuse" and abuse.notifications == 1
+    assert sorted((x.labels["anomaly_type"], x.labels.get("explained_by") or "") for x in abuse.members) == [
+        ("cost_anomaly", "token_spike"), ("expensive_prompt", "token_spike"), ("token_abuse", ""),
+        ("token_spike", "token_abuse")]
+    assert [a.anomaly_type for a in alerts if a.service_name == "search"] == ["cost_anomaly"]
+    m.emit([cand("ttft_regression", metric="ttft_ms", region="eu-west-1"), cand()])  # long prompts: slow calls
+    [abuse] = [a for a in all_alerts(store) if a.service_name == "chat" and a.status != "resolved"]
+    assert [x.labels["explained_by"] for x in abuse.members[-2:]] == ["token_abuse", "token_abuse"]
+    assert abuse.anomaly_type == "token_abuse" and abuse.root_cause
+    # a campaign, its users' bursts after it; a budget exceeded, its warning after it
+    sec = make(SQLiteAlertStore(store.path + "-s"), clock, [RecordingSink()])
+    sec.emit([cand("attack_campaign", model="", metric="attack_users", value=5, baseline=0, threshold=3,
+                   scope="attack_signature", scope_value="sig")])
+    clock.advance(10)
+    sec.tick()
+    sec.emit([cand("coordinated_attack", model="", metric="security_events", value=11, baseline=0, threshold=5,
+                   scope="user", scope_value=f"user-{i}", user=f"user-{i}") for i in range(3)])
+    sec.emit([cand("budget_exceeded", model="", metric="cost_usd", value=18, baseline=float("nan"), threshold=15)])
+    clock.advance(10)
+    sec.tick()
+    sec.emit([cand("budget_warning", model="", metric="cost_usd", value=15, baseline=float("nan"), threshold=12)])
+    [campaign, budget] = sorted(all_alerts(sec.store), key=lambda a: a.anomaly_type)
+    assert campaign.anomaly_type == "attack_campaign" and len(campaign.members) == 4
+    assert budget.anomaly_type == "budget_exceeded" and budget.members[-1].labels["explained_by"] == "budget_exceeded"
+
+
+def test_a_group_firing_again_before_its_next_flush_is_the_same_alert(store: SQLiteAlertStore) -> None:
+    """As in Alertmanager, a group lives until group_interval after its last series resolved: a slow drift
+    whose first series went quiet just before the next crossed is one alert, its next notification."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()], resolve_after_s=60)
+    m.emit([cand(model="claude", metric="ttft_ms")])
+    clock.advance(10)
+    m.tick()
+    clock.advance(60)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)  # quiet for resolve_after_s: resolved
+    [a] = all_alerts(store)
+    assert a.status == "resolved"
+    clock.advance(20)
+    m.emit([cand(model="gpt-4o-mini")])  # the same group 20 s later: the same alert, open again
+    clock.advance(60)
+    m.tick()
+    [a] = all_alerts(store)
+    assert a.status == "open" and a.resolved_at is None and len(a.members) == 2 and a.notifications == 2
+    assert [i.alert_id for i in store.outbox_pending("rec", 10)] == [a.alert_id, f"{a.alert_id}#2"]
+    # quiet for longer than group_interval after resolving: a new incident, a new alert
+    clock.advance(60)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)
+    clock.advance(61)
+    m.emit([cand(model="gpt-4o")])
+    assert sorted(x.status for x in all_alerts(store)) == ["open", "resolved"]
+
+
+def test_a_quality_regression_takes_over_the_model_swap_that_brought_it(store: SQLiteAlertStore) -> None:
+    """A new model answers worse: the swap (low) was sent first; the regression (high, what users get)
+    takes its alert over, the swap inside, the combined root cause; the users' ratings falling then
+    ride along."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()])
+    m.emit([cand("model_swap", metric="response_model", value=28, baseline=0, threshold=1, sigma=float("nan"))])
+    clock.advance(10)
+    m.tick()
+    clock.advance(100)
+    m.emit([cand("quality_regression", metric="eval.hallucination", value=0.45, baseline=0.1, threshold=0.2,
+                 sigma=50.0)])
+    m.emit([cand("satisfaction_drop", metric="satisfaction_rate", value=0.6, baseline=0.9, threshold=0.8,
+                 sigma=-6.0)])
+    [a] = all_alerts(store)
+    assert a.anomaly_type == "quality_regression" and a.severity == "high"
+    assert [(x.labels["anomaly_type"], x.labels.get("explained_by")) for x in a.members] == [
+        ("model_swap", "quality_regression"), ("quality_regression", None),
+        ("satisfaction_drop", "quality_regression")]
+    assert "change of model" in (a.root_cause or "")
+
+
+def test_a_drift_after_a_surge_detected_once_is_inside_it_for_resolve_after_s(store: SQLiteAlertStore) -> None:
+    """An alert fires resolve_after_s past its last detection: a drift window opening within that time
+    after a once-detected truncation surge is that surge's, one opening later is its own alert."""
+    sqlite_only(store)
+    clock = Clock()
+    m = make(store, clock, [RecordingSink()], resolve_after_s=60)
+    m.emit([cand("finish_length", metric="finish_length_share", value=0.4, baseline=0.04, threshold=0.1,
+                 sigma=20.0, t=T0 + 5 * 60 * S)])  # event time minutes 5-6
+    clock.advance(10)
+    m.tick()
+    clock.advance(70)
+    m.consume(_rows("chat", T0), arrival_ns=clock.now)
+    drift = cand("drift", metric="finish_reason", value=0.06, baseline=0.0, threshold=0.05, sigma=float("nan"))
+    m.emit([dataclasses.replace(drift, window_start=T0 + 390 * S, window_end=T0 + 1290 * S)])  # from 6.5 min
+    [surge] = all_alerts(store)
+    assert surge.status == "resolved" and surge.members[-1].labels["anomaly_type"] == "drift"
+    later = make(SQLiteAlertStore(store.path + "-l"), clock, resolve_after_s=60)
+    later.emit([cand("finish_length", metric="finish_length_share", value=0.4, baseline=0.04, threshold=0.1,
+                     sigma=20.0, t=T0 + 5 * 60 * S)])
+    clock.advance(70)
+    later.consume(_rows("chat", T0), arrival_ns=clock.now)
+    later.emit([dataclasses.replace(drift, window_start=T0 + 480 * S, window_end=T0 + 1380 * S)])  # from 8 min
+    assert sorted(a.anomaly_type for a in all_alerts(later.store)) == ["drift", "finish_length"]

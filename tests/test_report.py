@@ -173,6 +173,30 @@ def test_build_report_figures() -> None:
     assert rep["processes"]["aggregator"]["rss_mib_max"] == pytest.approx(200.0)
 
 
+def test_an_alert_sent_again_is_one_alert_with_several_notifications() -> None:
+    # a1 sent again when series joined it (message a1#2): one alert, two notifications; a false alert
+    # sent twice is one false alert
+    alerts = [
+        {"arrival_ns": wall(900) + 1_500_000_000, "message_id": "a1", "alert": alert(alert_id="a1")},
+        {"arrival_ns": wall(960), "message_id": "a1#2", "alert": alert(alert_id="a1")},
+        {"arrival_ns": wall(300), "message_id": "a3", "alert": alert("expensive_prompt", "search", alert_id="a3")},
+        {"arrival_ns": wall(400), "message_id": "a3#2", "alert": alert("expensive_prompt", "search",
+                                                                         alert_id="a3")},
+    ]
+    rep = build_report(record(alerts=alerts))
+    spike = rep["incidents"][0]
+    assert (spike["matching_alerts"], spike["matching_notifications"]) == (1, 2)
+    al = rep["alerts"]
+    assert (al["total"], al["notifications"], al["matched"], al["false"]) == (2, 4, 1, 1)
+    assert al["precision"] == pytest.approx(0.5) and al["false_by_type"] == {"expensive_prompt": 1}
+    assert [a["notification"] for a in rep["alert_list"]] == [1, 2, 1, 2]
+    md = render_markdown(rep)
+    assert "| 2 | 4 | 1 | 1 | 0.50 |" in md and "| a1 #2 |" in md and "| 1 (2) |" in md
+    s = suite_summary({"synthetic": rep})
+    assert (s["alerts"], s["notifications"], s["matched_alerts"]) == (2, 4, 1)
+    assert "| 2 (1) | 4 |" in render_suite_markdown(s, {"synthetic": rep})
+
+
 def test_clean_scenario_every_alert_is_false() -> None:
     rep = build_report(record(clean=True))
     assert rep["incidents"] == [] and rep["recall"] is None
@@ -186,7 +210,7 @@ def test_markdown_names_the_figures() -> None:
     md = render_markdown(rep, ["x/traffic.png"])
     for text in ("# Load test: synthetic", "| spike | latency_spike | service=chat | 900–1080 | yes | 1.50 |",
                  "| errors | error_burst | service=search | 1200–1320 | **NO** | – |", "**false**",
-                 "| 3 | 2 | 1 | 0.67 | 50.0 | 2.0 |", "queue_full: 10", "![traffic](traffic.png)"):
+                 "| 3 | 3 | 2 | 1 | 0.67 | 50.0 | 2.0 |", "queue_full: 10", "![traffic](traffic.png)"):
         assert text in md, text
 
 

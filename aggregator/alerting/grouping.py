@@ -24,10 +24,21 @@ secondary series whose own group has no open alert joins an open alert of one of
 on the same service as a member labelled ``explained_by`` (the primary's type): it is context in
 the primary's notification, not a page of its own; the alert's type, severity, labels and summary
 head stay the primary members'. An alert resolved shortly before still explains a symptom whose
-event-time window overlaps its own (a 15-minute drift window; the member joins resolved). A
+event-time window overlaps its own, extended by ``resolve_after_s`` (it kept firing that long past
+its last detection; a 15-minute drift window; the member joins resolved). A
 secondary alert raised first and not sent yet is folded into the primary when that is raised (the
 alert manager's ``_absorb``); one already sent is taken over by it (``_adopter``: the same alert,
 its next notification under the primary's type).
+
+A provider's outage also slows the calls it does not fail: every service calling it sees a latency
+spike while the provider-wide error burst is open. ``fold_across`` names, per such secondary type,
+the primary types whose open alert across services explains it (:data:`DEFAULT_FOLD_ACROSS`,
+``latency_spike: [error_burst]``): a secondary series whose own group has no open alert joins an
+open alert of one of those types when a firing primary member shares the primary type's
+``group_across`` labels (the provider) with it — on any service — as an ``explained_by`` member; and
+a primary alert raised (or joined by a new series) folds in the not yet sent secondary alerts of
+that provider the same way. A latency spike without a provider, or of another provider, stays its
+own alert.
 
 Pure logic here (the group key, the alert's aggregate fields from its members, the summary); the
 timers (``group_wait``, ``group_interval``, ``repeat_interval``) are the alert manager's.
@@ -46,6 +57,7 @@ from sentinel.config import ConfigError
 
 __all__ = [
     "ALL_LABELS",
+    "DEFAULT_FOLD_ACROSS",
     "DEFAULT_FOLD_INTO",
     "DEFAULT_GROUP_ACROSS",
     "DEFAULT_GROUP_BY",
@@ -53,6 +65,7 @@ __all__ = [
     "EXPLAINED_BY",
     "GROUP_LABELS",
     "explains",
+    "explains_across",
     "group_by_for",
     "group_key",
     "joins_across",
@@ -60,6 +73,7 @@ __all__ = [
     "member_labels",
     "refresh",
     "summary",
+    "validate_fold_across",
     "validate_fold_into",
     "validate_group_across",
     "validate_group_by",
@@ -79,11 +93,35 @@ DEFAULT_GROUP_ACROSS: dict[str, tuple[str, ...]] = {"error_burst": ("provider",)
 #: Per secondary anomaly type: the primary types whose open alert on the same service explains it.
 #: A tokens/s drop is what a slow provider, a late first token or cut-off / empty outputs look like
 #: per call; an output-token or latency distribution drifts over 15 minutes during all of them.
+#: More tokens cost more: a service's token spike, expensive prompts and one user's token abuse
+#: raise its cost and token figures together (the abuse explains them all). A campaign (one attack
+#: signature from many users) is its users' bursts of security events; a security correlation is
+#: one user's attack and token abuse together. A budget's warning is part of its being exceeded.
+#: Longer prompts and outputs (a token spike, expensive prompts, an abuser's) take longer to prefill and
+#: to generate: a later first token, a slower call.
+#: Users rate answers down when they come back empty, cut off or worse (the pairs of
+#: sentinel.alert_rules' combined causes).
 DEFAULT_FOLD_INTO: dict[str, tuple[str, ...]] = {
     "throughput_drop": ("latency_spike", "ttft_regression", "finish_length", "empty_answer"),
     "drift": ("finish_length", "empty_answer", "throughput_drop", "latency_spike", "ttft_regression",
-              "error_burst", "model_swap", "quality_regression"),
+              "error_burst", "model_swap", "quality_regression", "cost_anomaly", "token_spike"),
+    "cost_anomaly": ("token_spike", "expensive_prompt", "token_abuse"),
+    "expensive_prompt": ("token_spike", "token_abuse"),
+    "token_spike": ("token_abuse",),
+    # a longer prompt takes longer to prefill, a longer one to answer: the first token and the call come later
+    "ttft_regression": ("token_spike", "expensive_prompt", "token_abuse"),
+    "latency_spike": ("token_spike", "expensive_prompt", "token_abuse"),
+    "coordinated_attack": ("attack_campaign", "security_correlation"),
+    "token_abuse": ("security_correlation",),
+    "budget_warning": ("budget_exceeded",),
+    # the regression is what users get (and its severity what pages); the swap that brought it is context
+    "model_swap": ("quality_regression",),
+    "satisfaction_drop": ("empty_answer", "finish_length", "quality_regression"),
 }
+#: Per secondary anomaly type: the primary types whose open alert explains it across services, when a
+#: firing primary member shares the primary type's ``group_across`` labels with it: a provider's
+#: outage times out the calls it does not fail, so every service calling it sees its latency spike.
+DEFAULT_FOLD_ACROSS: dict[str, tuple[str, ...]] = {"latency_spike": ("error_burst",)}
 #: The member label of a folded secondary series: the type of the alert that explains it.
 EXPLAINED_BY = "explained_by"
 # Labels that tell members apart in a summary, most telling first.
@@ -122,14 +160,19 @@ def validate_group_across(across: object) -> None:
             raise ConfigError(f"alerts.group_across.{anomaly_type}: must name at least one label (not {ALL_LABELS!r})")
 
 
-def validate_fold_into(fold: object) -> None:
+def validate_fold_into(fold: object, setting: str = "alerts.fold_into") -> None:
     if not isinstance(fold, Mapping) or not all(isinstance(k, str) and k for k in fold):
-        raise ConfigError("alerts.fold_into: must be a map of anomaly type to a list of anomaly types")
+        raise ConfigError(f"{setting}: must be a map of anomaly type to a list of anomaly types")
     for anomaly_type, primaries in fold.items():
         if not isinstance(primaries, list | tuple) or not all(isinstance(x, str) and x for x in primaries):
-            raise ConfigError(f"alerts.fold_into.{anomaly_type}: must be a list of anomaly types")
+            raise ConfigError(f"{setting}.{anomaly_type}: must be a list of anomaly types")
         if anomaly_type in primaries:
-            raise ConfigError(f"alerts.fold_into.{anomaly_type}: a type cannot explain itself")
+            raise ConfigError(f"{setting}.{anomaly_type}: a type cannot explain itself")
+
+
+def validate_fold_across(fold: object) -> None:
+    # A primary type without group_across labels folds nothing across: nothing tells its provider.
+    validate_fold_into(fold, "alerts.fold_across")
 
 
 def explains(alert: Alert, service: str | None) -> bool:
@@ -137,6 +180,14 @@ def explains(alert: Alert, service: str | None) -> bool:
     secondary series of that service may fold in)."""
     return bool(service) and any((m.status == "firing" or alert.status == "resolved") and EXPLAINED_BY not in m.labels
                                  and m.labels.get("service_name") == service for m in alert.members)
+
+
+def explains_across(alert: Alert, names: Sequence[str], labels: Mapping[str, str]) -> bool:
+    """Whether a secondary series with ``labels`` may fold into ``alert`` across services (``fold_across``):
+    a firing primary member shares every label of ``names`` (the primary type's ``group_across``)."""
+    return bool(names) and all(labels.get(k) for k in names) and any(
+        m.status == "firing" and EXPLAINED_BY not in m.labels and all(m.labels.get(k) == labels[k] for k in names)
+        for m in alert.members)
 
 
 def _primary(members: Sequence[AlertMember]) -> Sequence[AlertMember]:

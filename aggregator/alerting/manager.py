@@ -11,8 +11,10 @@ anomalies — goes through these stages, in order (aggregator/alerting/README.md
    scope — for the per-row ``multivariate_outlier`` only type, service and model) matches a firing
    member of an unresolved alert seen within ``dedup_window_s`` updates it (``count``, ``last_seen``,
    ``peak_value``, example trace ids); a new series whose ``group_by`` labels (default service and
-   anomaly type) match an unresolved alert joins it as a member (:mod:`aggregator.alerting.grouping`);
-   anything else raises a new alert;
+   anomaly type) match an unresolved alert joins it as a member (:mod:`aggregator.alerting.grouping`),
+   and so does a symptom of another alert's incident (``fold_into`` on its service, ``fold_across``
+   on its provider), as an ``explained_by`` member; a group that fires again within
+   ``group_interval_s`` of resolving reopens its alert; anything else raises a new alert;
 4. **enrichment**: severity by the rules of :mod:`sentinel.alert_rules`, root-cause hint,
    remediation, runbook URL from ``runbook_url_template``, a one-line summary;
 5. **correlation and grouping**: other unresolved alerts of the same service seen within
@@ -53,17 +55,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aggregator.alerting.edge import edge_paged, reconcile
 from aggregator.alerting.grouping import (
+    DEFAULT_FOLD_ACROSS,
     DEFAULT_FOLD_INTO,
     DEFAULT_GROUP_ACROSS,
     DEFAULT_GROUP_BY,
     DEFAULT_GROUP_BY_TYPE,
     EXPLAINED_BY,
     explains,
+    explains_across,
     group_by_for,
     group_key,
     joins_across,
     member_labels,
     refresh,
+    validate_fold_across,
     validate_fold_into,
     validate_group_across,
     validate_group_by,
@@ -120,6 +125,7 @@ MAX_TRACE_IDS = 5
 MAX_STORM_RELATED = 100
 #: Resolved alerts kept to explain a later symptom (``fold_into``) whose event-time window overlaps theirs.
 MAX_RECENT = 256
+_QUIET = "metric back within its threshold"  # the resolved_reason of a group whose series went quiet
 
 
 class AlertStateError(ValueError):
@@ -173,6 +179,11 @@ class AlertManagerConfig:
                                               "explained_by member instead of raising its own (a tokens/s drop "
                                               "during a latency spike)", flag=False,
                                               factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_INTO.items()})
+    fold_across: dict[str, list[str]] = setting(None, "per secondary anomaly type, the primary types whose open "
+                                                "alert explains it on any service when a firing member shares "
+                                                "the primary's group_across labels (a provider outage's latency "
+                                                "spikes inside its error burst)", flag=False,
+                                                factory=lambda: {k: list(v) for k, v in DEFAULT_FOLD_ACROSS.items()})
     group_wait_s: float = setting(DEFAULT_GROUP_WAIT_S, "a new alert's first notification waits this long to "
                                   "collect the other series of its group")
     group_interval_s: float = setting(DEFAULT_GROUP_INTERVAL_S, "series joining an alert already sent are sent at "
@@ -204,6 +215,7 @@ class AlertManagerConfig:
         validate_group_by_type(self.group_by_type)
         validate_group_across(self.group_across)
         validate_fold_into(self.fold_into)
+        validate_fold_across(self.fold_across)
         if self.metric_max_services < 1:
             raise ConfigError("baselines.max_keys: must be greater than 0")
         if not 0 <= self.min_confidence <= 1:
@@ -364,11 +376,11 @@ class AlertManager:
             group = next((a for a in self._open.values() if a.anomaly_type == c.anomaly_type and a is not group
                           and now - a.last_seen <= dedup and joins_across(across, labels, a)), group)
         explained_by = None
-        primaries = cfg.fold_into.get(c.anomaly_type)
+        primaries = (*cfg.fold_into.get(c.anomaly_type, ()), *cfg.fold_across.get(c.anomaly_type, ()))
         if (group is None or now - group.last_seen > dedup) and primaries:
-            # a symptom of an open incident on its service (tokens/s down while latency is up): context
-            # of that alert, not a page of its own
-            primary = self._explaining(c, primaries, group, now)
+            # a symptom of an open incident on its service (tokens/s down while latency is up) or of its
+            # provider (latency up during its error burst): context of that alert, not a page of its own
+            primary = self._explaining(c, labels, group, now)
             if primary is not None:
                 group, explained_by = primary, primary.anomaly_type
         elif group is not None and primaries and group.anomaly_type in primaries:
@@ -400,7 +412,7 @@ class AlertManager:
                 return
             del self._pending[fp]
         if group is None:
-            group = self._adopter(c, gk, now)
+            group = self._reopened(gk, now) or self._adopter(c, labels, gk, now)
         new = self._member(c, fp, severity, labels, now, needed)
         if explained_by is not None:
             new.labels[EXPLAINED_BY] = explained_by
@@ -420,11 +432,16 @@ class AlertManager:
                 return
             group.members = [*members, new]
             self._add_trace_ids(group, new.trace_ids)
+            if explained_by is None:  # the incident's event-time window is its own series' (a symptom's may be wider)
+                self._widen(group, c)
             refresh(group)
             if edge_paged(group, now, dedup):
                 new.notified = True  # the edge's page covered this incident (aggregator/alerting/edge_alerts.py)
             elif group.status != "resolved" and (explained_by is None or group.notified_at is None):
                 self._schedule(group)  # a folded symptom rides along with the next notification: no page of its own
+            if explained_by is None and group.status != "resolved":
+                self._absorb(group, now, raised, updated)  # e.g. the burst reached another service: its latency spike
+            self._combined_cause(group)
             updated[group.alert_id] = group
             self.metrics.grouped.inc()
             return
@@ -466,27 +483,80 @@ class AlertManager:
         return cfg.runbook_url_template.format(public_url=cfg.public_url, anomaly_type=anomaly_type,
                                                service=service or "", model=model or "") or None
 
-    def _explaining(self, c: Candidate, primaries: Sequence[str], own: Alert | None, now: int) -> Alert | None:
-        """The alert of one of ``primaries`` on ``c``'s service that explains ``c``: an open one seen within
-        the de-duplication window, else one (open or recently resolved) whose event-time window overlaps
-        ``c``'s (a 15-minute drift window that saw a truncation surge alerted and resolved inside it)."""
-        dedup = self.config.window_ns("dedup_window_s")
+    def _explaining(self, c: Candidate, labels: dict[str, str], own: Alert | None, now: int) -> Alert | None:
+        """The alert that explains ``c``: of one of its ``fold_into`` primaries on ``c``'s service, an open one
+        seen within the de-duplication window, else one (open or recently resolved) whose event-time window
+        overlaps ``c``'s (a 15-minute drift window that saw a truncation surge alerted and resolved inside
+        it); else an open one of its ``fold_across`` primaries whose firing member shares the primary's
+        ``group_across`` labels (its provider's error burst)."""
+        cfg = self.config
+        dedup = cfg.window_ns("dedup_window_s")
+        primaries = cfg.fold_into.get(c.anomaly_type, ())
         fits = [a for a in [*self._open.values(), *reversed(self._recent)]
                 if a is not own and a.anomaly_type in primaries and explains(a, c.service)]
-        return next((a for a in fits if a.status != "resolved" and now - a.last_seen <= dedup),
-                    next((a for a in fits if _overlaps(a, c)), None))
+        # An alert keeps firing resolve_after_s past its last detection: in event time too (unscaled),
+        # so a truncation surge detected once in its first minute still covers the drift of the next ones.
+        firing_after = int(cfg.resolve_after_s * 1e9)
+        same_service = next((a for a in fits if a.status != "resolved" and now - a.last_seen <= dedup),
+                            next((a for a in fits if _overlaps(a, c, firing_after)), None))
+        if same_service is not None:
+            return same_service
+        across = cfg.fold_across.get(c.anomaly_type, ())
+        return next((a for a in self._open.values() if a is not own and a.anomaly_type in across
+                     and a.status != "resolved" and now - a.last_seen <= dedup
+                     and explains_across(a, cfg.group_across.get(a.anomaly_type, ()), labels)), None)
 
-    def _adopter(self, c: Candidate, gk: str, now: int) -> Alert | None:
-        """An open alert already sent whose every series ``c``'s type explains (``fold_into``), e.g. a
-        tokens/s drop sent before the empty answers that cause it were counted: it becomes ``c``'s alert
-        (its series ``explained_by`` ``c``'s type, keyed on ``c``'s group), so the incident stays one
-        alert, its next notification under the right type."""
+    def _explains_all(self, alert: Alert, other: Alert) -> bool:
+        """Whether ``alert`` explains every firing series of ``other``: on their service (``fold_into``), or
+        sharing its ``group_across`` labels (``fold_across``)."""
         cfg = self.config
+        live = [m for m in other.members if m.status == "firing"]
+        if not live or alert is other:
+            return False
+        if alert.anomaly_type in cfg.fold_into.get(other.anomaly_type, ()) and all(
+                explains(alert, m.labels.get("service_name")) for m in other.members):
+            return True
+        names = cfg.group_across.get(alert.anomaly_type, ())
+        return alert.anomaly_type in cfg.fold_across.get(other.anomaly_type, ()) and all(
+            explains_across(alert, names, m.labels) for m in live)
+
+    def _reopened(self, gk: str, now: int) -> Alert | None:
+        """The group's alert resolved less than ``group_interval_s`` ago, firing again: as in Alertmanager, a
+        group lives until its next flush after its last series resolved, so a series firing meanwhile (a
+        slow drift whose first series went quiet just before the next one crossed) is the same alert, its
+        next notification, not a new page. With a shared store another replica may have raised the group
+        anew meanwhile: not there."""
+        window = self.config.window_ns("group_interval_s")
+        alert = next((a for a in reversed(self._recent) if a.fingerprint == gk), None)
+        if (alert is None or self.store.shared or alert.resolved_at is None or now - alert.resolved_at > window
+                or not (alert.resolved_reason or "").startswith(_QUIET)):  # not one resolved as a new incident began
+            return None
+        self._recent.remove(alert)
+        alert.status = "acknowledged" if alert.acknowledged_by else "open"
+        alert.resolved_at, alert.resolved_reason = None, None
+        self._open[gk] = alert
+        return alert
+
+    def _adopter(self, c: Candidate, labels: dict[str, str], gk: str, now: int) -> Alert | None:
+        """An open alert already sent whose every series ``c``'s type explains (``fold_into`` on ``c``'s
+        service, ``fold_across`` by ``c``'s ``group_across`` labels), e.g. a tokens/s drop sent before the
+        empty answers that cause it were counted, or a latency spike sent just before its provider's error
+        burst: it becomes ``c``'s alert (its series ``explained_by`` ``c``'s type, keyed on ``c``'s group),
+        so the incident stays one alert, its next notification under the right type."""
+        cfg = self.config
+        names = cfg.group_across.get(c.anomaly_type, ())
+
+        def explained(a: Alert) -> bool:
+            if c.anomaly_type in cfg.fold_into.get(a.anomaly_type, ()) and all(
+                    m.labels.get("service_name") == c.service for m in a.members):
+                return True
+            live = [m for m in a.members if m.status == "firing"]
+            return bool(names and live) and c.anomaly_type in cfg.fold_across.get(a.anomaly_type, ()) and all(
+                labels.get(k) and m.labels.get(k) == labels[k] for m in live for k in names)
+
         target = next((a for a in self._open.values()
                        if a.notified_at is not None and a.storm_id is None and a.anomaly_type != c.anomaly_type
-                       and c.anomaly_type in cfg.fold_into.get(a.anomaly_type, ())
-                       and now - a.last_seen <= cfg.window_ns("dedup_window_s")
-                       and all(m.labels.get("service_name") == c.service for m in a.members)), None)
+                       and now - a.last_seen <= cfg.window_ns("dedup_window_s") and explained(a)), None)
         if target is None:
             return None
         for m in target.members:
@@ -500,13 +570,12 @@ class AlertManager:
         return target
 
     def _absorb(self, alert: Alert, now: int, raised: list[Alert], updated: dict[str, Alert]) -> None:
-        """A new alert folds in the open, not yet sent alerts of its service that it explains (``fold_into``):
-        their series become its members, and they resolve without ever being sent."""
+        """A new alert (or one a new series joined) folds in the open, not yet sent alerts it explains
+        (``fold_into`` on its services, ``fold_across`` by its ``group_across`` labels): their series
+        become its members, and they resolve without ever being sent."""
         cfg = self.config
         for other in list(self._open.values()):
-            if (alert.anomaly_type not in cfg.fold_into.get(other.anomaly_type, ()) or other.notified_at is not None
-                    or other.storm_id is not None or not any(m.status == "firing" for m in other.members)
-                    or not all(m.labels.get("service_name") == alert.service_name for m in other.members)):
+            if other.notified_at is not None or other.storm_id is not None or not self._explains_all(alert, other):
                 continue
             room = cfg.group_max_members - len(alert.members)
             # copies: resolving the folded alert below must not resolve its series in this one
@@ -516,11 +585,19 @@ class AlertManager:
             alert.members = [*alert.members, *moved]
             self._add_trace_ids(alert, [t for m in moved for t in m.trace_ids])
             refresh(alert)
+            self._combined_cause(alert)
             self._resolve(other, now, f"folded into alert {alert.alert_id} ({alert.anomaly_type}), which explains it")
             self._uncorrelate(other, self._open.values())
             if other in raised:  # raised in this same batch: announced as an update (resolved), not an alert
                 raised.remove(other)
             updated[other.alert_id] = other
+
+    @staticmethod
+    def _combined_cause(alert: Alert) -> None:
+        """An alert with folded symptoms gets the one root-cause hint of its types together, if a rule has it."""
+        cause = correlated_cause({m.labels.get("anomaly_type", "") for m in alert.members} - {""})
+        if cause:
+            alert.root_cause = cause
 
     def _series(self, c: Candidate) -> tuple[str, str, dict[str, str], str]:
         """The candidate's series fingerprint, severity, labels and group key."""
@@ -577,8 +654,17 @@ class AlertManager:
             if len(member.trace_ids) < MAX_TRACE_IDS and t not in member.trace_ids:
                 member.trace_ids.append(t)
         self._add_trace_ids(alert, c.context.get("trace_ids") or [])
-        alert.context["window_end"] = max(int(alert.context.get("window_end") or 0), int(c.window_end))
+        if EXPLAINED_BY not in member.labels:
+            self._widen(alert, c)
         refresh(alert)
+
+    @staticmethod
+    def _widen(alert: Alert, c: Candidate) -> None:
+        """The alert's event-time window spans its detections' (what a later symptom's window must overlap)."""
+        start = alert.context.get("window_start")
+        alert.context["window_start"] = min(int(start), int(c.window_start)) if isinstance(start, int) else int(
+            c.window_start)
+        alert.context["window_end"] = max(int(alert.context.get("window_end") or 0), int(c.window_end))
 
     @staticmethod
     def _add_trace_ids(alert: Alert, trace_ids: Iterable[str]) -> None:
@@ -590,11 +676,15 @@ class AlertManager:
                 ids.append(t)
 
     def _correlate(self, alert: Alert, now: int, updated: dict[str, Alert]) -> None:
-        if not alert.service_name:
+        # an alert across services (a provider's burst) relates to the alerts of each service it is on
+        services = {alert.service_name} if alert.service_name else {
+            m.labels.get("service_name") for m in alert.members} - {None, ""}
+        if not services:
             return
         window = self.config.window_ns("correlation_window_s")
-        related = [a for a in self._open.values()
-                   if a.service_name == alert.service_name and now - a.last_seen <= window]
+        related = [a for a in self._open.values() if now - a.last_seen <= window and (
+            a.service_name in services if a.service_name else any(
+                m.labels.get("service_name") in services for m in a.members))]
         if not related:
             alert.labels["group"] = alert.alert_id
             return
@@ -797,7 +887,7 @@ class AlertManager:
         row lies far ahead of a fast one's) and replayed history would resolve everything at once.
         """
         after = self.config.window_ns("resolve_after_s")
-        reason = (f"metric back within its threshold: no detection in "
+        reason = (f"{_QUIET}: no detection in "
                   f"{self.config.resolve_after_s / self.config.time_scale:.0f} s of traffic")
         events: list[tuple[str, Alert]] = []
         with self._lock:
@@ -935,10 +1025,12 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _overlaps(alert: Alert, c: Candidate) -> bool:
-    """Whether the alert's event-time window (first detection's start to the latest's end) overlaps ``c``'s."""
+def _overlaps(alert: Alert, c: Candidate, after_ns: int = 0) -> bool:
+    """Whether the alert's event-time window (first detection's start to the latest's end, ``after_ns``
+    more) overlaps ``c``'s."""
     start, end = alert.context.get("window_start"), alert.context.get("window_end")
-    return isinstance(start, int) and isinstance(end, int) and c.window_start <= end and start <= c.window_end
+    return (isinstance(start, int) and isinstance(end, int) and c.window_start <= end + after_ns
+            and start <= c.window_end)
 
 
 def _worse(anomaly_type: str, value: float, peak: float) -> bool:
