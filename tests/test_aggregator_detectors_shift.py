@@ -41,7 +41,8 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
 
     ``incident(minute, p)`` may set ``latency`` / ``ttft`` / ``output`` factors (``p["region"]`` limits them
     to one region; longer outputs take longer; ``prefill``: TTFT's rise adds to the latency), ``length_share``,
-    ``models`` (request model -> share) or ``rate``.
+    ``models`` (request model -> share) or ``rate``; ``prompt`` (factor, on a ``prompt_share`` of the calls)
+    makes prompts longer, whose prefill delays the first token (TTFT x(1 + (prompt - 1) / 10)).
     """
     rng = np.random.default_rng(seed)
     users = [f"user-{i}" for i in range(40)]
@@ -49,7 +50,8 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
     out = []
     for m in range(minutes):
         p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "prefill": False, "output": 1.0,
-                             "region": None, "length_share": 0.04, "models": {MODEL: 1.0}}
+                             "region": None, "length_share": 0.04, "models": {MODEL: 1.0}, "prompt": 1.0,
+                             "prompt_share": 1.0}
         if incident is not None:
             incident(m, p)
         n = int(rng.poisson(p["rate"]))
@@ -59,13 +61,18 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
         latency = 2000 * rng.lognormal(0, 0.5, n) * np.where(hit, p["latency"], 1.0)
         latency = np.where(rng.random(n) < 0.0005, 60_000.0, latency)
         first = 400 * rng.lognormal(0, 0.3, n) * np.where(hit, p["latency"], 1.0)
+        prompt = np.ones(n)
+        if p["prompt"] != 1.0:  # drawn only then: the other tests' random streams stay as they were
+            prompt = np.where(hit & (rng.random(n) < p["prompt_share"]), p["prompt"], 1.0)
+        prefill = first * (prompt - 1) / 10  # the longer prompts' prefill delays the first token and the call
+        first, latency = first + prefill, latency + prefill
         ttft = first * np.where(hit, p["ttft"], 1.0)
         if p["prefill"]:  # the first token's delay adds to the call's latency
             latency = latency + ttft - first
         ttft = np.minimum(ttft, 0.95 * latency)
         ttft = np.where(rng.random(n) < 0.5, ttft, np.nan)
         names = list(p["models"])
-        input_tokens = np.round(1500 * rng.lognormal(0, 0.9, n))
+        input_tokens = np.round(1500 * rng.lognormal(0, 0.9, n) * prompt)
         output = np.round(200 * rng.lognormal(0, 0.5, n) * p["output"])
         out.append(make_batch(
             t.tolist(), latency_ms=latency * np.where(hit, p["output"], 1.0), ttft_ms=ttft, region=region.tolist(),
@@ -125,6 +132,21 @@ def test_a_late_first_token_that_slows_the_call_is_a_ttft_regression_not_a_laten
     """TTFT x5 added to the latency (x1.8 here, at an unchanged generation speed): the first token is late."""
     found = run(LevelShiftDetector(), traffic(60, 4, incident=during(30, 40, ttft=5.0, prefill=True)))
     assert {(c.anomaly_type, c.metric) for c in found} == {("ttft_regression", "ttft_ms")}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_longer_prompts_taking_longer_to_prefill_are_no_ttft_regression(seed: int) -> None:
+    """A user sending 20x prompts on 60 % of the calls (quality-security's abuser: TTFT x1.5):
+    the prompts' prefill, not a late first token; a TTFT x5 at unchanged prompts afterwards still is one."""
+    det = LevelShiftDetector()
+    def incident(m: int, p: dict[str, Any]) -> None:
+        if 30 <= m < 40:
+            p.update(prompt=20.0, prompt_share=0.6)
+        elif 60 <= m < 70:
+            p.update(ttft=5.0)
+    found = run(det, traffic(90, seed, incident=incident))
+    assert det.explained >= 1
+    assert found and all(c.anomaly_type == "ttft_regression" and c.window_start >= T0 + 60 * MIN for c in found)
 
 
 def test_slow_calls_with_late_first_tokens_are_a_latency_spike_only() -> None:
