@@ -199,12 +199,33 @@ def test_finish_length_surge_is_alerted_in_its_first_bucket_once() -> None:
     assert c.value > 0.3 and c.baseline < 0.06 and c.deviation_sigma > 4
 
 
+def test_finish_length_surge_is_judged_on_its_first_half_minute() -> None:
+    """Issue 13: within 2 minutes of event time. 120 calls/min (60 per 30 s bucket): the surge's first
+    half-minute is judged once the watermark passes it by the lateness, 60 s after it began (was 90 s)."""
+    det = FinishLengthDetector()
+    batches = traffic(31, 7, incident=during(30, 40, length_share=0.4))
+    found = run(det, batches[:30]) + run(det, [batches[30]]) + flush(det, T0 + 31 * MIN)
+    assert [(c.window_start, c.window_end) for c in found] == [(T0 + 30 * MIN, T0 + 30 * MIN + 30 * NS)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_finish_length_of_a_small_key_is_judged_on_pooled_buckets(seed: int) -> None:
+    """40 calls/min: a 30 s bucket (about 20 calls) is under min_calls (30) and pooled with the next, so the key
+    is judged per minute as with one-minute buckets, and its surge is seen; quiet on its clean minutes."""
+    found = run(FinishLengthDetector(), traffic(60, seed, rate=40.0, incident=during(40, 50, length_share=0.5)))
+    # (a pooled pair may begin half a minute before the surge)
+    assert len(found) == 1 and T0 + 40 * MIN - 30 * NS <= found[0].window_start <= T0 + 41 * MIN
+    assert found[0].context["calls"] >= 30
+
+
 def test_finish_length_judges_a_few_calls_at_the_limit_by_the_exact_binomial_tail() -> None:
     """13 of 86 calls at the limit against a 4 % baseline: z 5.3 by the normal approximation, 3.96 by the exact
-    tail, not a surge (latency.yaml's false finish_length on doc-summarizer was 12 of 86 at 3.9 %); 40 of 86 is."""
+    tail, not a surge (latency.yaml's false finish_length on doc-summarizer was 12 of 86 at 3.9 %); 40 of 86 is.
+    (Spread over the minute: its two 30 s buckets hold about half each, judged alike.)"""
     def minute(m: int, hits: int, n: int = 100) -> FeatureBatch:
         t = [T0 + m * MIN + i * (MIN // n) for i in range(n)]
-        return make_batch(t, finish_reason=["length"] * hits + ["stop"] * (n - hits))
+        at = set(np.linspace(0, n - 1, hits).round().astype(int).tolist()) if hits else set()  # spread over the minute
+        return make_batch(t, finish_reason=["length" if i in at else "stop" for i in range(n)])
 
     warm = [minute(m, 4) for m in range(12)]
     for hits, raised in ((13, False), (40, True)):
@@ -386,3 +407,15 @@ def test_the_end_of_a_surge_is_not_a_throughput_drop() -> None:
                 traffic(70, 13, incident=lambda m, p: p.update(rate=1200.0 if 35 <= m < 60 else 100.0 if m >= 60
                                                                else 120.0)))
     assert [c.window_start for c in after] == [T0 + 60 * MIN]
+
+
+def test_a_bucketed_state_of_other_buckets_starts_afresh() -> None:
+    """finish_length's buckets went from 60 to 30 s (issue 13): a state saved with one-minute buckets (no
+    ``bucket_s`` kept then) is not read as half-minute ones; the same width loads as before."""
+    old_cfg = FinishLengthConfig(bucket_s=60, warmup_buckets=10)
+    old = FinishLengthDetector(old_cfg)
+    run(old, traffic(15, 3))
+    state = json.loads(json.dumps(old.to_state()))
+    del state["bucket_s"]
+    assert FinishLengthDetector.from_state(state).to_state()["keys"] == []
+    assert FinishLengthDetector.from_state(state, old_cfg).to_state()["keys"] == old.to_state()["keys"] != []

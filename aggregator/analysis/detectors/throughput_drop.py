@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries
+from aggregator.analysis.detectors.buckets import BucketedKeys, BucketSeries, same_width
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.known_loss import KnownLoss
@@ -384,19 +384,6 @@ class ThroughputDropDetector:
                 "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss,
                 "first_bucket": self._first_bucket, "bucket_s": self.config.bucket_s}
 
-    @staticmethod
-    def _saved_width_s(state: Mapping[str, Any]) -> float | None:
-        """The bucket width a state was saved with; for one saved before it was kept, read off a key's
-        next bucket against the watermark (None: nothing to tell by)."""
-        if "bucket_s" in state:
-            return float(state["bucket_s"])
-        wm = state.get("watermark")
-        for _, buckets, _ in state.get("keys", []):
-            nc = buckets.get("next_closed")
-            if wm is not None and nc:
-                return round(int(wm) / int(nc) / 1e9, 3)  # epoch ns over bucket index: the width in s
-        return None
-
     @classmethod
     def from_state(
         cls, state: Mapping[str, Any], config: ThroughputDropConfig | None = None
@@ -404,11 +391,8 @@ class ThroughputDropDetector:
         if state.get("detector") != NAME or state.get("version") not in (1, 2):
             raise ValueError(f"not a {NAME} state (version 1 or 2)")
         det = cls(config)
-        width = cls._saved_width_s(state)
-        if width is not None and abs(width - det.config.bucket_s) > 1e-6:
-            # other buckets (the default went from 60 to 30 s, issue 13): their indices and counts mean
-            # other windows here, so the detector learns afresh (a warm-up) rather than misread them
-            return det
+        if not same_width(state, det.config.bucket_s):
+            return det  # other buckets (the default went from 60 to 30 s, issue 13): learned afresh
         det._keys.load_state(dict(state), _KeyState.from_state)
         det._held = [(int(r), Candidate.from_dict(d)) for r, d in state.get("held", [])]
         det.known_loss = int(state.get("known_loss", 0))
