@@ -94,6 +94,15 @@ from sidecar.config import SidecarConfig
 __all__ = ["Aggregator", "run"]
 
 log = logging.getLogger(__name__)
+#: The alert manager's clock (due notifications, the storm window): once a second of event time, so
+#: every TICK_S / alerts.time_scale wall seconds, but not more often than every MIN_TICK_S.
+TICK_S = 1.0
+MIN_TICK_S = 0.02
+
+
+def tick_interval_s(time_scale: float) -> float:
+    """Wall seconds between two alert manager ticks at ``alerts.time_scale``."""
+    return max(MIN_TICK_S, TICK_S / time_scale)
 
 
 class Aggregator:
@@ -298,8 +307,10 @@ class Aggregator:
             self.security.actions.observe(batch)
 
     async def _tick(self) -> None:
+        # Once a second, divided by alerts.time_scale like every alert window: a load test replaying event
+        # time 30x faster waited up to 30 s of its event time here for a notification already due (issue 13).
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(tick_interval_s(self.alerts.config.time_scale))  # read each time: reloads
             try:
                 await asyncio.to_thread(self.alerts.tick)
             except Exception:  # a store error must not end the storm clock for good

@@ -194,15 +194,16 @@ def test_tps_drop_quiet_on_clean_traffic(seed: int) -> None:
     assert run(ThroughputDropDetector(), calls(240, seed)) == []
 
 
-@pytest.mark.parametrize(("seed", "sustain_s", "buckets"), [(1, 60.0, 1), (2, 120.0, 2), (3, 90.0, 2)])
+@pytest.mark.parametrize(("seed", "sustain_s", "buckets"), [(1, 60.0, 2), (2, 120.0, 4), (3, 90.0, 3)])
 def test_tps_drop_fires_after_sustained_drop(seed: int, sustain_s: float, buckets: int) -> None:
+    """``buckets``: the 30 s buckets covering ``sustain_s``."""
     det = ThroughputDropDetector(ThroughputDropConfig(sustain_s=sustain_s))
     found = run(det, calls(40, seed, incident=slow))
     assert len(found) == 1
     c = found[0]
     assert (c.anomaly_type, c.service, c.model, c.metric, c.detection_method) == (
         "throughput_drop", SVC, MODEL, "tokens_per_s", "mean_ratio")
-    assert c.window_start == T0 + 30 * MIN and c.window_end == T0 + (30 + buckets) * MIN
+    assert c.window_start == T0 + 30 * MIN and c.window_end == T0 + 30 * MIN + buckets * 30 * NS
     assert c.value < c.threshold == pytest.approx(0.5 * c.baseline) and 40 < c.baseline < 65
     assert c.context["low_buckets"] == buckets and c.context["calls"] >= 10 and 0.5 < c.confidence <= 1
 

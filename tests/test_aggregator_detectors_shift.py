@@ -41,7 +41,8 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
 
     ``incident(minute, p)`` may set ``latency`` / ``ttft`` / ``output`` factors (``p["region"]`` limits them
     to one region; longer outputs take longer; ``prefill``: TTFT's rise adds to the latency), ``length_share``,
-    ``models`` (request model -> share) or ``rate``.
+    ``models`` (request model -> share) or ``rate``; ``prompt`` (factor, on a ``prompt_share`` of the calls)
+    makes prompts longer, whose prefill delays the first token (TTFT x(1 + (prompt - 1) / 10)).
     """
     rng = np.random.default_rng(seed)
     users = [f"user-{i}" for i in range(40)]
@@ -49,7 +50,8 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
     out = []
     for m in range(minutes):
         p: dict[str, Any] = {"rate": rate, "latency": 1.0, "ttft": 1.0, "prefill": False, "output": 1.0,
-                             "region": None, "length_share": 0.04, "models": {MODEL: 1.0}}
+                             "region": None, "length_share": 0.04, "models": {MODEL: 1.0}, "prompt": 1.0,
+                             "prompt_share": 1.0}
         if incident is not None:
             incident(m, p)
         n = int(rng.poisson(p["rate"]))
@@ -59,13 +61,18 @@ def traffic(minutes: int, seed: int, *, rate: float = 120.0,
         latency = 2000 * rng.lognormal(0, 0.5, n) * np.where(hit, p["latency"], 1.0)
         latency = np.where(rng.random(n) < 0.0005, 60_000.0, latency)
         first = 400 * rng.lognormal(0, 0.3, n) * np.where(hit, p["latency"], 1.0)
+        prompt = np.ones(n)
+        if p["prompt"] != 1.0:  # drawn only then: the other tests' random streams stay as they were
+            prompt = np.where(hit & (rng.random(n) < p["prompt_share"]), p["prompt"], 1.0)
+        prefill = first * (prompt - 1) / 10  # the longer prompts' prefill delays the first token and the call
+        first, latency = first + prefill, latency + prefill
         ttft = first * np.where(hit, p["ttft"], 1.0)
         if p["prefill"]:  # the first token's delay adds to the call's latency
             latency = latency + ttft - first
         ttft = np.minimum(ttft, 0.95 * latency)
         ttft = np.where(rng.random(n) < 0.5, ttft, np.nan)
         names = list(p["models"])
-        input_tokens = np.round(1500 * rng.lognormal(0, 0.9, n))
+        input_tokens = np.round(1500 * rng.lognormal(0, 0.9, n) * prompt)
         output = np.round(200 * rng.lognormal(0, 0.5, n) * p["output"])
         out.append(make_batch(
             t.tolist(), latency_ms=latency * np.where(hit, p["output"], 1.0), ttft_ms=ttft, region=region.tolist(),
@@ -127,6 +134,21 @@ def test_a_late_first_token_that_slows_the_call_is_a_ttft_regression_not_a_laten
     assert {(c.anomaly_type, c.metric) for c in found} == {("ttft_regression", "ttft_ms")}
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_longer_prompts_taking_longer_to_prefill_are_no_ttft_regression(seed: int) -> None:
+    """A user sending 20x prompts on 60 % of the calls (quality-security's abuser: TTFT x1.5):
+    the prompts' prefill, not a late first token; a TTFT x5 at unchanged prompts afterwards still is one."""
+    det = LevelShiftDetector()
+    def incident(m: int, p: dict[str, Any]) -> None:
+        if 30 <= m < 40:
+            p.update(prompt=20.0, prompt_share=0.6)
+        elif 60 <= m < 70:
+            p.update(ttft=5.0)
+    found = run(det, traffic(90, seed, incident=incident))
+    assert det.explained >= 1
+    assert found and all(c.anomaly_type == "ttft_regression" and c.window_start >= T0 + 60 * MIN for c in found)
+
+
 def test_slow_calls_with_late_first_tokens_are_a_latency_spike_only() -> None:
     found = run(LevelShiftDetector(), traffic(60, 5, incident=during(30, 40, latency=3.0)))
     assert {c.anomaly_type for c in found} == {"latency_spike"}
@@ -177,12 +199,33 @@ def test_finish_length_surge_is_alerted_in_its_first_bucket_once() -> None:
     assert c.value > 0.3 and c.baseline < 0.06 and c.deviation_sigma > 4
 
 
+def test_finish_length_surge_is_judged_on_its_first_half_minute() -> None:
+    """Issue 13: within 2 minutes of event time. 120 calls/min (60 per 30 s bucket): the surge's first
+    half-minute is judged once the watermark passes it by the lateness, 60 s after it began (was 90 s)."""
+    det = FinishLengthDetector()
+    batches = traffic(31, 7, incident=during(30, 40, length_share=0.4))
+    found = run(det, batches[:30]) + run(det, [batches[30]]) + flush(det, T0 + 31 * MIN)
+    assert [(c.window_start, c.window_end) for c in found] == [(T0 + 30 * MIN, T0 + 30 * MIN + 30 * NS)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_finish_length_of_a_small_key_is_judged_on_pooled_buckets(seed: int) -> None:
+    """40 calls/min: a 30 s bucket (about 20 calls) is under min_calls (30) and pooled with the next, so the key
+    is judged per minute as with one-minute buckets, and its surge is seen; quiet on its clean minutes."""
+    found = run(FinishLengthDetector(), traffic(60, seed, rate=40.0, incident=during(40, 50, length_share=0.5)))
+    # (a pooled pair may begin half a minute before the surge)
+    assert len(found) == 1 and T0 + 40 * MIN - 30 * NS <= found[0].window_start <= T0 + 41 * MIN
+    assert found[0].context["calls"] >= 30
+
+
 def test_finish_length_judges_a_few_calls_at_the_limit_by_the_exact_binomial_tail() -> None:
     """13 of 86 calls at the limit against a 4 % baseline: z 5.3 by the normal approximation, 3.96 by the exact
-    tail, not a surge (latency.yaml's false finish_length on doc-summarizer was 12 of 86 at 3.9 %); 40 of 86 is."""
+    tail, not a surge (latency.yaml's false finish_length on doc-summarizer was 12 of 86 at 3.9 %); 40 of 86 is.
+    (Spread over the minute: its two 30 s buckets hold about half each, judged alike.)"""
     def minute(m: int, hits: int, n: int = 100) -> FeatureBatch:
         t = [T0 + m * MIN + i * (MIN // n) for i in range(n)]
-        return make_batch(t, finish_reason=["length"] * hits + ["stop"] * (n - hits))
+        at = set(np.linspace(0, n - 1, hits).round().astype(int).tolist()) if hits else set()  # spread over the minute
+        return make_batch(t, finish_reason=["length" if i in at else "stop" for i in range(n)])
 
     warm = [minute(m, 4) for m in range(12)]
     for hits, raised in ((13, False), (40, True)):
@@ -268,8 +311,10 @@ def test_throughput_drop_of_late_rows_is_known_loss_not_a_drop() -> None:
     batches = traffic(45, 11)
     late = batches[40]  # minute 40's rows arrive after minute 41's (a sidecar that fell behind)
     batches[40], batches[41] = batches[41], late
-    det = ThroughputDropDetector(ThroughputDropConfig(lateness_s=0))
-    assert run(det, batches) == [] and det.known_loss == 1 and det.late_rows > 0
+    # a minute's rows in one batch a minute late: held past the next batch's minute (three 30 s buckets; the
+    # default hold, one bucket, covers rows up to lateness_s + 30 s late)
+    det = ThroughputDropDetector(ThroughputDropConfig(lateness_s=0, hold_buckets=3))
+    assert run(det, batches) == [] and det.known_loss >= 1 and det.late_rows > 0
     det = ThroughputDropDetector(ThroughputDropConfig(lateness_s=0, hold_buckets=0))
     assert len(run(det, batches)) == 1  # without the hold it is (wrongly) raised
 
@@ -362,3 +407,15 @@ def test_the_end_of_a_surge_is_not_a_throughput_drop() -> None:
                 traffic(70, 13, incident=lambda m, p: p.update(rate=1200.0 if 35 <= m < 60 else 100.0 if m >= 60
                                                                else 120.0)))
     assert [c.window_start for c in after] == [T0 + 60 * MIN]
+
+
+def test_a_bucketed_state_of_other_buckets_starts_afresh() -> None:
+    """finish_length's buckets went from 60 to 30 s (issue 13): a state saved with one-minute buckets (no
+    ``bucket_s`` kept then) is not read as half-minute ones; the same width loads as before."""
+    old_cfg = FinishLengthConfig(bucket_s=60, warmup_buckets=10)
+    old = FinishLengthDetector(old_cfg)
+    run(old, traffic(15, 3))
+    state = json.loads(json.dumps(old.to_state()))
+    del state["bucket_s"]
+    assert FinishLengthDetector.from_state(state).to_state()["keys"] == []
+    assert FinishLengthDetector.from_state(state, old_cfg).to_state()["keys"] == old.to_state()["keys"] != []

@@ -389,3 +389,12 @@ def test_alerts_metric_has_a_bounded_service_label(store: SQLiteAlertStore) -> N
 def test_metric_max_services_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"^baselines.max_keys:"):
         AlertManagerConfig(metric_max_services=0).validate()
+
+
+def test_the_alert_clock_is_scaled_like_the_alert_windows() -> None:
+    """Issue 13: at alerts.time_scale 30 a due notification waited for the next once-a-second tick, up to
+    30 s of the replayed event time; the tick is divided by the scale too (not below 20 ms)."""
+    from aggregator.app import tick_interval_s
+
+    assert tick_interval_s(1.0) == 1.0 and tick_interval_s(30.0) == pytest.approx(1 / 30)
+    assert tick_interval_s(1000.0) == 0.02

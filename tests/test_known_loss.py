@@ -244,3 +244,36 @@ def test_a_drop_while_its_sidecar_is_behind_waits_for_the_queued_rows(tmp_path: 
     lk.observe("A", SidecarStatus("r", queue_batches=5), make_batch([T0], service="chat"))
     assert lk.behind("chat", 4) and not lk.behind("chat", 6) and not lk.behind("search", 1)
     assert KnownLoss.from_state(lk.to_state()).behind("chat", 4)
+
+
+def test_a_drop_its_sidecars_are_past_is_raised_without_the_hold() -> None:
+    """Issue 13: a level shift within 2 minutes of event time. Sidecars A and B both carry ``chat`` and
+    send a batch every 10 s; chat falls to 10 % at minute 30. Its first 30 s bucket closes when the
+    watermark is 30 s (the lateness) past it; both sidecars are past that too and none is behind, so the
+    drop is raised then, not a hold (one bucket) later -- 60 to 70 s after it began instead of 90 to 100."""
+    from aggregator.analysis.detectors import ThroughputDropDetector
+
+    def raised_at(loss: KnownLoss | None, queue: int = 0) -> int:
+        det = ThroughputDropDetector()
+        det.loss = loss
+        rng = np.random.default_rng(7)
+        step = 10 * 10**9
+        for i in range(40 * 6):
+            start = T0 + i * step
+            share = 0.1 if start >= T0 + 30 * MIN else 1.0
+            for sidecar in ("A", "B"):
+                n = int(rng.poisson(20 * share))
+                rows = make_batch(np.sort(start + rng.integers(0, step, n)).tolist(), service="chat")
+                if loss is not None:
+                    loss.observe(sidecar, SidecarStatus(f"{sidecar}-run", queue_batches=queue), rows)
+                if any(c.anomaly_type == "throughput_drop" for c in det.update(rows)):
+                    return (start + step - (T0 + 30 * MIN)) // 10**9
+        raise AssertionError("no drop")
+
+    assert raised_at(KnownLoss()) <= 70 < 90 <= raised_at(None) <= 100
+    assert raised_at(KnownLoss(), queue=5) >= 90  # a sidecar behind: held (and for silence) as before
+    lk = KnownLoss()
+    lk.observe("A", SidecarStatus("a"), make_batch([T0 + MIN], service="chat"))
+    lk.observe("B", SidecarStatus("b"), make_batch([T0 + 2 * MIN], service="chat"))
+    assert lk.caught_up("chat", T0 + MIN, 4) and not lk.caught_up("chat", T0 + 2 * MIN, 4)
+    assert not lk.caught_up("unknown", T0, 4)

@@ -36,7 +36,9 @@ detection without another one (the detectors only fire while the metric is outsi
 so that is the metric back at its baseline); the alert resolves with its last member.
 
 Every window is wall clock, divided by ``time_scale`` (a load test replaying event time 30x faster
-sets 30, so de-duplication, persistence, resolution, grouping and the storm window shrink alike).
+sets 30, so de-duplication, persistence, resolution, grouping and the storm window shrink alike); so is
+the aggregator's clock that calls :meth:`AlertManager.tick` (once a second: at 30x it sent a due
+notification up to 30 s of event time late).
 """
 
 from __future__ import annotations

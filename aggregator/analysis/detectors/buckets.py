@@ -22,7 +22,7 @@ import numpy.typing as npt
 from aggregator.analysis.detectors.keys import Key, KeyedState, group_by_key, nan_filled
 from sentinel.model import FeatureBatch
 
-__all__ = ["NS", "BucketedDetector", "BucketedKeys", "Closed", "KeyState"]
+__all__ = ["NS", "BucketedDetector", "BucketedKeys", "Closed", "KeyState", "same_width", "saved_width_s"]
 
 NS = 1_000_000_000
 FloatArray = npt.NDArray[np.float64]
@@ -678,12 +678,36 @@ class BucketedDetector(Generic[C, K]):
         return self._keys.late_rows
 
     def to_state(self) -> dict[str, Any]:
-        return {"detector": self.NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state())}
+        return {"detector": self.NAME, "version": 1, **self._keys.to_state(lambda s: s.to_state()),
+                "bucket_s": self._keys.width_ns / NS}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], config: C | None = None) -> Self:
         if state.get("detector") != cls.NAME or state.get("version") != 1:
             raise ValueError(f"not a {cls.NAME} state (version 1)")
         det = cls(config)
+        if not same_width(state, det._keys.width_ns / NS):
+            return det  # other buckets: learned afresh (same_width)
         det._keys.load_state(dict(state), cls.KEY_STATE.from_state)
         return det
+
+
+def saved_width_s(state: Mapping[str, Any]) -> float | None:
+    """The bucket width a detector's state was saved with; for one saved before it was kept, read off a
+    key's next bucket against the watermark (epoch ns over bucket index; None: nothing to tell by)."""
+    if "bucket_s" in state:
+        return float(state["bucket_s"])
+    wm = state.get("watermark")
+    for _, buckets, _ in state.get("keys", []):
+        nc = buckets.get("next_closed")
+        if wm is not None and nc:
+            return round(int(wm) / int(nc) / NS, 3)
+    return None
+
+
+def same_width(state: Mapping[str, Any], width_s: float) -> bool:
+    """Whether a saved state's buckets are ``width_s`` wide (or nothing tells). Buckets of another width --
+    a changed ``bucket_s``, or a default that changed (throughput_drop and finish_length went from 60 to
+    30 s, issue 13) -- have indices and counts of other windows, so the detector learns afresh instead."""
+    saved = saved_width_s(state)
+    return saved is None or abs(saved - width_s) < 1e-6

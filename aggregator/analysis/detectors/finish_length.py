@@ -13,6 +13,12 @@ the normal approximation ``(k − n·p) / sqrt(n·p·(1 − p))`` is far too bol
 ``>= z_threshold``. ``min_buckets`` high buckets in a
 row (one by default: an early warning) emit one ``finish_length`` candidate; high buckets do not
 update the baseline; re-armed by a bucket that is not high.
+
+Buckets are 30 s (issue 13: a level shift alerted within 2 minutes of event time; a one-minute bucket
+plus its lateness and the alert's group wait took 100 s, 140 s at a load test's 60 s lateness): a bucket
+with fewer than ``min_calls`` calls is pooled with the next (a small key is judged per minute, as
+before), over at most :data:`POOL_BUCKETS`, and a pooled share counts for the buckets it covers.
+``warmup_buckets`` and ``alpha`` keep the one-minute defaults' durations.
 """
 
 from __future__ import annotations
@@ -32,21 +38,23 @@ from sentinel.model import FeatureBatch
 __all__ = ["FinishLengthConfig", "FinishLengthDetector"]
 
 NAME = "finish_length"
-DEFAULT_BUCKET_S = 60.0
+DEFAULT_BUCKET_S = 30.0
 DEFAULT_LATENESS_S = 30.0
-DEFAULT_WARMUP_BUCKETS = 10
+DEFAULT_WARMUP_BUCKETS = 20
 DEFAULT_MIN_CALLS = 30
 DEFAULT_RATIO = 2.0
 DEFAULT_MIN_DELTA = 0.1
 DEFAULT_Z_THRESHOLD = 4.0
 DEFAULT_MIN_BUCKETS = 1
-DEFAULT_ALPHA = 0.05
+DEFAULT_ALPHA = 0.025
 DEFAULT_MAX_KEYS = 10_000
 KEY_COLUMNS = ("service", "request_model")
 #: Finish reasons that mean "stopped at the output-token limit".
 LIMIT_REASONS = frozenset({"length", "max_tokens"})
 #: Least baseline share used in the binomial test (a key that never truncated is not 0 %).
 MIN_BASE_SHARE = 0.002
+#: Buckets a small key's calls are pooled over until they reach ``min_calls`` (then skipped, as before).
+POOL_BUCKETS = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +89,7 @@ class FinishLengthConfig:
 
 
 class _KeyState:
-    __slots__ = ("armed", "calls", "hits", "n", "run", "share")
+    __slots__ = ("armed", "calls", "carry", "hits", "n", "run", "share")
 
     def __init__(self) -> None:
         self.n = 0  # warm-up buckets seen
@@ -90,16 +98,18 @@ class _KeyState:
         self.share = 0.0
         self.run = 0
         self.armed = True
+        self.carry = [0.0, 0.0, 0.0]  # calls, hits, buckets too small to judge, pooled with the next
 
     def to_state(self) -> dict[str, Any]:
         return {"n": self.n, "calls": self.calls, "hits": self.hits, "share": self.share, "run": self.run,
-                "armed": self.armed}
+                "armed": self.armed, "carry": self.carry}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
         st = cls()
         st.n, st.calls, st.hits = int(d["n"]), float(d["calls"]), float(d["hits"])
         st.share, st.run, st.armed = float(d["share"]), int(d["run"]), bool(d["armed"])
+        st.carry = [float(v) for v in d.get("carry", st.carry)]
         return st
 
 
@@ -161,6 +171,11 @@ class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
         out: list[Candidate] = []
         c = self.config
         for key, st, idx, (n, k), examples in self._keys.close():
+            n, k, covered = n + st.carry[0], k + st.carry[1], int(st.carry[2]) + 1
+            if n < c.min_calls and covered < POOL_BUCKETS:
+                st.carry = [n, k, float(covered)]  # too few calls: pooled with the next bucket
+                continue
+            st.carry = [0.0, 0.0, 0.0]
             if n < c.min_calls:
                 continue
             if st.n < c.warmup_buckets:
@@ -173,7 +188,7 @@ class FinishLengthDetector(BucketedDetector[FinishLengthConfig, _KeyState]):
             p = min(max(st.share, MIN_BASE_SHARE), 1 - MIN_BASE_SHARE)  # a key always at the limit: no 0/0
             z = binomial_z(k, n, p)
             high = share >= c.ratio * p and share >= p + c.min_delta and z >= c.z_threshold
-            st.run = st.run + 1 if high else 0
+            st.run = st.run + covered if high else 0
             if not high:
                 st.armed = True
                 st.share += c.alpha * (share - st.share)

@@ -18,6 +18,10 @@ queued, so its services' recent windows are incomplete, not quiet (:meth:`KnownL
 ``throughput_drop`` holds such drops as for silence, and its late-rows check drops them when the
 backlog arrives).
 
+A service's sidecars are **caught up** to a time when every one of them sent a row at or after it and
+none is behind (:meth:`KnownLoss.caught_up`): what they had of the time before is in, so
+``throughput_drop`` raises a drop of a window they passed by its lateness without its hold.
+
 It also tells whether a service's sidecars went **silent**: every sidecar that carried the
 service sent no row newer than a given time. A drop that starts as its sidecar falls silent may be
 a restart whose first batch has not arrived yet, so ``throughput_drop`` holds it for a while
@@ -151,6 +155,14 @@ class KnownLoss:
         (and at least one does carry it)."""
         carriers = [st for st in self._sidecars.values() if service in st.services]
         return bool(carriers) and all(st.newest_ns is not None and st.newest_ns < since_ns for st in carriers)
+
+    def caught_up(self, service: str | None, since_ns: int, min_batches: int) -> bool:
+        """Whether every sidecar that carries ``service`` (at least one) sent a row at or after ``since_ns``
+        and none is behind (fewer than ``min_batches`` queued): each has sent what it had up to then, so
+        rows of an earlier window are in (``throughput_drop`` need not hold a drop of it for late rows)."""
+        carriers = [st for st in self._sidecars.values() if service in st.services]
+        return bool(carriers) and all(st.newest_ns is not None and st.newest_ns >= since_ns
+                                      and st.queue < min_batches for st in carriers)
 
     def behind(self, service: str | None, min_batches: int) -> bool:
         """Whether a sidecar that carries ``service`` had ``min_batches`` or more batches queued when it

@@ -30,6 +30,9 @@ whose bucket's latency rose by at least ``EXPLAINED_SHARE`` of TTFT's rise is th
 slow provider, a latency drift): the latency candidate says so once latency is high itself, while a late
 first token (a prefill regression) stays a ``ttft_regression``, also when it lifts the latency: its
 tokens/s after the first token is unchanged, so that latency shift is explained and not raised.
+Likewise the level of ``log(input_tokens)`` (learned while TTFT is not high): a **TTFT** shift whose
+calls' prompts grew by at least ``EXPLAINED_SHARE`` of TTFT's rise is longer prompts taking longer to
+prefill (a user sending 20x prompts: ``token_abuse`` reports them), not a slower first token.
 """
 
 from __future__ import annotations
@@ -63,8 +66,11 @@ DEFAULT_MAX_KEYS = 10_000
 KEY_COLUMNS = ("service", "request_model", "region")
 #: metric -> anomaly type; the order matters: latency is judged first (see the module docstring).
 METRICS: dict[str, str] = {"latency_ms": "latency_spike", "ttft_ms": "ttft_regression"}
-#: The level kept as evidence only: a latency rise without a tokens/s fall is longer outputs.
+#: The levels kept as evidence only: a latency rise without a tokens/s fall is longer outputs, a TTFT
+#: rise with the prompts' rise is longer prompts (prefill), not a regression.
 TOKENS_PER_S = "tokens_per_s"
+INPUT_TOKENS = "input_tokens"
+EVIDENCE = (TOKENS_PER_S, INPUT_TOKENS)
 #: Share of a shift (log scale) that another metric of the same calls must move to explain it.
 EXPLAINED_SHARE = 0.5
 
@@ -131,7 +137,7 @@ class _KeyState:
     __slots__ = ("levels",)
 
     def __init__(self) -> None:
-        self.levels = {m: _Level() for m in (*METRICS, TOKENS_PER_S)}
+        self.levels = {m: _Level() for m in (*METRICS, *EVIDENCE)}
 
     def to_state(self) -> dict[str, Any]:
         return {m: lv.to_state() for m, lv in self.levels.items()}
@@ -171,22 +177,22 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
     NAME = NAME
     CONFIG = LevelShiftConfig
     KEY_STATE = _KeyState
-    # fields per metric (and tokens/s last): values, sum of logs, sum of squared logs
-    N_FIELDS = 3 * (len(METRICS) + 1)
+    # fields per metric (then tokens/s, then input tokens): values, sum of logs, sum of squared logs
+    N_FIELDS = 3 * (len(METRICS) + len(EVIDENCE))
 
     def __init__(self, config: LevelShiftConfig | None = None) -> None:
         super().__init__(config)
         self.explained = 0  # shifts not raised because another metric of the same calls explains them
 
-    # Open buckets saved before tokens/s was kept (6 fields) are read back with zeros for it:
-    # BucketedKeys.load_state pads short ones.
+    # Open buckets saved before tokens/s (6 fields) or input tokens (9) were kept are read back with
+    # zeros for them: BucketedKeys.load_state pads short ones.
 
     def update(self, batch: FeatureBatch) -> list[Candidate]:
         if batch.n:
             ok = np.asarray(batch.numeric["is_error"]) == 0
             fields: list[np.ndarray[Any, np.dtype[np.float64]]] = []
             weight = np.zeros(batch.n)
-            for m in (*METRICS, TOKENS_PER_S):
+            for m in (*METRICS, *EVIDENCE):
                 x = np.asarray(batch.numeric[m], dtype=np.float64)
                 has = ok & np.isfinite(x) & (x > 0)
                 lx = np.where(has, np.log(np.where(has, x, 1.0)), 0.0)
@@ -200,15 +206,20 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
         for key, st, idx, sums, examples in self._keys.close():
             latency_high = slow_calls = False
             latency_d: float | None = None  # the bucket's latency rise (log) over its level, when judged
-            tps = st.levels[TOKENS_PER_S]
-            tps_d = self._rise(tps, sums[-3], sums[-2])
+            tps, prompt = st.levels[TOKENS_PER_S], st.levels[INPUT_TOKENS]
+            ev = 3 * len(METRICS)  # the evidence levels' fields follow the metrics'
+            tps_sums, prompt_sums = sums[ev:ev + 3], sums[ev + 3:ev + 6]
+            tps_d = self._rise(tps, tps_sums[0], tps_sums[1])
+            prompt_d = self._rise(prompt, prompt_sums[0], prompt_sums[1])
+            ttft_high = False
             for i, (metric, anomaly_type) in enumerate(METRICS.items()):
                 n, s1, s2 = sums[3 * i:3 * i + 3]
                 if n < self.config.min_calls:
                     continue
                 evidence = tps_d if metric == "latency_ms" else latency_d
                 high, cand, d = self._judge(key, st.levels[metric], idx, metric, anomaly_type, n, s1, s2, examples,
-                                            suppress=slow_calls, evidence=evidence)
+                                            suppress=slow_calls, evidence=evidence,
+                                            prompt=prompt_d if metric == "ttft_ms" else None)
                 judged.setdefault((key[0], key[1], idx, metric), {})[key[2]] = high
                 if metric == "latency_ms":
                     latency_high, latency_d = high, d
@@ -217,10 +228,14 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
                     if high and st.levels[metric].n == 0:
                         # latency accepted its new level: so does TTFT, whose rise it explained meanwhile
                         st.levels["ttft_ms"] = _Level()
+                else:
+                    ttft_high = high
                 if cand is not None:
                     found.append((idx, cand))
             if not latency_high:  # tokens/s is learned while latency is normal (a slow provider's is frozen)
-                self._learn(tps, *sums[-3:])
+                self._learn(tps, *tps_sums)
+            if not ttft_high:  # prompt sizes while TTFT is normal (longer prompts' TTFT rise stays explained)
+                self._learn(prompt, *prompt_sums)
         for idx, cand in found:
             _mark_regional(cand, judged.get((cand.service, cand.model, idx, cand.metric), {}))
         return [cand for _, cand in found]
@@ -246,9 +261,11 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
         lv.var = (1 - c.alpha) * (lv.var + c.alpha * u * u)
 
     def _judge(self, key: Key, lv: _Level, idx: int, metric: str, anomaly_type: str, n: float, s1: float,
-               s2: float, examples: list[str], *, suppress: bool,
-               evidence: float | None) -> tuple[bool, Candidate | None, float | None]:
-        """Judge one metric's bucket: (high, the candidate it emits, its rise over the level; None in warm-up)."""
+               s2: float, examples: list[str], *, suppress: bool, evidence: float | None,
+               prompt: float | None = None) -> tuple[bool, Candidate | None, float | None]:
+        """Judge one metric's bucket: (high, the candidate it emits, its rise over the level; None in warm-up).
+
+        ``prompt``: the same calls' rise of log input tokens over their level (a TTFT shift's prefill)."""
         c = self.config
         m = s1 / n
         within_var = max(s2 / n - m * m, 0.0)
@@ -268,7 +285,8 @@ class LevelShiftDetector(BucketedDetector[LevelShiftConfig, _KeyState]):
             lv.var = (1 - c.alpha) * (lv.var + c.alpha * u * u)
         elif lv.run >= c.relearn_buckets:
             lv.n, lv.mean, lv.var, lv.run, lv.armed = 0, 0.0, 0.0, 0, True
-        elif lv.run >= c.min_buckets and lv.armed and not suppress and shift_explained(metric, d, evidence):
+        elif lv.run >= c.min_buckets and lv.armed and not suppress and (
+                shift_explained(metric, d, evidence) or (prompt is not None and prompt >= EXPLAINED_SHARE * d)):
             lv.armed = False  # a symptom of another metric's change (module docstring): not raised
             self.explained += 1
         elif lv.run >= c.min_buckets and lv.armed and not suppress:

@@ -5,9 +5,15 @@ watermark, so a key that goes silent gets zero buckets, see :mod:`aggregator.ana
 The first ``warmup_buckets`` give the key's mean rate; after that it is an EWMA (weight ``alpha``).
 A bucket is *low* when the baseline is at least ``min_baseline_calls``, the count is below
 ``drop_ratio`` × baseline, and the drop is significant for Poisson counts:
-``(baseline − calls)/sqrt(baseline) >= z_threshold``. After ``min_buckets`` low buckets in a row
-the key fires once; it re-arms after a bucket that is not low. Low buckets do not update the
-baseline (the drop is measured against the rate before it); after ``relearn_buckets`` low buckets in
+``(baseline − calls)/sqrt(baseline) >= z_threshold`` — or, for a key too small for one bucket to
+tell, the bucket and the one before it together are (both below ``drop_ratio`` × baseline, their sum
+significant against twice the baseline). Half-minute buckets with that pooled test see a large key's
+drop half a bucket sooner than one-minute buckets and a small key's as soon: a drop is raised
+``bucket_s + lateness_s`` after it began, plus the hold below unless the sidecars are past it (60 to
+90 s with the defaults; issue 13 asks for level shifts within 2 minutes of event time, and one-minute
+buckets took 150 s). After ``min_buckets`` buckets under the ratio in a row, the latest low, the key
+fires once; it re-arms after a bucket that is not under ``drop_ratio`` × baseline. Those buckets do not
+update the baseline (the drop is measured against the rate before it); after ``relearn_buckets`` low buckets in
 a row the lower rate is taken as the new normal (the key warms up afresh). Nor do *high* buckets, as
 far above the baseline as a low one is below it (above baseline / ``drop_ratio``, as significant): a
 surge learned into the baseline made its own end a drop (budget.yaml's 20× calls for 5 minutes, then
@@ -16,7 +22,9 @@ the new normal.
 
 Tokens per second, the same way in the same buckets: the mean ``tokens_per_s`` of a bucket's calls
 (buckets with fewer than ``tps_min_calls`` such calls are skipped) against the key's baseline (mean of
-the first ``warmup_buckets`` such buckets, then EWMA ``alpha``). A bucket is low below
+the first ``warmup_buckets`` such buckets, then EWMA ``alpha``; a bucket with fewer such calls is pooled
+with the next, over at most ``ceil(sustain_s / bucket_s)`` buckets, so a small key's mean still covers
+``sustain_s``). A bucket is low below
 ``tps_drop_ratio`` × baseline; ``ceil(sustain_s / bucket_s)`` low buckets in a row (the whole first
 minute with the defaults) emit one ``throughput_drop`` candidate with metric ``tokens_per_s``.
 A slow provider is not a throughput drop: the bucket's mean log latency of the same calls is kept
@@ -46,7 +54,10 @@ closed buckets while they stay silent, then raised unless a loss window turned u
 service whose only sidecar is down for longer is reported, that much later). So is a drop whose
 service's sidecar is *behind* (its last batch said ``behind_queue_batches`` or more sealed batches
 were queued): the drop's rows may be in that queue, and when they arrive late the drop is dropped
-as known loss.
+as known loss. The other way round, a drop is not held for late rows (``hold_buckets``) once every
+sidecar carrying its service has sent rows ``lateness_s`` past the drop's window and none is behind
+(:meth:`~aggregator.analysis.detectors.known_loss.KnownLoss.caught_up`): each has sent what it had of
+the window, so no late rows can come and the hold would only delay the alert (by a bucket).
 """
 
 from __future__ import annotations
@@ -58,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.analysis.detectors.buckets import BucketedKeys
+from aggregator.analysis.detectors.buckets import BucketedKeys, same_width
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.keys import Key
 from aggregator.analysis.detectors.known_loss import KnownLoss
@@ -68,22 +79,23 @@ from sentinel.model import FeatureBatch
 __all__ = ["ThroughputDropConfig", "ThroughputDropDetector"]
 
 NAME = "throughput_drop"
-DEFAULT_BUCKET_S = 60.0
+DEFAULT_BUCKET_S = 30.0
 DEFAULT_LATENESS_S = 30.0
-DEFAULT_WARMUP_BUCKETS = 10
+#: The counts of buckets below keep the durations of one-minute buckets (10, 30, 60 min; 5 min).
+DEFAULT_WARMUP_BUCKETS = 20
 DEFAULT_DROP_RATIO = 0.5
 DEFAULT_Z_THRESHOLD = 4.0
-DEFAULT_MIN_BASELINE_CALLS = 20.0
+DEFAULT_MIN_BASELINE_CALLS = 10.0
 DEFAULT_MIN_BUCKETS = 1
-DEFAULT_ALPHA = 0.1
-DEFAULT_RELEARN_BUCKETS = 60
+DEFAULT_ALPHA = 0.05
+DEFAULT_RELEARN_BUCKETS = 120
 DEFAULT_TPS_DROP_RATIO = 0.5
 DEFAULT_SUSTAIN_S = 60.0
 DEFAULT_TPS_MIN_CALLS = 10
 DEFAULT_MAX_KEYS = 10_000
 DEFAULT_HOLD_BUCKETS = 1
-DEFAULT_MIN_HISTORY_BUCKETS = 30
-DEFAULT_SILENT_HOLD_BUCKETS = 5
+DEFAULT_MIN_HISTORY_BUCKETS = 60
+DEFAULT_SILENT_HOLD_BUCKETS = 10
 #: A sidecar whose forward queue held this many sealed batches when it sealed one is behind (a
 #: healthy one sends each batch within a batch timeout: 0 or 1 waiting).
 DEFAULT_BEHIND_QUEUE_BATCHES = 4
@@ -95,7 +107,7 @@ N_FIELDS = 5
 SLOW_PROVIDER_SHARE = 0.7
 #: A key whose first bucket is at most this many buckets after the detector's first is as old as the
 #: detector (it was there when watching began, not new), so ``min_history_buckets`` does not apply to it.
-START_GRACE_BUCKETS = 1
+START_GRACE_BUCKETS = 2
 #: ``_first_bucket`` of a state saved before it was kept: no key is known to be as old as the detector.
 _START_UNKNOWN = -(2**62)
 
@@ -150,7 +162,7 @@ class ThroughputDropConfig:
 
 
 class _KeyState:
-    __slots__ = ("age", "armed", "high_run", "mean", "n", "run", "tps")
+    __slots__ = ("age", "armed", "carry", "high_run", "mean", "n", "prev", "run", "tps")
 
     def __init__(self) -> None:
         self.age = 0  # closed buckets seen
@@ -159,12 +171,17 @@ class _KeyState:
         self.run = 0
         self.high_run = 0  # buckets in a row far above the baseline (not learned)
         self.armed = True
+        self.prev = math.nan  # the previous bucket's calls when it was below drop_ratio x baseline (pooled test)
         # tokens/s: [buckets learned, mean, low run, armed (0/1), high run]
         self.tps: list[float] = [0, 0.0, 0, 1, 0]
+        # tokens/s sums of buckets too small to judge, pooled with the next: [tokens/s sum, calls, log latency
+        # sum, calls, buckets]
+        self.carry: list[float] = [0.0] * 5
 
     def to_state(self) -> dict[str, Any]:
         return {"n": self.n, "mean": self.mean, "run": self.run, "armed": self.armed, "tps": self.tps,
-                "age": self.age, "high_run": self.high_run}
+                "age": self.age, "high_run": self.high_run, "prev": None if math.isnan(self.prev) else self.prev,
+                "carry": self.carry}
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> _KeyState:
@@ -174,6 +191,9 @@ class _KeyState:
             st.tps = [float(v) for v in d["tps"]]
         st.age = int(d.get("age", 10**9))  # saved before ages were kept: old enough
         st.high_run = int(d.get("high_run", 0))
+        prev = d.get("prev")
+        st.prev = math.nan if prev is None else float(prev)
+        st.carry = [float(v) for v in d.get("carry", st.carry)]
         return st
 
 
@@ -214,21 +234,30 @@ class ThroughputDropDetector:
             st.age += 1
             if self._first_bucket is None:
                 self._first_bucket = idx
+            tps_sum, tps_calls, lat_sum, lat_calls, covered = self._pool(st, tps_sum, tps_calls, lat_sum, lat_calls)
             if tps_calls >= c.tps_min_calls:
                 mean_log_lat = lat_sum / lat_calls if lat_calls > 0 else math.nan
-                found.extend(self._tps(key, st, idx, tps_sum / tps_calls, mean_log_lat, int(tps_calls), examples))
+                found.extend(self._tps(key, st, idx, tps_sum / tps_calls, mean_log_lat, int(tps_calls), examples,
+                                       covered))
             if st.n < c.warmup_buckets:
                 st.n += 1
                 st.mean += (calls - st.mean) / st.n
                 continue
             base = st.mean
             z = (base - calls) / math.sqrt(base) if base > 0 else 0.0
-            low = base >= c.min_baseline_calls and calls < c.drop_ratio * base and z >= c.z_threshold
-            st.run = st.run + 1 if low else 0
-            if not low:
+            below = base >= c.min_baseline_calls and calls < c.drop_ratio * base
+            low = below and z >= c.z_threshold
+            if below and not low and not math.isnan(st.prev):
+                # two buckets below the ratio, together significant: a small key's drop (module docstring)
+                z2 = (2 * base - calls - st.prev) / math.sqrt(2 * base)
+                if z2 >= c.z_threshold:
+                    low, z = True, z2
+            st.prev = calls if below else math.nan
+            st.run = st.run + 1 if below else 0  # buckets under the ratio in a row (the latest significant: low)
+            if not below:  # a bucket still under the ratio, if too small to be significant, does not re-arm
                 st.armed = True
             # the history must precede the drop: a young key that goes silent does not age into a drop
-            if st.run >= c.min_buckets and st.armed and (st.age - st.run >= c.min_history_buckets
+            if low and st.run >= c.min_buckets and st.armed and (st.age - st.run >= c.min_history_buckets
                                                           or self._since_start(st, idx)):
                 st.armed = False
                 start, end = self._keys.window(idx - st.run + 1)
@@ -241,7 +270,7 @@ class ThroughputDropDetector:
             # a surge is an excursion too: not learned, or its end reads as a drop (module docstring)
             high = base > 0 and calls * c.drop_ratio > base and (calls - base) / math.sqrt(base) >= c.z_threshold
             st.high_run = st.high_run + 1 if high else 0
-            if not low and not high:
+            if not below and not high:  # a bucket under the ratio is not learned, significant or not
                 st.mean += c.alpha * (calls - st.mean)
             elif st.run >= c.relearn_buckets or st.high_run >= c.relearn_buckets:
                 st.n, st.mean, st.run, st.armed, st.high_run = 0, 0.0, 0, True, 0
@@ -260,12 +289,17 @@ class ThroughputDropDetector:
         out: list[Candidate] = []
         keep: list[tuple[int, Candidate]] = []
         loss = self.loss
+        lateness = self._keys.lateness_ns
         for release, cand in self._held:
             # a loss window touching the drop (a bucket either side: a restart cuts buckets in two)
             if loss is not None and loss.lost(cand.service, cand.window_start - width, cand.window_end + width):
                 self.known_loss += 1
                 continue
-            if limit is not None and release >= limit:
+            # every sidecar of the service is past the drop by the lateness and none is behind: its rows
+            # for the drop are in, so no late ones can cancel it (module docstring)
+            if limit is not None and release >= limit and not (
+                    loss is not None and loss.caught_up(cand.service, cand.window_end + lateness,
+                                                        self.config.behind_queue_batches)):
                 keep.append((release, cand))
                 continue
             if (loss is not None and limit is not None and limit <= release + self.config.silent_hold_buckets
@@ -282,8 +316,23 @@ class ThroughputDropDetector:
         self._held = keep
         return out
 
+    def _pool(self, st: _KeyState, tps_sum: float, tps_calls: float, lat_sum: float,
+              lat_calls: float) -> tuple[float, float, float, float, int]:
+        """The bucket's tokens/s sums pooled with the earlier buckets too small to judge, and how many
+        buckets they cover; a bucket still too small is carried to the next (module docstring)."""
+        c = self.config
+        carry = st.carry
+        pooled = [carry[0] + tps_sum, carry[1] + tps_calls, carry[2] + lat_sum, carry[3] + lat_calls]
+        covered = int(carry[4]) + 1
+        if pooled[1] >= c.tps_min_calls or covered >= c.tps_buckets:
+            st.carry = [0.0] * 5  # judged now, or too few calls over sustain_s: skipped
+        else:
+            st.carry = [*pooled, float(covered)]
+        return pooled[0], pooled[1], pooled[2], pooled[3], covered
+
     def _tps(self, key: Key, st: _KeyState, idx: int, tps: float, log_lat: float, n: int,
-             examples: list[str]) -> list[Candidate]:
+             examples: list[str], covered: int = 1) -> list[Candidate]:
+        """Judge one (pooled) tokens/s mean covering ``covered`` buckets up to ``idx``."""
         c = self.config
         learned, base, run, armed = int(st.tps[0]), st.tps[1], int(st.tps[2]), st.tps[3] > 0
         high_run = int(st.tps[4]) if len(st.tps) > 4 else 0
@@ -302,7 +351,7 @@ class ThroughputDropDetector:
         # latency with a late first token generates "faster") is an excursion too: not learned, else
         # the return to normal afterwards reads as a drop.
         high = tps * c.tps_drop_ratio > base
-        run = run + 1 if low else 0
+        run = run + covered if low else 0
         armed = armed or not low
         slow = (math.isfinite(log_lat) and math.isfinite(lat_base)
                 and math.exp(log_lat - lat_base) * tps / base >= SLOW_PROVIDER_SHARE)
@@ -332,7 +381,7 @@ class ThroughputDropDetector:
     def to_state(self) -> dict[str, Any]:
         return {"detector": NAME, "version": 2, **self._keys.to_state(lambda s: s.to_state()),
                 "held": [[r, c.to_dict()] for r, c in self._held], "known_loss": self.known_loss,
-                "first_bucket": self._first_bucket}
+                "first_bucket": self._first_bucket, "bucket_s": self.config.bucket_s}
 
     @classmethod
     def from_state(
@@ -341,6 +390,8 @@ class ThroughputDropDetector:
         if state.get("detector") != NAME or state.get("version") not in (1, 2):
             raise ValueError(f"not a {NAME} state (version 1 or 2)")
         det = cls(config)
+        if not same_width(state, det.config.bucket_s):
+            return det  # other buckets (the default went from 60 to 30 s, issue 13): learned afresh
         det._keys.load_state(dict(state), _KeyState.from_state)
         det._held = [(int(r), Candidate.from_dict(d)) for r, d in state.get("held", [])]
         det.known_loss = int(state.get("known_loss", 0))
