@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from datetime import UTC, date, datetime, time
@@ -73,19 +74,68 @@ def _normalize_compact_date(ref: str) -> str:
     return _COMPACT_DATE.sub(replace, ref)
 
 
+_MODELS_KEY = ',"models":'
+
+
+def _provider_line(line: str) -> dict[str, Any]:
+    """One provider's line, its ``models`` (the last key, as ``scripts/price_table.py`` writes them)
+    kept as JSON text; any other shape is decoded whole."""
+    at = line.rfind(_MODELS_KEY)
+    if at > 0 and line.endswith("]}"):
+        with contextlib.suppress(ValueError):
+            head = json.loads(line[:at] + "}")
+            models = line[at + len(_MODELS_KEY):-1]
+            if isinstance(head, dict) and "models" not in head and models.startswith("["):
+                return {**head, "models": models}
+    provider: dict[str, Any] = json.loads(line)
+    return provider
+
+
+#: Providers whose model lists are kept decoded (the most recently used): a service prices the models
+#: of one or two providers, and a look-up may step into one fallback provider.
+DECODED_PROVIDERS = 4
+
+
 class PriceTable:
-    """The providers of ``price_table.json``; :meth:`per_token` is one lookup (callers cache it)."""
+    """The providers of ``price_table.json``; :meth:`per_token` is one lookup (callers cache it).
+
+    Each provider's model list is kept as its JSON text and decoded when a look-up first needs it
+    (issue 16, the sidecar's RSS): decoded, the 2,330 models are ~45,000 objects and 2 MiB that a
+    process pricing one provider's models would hold for nothing; as text, 0.3 MiB. At most
+    :data:`DECODED_PROVIDERS` lists are held decoded; decoding one costs 0.1-1 ms (OpenRouter's,
+    923 models, the largest), once per provider, and callers cache each model's price.
+    """
 
     def __init__(self, table: dict[str, Any]) -> None:
+        """``table`` as in ``price_table.json``; a provider's ``models`` may already be JSON text."""
         self.source: str = table["source"]
-        self._providers: list[dict[str, Any]] = table["providers"]
+        self._providers: list[dict[str, Any]] = [
+            p if isinstance(p["models"], str) else {**p, "models": json.dumps(p["models"], separators=(",", ":"))}
+            for p in table["providers"]]
         self._by_id: dict[str, dict[str, Any]] = {p["id"]: p for p in self._providers}
+        self._decoded: dict[str, list[Any]] = {}
 
     @staticmethod
     @cache
     def bundled() -> PriceTable:
         """The table shipped with the package, read once per process."""
-        return PriceTable(json.loads(_TABLE.read_text(encoding="utf-8")))
+        return PriceTable.from_text(_TABLE.read_text(encoding="utf-8"))
+
+    @staticmethod
+    def from_text(text: str) -> PriceTable:
+        """Read ``price_table.json``'s text, one provider a line (``scripts/price_table.py`` writes
+        it so), each provider's models left undecoded: loading never holds the decoded table."""
+        source: str | None = None
+        providers: list[dict[str, Any]] = []
+        for line in text.splitlines():
+            line = line.strip().removesuffix(",")
+            if line.startswith('"source":'):
+                source = json.loads(line.partition(":")[2])
+            elif line.startswith('{"id":'):
+                providers.append(_provider_line(line))
+        if source is None or not providers:  # not the one-provider-a-line layout: decode it whole
+            return PriceTable(json.loads(text))
+        return PriceTable({"source": source, "providers": providers})
 
     def per_token(self, provider_id: str | None, model_ref: str, at: datetime | None = None) -> PerToken | None:
         """(input, output) USD per token of ``model_ref`` at ``at`` (default: now), as genai-prices
@@ -140,7 +190,7 @@ class PriceTable:
         return self._match_model(provider, normalized, fallback=True) if normalized != ref else None
 
     def _match_model(self, provider: dict[str, Any], ref: str, *, fallback: bool) -> list[Any] | None:
-        for model in provider["models"]:
+        for model in self._models(provider):
             if _matches(model[1], ref):
                 return model  # type: ignore[no-any-return]
         if fallback:
@@ -149,3 +199,14 @@ class PriceTable:
                 if other is not None and (model := self._match_model(other, ref, fallback=False)) is not None:
                     return model
         return None
+
+    def _models(self, provider: dict[str, Any]) -> list[Any]:
+        decoded = self._decoded
+        key: str = provider["id"]
+        models = decoded.pop(key, None)
+        if models is None:
+            models = json.loads(provider["models"])
+            if len(decoded) >= DECODED_PROVIDERS:
+                del decoded[next(iter(decoded))]  # the least recently used
+        decoded[key] = models
+        return models

@@ -120,7 +120,8 @@ class PriceBook:
     @staticmethod
     def load_table() -> None:
         """Read the price table now (it is read on first use): a process that freezes its start-up
-        objects out of garbage collection (:mod:`sentinel.gc_policy`) wants its ~18,000 objects frozen."""
+        objects out of garbage collection (:mod:`sentinel.gc_policy`) wants the table frozen with them
+        (its providers, each provider's models as JSON text: :class:`~sentinel.price_table.PriceTable`)."""
         PriceTable.bundled()
 
     def _lookup(self, provider: str | None, model: str) -> PerToken | None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
+import contextlib
+import functools
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -33,12 +36,22 @@ class Service(Protocol):
     async def shutdown(self) -> None: ...
 
 
+@functools.cache
 def version() -> str:
     """The installed package's version (``0+unknown`` when run from a tree that is not installed)."""
-    try:
-        return importlib.metadata.version("llm-sentinel")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+    # The ``Version:`` header of the distribution's METADATA on sys.path, read here rather than by
+    # importlib.metadata: that module brings zipfile, csv and email's parsers, ~0.7 MiB a sidecar
+    # would hold from its first /healthz on (issue 16). tests/test_service_version.py pins the answer to
+    # importlib.metadata's.
+    for entry in sys.path:
+        for info in sorted(Path(entry or ".").glob("llm_sentinel-*.dist-info")):
+            with contextlib.suppress(OSError), (info / "METADATA").open(encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("Version:"):
+                        return line.partition(":")[2].strip()
+                    if not line.strip():
+                        break  # the headers end at the first blank line
+    return "0+unknown"
 
 
 def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Callable[[], str],

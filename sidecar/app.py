@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sentinel.gc_policy import freeze_startup
+from sentinel.malloc_policy import MMAP_THRESHOLD_BYTES, map_large_buffers
 from sentinel.pricing import PriceBook
 from sentinel.reload import SettingsReloader
 from sentinel.service import run_until_signalled
@@ -206,6 +207,11 @@ async def run(config: SidecarConfig, reload_settings: Callable[[], SidecarConfig
     """Run until SIGTERM or SIGINT, then shut down gracefully. SIGHUP re-reads the settings with
     ``reload_settings``: ``log_level`` applies, every other changed key is logged as needing a restart."""
     reloader = SettingsReloader(config, reload_settings) if reload_settings is not None else None
+    # Before any export is taken: glibc's heap would otherwise keep the free space between the
+    # buffers of past exports resident (sentinel/malloc_policy.py; issue 16, the sidecar's RSS).
+    if map_large_buffers():
+        log.info("allocations of %d bytes or more get their own mappings (glibc mmap threshold)",
+                 MMAP_THRESHOLD_BYTES)
     # A port in use, a spool held by another sidecar: exit status 1 with the reason.
     return await run_until_signalled(_ProcessSidecar(config), (OSError, SpoolLockedError),
                                      on_reload=reloader.reload if reloader is not None else None)

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ddsketch import DDSketch
 
 from sentinel.config import ConfigError, setting
 from sentinel.model import FeatureBatch, LocalAnomaly
@@ -117,6 +116,10 @@ class Summariser:
         self.config = config
         self._rng = np.random.default_rng(seed)
         self._open: dict[tuple[Any, ...], _Open] = {}
+        # Imported here, as only `forward: summaries` needs it: ddsketch (and the six it brings) is
+        # ~0.25 MiB a sidecar forwarding rows would hold for nothing (issue 16).
+        from ddsketch import DDSketch
+
         # The mapping the aggregator's baselines use (DDSketch's default at this accuracy).
         self._mapping = DDSketch(config.relative_accuracy)._mapping
         self.rows_summarised = 0

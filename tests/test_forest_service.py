@@ -6,6 +6,7 @@ import itertools
 import json
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,14 @@ def test_save_and_restore_give_identical_scores(trained: ForestConsumer, tmp_pat
     for e in index["groups"]:
         with np.load(tmp_path / "forests" / e["file"], allow_pickle=False) as arrays:
             assert "feature" in arrays and "medians" in arrays
+        # Compressed: a cluster checkpoint carries every forest file each time (docs/cluster-capacity.md).
+        with zipfile.ZipFile(tmp_path / "forests" / e["file"]) as z:
+            assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
+    # A forest saved uncompressed (before the files were compressed) is still restored, to the same scores.
+    first = tmp_path / "forests" / index["groups"][0]["file"]
+    with np.load(first, allow_pickle=False) as arrays:
+        plain = {k: arrays[k] for k in arrays.files}
+    np.savez(first, **plain)
 
     restored = Fed(config(), tmp_path, Sink())
     restore(restored)

@@ -90,3 +90,20 @@ def test_the_checked_in_table_is_what_the_pinned_genai_prices_gives() -> None:
 def test_the_licence_travels_with_the_table() -> None:
     licence = (REPO / "sentinel" / "price_table.LICENSE").read_text(encoding="utf-8")
     assert "MIT License" in licence and "Pydantic Services Inc." in licence
+
+
+def test_the_lines_read_lazily_are_the_table_decoded_whole() -> None:
+    # PriceTable.bundled() keeps each provider's models as JSON text (issue 16, the sidecar's RSS).
+    import json
+
+    from sentinel import price_table
+
+    text = (REPO / "sentinel" / "price_table.json").read_text(encoding="utf-8")
+    lazy, whole = PriceTable.from_text(text), PriceTable(json.loads(text))
+    assert lazy.source == whole.source
+    assert lazy._providers == whole._providers
+    assert all(isinstance(p["models"], str) for p in lazy._providers)
+    for p in lazy._providers:  # decoding each provider's list keeps at most DECODED_PROVIDERS of them
+        lazy._models(p)
+        assert len(lazy._decoded) <= price_table.DECODED_PROVIDERS
+    assert lazy.per_token("openai", "gpt-4o") == whole.per_token("openai", "gpt-4o") is not None
