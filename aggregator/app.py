@@ -59,6 +59,7 @@ from aggregator.analysis.pipeline import Analysis, Consumer, innermost, pipeline
 from aggregator.analysis.quality.call_index import ModelVersions, with_model_version
 from aggregator.analysis.quality.consumer import QualityConsumer, parse_quality_settings
 from aggregator.analysis.security.consumer import SecurityConsumer, parse_security_settings
+from aggregator.analysis.security.pg_actions import PgActionStore
 from aggregator.analysis.series import SeriesConsumer
 from aggregator.analysis.summaries import FromSummaries, SummaryBaselines
 from aggregator.api.auth import Roles
@@ -145,7 +146,10 @@ class Aggregator:
         self.detectors = DetectorConsumer(config.detectors, config.data_dir, late_after_s=config.late_after_s,
                                           max_future_skew_s=config.max_future_skew_s)
         security = self._security_settings = parse_security_settings(config.security)
-        self.security = (SecurityConsumer(security, config.data_dir, on_candidates=emit)
+        # Replicas sharing a PostgreSQL store share the action hook's actions: any of them decides any one.
+        self.security = (SecurityConsumer(security, config.data_dir, on_candidates=emit, action_store=(
+                             PgActionStore(self.alert_store, security.max_actions)
+                             if isinstance(self.alert_store, PgAlertStore) else None))
                          if security.enabled else None)
         self.metrics.watch_signals(self._signal_counts)
         self.security_queue: SecurityEventConsumer | None = None
@@ -303,7 +307,7 @@ class Aggregator:
             pass
         elif self.cluster is None:  # a user's token or cost anomaly may correlate with security events
             self.security.observe_candidates(batch)
-        else:  # correlated in the partition (Partition's observers); the approvals are this replica's
+        else:  # correlated in the partition (Partition's observers); the actions are the cluster's (PostgreSQL)
             self.security.actions.observe(batch)
 
     async def _tick(self) -> None:
