@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiohttp import web
 
+from aggregator.analysis.security.action_store import ActionStore, MemoryActionStore
+from aggregator.analysis.security.actions import Action
 from aggregator.analysis.security.consumer import SecurityConsumer, parse_security_settings
 from aggregator.analysis.security.pg_actions import PgActionStore
 from aggregator.api.auth import Roles, auth_middleware
 from aggregator.api.security_api import SecurityApi
-from tests.conftest import open_pg_store, serve
+from tests.conftest import open_pg_store, pg_database, serve
 from tests.test_security_signals import ev
 
 ROLES = Roles(["view"], ["op-a", "op-b"])
@@ -78,3 +81,48 @@ async def test_an_action_raised_at_one_replica_is_approved_at_the_other_and_sent
                                                 headers=h) for c, h in ((c0, ALICE), (c1, BOB))))
         assert sorted(r.status_code for r in answers) == [200, 409]
         assert len(sent) == 2 and sent[1][1]["action_id"] == again[0]["action_id"]
+
+
+def _action(n: int, subject: str) -> Action:
+    return Action(action_id=f"a{n}", created_unix_nano=n, anomaly_type="coordinated_attack", service="chat",
+                  subject_type="user", subject=subject, user=subject, api_key_hash=None, ip_address=None,
+                  reason="r", suggested_duration_s=60.0, confidence=0.9)
+
+
+@pytest.fixture(params=["memory", "postgresql"])
+def action_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ActionStore]:
+    """Each store with room for three actions: the single process's, and a cluster's."""
+    if request.param == "memory":
+        yield MemoryActionStore(3, tmp_path / "security_actions.json")
+        return
+    with pg_database() as url:
+        store = open_pg_store(url)
+        try:
+            yield PgActionStore(store, max_actions=3)
+        finally:
+            store.close()
+
+
+def test_both_stores_keep_one_pending_action_per_subject_and_decide_it_once(action_store: ActionStore) -> None:
+    assert action_store.add(_action(1, "mallory")) and not action_store.add(_action(2, "mallory"))
+    decided = action_store.decide("a1", "approved", "alice", 10)
+    assert (decided.status, decided.decided_by, decided.decided_unix_nano) == ("approved", "alice", 10)
+    with pytest.raises(ValueError, match=r"^action a1 was already decided by alice: it is approved, not pending$"):
+        action_store.decide("a1", "rejected", "bob", 11)
+    with pytest.raises(KeyError):
+        action_store.decide("nope", "approved", "bob", 11)
+    decided.status = "sent"
+    action_store.finish(decided)
+    assert action_store.add(_action(2, "mallory"))  # decided: the subject may have a new one
+    for n in (3, 4):
+        assert action_store.add(_action(n, f"u{n}"))
+    # The newest three, newest first; filtered by status.
+    assert [a.action_id for a in action_store.list(None)] == ["a4", "a3", "a2"]
+    assert [a.action_id for a in action_store.list("pending")] == ["a4", "a3", "a2"]
+    assert action_store.get("a1") is None and action_store.list("sent") == []
+    got = action_store.get("a2")
+    assert got is not None and got.to_dict() == _action(2, "mallory").to_dict()
+    if isinstance(action_store, MemoryActionStore):  # written at every change: a restart finds them
+        again = MemoryActionStore(3, action_store.path)
+        again.restore()
+        assert [a.to_dict() for a in again.list(None)] == [a.to_dict() for a in action_store.list(None)]
