@@ -44,6 +44,7 @@ from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
 from aggregator.alerting.pg_store import PgAlertStore
 from aggregator.alerting.precision_guard import PrecisionGuard
+from aggregator.alerting.security_actions import PgActionStore
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink, parse_webhooks
@@ -59,7 +60,6 @@ from aggregator.analysis.pipeline import Analysis, Consumer, innermost, pipeline
 from aggregator.analysis.quality.call_index import ModelVersions, with_model_version
 from aggregator.analysis.quality.consumer import QualityConsumer, parse_quality_settings
 from aggregator.analysis.security.consumer import SecurityConsumer, parse_security_settings
-from aggregator.analysis.security.pg_actions import PgActionStore
 from aggregator.analysis.series import SeriesConsumer
 from aggregator.analysis.summaries import FromSummaries, SummaryBaselines
 from aggregator.api.auth import Roles

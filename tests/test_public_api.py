@@ -39,7 +39,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "ThroughputDropDetector", "TokenAbuseConfig", "TokenAbuseDetector"],
     "aggregator.analysis.quality": ["CallIndex", "ModelVersions", "QualityConfig", "QualityConsumer",
                                     "parse_quality_settings"],
-    "aggregator.analysis.security": ["Action", "ActionHook", "ActionStore", "MemoryActionStore", "PgActionStore",
+    "aggregator.analysis.security": ["Action", "ActionHook", "ActionStore", "MemoryActionStore",
                                      "SecurityConfig", "SecurityConsumer", "parse_security_settings"],
     "aggregator.analysis.forest": ["ForestConfig", "ForestConsumer", "ForestFiles", "IsolationForest", "TrainedForest"],
     "aggregator.alerting": ["AlertHub", "AlertManager", "AlertManagerConfig", "AlertStore", "AmqpSink",

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from aiohttp import web
 
+from aggregator.alerting.security_actions import PgActionStore
 from aggregator.analysis.security.action_store import ActionStore, MemoryActionStore
 from aggregator.analysis.security.actions import Action
 from aggregator.analysis.security.consumer import SecurityConsumer, parse_security_settings
-from aggregator.analysis.security.pg_actions import PgActionStore
 from aggregator.api.auth import Roles, auth_middleware
 from aggregator.api.security_api import SecurityApi
 from tests.conftest import open_pg_store, pg_database, serve

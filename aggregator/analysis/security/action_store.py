@@ -2,7 +2,7 @@
 
 :class:`MemoryActionStore` keeps the newest ``max_actions`` in memory and in
 ``data_dir/security_actions.json`` (written at every change). A cluster keeps them in PostgreSQL
-instead (:class:`aggregator.analysis.security.pg_actions.PgActionStore`), so every replica lists and
+instead (:class:`aggregator.alerting.security_actions.PgActionStore`), so every replica lists and
 decides every replica's actions. Both answer a decision the same way: ``KeyError`` for an unknown
 action, ``ValueError`` (:func:`not_pending`) for one already decided — the conditional step that
 makes a decision, and the webhook call after it, happen once.

@@ -9,7 +9,8 @@ to the audit log like every other write of the API. Without it, it is sent at on
 (:meth:`Action.payload`) with ``POST`` to ``webhook_url``; ``sent`` or ``failed`` (with the error) after.
 Actions are kept in memory (the newest ``max_actions``) and in ``data_dir/security_actions.json``,
 written at every change (as the alert store is, not at the pipeline's saves); in a cluster in
-PostgreSQL, shared by the replicas (:mod:`aggregator.analysis.security.action_store`, ``pg_actions``).
+PostgreSQL, shared by the replicas (:mod:`aggregator.analysis.security.action_store`,
+:mod:`aggregator.alerting.security_actions`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Any
 
 import httpx
 
-from aggregator.alerting.store import StoreError
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.security.action_store import FILE_NAME, ActionStore, MemoryActionStore
 
@@ -90,7 +90,7 @@ def action_for(c: Candidate, duration_s: float, now_ns: int) -> Action | None:
 class ActionHook:
     """Pending and decided actions; thread-safe. ``send`` is the transport (httpx by default); ``store``
     where the actions are kept (:class:`MemoryActionStore` of ``data_dir`` by default, a cluster's in
-    PostgreSQL: :mod:`aggregator.analysis.security.pg_actions`)."""
+    PostgreSQL: :mod:`aggregator.alerting.security_actions`)."""
 
     def __init__(self, *, webhook_url: str, require_approval: bool = True, duration_s: float = 3600.0,
                  timeout_s: float = 5.0, max_actions: int = 1000, data_dir: str | Path | None = None,
@@ -131,7 +131,8 @@ class ActionHook:
                 continue
             try:
                 kept = self.store.add(a)  # not when the subject has a pending action (one at a time)
-            except StoreError as e:  # a cluster's database down: the alert stands, this block request is lost
+            except Exception as e:  # a store's failure (a cluster's database down) must not stop the analysis:
+                # the alert stands, this block request is lost (logged)
                 log.error("security action for %s %s not kept: %s", a.subject_type, a.subject, e)
                 continue
             if kept:
