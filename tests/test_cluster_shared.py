@@ -93,8 +93,10 @@ async def _quality_and_security(tmp_path: Path, base: dict[str, Any], hook: Hook
             feedback = [{"trace_id": "t11-3", "score": 0.0, "name": "thumbs"}]  # joins only where its call is
             r = await client.post(other.url + "/api/v1/feedback", json={"feedback": feedback})
             assert r.status_code == 202, r.text
-        await wait_for(lambda: {a.anomaly_type for a in a.alert_store.query(AlertQuery())[0]}
-                       >= {"coordinated_attack", "quality_regression"}, timeout=30,
+        # Both attacks (chat, search) and the regression: raised by different partitions, in any order.
+        await wait_for(lambda: {(a.anomaly_type, a.service_name) for a in a.alert_store.query(AlertQuery())[0]}
+                       >= {("coordinated_attack", "chat"), ("coordinated_attack", "search"),
+                           ("quality_regression", "support")}, timeout=30,
                        what="quality and security alerts from the partitions")
         attacks = _alerts(a, "coordinated_attack")
         assert {x.service_name for x in attacks} == {"chat", "search"}
@@ -111,6 +113,8 @@ async def _quality_and_security(tmp_path: Path, base: dict[str, Any], hook: Hook
         # The block requests of both attacks, pending at both replicas (PostgreSQL), whichever raised them;
         # approved at the replica that does not own "chat", sent once.
         async with httpx.AsyncClient(timeout=10) as client:
+            pending = [r.security.actions.list for r in (a, b) if r.security is not None]
+            await wait_for(lambda: all(len(p("pending")) == 2 for p in pending), timeout=10, what="both actions")
             listed = [(await client.get(r.url + "/api/v1/security/actions?status=pending")).json()["actions"]
                       for r in (a, b)]
             assert listed[0] == listed[1] and {x["subject"] for x in listed[0]} == {"mallory", "trudy"}, listed
