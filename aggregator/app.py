@@ -44,6 +44,7 @@ from aggregator.alerting.hub import AlertHub
 from aggregator.alerting.manager import AlertManager, AlertManagerConfig
 from aggregator.alerting.pg_store import PgAlertStore
 from aggregator.alerting.precision_guard import PrecisionGuard
+from aggregator.alerting.security_actions import PgActionStore
 from aggregator.alerting.sink import Sink, SinkMetrics
 from aggregator.alerting.store import SQLiteAlertStore, StoreError
 from aggregator.alerting.webhook_sink import WebhookConfig, WebhookSink, parse_webhooks
@@ -145,7 +146,10 @@ class Aggregator:
         self.detectors = DetectorConsumer(config.detectors, config.data_dir, late_after_s=config.late_after_s,
                                           max_future_skew_s=config.max_future_skew_s)
         security = self._security_settings = parse_security_settings(config.security)
-        self.security = (SecurityConsumer(security, config.data_dir, on_candidates=emit)
+        # Replicas sharing a PostgreSQL store share the action hook's actions: any of them decides any one.
+        self.security = (SecurityConsumer(security, config.data_dir, on_candidates=emit, action_store=(
+                             PgActionStore(self.alert_store, security.max_actions)
+                             if isinstance(self.alert_store, PgAlertStore) else None))
                          if security.enabled else None)
         self.metrics.watch_signals(self._signal_counts)
         self.security_queue: SecurityEventConsumer | None = None
@@ -303,7 +307,7 @@ class Aggregator:
             pass
         elif self.cluster is None:  # a user's token or cost anomaly may correlate with security events
             self.security.observe_candidates(batch)
-        else:  # correlated in the partition (Partition's observers); the approvals are this replica's
+        else:  # correlated in the partition (Partition's observers); the actions are the cluster's (PostgreSQL)
             self.security.actions.observe(batch)
 
     async def _tick(self) -> None:

@@ -23,13 +23,13 @@ from aggregator.cluster.partition import partition_of, quality_parts, split
 from sentinel import wire
 from sentinel.model import FeatureBatch
 from sentinel.quality import QualityEvent
-from tests.conftest import wait_for
+from tests.conftest import serve, wait_for
 from tests.test_cluster import T0, _replica, cluster_settings  # noqa: F401  (the fixture)
 from tests.test_event_time import MSGPACK, _rows
 from tests.test_quality_detectors import NS
 from tests.test_quality_detectors import T0 as Q0
 from tests.test_quality_detectors import rows as quality_rows
-from tests.test_security_signals import ev
+from tests.test_security_signals import Hook, ev
 
 
 def test_a_quality_event_goes_with_its_service_or_its_calls_or_to_every_partition() -> None:
@@ -57,7 +57,13 @@ def _owner(replicas: list[Aggregator], service: str, partitions: int) -> Aggrega
 
 async def test_quality_and_security_run_in_the_partitions(
         tmp_path: Path, cluster_settings: dict[str, Any]) -> None:  # noqa: F811
-    settings = {**cluster_settings, "security": {"max_events": 2},
+    hook = Hook()
+    async with serve(hook.app) as port:
+        await _quality_and_security(tmp_path, cluster_settings, hook, f"http://127.0.0.1:{port}/block")
+
+
+async def _quality_and_security(tmp_path: Path, base: dict[str, Any], hook: Hook, url: str) -> None:
+    settings = {**base, "security": {"max_events": 2, "action_webhook_url": url},
                 "quality": {"evaluations": {"min_events": 5, "warmup_buckets": 3}}}
     a = await _replica(tmp_path, "a", settings)
     b = await _replica(tmp_path, "b", settings)
@@ -87,8 +93,10 @@ async def test_quality_and_security_run_in_the_partitions(
             feedback = [{"trace_id": "t11-3", "score": 0.0, "name": "thumbs"}]  # joins only where its call is
             r = await client.post(other.url + "/api/v1/feedback", json={"feedback": feedback})
             assert r.status_code == 202, r.text
-        await wait_for(lambda: {a.anomaly_type for a in a.alert_store.query(AlertQuery())[0]}
-                       >= {"coordinated_attack", "quality_regression"}, timeout=30,
+        # Both attacks (chat, search) and the regression: raised by different partitions, in any order.
+        await wait_for(lambda: {(a.anomaly_type, a.service_name) for a in a.alert_store.query(AlertQuery())[0]}
+                       >= {("coordinated_attack", "chat"), ("coordinated_attack", "search"),
+                           ("quality_regression", "support")}, timeout=30,
                        what="quality and security alerts from the partitions")
         attacks = _alerts(a, "coordinated_attack")
         assert {x.service_name for x in attacks} == {"chat", "search"}
@@ -102,6 +110,22 @@ async def test_quality_and_security_run_in_the_partitions(
         security = [c for r in (a, b) for p in r.cluster.partitions() for c in p.consumers  # type: ignore[union-attr]
                     if isinstance(c, SecurityConsumer) and c.received]
         assert sorted(c.received for c in security) == [3, 3]
+        # The block requests of both attacks, pending at both replicas (PostgreSQL), whichever raised them;
+        # approved at the replica that does not own "chat", sent once.
+        async with httpx.AsyncClient(timeout=10) as client:
+            pending = [r.security.actions.list for r in (a, b) if r.security is not None]
+            await wait_for(lambda: all(len(p("pending")) == 2 for p in pending), timeout=10, what="both actions")
+            listed = [(await client.get(r.url + "/api/v1/security/actions?status=pending")).json()["actions"]
+                      for r in (a, b)]
+            assert listed[0] == listed[1] and {x["subject"] for x in listed[0]} == {"mallory", "trudy"}, listed
+            chat = next(x for x in listed[0] if x["subject"] == "mallory")
+            other = next(r for r in (a, b) if r is not _owner([a, b], "chat", n))
+            r = await client.post(other.url + f"/api/v1/security/actions/{chat['action_id']}/approve")
+            assert r.status_code == 200 and r.json()["status"] == "sent", r.text
+            owner_url = _owner([a, b], "chat", n).url
+            r = await client.post(owner_url + f"/api/v1/security/actions/{chat['action_id']}/reject")
+            assert r.status_code == 409 and "already decided by anonymous" in r.json()["error"], r.text
+        assert [x["action_id"] for x in hook.received] == [chat["action_id"]]
     finally:
         await b.shutdown()
         await a.shutdown()

@@ -5,7 +5,9 @@ Security events: a JSON list, ``{"events": [...]}`` or one object, each in the p
 tokens and every other role. The API key is hashed on arrival and the prompt dropped. Answers 202 with
 how many were accepted and the detections they raised. Actions: ``GET /api/v1/security/actions``
 (viewer; ``?status=pending``), ``POST .../{action_id}/approve`` and ``.../reject`` (operator; audited
-as ``security_action.approve`` / ``.reject``) — an approved action is sent to the webhook at once.
+as ``security_action.approve`` / ``.reject``) — an approved action is sent to the webhook at once, by
+the replica that approved it; in a cluster every replica lists and decides every replica's actions
+(PostgreSQL), and an action decided already is 409 naming its status and who decided it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from aggregator.alerting.store import StoreError
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.security.actions import STATUSES
 from aggregator.analysis.security.consumer import SecurityConsumer
@@ -80,8 +83,12 @@ class SecurityApi:
         if status is not None and status not in STATUSES:
             return error_response(400, f"status: {status!r} is not one of {', '.join(STATUSES)}")
         actions = self.service.actions
+        try:  # a cluster's are read from PostgreSQL: off the event loop
+            listed = await asyncio.to_thread(actions.list, status)
+        except StoreError as e:
+            return error_response(503, str(e), headers={"Retry-After": "1"})
         return web.json_response({"enabled": actions.enabled, "require_approval": actions.require_approval,
-                                  "actions": [a.to_dict() for a in actions.list(status)]})
+                                  "actions": [a.to_dict() for a in listed]})
 
     async def approve(self, request: web.Request) -> web.Response:
         return await self._decide(request, True)
@@ -98,6 +105,8 @@ class SecurityApi:
             return error_response(400, str(e))
         except KeyError:
             return error_response(404, f"action_id: no action {action_id!r}")
-        except ValueError as e:
+        except ValueError as e:  # decided already (at this replica or another): names the action and who
             return error_response(409, str(e))
+        except StoreError as e:
+            return error_response(503, str(e), headers={"Retry-After": "1"})
         return web.json_response(action.to_dict())

@@ -8,17 +8,17 @@ page or with ``POST /api/v1/security/actions/{action_id}/approve`` (or rejects i
 to the audit log like every other write of the API. Without it, it is sent at once. Sent as JSON
 (:meth:`Action.payload`) with ``POST`` to ``webhook_url``; ``sent`` or ``failed`` (with the error) after.
 Actions are kept in memory (the newest ``max_actions``) and in ``data_dir/security_actions.json``,
-written at every change (as the alert store is, not at the pipeline's saves).
+written at every change (as the alert store is, not at the pipeline's saves); in a cluster in
+PostgreSQL, shared by the replicas (:mod:`aggregator.analysis.security.action_store`,
+:mod:`aggregator.alerting.security_actions`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +27,12 @@ from typing import Any
 import httpx
 
 from aggregator.analysis.detectors.candidate import Candidate
-from aggregator.analysis.state import write_json
+from aggregator.analysis.security.action_store import FILE_NAME, ActionStore, MemoryActionStore
 
 __all__ = ["ACTION_TYPES", "Action", "ActionHook"]
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "security_actions.json"
 ACTION_TYPES = frozenset({"coordinated_attack", "security_correlation", "attack_campaign"})
 STATUSES = ("pending", "approved", "rejected", "sent", "failed")
 
@@ -89,24 +88,26 @@ def action_for(c: Candidate, duration_s: float, now_ns: int) -> Action | None:
 
 
 class ActionHook:
-    """Pending and decided actions; thread-safe. ``send`` is the transport (httpx by default)."""
+    """Pending and decided actions; thread-safe. ``send`` is the transport (httpx by default); ``store``
+    where the actions are kept (:class:`MemoryActionStore` of ``data_dir`` by default, a cluster's in
+    PostgreSQL: :mod:`aggregator.alerting.security_actions`)."""
 
     def __init__(self, *, webhook_url: str, require_approval: bool = True, duration_s: float = 3600.0,
                  timeout_s: float = 5.0, max_actions: int = 1000, data_dir: str | Path | None = None,
                  clock: Callable[[], int] = time.time_ns,
-                 send: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 send: Callable[[str, dict[str, Any]], None] | None = None,
+                 store: ActionStore | None = None) -> None:
         self.webhook_url = webhook_url
         self.require_approval = require_approval
         self.duration_s = duration_s
         self.timeout_s = timeout_s
         self.max_actions = max_actions
-        self.path = Path(data_dir) / FILE_NAME if data_dir is not None else None
+        self.store: ActionStore = store if store is not None else MemoryActionStore(
+            max_actions, Path(data_dir) / FILE_NAME if data_dir is not None else None)
         self._clock = clock
         self._send = send or self._post
-        self._actions: OrderedDict[str, Action] = OrderedDict()
-        #: Operators' decisions since the process started (sentinel_aggregator_security_actions_total).
+        #: Operators' decisions at this process since it started (sentinel_aggregator_security_actions_total).
         self.decided = {"approved": 0, "rejected": 0}
-        self._subjects: dict[tuple[str, str], str] = {}  # open action per subject: one at a time
         self._lock = threading.Lock()
 
     @property
@@ -122,54 +123,44 @@ class ActionHook:
         if not self.enabled:
             return []
         made = []
-        with self._lock:
-            for c in candidates:
-                if c.anomaly_type not in ACTION_TYPES:
-                    continue
-                a = action_for(c, self.duration_s, self._clock())
-                if a is None:
-                    continue
-                key = (a.subject_type, a.subject)
-                open_id = self._subjects.get(key)
-                if open_id is not None and self._actions.get(open_id, a).status == "pending":
-                    continue  # one pending action per subject
-                self._actions[a.action_id] = a
-                self._subjects[key] = a.action_id
-                while len(self._actions) > self.max_actions:
-                    self._actions.popitem(last=False)
+        for c in candidates:
+            if c.anomaly_type not in ACTION_TYPES:
+                continue
+            a = action_for(c, self.duration_s, self._clock())
+            if a is None:
+                continue
+            try:
+                kept = self.store.add(a)  # not when the subject has a pending action (one at a time)
+            except Exception as e:  # a store's failure (a cluster's database down) must not stop the analysis:
+                # the alert stands, this block request is lost (logged)
+                log.error("security action for %s %s not kept: %s", a.subject_type, a.subject, e)
+                continue
+            if kept:
                 made.append(a)
         for a in made:
             log.warning("security action %s for %s %s: %s (%s)", a.action_id, a.subject_type, a.subject, a.reason,
                         "waiting for approval" if self.require_approval else "sending")
             if not self.require_approval:
-                self._deliver(a, "auto")
-        self.save()
+                self._deliver(self.store.decide(a.action_id, "approved", "auto", self._clock()))
         return made
 
     def list(self, status: str | None = None) -> list[Action]:
-        with self._lock:
-            return [a for a in reversed(self._actions.values()) if status is None or a.status == status]
+        return self.store.list(status)
 
     def get(self, action_id: str) -> Action | None:
-        with self._lock:
-            return self._actions.get(action_id)
+        return self.store.get(action_id)
 
     def decide(self, action_id: str, approve: bool, who: str) -> Action:
-        """Approve (and send) or reject a pending action; ``KeyError`` unknown, ``ValueError`` not pending."""
+        """Approve (and send) or reject a pending action; ``KeyError`` unknown, ``ValueError`` not pending
+        (decided already, here or at another replica: the message names the action, its status and who)."""
+        a = self.store.decide(action_id, "approved" if approve else "rejected", who, self._clock())
         with self._lock:
-            a = self._actions[action_id]
-            if a.status != "pending":
-                raise ValueError(f"action {action_id} is {a.status}, not pending")
-            a.status = "approved" if approve else "rejected"
             self.decided[a.status] += 1
-            a.decided_by, a.decided_unix_nano = who, self._clock()
         if approve:
-            self._deliver(a, who)
-        self.save()
+            self._deliver(a)
         return a
 
-    def _deliver(self, a: Action, who: str) -> None:
-        a.decided_by = a.decided_by or who
+    def _deliver(self, a: Action) -> None:
         try:
             self._send(self.webhook_url, a.payload())
         except Exception as e:  # the decision stands; the failure is shown and can be retried by hand
@@ -177,23 +168,7 @@ class ActionHook:
             log.error("security action %s could not be sent: %s", a.action_id, a.error)
         else:
             a.status, a.error = "sent", None
+        self.store.finish(a)
 
     def restore(self) -> None:
-        if self.path is None or not self.path.exists():
-            return
-        try:
-            for d in json.loads(self.path.read_text())["actions"]:
-                a = Action(**d)
-                self._actions[a.action_id] = a
-                self._subjects[(a.subject_type, a.subject)] = a.action_id
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.error("security actions in %s could not be restored (%s); starting afresh", self.path, e)
-            self._actions.clear()
-            self._subjects.clear()
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        with self._lock:
-            doc = {"version": 1, "actions": [a.to_dict() for a in self._actions.values()]}
-        write_json(self.path, doc)
+        self.store.restore()

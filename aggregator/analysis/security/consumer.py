@@ -33,6 +33,7 @@ from typing import Any
 
 from aggregator.analysis.detectors.candidate import Candidate
 from aggregator.analysis.detectors.coordinated_attack import CoordinatedAttackConfig, CoordinatedAttackDetector
+from aggregator.analysis.security.action_store import ActionStore
 from aggregator.analysis.security.actions import ActionHook
 from aggregator.analysis.state import JsonStateFile
 from sentinel.config import ConfigError, load_map
@@ -109,13 +110,15 @@ class SecurityConsumer:
     def __init__(self, config: SecurityConfig, data_dir: str | Path, *,
                  on_candidates: Callable[[list[Candidate]], None] | None = None,
                  clock: Callable[[], int] = time.time_ns,
-                 send: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 send: Callable[[str, dict[str, Any]], None] | None = None,
+                 action_store: ActionStore | None = None) -> None:
         self.config = config.validate()
         self.state_file = JsonStateFile(Path(data_dir) / FILE_NAME, version=FORMAT_VERSION, what="security state")
         self.attacks = CoordinatedAttackDetector(config.detector_config())
         self.actions = ActionHook(webhook_url=config.action_webhook_url, require_approval=config.require_approval,
                                   duration_s=config.action_duration_s, timeout_s=config.action_timeout_s,
-                                  max_actions=config.max_actions, data_dir=data_dir, clock=clock, send=send)
+                                  max_actions=config.max_actions, data_dir=data_dir, clock=clock, send=send,
+                                  store=action_store)
         #: Where the candidates raised outside a batch go (events from the API or the queue, and
         #: correlations found in :meth:`observe_candidates`): the candidate log and the alert manager.
         self.on_candidates = on_candidates
